@@ -1,0 +1,150 @@
+//! The subcommands, each a short composition of the pipeline's stages. They return what to
+//! print; `main.rs` prints it and maps errors to exit codes.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::compose::{self, ComposeError, LoadOptions, Project};
+use crate::converge::{self, ConvergeError, PsRow, UpOptions};
+use crate::docker::{DockerError, Engine};
+use crate::plan::{self, Plan};
+use crate::progress::Progress;
+
+/// Any subcommand's failure. Exit codes: see `main.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Converge(#[from] ConvergeError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("cannot encode output: {0}")]
+    Output(String),
+}
+
+/// Where a project comes from: the flags compose users know.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectArgs {
+    pub files: Vec<PathBuf>,
+    pub project_name: Option<String>,
+    pub env_files: Vec<PathBuf>,
+    pub profiles: Vec<String>,
+}
+
+pub fn load(args: &ProjectArgs) -> Result<Project, CommandError> {
+    let mut opts = LoadOptions::from_process(args.files.clone(), args.project_name.clone());
+    opts.env_files = args.env_files.clone();
+    opts.profiles = args.profiles.clone();
+    Ok(compose::load(&opts)?)
+}
+
+/// The project name without reading compose files (for `down` and `ps`): `-p`, else
+/// `COMPOSE_PROJECT_NAME`, else the compose files' name.
+pub fn project_name(args: &ProjectArgs) -> Result<String, CommandError> {
+    if let Some(name) = args
+        .project_name
+        .clone()
+        .or_else(|| std::env::var("COMPOSE_PROJECT_NAME").ok())
+    {
+        compose::validate_project_name(&name)?;
+        return Ok(name);
+    }
+    Ok(load(args)?.name)
+}
+
+pub async fn up(
+    args: &ProjectArgs,
+    remove_orphans: bool,
+    wait_timeout: Duration,
+    progress: &Progress,
+) -> Result<Plan, CommandError> {
+    let project = load(args)?;
+    let engine = Engine::connect().await?;
+    let opts = UpOptions {
+        remove_orphans,
+        wait_timeout,
+    };
+    Ok(converge::up(&engine, &project, &opts, progress).await?)
+}
+
+pub async fn plan(
+    args: &ProjectArgs,
+    remove_orphans: bool,
+    json: bool,
+) -> Result<String, CommandError> {
+    let project = load(args)?;
+    let engine = Engine::connect().await?;
+    let plan = converge::plan(&engine, &project, remove_orphans).await?;
+    if json {
+        serde_json::to_string_pretty(&plan).map_err(|e| CommandError::Output(e.to_string()))
+    } else {
+        let mut out = String::new();
+        for w in &project.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out.push_str(&plan::render(&plan));
+        Ok(out)
+    }
+}
+
+pub async fn down(
+    args: &ProjectArgs,
+    volumes: bool,
+    progress: &Progress,
+) -> Result<usize, CommandError> {
+    let name = project_name(args)?;
+    let engine = Engine::connect().await?;
+    Ok(converge::down(&engine, &name, volumes, progress).await?)
+}
+
+pub async fn ps(args: &ProjectArgs, json: bool) -> Result<String, CommandError> {
+    let name = project_name(args)?;
+    let engine = Engine::connect().await?;
+    let rows = converge::ps(&engine, &name).await?;
+    if json {
+        return serde_json::to_string_pretty(&rows)
+            .map_err(|e| CommandError::Output(e.to_string()));
+    }
+    Ok(render_ps(&rows))
+}
+
+fn render_ps(rows: &[PsRow]) -> String {
+    let mut out = format!(
+        "{:<32} {:<16} {:<24} {}\n",
+        "NAME", "SERVICE", "STATUS", "PORTS"
+    );
+    for r in rows {
+        let status = match (&r.health, r.state.as_str()) {
+            (Some(h), s) => format!("{s} ({h})"),
+            (None, "exited") => format!("exited ({})", r.exit_code.unwrap_or(-1)),
+            (None, s) => s.to_string(),
+        };
+        out.push_str(&format!(
+            "{:<32} {:<16} {:<24} {}\n",
+            r.name,
+            r.service,
+            status,
+            r.ports.join(", ")
+        ));
+    }
+    out
+}
+
+/// `berth config`: the resolved model as YAML, environment values masked.
+pub fn config(args: &ProjectArgs) -> Result<String, CommandError> {
+    let mut project = load(args)?;
+    for svc in project.services.values_mut() {
+        for v in svc.environment.values_mut() {
+            *v = "********".to_string();
+        }
+    }
+    let mut out = String::new();
+    for w in &project.warnings {
+        out.push_str(&format!("# warning: {w}\n"));
+    }
+    out.push_str(
+        &serde_norway::to_string(&project).map_err(|e| CommandError::Output(e.to_string()))?,
+    );
+    Ok(out)
+}

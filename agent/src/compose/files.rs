@@ -1,0 +1,103 @@
+//! Reading one compose file: YAML with anchors and `<<` merge keys, then interpolation of every
+//! string scalar. Also the environment interpolation draws on (process env over `.env`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_norway::Value;
+
+use super::{ComposeError, LoadOptions};
+use crate::{dotenv, interpolate};
+
+/// The variables interpolation sees: the `.env` file (or `--env-file`s) under the process
+/// environment, which wins, as in compose.
+pub(super) fn interpolation_env(
+    opts: &LoadOptions,
+    project_dir: &Path,
+) -> Result<BTreeMap<String, String>, ComposeError> {
+    let files: Vec<PathBuf> = if opts.env_files.is_empty() {
+        let default = project_dir.join(".env");
+        if default.is_file() {
+            vec![default]
+        } else {
+            vec![]
+        }
+    } else {
+        opts.env_files
+            .iter()
+            .map(|f| {
+                if f.is_absolute() {
+                    f.clone()
+                } else {
+                    opts.working_dir.join(f)
+                }
+            })
+            .collect()
+    };
+    let mut from_files: BTreeMap<String, String> = BTreeMap::new();
+    for path in files {
+        let content = std::fs::read_to_string(&path).map_err(|source| ComposeError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let lookup = |name: &str| {
+            opts.environment
+                .get(name)
+                .cloned()
+                .or_else(|| from_files.get(name).cloned())
+        };
+        let entries = dotenv::parse(&content, &lookup).map_err(|source| ComposeError::EnvFile {
+            path: path.clone(),
+            source,
+        })?;
+        for (key, value) in entries {
+            let value = value.or_else(|| opts.environment.get(&key).cloned());
+            if let Some(v) = value {
+                from_files.insert(key, v);
+            }
+        }
+    }
+    let mut env = from_files;
+    env.extend(opts.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(env)
+}
+
+/// Parses a file into one interpolated YAML mapping.
+pub(super) fn read_document(
+    path: &Path,
+    lookup: interpolate::Lookup<'_>,
+) -> Result<Value, ComposeError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ComposeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut doc = parse_yaml(path, &text)?;
+    if doc.is_null() {
+        doc = Value::Mapping(Default::default());
+    }
+    if !doc.is_mapping() {
+        return Err(ComposeError::Structure {
+            path: path.to_path_buf(),
+            message: "top level must be a mapping".into(),
+        });
+    }
+    interpolate::interpolate_yaml(&mut doc, lookup).map_err(|source| {
+        ComposeError::Interpolate {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(doc)
+}
+
+pub(super) fn parse_yaml(path: &Path, text: &str) -> Result<Value, ComposeError> {
+    let yaml_err = |e: serde_norway::Error| ComposeError::Yaml {
+        path: path.to_path_buf(),
+        line: e.location().map(|l| l.line()),
+        message: e.to_string(),
+    };
+    let mut doc: Value = serde_norway::from_str(text).map_err(yaml_err)?;
+    // Recursive: merge keys inside services (`<<: *defaults`) are resolved too.
+    doc.apply_merge().map_err(yaml_err)?;
+    Ok(doc)
+}

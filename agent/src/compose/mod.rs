@@ -1,0 +1,193 @@
+//! The compose model: reads compose files the way `docker compose` does (YAML anchors and merge
+//! keys, interpolation, several `-f` files merged, profiles, `env_file`) and yields a [`Project`]
+//! whose services are fully resolved and validated. Nothing here talks to Docker.
+//!
+//! Stages, in order: [`files`] parses and interpolates each file, [`merge`] folds them into one
+//! document, [`model`] turns it into typed, checked [`Service`]s.
+
+mod fields;
+mod files;
+mod merge;
+mod model;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub use fields::{parse_duration, parse_size};
+pub use model::{
+    Dependency, DependencyCondition, Healthcheck, Logging, MountKind, MountSpec, NetworkSpec,
+    PortMapping, Project, PullPolicy, Service, ServiceNetwork, VolumeSpec,
+};
+
+/// Everything that can be wrong with a compose project. Each variant names the file and the path
+/// inside it (`services.web.ports[0]`) that it is about; none carries an environment value.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    #[error("no compose file found in {dir}: looked for compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml")]
+    NoFile { dir: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid YAML{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Yaml {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Structure { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Interpolate {
+        path: PathBuf,
+        source: crate::interpolate::PathError,
+    },
+    #[error("env file {path}: {source}")]
+    EnvFile {
+        path: PathBuf,
+        source: crate::dotenv::DotenvError,
+    },
+    #[error("env file {path} (services.{service}.env_file) not found")]
+    EnvFileMissing { service: String, path: PathBuf },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("services.{service}.build: berth runs images from a registry and cannot build; push the image and set `image:` instead")]
+    Build { service: String },
+    #[error("{field}: not supported by berth")]
+    Unsupported { field: String },
+    #[error("service {service} depends on undefined service {dependency}")]
+    UnknownDependency { service: String, dependency: String },
+    #[error("service {service} depends on {dependency}, which is disabled by its profiles (enable it with --profile)")]
+    DisabledDependency { service: String, dependency: String },
+    #[error("dependency cycle: {}", cycle.join(" -> "))]
+    Cycle { cycle: Vec<String> },
+    #[error("invalid project name {name:?}: use lowercase letters, digits, dashes and underscores, starting with a letter or digit")]
+    ProjectName { name: String },
+}
+
+/// How to find and read a project, from the command line and the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `-f` files; empty means the default names in `working_dir`.
+    pub files: Vec<PathBuf>,
+    /// `-p`; otherwise `COMPOSE_PROJECT_NAME`, the top-level `name:`, the directory name.
+    pub project_name: Option<String>,
+    /// `--env-file`s; empty means `.env` in the project directory when it exists.
+    pub env_files: Vec<PathBuf>,
+    /// `--profile`s, added to `COMPOSE_PROFILES`.
+    pub profiles: Vec<String>,
+    /// Where relative `-f` paths and the default file are looked up.
+    pub working_dir: PathBuf,
+    /// The process environment (passed in, so that callers decide what it holds).
+    pub environment: BTreeMap<String, String>,
+}
+
+impl LoadOptions {
+    pub fn from_process(files: Vec<PathBuf>, project_name: Option<String>) -> Self {
+        LoadOptions {
+            files,
+            project_name,
+            working_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            environment: std::env::vars().collect(),
+            ..LoadOptions::default()
+        }
+    }
+}
+
+const DEFAULT_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
+/// Loads, merges, interpolates and validates a project.
+pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
+    let files = resolve_files(opts)?;
+    let project_dir = files[0]
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let env = files::interpolation_env(opts, &project_dir)?;
+    let lookup = |name: &str| env.get(name).cloned();
+
+    let mut merged = serde_norway::Value::Null;
+    for path in &files {
+        let doc = files::read_document(path, &lookup)?;
+        merged = merge::merge_documents(merged, doc, path)?;
+    }
+    let mut profiles: Vec<String> = opts.profiles.clone();
+    if let Some(p) = env.get("COMPOSE_PROFILES") {
+        profiles.extend(
+            p.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
+    }
+    model::build_project(model::BuildInput {
+        document: merged,
+        files: &files,
+        project_dir: &project_dir,
+        name_flag: opts.project_name.clone(),
+        env: &env,
+        profiles: &profiles,
+    })
+}
+
+fn resolve_files(opts: &LoadOptions) -> Result<Vec<PathBuf>, ComposeError> {
+    if opts.files.is_empty() {
+        return DEFAULT_FILES
+            .iter()
+            .map(|n| opts.working_dir.join(n))
+            .find(|p| p.is_file())
+            .map(|p| vec![absolute(&p)])
+            .ok_or_else(|| ComposeError::NoFile {
+                dir: opts.working_dir.clone(),
+            });
+    }
+    Ok(opts
+        .files
+        .iter()
+        .map(|f| {
+            absolute(&if f.is_absolute() {
+                f.clone()
+            } else {
+                opts.working_dir.join(f)
+            })
+        })
+        .collect())
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Compose's project-name normalization: lowercase, and only `[a-z0-9_-]`.
+pub fn normalize_project_name(raw: &str) -> String {
+    raw.to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect()
+}
+
+pub fn validate_project_name(name: &str) -> Result<(), ComposeError> {
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ComposeError::ProjectName {
+            name: name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,19 @@
+//! berth: an on-instance bootstrap and deploy agent. This crate holds the pipeline; `main.rs`
+//! holds only the command line. One module per stage, in pipeline order:
+//!
+//! - [`compose`] reads compose files into a resolved, validated [`compose::Project`]
+//!   (with [`interpolate`] and [`dotenv`] for compose's variable and env-file rules);
+//! - [`plan`] turns a project into container specs and diffs them against Docker;
+//! - [`converge`] carries a plan out through [`docker`] (with [`registry`] credentials),
+//!   reporting through [`progress`];
+//! - [`commands`] puts the stages together for each subcommand.
+
+pub mod commands;
+pub mod compose;
+pub mod converge;
+pub mod docker;
+pub mod dotenv;
+pub mod interpolate;
+pub mod plan;
+pub mod progress;
+pub mod registry;

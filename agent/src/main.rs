@@ -1,0 +1,209 @@
+//! berth: run a docker-compose stack on the Docker Engine API, with no compose binary.
+//!
+//! `berth up` converges the daemon to the compose files and waits until every service is
+//! running, healthy where it has a healthcheck, and completed where others wait for it (like
+//! `docker compose up -d --wait`). `plan` shows what `up` would do and changes nothing; `down`,
+//! `ps` and `config` do what compose's do.
+//!
+//! Environment:
+//! - `DOCKER_HOST`: the Docker endpoint (default `unix:///var/run/docker.sock`).
+//! - `DOCKER_CONFIG`: where registry credentials are read (`config.json`, default `~/.docker`).
+//! - `COMPOSE_PROJECT_NAME`, `COMPOSE_PROFILES`: as in compose.
+//! - `BERTH_LOG`: the log filter (tracing `EnvFilter` syntax, default `warn`).
+//!
+//! Exit codes:
+//! - 0: done;
+//! - 1: a service failed to start, become healthy or complete (what was running before a
+//!   failed `up` is still running);
+//! - 2: bad command line;
+//! - 3: bad project (compose file, env file, interpolation): nothing was changed;
+//! - 4: the Docker daemon is unreachable or refused a request;
+//! - 5: an image is missing or cannot be pulled: nothing was changed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use berth::commands::{self, CommandError, ProjectArgs};
+use berth::converge::ConvergeError;
+use berth::progress::{Mode, Progress};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Run compose stacks on the Docker Engine API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+struct ProjectFlags {
+    /// Compose file(s); later files override earlier ones.
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+    /// Project name (default: COMPOSE_PROJECT_NAME, the file's `name:`, the directory name).
+    #[arg(short = 'p', long = "project-name")]
+    project_name: Option<String>,
+    /// Env file(s) for interpolation (default: `.env` beside the first compose file).
+    #[arg(long = "env-file")]
+    env_files: Vec<PathBuf>,
+    /// Enable services of this profile (also COMPOSE_PROFILES).
+    #[arg(long = "profile")]
+    profiles: Vec<String>,
+}
+
+impl From<ProjectFlags> for ProjectArgs {
+    fn from(f: ProjectFlags) -> Self {
+        ProjectArgs {
+            files: f.files,
+            project_name: f.project_name,
+            env_files: f.env_files,
+            profiles: f.profiles,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Converge and wait until every service is up (like `docker compose up -d --wait`).
+    Up {
+        #[command(flatten)]
+        project: ProjectFlags,
+        /// Give up waiting for services after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        wait_timeout: u64,
+        /// Remove containers of services no longer in the project.
+        #[arg(long)]
+        remove_orphans: bool,
+        /// Print nothing but errors.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show what `up` would do; change nothing.
+    Plan {
+        #[command(flatten)]
+        project: ProjectFlags,
+        #[arg(long)]
+        remove_orphans: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and remove the project's containers and networks.
+    Down {
+        #[command(flatten)]
+        project: ProjectFlags,
+        /// Remove the project's volumes too.
+        #[arg(short = 'v', long)]
+        volumes: bool,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List the project's containers.
+    Ps {
+        #[command(flatten)]
+        project: ProjectFlags,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the resolved project (environment values masked).
+    Config {
+        #[command(flatten)]
+        project: ProjectFlags,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CommandError> {
+    match cli.command {
+        Command::Up {
+            project,
+            wait_timeout,
+            remove_orphans,
+            quiet,
+        } => {
+            let progress = Progress::new(Mode::detect(quiet));
+            let plan = commands::up(
+                &project.into(),
+                remove_orphans,
+                Duration::from_secs(wait_timeout),
+                &progress,
+            )
+            .await?;
+            if !quiet && plan.is_noop() {
+                eprintln!("{}: up to date", plan.project);
+            }
+        }
+        Command::Plan {
+            project,
+            remove_orphans,
+            json,
+        } => {
+            print!(
+                "{}",
+                commands::plan(&project.into(), remove_orphans, json).await?
+            );
+        }
+        Command::Down {
+            project,
+            volumes,
+            quiet,
+        } => {
+            let progress = Progress::new(Mode::detect(quiet));
+            commands::down(&project.into(), volumes, &progress).await?;
+        }
+        Command::Ps { project, json } => print!("{}", commands::ps(&project.into(), json).await?),
+        Command::Config { project } => print!("{}", commands::config(&project.into())?),
+    }
+    Ok(())
+}
+
+fn exit_code(e: &CommandError) -> u8 {
+    match e {
+        CommandError::Compose(_) => 3,
+        CommandError::Docker(_) | CommandError::Converge(ConvergeError::Docker(_)) => 4,
+        CommandError::Converge(
+            ConvergeError::ImageMissing { .. }
+            | ConvergeError::Pull { .. }
+            | ConvergeError::Registry(_),
+        ) => 5,
+        CommandError::Converge(
+            ConvergeError::NoHealthcheck { .. }
+            | ConvergeError::PortTaken { .. }
+            | ConvergeError::ExternalNetworkMissing { .. }
+            | ConvergeError::ExternalVolumeMissing { .. },
+        ) => 3,
+        CommandError::Converge(_) | CommandError::Output(_) => 1,
+    }
+}

@@ -1,0 +1,258 @@
+//! A resolved service as the Docker Engine API's container-create body, with compose's labels.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, Mount,
+    MountTmpfsOptions, MountType, MountVolumeOptions, NetworkingConfig, PortBinding,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+};
+
+use crate::compose::{MountKind, Project, Service};
+use crate::docker::labels;
+
+/// One container berth wants to exist.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub service: String,
+    pub number: u32,
+    pub name: String,
+    pub config_hash: String,
+    pub body: ContainerCreateBody,
+    /// Networks past the first, joined after create (API 1.41 takes one network at create).
+    pub extra_networks: Vec<(String, EndpointSettings)>,
+}
+
+pub fn container_name(project: &str, svc: &Service, number: u32) -> String {
+    svc.container_name
+        .clone()
+        .unwrap_or_else(|| format!("{project}-{}-{number}", svc.name))
+}
+
+/// compose's `depends_on` label: `db:service_healthy:false,cache:service_started:false`.
+fn depends_on_label(svc: &Service) -> String {
+    svc.depends_on
+        .iter()
+        .map(|(name, d)| format!("{name}:{}:{}", d.condition.as_str(), d.restart))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn build(
+    project: &Project,
+    svc: &Service,
+    number: u32,
+    image_id: Option<&str>,
+) -> ContainerSpec {
+    let config_hash = svc.config_hash();
+    let fields: Vec<String> = svc
+        .field_digests()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut lbls: HashMap<String, String> = svc
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let files: Vec<String> = project
+        .config_files
+        .iter()
+        .map(|p| p.to_string_lossy().to_string())
+        .collect();
+    for (k, v) in [
+        (labels::PROJECT, project.name.clone()),
+        (labels::SERVICE, svc.name.clone()),
+        (labels::NUMBER, number.to_string()),
+        (labels::ONEOFF, "False".to_string()),
+        (labels::CONFIG_HASH, config_hash.clone()),
+        (labels::DEPENDS_ON, depends_on_label(svc)),
+        (
+            labels::WORKING_DIR,
+            project.working_dir.to_string_lossy().to_string(),
+        ),
+        (labels::CONFIG_FILES, files.join(",")),
+        (labels::VERSION, env!("CARGO_PKG_VERSION").to_string()),
+        (labels::FIELDS, fields.join(",")),
+        (labels::MANAGED, "true".to_string()),
+    ] {
+        lbls.insert(k.to_string(), v);
+    }
+    if let Some(id) = image_id {
+        lbls.insert(labels::IMAGE.to_string(), id.to_string());
+    }
+
+    let mut exposed: Vec<String> = svc
+        .ports
+        .iter()
+        .map(|p| format!("{}/{}", p.target, p.protocol))
+        .collect();
+    for e in &svc.expose {
+        exposed.push(if e.contains('/') {
+            e.clone()
+        } else {
+            format!("{e}/tcp")
+        });
+    }
+    exposed.sort();
+    exposed.dedup();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &svc.ports {
+        let entry = bindings
+            .entry(format!("{}/{}", p.target, p.protocol))
+            .or_insert(Some(vec![]));
+        if let Some(list) = entry {
+            list.push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: Some(p.published.clone().unwrap_or_default()),
+            });
+        }
+    }
+
+    let mounts: Vec<Mount> = svc
+        .mounts
+        .iter()
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: m.source.clone(),
+            typ: Some(match m.kind {
+                MountKind::Bind => MountType::BIND,
+                MountKind::Volume => MountType::VOLUME,
+                MountKind::Tmpfs => MountType::TMPFS,
+            }),
+            read_only: Some(m.read_only),
+            volume_options: (m.kind == MountKind::Volume && m.nocopy).then(|| MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            tmpfs_options: m.tmpfs_size.map(|s| MountTmpfsOptions {
+                size_bytes: Some(s),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+
+    let restart_policy = svc.restart.as_ref().map(|(name, retries)| RestartPolicy {
+        name: Some(match name.as_str() {
+            "always" => RestartPolicyNameEnum::ALWAYS,
+            "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
+            "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
+            _ => RestartPolicyNameEnum::NO,
+        }),
+        maximum_retry_count: (name == "on-failure").then_some(*retries),
+    });
+
+    let host_config = HostConfig {
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        mounts: (!mounts.is_empty()).then_some(mounts),
+        restart_policy,
+        memory: svc.memory,
+        nano_cpus: svc.nano_cpus,
+        pids_limit: svc.pids_limit,
+        shm_size: svc.shm_size,
+        ulimits: (!svc.ulimits.is_empty()).then(|| {
+            svc.ulimits
+                .iter()
+                .map(|(name, (soft, hard))| ResourcesUlimits {
+                    name: Some(name.clone()),
+                    soft: Some(*soft),
+                    hard: Some(*hard),
+                })
+                .collect()
+        }),
+        log_config: svc.logging.as_ref().map(|l| HostConfigLogConfig {
+            typ: l.driver.clone(),
+            config: (!l.options.is_empty()).then(|| {
+                l.options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+        }),
+        cap_add: (!svc.cap_add.is_empty()).then(|| svc.cap_add.clone()),
+        cap_drop: (!svc.cap_drop.is_empty()).then(|| svc.cap_drop.clone()),
+        security_opt: (!svc.security_opt.is_empty()).then(|| svc.security_opt.clone()),
+        group_add: (!svc.group_add.is_empty()).then(|| svc.group_add.clone()),
+        readonly_rootfs: svc.read_only.then_some(true),
+        privileged: svc.privileged.then_some(true),
+        sysctls: (!svc.sysctls.is_empty()).then(|| {
+            svc.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
+        extra_hosts: (!svc.extra_hosts.is_empty()).then(|| svc.extra_hosts.clone()),
+        dns: (!svc.dns.is_empty()).then(|| svc.dns.clone()),
+        dns_search: (!svc.dns_search.is_empty()).then(|| svc.dns_search.clone()),
+        init: svc.init,
+        network_mode: svc.networks.values().next().map(|n| n.name.clone()),
+        ..Default::default()
+    };
+
+    let healthcheck = svc.healthcheck.as_ref().map(|h| HealthConfig {
+        test: h.test.clone(),
+        interval: h.interval_ns,
+        timeout: h.timeout_ns,
+        retries: h.retries,
+        start_period: h.start_period_ns,
+        start_interval: h.start_interval_ns,
+    });
+
+    let endpoint = |n: &crate::compose::ServiceNetwork| {
+        let mut aliases = vec![svc.name.clone()];
+        aliases.extend(n.aliases.iter().cloned());
+        let ipam = (n.ipv4_address.is_some() || n.ipv6_address.is_some()).then(|| {
+            bollard::models::EndpointIpamConfig {
+                ipv4_address: n.ipv4_address.clone(),
+                ipv6_address: n.ipv6_address.clone(),
+                ..Default::default()
+            }
+        });
+        EndpointSettings {
+            aliases: Some(aliases),
+            ipam_config: ipam,
+            ..Default::default()
+        }
+    };
+    let mut nets = svc.networks.values();
+    let first = nets.next();
+    let networking_config = first.map(|n| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(n.name.clone(), endpoint(n))])),
+    });
+    let extra_networks = nets.map(|n| (n.name.clone(), endpoint(n))).collect();
+
+    let body = ContainerCreateBody {
+        image: Some(svc.image.clone()),
+        hostname: svc.hostname.clone(),
+        domainname: svc.domainname.clone(),
+        user: svc.user.clone(),
+        working_dir: svc.working_dir.clone(),
+        env: Some(
+            svc.environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        cmd: svc.command.clone(),
+        entrypoint: svc.entrypoint.clone(),
+        labels: Some(lbls),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        healthcheck,
+        stop_signal: svc.stop_signal.clone(),
+        stop_timeout: svc.stop_grace_period_secs,
+        tty: svc.tty.then_some(true),
+        open_stdin: svc.stdin_open.then_some(true),
+        host_config: Some(host_config),
+        networking_config,
+        ..Default::default()
+    };
+    ContainerSpec {
+        service: svc.name.clone(),
+        number,
+        name: container_name(&project.name, svc, number),
+        config_hash,
+        body,
+        extra_networks,
+    }
+}

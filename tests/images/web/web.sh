@@ -1,0 +1,44 @@
+#!/bin/sh
+# The berth-test/web server. Environment:
+#   PORT        port to listen on inside the container (default 8080)
+#   VERSION     what GET /version answers (the image sets 1 or 2)
+#   HEALTHY     0: no /healthz file, so GET /healthz answers 404 (default 1)
+#   SLOW_START  seconds to wait before serving anything (default 0)
+#   STOP_DELAY  seconds to keep serving after SIGTERM, with /healthz gone (default 0)
+# Paths: /  (index.html)  /healthz  /version  /hostname
+# At runtime `rm /www/healthz` (docker exec) makes a running container unhealthy.
+port=${PORT:-8080}
+pid=
+
+stop() {
+	rm -f /www/healthz
+	if [ "${STOP_DELAY:-0}" -gt 0 ]; then
+		sleep "$STOP_DELAY"
+	fi
+	if [ -n "$pid" ]; then
+		kill "$pid" 2>/dev/null
+	fi
+	exit 0
+}
+trap stop TERM INT
+
+mkdir -p /www
+printf '%s\n' "${VERSION:-}" >/www/version
+hostname >/www/hostname
+printf '<!doctype html>\n<title>berth-test/web</title>\n<p>berth-test/web version %s on %s</p>\n' \
+	"${VERSION:-}" "$(hostname)" >/www/index.html
+if [ "${HEALTHY:-1}" = 0 ]; then
+	rm -f /www/healthz
+else
+	echo ok >/www/healthz
+fi
+
+if [ "${SLOW_START:-0}" -gt 0 ]; then
+	# In the background so that SIGTERM is handled at once.
+	sleep "$SLOW_START" &
+	wait $!
+fi
+
+httpd -f -p "$port" -h /www &
+pid=$!
+wait "$pid"
