@@ -119,30 +119,47 @@ impl ServiceState {
 
 /// Looks at Docker (images, containers, networks, volumes) for a project. Changes nothing.
 pub async fn observe(engine: &Engine, project: &Project) -> Result<Observed, ConvergeError> {
-    let mut observed = Observed {
-        containers: engine.project_containers(&project.name).await?,
-        ..Observed::default()
-    };
+    // Independent lookups, issued together: a no-op `up` is mostly this.
     let images: BTreeSet<(&str, &PullPolicy)> = project
         .services
         .values()
         .map(|s| (s.image.as_str(), &s.pull_policy))
         .collect();
-    for (image, policy) in images {
+    let image_lookups = join_all(images.into_iter().map(|(image, policy)| async move {
         let id = engine.local_image(image).await?.and_then(|i| i.id);
-        if id.is_none() || *policy == PullPolicy::Always {
-            observed.pulls.push(image.to_string());
+        Ok::<_, DockerError>((image.to_string(), id, *policy == PullPolicy::Always))
+    }));
+    let network_lookups = join_all(project.networks.values().map(|n| async move {
+        Ok::<_, DockerError>((n.name.clone(), engine.network_exists(&n.name).await?))
+    }));
+    let volume_lookups = join_all(project.volumes.values().map(|v| async move {
+        Ok::<_, DockerError>((v.name.clone(), engine.volume_exists(&v.name).await?))
+    }));
+    let (containers, images, networks, volumes) = tokio::join!(
+        engine.project_containers(&project.name),
+        image_lookups,
+        network_lookups,
+        volume_lookups
+    );
+    let mut observed = Observed {
+        containers: containers?,
+        ..Observed::default()
+    };
+    for result in images {
+        let (image, id, always) = result?;
+        if id.is_none() || always {
+            observed.pulls.push(image.clone());
         }
-        observed.image_ids.insert(image.to_string(), id);
+        observed.image_ids.insert(image, id);
     }
-    for n in project.networks.values() {
-        if engine.network_exists(&n.name).await? {
-            observed.networks.insert(n.name.clone());
+    for result in networks {
+        if let (name, true) = result? {
+            observed.networks.insert(name);
         }
     }
-    for v in project.volumes.values() {
-        if engine.volume_exists(&v.name).await? {
-            observed.volumes.insert(v.name.clone());
+    for result in volumes {
+        if let (name, true) = result? {
+            observed.volumes.insert(name);
         }
     }
     Ok(observed)
@@ -327,12 +344,10 @@ async fn ensure_resources(
     for (key, n) in &project.networks {
         let step = plan.networks.iter().find(|s| s.name == n.name);
         match step.map(|s| s.action) {
-            Some("external") => {
-                if !engine.network_exists(&n.name).await? {
-                    return Err(ConvergeError::ExternalNetworkMissing {
-                        network: n.name.clone(),
-                    });
-                }
+            Some("external") if !engine.network_exists(&n.name).await? => {
+                return Err(ConvergeError::ExternalNetworkMissing {
+                    network: n.name.clone(),
+                });
             }
             Some("create") => {
                 let mut lbls: HashMap<String, String> = n.labels.clone().into_iter().collect();
@@ -366,12 +381,10 @@ async fn ensure_resources(
     for (key, v) in &project.volumes {
         let step = plan.volumes.iter().find(|s| s.name == v.name);
         match step.map(|s| s.action) {
-            Some("external") => {
-                if !engine.volume_exists(&v.name).await? {
-                    return Err(ConvergeError::ExternalVolumeMissing {
-                        volume: v.name.clone(),
-                    });
-                }
+            Some("external") if !engine.volume_exists(&v.name).await? => {
+                return Err(ConvergeError::ExternalVolumeMissing {
+                    volume: v.name.clone(),
+                });
             }
             Some("create") => {
                 let mut lbls: HashMap<String, String> = v.labels.clone().into_iter().collect();
@@ -522,8 +535,10 @@ async fn run_service(
     progress: &Progress,
     tx: &watch::Sender<ServiceState>,
 ) -> Result<(), ConvergeError> {
+    // A service with nothing to do is only checked, silently.
+    let unchanged = steps.iter().all(|s| s.action == Action::Keep);
     for (dep, cond, mut rx) in deps {
-        if !rx.borrow().satisfies(cond) {
+        if !unchanged && !rx.borrow().satisfies(cond) {
             progress.update(&svc.name, &format!("waiting for {dep} ({})", cond.as_str()));
         }
         let state = rx
@@ -546,10 +561,12 @@ async fn run_service(
     let _ = tx.send(ServiceState::Started);
     let mut final_state = ServiceState::Healthy;
     for id in &ids {
-        final_state = wait_ready(engine, svc, id, one_shot, deadline, progress).await?;
+        let quiet = if unchanged { None } else { Some(progress) };
+        final_state = wait_ready(engine, svc, id, one_shot, deadline, quiet).await?;
     }
     let _ = tx.send(final_state.clone());
     let label = match final_state {
+        _ if unchanged => "up to date",
         ServiceState::Completed => "completed",
         _ if has_healthcheck(engine, svc).await.unwrap_or(false) => "healthy",
         _ => "running",
@@ -617,16 +634,12 @@ async fn apply_step(
                 &format!("recreating ({})", step.reasons.join("; ")),
             );
             // New beside old under a temporary name; the old one stops only once the new exists.
-            let temp = format!(
-                "{}_{}",
-                step.name,
-                &step
-                    .spec
-                    .as_ref()
-                    .map(|s| s.config_hash.clone())
-                    .unwrap_or_default()
-                    [..12.min(step.spec.as_ref().map(|s| s.config_hash.len()).unwrap_or(0))]
-            );
+            let hash = step
+                .spec
+                .as_ref()
+                .map(|s| s.config_hash.as_str())
+                .unwrap_or("new");
+            let temp = format!("{}_{}", step.name, &hash[..hash.len().min(12)]);
             let _ = engine.remove(&temp, true).await;
             let id = create(engine, svc, step, &temp).await?;
             engine
@@ -703,7 +716,7 @@ async fn wait_ready(
     id: &str,
     one_shot: bool,
     deadline: Instant,
-    progress: &Progress,
+    progress: Option<&Progress>,
 ) -> Result<ServiceState, ConvergeError> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(25);
@@ -759,7 +772,7 @@ async fn wait_ready(
                         })
                     }
                     _ => {
-                        if !announced {
+                        if let (false, Some(progress)) = (announced, progress) {
                             progress.update(&svc.name, "waiting for health");
                             announced = true;
                         }

@@ -220,9 +220,13 @@ impl Parser<'_> {
             return Err(syntax(self.line, "missing variable name"));
         }
         if key.contains(char::is_whitespace) {
+            // Only the first word: on a line missing its `=`, the rest may be the secret value.
+            let first = key.split(char::is_whitespace).next().unwrap_or_default();
             return Err(syntax(
                 self.line,
-                &format!("variable name {key:?} contains whitespace"),
+                &format!(
+                    "variable name {first:?} is followed by whitespace and text (missing `=`?)"
+                ),
             ));
         }
         let key = key.to_owned();
@@ -652,7 +656,7 @@ mod tests {
     fn key_with_inner_space_is_error() {
         assert_eq!(
             syntax_err("A B=1").1,
-            "variable name \"A B\" contains whitespace"
+            "variable name \"A\" is followed by whitespace and text (missing `=`?)"
         );
         assert_eq!(syntax_err("A\tB\n").0, 1);
     }

@@ -119,7 +119,7 @@ pub(super) fn parse_port(text: &str) -> Result<ShortPort, String> {
         }
     };
     let (published, target) = match rest.split_once(':') {
-        Some((p, t)) if p.is_empty() => (None, t),
+        Some(("", t)) => (None, t),
         Some((p, t)) => (Some(port_range(p).map_err(bad)?), t),
         None => (None, rest),
     };

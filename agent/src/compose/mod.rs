@@ -75,7 +75,7 @@ pub struct LoadOptions {
     pub project_name: Option<String>,
     /// `--env-file`s; empty means `.env` in the project directory when it exists.
     pub env_files: Vec<PathBuf>,
-    /// `--profile`s, added to `COMPOSE_PROFILES`.
+    /// `--profile`s; when empty, `COMPOSE_PROFILES`.
     pub profiles: Vec<String>,
     /// Where relative `-f` paths and the default file are looked up.
     pub working_dir: PathBuf,
@@ -95,11 +95,18 @@ impl LoadOptions {
     }
 }
 
+/// compose-go's search order; the first found wins, and an override file beside it joins it.
 const DEFAULT_FILES: [&str; 4] = [
     "compose.yaml",
     "compose.yml",
-    "docker-compose.yaml",
     "docker-compose.yml",
+    "docker-compose.yaml",
+];
+const OVERRIDE_FILES: [&str; 4] = [
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
 ];
 
 /// Loads, merges, interpolates and validates a project.
@@ -117,14 +124,13 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
         let doc = files::read_document(path, &lookup)?;
         merged = merge::merge_documents(merged, doc, path)?;
     }
+    // As compose: COMPOSE_PROFILES applies only when no --profile is given.
     let mut profiles: Vec<String> = opts.profiles.clone();
-    if let Some(p) = env.get("COMPOSE_PROFILES") {
-        profiles.extend(
-            p.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-        );
+    if profiles.is_empty() {
+        if let Some(p) = env.get("COMPOSE_PROFILES") {
+            let listed = p.split(',').map(str::trim).filter(|s| !s.is_empty());
+            profiles.extend(listed.map(String::from));
+        }
     }
     model::build_project(model::BuildInput {
         document: merged,
@@ -138,14 +144,14 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
 
 fn resolve_files(opts: &LoadOptions) -> Result<Vec<PathBuf>, ComposeError> {
     if opts.files.is_empty() {
-        return DEFAULT_FILES
-            .iter()
-            .map(|n| opts.working_dir.join(n))
-            .find(|p| p.is_file())
-            .map(|p| vec![absolute(&p)])
-            .ok_or_else(|| ComposeError::NoFile {
-                dir: opts.working_dir.clone(),
-            });
+        let find = |names: &[&str]| {
+            let mut candidates = names.iter().map(|n| opts.working_dir.join(n));
+            candidates.find(|p| p.is_file()).map(|p| absolute(&p))
+        };
+        let main = find(&DEFAULT_FILES).ok_or_else(|| ComposeError::NoFile {
+            dir: opts.working_dir.clone(),
+        })?;
+        return Ok(std::iter::once(main).chain(find(&OVERRIDE_FILES)).collect());
     }
     Ok(opts
         .files
@@ -164,12 +170,14 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Compose's project-name normalization: lowercase, and only `[a-z0-9_-]`.
+/// Compose's project-name normalization: lowercase, only `[a-z0-9_-]`, no leading `_` or `-`.
 pub fn normalize_project_name(raw: &str) -> String {
-    raw.to_lowercase()
+    let kept: String = raw
+        .to_lowercase()
         .chars()
         .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
-        .collect()
+        .collect();
+    kept.trim_start_matches(['_', '-']).to_string()
 }
 
 pub fn validate_project_name(name: &str) -> Result<(), ComposeError> {

@@ -629,8 +629,94 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ComposeError
     }
 }
 
+const BOOL_KEYS: &[&str] = &[
+    "read_only",
+    "privileged",
+    "init",
+    "tty",
+    "stdin_open",
+    "disable",
+    "required",
+    "restart",
+    "internal",
+    "attachable",
+    "enable_ipv6",
+    "external",
+    "create_host_path",
+    "nocopy",
+];
+const INT_KEYS: &[&str] = &[
+    "replicas",
+    "scale",
+    "retries",
+    "pids_limit",
+    "pids",
+    "target",
+    "max_attempts",
+    "soft",
+    "hard",
+];
+/// Maps whose keys are the user's (variable names, label keys): never coerced.
+const FREE_MAPS: &[&str] = &[
+    "environment",
+    "labels",
+    "sysctls",
+    "options",
+    "driver_opts",
+    "extra_hosts",
+    "annotations",
+];
+
+/// Interpolation yields strings; compose casts them back to the field's type
+/// (`replicas: "${N}"` is a number). Only the typed fields are touched.
+fn coerce_scalars(v: &mut Value) {
+    let Value::Mapping(m) = v else {
+        if let Value::Sequence(items) = v {
+            items.iter_mut().for_each(coerce_scalars);
+        }
+        return;
+    };
+    for (k, child) in m.iter_mut() {
+        let key = k.as_str().unwrap_or_default();
+        if FREE_MAPS.contains(&key) || key.starts_with("x-") {
+            continue;
+        }
+        if key == "ulimits" {
+            if let Value::Mapping(limits) = child {
+                for (_, limit) in limits.iter_mut() {
+                    if let Some(n) = limit.as_str().and_then(|t| t.trim().parse::<i64>().ok()) {
+                        *limit = Value::from(n);
+                    }
+                    coerce_scalars(limit);
+                }
+            }
+            continue;
+        }
+        if let Value::String(text) = child {
+            let t = text.trim();
+            if BOOL_KEYS.contains(&key) {
+                match t {
+                    "true" | "True" | "TRUE" | "1" | "t" | "T" => *child = Value::Bool(true),
+                    "false" | "False" | "FALSE" | "0" | "f" | "F" => *child = Value::Bool(false),
+                    _ => {}
+                }
+            } else if INT_KEYS.contains(&key) {
+                if let Ok(n) = t.parse::<i64>() {
+                    *child = Value::from(n);
+                }
+            }
+        } else {
+            coerce_scalars(child);
+        }
+    }
+}
+
 /// Deserializes `value` into `T`, reporting the failing path below `prefix`.
-fn typed<T: serde::de::DeserializeOwned>(value: Value, prefix: &str) -> Result<T, ComposeError> {
+fn typed<T: serde::de::DeserializeOwned>(
+    mut value: Value,
+    prefix: &str,
+) -> Result<T, ComposeError> {
+    coerce_scalars(&mut value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let field = if inner == "." || inner.is_empty() {
@@ -681,10 +767,10 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         .project_dir
         .file_name()
         .map(|n| n.to_string_lossy().to_string());
-    let name = match input
-        .name_flag
-        .or_else(|| input.env.get("COMPOSE_PROJECT_NAME").cloned())
-    {
+    let name = match input.name_flag.or_else(|| {
+        let from_env = input.env.get("COMPOSE_PROJECT_NAME");
+        from_env.filter(|n| !n.is_empty()).cloned()
+    }) {
         Some(explicit) => explicit,
         None => top_name
             .or(dir_name)
@@ -793,6 +879,11 @@ fn default_network(project: &str) -> NetworkSpec {
     }
 }
 
+/// The deprecated `external: {name: x}` form still names the resource.
+fn external_name(v: &Option<Value>) -> Option<String> {
+    v.as_ref()?.get("name")?.as_str().map(String::from)
+}
+
 fn is_external(v: &Option<Value>) -> bool {
     match v {
         Some(Value::Bool(b)) => *b,
@@ -814,13 +905,16 @@ fn resolve_networks(
             });
         }
         let external = is_external(&net.external);
-        let name = net.name.unwrap_or_else(|| {
-            if external {
-                key.clone()
-            } else {
-                format!("{project}_{key}")
-            }
-        });
+        let name = net
+            .name
+            .or_else(|| external_name(&net.external))
+            .unwrap_or_else(|| {
+                if external {
+                    key.clone()
+                } else {
+                    format!("{project}_{key}")
+                }
+            });
         out.insert(
             key,
             NetworkSpec {
@@ -850,13 +944,16 @@ fn resolve_volumes(
     for (key, vol) in raw {
         let vol = vol.unwrap_or_default();
         let external = is_external(&vol.external);
-        let name = vol.name.unwrap_or_else(|| {
-            if external {
-                key.clone()
-            } else {
-                format!("{project}_{key}")
-            }
-        });
+        let name = vol
+            .name
+            .or_else(|| external_name(&vol.external))
+            .unwrap_or_else(|| {
+                if external {
+                    key.clone()
+                } else {
+                    format!("{project}_{key}")
+                }
+            });
         out.insert(
             key,
             VolumeSpec {
@@ -961,12 +1058,26 @@ fn resolve_service(ctx: &mut Ctx<'_>, name: &str, value: Value) -> Result<Servic
     let ports = resolve_ports(&p, raw.ports)?;
     let mut mounts = resolve_mounts(ctx, &p, raw.volumes)?;
     for (i, t) in raw.tmpfs.iter().enumerate() {
-        let (target, _) = t.split_once(':').unwrap_or((t, ""));
+        let (target, options) = t.split_once(':').unwrap_or((t, ""));
         if !target.starts_with('/') {
             return Err(invalid(
                 format!("{p}.tmpfs[{i}]"),
                 format!("{t:?} must be an absolute path"),
             ));
+        }
+        let mut tmpfs_size = None;
+        for opt in options.split(',').filter(|o| !o.is_empty()) {
+            match opt.split_once('=') {
+                Some(("size", v)) => {
+                    let size = parse_size(v).map_err(|e| invalid(format!("{p}.tmpfs[{i}]"), e))?;
+                    tmpfs_size = Some(size);
+                }
+                Some(("mode" | "uid" | "gid", _)) | None => {}
+                Some((k, _)) => {
+                    let message = format!("unknown tmpfs option {k:?}");
+                    return Err(invalid(format!("{p}.tmpfs[{i}]"), message));
+                }
+            }
         }
         mounts.push(MountSpec {
             kind: MountKind::Tmpfs,
@@ -974,7 +1085,7 @@ fn resolve_service(ctx: &mut Ctx<'_>, name: &str, value: Value) -> Result<Servic
             target: target.to_string(),
             read_only: false,
             create_host_path: false,
-            tmpfs_size: None,
+            tmpfs_size,
             nocopy: false,
         });
     }

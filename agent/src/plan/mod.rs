@@ -113,6 +113,15 @@ fn label<'a>(c: &'a ContainerSummary, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+fn name_of(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .or_else(|| c.id.clone())
+        .unwrap_or_default()
+}
+
 /// `Exited (3) 2 minutes ago` -> 3.
 pub fn exit_code_of(status: &str) -> Option<i64> {
     let rest = status.strip_prefix("Exited (")?;
@@ -175,10 +184,20 @@ pub fn compute(project: &Project, observed: &Observed, remove_orphans: bool) -> 
         let image_id = observed.image_ids.get(&svc.image).cloned().flatten();
         for number in 1..=svc.replicas {
             let spec = spec::build(project, svc, number, image_id.as_deref());
-            let existing = observed.containers.iter().find(|c| {
-                label(c, labels::SERVICE) == Some(svc.name.as_str())
-                    && label(c, labels::NUMBER) == Some(number.to_string().as_str())
-            });
+            let candidates: Vec<&ContainerSummary> = observed
+                .containers
+                .iter()
+                .filter(|c| {
+                    label(c, labels::SERVICE) == Some(svc.name.as_str())
+                        && label(c, labels::NUMBER) == Some(number.to_string().as_str())
+                })
+                .collect();
+            // A duplicate (say, left by an interrupted recreate) loses to the canonical name.
+            let existing = candidates
+                .iter()
+                .find(|c| name_of(c) == spec.name)
+                .or(candidates.first())
+                .copied();
             let step = match existing {
                 None => ContainerStep {
                     service: svc.name.clone(),

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# tests/run.sh: berth's test command, the same on a laptop and in CI.
+#
+#   tests/run.sh [extra cargo test arguments, e.g. -- --test-threads=1]
+#
+# Runs tests/setup.sh (installs and starts what is missing, builds the test images), then
+# rustfmt, clippy and the whole workspace's tests against the real Docker daemon. At the
+# end, pass or fail, it removes whatever the integration tests left behind: containers,
+# networks and volumes of the compose projects named berth-t-* (each test's own project).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# The integration tests' project-name prefix (tests pick berth-t-<name>-<unique>).
+prefix=${BERTH_TEST_PREFIX:-berth-t-}
+label=com.docker.compose.project
+
+step() {
+	echo "==> $*" >&2
+}
+
+# Prints the ids (names for volumes) of the objects of one kind (container, network,
+# volume) whose compose project starts with the prefix.
+leftovers() { # kind
+	local -a list
+	case $1 in
+	container) list=(docker ps -a --format "{{.ID}} {{.Label \"$label\"}}") ;;
+	network) list=(docker network ls --format "{{.ID}} {{.Label \"$label\"}}") ;;
+	volume) list=(docker volume ls --format "{{.Name}} {{.Label \"$label\"}}") ;;
+	esac
+	"${list[@]}" --filter "label=$label" 2>/dev/null | awk -v p="$prefix" 'index($2, p) == 1 { print $1 }'
+}
+
+remove_leftovers() {
+	local kind found
+	local -a ids
+	for kind in container network volume; do
+		found=$(leftovers "$kind" || true)
+		read -r -d '' -a ids <<<"$found" || true
+		if ((${#ids[@]} == 0)); then
+			continue
+		fi
+		if [[ $kind == container ]]; then
+			docker rm -fv "${ids[@]}" >/dev/null 2>&1 || true
+		else
+			docker "$kind" rm "${ids[@]}" >/dev/null 2>&1 || true
+		fi
+		echo "run: removed ${#ids[@]} leftover ${kind}(s) of ${prefix}* projects" >&2
+	done
+}
+
+finish() {
+	local rc=$?
+	if command -v docker >/dev/null 2>&1; then
+		remove_leftovers
+	fi
+	exit "$rc"
+}
+trap finish EXIT
+
+step "setup"
+# Sourced, so that its PATH (rustup's ~/.cargo/bin) carries over.
+# shellcheck source-path=SCRIPTDIR source=setup.sh
+. "$root/tests/setup.sh"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace "$@"
