@@ -39,6 +39,10 @@ fn running_first(p: &Project) -> Before {
 #[track_caller]
 fn assert_still_running(before: &Before) {
     for (id, started) in before {
+        assert!(
+            docker_try(&["container", "inspect", id]).code == 0,
+            "container {id}, running before the bad run, is gone"
+        );
         let c = inspect(id);
         assert_eq!(
             c["State"]["Running"], true,
@@ -394,6 +398,18 @@ fn unknown_key_is_only_a_warning() {
     assert!(!out.stderr.contains("error"), "{}", out.stderr);
     assert_contains(&out.stderr, "warning");
     assert_contains(&out.stderr, "services.web.frobnicate");
+    // One readable warning: said once, without terminal escape codes in a pipe.
+    assert_eq!(
+        out.stderr.matches("services.web.frobnicate").count(),
+        1,
+        "the warning is repeated:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "escape codes on a non-terminal stderr:\n{:?}",
+        out.stderr
+    );
     assert_eq!(p.container("web")["State"]["Running"], true);
     // keeper is no longer in the file: an orphan, warned about, still running.
     assert_still_running(&before);
@@ -569,6 +585,87 @@ fn wrong_type_names_the_field() {
     let msg = message(&bad_up(&p), 3);
     assert_contains(&msg, "services.web.cpus");
     assert_contains(&msg, "lots");
+    assert_still_running(&before);
+    assert_nothing_created(&p, &before);
+}
+
+/// A service already running under the project, to be changed by the bad run.
+fn running_web(p: &Project, extra: &str) -> Before {
+    running_web_file(p, extra);
+    p.up();
+    let snap = p.snapshot();
+    assert_eq!(snap.len(), 1, "{snap:?}");
+    snap.into_iter().map(|(id, _, s)| (id, s)).collect()
+}
+
+#[test]
+fn recreate_onto_a_taken_host_port_leaves_the_running_container_alone() {
+    let p = Project::new("recreate_port_taken");
+    let before = running_web(&p, "");
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    // The change adds a port that another process holds: checkable before anything is stopped.
+    running_web_file(&p, &format!("    ports: [\"127.0.0.1:{port}:8080\"]\n"));
+    let msg = message(&bad_up(&p), 3);
+    assert_contains(&msg, &format!("127.0.0.1:{port}"));
+    assert_contains(&msg, "web");
+    assert_still_running(&before);
+    assert_nothing_created(&p, &before);
+    drop(holder);
+}
+
+#[test]
+fn recreate_that_never_becomes_healthy_leaves_the_old_container_running() {
+    let p = Project::new("recreate_unhealthy");
+    let before = running_web(&p, "");
+    running_web_file(&p, "    environment:\n      HEALTHY: \"0\"\n");
+    let out = p.cmd("up").args(&["-q", "--wait-timeout", "6"]).run();
+    let msg = message(&out, 1);
+    assert_contains(&msg, "web");
+    assert_contains(&msg, "404");
+    // Recreate is stop-first (two copies of a service may not share its volumes), so the old
+    // container was stopped while the new one was tried; it must be back, the same container,
+    // running, with the failed new one gone.
+    for (id, _) in &before {
+        let c = inspect(id);
+        assert_eq!(
+            c["State"]["Running"], true,
+            "old container {id} not restored: {}",
+            c["State"]
+        );
+    }
+    let ids: Vec<String> = before.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(
+        p.container_ids(),
+        ids,
+        "the failed new container was left behind"
+    );
+}
+
+fn running_web_file(p: &Project, extra: &str) {
+    p.compose(&format!(
+        r#"
+services:
+  web:
+    image: {WEB}
+    healthcheck:
+      test: {WEB_HEALTHCHECK}
+      interval: 1s
+{extra}"#
+    ));
+}
+
+#[test]
+fn missing_env_file_flag_names_the_path() {
+    let p = Project::new("missing_env_file_flag");
+    let before = running_first(&p);
+    p.compose(&format!("services:\n  web:\n    image: {WEB}\n"));
+    let out = p
+        .cmd("up")
+        .args(&["-q", "--env-file", "nowhere/interp.env"])
+        .run();
+    let msg = message(&out, 3);
+    assert_contains(&msg, "nowhere/interp.env");
     assert_still_running(&before);
     assert_nothing_created(&p, &before);
 }

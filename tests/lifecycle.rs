@@ -66,7 +66,7 @@ fn second_up_with_nothing_changed_touches_nothing() {
     let before = p.snapshot();
     assert_eq!(before.len(), 3, "{before:?}");
 
-    let plan = p.plan().stdout.clone();
+    let plan = p.plan().stdout;
     for svc in ["web", "migrate", "worker"] {
         let line = plan_line(&plan, &p.container_name(svc));
         assert_eq!(action_of(&line), "keep", "{line}");
@@ -121,7 +121,7 @@ services:
     let dependent = p.container("dependent");
 
     p.compose(&compose("two"));
-    let plan = p.plan().stdout.clone();
+    let plan = p.plan().stdout;
     let line = plan_line(&plan, &p.container_name("changing"));
     assert_eq!(action_of(&line), "recreate", "{line}");
     assert_contains(&line, "environment");
@@ -185,7 +185,7 @@ services:
     );
 
     p.compose(&compose("2"));
-    let plan = p.plan().stdout.clone();
+    let plan = p.plan().stdout;
     assert_eq!(
         action_of(&plan_line(&plan, &p.container_name("db"))),
         "recreate"
@@ -233,7 +233,7 @@ fn orphans_are_kept_with_a_warning_and_removed_on_request() {
     let old = p.container("old");
 
     p.compose(&format!("services:\n  app:\n    image: {TOOL}\n"));
-    let plan = p.plan().stdout.clone();
+    let plan = p.plan().stdout;
     assert_eq!(
         action_of(&plan_line(&plan, &p.container_name("old"))),
         "orphan"
@@ -268,7 +268,7 @@ fn stopped_but_current_container_is_only_started() {
     docker(&["stop", &id_of(&app)]);
     assert_eq!(inspect(&id_of(&app))["State"]["Running"], false);
 
-    let plan = p.plan().stdout.clone();
+    let plan = p.plan().stdout;
     let line = plan_line(&plan, &p.container_name("app"));
     assert_eq!(action_of(&line), "start", "{line}");
 
@@ -411,7 +411,9 @@ services:
     let json = p.cmd("plan").arg("--json").run();
     json.ok();
     assert_contains(&after.stdout, "recreate");
-    for out in [&before, &up, &after, &json] {
+    let recreate = p.up();
+    assert_contains(&recreate.stderr, "environment");
+    for out in [&before, &up, &after, &json, &recreate] {
         for text in [&out.stdout, &out.stderr] {
             assert!(
                 !text.contains(secret) && !text.contains(inline),
@@ -422,7 +424,7 @@ services:
     // The values did reach the container.
     let env = env_of(&p.container("app"));
     assert_eq!(env["DB_PASSWORD"], secret);
-    assert_eq!(env["API_TOKEN"], inline);
+    assert_eq!(env["API_TOKEN"], format!("{inline}-changed"));
 }
 
 #[test]
@@ -495,4 +497,27 @@ services:
     });
     assert_eq!(body.trim(), "2");
     assert_eq!(p.container_ids().len(), 1, "the old container is gone");
+}
+
+#[test]
+fn scaling_down_removes_the_extra_replicas() {
+    let p = Project::new("scale_down");
+    let compose = |n: u32| {
+        format!("services:\n  worker:\n    image: {TOOL}\n    deploy:\n      replicas: {n}\n")
+    };
+    p.compose(&compose(3));
+    p.up();
+    assert_eq!(p.service_ids("worker").len(), 3);
+    let first = p.replica("worker", 1);
+
+    p.compose(&compose(1));
+    let out = p.up();
+    assert!(
+        !out.stderr.contains("orphan"),
+        "replicas of a service in the project are not orphans:\n{}",
+        out.stderr
+    );
+    let ids = p.service_ids("worker");
+    assert_eq!(ids, [id_of(&first)], "only replica 1 is left");
+    assert_eq!(started_at(&p.replica("worker", 1)), started_at(&first));
 }

@@ -22,6 +22,8 @@ berth_setup_apt_packages=(
 	docker-compose  # 1.29.2, the reference berth is compared with
 	haproxy         # the ALB's stand-in
 	wrk             # load for the zero-downtime tests
+	docker-registry # the private registry (ECR's stand-in), with htpasswd auth
+	apache2-utils   # htpasswd, for the registry's users
 	curl
 	python3
 )
@@ -72,8 +74,9 @@ berth_setup_apt() {
 	log=$(mktemp)
 	if ! {
 		apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+			# With the recommends (cgroupfs-mount, apparmor...), as dockerd is known to work.
 			DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install \
-				-y -qq --no-install-recommends "${missing[@]}"
+				-y -qq "${missing[@]}"
 	} >"$log" 2>&1; then
 		tail -n 40 "$log" >&2
 		berth_setup_die "apt-get could not install: ${missing[*]} (log: $log)"

@@ -285,49 +285,41 @@ async fn has_healthcheck(engine: &Engine, svc: &Service) -> Result<bool, Converg
     Ok(test.is_some_and(|t| t.first().map(String::as_str) != Some("NONE") && !t.is_empty()))
 }
 
-/// Host ports that containers about to be created will bind must be free, unless the
-/// project's own containers that are being replaced hold them.
-fn check_ports(project: &Project, plan: &Plan) -> Result<(), ConvergeError> {
-    let replacing: BTreeSet<&str> = plan
-        .containers
-        .iter()
-        .filter(|s| s.action == Action::Recreate)
-        .map(|s| s.service.as_str())
-        .collect();
+/// Host ports that containers about to start will bind must be free, unless the container
+/// being replaced holds them itself. Checked before anything changes.
+fn check_ports(project: &Project, plan: &Plan, observed: &Observed) -> Result<(), ConvergeError> {
+    let starting = [Action::Create, Action::Recreate, Action::Start];
     for step in plan
         .containers
         .iter()
-        .filter(|s| matches!(s.action, Action::Create | Action::Start))
+        .filter(|s| starting.contains(&s.action))
     {
         let Some(svc) = project.services.get(&step.service) else {
             continue;
         };
+        let held: Vec<(Option<String>, u16)> = observed
+            .containers
+            .iter()
+            .filter(|c| c.id.is_some() && c.id == step.existing)
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.ip.clone(), p.public_port?)))
+            .collect();
         for p in &svc.ports {
-            let Some(published) = &p.published else {
-                continue;
+            let Some(Ok(port)) = p.published.as_deref().map(str::parse::<u16>) else {
+                continue; // random ports and ranges: Docker picks a free one
             };
-            if p.protocol != "tcp"
-                || published.contains('-')
-                || replacing.contains(svc.name.as_str())
-            {
+            if p.protocol != "tcp" || held.iter().any(|(_, held_port)| *held_port == port) {
                 continue;
             }
-            let Ok(port) = published.parse::<u16>() else {
-                continue;
-            };
             let ip: IpAddr = p
                 .host_ip
                 .as_deref()
                 .and_then(|h| h.parse().ok())
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-            // The project's own running containers may hold it (a started container keeps it).
-            if step.action == Action::Start {
-                continue;
-            }
             if TcpListener::bind(SocketAddr::new(ip, port)).is_err() {
                 return Err(ConvergeError::PortTaken {
                     service: svc.name.clone(),
-                    address: format!("{ip}:{port}"),
+                    address: SocketAddr::new(ip, port).to_string(),
                 });
             }
         }
@@ -426,13 +418,12 @@ pub async fn up(
     let deadline = Instant::now() + opts.wait_timeout;
     for w in &project.warnings {
         progress.warn(w);
-        tracing::warn!(project = %project.name, "{w}");
     }
     let mut observed = observe(engine, project).await?;
     pull_images(engine, project, &mut observed, progress).await?;
     check_healthchecks(engine, project).await?;
     let plan = plan::compute(project, &observed, opts.remove_orphans);
-    check_ports(project, &plan)?;
+    check_ports(project, &plan, &observed)?;
     prepare_bind_sources(project)?;
     ensure_resources(engine, project, &plan, progress).await?;
 
@@ -445,11 +436,13 @@ pub async fn up(
             engine
                 .remove(step.existing.as_deref().unwrap_or(&step.name), false)
                 .await?;
-            progress.finish(&step.name, "orphan removed");
+            let why = step.reasons.first().map(String::as_str).unwrap_or("orphan");
+            progress.finish(&step.name, &format!("removed ({why})"));
         } else {
-            let msg = format!("found orphan container {} (service {:?} is not in the project); remove it with --remove-orphans", step.name, step.service);
-            progress.warn(&msg);
-            tracing::warn!(container = %step.name, "orphan container");
+            progress.warn(&format!(
+                "found orphan container {} (service {:?} is not in the project); remove it with --remove-orphans",
+                step.name, step.service
+            ));
         }
     }
 
@@ -553,16 +546,41 @@ async fn run_service(
             });
         }
     }
-    let mut ids = Vec::new();
+    let mut applied = Vec::new();
     for step in &steps {
-        let id = apply_step(engine, svc, step, progress).await?;
-        ids.push(id);
+        match apply_step(engine, svc, step, progress).await {
+            Ok(a) => applied.push(a),
+            Err(e) => {
+                restore(engine, svc, &applied, progress).await;
+                return Err(e);
+            }
+        }
     }
     let _ = tx.send(ServiceState::Started);
     let mut final_state = ServiceState::Healthy;
-    for id in &ids {
+    for a in &applied {
         let quiet = if unchanged { None } else { Some(progress) };
-        final_state = wait_ready(engine, svc, id, one_shot, deadline, quiet).await?;
+        match wait_ready(engine, svc, &a.id, one_shot, deadline, quiet).await {
+            Ok(state) => final_state = state,
+            Err(e) => {
+                restore(engine, svc, &applied, progress).await;
+                return Err(e);
+            }
+        }
+    }
+    // Proven: the replaced containers can go, and the new ones take their names.
+    for a in &applied {
+        if let Some(old) = &a.replaced {
+            let fail = |action, e: DockerError| container_error(svc, &a.name, action, e);
+            engine
+                .remove(&old.id, false)
+                .await
+                .map_err(|e| fail("remove", e))?;
+            engine
+                .rename(&a.id, &a.name)
+                .await
+                .map_err(|e| fail("rename", e))?;
+        }
     }
     let _ = tx.send(final_state.clone());
     let label = match final_state {
@@ -575,47 +593,91 @@ async fn run_service(
     Ok(())
 }
 
-/// Carries out one container step; returns the id of the container that now serves.
-async fn apply_step(
-    engine: &Engine,
+/// A container a step left serving, and the one it replaced (kept, stopped, until the new one
+/// is proven ready).
+#[derive(Debug)]
+struct Applied {
+    id: String,
+    name: String,
+    replaced: Option<Replaced>,
+}
+
+#[derive(Debug)]
+struct Replaced {
+    id: String,
+    was_running: bool,
+}
+
+fn container_error(
     svc: &Service,
-    step: &ContainerStep,
-    progress: &Progress,
-) -> Result<String, ConvergeError> {
-    let existing = step.existing.clone().unwrap_or_default();
-    let fail = |action: &'static str, e: DockerError| ConvergeError::Container {
+    container: &str,
+    action: &'static str,
+    e: DockerError,
+) -> ConvergeError {
+    ConvergeError::Container {
         service: svc.name.clone(),
-        container: step.name.clone(),
+        container: container.to_string(),
         action,
         message: match e {
             DockerError::Request { message, .. } => message,
             other => other.to_string(),
         },
+    }
+}
+
+/// Undoes a service's recreates: the new containers go, the old ones come back as they were.
+async fn restore(engine: &Engine, svc: &Service, applied: &[Applied], progress: &Progress) {
+    for a in applied {
+        let Some(old) = &a.replaced else { continue };
+        let _ = engine.remove(&a.id, true).await;
+        if old.was_running {
+            match engine.start(&old.id).await {
+                Ok(()) => progress.update(&svc.name, "previous container restored"),
+                Err(e) => {
+                    tracing::error!(service = %svc.name, error = %e, "cannot restart the previous container")
+                }
+            }
+        }
+    }
+}
+
+/// Carries out one container step; returns the container that now serves.
+async fn apply_step(
+    engine: &Engine,
+    svc: &Service,
+    step: &ContainerStep,
+    progress: &Progress,
+) -> Result<Applied, ConvergeError> {
+    let existing = step.existing.clone().unwrap_or_default();
+    let fail = |action, e| container_error(svc, &step.name, action, e);
+    let serving = |id: String| Applied {
+        id,
+        name: step.name.clone(),
+        replaced: None,
     };
     match step.action {
-        Action::Keep | Action::Orphan | Action::RemoveOrphan => Ok(existing),
+        Action::Keep | Action::Orphan | Action::RemoveOrphan => Ok(serving(existing)),
         Action::Start => {
             progress.update(&svc.name, "starting");
             engine
                 .start(&existing)
                 .await
                 .map_err(|e| fail("start", e))?;
-            Ok(existing)
+            Ok(serving(existing))
         }
         Action::Restart => {
-            progress.update(
-                &svc.name,
-                &format!("restarting ({})", step.reasons.join("; ")),
-            );
+            let why = step.reasons.join("; ");
+            progress.update(&svc.name, &format!("restarting ({why})"));
+            let grace = svc.stop_grace_period_secs;
             engine
-                .stop(&existing, svc.stop_grace_period_secs)
+                .stop(&existing, grace)
                 .await
                 .map_err(|e| fail("stop", e))?;
             engine
                 .start(&existing)
                 .await
                 .map_err(|e| fail("start", e))?;
-            Ok(existing)
+            Ok(serving(existing))
         }
         Action::Create => {
             progress.update(&svc.name, "creating");
@@ -626,14 +688,13 @@ async fn apply_step(
                 let _ = engine.remove(&id, true).await;
                 return Err(fail("start", e));
             }
-            Ok(id)
+            Ok(serving(id))
         }
         Action::Recreate => {
-            progress.update(
-                &svc.name,
-                &format!("recreating ({})", step.reasons.join("; ")),
-            );
-            // New beside old under a temporary name; the old one stops only once the new exists.
+            let why = step.reasons.join("; ");
+            progress.update(&svc.name, &format!("recreating ({why})"));
+            // The new container is made beside the old one under a temporary name; the old one
+            // is only stopped, and goes once the new one is proven ready (see `run_service`).
             let hash = step
                 .spec
                 .as_ref()
@@ -642,25 +703,32 @@ async fn apply_step(
             let temp = format!("{}_{}", step.name, &hash[..hash.len().min(12)]);
             let _ = engine.remove(&temp, true).await;
             let id = create(engine, svc, step, &temp).await?;
-            engine
-                .stop(&existing, svc.stop_grace_period_secs)
-                .await
-                .map_err(|e| fail("stop", e))?;
+            let was_running = engine
+                .inspect_container(&existing)
+                .await?
+                .state
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            if let Err(e) = engine.stop(&existing, svc.stop_grace_period_secs).await {
+                let _ = engine.remove(&id, true).await;
+                return Err(fail("stop", e));
+            }
             progress.update(&svc.name, "starting");
             if let Err(e) = engine.start(&id).await {
                 let _ = engine.remove(&id, true).await;
-                let _ = engine.start(&existing).await;
+                if was_running {
+                    let _ = engine.start(&existing).await;
+                }
                 return Err(fail("start", e));
             }
-            engine
-                .remove(&existing, false)
-                .await
-                .map_err(|e| fail("remove", e))?;
-            engine
-                .rename(&id, &step.name)
-                .await
-                .map_err(|e| fail("rename", e))?;
-            Ok(id)
+            Ok(Applied {
+                id,
+                name: step.name.clone(),
+                replaced: Some(Replaced {
+                    id: existing,
+                    was_running,
+                }),
+            })
         }
     }
 }

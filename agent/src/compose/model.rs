@@ -583,7 +583,7 @@ struct RawNetwork {
     name: Option<String>,
     external: Option<Value>,
     driver: Option<String>,
-    driver_opts: IndexMap<String, Scalar>,
+    driver_opts: IndexMap<String, Option<Scalar>>,
     internal: Option<bool>,
     attachable: Option<bool>,
     enable_ipv6: Option<bool>,
@@ -597,7 +597,7 @@ struct RawVolume {
     name: Option<String>,
     external: Option<Value>,
     driver: Option<String>,
-    driver_opts: IndexMap<String, Scalar>,
+    driver_opts: IndexMap<String, Option<Scalar>>,
     labels: IndexMap<String, Option<Scalar>>,
 }
 
@@ -879,9 +879,26 @@ fn default_network(project: &str) -> NetworkSpec {
     }
 }
 
-/// The deprecated `external: {name: x}` form still names the resource.
-fn external_name(v: &Option<Value>) -> Option<String> {
-    v.as_ref()?.get("name")?.as_str().map(String::from)
+/// A network's or volume's Docker name, and whether it is external: `name:`, else the
+/// deprecated `external: {name: x}`, else the key itself when external, else `<project>_<key>`.
+fn resource_name(
+    project: &str,
+    key: &str,
+    name: Option<String>,
+    external: &Option<Value>,
+) -> (String, bool) {
+    let is_ext = is_external(external);
+    let legacy = external
+        .as_ref()
+        .and_then(|e| e.get("name")?.as_str().map(String::from));
+    let name = name.or(legacy).unwrap_or_else(|| {
+        if is_ext {
+            key.to_string()
+        } else {
+            format!("{project}_{key}")
+        }
+    });
+    (name, is_ext)
 }
 
 fn is_external(v: &Option<Value>) -> bool {
@@ -904,28 +921,14 @@ fn resolve_networks(
                 field: format!("networks.{key}.ipam"),
             });
         }
-        let external = is_external(&net.external);
-        let name = net
-            .name
-            .or_else(|| external_name(&net.external))
-            .unwrap_or_else(|| {
-                if external {
-                    key.clone()
-                } else {
-                    format!("{project}_{key}")
-                }
-            });
+        let (name, external) = resource_name(project, &key, net.name, &net.external);
         out.insert(
             key,
             NetworkSpec {
                 name,
                 external,
                 driver: net.driver,
-                driver_opts: net
-                    .driver_opts
-                    .into_iter()
-                    .map(|(k, v)| (k, v.text()))
-                    .collect(),
+                driver_opts: map_text(net.driver_opts),
                 internal: net.internal.unwrap_or(false),
                 attachable: net.attachable.unwrap_or(false),
                 enable_ipv6: net.enable_ipv6.unwrap_or(false),
@@ -943,28 +946,14 @@ fn resolve_volumes(
     let mut out = BTreeMap::new();
     for (key, vol) in raw {
         let vol = vol.unwrap_or_default();
-        let external = is_external(&vol.external);
-        let name = vol
-            .name
-            .or_else(|| external_name(&vol.external))
-            .unwrap_or_else(|| {
-                if external {
-                    key.clone()
-                } else {
-                    format!("{project}_{key}")
-                }
-            });
+        let (name, external) = resource_name(project, &key, vol.name, &vol.external);
         out.insert(
             key,
             VolumeSpec {
                 name,
                 external,
                 driver: vol.driver,
-                driver_opts: vol
-                    .driver_opts
-                    .into_iter()
-                    .map(|(k, v)| (k, v.text()))
-                    .collect(),
+                driver_opts: map_text(vol.driver_opts),
                 labels: map_text(vol.labels),
             },
         );

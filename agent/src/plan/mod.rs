@@ -76,11 +76,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The steps that make a service's wanted containers (orphans excluded).
     pub fn steps_for<'a>(
         &'a self,
         service: &'a str,
     ) -> impl Iterator<Item = &'a ContainerStep> + 'a {
-        self.containers.iter().filter(move |s| s.service == service)
+        self.containers.iter().filter(move |s| {
+            s.service == service && !matches!(s.action, Action::Orphan | Action::RemoveOrphan)
+        })
     }
 
     /// True when carrying the plan out would change nothing.
@@ -299,24 +302,25 @@ pub fn compute(project: &Project, observed: &Observed, remove_orphans: bool) -> 
         if project.disabled_services.contains(&service) {
             continue;
         }
-        let name = c
-            .names
-            .as_ref()
-            .and_then(|n| n.first())
-            .map(|n| n.trim_start_matches('/').to_string())
-            .unwrap_or_else(|| id.clone());
+        let name = name_of(c);
+        // Extra replicas after a scale-down, and duplicates, belong to a live service: they go
+        // without --remove-orphans, as compose does.
+        let (action, reasons) = if project.services.contains_key(&service) {
+            let why = format!("not a wanted replica of service {service}");
+            (Action::RemoveOrphan, vec![why])
+        } else if remove_orphans {
+            (Action::RemoveOrphan, vec![])
+        } else {
+            (Action::Orphan, vec![])
+        };
         containers.push(ContainerStep {
             service,
             name,
             number: label(c, labels::NUMBER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
-            action: if remove_orphans {
-                Action::RemoveOrphan
-            } else {
-                Action::Orphan
-            },
-            reasons: vec![],
+            action,
+            reasons,
             existing: Some(id),
             spec: None,
         });
