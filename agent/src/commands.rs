@@ -19,6 +19,10 @@ pub enum CommandError {
     Converge(#[from] ConvergeError),
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Agent(#[from] crate::agent::AgentError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot encode output: {0}")]
     Output(String),
 }
@@ -61,11 +65,13 @@ pub async fn up(
 ) -> Result<Plan, CommandError> {
     let project = load(args)?;
     let engine = Engine::connect().await?;
+    let registries = std::sync::Arc::new(crate::registry::Registries::docker_config());
     let opts = UpOptions {
         remove_orphans,
         wait_timeout,
+        registries,
     };
-    Ok(converge::up(&engine, &project, &opts, progress).await?)
+    Ok(converge::up(&engine, &project, &opts, progress).await?.plan)
 }
 
 pub async fn plan(
@@ -86,6 +92,46 @@ pub async fn plan(
         out.push_str(&plan::render(&plan));
         Ok(out)
     }
+}
+
+/// `berth plan --config`: what the agent's boot would do on this machine.
+pub async fn plan_agent(
+    config: &std::path::Path,
+    local: bool,
+    release: Option<String>,
+    json: bool,
+) -> Result<String, CommandError> {
+    let mut config = crate::config::AgentConfig::load(config)?;
+    config.local |= local;
+    let opts = crate::agent::AgentOptions {
+        config,
+        release,
+        once: true,
+    };
+    let plan = crate::agent::plan(&opts).await?;
+    if json {
+        serde_json::to_string_pretty(&plan).map_err(|e| CommandError::Output(e.to_string()))
+    } else {
+        Ok(crate::agent::render_plan(&plan))
+    }
+}
+
+/// `berth agent`: the boot pipeline, then holding.
+pub async fn agent(
+    config: &std::path::Path,
+    local: bool,
+    release: Option<String>,
+    once: bool,
+    started: std::time::Instant,
+) -> Result<(), CommandError> {
+    let mut config = crate::config::AgentConfig::load(config)?;
+    config.local |= local;
+    let opts = crate::agent::AgentOptions {
+        config,
+        release,
+        once,
+    };
+    Ok(crate::agent::run(opts, started).await?)
 }
 
 pub async fn down(

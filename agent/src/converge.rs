@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum, NetworkConnectRequest};
@@ -20,7 +21,7 @@ use crate::compose::{DependencyCondition, MountKind, Project, PullPolicy, Servic
 use crate::docker::{api_message, labels, DockerError, Engine};
 use crate::plan::{self, Action, ContainerStep, Observed, Plan};
 use crate::progress::Progress;
-use crate::registry;
+use crate::registry::{self, Registries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvergeError {
@@ -86,10 +87,19 @@ pub enum ConvergeError {
     ExternalVolumeMissing { volume: String },
 }
 
+/// What `up` did, and where each service stands now (berth's view: `healthy` once a health
+/// probe passed, even while Docker still says `starting`).
+#[derive(Debug, Clone)]
+pub struct UpReport {
+    pub plan: Plan,
+    pub services: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     pub remove_orphans: bool,
     pub wait_timeout: Duration,
+    pub registries: Arc<Registries>,
 }
 
 /// Where a service stands while `up` runs; dependents watch it.
@@ -184,61 +194,95 @@ pub async fn plan(
 }
 
 /// Pulls the images that need it, in parallel; returns the local image id per reference.
-async fn pull_images(
+/// Pulls at once at most this many images; more only fight over the same link.
+const PULL_CONCURRENCY: usize = 4;
+const PULL_ATTEMPTS: u32 = 3;
+
+/// Registry answers that no retry will change.
+fn is_permanent_pull_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "unauthorized",
+        "denied",
+        "not found",
+        "manifest unknown",
+        "no basic auth",
+        "authentication required",
+        "does not exist",
+        "invalid reference",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// Pulls the images that need it, in parallel (bounded), retrying transient failures with
+/// backoff; records the local image id per reference.
+pub async fn pull_images(
     engine: &Engine,
     project: &Project,
     observed: &mut Observed,
+    registries: &Registries,
     progress: &Progress,
 ) -> Result<(), ConvergeError> {
-    let mut jobs = Vec::new();
-    for image in observed.pulls.clone() {
-        let svc = project
+    for image in &observed.pulls {
+        if let Some(svc) = project
             .services
             .values()
-            .find(|s| s.image == image)
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
-        if project
-            .services
-            .values()
-            .any(|s| s.image == image && s.pull_policy == PullPolicy::Never)
+            .find(|s| &s.image == image && s.pull_policy == PullPolicy::Never)
         {
             return Err(ConvergeError::ImageMissing {
-                service: svc,
-                image,
+                service: svc.name.clone(),
+                image: image.clone(),
             });
         }
-        let credentials = registry::credentials_for(&image)?;
-        let engine = engine.clone();
-        let progress = progress.clone();
-        jobs.push(async move {
-            let subject = format!("image {image}");
-            progress.update(&subject, "pulling");
-            let mut last = Instant::now();
-            let result = engine
-                .pull(&image, credentials, |status| {
-                    if last.elapsed() > Duration::from_millis(200) {
-                        last = Instant::now();
-                        progress.update(&subject, &format!("pulling: {status}"));
-                    }
-                })
-                .await;
-            match &result {
-                Ok(()) => progress.finish(&subject, "pulled"),
-                Err(e) => progress.finish(&subject, &format!("failed: {e}")),
-            }
-            result.map_err(|e| match e {
-                DockerError::Pull { image, message } => ConvergeError::Pull {
-                    service: svc,
-                    image,
-                    message,
-                },
-                other => ConvergeError::Docker(other),
-            })?;
-            let id = engine.local_image(&image).await?.and_then(|i| i.id);
-            Ok::<_, ConvergeError>((image, id))
-        });
     }
+    if !observed.pulls.is_empty() {
+        progress.phase("pulling");
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(PULL_CONCURRENCY));
+    let jobs = observed.pulls.iter().map(|image| {
+        let svc = project.services.values().find(|s| &s.image == image).map(|s| s.name.clone()).unwrap_or_default();
+        let limit = limit.clone();
+        async move {
+            let _permit = limit.acquire().await;
+            let subject = format!("image {image}");
+            let mut attempt = 1;
+            loop {
+                // Fetched per attempt: an ECR token is renewed when it is about to expire.
+                let credentials = registries.credentials_for(image).await?;
+                progress.update(&subject, "pulling");
+                let mut last = Instant::now();
+                let result = engine
+                    .pull(image, credentials, |status| {
+                        if last.elapsed() > Duration::from_millis(500) {
+                            last = Instant::now();
+                            progress.update(&subject, &format!("pulling: {status}"));
+                        }
+                    })
+                    .await;
+                match result {
+                    Ok(()) => {
+                        progress.finish(&subject, "pulled");
+                        break;
+                    }
+                    Err(DockerError::Pull { message, .. }) if attempt < PULL_ATTEMPTS && !is_permanent_pull_error(&message) => {
+                        let wait = Duration::from_secs(1 << (attempt - 1));
+                        tracing::warn!(%image, attempt, error = %message, "pull failed; retrying in {wait:?}");
+                        progress.update(&subject, &format!("retrying in {}s: {message}", wait.as_secs()));
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    Err(DockerError::Pull { image, message }) => {
+                        progress.finish(&subject, "failed");
+                        return Err(ConvergeError::Pull { service: svc, image, message });
+                    }
+                    Err(other) => return Err(ConvergeError::Docker(other)),
+                }
+            }
+            let id = engine.local_image(image).await?.and_then(|i| i.id);
+            Ok::<_, ConvergeError>((image.clone(), id))
+        }
+    });
     for result in join_all(jobs).await {
         let (image, id) = result?;
         observed.image_ids.insert(image, id);
@@ -414,13 +458,13 @@ pub async fn up(
     project: &Project,
     opts: &UpOptions,
     progress: &Progress,
-) -> Result<Plan, ConvergeError> {
+) -> Result<UpReport, ConvergeError> {
     let deadline = Instant::now() + opts.wait_timeout;
     for w in &project.warnings {
         progress.warn(w);
     }
     let mut observed = observe(engine, project).await?;
-    pull_images(engine, project, &mut observed, progress).await?;
+    pull_images(engine, project, &mut observed, &opts.registries, progress).await?;
     check_healthchecks(engine, project).await?;
     let plan = plan::compute(project, &observed, opts.remove_orphans);
     check_ports(project, &plan, &observed)?;
@@ -446,6 +490,7 @@ pub async fn up(
         }
     }
 
+    progress.phase("starting");
     let targets = plan::completion_targets(project);
     let mut senders = HashMap::new();
     let mut receivers = HashMap::new();
@@ -479,16 +524,25 @@ pub async fn up(
                     &format!("failed: {}", first_line(&e.to_string())),
                 );
             }
-            result
+            result.map(|state| (svc.name.clone(), state.to_string()))
         }
     });
     let results = join_all(tasks).await;
     // Report the root cause, not the dependents that gave up because of it.
-    let mut errors: Vec<ConvergeError> = results.into_iter().filter_map(Result::err).collect();
+    let mut services = BTreeMap::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok((name, state)) => {
+                services.insert(name, state);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
     errors.sort_by_key(|e| matches!(e, ConvergeError::DependencyFailed { .. }));
     match errors.into_iter().next() {
         Some(e) => Err(e),
-        None => Ok(plan),
+        None => Ok(UpReport { plan, services }),
     }
 }
 
@@ -527,7 +581,7 @@ async fn run_service(
     deadline: Instant,
     progress: &Progress,
     tx: &watch::Sender<ServiceState>,
-) -> Result<(), ConvergeError> {
+) -> Result<&'static str, ConvergeError> {
     // A service with nothing to do is only checked, silently.
     let unchanged = steps.iter().all(|s| s.action == Action::Keep);
     for (dep, cond, mut rx) in deps {
@@ -583,14 +637,13 @@ async fn run_service(
         }
     }
     let _ = tx.send(final_state.clone());
-    let label = match final_state {
-        _ if unchanged => "up to date",
+    let state = match final_state {
         ServiceState::Completed => "completed",
-        _ if has_healthcheck(engine, svc).await.unwrap_or(false) => "healthy",
+        ServiceState::Healthy if has_healthcheck(engine, svc).await.unwrap_or(false) => "healthy",
         _ => "running",
     };
-    progress.finish(&svc.name, label);
-    Ok(())
+    progress.finish(&svc.name, if unchanged { "up to date" } else { state });
+    Ok(state)
 }
 
 /// A container a step left serving, and the one it replaced (kept, stopped, until the new one
@@ -842,6 +895,7 @@ async fn wait_ready(
                     _ => {
                         if let (false, Some(progress)) = (announced, progress) {
                             progress.update(&svc.name, "waiting for health");
+                            progress.phase("waiting");
                             announced = true;
                         }
                         // Docker checks only every `interval`; probing the same test sooner (as

@@ -8,12 +8,19 @@
 //!   reporting through [`progress`];
 //! - [`commands`] puts the stages together for each subcommand.
 
+pub mod agent;
+pub mod aws;
 pub mod commands;
 pub mod compose;
+pub mod config;
 pub mod converge;
 pub mod docker;
 pub mod dotenv;
+pub mod health;
+pub mod identity;
 pub mod interpolate;
+pub mod lifecycle;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod release;

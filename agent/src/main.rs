@@ -1,7 +1,15 @@
-//! berth: run a docker-compose stack on the Docker Engine API, with no compose binary.
+//! berth: an on-instance bootstrap and deploy agent, and a docker-compose engine on the Docker
+//! Engine API (no compose binary).
 //!
-//! `berth up` converges the daemon to the compose files and waits until every service is
-//! running, healthy where it has a healthcheck, and completed where others wait for it (like
+//! `berth agent` is what an AutoScaling instance runs at boot (systemd starts it): it reads its
+//! identity from IMDSv2, fetches the release (compose file, env files, release id) from S3, SSM
+//! or local paths, pulls images (ECR tokens), converges, answers the load balancer's health
+//! checks, completes the launch lifecycle hook and waits until the load balancer marks it
+//! healthy; then it holds. Its settings: `/etc/berth/berth.toml` (`--config`; every key is in the
+//! README). `berth plan --config` shows what that boot would do here.
+//!
+//! `berth up` converges the daemon to compose files and waits until every service is running,
+//! healthy where it has a healthcheck, and completed where others wait for it (like
 //! `docker compose up -d --wait`). `plan` shows what `up` would do and changes nothing; `down`,
 //! `ps` and `config` do what compose's do.
 //!
@@ -9,7 +17,11 @@
 //! - `DOCKER_HOST`: the Docker endpoint (default `unix:///var/run/docker.sock`).
 //! - `DOCKER_CONFIG`: where registry credentials are read (`config.json`, default `~/.docker`).
 //! - `COMPOSE_PROJECT_NAME`, `COMPOSE_PROFILES`: as in compose.
-//! - `BERTH_LOG`: the log filter (tracing `EnvFilter` syntax, default `warn`).
+//! - `BERTH_LOG`: the log filter (tracing `EnvFilter` syntax; default `warn`, `info` for `agent`).
+//!   Under systemd (`JOURNAL_STREAM` set), logs go to the journal.
+//! - AWS: the SDK's usual variables (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`,
+//!   `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`); role credentials from
+//!   IMDS on EC2.
 //!
 //! Exit codes:
 //! - 0: done;
@@ -18,7 +30,8 @@
 //! - 2: bad command line;
 //! - 3: bad project (compose file, env file, interpolation): nothing was changed;
 //! - 4: the Docker daemon is unreachable or refused a request;
-//! - 5: an image is missing or cannot be pulled: nothing was changed.
+//! - 5: an image is missing or cannot be pulled: nothing was changed;
+//! - 6: an AWS call failed: instance metadata, S3, SSM, the lifecycle hook, the load balancer.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -84,10 +97,19 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Show what `up` would do; change nothing.
+    /// Show what `up` (or, with --config, the agent's boot) would do; change nothing.
     Plan {
         #[command(flatten)]
         project: ProjectFlags,
+        /// Plan the agent's boot from its config instead of compose files.
+        #[arg(long, conflicts_with_all = ["files", "env_files", "profiles"])]
+        config: Option<PathBuf>,
+        /// With --config: a local run (no IMDS, no AWS).
+        #[arg(long, requires = "config")]
+        local: bool,
+        /// With --config: the release id, instead of the config's `release` location.
+        #[arg(long, requires = "config")]
+        release: Option<String>,
         #[arg(long)]
         remove_orphans: bool,
         /// Machine-readable output.
@@ -111,6 +133,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The resident agent: boot this instance to the current release, then hold.
+    Agent {
+        /// The agent's settings.
+        #[arg(long, default_value = berth::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// A local run: no IMDS, no AWS calls, local paths only.
+        #[arg(long)]
+        local: bool,
+        /// The release id, instead of the config's `release` location.
+        #[arg(long)]
+        release: Option<String>,
+        /// Exit once in service instead of holding.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the resolved project (environment values masked).
     Config {
         #[command(flatten)]
@@ -119,15 +156,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(matches!(cli.command, Command::Agent { .. }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,7 +169,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, started)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -147,7 +178,36 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), CommandError> {
+/// The journal when systemd runs us; stderr otherwise. One filter variable: `BERTH_LOG`.
+fn init_logging(agent: bool) {
+    let default = if agent { "info" } else { "warn" };
+    if systemd_journal_logger::connected_to_journal() {
+        // tracing's `log` feature hands events to the `log` logger when no subscriber is set.
+        if let Ok(journal) = systemd_journal_logger::JournalLog::new() {
+            if journal.install().is_ok() {
+                let level = match std::env::var("BERTH_LOG").as_deref().unwrap_or(default) {
+                    "debug" => log::LevelFilter::Debug,
+                    "trace" => log::LevelFilter::Trace,
+                    "warn" => log::LevelFilter::Warn,
+                    "error" => log::LevelFilter::Error,
+                    _ => log::LevelFilter::Info,
+                };
+                log::set_max_level(level);
+                return;
+            }
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> {
     match cli.command {
         Command::Up {
             project,
@@ -168,9 +228,30 @@ async fn run(cli: Cli) -> Result<(), CommandError> {
             }
         }
         Command::Plan {
+            config: Some(config),
+            local,
+            release,
+            json,
+            ..
+        } => {
+            print!(
+                "{}",
+                commands::plan_agent(&config, local, release, json).await?
+            );
+        }
+        Command::Agent {
+            config,
+            local,
+            release,
+            once,
+        } => {
+            commands::agent(&config, local, release, once, started).await?;
+        }
+        Command::Plan {
             project,
             remove_orphans,
             json,
+            ..
         } => {
             print!(
                 "{}",
@@ -192,8 +273,20 @@ async fn run(cli: Cli) -> Result<(), CommandError> {
 }
 
 fn exit_code(e: &CommandError) -> u8 {
+    use berth::agent::AgentError;
     match e {
-        CommandError::Compose(_) => 3,
+        CommandError::Compose(_) | CommandError::Config(_) => 3,
+        CommandError::Agent(a) => match a {
+            AgentError::Config(_) | AgentError::Compose { .. } | AgentError::Health(_) => 3,
+            AgentError::Docker(_) | AgentError::Converge(ConvergeError::Docker(_)) => 4,
+            AgentError::Converge(
+                ConvergeError::ImageMissing { .. }
+                | ConvergeError::Pull { .. }
+                | ConvergeError::Registry(_),
+            ) => 5,
+            AgentError::Converge(_) => 1,
+            AgentError::Identity(_) | AgentError::Release(_) | AgentError::Lifecycle(_) => 6,
+        },
         CommandError::Docker(_) | CommandError::Converge(ConvergeError::Docker(_)) => 4,
         CommandError::Converge(
             ConvergeError::ImageMissing { .. }

@@ -14,6 +14,8 @@ pub enum Mode {
     Live,
     Plain,
     Quiet,
+    /// Through tracing (the resident agent: to the journal).
+    Log,
 }
 
 impl Mode {
@@ -29,13 +31,26 @@ impl Mode {
     }
 }
 
+/// Told of each pipeline phase (`pulling`, `starting`, `waiting`): the agent's health endpoint
+/// and systemd status follow it.
+pub type PhaseSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Shared by all the tasks of one run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Progress {
     mode: Mode,
     started: Instant,
     multi: MultiProgress,
     bars: Arc<Mutex<HashMap<String, ProgressBar>>>,
+    phases: Option<PhaseSink>,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Progress {
@@ -45,6 +60,19 @@ impl Progress {
             started: Instant::now(),
             multi: MultiProgress::new(),
             bars: Arc::new(Mutex::new(HashMap::new())),
+            phases: None,
+        }
+    }
+
+    /// Also tells `sink` of each phase.
+    pub fn with_phases(mut self, sink: PhaseSink) -> Progress {
+        self.phases = Some(sink);
+        self
+    }
+
+    pub fn phase(&self, phase: &str) {
+        if let Some(sink) = &self.phases {
+            sink(phase);
         }
     }
 
@@ -67,6 +95,7 @@ impl Progress {
     pub fn update(&self, subject: &str, state: &str) {
         match self.mode {
             Mode::Quiet => {}
+            Mode::Log => tracing::info!(subject, state, "progress"),
             Mode::Plain => {
                 let t = self.started.elapsed().as_secs_f64();
                 eprintln!("[{t:6.2}s] {subject:<28} {state}");
@@ -94,6 +123,7 @@ impl Progress {
     pub fn warn(&self, message: &str) {
         match self.mode {
             Mode::Quiet => {}
+            Mode::Log => tracing::warn!("{message}"),
             Mode::Live => {
                 let _ = self.multi.println(format!("warning: {message}"));
             }

@@ -1,9 +1,15 @@
-//! Registry credentials for pulls: which registry an image names, and the credentials the
-//! Docker client config (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) holds for
-//! it. Credential helpers (`credsStore`, `credHelpers`) are programs berth does not run; a
-//! registry that needs one is pulled anonymously, with a warning.
+//! Registry credentials for pulls: which registry an image names, and how to authenticate to
+//! it. ECR registries (by host name, or by the agent config) get an authorization token from
+//! GetAuthorizationToken, cached until shortly before it expires; others use what the Docker
+//! client config (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`) holds. Credential
+//! helpers (`credsStore`, `credHelpers`) are programs berth does not run.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use crate::config::{RegistryAuth, RegistrySettings};
 
 use base64::Engine as _;
 use bollard::auth::DockerCredentials;
@@ -13,6 +19,142 @@ use serde::Deserialize;
 pub enum RegistryError {
     #[error("Docker config {path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error("ECR authorization token for registry {registry} (account {registry_id}): {message}")]
+    Ecr {
+        registry: String,
+        registry_id: String,
+        message: String,
+    },
+}
+
+/// The account id an ECR host names: `123456789012.dkr.ecr.us-east-1.amazonaws.com`.
+pub fn ecr_registry_id(host: &str) -> Option<String> {
+    let (account, rest) = host.split_once('.')?;
+    let is_ecr = rest.starts_with("dkr.ecr.")
+        && (rest.ends_with(".amazonaws.com") || rest.ends_with(".amazonaws.com.cn"));
+    (is_ecr && account.len() == 12 && account.chars().all(|c| c.is_ascii_digit()))
+        .then(|| account.to_string())
+}
+
+/// Renew a cached token this long before it expires (tokens last 12 hours).
+const TOKEN_MARGIN: Duration = Duration::from_secs(15 * 60);
+
+/// Where each registry's credentials come from, with the ECR tokens fetched so far.
+#[derive(Debug, Default)]
+pub struct Registries {
+    settings: BTreeMap<String, RegistrySettings>,
+    ecr: Option<aws_sdk_ecr::Client>,
+    tokens: Mutex<HashMap<String, (DockerCredentials, SystemTime)>>,
+}
+
+impl Registries {
+    /// Docker-config credentials only (the plain `berth up`).
+    pub fn docker_config() -> Registries {
+        Registries::default()
+    }
+
+    pub fn new(
+        settings: BTreeMap<String, RegistrySettings>,
+        ecr: Option<aws_sdk_ecr::Client>,
+    ) -> Registries {
+        Registries {
+            settings,
+            ecr,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How `registry` authenticates, and the ECR account id when it is ECR.
+    fn auth_of(&self, registry: &str) -> (RegistryAuth, Option<String>) {
+        match self.settings.get(registry) {
+            Some(s) => (
+                s.auth,
+                s.registry_id.clone().or_else(|| ecr_registry_id(registry)),
+            ),
+            None => match ecr_registry_id(registry) {
+                Some(id) if self.ecr.is_some() => (RegistryAuth::Ecr, Some(id)),
+                _ => (RegistryAuth::DockerConfig, None),
+            },
+        }
+    }
+
+    /// Credentials for pulling `image`; None means anonymous.
+    pub async fn credentials_for(
+        &self,
+        image: &str,
+    ) -> Result<Option<DockerCredentials>, RegistryError> {
+        let registry = registry_of(image).to_string();
+        match self.auth_of(&registry) {
+            (RegistryAuth::None, _) => Ok(None),
+            (RegistryAuth::DockerConfig, _) => credentials_for(image),
+            (RegistryAuth::Ecr, id) => {
+                let registry_id = id.unwrap_or_default();
+                self.ecr_token(&registry, &registry_id).await.map(Some)
+            }
+        }
+    }
+
+    async fn ecr_token(
+        &self,
+        registry: &str,
+        registry_id: &str,
+    ) -> Result<DockerCredentials, RegistryError> {
+        if let Some((creds, expires)) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(registry_id)
+        {
+            if SystemTime::now() + TOKEN_MARGIN < *expires {
+                return Ok(creds.clone());
+            }
+        }
+        let err = |message: String| RegistryError::Ecr {
+            registry: registry.to_string(),
+            registry_id: registry_id.to_string(),
+            message,
+        };
+        let Some(ecr) = &self.ecr else {
+            return Err(err("no AWS configuration in a local run".into()));
+        };
+        #[allow(deprecated)] // registryIds still selects the account's token; no replacement exists
+        let out = ecr
+            .get_authorization_token()
+            .registry_ids(registry_id)
+            .send()
+            .await
+            .map_err(|e| err(crate::aws::describe(&e)))?;
+        let data = out
+            .authorization_data()
+            .first()
+            .ok_or_else(|| err("no authorization data in the answer".into()))?;
+        let token = data
+            .authorization_token()
+            .ok_or_else(|| err("no token in the answer".into()))?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .map_err(|_| err("the token is not base64".into()))?;
+        let decoded = String::from_utf8_lossy(&decoded).to_string();
+        let (user, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| err("the token is not user:password".into()))?;
+        let expires = data
+            .expires_at()
+            .and_then(|t| SystemTime::try_from(*t).ok())
+            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
+        let creds = DockerCredentials {
+            username: Some(user.to_string()),
+            password: Some(password.to_string()),
+            serveraddress: Some(registry.to_string()),
+            ..Default::default()
+        };
+        tracing::info!(%registry, registry_id, "fetched an ECR authorization token");
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(registry_id.to_string(), (creds.clone(), expires));
+        Ok(creds)
+    }
 }
 
 /// The registry host an image reference names (`docker.io` when it names none).
@@ -110,6 +252,46 @@ pub fn credentials_for(image: &str) -> Result<Option<DockerCredentials>, Registr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ecr_hosts_name_their_account() {
+        assert_eq!(
+            ecr_registry_id("123456789012.dkr.ecr.ap-northeast-2.amazonaws.com").as_deref(),
+            Some("123456789012")
+        );
+        assert_eq!(
+            ecr_registry_id("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn").as_deref(),
+            Some("123456789012")
+        );
+        assert_eq!(ecr_registry_id("127.0.0.1:5000"), None);
+        assert_eq!(
+            ecr_registry_id("12345.dkr.ecr.us-east-1.amazonaws.com"),
+            None
+        );
+        assert_eq!(ecr_registry_id("123456789012.dkr.example.com"), None);
+    }
+
+    #[test]
+    fn configured_auth_wins_and_ecr_hosts_need_an_aws_client() {
+        let settings = BTreeMap::from([(
+            "127.0.0.1:5000".to_string(),
+            RegistrySettings {
+                auth: RegistryAuth::Ecr,
+                registry_id: Some("123456789012".into()),
+            },
+        )]);
+        let r = Registries::new(settings, None);
+        assert_eq!(
+            r.auth_of("127.0.0.1:5000"),
+            (RegistryAuth::Ecr, Some("123456789012".into()))
+        );
+        // Without AWS (a local run), an ECR host falls back to the Docker config.
+        assert_eq!(
+            r.auth_of("123456789012.dkr.ecr.us-east-1.amazonaws.com").0,
+            RegistryAuth::DockerConfig
+        );
+        assert_eq!(r.auth_of("ghcr.io").0, RegistryAuth::DockerConfig);
+    }
 
     #[test]
     fn registry_host_is_the_first_component_when_it_looks_like_a_host() {

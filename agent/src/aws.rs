@@ -1,0 +1,73 @@
+//! AWS clients, built once from the SDK's default chain: region and credentials as the SDK finds
+//! them (environment, profile, IMDS role credentials on EC2), endpoints from the standard
+//! `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` variables. Nothing here knows about tests.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub sdk: SdkConfig,
+    pub s3: aws_sdk_s3::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub ecr: aws_sdk_ecr::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
+}
+
+impl Aws {
+    /// `region` is the instance's (from IMDS) unless the environment names one.
+    pub async fn load(region: Option<String>, s3_path_style: bool, op_timeout: Duration) -> Aws {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            // Transient failures (throttling, 5xx, timeouts) are retried with backoff.
+            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(op_timeout.min(Duration::from_secs(30)))
+                    .operation_timeout(op_timeout)
+                    .build(),
+            );
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            if let Some(r) = region {
+                loader = loader.region(Region::new(r));
+            }
+        }
+        let sdk = loader.load().await;
+        let s3_conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(s3_path_style)
+            .build();
+        Aws {
+            s3: aws_sdk_s3::Client::from_conf(s3_conf),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+            ecr: aws_sdk_ecr::Client::new(&sdk),
+            autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
+            sdk,
+        }
+    }
+}
+
+/// One line for an SDK error: the service's code and message when it answered, else the
+/// whole cause chain (timeouts, connection refused).
+pub fn describe<E>(e: &E) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code.to_string(),
+        _ => DisplayErrorContext(e).to_string(),
+    }
+}
+
+/// The service error's code, when the service answered.
+pub fn code_of<E: ProvideErrorMetadata>(e: &E) -> Option<String> {
+    e.code().map(String::from)
+}

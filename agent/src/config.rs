@@ -1,0 +1,391 @@
+//! The agent's own settings: `/etc/berth/berth.toml` on an instance, any file locally. Every
+//! key is documented in the README; every error names the key and says what is wrong.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::release::Location;
+
+pub const DEFAULT_PATH: &str = "/etc/berth/berth.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// How a registry's pulls authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistryAuth {
+    /// An ECR authorization token (GetAuthorizationToken), user `AWS`.
+    Ecr,
+    /// The Docker client config's `auths`.
+    DockerConfig,
+    /// Anonymous.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub auth: RegistryAuth,
+    /// The ECR registry (account) id; for ECR hosts it is read from the host name.
+    pub registry_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    pub listen: SocketAddr,
+    pub path: String,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        HealthSettings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            path: "/healthz".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleSettings {
+    /// The launch lifecycle hook to complete; none: no lifecycle calls.
+    pub hook: Option<String>,
+    /// The terminate lifecycle hook (scale-in).
+    pub terminate_hook: Option<String>,
+    /// The AutoScaling group; default: the instance tag `aws:autoscaling:groupName` from IMDS.
+    pub group: Option<String>,
+    /// Seconds between RecordLifecycleActionHeartbeat calls while a slow step runs.
+    pub heartbeat_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoadBalancerSettings {
+    /// With it, "in service" means DescribeTargetHealth says healthy for this instance.
+    pub target_group_arn: Option<String>,
+    /// The target's port in the target group.
+    pub port: Option<u16>,
+    /// Without a target group: consecutive 200s to the ALB's checker that mean healthy.
+    pub healthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub imds_secs: u64,
+    pub fetch_secs: u64,
+    pub ready_secs: u64,
+    pub in_service_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            imds_secs: 30,
+            fetch_secs: 60,
+            ready_secs: 600,
+            in_service_secs: 600,
+        }
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    project: String,
+    compose: String,
+    #[serde(default)]
+    env_files: Vec<String>,
+    release: Option<String>,
+    release_var: Option<String>,
+    #[serde(default)]
+    local: bool,
+    run_dir: Option<PathBuf>,
+    #[serde(default)]
+    s3_path_style: bool,
+    #[serde(default)]
+    health: HealthSettings,
+    #[serde(default)]
+    lifecycle: LifecycleSettings,
+    #[serde(default)]
+    load_balancer: LoadBalancerSettings,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    registries: BTreeMap<String, RegistrySettings>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub path: PathBuf,
+    pub project: String,
+    pub compose: Location,
+    pub env_files: Vec<Location>,
+    pub release: Option<Location>,
+    /// The interpolation variable that carries the release id (default `RELEASE`).
+    pub release_var: String,
+    /// No IMDS, no lifecycle or load-balancer calls: the laptop mode.
+    pub local: bool,
+    /// Where fetched files are written (0700 directory, 0600 files).
+    pub run_dir: PathBuf,
+    pub s3_path_style: bool,
+    pub health: HealthSettings,
+    pub lifecycle: LifecycleSettings,
+    pub load_balancer: LoadBalancerSettings,
+    pub timeouts: Timeouts,
+    pub registries: BTreeMap<String, RegistrySettings>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " ").replace("  ", " "),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        crate::compose::validate_project_name(&raw.project)
+            .map_err(|e| invalid("project", e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let location = |key: &str, text: &str| {
+            Location::parse(text, base).map_err(|message| invalid(key, message))
+        };
+        let compose = location("compose", &raw.compose)?;
+        let env_files = raw
+            .env_files
+            .iter()
+            .enumerate()
+            .map(|(i, e)| location(&format!("env_files[{i}]"), e))
+            .collect::<Result<Vec<_>, _>>()?;
+        if compose.is_local() && env_files.iter().any(|e| !e.is_local()) {
+            return Err(invalid(
+                "env_files",
+                "remote env files are written beside a remote compose file; with a local `compose`, list local files".into(),
+            ));
+        }
+        let release = raw
+            .release
+            .as_deref()
+            .map(|r| location("release", r))
+            .transpose()?;
+        let release_var = raw.release_var.unwrap_or_else(|| "RELEASE".into());
+        if release_var.is_empty()
+            || !release_var
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || release_var.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(invalid(
+                "release_var",
+                format!("{release_var:?} is not a variable name"),
+            ));
+        }
+        if !raw.health.path.starts_with('/') {
+            return Err(invalid(
+                "health.path",
+                format!("{:?} must start with /", raw.health.path),
+            ));
+        }
+        if raw.health.path == "/status" {
+            return Err(invalid(
+                "health.path",
+                "/status is berth's status page; choose another path".into(),
+            ));
+        }
+        if let Some(arn) = &raw.load_balancer.target_group_arn {
+            if !arn.starts_with("arn:") || !arn.contains(":targetgroup/") {
+                return Err(invalid(
+                    "load_balancer.target_group_arn",
+                    format!("{arn:?} is not a target group ARN"),
+                ));
+            }
+        }
+        if raw.load_balancer.healthy_threshold == Some(0) {
+            return Err(invalid(
+                "load_balancer.healthy_threshold",
+                "must be at least 1".into(),
+            ));
+        }
+        for (key, secs) in [
+            ("timeouts.imds_secs", raw.timeouts.imds_secs),
+            ("timeouts.fetch_secs", raw.timeouts.fetch_secs),
+            ("timeouts.ready_secs", raw.timeouts.ready_secs),
+            ("timeouts.in_service_secs", raw.timeouts.in_service_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(key, "must be at least 1 second".into()));
+            }
+        }
+        if raw.lifecycle.heartbeat_secs == Some(0) {
+            return Err(invalid(
+                "lifecycle.heartbeat_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        for (host, r) in &raw.registries {
+            if r.auth == RegistryAuth::Ecr
+                && r.registry_id.is_none()
+                && crate::registry::ecr_registry_id(host).is_none()
+            {
+                return Err(invalid(
+                    &format!("registries.\"{host}\".registry_id"),
+                    "is required for an ECR registry whose host does not name its account".into(),
+                ));
+            }
+        }
+        Ok(AgentConfig {
+            path: path.to_path_buf(),
+            project: raw.project,
+            compose,
+            env_files,
+            release,
+            release_var,
+            local: raw.local,
+            run_dir: raw.run_dir.unwrap_or_else(|| PathBuf::from("/run/berth")),
+            s3_path_style: raw.s3_path_style,
+            health: raw.health,
+            lifecycle: raw.lifecycle,
+            load_balancer: raw.load_balancer,
+            timeouts: raw.timeouts,
+            registries: raw.registries,
+        })
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.lifecycle.heartbeat_secs.unwrap_or(60))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(Path::new("/etc/berth/berth.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("project = \"api\"\ncompose = \"s3://b/k/compose.yaml\"\n").unwrap();
+        assert_eq!(c.project, "api");
+        assert_eq!(c.release_var, "RELEASE");
+        assert_eq!(c.health.path, "/healthz");
+        assert_eq!(c.health.listen.port(), 8081);
+        assert_eq!(c.run_dir, PathBuf::from("/run/berth"));
+        assert_eq!(c.timeouts.ready_secs, 600);
+        assert!(!c.local);
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            r#"
+project = "api"
+compose = "s3://cfg/api/compose.yaml"
+env_files = ["s3://cfg/api/api.env", "ssm:/api/extra.env"]
+release = "ssm:/api/release"
+s3_path_style = true
+[health]
+listen = "127.0.0.1:9000"
+path = "/ready"
+[lifecycle]
+hook = "launch"
+group = "asg"
+heartbeat_secs = 30
+[load_balancer]
+target_group_arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/api/0123"
+port = 8080
+[timeouts]
+ready_secs = 60
+[registries."127.0.0.1:5000"]
+auth = "ecr"
+registry_id = "123456789012"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.env_files.len(), 2);
+        assert_eq!(c.lifecycle.hook.as_deref(), Some("launch"));
+        assert_eq!(c.heartbeat(), Duration::from_secs(30));
+        assert_eq!(c.registries["127.0.0.1:5000"].auth, RegistryAuth::Ecr);
+        assert!(c.s3_path_style);
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = "project = \"api\"\ncompose = \"s3://b/c.yaml\"\n";
+        let e = error_of("compose = \"s3://b/c.yaml\"\n");
+        assert!(e.contains("project"), "{e}");
+        let e = error_of(&format!("{base}bogus = 1\n"));
+        assert!(e.contains("bogus"), "{e}");
+        let e = error_of("project = \"API!\"\ncompose = \"s3://b/c\"\n");
+        assert!(e.contains("`project`"), "{e}");
+        let e = error_of("project = \"api\"\ncompose = \"s3://bucket-only\"\n");
+        assert!(e.contains("`compose`") && e.contains("bucket-only"), "{e}");
+        let e = error_of(&format!("{base}[health]\npath = \"healthz\"\n"));
+        assert!(e.contains("health.path"), "{e}");
+        let e = error_of(&format!("{base}[health]\nlisten = \"nowhere\"\n"));
+        assert!(e.contains("listen"), "{e}");
+        let e = error_of(&format!(
+            "{base}[load_balancer]\ntarget_group_arn = \"tg\"\n"
+        ));
+        assert!(e.contains("load_balancer.target_group_arn"), "{e}");
+        let e = error_of(&format!("{base}[timeouts]\nready_secs = 0\n"));
+        assert!(e.contains("timeouts.ready_secs"), "{e}");
+        let e = error_of(&format!("{base}release_var = \"1X\"\n"));
+        assert!(e.contains("release_var"), "{e}");
+        let e = error_of(&format!(
+            "{base}[registries.\"r.example:5000\"]\nauth = \"ecr\"\n"
+        ));
+        assert!(e.contains("registry_id"), "{e}");
+        let e = error_of(&format!("{base}[registries.\"r\"]\nauth = \"magic\"\n"));
+        assert!(e.contains("magic") || e.contains("auth"), "{e}");
+        let e = error_of(
+            "project = \"api\"\ncompose = \"/srv/compose.yaml\"\nenv_files = [\"s3://b/e.env\"]\n",
+        );
+        assert!(e.contains("env_files"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let e = error_of("project = \n");
+        assert!(e.contains("/etc/berth/berth.toml"), "{e}");
+    }
+}

@@ -1,0 +1,175 @@
+//! Who this instance is, from the instance metadata service through aws-config's IMDS client:
+//! IMDSv2 only (the client always fetches a session token first; it never falls back to v1),
+//! retried with backoff. The endpoint comes from the standard `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
+
+use std::time::{Duration, Instant};
+
+use aws_config::imds::client::error::ImdsError;
+use aws_config::imds::Client;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("instance metadata {path} at {endpoint}: {message}")]
+    Imds {
+        endpoint: String,
+        path: String,
+        message: String,
+    },
+    #[error("instance metadata at {endpoint} did not answer within {secs}s: {last}")]
+    Unreachable {
+        endpoint: String,
+        secs: u64,
+        last: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub instance_id: String,
+    pub region: String,
+    pub availability_zone: String,
+    /// `autoscaling/target-lifecycle-state`: `InService`, `Warmed:Stopped`, `Terminated`, ...
+    pub lifecycle_state: Option<String>,
+    /// The instance's AutoScaling group, from the `aws:autoscaling:groupName` tag (needs
+    /// instance metadata tags on); the config's `lifecycle.group` wins.
+    pub group: Option<String>,
+}
+
+impl Identity {
+    /// A laptop's identity: no instance, no AutoScaling.
+    pub fn local() -> Identity {
+        Identity {
+            instance_id: "local".into(),
+            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "local".into()),
+            availability_zone: "local".into(),
+            lifecycle_state: None,
+            group: None,
+        }
+    }
+
+    pub fn is_warm_pool(&self) -> bool {
+        self.lifecycle_state
+            .as_deref()
+            .is_some_and(|s| s.starts_with("Warmed:"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Imds {
+    client: Client,
+    endpoint: String,
+}
+
+fn endpoint() -> String {
+    std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .unwrap_or_else(|_| "http://169.254.169.254".into())
+}
+
+fn is_not_found(e: &ImdsError) -> bool {
+    matches!(e, ImdsError::ErrorResponse(r) if r.response().status().as_u16() == 404)
+}
+
+fn message(e: &ImdsError) -> String {
+    match e {
+        ImdsError::ErrorResponse(r) => format!("HTTP {}", r.response().status().as_u16()),
+        other => aws_sdk_s3::error::DisplayErrorContext(other).to_string(),
+    }
+}
+
+impl Imds {
+    pub fn new() -> Imds {
+        let client = Client::builder()
+            .max_attempts(4)
+            .connect_timeout(Duration::from_secs(1))
+            .read_timeout(Duration::from_secs(2))
+            .token_ttl(Duration::from_secs(21_600))
+            .build();
+        Imds {
+            client,
+            endpoint: endpoint(),
+        }
+    }
+
+    /// One metadata value; None when IMDS says 404 (the path does not apply here).
+    pub async fn optional(&self, path: &str) -> Result<Option<String>, IdentityError> {
+        match self.client.get(path).await {
+            Ok(v) => Ok(Some(v.as_ref().trim().to_string())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(IdentityError::Imds {
+                endpoint: self.endpoint.clone(),
+                path: path.into(),
+                message: message(&e),
+            }),
+        }
+    }
+
+    pub async fn required(&self, path: &str) -> Result<String, IdentityError> {
+        self.optional(path)
+            .await?
+            .ok_or_else(|| IdentityError::Imds {
+                endpoint: self.endpoint.clone(),
+                path: path.into(),
+                message: "not found (HTTP 404)".into(),
+            })
+    }
+
+    /// The identity, retrying until `timeout` while IMDS does not answer (it can lag at boot).
+    pub async fn identity(&self, timeout: Duration) -> Result<Identity, IdentityError> {
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.read_identity().await {
+                Ok(id) => return Ok(id),
+                Err(e) if Instant::now() + delay >= deadline => {
+                    return Err(IdentityError::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        secs: timeout.as_secs(),
+                        last: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "instance metadata not ready");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn read_identity(&self) -> Result<Identity, IdentityError> {
+        let instance_id = self.required("/latest/meta-data/instance-id").await?;
+        let region = self.required("/latest/meta-data/placement/region").await?;
+        let availability_zone = self
+            .required("/latest/meta-data/placement/availability-zone")
+            .await?;
+        let lifecycle_state = self.lifecycle_state().await?;
+        let group = self
+            .optional("/latest/meta-data/tags/instance/aws:autoscaling:groupName")
+            .await?;
+        Ok(Identity {
+            instance_id,
+            region,
+            availability_zone,
+            lifecycle_state,
+            group,
+        })
+    }
+
+    pub async fn lifecycle_state(&self) -> Result<Option<String>, IdentityError> {
+        self.optional("/latest/meta-data/autoscaling/target-lifecycle-state")
+            .await
+    }
+
+    /// A spot interruption notice (`{"action": "terminate", "time": ...}`), if one is posted.
+    pub async fn spot_action(&self) -> Result<Option<String>, IdentityError> {
+        self.optional("/latest/meta-data/spot/instance-action")
+            .await
+    }
+}
+
+impl Default for Imds {
+    fn default() -> Self {
+        Imds::new()
+    }
+}
