@@ -250,7 +250,16 @@ async fn boot_steps(
     if identity.is_warm_pool() {
         // A warm-pool instance gets everything ready but starts nothing until it is needed.
         let mut observed = converge::observe(&engine, &project).await?;
-        converge::pull_images(&engine, &project, &mut observed, &registries, &progress).await?;
+        let limit = config.pull_concurrency;
+        converge::pull_images(
+            &engine,
+            &project,
+            &mut observed,
+            &registries,
+            limit,
+            &progress,
+        )
+        .await?;
         set_phase(health, Phase::Warmed);
         if let Some(hook) = hook {
             hook.complete(Outcome::Continue).await?;
@@ -271,6 +280,7 @@ async fn boot_steps(
         remove_orphans: true,
         wait_timeout: Duration::from_secs(config.timeouts.ready_secs),
         registries,
+        pull_concurrency: config.pull_concurrency,
     };
     let report = converge::up(&engine, &project, &up, &progress).await?;
     health.update(|s| {

@@ -70,6 +70,7 @@ pub async fn up(
         remove_orphans,
         wait_timeout,
         registries,
+        pull_concurrency: converge::PULL_CONCURRENCY,
     };
     Ok(converge::up(&engine, &project, &opts, progress).await?.plan)
 }

@@ -124,6 +124,7 @@ struct RawConfig {
     run_dir: Option<PathBuf>,
     #[serde(default)]
     s3_path_style: bool,
+    pull_concurrency: Option<usize>,
     #[serde(default)]
     health: HealthSettings,
     #[serde(default)]
@@ -151,6 +152,8 @@ pub struct AgentConfig {
     /// Where fetched files are written (0700 directory, 0600 files).
     pub run_dir: PathBuf,
     pub s3_path_style: bool,
+    /// Images pulled at once (default 4).
+    pub pull_concurrency: usize,
     pub health: HealthSettings,
     pub lifecycle: LifecycleSettings,
     pub load_balancer: LoadBalancerSettings,
@@ -249,6 +252,9 @@ impl AgentConfig {
                 return Err(invalid(key, "must be at least 1 second".into()));
             }
         }
+        if raw.pull_concurrency == Some(0) {
+            return Err(invalid("pull_concurrency", "must be at least 1".into()));
+        }
         if raw.lifecycle.heartbeat_secs == Some(0) {
             return Err(invalid(
                 "lifecycle.heartbeat_secs",
@@ -276,6 +282,9 @@ impl AgentConfig {
             local: raw.local,
             run_dir: raw.run_dir.unwrap_or_else(|| PathBuf::from("/run/berth")),
             s3_path_style: raw.s3_path_style,
+            pull_concurrency: raw
+                .pull_concurrency
+                .unwrap_or(crate::converge::PULL_CONCURRENCY),
             health: raw.health,
             lifecycle: raw.lifecycle,
             load_balancer: raw.load_balancer,

@@ -100,6 +100,7 @@ pub struct UpOptions {
     pub remove_orphans: bool,
     pub wait_timeout: Duration,
     pub registries: Arc<Registries>,
+    pub pull_concurrency: usize,
 }
 
 /// Where a service stands while `up` runs; dependents watch it.
@@ -195,7 +196,7 @@ pub async fn plan(
 
 /// Pulls the images that need it, in parallel; returns the local image id per reference.
 /// Pulls at once at most this many images; more only fight over the same link.
-const PULL_CONCURRENCY: usize = 4;
+pub const PULL_CONCURRENCY: usize = 4;
 const PULL_ATTEMPTS: u32 = 3;
 
 /// Registry answers that no retry will change.
@@ -222,6 +223,7 @@ pub async fn pull_images(
     project: &Project,
     observed: &mut Observed,
     registries: &Registries,
+    concurrency: usize,
     progress: &Progress,
 ) -> Result<(), ConvergeError> {
     for image in &observed.pulls {
@@ -239,7 +241,7 @@ pub async fn pull_images(
     if !observed.pulls.is_empty() {
         progress.phase("pulling");
     }
-    let limit = Arc::new(tokio::sync::Semaphore::new(PULL_CONCURRENCY));
+    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let jobs = observed.pulls.iter().map(|image| {
         let svc = project.services.values().find(|s| &s.image == image).map(|s| s.name.clone()).unwrap_or_default();
         let limit = limit.clone();
@@ -464,7 +466,15 @@ pub async fn up(
         progress.warn(w);
     }
     let mut observed = observe(engine, project).await?;
-    pull_images(engine, project, &mut observed, &opts.registries, progress).await?;
+    pull_images(
+        engine,
+        project,
+        &mut observed,
+        &opts.registries,
+        opts.pull_concurrency,
+        progress,
+    )
+    .await?;
     check_healthchecks(engine, project).await?;
     let plan = plan::compute(project, &observed, opts.remove_orphans);
     check_ports(project, &plan, &observed)?;

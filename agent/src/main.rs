@@ -274,6 +274,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
 
 fn exit_code(e: &CommandError) -> u8 {
     use berth::agent::AgentError;
+    use berth::release::ReleaseError;
     match e {
         CommandError::Compose(_) | CommandError::Config(_) => 3,
         CommandError::Agent(a) => match a {
@@ -285,6 +286,12 @@ fn exit_code(e: &CommandError) -> u8 {
                 | ConvergeError::Registry(_),
             ) => 5,
             AgentError::Converge(_) => 1,
+            AgentError::Release(
+                ReleaseError::Local { .. }
+                | ReleaseError::Write { .. }
+                | ReleaseError::NameClash { .. }
+                | ReleaseError::RemoteInLocalRun { .. },
+            ) => 3,
             AgentError::Identity(_) | AgentError::Release(_) | AgentError::Lifecycle(_) => 6,
         },
         CommandError::Docker(_) | CommandError::Converge(ConvergeError::Docker(_)) => 4,

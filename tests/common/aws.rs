@@ -8,8 +8,11 @@
 //! berth reaches them only through the standard variables ([`aws_env`]): `AWS_ENDPOINT_URL`,
 //! `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_EC2_METADATA_SERVICE_ENDPOINT` and the usual credentials.
 //! What was found out about moto 5.2 with the Rust SDK:
-//! - S3 needs path-style addressing (berth's `s3_path_style = true`): the SDK has no environment
-//!   variable for it, and a virtual-hosted request would go to `<bucket>.127.0.0.1`.
+//! - S3: with an IP-literal endpoint (`http://127.0.0.1:<port>`) the SDK's S3 endpoint rules
+//!   choose path-style addressing by themselves (`/<bucket>/<key>`), with or without
+//!   `force_path_style`, so no `AWS_ENDPOINT_URL_S3` or other variable is needed; berth's
+//!   `s3_path_style = true` changes nothing here. (With `localhost` the SDK would go to
+//!   `<bucket>.localhost` unless path-style is forced.) The SDK's default CRC32 checksums work.
 //! - ECR's GetAuthorizationToken answers `AWS:<account-id>-auth-token` (account 123456789012),
 //!   with `expiresAt` in 2015: a token cache that honours the expiry refetches every time.
 //! - ELBv2 DescribeTargetHealth answers `healthy` for any registered target and `unused`
@@ -127,7 +130,11 @@ pub fn try_http(
          Content-Length: {}\r\n",
         body.len()
     );
-    if !body.is_empty() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         let ct = if body.starts_with('{') || body.starts_with('[') {
             "application/json"
         } else {
@@ -253,6 +260,7 @@ impl Emulator {
     /// `az`, `account_id`, `lifecycle_state`, `tags`, `user_data`, `spot_action`, `iam_role`,
     /// `target_health`, `target_port`, `fail`, `asg_error`, `lifecycle_schedule`; see
     /// tests/emulator/README.md). Returns the state after the merge.
+    #[allow(clippy::needless_pass_by_value)] // taken by value so that `set(json!({..}))` reads well
     pub fn set(&self, state: Value) -> Value {
         let (status, body) = http(
             "POST",
@@ -546,9 +554,8 @@ pub async fn create_bucket(moto: &Moto, bucket: &str) {
     let s3 = moto.s3().await;
     if let Err(e) = s3.create_bucket().bucket(bucket).send().await {
         let service = e.as_service_error();
-        let exists = service.is_some_and(|s| {
-            s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
-        });
+        let exists = service
+            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
         assert!(exists, "CreateBucket {bucket}: {e:?}");
     }
 }
