@@ -6,96 +6,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use base64::Engine as _;
+use common::registry::{docker_config, image_present, Registry, RemoveImage, PASSWORD, USER};
 use common::*;
-
-const USER: &str = "AWS";
-const PASSWORD: &str = "123456789012-auth-token";
-
-/// A running registry, stopped (and its storage removed) when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let htpasswd = Command::new("htpasswd")
-            .args(["-Bbn", USER, PASSWORD])
-            .output()
-            .unwrap();
-        assert!(
-            htpasswd.status.success(),
-            "htpasswd failed (apache2-utils installed?)"
-        );
-        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: berth-test\n    path: {root}/htpasswd\n",
-            root = dir.path().display()
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) must be installed");
-        let registry = Registry {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let addr = registry.addr.clone();
-        assert_eventually!(10, "the registry answers", || {
-            std::net::TcpStream::connect(&addr)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        registry
-    }
-
-    /// Pushes a local image under `repo:tag` in this registry; returns the full reference,
-    /// removed again from the local image store so that only a pull can bring it back.
-    fn push(&self, local: &str, repo: &str, tag: &str) -> String {
-        let config = docker_config(&self.addr, USER, PASSWORD);
-        let reference = format!("{}/{repo}:{tag}", self.addr);
-        let cfg = config.path().to_str().unwrap().to_string();
-        docker(&[
-            "--config", &cfg, "login", &self.addr, "-u", USER, "-p", PASSWORD,
-        ]);
-        docker(&["tag", local, &reference]);
-        docker(&["--config", &cfg, "push", &reference]);
-        docker(&["rmi", &reference]);
-        reference
-    }
-}
-
-/// A Docker client config directory holding credentials for one registry.
-fn docker_config(registry: &str, user: &str, password: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let json = format!(r#"{{"auths": {{"{registry}": {{"auth": "{auth}"}}}}}}"#);
-    std::fs::write(dir.path().join("config.json"), json).unwrap();
-    dir
-}
-
-fn image_present(reference: &str) -> bool {
-    docker_try(&["image", "inspect", reference]).code == 0
-}
 
 fn compose_for(p: &Project, image: &str, extra: &str) -> PathBuf {
     p.compose(&format!("services:\n  web:\n    image: {image}\n{extra}"))
@@ -237,17 +150,4 @@ fn pull_policy_never_with_a_missing_image_changes_nothing() {
         "{msg}"
     );
     assert!(p.container_ids().is_empty());
-}
-
-/// Removes a test's image tag when the test ends, however it ends.
-struct RemoveImage(String);
-
-impl Drop for RemoveImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }

@@ -110,7 +110,10 @@ pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError>
             if let Some(hook) = &hook_slot {
                 match hook.complete(Outcome::Abandon).await {
                     Ok(()) => {
-                        tracing::warn!(hook = %hook.hook, reason = %first_line(&message), "lifecycle action ABANDONed: the group will replace this instance")
+                        tracing::warn!(hook = %hook.hook, reason = %first_line(&message), "lifecycle action ABANDONed: the group will replace this instance");
+                        // This instance is going away: nothing half-started may serve meanwhile.
+                        // Stopped, not removed, so that their logs can still be read.
+                        stop_project(&config.project).await;
                     }
                     Err(le) => {
                         tracing::error!(error = %le, "could not ABANDON the lifecycle action")
@@ -119,6 +122,18 @@ pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError>
             }
             Err(e)
         }
+    }
+}
+
+async fn stop_project(project: &str) {
+    let progress = Progress::new(Mode::Log);
+    match Engine::connect().await {
+        Ok(engine) => {
+            if let Err(e) = converge::stop(&engine, project, &progress).await {
+                tracing::error!(error = %e, "could not stop the project's containers");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not stop the project's containers"),
     }
 }
 
@@ -197,9 +212,7 @@ async fn boot(
             instance: identity.instance_id.clone(),
         });
     }
-    // Heartbeats keep the hook open while slow steps (fetch, pulls, health) run.
-    let heartbeat = hook_slot.as_ref().map(|h| h.keep_alive(config.heartbeat()));
-    let result = boot_steps(
+    boot_steps(
         opts,
         health,
         aws.as_ref(),
@@ -208,11 +221,35 @@ async fn boot(
         hook_slot.as_ref(),
         started,
     )
-    .await;
-    if let Some(h) = heartbeat {
-        h.abort();
+    .await
+}
+
+/// Heartbeats for a pending lifecycle action; they stop when it is completed or dropped.
+struct Heartbeat(Option<tokio::task::JoinHandle<()>>);
+
+impl Heartbeat {
+    fn start(hook: Option<&Hook>, every: Duration) -> Heartbeat {
+        Heartbeat(hook.map(|h| h.keep_alive(every)))
     }
-    result
+
+    /// Stops the heartbeats, then completes the action.
+    async fn complete(mut self, hook: Option<&Hook>) -> Result<(), AgentError> {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+        if let Some(hook) = hook {
+            hook.complete(Outcome::Continue).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 async fn boot_steps(
@@ -225,6 +262,8 @@ async fn boot_steps(
     started: Instant,
 ) -> Result<Booted, AgentError> {
     let config = &opts.config;
+    // Heartbeats keep the hook open while slow steps (fetch, pulls, health) run.
+    let mut heartbeat = Heartbeat::start(hook, config.heartbeat());
     set_phase(health, Phase::Fetching);
     let release = release::fetch_release(aws, config, opts.release.as_deref()).await?;
     for o in &release.objects {
@@ -261,9 +300,7 @@ async fn boot_steps(
         )
         .await?;
         set_phase(health, Phase::Warmed);
-        if let Some(hook) = hook {
-            hook.complete(Outcome::Continue).await?;
-        }
+        heartbeat.complete(hook).await?;
         tracing::info!(state = ?identity.lifecycle_state, "warm pool: images pulled, nothing started; waiting for InService");
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -273,7 +310,9 @@ async fn boot_steps(
                 Err(e) => tracing::warn!(error = %e, "reading the lifecycle state"),
             }
         }
+        // AutoScaling holds the launch hook a second time on the way to InService.
         tracing::info!("InService: converging");
+        heartbeat = Heartbeat::start(hook, config.heartbeat());
     }
 
     let up = UpOptions {
@@ -300,11 +339,7 @@ async fn boot_steps(
     ]);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), release = ?release.release_id, "services up and healthy");
 
-    if !identity.is_warm_pool() {
-        if let Some(hook) = hook {
-            hook.complete(Outcome::Continue).await?;
-        }
-    }
+    heartbeat.complete(hook).await?;
     if let Some(aws) = aws {
         let timeout = Duration::from_secs(config.timeouts.in_service_secs);
         let lb = &config.load_balancer;

@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum, NetworkConnectRequest};
+use bollard::models::{
+    ContainerStateStatusEnum, ContainerSummary, HealthStatusEnum, NetworkConnectRequest,
+};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
@@ -999,9 +1001,42 @@ pub async fn down(
     progress: &Progress,
 ) -> Result<usize, ConvergeError> {
     let containers = engine.project_containers(project).await?;
+    stop_in_order(engine, &containers, Some(volumes), progress).await?;
+    for net in engine.project_networks(project).await? {
+        engine.remove_network(&net).await?;
+        progress.finish(&format!("network {net}"), "removed");
+    }
+    if volumes {
+        for vol in engine.project_volumes(project).await? {
+            engine.remove_volume(&vol).await?;
+            progress.finish(&format!("volume {vol}"), "removed");
+        }
+    }
+    Ok(containers.len())
+}
+
+/// Stops a project's containers, dependents first, each with its own stop timeout; keeps them.
+pub async fn stop(
+    engine: &Engine,
+    project: &str,
+    progress: &Progress,
+) -> Result<usize, ConvergeError> {
+    let containers = engine.project_containers(project).await?;
+    stop_in_order(engine, &containers, None, progress).await?;
+    Ok(containers.len())
+}
+
+/// Stops containers in reverse dependency order (from their labels, so no compose file is
+/// needed); with `remove: Some(volumes)`, removes them too.
+async fn stop_in_order(
+    engine: &Engine,
+    containers: &[ContainerSummary],
+    remove: Option<bool>,
+    progress: &Progress,
+) -> Result<(), ConvergeError> {
     // service -> services it depends on
     let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in &containers {
+    for c in containers {
         let lbl = |k: &str| {
             c.labels
                 .as_ref()
@@ -1056,8 +1091,13 @@ pub async fn down(
                     .unwrap_or(id.clone());
                 progress.update(&name, "stopping");
                 engine.stop(&id, None).await?;
-                engine.remove(&id, volumes).await?;
-                progress.finish(&name, "removed");
+                match remove {
+                    Some(volumes) => {
+                        engine.remove(&id, volumes).await?;
+                        progress.finish(&name, "removed");
+                    }
+                    None => progress.finish(&name, "stopped"),
+                }
                 Ok::<_, ConvergeError>(())
             });
         for r in join_all(jobs).await {
@@ -1067,17 +1107,7 @@ pub async fn down(
             remaining.remove(&s);
         }
     }
-    for net in engine.project_networks(project).await? {
-        engine.remove_network(&net).await?;
-        progress.finish(&format!("network {net}"), "removed");
-    }
-    if volumes {
-        for vol in engine.project_volumes(project).await? {
-            engine.remove_volume(&vol).await?;
-            progress.finish(&format!("volume {vol}"), "removed");
-        }
-    }
-    Ok(containers.len())
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize)]

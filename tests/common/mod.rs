@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod registry;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -112,7 +113,12 @@ impl Output {
             "expected exactly one `error:` line on stderr, got:\n{}",
             self.stderr
         );
-        let start = self.stderr.find("error:").unwrap();
+        // The line that starts with `error:` (not an `error:` inside a log line).
+        let start = if self.stderr.starts_with("error:") {
+            0
+        } else {
+            self.stderr.find("\nerror:").unwrap() + 1
+        };
         self.stderr[start..].trim_end().to_string()
     }
 }
