@@ -7,9 +7,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-const TOOL: &str = "berth-test/tool:1";
-const WEB: &str = "berth-test/web:1";
-
 /// The plan's line for one container: `container  NAME  ACTION (reasons)`.
 #[track_caller]
 fn plan_line(plan: &str, container: &str) -> String {
@@ -24,12 +21,30 @@ fn action_of(line: &str) -> String {
     line.split_whitespace().nth(2).unwrap_or("").to_string()
 }
 
-fn id_of(c: &Value) -> String {
-    c["Id"].as_str().unwrap().to_string()
+/// The plan gives `service`'s container `action`; returns the plan's line for it.
+#[track_caller]
+fn assert_action(plan: &str, p: &Project, service: &str, action: &str) -> String {
+    let line = plan_line(plan, &p.container_name(service));
+    assert_eq!(action_of(&line), action, "{line}");
+    line
 }
 
-fn started_at(c: &Value) -> String {
-    c["State"]["StartedAt"].as_str().unwrap().to_string()
+/// `now` is the container `before` was, never restarted since.
+#[track_caller]
+fn assert_untouched(now: &Value, before: &Value, what: &str) {
+    assert_eq!(id_of(now), id_of(before), "{what} kept");
+    assert_eq!(started_at(now), started_at(before), "{what} not restarted");
+}
+
+/// A project of two services `a` and `b` of TOOL, up; returns it and their containers.
+fn up_two(test: &str, a: &str, b: &str) -> (Project, Value, Value) {
+    let p = Project::new(test);
+    p.compose(&format!(
+        "services:\n  {a}:\n    image: {TOOL}\n  {b}:\n    image: {TOOL}\n"
+    ));
+    p.up();
+    let (first, second) = (p.container(a), p.container(b));
+    (p, first, second)
 }
 
 fn stack(hc_interval: &str) -> String {
@@ -68,8 +83,7 @@ fn second_up_with_nothing_changed_touches_nothing() {
 
     let plan = p.plan().stdout;
     for svc in ["web", "migrate", "worker"] {
-        let line = plan_line(&plan, &p.container_name(svc));
-        assert_eq!(action_of(&line), "keep", "{line}");
+        assert_action(&plan, &p, svc, "keep");
     }
     assert_contains(&plan, "nothing to do");
     let json = p.plan_json();
@@ -122,12 +136,10 @@ services:
 
     p.compose(&compose("two"));
     let plan = p.plan().stdout;
-    let line = plan_line(&plan, &p.container_name("changing"));
-    assert_eq!(action_of(&line), "recreate", "{line}");
+    let line = assert_action(&plan, &p, "changing", "recreate");
     assert_contains(&line, "environment");
     for svc in ["steady", "dependent"] {
-        let line = plan_line(&plan, &p.container_name(svc));
-        assert_eq!(action_of(&line), "keep", "{line}");
+        assert_action(&plan, &p, svc, "keep");
     }
     assert!(!plan.contains("nothing to do"), "{plan}");
 
@@ -138,13 +150,11 @@ services:
     assert_eq!(env_of(&after)["SETTING"], "two");
     assert_eq!(after["State"]["Running"], true);
     assert!(
-        docker_try(&["container", "inspect", &id_of(&changing)]).code != 0,
+        !container_exists(&id_of(&changing)),
         "the old container is gone"
     );
     for (svc, old) in [("steady", &steady), ("dependent", &dependent)] {
-        let now = p.container(svc);
-        assert_eq!(id_of(&now), id_of(old), "{svc} kept");
-        assert_eq!(started_at(&now), started_at(old), "{svc} not restarted");
+        assert_untouched(&p.container(svc), old, svc);
     }
     assert_eq!(p.container_ids().len(), 3);
 }
@@ -186,17 +196,10 @@ services:
 
     p.compose(&compose("2"));
     let plan = p.plan().stdout;
-    assert_eq!(
-        action_of(&plan_line(&plan, &p.container_name("db"))),
-        "recreate"
-    );
-    let line = plan_line(&plan, &p.container_name("app"));
-    assert_eq!(action_of(&line), "restart", "{line}");
+    assert_action(&plan, &p, "db", "recreate");
+    let line = assert_action(&plan, &p, "app", "restart");
     assert_contains(&line, "db");
-    assert_eq!(
-        action_of(&plan_line(&plan, &p.container_name("bystander"))),
-        "keep"
-    );
+    assert_action(&plan, &p, "bystander", "keep");
 
     p.up();
     let db2 = p.container("db");
@@ -217,68 +220,49 @@ services:
         started_at(&app2),
         started_at(&db2)
     );
-    let b2 = p.container("bystander");
-    assert_eq!(id_of(&b2), id_of(&bystander));
-    assert_eq!(started_at(&b2), started_at(&bystander), "no restart: true");
+    assert_untouched(
+        &p.container("bystander"),
+        &bystander,
+        "bystander (no restart: true)",
+    );
 }
 
 #[test]
 fn orphans_are_kept_with_a_warning_and_removed_on_request() {
-    let p = Project::new("orphans");
-    p.compose(&format!(
-        "services:\n  app:\n    image: {TOOL}\n  old:\n    image: {TOOL}\n"
-    ));
-    p.up();
-    let app = p.container("app");
-    let old = p.container("old");
+    let (p, app, old) = up_two("orphans", "app", "old");
 
-    p.compose(&format!("services:\n  app:\n    image: {TOOL}\n"));
-    let plan = p.plan().stdout;
-    assert_eq!(
-        action_of(&plan_line(&plan, &p.container_name("old"))),
-        "orphan"
-    );
+    p.compose(&one_service("app", TOOL, ""));
+    assert_action(&p.plan().stdout, &p, "old", "orphan");
     let out = p.up();
     assert_contains(&out.stderr, "orphan");
     assert_contains(&out.stderr, &p.container_name("old"));
     let kept = inspect(&id_of(&old));
     assert_eq!(kept["State"]["Running"], true, "the orphan is kept");
-    assert_eq!(started_at(&kept), started_at(&old));
+    assert_untouched(&kept, &old, "the orphan");
 
     p.up_cmd().arg("--remove-orphans").run().ok();
     assert!(
-        docker_try(&["container", "inspect", &id_of(&old)]).code != 0,
+        !container_exists(&id_of(&old)),
         "--remove-orphans removes it"
     );
     assert!(p.service_ids("old").is_empty());
-    let app2 = p.container("app");
-    assert_eq!(id_of(&app2), id_of(&app));
-    assert_eq!(started_at(&app2), started_at(&app));
+    assert_untouched(&p.container("app"), &app, "app");
 }
 
 #[test]
 fn stopped_but_current_container_is_only_started() {
-    let p = Project::new("stopped_container");
-    p.compose(&format!(
-        "services:\n  app:\n    image: {TOOL}\n  other:\n    image: {TOOL}\n"
-    ));
-    p.up();
-    let app = p.container("app");
-    let other = p.container("other");
+    let (p, app, other) = up_two("stopped_container", "app", "other");
     docker(&["stop", &id_of(&app)]);
     assert_eq!(inspect(&id_of(&app))["State"]["Running"], false);
 
-    let plan = p.plan().stdout;
-    let line = plan_line(&plan, &p.container_name("app"));
-    assert_eq!(action_of(&line), "start", "{line}");
+    assert_action(&p.plan().stdout, &p, "app", "start");
 
     p.up();
     let now = p.container("app");
     assert_eq!(id_of(&now), id_of(&app), "same container");
     assert_eq!(now["State"]["Running"], true);
     assert!(ts_nanos(&started_at(&now)) > ts_nanos(&started_at(&app)));
-    let o = p.container("other");
-    assert_eq!(started_at(&o), started_at(&other), "other untouched");
+    assert_untouched(&p.container("other"), &other, "other");
 }
 
 #[test]
@@ -369,16 +353,14 @@ fn config_and_plan_mask_environment_values() {
     let secret = "Zx81-do-not-print-me";
     let inline = "inline-Qw12-hidden";
     p.write("app.env", &format!("DB_PASSWORD={secret}\n"));
-    p.compose(&format!(
-        r#"
-services:
-  app:
-    image: {TOOL}
-    env_file: app.env
-    environment:
-      API_TOKEN: {inline}
-"#
-    ));
+    let compose = |token: &str| {
+        one_service(
+            "app",
+            TOOL,
+            &format!("    env_file: app.env\n    environment:\n      API_TOKEN: {token}\n"),
+        )
+    };
+    p.compose(&compose(inline));
     let config = p.cmd("config").run();
     config.ok();
     assert_contains(&config.stdout, "DB_PASSWORD");
@@ -397,16 +379,7 @@ services:
 
     let before = p.plan();
     let up = p.up();
-    p.compose(&format!(
-        r#"
-services:
-  app:
-    image: {TOOL}
-    env_file: app.env
-    environment:
-      API_TOKEN: {inline}-changed
-"#
-    ));
+    p.compose(&compose(&format!("{inline}-changed")));
     let after = p.plan();
     let json = p.cmd("plan").arg("--json").run();
     json.ok();
@@ -432,14 +405,7 @@ fn secrets_never_appear_in_labels() {
     let p = Project::new("secrets_labels");
     let secret = "Lb7-secret-in-env-file";
     p.write("secret.env", &format!("SECRET_KEY={secret}\n"));
-    p.compose(&format!(
-        r#"
-services:
-  app:
-    image: {TOOL}
-    env_file: secret.env
-"#
-    ));
+    p.compose(&one_service("app", TOOL, "    env_file: secret.env\n"));
     p.up();
     let c = p.container("app");
     assert_eq!(
@@ -483,8 +449,7 @@ services:
     assert_eq!(http_get(port, "/version").unwrap().trim(), "1");
 
     p.compose(&compose("2"));
-    let line = plan_line(&p.plan().stdout, &p.container_name("web"));
-    assert_eq!(action_of(&line), "recreate", "{line}");
+    let line = assert_action(&p.plan().stdout, &p, "web", "recreate");
     assert_contains(&line, "image");
     p.up();
     let v2 = p.container("web");
@@ -519,5 +484,5 @@ fn scaling_down_removes_the_extra_replicas() {
     );
     let ids = p.service_ids("worker");
     assert_eq!(ids, [id_of(&first)], "only replica 1 is left");
-    assert_eq!(started_at(&p.replica("worker", 1)), started_at(&first));
+    assert_untouched(&p.replica("worker", 1), &first, "replica 1");
 }

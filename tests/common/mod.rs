@@ -30,6 +30,10 @@ pub const WEB_HEALTHCHECK: &str =
 /// How long any single berth invocation may take before the test gives up on it.
 const BERTH_LIMIT: Duration = Duration::from_secs(90);
 
+/// The test images (tests/images): a shell and its tools, and a small web server.
+pub const TOOL: &str = "berth-test/tool:1";
+pub const WEB: &str = "berth-test/web:1";
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique, valid compose project name: `berth-t-<test>-<pid>-<counter>-<nanos>`.
@@ -210,6 +214,10 @@ pub fn inspect_volume(name: &str) -> Value {
     first_of(&docker(&["volume", "inspect", name]), name)
 }
 
+pub fn container_exists(id: &str) -> bool {
+    docker_try(&["container", "inspect", id]).code == 0
+}
+
 pub fn network_exists(name: &str) -> bool {
     docker_try(&["network", "inspect", name]).code == 0
 }
@@ -320,15 +328,25 @@ impl Project {
 
     /// `berth SUB -f compose.yaml -p NAME`: the usual start of a command.
     pub fn cmd(&self, sub: &str) -> Berth {
+        self.cmd_file(sub, &self.path("compose.yaml"))
+    }
+
+    /// `berth SUB -f FILE -p NAME`
+    pub fn cmd_file(&self, sub: &str, file: &Path) -> Berth {
         let mut b = self.berth();
-        b.cmd.arg(sub).arg("-f").arg(self.path("compose.yaml"));
+        b.cmd.arg(sub).arg("-f").arg(file);
         b.cmd.arg("-p").arg(&self.name);
         b
     }
 
     /// `berth up -f compose.yaml -p NAME --wait-timeout 60 EXTRA...`
     pub fn up_cmd(&self) -> Berth {
-        self.cmd("up").args(&["--wait-timeout", "60"])
+        self.up_file(&self.path("compose.yaml"))
+    }
+
+    /// `berth up -f FILE -p NAME --wait-timeout 60 EXTRA...`
+    pub fn up_file(&self, file: &Path) -> Berth {
+        self.cmd_file("up", file).args(&["--wait-timeout", "60"])
     }
 
     /// `berth up` that must succeed.
@@ -461,6 +479,18 @@ impl Berth {
 
 // ---------------------------------------------------------------------------------------------
 // Reading inspected containers.
+
+/// The container's full id.
+#[track_caller]
+pub fn id_of(c: &Value) -> String {
+    c["Id"].as_str().unwrap().to_string()
+}
+
+/// When the container last started (`State.StartedAt`, as Docker wrote it).
+#[track_caller]
+pub fn started_at(c: &Value) -> String {
+    c["State"]["StartedAt"].as_str().unwrap().to_string()
+}
 
 /// The container's environment as a map (`Config.Env`).
 pub fn env_of(c: &Value) -> std::collections::BTreeMap<String, String> {
@@ -616,6 +646,50 @@ pub fn wait_health(container: &str, want: &str, secs: u64) -> Value {
                 ))
             }
         },
+    )
+}
+
+/// Runs `cmd` in `container` every 50 ms, up to `secs`, until it exits 0 with output that
+/// `done` accepts; returns that output (trimmed).
+#[track_caller]
+pub fn exec_until(
+    container: &str,
+    cmd: &[&str],
+    secs: u64,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    eventually(what, Duration::from_secs(secs), || {
+        match exec(container, cmd) {
+            (0, s) if done(&s) => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+}
+
+/// A compose file of one service, `name` running `image`; `rest` follows as it is (but for a
+/// leading newline, so that it may be a raw string): more of that service's keys (indented
+/// four spaces), then any top-level sections.
+pub fn one_service(name: &str, image: &str, rest: &str) -> String {
+    let rest = rest.strip_prefix('\n').unwrap_or(rest);
+    format!("services:\n  {name}:\n    image: {image}\n{rest}")
+}
+
+/// A compose file where `app` (TOOL) starts once the one-shot `migrate` (TOOL, running
+/// `sh -c SCRIPT`) has completed successfully.
+pub fn app_after_one_shot(script: &str) -> String {
+    format!(
+        r#"
+services:
+  migrate:
+    image: {TOOL}
+    command: ["sh", "-c", "{script}"]
+  app:
+    image: {TOOL}
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+"#
     )
 }
 

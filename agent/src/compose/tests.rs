@@ -8,7 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::{
-    load, ComposeError, DependencyCondition, LoadOptions, MountKind, PortMapping, Project,
+    load, ComposeError, DependencyCondition, LoadOptions, MountKind, MountSpec, PortMapping,
+    Project,
 };
 
 const MIB: i64 = 1024 * 1024;
@@ -48,6 +49,16 @@ impl Fx {
         self.tmp.path()
     }
 
+    /// `rel` inside the project directory, as a string (as a mount's source holds it).
+    fn in_dir(&self, rel: &str) -> String {
+        self.dir.join(rel).to_str().unwrap().to_string()
+    }
+
+    /// The path of the project's `compose.yaml`, as error messages show it.
+    fn compose_file(&self) -> String {
+        self.dir.join("compose.yaml").display().to_string()
+    }
+
     fn write(&self, rel: &str, content: &str) -> PathBuf {
         let path = self.dir.join(rel);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -57,6 +68,12 @@ impl Fx {
 
     fn env(mut self, key: &str, value: &str) -> Fx {
         self.opts.environment.insert(key.into(), value.into());
+        self
+    }
+
+    /// Loads with `--profile` given for each of `profiles`.
+    fn profiles(mut self, profiles: &[&str]) -> Fx {
+        self.opts.profiles = strings(profiles);
         self
     }
 
@@ -91,6 +108,61 @@ fn port(target: u16, published: Option<&str>, host_ip: Option<&str>, proto: &str
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
+}
+
+/// `text` contains every one of `parts`.
+#[track_caller]
+fn assert_mentions(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "expected {part:?} in: {text}");
+    }
+}
+
+/// Loading `yaml` fails with a message naming the compose file and every one of `parts`.
+/// Returns the error.
+#[track_caller]
+fn assert_error_names(yaml: &str, parts: &[&str]) -> ComposeError {
+    let fx = Fx::with(yaml);
+    let e = fx.err();
+    let text = e.to_string();
+    assert_mentions(&text, &[&fx.compose_file()]);
+    assert_mentions(&text, parts);
+    e
+}
+
+/// One of the project's warnings contains `about`.
+#[track_caller]
+fn assert_warns(p: &Project, about: &str) {
+    assert!(
+        p.warnings.iter().any(|w| w.contains(about)),
+        "no warning about {about:?}: {:?}",
+        p.warnings
+    );
+}
+
+/// The mount of service `web` at `target`.
+#[track_caller]
+fn web_mount<'a>(p: &'a Project, target: &str) -> &'a MountSpec {
+    let mounts = &p.services["web"].mounts;
+    mounts
+        .iter()
+        .find(|m| m.target == target)
+        .unwrap_or_else(|| panic!("no mount at {target}: {mounts:?}"))
+}
+
+/// The ports of service `web` (nginx) whose `ports:` list is `list` (items indented six spaces).
+#[track_caller]
+fn web_ports(list: &str) -> Vec<PortMapping> {
+    let yaml = format!("services:\n  web:\n    image: nginx\n    ports:\n{list}");
+    Fx::with(&yaml).ok().services["web"].ports.clone()
+}
+
+/// Loading `yaml` fails: the value at `field` is invalid. Returns the error.
+#[track_caller]
+fn assert_invalid(yaml: &str, field: &str) -> ComposeError {
+    let e = Fx::with(yaml).err();
+    assert_eq!(invalid_field(&e), field);
+    e
 }
 
 fn invalid_field(e: &ComposeError) -> &str {
@@ -283,15 +355,11 @@ services:
 
 #[test]
 fn malformed_yaml_reports_file_and_line() {
-    let fx = Fx::with("services:\n  web:\n    image: nginx\n    command: a: b\n");
-    let e = fx.err();
-    assert!(matches!(e, ComposeError::Yaml { .. }), "{e:?}");
-    let text = e.to_string();
-    assert!(
-        text.contains(&fx.dir.join("compose.yaml").display().to_string()),
-        "{text}"
+    let e = assert_error_names(
+        "services:\n  web:\n    image: nginx\n    command: a: b\n",
+        &["line 4"],
     );
-    assert!(text.contains("line 4"), "{text}");
+    assert!(matches!(e, ComposeError::Yaml { .. }), "{e:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,31 +390,20 @@ fn env_file_option_replaces_dotenv() {
 
 #[test]
 fn required_variable_error_names_file_path_and_message() {
-    let fx = Fx::with("services:\n  web:\n    image: \"${IMAGE:?set IMAGE please}\"\n");
-    let e = fx.err();
-    assert!(matches!(e, ComposeError::Interpolate { .. }), "{e:?}");
-    let text = e.to_string();
-    assert!(
-        text.contains(&fx.dir.join("compose.yaml").display().to_string()),
-        "{text}"
+    let e = assert_error_names(
+        "services:\n  web:\n    image: \"${IMAGE:?set IMAGE please}\"\n",
+        &["services.web.image", "set IMAGE please", "IMAGE"],
     );
-    assert!(text.contains("services.web.image"), "{text}");
-    assert!(text.contains("set IMAGE please"), "{text}");
-    assert!(text.contains("IMAGE"), "{text}");
+    assert!(matches!(e, ComposeError::Interpolate { .. }), "{e:?}");
 }
 
 #[test]
 fn invalid_interpolation_format_names_the_file() {
-    let fx = Fx::with("services:\n  web:\n    image: \"nginx:${TAG\"\n");
-    let e = fx.err();
-    let text = e.to_string();
-    assert!(matches!(e, ComposeError::Interpolate { .. }), "{e:?}");
-    assert!(
-        text.contains(&fx.dir.join("compose.yaml").display().to_string()),
-        "{text}"
+    let e = assert_error_names(
+        "services:\n  web:\n    image: \"nginx:${TAG\"\n",
+        &["services.web.image", "invalid interpolation format"],
     );
-    assert!(text.contains("services.web.image"), "{text}");
-    assert!(text.contains("invalid interpolation format"), "{text}");
+    assert!(matches!(e, ComposeError::Interpolate { .. }), "{e:?}");
 }
 
 #[test]
@@ -608,11 +665,7 @@ services:
     let targets: Vec<u16> = web.ports.iter().map(|p| p.target).collect();
     assert_eq!(targets, vec![80, 443]);
     assert_eq!(web.mounts.len(), 2, "{:?}", web.mounts);
-    let data = web.mounts.iter().find(|m| m.target == "/data").unwrap();
-    assert_eq!(
-        data.source.as_deref(),
-        Some(fx.dir.join("b").to_str().unwrap())
-    );
+    assert_eq!(web_mount(&p, "/data").source, Some(fx.in_dir("b")));
     assert!(web
         .mounts
         .iter()
@@ -652,9 +705,7 @@ fn only_services_without_profiles_are_enabled_by_default() {
 
 #[test]
 fn profiles_option_compose_profiles_and_star_enable_services() {
-    let mut fx = Fx::with(PROFILED);
-    fx.opts.profiles = vec!["ops".into()];
-    let p = fx.ok();
+    let p = Fx::with(PROFILED).profiles(&["ops"]).ok();
     assert_eq!(names(&p), vec!["tools", "web"]);
     assert_eq!(p.disabled_services, vec!["debug"]);
 
@@ -663,9 +714,7 @@ fn profiles_option_compose_profiles_and_star_enable_services() {
         .ok();
     assert_eq!(names(&p), vec!["debug", "web"]);
 
-    let mut fx = Fx::with(PROFILED);
-    fx.opts.profiles = vec!["*".into()];
-    let p = fx.ok();
+    let p = Fx::with(PROFILED).profiles(&["*"]).ok();
     assert_eq!(names(&p), vec!["debug", "tools", "web"]);
     assert!(p.disabled_services.is_empty());
 }
@@ -673,9 +722,10 @@ fn profiles_option_compose_profiles_and_star_enable_services() {
 #[test]
 fn profile_flag_replaces_compose_profiles() {
     // compose-go WithDefaultProfiles: COMPOSE_PROFILES is the fallback when no --profile is given.
-    let mut fx = Fx::with(PROFILED).env("COMPOSE_PROFILES", "debug");
-    fx.opts.profiles = vec!["ops".into()];
-    let p = fx.ok();
+    let p = Fx::with(PROFILED)
+        .env("COMPOSE_PROFILES", "debug")
+        .profiles(&["ops"])
+        .ok();
     assert_eq!(names(&p), vec!["tools", "web"]);
 }
 
@@ -690,8 +740,7 @@ fn required_dependency_on_a_disabled_service_is_an_error() {
         } => assert_eq!((service.as_str(), dependency.as_str()), ("web", "db")),
         other => panic!("expected DisabledDependency, got {other:?}"),
     }
-    let mut fx = Fx::with(yaml);
-    fx.opts.profiles = vec!["data".into()];
+    let fx = Fx::with(yaml).profiles(&["data"]);
     assert_eq!(names(&fx.ok()), vec!["db", "web"]);
 }
 
@@ -702,11 +751,7 @@ fn optional_dependency_on_an_unknown_service_is_dropped_with_a_warning() {
     )
     .ok();
     assert!(p.services["web"].depends_on.is_empty());
-    assert!(
-        p.warnings.iter().any(|w| w.contains("ghost")),
-        "{:?}",
-        p.warnings
-    );
+    assert_warns(&p, "ghost");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -776,11 +821,10 @@ fn dependency_cycle_is_an_error_listing_the_cycle() {
 
 #[test]
 fn unknown_dependency_condition_is_invalid() {
-    let e = Fx::with(
+    let e = assert_invalid(
         "services:\n  db: {image: d}\n  web: {image: w, depends_on: {db: {condition: service_ready}}}\n",
-    )
-    .err();
-    assert_eq!(invalid_field(&e), "services.web.depends_on.db.condition");
+        "services.web.depends_on.db.condition",
+    );
     assert!(e.to_string().contains("service_ready"), "{e}");
 }
 
@@ -789,12 +833,8 @@ fn unknown_dependency_condition_is_invalid() {
 
 #[test]
 fn short_ports_expand() {
-    let p = Fx::with(
+    let ports = web_ports(
         r#"
-services:
-  web:
-    image: nginx
-    ports:
       - "8000-8001:80-81"
       - "127.0.0.1:8080:80"
       - "[::1]:9090:90"
@@ -803,10 +843,9 @@ services:
       - "7000-7001"
       - "127.0.0.1::5000"
 "#,
-    )
-    .ok();
+    );
     assert_eq!(
-        p.services["web"].ports,
+        ports,
         vec![
             port(80, Some("8000"), None, "tcp"),
             port(81, Some("8001"), None, "tcp"),
@@ -823,20 +862,15 @@ services:
 
 #[test]
 fn long_ports() {
-    let p = Fx::with(
+    let ports = web_ports(
         r#"
-services:
-  web:
-    image: nginx
-    ports:
       - {target: 80, published: "8080", host_ip: 127.0.0.1, protocol: udp, mode: host}
       - {target: 443}
       - {target: 81, published: 8081}
 "#,
-    )
-    .ok();
+    );
     assert_eq!(
-        p.services["web"].ports,
+        ports,
         vec![
             port(80, Some("8080"), Some("127.0.0.1"), "udp"),
             port(443, None, None, "tcp"),
@@ -847,12 +881,16 @@ services:
 
 #[test]
 fn bad_port_is_invalid_naming_its_index() {
-    let e = Fx::with("services: {x: {image: nginx, ports: [\"80:80\", \"80:http\"]}}\n").err();
-    assert_eq!(invalid_field(&e), "services.x.ports[1]");
+    let e = assert_invalid(
+        "services: {x: {image: nginx, ports: [\"80:80\", \"80:http\"]}}\n",
+        "services.x.ports[1]",
+    );
     assert!(e.to_string().contains("80:http"), "{e}");
 
-    let e = Fx::with("services: {x: {image: nginx, ports: [\"99999:80\"]}}\n").err();
-    assert_eq!(invalid_field(&e), "services.x.ports[0]");
+    assert_invalid(
+        "services: {x: {image: nginx, ports: [\"99999:80\"]}}\n",
+        "services.x.ports[0]",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -881,14 +919,10 @@ volumes:
     )
     .env("HOME", "/home/tester");
     let p = fx.ok();
-    let m = &p.services["web"].mounts;
-    let by = |t: &str| m.iter().find(|x| x.target == t).unwrap();
+    let by = |t: &str| web_mount(&p, t);
     let data = by("/data");
     assert_eq!(data.kind, MountKind::Bind);
-    assert_eq!(
-        data.source.as_deref(),
-        Some(fx.dir.join("data").to_str().unwrap())
-    );
+    assert_eq!(data.source, Some(fx.in_dir("data")));
     assert!(data.read_only);
     assert!(data.create_host_path);
     assert_eq!(
@@ -917,9 +951,10 @@ volumes:
 
 #[test]
 fn undeclared_named_volume_is_invalid() {
-    let e =
-        Fx::with("services: {web: {image: nginx, volumes: [\"/a:/a\", \"cache:/cache\"]}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.volumes[1]");
+    let e = assert_invalid(
+        "services: {web: {image: nginx, volumes: [\"/a:/a\", \"cache:/cache\"]}}\n",
+        "services.web.volumes[1]",
+    );
     let text = e.to_string();
     assert!(
         text.contains("cache") && text.contains("not declared"),
@@ -948,14 +983,10 @@ volumes:
 "#,
     );
     let p = fx.ok();
-    let m = &p.services["web"].mounts;
-    let by = |t: &str| m.iter().find(|x| x.target == t).unwrap();
+    let by = |t: &str| web_mount(&p, t);
     let conf = by("/etc/conf");
     assert_eq!(conf.kind, MountKind::Bind);
-    assert_eq!(
-        conf.source.as_deref(),
-        Some(fx.dir.join("conf").to_str().unwrap())
-    );
+    assert_eq!(conf.source, Some(fx.in_dir("conf")));
     assert!(conf.read_only);
     let data = by("/data");
     assert_eq!(
@@ -976,8 +1007,10 @@ volumes:
         (MountKind::Tmpfs, "/tmp")
     );
 
-    let e = Fx::with("services: {web: {image: nginx, volumes: [{type: volume, source: undeclared, target: /x}]}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.volumes[0]");
+    assert_invalid(
+        "services: {web: {image: nginx, volumes: [{type: volume, source: undeclared, target: /x}]}}\n",
+        "services.web.volumes[0]",
+    );
 }
 
 #[test]
@@ -1082,8 +1115,10 @@ fn default_network_can_be_renamed() {
 
 #[test]
 fn undeclared_network_is_an_error() {
-    let e = Fx::with("services: {web: {image: nginx, networks: [nope]}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.networks.nope");
+    assert_invalid(
+        "services: {web: {image: nginx, networks: [nope]}}\n",
+        "services.web.networks.nope",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1144,14 +1179,18 @@ services:
 
 #[test]
 fn healthcheck_bad_list_head_or_duration_is_invalid() {
-    let e = Fx::with("services: {web: {image: x, healthcheck: {test: [echo, hi]}}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.healthcheck.test");
-    let e = Fx::with("services: {web: {image: x, healthcheck: {test: [CMD]}}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.healthcheck.test");
-    let e =
-        Fx::with("services: {web: {image: x, healthcheck: {test: [CMD, x], interval: soon}}}\n")
-            .err();
-    assert_eq!(invalid_field(&e), "services.web.healthcheck.interval");
+    assert_invalid(
+        "services: {web: {image: x, healthcheck: {test: [echo, hi]}}}\n",
+        "services.web.healthcheck.test",
+    );
+    assert_invalid(
+        "services: {web: {image: x, healthcheck: {test: [CMD]}}}\n",
+        "services.web.healthcheck.test",
+    );
+    assert_invalid(
+        "services: {web: {image: x, healthcheck: {test: [CMD, x], interval: soon}}}\n",
+        "services.web.healthcheck.interval",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1169,11 +1208,7 @@ fn build_without_image_is_an_error() {
 fn build_with_image_warns_and_loads() {
     let p = Fx::with("services: {web: {build: {context: .}, image: reg/app:1}}\n").ok();
     assert_eq!(p.services["web"].image, "reg/app:1");
-    assert!(
-        p.warnings.iter().any(|w| w.contains("services.web.build")),
-        "{:?}",
-        p.warnings
-    );
+    assert_warns(&p, "services.web.build");
 }
 
 #[test]
@@ -1194,21 +1229,9 @@ fn unknown_keys_and_version_warn_and_x_keys_are_silent() {
         Fx::with("version: \"3.8\"\nservices:\n  web: {image: nginx, colour: red}\nmystery: 1\n")
             .ok();
     assert_eq!(p.services["web"].image, "nginx");
-    assert!(
-        p.warnings.iter().any(|w| w.contains("services.web.colour")),
-        "{:?}",
-        p.warnings
-    );
-    assert!(
-        p.warnings.iter().any(|w| w.contains("version")),
-        "{:?}",
-        p.warnings
-    );
-    assert!(
-        p.warnings.iter().any(|w| w.contains("mystery")),
-        "{:?}",
-        p.warnings
-    );
+    assert_warns(&p, "services.web.colour");
+    assert_warns(&p, "version");
+    assert_warns(&p, "mystery");
 
     let p = Fx::with(
         "x-meta: {owner: me}\nservices:\n  web: {image: nginx, x-note: hi, deploy: {x-extra: 1}}\n",
@@ -1266,15 +1289,17 @@ services:
 
 #[test]
 fn invalid_restart_is_invalid() {
-    let e = Fx::with("services: {web: {image: x, restart: sometimes}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.restart");
-    let e = Fx::with("services: {web: {image: x, restart: \"on-failure:many\"}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.restart");
-    let e = Fx::with("services: {web: {image: x, deploy: {restart_policy: {condition: maybe}}}}\n")
-        .err();
-    assert_eq!(
-        invalid_field(&e),
-        "services.web.deploy.restart_policy.condition"
+    assert_invalid(
+        "services: {web: {image: x, restart: sometimes}}\n",
+        "services.web.restart",
+    );
+    assert_invalid(
+        "services: {web: {image: x, restart: \"on-failure:many\"}}\n",
+        "services.web.restart",
+    );
+    assert_invalid(
+        "services: {web: {image: x, deploy: {restart_policy: {condition: maybe}}}}\n",
+        "services.web.deploy.restart_policy.condition",
     );
 }
 
@@ -1314,8 +1339,10 @@ services:
     assert_eq!(d.stop_grace_period_secs, Some(0));
     assert_eq!(d.replicas, 2);
 
-    let e = Fx::with("services: {web: {image: x, mem_limit: lots}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.mem_limit");
+    assert_invalid(
+        "services: {web: {image: x, mem_limit: lots}}\n",
+        "services.web.mem_limit",
+    );
 }
 
 #[test]
@@ -1338,14 +1365,15 @@ services:
     assert_eq!(p.services["c"].command, None);
     assert_eq!(p.services["c"].entrypoint, None);
 
-    let e = Fx::with("services: {web: {image: x, command: \"echo 'unterminated\"}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.command");
+    assert_invalid(
+        "services: {web: {image: x, command: \"echo 'unterminated\"}}\n",
+        "services.web.command",
+    );
 }
 
 #[test]
 fn missing_image_is_invalid() {
-    let e = Fx::with("services: {web: {command: [x]}}\n").err();
-    assert_eq!(invalid_field(&e), "services.web.image");
+    assert_invalid("services: {web: {command: [x]}}\n", "services.web.image");
 }
 
 // ---------------------------------------------------------------------------------------------
