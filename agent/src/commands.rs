@@ -23,6 +23,8 @@ pub enum CommandError {
     Agent(#[from] crate::agent::AgentError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error("cannot encode output: {0}")]
     Output(String),
 }

@@ -22,5 +22,6 @@ pub mod interpolate;
 pub mod lifecycle;
 pub mod plan;
 pub mod progress;
+pub mod proxy;
 pub mod registry;
 pub mod release;

@@ -148,6 +148,25 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// The traffic proxy: owns the traffic port, forwards to the active release; its route is
+    /// changed over the control socket. Its own process, so that it outlives the agent.
+    Proxy {
+        /// Where clients (the load balancer) connect.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: std::net::SocketAddr,
+        /// The control socket (created 0600).
+        #[arg(long, default_value = "/run/berth/proxy.sock")]
+        control: PathBuf,
+        /// The backend to start with (else the saved route, else none: 503).
+        #[arg(long)]
+        backend: Option<std::net::SocketAddr>,
+        /// Where the route is saved, so that a restarted proxy resumes it.
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// On SIGTERM, how long in-flight requests may take to finish.
+        #[arg(long, default_value_t = 30)]
+        drain_secs: u64,
+    },
     /// Print the resolved project (environment values masked).
     Config {
         #[command(flatten)]
@@ -158,7 +177,10 @@ enum Command {
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Agent { .. }));
+    init_logging(matches!(
+        cli.command,
+        Command::Agent { .. } | Command::Proxy { .. }
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -239,6 +261,16 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 commands::plan_agent(&config, local, release, json).await?
             );
         }
+        Command::Proxy {
+            listen,
+            control,
+            backend,
+            state,
+            drain_secs,
+        } => {
+            let drain = Duration::from_secs(drain_secs);
+            berth::proxy::run(listen, &control, backend, state, drain).await?;
+        }
         Command::Agent {
             config,
             local,
@@ -276,7 +308,7 @@ fn exit_code(e: &CommandError) -> u8 {
     use berth::agent::AgentError;
     use berth::release::ReleaseError;
     match e {
-        CommandError::Compose(_) | CommandError::Config(_) => 3,
+        CommandError::Compose(_) | CommandError::Config(_) | CommandError::Proxy(_) => 3,
         CommandError::Agent(a) => match a {
             AgentError::Config(_) | AgentError::Compose { .. } | AgentError::Health(_) => 3,
             AgentError::Docker(_) | AgentError::Converge(ConvergeError::Docker(_)) => 4,

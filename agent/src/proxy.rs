@@ -1,0 +1,559 @@
+//! `berth proxy`: the small HTTP/1.1 reverse proxy that owns the traffic port (the target
+//! group's port) during zero-downtime upgrades. It is its own process (its own systemd unit),
+//! so that a crash, SIGKILL or self-upgrade of the agent never drops the listener or cuts a
+//! connection; the agent changes its routing table over a local control socket.
+//!
+//! The route is read per request, so a request arriving on an existing keep-alive connection
+//! after a switch goes to the new backend. In-flight requests are counted per backend (until
+//! their response body is fully sent), which is what a drain waits on. Upstream connections
+//! are pooled and kept alive.
+//!
+//! Control protocol (one JSON object per line, one answer per line), on a 0600 Unix socket:
+//! `{"op":"route","backend":"127.0.0.1:32768"}` switches; `{"op":"status"}` shows the route,
+//! in-flight and served counts; `{"op":"drain","backend":"...","timeout_ms":30000}` waits until
+//! nothing is in flight to that backend.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: bad answer: {message}")]
+    Answer { path: PathBuf, message: String },
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+}
+
+/// Per-backend counters.
+#[derive(Debug, Default)]
+struct Counters {
+    inflight: AtomicU64,
+    served: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Backend {
+    addr: SocketAddr,
+    /// `http://addr`, prebuilt: the per-request path is only the request's path and query.
+    authority: hyper::http::uri::Authority,
+    counters: Arc<Counters>,
+}
+
+/// The routing table: the backend requests go to now, and the one before it.
+#[derive(Debug, Default)]
+pub struct Routes {
+    active: RwLock<Option<Backend>>,
+    previous: RwLock<Option<SocketAddr>>,
+    counters: Mutex<BTreeMap<SocketAddr, Arc<Counters>>>,
+    state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedRoute {
+    active: Option<SocketAddr>,
+    previous: Option<SocketAddr>,
+}
+
+impl Routes {
+    fn counters_for(&self, addr: SocketAddr) -> Arc<Counters> {
+        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(addr).or_default().clone()
+    }
+
+    fn current(&self) -> Option<Backend> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Switches atomically; returns the backend that was active.
+    pub fn route(&self, addr: SocketAddr) -> Option<SocketAddr> {
+        let authority = match addr.to_string().parse() {
+            Ok(a) => a,
+            Err(_) => return None,
+        };
+        let backend = Backend {
+            addr,
+            authority,
+            counters: self.counters_for(addr),
+        };
+        let old = self
+            .active
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(backend)
+            .map(|b| b.addr);
+        if old.is_some() && old != Some(addr) {
+            *self.previous.write().unwrap_or_else(|e| e.into_inner()) = old;
+        }
+        self.save();
+        tracing::info!(backend = %addr, previous = ?old, "route switched");
+        old
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.state_file else { return };
+        let saved = SavedRoute {
+            active: self.current().map(|b| b.addr),
+            previous: *self.previous.read().unwrap_or_else(|e| e.into_inner()),
+        };
+        let tmp = path.with_extension("tmp");
+        let ok = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = ok {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the route");
+        }
+    }
+
+    fn inflight(&self, addr: SocketAddr) -> u64 {
+        self.counters_for(addr).inflight.load(Ordering::Acquire)
+    }
+
+    fn total_inflight(&self) -> u64 {
+        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|c| c.inflight.load(Ordering::Acquire))
+            .sum()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let inflight: BTreeMap<String, u64> = map
+            .iter()
+            .map(|(a, c)| (a.to_string(), c.inflight.load(Ordering::Acquire)))
+            .collect();
+        let served: BTreeMap<String, u64> = map
+            .iter()
+            .map(|(a, c)| (a.to_string(), c.served.load(Ordering::Acquire)))
+            .collect();
+        serde_json::json!({
+            "ok": true,
+            "active": self.current().map(|b| b.addr.to_string()),
+            "previous": self.previous.read().unwrap_or_else(|e| e.into_inner()).map(|a| a.to_string()),
+            "inflight": inflight,
+            "served": served,
+        })
+    }
+}
+
+/// One request in flight to a backend, until finished or dropped.
+struct InFlight(Option<Arc<Counters>>);
+
+impl InFlight {
+    fn start(counters: &Arc<Counters>) -> InFlight {
+        counters.inflight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Some(counters.clone()))
+    }
+
+    fn finish(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.inflight.fetch_sub(1, Ordering::AcqRel);
+            c.served.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A response body that keeps its request in flight until it is fully sent (or dropped).
+enum ProxyBody {
+    Upstream { body: Incoming, inflight: InFlight },
+    Local(Full<Bytes>),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match this {
+            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            ProxyBody::Local(full) => {
+                return Pin::new(full)
+                    .poll_frame(cx)
+                    .map_err(|never: Infallible| match never {})
+            }
+        };
+        if let (
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))),
+            ProxyBody::Upstream { inflight, .. },
+        ) = (&polled, this)
+        {
+            inflight.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Local(full) => full.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Local(full) => full.size_hint(),
+        }
+    }
+}
+
+fn local(code: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::Local(Full::new(Bytes::from_static(
+        text.as_bytes(),
+    ))));
+    *resp.status_mut() = code;
+    resp
+}
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for h in named {
+        headers.remove(h);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+type UpstreamClient = Client<HttpConnector, Incoming>;
+
+async fn forward(
+    routes: &Routes,
+    client: &UpstreamClient,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let Some(backend) = routes.current() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n");
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(backend.authority.clone())
+        .path_and_query(path)
+        .build();
+    let Ok(uri) = uri else {
+        return local(StatusCode::BAD_REQUEST, "bad request target\n");
+    };
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+
+    let inflight = InFlight::start(&backend.counters);
+    match client.request(req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, ProxyBody::Upstream { body, inflight })
+        }
+        Err(e) => {
+            drop(inflight);
+            tracing::warn!(backend = %backend.addr, error = %e, "upstream request failed");
+            local(StatusCode::BAD_GATEWAY, "bad gateway\n")
+        }
+    }
+}
+
+/// Serves until SIGTERM/SIGINT, then stops accepting and lets in-flight requests finish
+/// (up to `drain`).
+pub async fn run(
+    listen: SocketAddr,
+    control: &Path,
+    backend: Option<SocketAddr>,
+    state: Option<PathBuf>,
+    drain: Duration,
+) -> Result<(), ProxyError> {
+    let mut routes = Routes {
+        state_file: state.clone(),
+        ..Routes::default()
+    };
+    if let Some(path) = &state {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let saved: SavedRoute =
+                    serde_json::from_slice(&bytes).map_err(|e| ProxyError::State {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                routes.state_file = None; // restoring, not changing
+                if let Some(p) = saved.previous {
+                    routes.route(p);
+                }
+                if let Some(a) = saved.active {
+                    routes.route(a);
+                }
+                routes.state_file = state.clone();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ProxyError::State {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    if let Some(b) = backend {
+        routes.route(b);
+    }
+    let routes = Arc::new(routes);
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ProxyError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let control_listener = bind_control(control)?;
+    tokio::spawn(serve_control(control_listener, routes.clone()));
+
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    let client: UpstreamClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build(connector);
+    tracing::info!(%listen, control = %control.display(), "proxy listening");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| ProxyError::Listen {
+            addr: listen,
+            source,
+        })?;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let routes = routes.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let routes = routes.clone();
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(forward(&routes, &client, peer, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+    drop(listener);
+    let deadline = Instant::now() + drain;
+    while routes.total_inflight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(left = routes.total_inflight(), "proxy stopped");
+    let _ = std::fs::remove_file(control);
+    Ok(())
+}
+
+fn bind_control(path: &Path) -> Result<UnixListener, ProxyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ProxyError::Control {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A socket left by a killed proxy would make bind fail.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    // Root only: whoever can change the route can take the traffic.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum ControlRequest {
+    Route {
+        backend: SocketAddr,
+    },
+    Status,
+    Drain {
+        backend: SocketAddr,
+        timeout_ms: Option<u64>,
+    },
+}
+
+async fn serve_control(listener: UnixListener, routes: Arc<Routes>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let routes = routes.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let answer = match serde_json::from_str::<ControlRequest>(&line) {
+                    Ok(ControlRequest::Route { backend }) => {
+                        let old = routes.route(backend);
+                        serde_json::json!({"ok": true, "active": backend.to_string(), "previous": old.map(|a| a.to_string())})
+                    }
+                    Ok(ControlRequest::Status) => routes.status(),
+                    Ok(ControlRequest::Drain {
+                        backend,
+                        timeout_ms,
+                    }) => {
+                        let deadline =
+                            Instant::now() + Duration::from_millis(timeout_ms.unwrap_or(30_000));
+                        while routes.inflight(backend) > 0 && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        let left = routes.inflight(backend);
+                        serde_json::json!({"ok": left == 0, "backend": backend.to_string(), "inflight": left})
+                    }
+                    Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+                };
+                let mut out = answer.to_string();
+                out.push('\n');
+                if write.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Sends one control request and returns the answer (the agent's side, and `berth proxy-ctl`).
+pub async fn control(
+    path: &Path,
+    request: &serde_json::Value,
+) -> Result<serde_json::Value, ProxyError> {
+    let err = |source| ProxyError::Control {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stream = UnixStream::connect(path).await.map_err(err)?;
+    let (read, mut write) = stream.into_split();
+    let mut line = request.to_string();
+    line.push('\n');
+    write.write_all(line.as_bytes()).await.map_err(err)?;
+    let mut answer = String::new();
+    BufReader::new(read)
+        .read_line(&mut answer)
+        .await
+        .map_err(err)?;
+    serde_json::from_str(&answer).map_err(|e| ProxyError::Answer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn routing_keeps_the_previous_backend() {
+        let r = Routes::default();
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        assert_eq!(r.route(a), None);
+        assert_eq!(r.route(b), Some(a));
+        assert_eq!(r.current().unwrap().addr, b);
+        assert_eq!(*r.previous.read().unwrap(), Some(a));
+        // Re-routing to the same backend keeps `previous` (rollback still possible).
+        assert_eq!(r.route(b), Some(b));
+        assert_eq!(*r.previous.read().unwrap(), Some(a));
+    }
+}
