@@ -22,6 +22,7 @@ berth_setup_apt_packages=(
 	docker-compose  # 1.29.2, the reference berth is compared with
 	haproxy         # the ALB's stand-in
 	wrk             # load for the zero-downtime tests
+	nginx-light     # the reverse proxy berth's proxy is measured against
 	docker-registry # the private registry (ECR's stand-in), with htpasswd auth
 	apache2-utils   # htpasswd, for the registry's users
 	curl

@@ -5,8 +5,8 @@
 //!
 //! The route is read per request, so a request arriving on an existing keep-alive connection
 //! after a switch goes to the new backend. In-flight requests are counted per backend (until
-//! their response body is fully sent), which is what a drain waits on. Upstream connections
-//! are pooled and kept alive.
+//! their response body is fully sent), which is what a drain waits on. Each client connection
+//! keeps its own upstream connection alive while the route stays the same.
 //!
 //! Control protocol (one JSON object per line, one answer per line), on a 0600 Unix socket:
 //! `{"op":"route","backend":"127.0.0.1:32768"}` switches; `{"op":"status"}` shows the route,
@@ -27,9 +27,7 @@ use http_body_util::Full;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
@@ -274,11 +272,74 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
 }
 
-type UpstreamClient = Client<HttpConnector, Incoming>;
+/// Reuse an idle upstream connection only this soon: a backend may close idle keep-alive
+/// connections (5 s is a common timeout), and a request must not race that close.
+const IDLE_REUSE: Duration = Duration::from_secs(2);
+
+/// One client connection's upstream connection, 1:1 (as nginx's upstream keep-alive does), so no
+/// request waits on a shared pool. Reopened when the route changes, or after it idled.
+#[derive(Default)]
+struct Upstream {
+    link: tokio::sync::Mutex<Option<Link>>,
+}
+
+struct Link {
+    backend: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    last_used: Instant,
+}
+
+async fn connect(backend: SocketAddr) -> Result<Link, String> {
+    let stream = tokio::net::TcpStream::connect(backend)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Link {
+        backend,
+        sender,
+        last_used: Instant::now(),
+    })
+}
+
+impl Upstream {
+    async fn send(
+        &self,
+        backend: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, String> {
+        let mut slot = self.link.lock().await;
+        let reusable = slot.as_ref().is_some_and(|l| {
+            l.backend == backend && !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE
+        });
+        if !reusable {
+            *slot = Some(connect(backend).await?);
+        }
+        let Some(link) = slot.as_mut() else {
+            return Err("no upstream connection".into());
+        };
+        link.sender.ready().await.map_err(|e| e.to_string())?;
+        let result = link
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string());
+        link.last_used = Instant::now();
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+}
 
 async fn forward(
     routes: &Routes,
-    client: &UpstreamClient,
+    upstream: &Upstream,
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -311,7 +372,7 @@ async fn forward(
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 
     let inflight = InFlight::start(&backend.counters);
-    match client.request(req).await {
+    match upstream.send(backend.addr, req).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -368,64 +429,133 @@ pub async fn run(
         routes.route(b);
     }
     let routes = Arc::new(routes);
-    let listener = TcpListener::bind(listen)
-        .await
+    // One single-threaded runtime per core, each accepting on its own SO_REUSEPORT listener
+    // (nginx's worker model): a request and its upstream connection never change threads.
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // A plain bind first: SO_REUSEPORT alone would let a second (or stale) proxy share the port.
+    let probe = std::net::TcpListener::bind(listen);
+    drop(probe.map_err(|source| ProxyError::Listen {
+        addr: listen,
+        source,
+    })?);
+    let listeners = (0..workers)
+        .map(|_| reuseport_listener(listen))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|source| ProxyError::Listen {
             addr: listen,
             source,
         })?;
     let control_listener = bind_control(control)?;
     tokio::spawn(serve_control(control_listener, routes.clone()));
-
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    let client: UpstreamClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .build(connector);
-    tracing::info!(%listen, control = %control.display(), "proxy listening");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let threads: Vec<std::thread::JoinHandle<()>> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let routes = routes.clone();
+            let stop = stop_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("proxy-{i}"))
+                .spawn(move || worker(listener, routes, stop))
+                .map_err(|source| ProxyError::Listen {
+                    addr: listen,
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    tracing::info!(%listen, control = %control.display(), workers, "proxy listening");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ProxyError::Listen {
             addr: listen,
             source,
         })?;
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let routes = routes.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let routes = routes.clone();
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(forward(&routes, &client, peer, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
-    drop(listener);
+    // Stop accepting; what is in flight may finish.
+    let _ = stop_tx.send(true);
     let deadline = Instant::now() + drain;
     while routes.total_inflight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(left = routes.total_inflight(), "proxy stopped");
     let _ = std::fs::remove_file(control);
+    drop(threads); // their runtimes end with the process
     Ok(())
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?;
+    // Handed to the worker's own runtime, which registers it there.
+    listener.into_std()
+}
+
+/// One worker: a current-thread runtime serving the connections its listener accepts.
+fn worker(
+    listener: std::net::TcpListener,
+    routes: Arc<Routes>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "proxy worker cannot start");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "proxy worker cannot listen");
+                return;
+            }
+        };
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let routes = routes.clone();
+            tokio::spawn(async move {
+                let upstream = Arc::new(Upstream::default());
+                let svc = hyper::service::service_fn(move |req| {
+                    let routes = routes.clone();
+                    let upstream = upstream.clone();
+                    async move { Ok::<_, Infallible>(forward(&routes, &upstream, peer, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+        drop(listener);
+        // Keep serving the connections already open until the process ends.
+        std::future::pending::<()>().await;
+    });
 }
 
 fn bind_control(path: &Path) -> Result<UnixListener, ProxyError> {
