@@ -4,17 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::traffic::{Conn, Proxy};
 
 /// A keep-alive HTTP/1.1 backend answering its own name; `/slow` takes `slow` to answer.
 struct Backend {
@@ -71,118 +69,6 @@ fn serve(stream: TcpStream, name: &str, slow: Duration, count: &AtomicUsize) {
         if out.write_all(resp.as_bytes()).is_err() {
             return;
         }
-    }
-}
-
-/// The proxy process, killed when dropped.
-struct Proxy {
-    child: Child,
-    addr: SocketAddr,
-    control: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proxy {
-    fn start(backend: Option<SocketAddr>, extra: &[&str]) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, backend, extra)
-    }
-
-    fn start_in(dir: tempfile::TempDir, backend: Option<SocketAddr>, extra: &[&str]) -> Proxy {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let control = dir.path().join("proxy.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.arg("proxy")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--control")
-            .arg(&control);
-        if let Some(b) = backend {
-            cmd.arg("--backend").arg(b.to_string());
-        }
-        cmd.args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().unwrap();
-        let proxy = Proxy {
-            child,
-            addr,
-            control,
-            _dir: dir,
-        };
-        assert_eventually!(10, "the proxy listens", || {
-            TcpStream::connect(proxy.addr)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        assert_eventually!(10, "the control socket exists", || {
-            UnixStream::connect(&proxy.control)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        proxy
-    }
-
-    #[allow(clippy::needless_pass_by_value)] // call sites read better with json! inline
-    fn control(&self, request: serde_json::Value) -> serde_json::Value {
-        control(&self.control, &request)
-    }
-}
-
-fn control(path: &Path, request: &serde_json::Value) -> serde_json::Value {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
-}
-
-/// One keep-alive client connection.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Conn {
-    fn open(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Conn {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
-    }
-
-    /// GET `path` on this connection; returns (status, body).
-    fn get(&mut self, path: &str) -> (u16, String) {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n\r\n");
-        self.writer.write_all(req.as_bytes()).unwrap();
-        let mut status = String::new();
-        self.reader.read_line(&mut status).unwrap();
-        let code: u16 = status.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            self.reader.read_line(&mut h).unwrap();
-            if h == "\r\n" {
-                break;
-            }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body).unwrap();
-        (code, String::from_utf8(body).unwrap())
     }
 }
 

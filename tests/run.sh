@@ -4,7 +4,8 @@
 #   tests/run.sh [extra cargo test arguments, e.g. -- --test-threads=1]
 #
 # Runs tests/setup.sh (installs and starts what is missing, builds the test images), then
-# rustfmt, clippy and the whole workspace's tests against the real Docker daemon. At the
+# rustfmt, clippy, tests/lint.sh (cfn-lint, checkov, actionlint, shellcheck) and the whole
+# workspace's tests against the real Docker daemon. At the
 # end, pass or fail, it removes whatever the integration tests left behind: containers,
 # networks and volumes of the compose projects named berth-t-* (each test's own project).
 set -euo pipefail
@@ -69,6 +70,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "lint: CloudFormation, checkov, the workflow, every shell script"
+bash "$root/tests/lint.sh"
 
 step "cargo test"
 cargo test --workspace "$@"

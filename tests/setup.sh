@@ -32,7 +32,7 @@ berth_setup_apt_packages=(
 # Python packages, as "module-to-import:requirement" (installed with pip when the import
 # fails). Later issues add their own here (moto:moto[server] for the AWS APIs).
 berth_setup_pip_packages=(
-	moto:moto[server] # S3, ECR, SSM, ELBv2 in server mode (tests/common/aws.rs)
+	"moto:moto[server]" # S3, ECR, SSM, ELBv2 in server mode (tests/common/aws.rs)
 )
 
 # Test images: tag, build context under tests/images, build args. Order matters:

@@ -15,6 +15,7 @@ use crate::aws::Aws;
 use crate::compose::{self, ComposeError, LoadOptions, Project};
 use crate::config::{AgentConfig, ConfigError};
 use crate::converge::{self, ConvergeError, UpOptions};
+use crate::daemon::{self, Answer, DaemonError, Request};
 use crate::docker::{DockerError, Engine};
 use crate::health::{self, Health, HealthError, Phase, ServiceStatus};
 use crate::identity::{Identity, IdentityError, Imds};
@@ -23,6 +24,7 @@ use crate::plan::{self, Plan};
 use crate::progress::{Mode, Progress};
 use crate::registry::Registries;
 use crate::release::{self, Release, ReleaseError};
+use crate::upgrade::{self, Deployed, UpgradeError, UpgradeLock, Upgrader};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -45,6 +47,12 @@ pub enum AgentError {
     Converge(#[from] ConvergeError),
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("rollback needs the proxy strategy (upgrade.strategy = \"proxy\"); with drain, upgrade to the release you want: berth upgrade --release ID")]
+    RollbackNeedsProxy,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +84,216 @@ pub struct Booted {
     pub identity: Identity,
     pub project: Project,
     pub release: Release,
+    pub deployer: Arc<Deployer>,
+}
+
+/// Upgrades, rollbacks and status: what the control socket and the in-process commands do.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    pub config: AgentConfig,
+    pub aws: Option<Aws>,
+    pub instance_id: String,
+    /// The agent's health endpoint (None in-process): the drain strategy turns it 503.
+    pub health: Option<Health>,
+    pub registries: Arc<Registries>,
+}
+
+impl Deployer {
+    /// For a command run without an agent: local config, or AWS from the SDK's chain.
+    pub async fn in_process(config: AgentConfig) -> Result<Deployer, AgentError> {
+        let (instance_id, region) = if config.local {
+            (Identity::local().instance_id, None)
+        } else {
+            let identity = Imds::new()
+                .identity(Duration::from_secs(config.timeouts.imds_secs))
+                .await?;
+            (identity.instance_id, Some(identity.region))
+        };
+        let aws = aws_for(&config, region).await;
+        let registries = Arc::new(Registries::new(
+            config.registries.clone(),
+            aws.as_ref().map(|a| a.ecr.clone()),
+        ));
+        Ok(Deployer {
+            config,
+            aws,
+            instance_id,
+            health: None,
+            registries,
+        })
+    }
+
+    fn up_options(&self) -> UpOptions {
+        UpOptions {
+            remove_orphans: true,
+            wait_timeout: Duration::from_secs(self.config.timeouts.ready_secs),
+            registries: self.registries.clone(),
+            pull_concurrency: self.config.pull_concurrency,
+        }
+    }
+
+    fn upgrader<'a>(
+        &'a self,
+        engine: &'a Engine,
+        progress: &'a Progress,
+        serving: bool,
+    ) -> Upgrader<'a> {
+        Upgrader {
+            engine,
+            config: &self.config,
+            up: self.up_options(),
+            progress,
+            health: self.health.as_ref().filter(|_| serving),
+            aws: self.aws.as_ref(),
+            instance_id: self.instance_id.clone(),
+        }
+    }
+
+    /// Converges a fetched release by the configured strategy; `serving` is false at boot
+    /// (nothing to drain from the load balancer yet).
+    async fn deploy(
+        &self,
+        release: &Release,
+        project: &Project,
+        progress: &Progress,
+        serving: bool,
+    ) -> Result<Deployed, AgentError> {
+        let what = format!(
+            "{} release {}",
+            if serving { "upgrade to" } else { "boot" },
+            release.release_id.as_deref().unwrap_or("(unnamed)")
+        );
+        let _lock = UpgradeLock::acquire(&self.config.run_dir, &what)?;
+        let engine = Engine::connect().await?;
+        let deployed = self
+            .upgrader(&engine, progress, serving)
+            .deploy(project, release.release_id.as_deref())
+            .await?;
+        if let Some(h) = &self.health {
+            h.update(|s| {
+                s.release = release.release_id.clone();
+                s.objects = release.objects.clone();
+                if !deployed.services.is_empty() {
+                    s.services = deployed
+                        .services
+                        .iter()
+                        .map(|(name, state)| ServiceStatus {
+                            name: name.clone(),
+                            state: state.clone(),
+                        })
+                        .collect();
+                }
+            });
+        }
+        Ok(deployed)
+    }
+
+    /// `berth upgrade`: the given release, or the one the release pointer names.
+    pub async fn upgrade(&self, release: Option<String>) -> Result<Deployed, AgentError> {
+        let fetched =
+            release::fetch_release(self.aws.as_ref(), &self.config, release.as_deref()).await?;
+        let project = load_project(&self.config, &fetched)?;
+        let progress = Progress::new(Mode::Log);
+        let deployed = self.deploy(&fetched, &project, &progress, true).await?;
+        tracing::info!(release = ?deployed.release, previous = ?deployed.previous, how = deployed.how, to_switch_secs = ?deployed.to_switch_secs, "upgrade done");
+        Ok(deployed)
+    }
+
+    /// `berth rollback`: the kept previous release serves again (proxy strategy).
+    pub async fn rollback(&self) -> Result<Deployed, AgentError> {
+        if self.config.upgrade.strategy != crate::config::Strategy::Proxy {
+            return Err(AgentError::RollbackNeedsProxy);
+        }
+        let _lock = UpgradeLock::acquire(&self.config.run_dir, "rollback")?;
+        let engine = Engine::connect().await?;
+        let project = &self.config.project;
+        let routed = upgrade::routed_from_labels(&engine, project)
+            .await?
+            .ok_or_else(|| UpgradeError::NoPrevious {
+                project: project.clone(),
+            })?;
+        let progress = Progress::new(Mode::Log);
+        let deployed = self
+            .upgrader(&engine, &progress, true)
+            .rollback(project, &routed)
+            .await?;
+        if let Some(h) = &self.health {
+            h.update(|s| s.release = deployed.release.clone());
+        }
+        tracing::info!(release = ?deployed.release, from = ?deployed.previous, "rolled back");
+        Ok(deployed)
+    }
+
+    /// `berth status`: the agent's phase and release, both colors, the proxy's route.
+    pub async fn status(&self) -> Result<serde_json::Value, AgentError> {
+        let engine = Engine::connect().await?;
+        let project = &self.config.project;
+        let mut out = serde_json::json!({
+            "project": project,
+            "strategy": self.config.upgrade.strategy,
+        });
+        if let Some(h) = &self.health {
+            let s = h.snapshot();
+            out["phase"] = serde_json::json!(s.phase);
+            out["release"] = serde_json::json!(s.release);
+            out["in_service"] = serde_json::json!(s.in_service);
+            out["services"] = serde_json::json!(s.services);
+            out["last_error"] = serde_json::json!(s.last_error);
+        }
+        if let Some(routed) = upgrade::routed_from_labels(&engine, project).await? {
+            let progress = Progress::new(Mode::Quiet);
+            let sides = self
+                .upgrader(&engine, &progress, false)
+                .sides(&routed)
+                .await?;
+            out["routed_service"] = serde_json::json!(routed.service);
+            out["releases"] = serde_json::json!(sides.values().collect::<Vec<_>>());
+        }
+        if self.config.upgrade.strategy == crate::config::Strategy::Proxy {
+            let socket = &self.config.proxy.control;
+            out["proxy"] =
+                match crate::proxy::control(socket, &serde_json::json!({"op": "status"})).await {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                };
+        }
+        let rows = converge::ps(&engine, project).await?;
+        out["containers"] = serde_json::json!(rows);
+        Ok(out)
+    }
+
+    /// One control-socket request.
+    pub async fn handle(&self, req: Request) -> Answer {
+        let result = match req {
+            Request::Upgrade { release } => {
+                self.upgrade(release).await.map(|d| serde_json::json!(d))
+            }
+            Request::Rollback => self.rollback().await.map(|d| serde_json::json!(d)),
+            Request::Status => self.status().await,
+        };
+        match result {
+            Ok(v) => Answer {
+                ok: true,
+                result: Some(v),
+                error: None,
+                kind: None,
+            },
+            Err(e) => {
+                let kind = match &e {
+                    AgentError::Upgrade(UpgradeError::Busy { .. }) => "busy",
+                    AgentError::Upgrade(_) => "failed",
+                    _ => "error",
+                };
+                tracing::error!(error = %e, "control request failed");
+                Answer {
+                    ok: false,
+                    result: None,
+                    error: Some(e.to_string()),
+                    kind: Some(kind.into()),
+                }
+            }
+        }
+    }
 }
 
 /// `berth agent`: boot, then hold until SIGTERM (or return once in service with `once`).
@@ -96,8 +314,7 @@ pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError>
             if opts.once {
                 return Ok(());
             }
-            hold(&health, &booted).await;
-            Ok(())
+            hold(&health, &booted).await
         }
         Err(e) => {
             let message = e.to_string();
@@ -315,23 +532,17 @@ async fn boot_steps(
         heartbeat = Heartbeat::start(hook, config.heartbeat());
     }
 
-    let up = UpOptions {
-        remove_orphans: true,
-        wait_timeout: Duration::from_secs(config.timeouts.ready_secs),
+    let deployer = Arc::new(Deployer {
+        config: config.clone(),
+        aws: aws.cloned(),
+        instance_id: identity.instance_id.clone(),
+        health: Some(health.clone()),
         registries,
-        pull_concurrency: config.pull_concurrency,
-    };
-    let report = converge::up(&engine, &project, &up, &progress).await?;
-    health.update(|s| {
-        s.services = report
-            .services
-            .iter()
-            .map(|(name, state)| ServiceStatus {
-                name: name.clone(),
-                state: state.clone(),
-            })
-            .collect();
     });
+    let deployed = deployer
+        .deploy(&release, &project, &progress, false)
+        .await?;
+    tracing::info!(how = deployed.how, color = ?deployed.color, backend = ?deployed.backend, "converged");
     set_phase(health, Phase::Ready);
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -360,25 +571,155 @@ async fn boot_steps(
         identity,
         project,
         release,
+        deployer,
     })
 }
 
-/// Stays resident until SIGTERM or SIGINT; the services keep running when berth stops.
-async fn hold(health: &Health, booted: &Booted) {
+/// Stays resident: answers the control socket, upgrades when the release pointer changes
+/// (`upgrade.watch_secs`), and leaves gracefully on SIGTERM, scale-in or a spot interruption.
+async fn hold(health: &Health, booted: &Booted) -> Result<(), AgentError> {
+    let deployer = &booted.deployer;
+    let config = &deployer.config;
+    let socket = config.control_socket();
+    daemon::serve(&socket, deployer.clone()).await?;
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
+    let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
+        .then(|| tokio::spawn(watch(deployer.clone())));
+    let reason = wait_for_leave(config.local).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let result = leave(health, booted, reason).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+/// Why the agent leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    Signal(&'static str),
+    ScaleIn,
+    Spot,
+}
+
+async fn wait_for_leave(local: bool) -> Leave {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
+        Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "cannot watch SIGTERM");
-            return;
+            None
+        }
+    };
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    let imds = async {
+        if local {
+            return std::future::pending::<Leave>().await;
+        }
+        let imds = Imds::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Ok(Some(state)) = imds.lifecycle_state().await {
+                if state == "Terminated" || state.starts_with("Terminating") {
+                    tracing::warn!(%state, "the group is scaling this instance in");
+                    return Leave::ScaleIn;
+                }
+            }
+            if let Ok(Some(action)) = imds.spot_action().await {
+                tracing::warn!(%action, "spot interruption notice");
+                return Leave::Spot;
+            }
         }
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => Leave::Signal("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => Leave::Signal("SIGINT"),
+        why = imds => why,
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
-    tracing::info!(phase = ?health.phase(), "stopping; the services keep running");
+}
+
+/// Leaving: `/healthz` fails, the load balancer stops sending, requests in flight finish,
+/// the containers stop with their stop_grace_period, and the terminate hook is completed.
+async fn leave(health: &Health, booted: &Booted, why: Leave) -> Result<(), AgentError> {
+    let deployer = &booted.deployer;
+    let config = &deployer.config;
+    tracing::info!(reason = ?why, "leaving: draining, then stopping the services");
+    set_phase(health, Phase::Draining);
+    let engine = Engine::connect().await?;
+    let progress = Progress::new(Mode::Log);
+    let upgrader = deployer.upgrader(&engine, &progress, true);
+    if let Err(e) = upgrader.wait_lb(false, health).await {
+        tracing::warn!(error = %e, "the load balancer did not confirm the drain; stopping anyway");
+    }
+    if config.upgrade.strategy == crate::config::Strategy::Proxy {
+        if let Some(routed) = upgrade::routed_from_labels(&engine, &config.project).await? {
+            upgrader.drain_serving(&routed).await;
+        }
+    }
+    let stopped = converge::stop(&engine, &config.project, &progress).await?;
+    tracing::info!(containers = stopped, "services stopped");
+    if matches!(why, Leave::ScaleIn) {
+        if let (Some(aws), Some(hook)) = (&deployer.aws, &config.lifecycle.terminate_hook) {
+            let group = config
+                .lifecycle
+                .group
+                .clone()
+                .or_else(|| booted.identity.group.clone())
+                .ok_or_else(|| LifecycleError::NoGroup { hook: hook.clone() })?;
+            let hook = Hook {
+                aws: aws.clone(),
+                group,
+                hook: hook.clone(),
+                instance: booted.identity.instance_id.clone(),
+            };
+            hook.complete(Outcome::Continue).await?;
+            tracing::info!(hook = %hook.hook, "terminate lifecycle action completed");
+        }
+    }
+    Ok(())
+}
+
+/// Upgrades when the release pointer names another release.
+async fn watch(deployer: Arc<Deployer>) {
+    let every = Duration::from_secs(deployer.config.upgrade.watch_secs);
+    let Some(pointer) = deployer.config.release.clone() else {
+        return;
+    };
+    let mut failed: Option<String> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let wanted = match release::fetch(deployer.aws.as_ref(), &pointer).await {
+            Ok((bytes, _)) => String::from_utf8_lossy(&bytes).trim().to_string(),
+            Err(e) => {
+                tracing::warn!(error = %e, "watch: cannot read the release pointer");
+                continue;
+            }
+        };
+        let current = deployer.health.as_ref().and_then(|h| h.snapshot().release);
+        // A release that failed is not retried until the pointer moves on.
+        if wanted.is_empty()
+            || Some(&wanted) == current.as_ref()
+            || Some(&wanted) == failed.as_ref()
+        {
+            continue;
+        }
+        tracing::info!(release = %wanted, previous = ?current, "watch: the release pointer moved");
+        match deployer.upgrade(Some(wanted.clone())).await {
+            Ok(_) => failed = None,
+            Err(AgentError::Upgrade(UpgradeError::Busy { .. })) => {}
+            Err(e) => {
+                tracing::error!(release = %wanted, error = %e, "watch: upgrade failed");
+                failed = Some(wanted);
+            }
+        }
+    }
 }
 
 /// `berth plan --config`: what a boot would do here. Fetches the release, changes nothing.

@@ -27,6 +27,11 @@ pub enum CommandError {
     Proxy(#[from] crate::proxy::ProxyError),
     #[error("cannot encode output: {0}")]
     Output(String),
+    /// The agent answered over its control socket with an error; `busy`: another upgrade.
+    #[error("{message}")]
+    Refused { message: String, busy: bool },
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
 }
 
 /// Where a project comes from: the flags compose users know.
@@ -135,6 +140,41 @@ pub async fn agent(
         once,
     };
     Ok(crate::agent::run(opts, started).await?)
+}
+
+/// `berth upgrade`, `rollback`, `status`: through the resident agent's control socket, or
+/// in-process when no agent listens (a local run, or before the agent started).
+pub async fn control(
+    config: &std::path::Path,
+    local: bool,
+    req: crate::daemon::Request,
+) -> Result<String, CommandError> {
+    use crate::daemon::{self, Request};
+    let mut config = crate::config::AgentConfig::load(config)?;
+    config.local |= local;
+    let answer = daemon::request(&config.control_socket(), &req).await?;
+    let value = match answer {
+        Some(a) if a.ok => a.result.unwrap_or_default(),
+        Some(a) => {
+            return Err(CommandError::Refused {
+                message: a.error.unwrap_or_else(|| "the agent refused".into()),
+                busy: a.kind.as_deref() == Some("busy"),
+            })
+        }
+        None => {
+            tracing::info!(socket = %config.control_socket().display(), "no agent listening: acting in-process");
+            let deployer = crate::agent::Deployer::in_process(config).await?;
+            match req {
+                Request::Upgrade { release } => serde_json::json!(deployer.upgrade(release).await?),
+                Request::Rollback => serde_json::json!(deployer.rollback().await?),
+                Request::Status => deployer.status().await?,
+            }
+        }
+    };
+    let mut text =
+        serde_json::to_string_pretty(&value).map_err(|e| CommandError::Output(e.to_string()))?;
+    text.push('\n');
+    Ok(text)
 }
 
 pub async fn down(

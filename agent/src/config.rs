@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::release::Location;
 
@@ -87,6 +87,9 @@ pub struct LoadBalancerSettings {
     pub port: Option<u16>,
     /// Without a target group: consecutive 200s to the ALB's checker that mean healthy.
     pub healthy_threshold: Option<u32>,
+    /// Failed checks after which the load balancer stops sending (ALB default 2); a drain
+    /// without `target_group_arn` waits for that many 503s to its checker.
+    pub unhealthy_threshold: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,6 +113,68 @@ impl Default for Timeouts {
 }
 
 /// The file as written.
+/// How an upgrade replaces the running release (see the README's "Upgrades").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// berth's proxy owns the traffic port; the new release starts beside the old one.
+    Proxy,
+    /// No proxy: fail health, wait for the load balancer to stop sending, recreate.
+    Drain,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeSettings {
+    pub strategy: Strategy,
+    /// The agent's control socket (`berth upgrade`, `rollback`, `status`); default
+    /// `<run_dir>/control.sock`.
+    pub control: Option<PathBuf>,
+    /// After the switch, how long the new release must stay healthy before the old one stops.
+    pub verify_secs: u64,
+    /// How long in-flight requests to the old release may take to finish.
+    pub drain_secs: u64,
+    /// Poll the release pointer this often and upgrade when it changes; 0: off.
+    pub watch_secs: u64,
+}
+
+impl Default for UpgradeSettings {
+    fn default() -> Self {
+        UpgradeSettings {
+            strategy: Strategy::Drain,
+            control: None,
+            verify_secs: 10,
+            drain_secs: 30,
+            watch_secs: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// The `berth proxy` control socket.
+    pub control: PathBuf,
+    /// The traffic port the proxy listens on; the routed service publishes it in the compose
+    /// file, and berth publishes that container port on an ephemeral 127.0.0.1 port instead.
+    pub port: u16,
+    /// The routed service; default: the one that publishes `port`.
+    pub service: Option<String>,
+    /// Probed on the new container (GET, 2xx) before the switch and while verifying.
+    pub health_path: Option<String>,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            control: PathBuf::from("/run/berth-proxy/proxy.sock"),
+            port: 8080,
+            service: None,
+            health_path: None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -133,6 +198,10 @@ struct RawConfig {
     load_balancer: LoadBalancerSettings,
     #[serde(default)]
     timeouts: Timeouts,
+    #[serde(default)]
+    upgrade: UpgradeSettings,
+    #[serde(default)]
+    proxy: ProxySettings,
     #[serde(default)]
     registries: BTreeMap<String, RegistrySettings>,
 }
@@ -158,6 +227,8 @@ pub struct AgentConfig {
     pub lifecycle: LifecycleSettings,
     pub load_balancer: LoadBalancerSettings,
     pub timeouts: Timeouts,
+    pub upgrade: UpgradeSettings,
+    pub proxy: ProxySettings,
     pub registries: BTreeMap<String, RegistrySettings>,
 }
 
@@ -252,6 +323,26 @@ impl AgentConfig {
                 return Err(invalid(key, "must be at least 1 second".into()));
             }
         }
+        if raw.upgrade.drain_secs == 0 {
+            return Err(invalid(
+                "upgrade.drain_secs",
+                "must be at least 1 second".into(),
+            ));
+        }
+        if raw.proxy.port == 0 {
+            return Err(invalid(
+                "proxy.port",
+                "must be a port number (1-65535)".into(),
+            ));
+        }
+        if let Some(p) = &raw.proxy.health_path {
+            if !p.starts_with('/') {
+                return Err(invalid(
+                    "proxy.health_path",
+                    format!("{p:?} must start with /"),
+                ));
+            }
+        }
         if raw.pull_concurrency == Some(0) {
             return Err(invalid("pull_concurrency", "must be at least 1".into()));
         }
@@ -289,8 +380,18 @@ impl AgentConfig {
             lifecycle: raw.lifecycle,
             load_balancer: raw.load_balancer,
             timeouts: raw.timeouts,
+            upgrade: raw.upgrade,
+            proxy: raw.proxy,
             registries: raw.registries,
         })
+    }
+
+    /// The agent's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.upgrade
+            .control
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join("control.sock"))
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -626,7 +626,7 @@ async fn run_service(
     let mut final_state = ServiceState::Healthy;
     for a in &applied {
         let quiet = if unchanged { None } else { Some(progress) };
-        match wait_ready(engine, svc, &a.id, one_shot, deadline, quiet).await {
+        match wait_ready(engine, &svc.name, &a.id, one_shot, deadline, quiet).await {
             Ok(state) => final_state = state,
             Err(e) => {
                 restore(engine, svc, &applied, progress).await;
@@ -841,11 +841,24 @@ async fn create(
     Ok(created.id)
 }
 
+/// Waits until an existing container (say, a stopped previous release started again) is
+/// healthy when it has a healthcheck, running otherwise.
+pub async fn wait_running(
+    engine: &Engine,
+    service: &str,
+    id: &str,
+    deadline: Instant,
+) -> Result<(), ConvergeError> {
+    wait_ready(engine, service, id, false, deadline, None)
+        .await
+        .map(|_| ())
+}
+
 /// Waits until a container is ready: healthy when it has a healthcheck, exited 0 when it is a
 /// one-shot others wait for, running otherwise.
 async fn wait_ready(
     engine: &Engine,
-    svc: &Service,
+    service: &str,
     id: &str,
     one_shot: bool,
     deadline: Instant,
@@ -879,7 +892,7 @@ async fn wait_ready(
                     return Ok(ServiceState::Completed);
                 }
                 return Err(ConvergeError::Exited {
-                    service: svc.name.clone(),
+                    service: service.to_string(),
                     container: name,
                     code,
                     logs: tail_logs(engine, id).await,
@@ -899,14 +912,14 @@ async fn wait_ready(
                     Some(HealthStatusEnum::HEALTHY) => return Ok(ServiceState::Healthy),
                     Some(HealthStatusEnum::UNHEALTHY) => {
                         return Err(ConvergeError::Unhealthy {
-                            service: svc.name.clone(),
+                            service: service.to_string(),
                             container: name,
                             output: last_output,
                         })
                     }
                     _ => {
                         if let (false, Some(progress)) = (announced, progress) {
-                            progress.update(&svc.name, "waiting for health");
+                            progress.update(service, "waiting for health");
                             progress.phase("waiting");
                             announced = true;
                         }
@@ -951,7 +964,7 @@ async fn wait_ready(
         }
         if Instant::now() >= deadline {
             return Err(ConvergeError::Timeout {
-                service: svc.name.clone(),
+                service: service.to_string(),
                 container: name,
                 wanted: if one_shot {
                     "completed"

@@ -95,6 +95,8 @@ pub struct Health {
     started: Instant,
     /// Consecutive 200s answered to the ALB's checker.
     lb_streak: watch::Sender<u32>,
+    /// Consecutive non-200s answered to the ALB's checker (while draining).
+    lb_fail_streak: watch::Sender<u32>,
 }
 
 impl Health {
@@ -114,6 +116,7 @@ impl Health {
             status: Arc::new(Mutex::new(status)),
             started,
             lb_streak: watch::channel(0).0,
+            lb_fail_streak: watch::channel(0).0,
         }
     }
 
@@ -157,6 +160,19 @@ impl Health {
         let _ = rx.wait_for(|n| *n >= threshold).await;
     }
 
+    /// Waits until the ALB's checker has had `threshold` consecutive failures, counted from
+    /// now on.
+    pub async fn lb_fail_streak_reaches(&self, threshold: u32) {
+        self.lb_fail_streak.send_replace(0);
+        let mut rx = self.lb_fail_streak.subscribe();
+        let _ = rx.wait_for(|n| *n >= threshold).await;
+    }
+
+    /// Counts passing checks from now on (after a drain, the old streak means nothing).
+    pub fn reset_lb_streak(&self) {
+        self.lb_streak.send_replace(0);
+    }
+
     fn answer(&self, req: &Request<Incoming>, health_path: &str) -> (StatusCode, String) {
         let status = self.snapshot();
         match req.uri().path() {
@@ -170,6 +186,8 @@ impl Health {
                 if from_lb {
                     self.lb_streak
                         .send_modify(|n| *n = if ready { *n + 1 } else { 0 });
+                    self.lb_fail_streak
+                        .send_modify(|n| *n = if ready { 0 } else { *n + 1 });
                 }
                 let body = serde_json::json!({ "phase": status.phase, "release": status.release });
                 let code = if ready {

@@ -33,6 +33,14 @@ pub enum LifecycleError {
         secs: u64,
         last: String,
     },
+    #[error(
+        "the load balancer still sends to instance {instance} after {secs}s (last state: {last})"
+    )]
+    NotOut {
+        instance: String,
+        secs: u64,
+        last: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +129,51 @@ pub async fn wait_target_healthy(
     port: Option<u16>,
     timeout: Duration,
 ) -> Result<(), LifecycleError> {
+    let healthy = |s: &TargetHealthStateEnum| *s == TargetHealthStateEnum::Healthy;
+    wait_target_state(aws, target_group, instance, port, timeout, healthy).await
+}
+
+/// Waits until the load balancer has stopped sending to this instance: DescribeTargetHealth
+/// shows it `unhealthy`, `draining` or `unused`.
+pub async fn wait_target_out(
+    aws: &Aws,
+    target_group: &str,
+    instance: &str,
+    port: Option<u16>,
+    timeout: Duration,
+) -> Result<(), LifecycleError> {
+    let out = |s: &TargetHealthStateEnum| {
+        matches!(
+            s,
+            TargetHealthStateEnum::Unhealthy
+                | TargetHealthStateEnum::Draining
+                | TargetHealthStateEnum::Unused
+        )
+    };
+    wait_target_state(aws, target_group, instance, port, timeout, out)
+        .await
+        .map_err(|e| match e {
+            LifecycleError::NotInService {
+                instance,
+                secs,
+                last,
+            } => LifecycleError::NotOut {
+                instance,
+                secs,
+                last,
+            },
+            other => other,
+        })
+}
+
+async fn wait_target_state(
+    aws: &Aws,
+    target_group: &str,
+    instance: &str,
+    port: Option<u16>,
+    timeout: Duration,
+    wanted: impl Fn(&TargetHealthStateEnum) -> bool,
+) -> Result<(), LifecycleError> {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(500);
     loop {
@@ -151,7 +204,7 @@ pub async fn wait_target_healthy(
             (Some(s), None) => s.as_str().to_string(),
             _ => "no description".to_string(),
         };
-        if state == Some(TargetHealthStateEnum::Healthy) {
+        if state.as_ref().is_some_and(&wanted) {
             return Ok(());
         }
         if Instant::now() + delay > deadline {
@@ -165,6 +218,25 @@ pub async fn wait_target_healthy(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Without a target group ARN: waits until the ALB's checker has been answered 503
+/// `threshold` times in a row (its unhealthy threshold), so it sends no more requests.
+pub async fn wait_lb_out(
+    health: &Health,
+    threshold: u32,
+    instance: &str,
+    timeout: Duration,
+) -> Result<(), LifecycleError> {
+    tokio::time::timeout(timeout, health.lb_fail_streak_reaches(threshold))
+        .await
+        .map_err(|_| LifecycleError::NotOut {
+            instance: instance.to_string(),
+            secs: timeout.as_secs(),
+            last: format!(
+                "fewer than {threshold} consecutive failed checks from ELB-HealthChecker"
+            ),
+        })
 }
 
 /// Without a target group ARN: waits for `threshold` consecutive 200s to the ALB's checker.

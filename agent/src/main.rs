@@ -46,7 +46,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BERTH_GIT_COMMIT"), ")"),
     about = "Run compose stacks on the Docker Engine API"
 )]
 struct Cli {
@@ -172,6 +172,36 @@ enum Command {
         #[command(flatten)]
         project: ProjectFlags,
     },
+    /// Upgrade to a release (default: the one the release pointer names) with the configured
+    /// strategy; through the running agent, or in-process when none runs. Prints the outcome
+    /// as JSON. A failed upgrade leaves the previous release serving (exit 1).
+    Upgrade {
+        #[command(flatten)]
+        agent: AgentFlags,
+        /// The release id (the compose file's `${RELEASE}`), instead of the release pointer.
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// Serve the previous release again (proxy strategy; it is kept until the next upgrade).
+    Rollback {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
+    /// The agent's phase, the releases (colors) on this host, the proxy's route, as JSON.
+    Status {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+struct AgentFlags {
+    /// The agent's settings.
+    #[arg(long, default_value = berth::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// No IMDS, no AWS: as `local = true` in the config.
+    #[arg(long)]
+    local: bool,
 }
 
 fn main() -> ExitCode {
@@ -179,7 +209,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(
         cli.command,
-        Command::Agent { .. } | Command::Proxy { .. }
+        Command::Agent { .. }
+            | Command::Proxy { .. }
+            | Command::Upgrade { .. }
+            | Command::Rollback { .. }
     ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -300,8 +333,55 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         }
         Command::Ps { project, json } => print!("{}", commands::ps(&project.into(), json).await?),
         Command::Config { project } => print!("{}", commands::config(&project.into())?),
+        Command::Upgrade { agent, release } => {
+            let req = berth::daemon::Request::Upgrade { release };
+            print!(
+                "{}",
+                commands::control(&agent.config, agent.local, req).await?
+            );
+        }
+        Command::Rollback { agent } => {
+            let req = berth::daemon::Request::Rollback;
+            print!(
+                "{}",
+                commands::control(&agent.config, agent.local, req).await?
+            );
+        }
+        Command::Status { agent } => {
+            let req = berth::daemon::Request::Status;
+            print!(
+                "{}",
+                commands::control(&agent.config, agent.local, req).await?
+            );
+        }
     }
     Ok(())
+}
+
+fn converge_exit_code(e: &ConvergeError) -> u8 {
+    match e {
+        ConvergeError::Docker(_) => 4,
+        ConvergeError::ImageMissing { .. }
+        | ConvergeError::Pull { .. }
+        | ConvergeError::Registry(_) => 5,
+        ConvergeError::NoHealthcheck { .. }
+        | ConvergeError::PortTaken { .. }
+        | ConvergeError::ExternalNetworkMissing { .. }
+        | ConvergeError::ExternalVolumeMissing { .. } => 3,
+        _ => 1,
+    }
+}
+
+fn upgrade_exit_code(e: &berth::upgrade::UpgradeError) -> u8 {
+    use berth::upgrade::UpgradeError as U;
+    match e {
+        U::Busy { .. } => 7,
+        U::Routed { .. } | U::NoPrevious { .. } => 3,
+        U::Proxy(_) | U::Docker(_) => 4,
+        U::Converge(c) | U::NewRelease { source: c, .. } => converge_exit_code(c),
+        U::LoadBalancer(_) => 6,
+        _ => 1,
+    }
 }
 
 fn exit_code(e: &CommandError) -> u8 {
@@ -311,13 +391,8 @@ fn exit_code(e: &CommandError) -> u8 {
         CommandError::Compose(_) | CommandError::Config(_) | CommandError::Proxy(_) => 3,
         CommandError::Agent(a) => match a {
             AgentError::Config(_) | AgentError::Compose { .. } | AgentError::Health(_) => 3,
-            AgentError::Docker(_) | AgentError::Converge(ConvergeError::Docker(_)) => 4,
-            AgentError::Converge(
-                ConvergeError::ImageMissing { .. }
-                | ConvergeError::Pull { .. }
-                | ConvergeError::Registry(_),
-            ) => 5,
-            AgentError::Converge(_) => 1,
+            AgentError::Docker(_) => 4,
+            AgentError::Converge(c) => converge_exit_code(c),
             AgentError::Release(
                 ReleaseError::Local { .. }
                 | ReleaseError::Write { .. }
@@ -325,19 +400,15 @@ fn exit_code(e: &CommandError) -> u8 {
                 | ReleaseError::RemoteInLocalRun { .. },
             ) => 3,
             AgentError::Identity(_) | AgentError::Release(_) | AgentError::Lifecycle(_) => 6,
+            AgentError::Upgrade(u) => upgrade_exit_code(u),
+            AgentError::Daemon(_) => 4,
+            AgentError::RollbackNeedsProxy => 3,
         },
-        CommandError::Docker(_) | CommandError::Converge(ConvergeError::Docker(_)) => 4,
-        CommandError::Converge(
-            ConvergeError::ImageMissing { .. }
-            | ConvergeError::Pull { .. }
-            | ConvergeError::Registry(_),
-        ) => 5,
-        CommandError::Converge(
-            ConvergeError::NoHealthcheck { .. }
-            | ConvergeError::PortTaken { .. }
-            | ConvergeError::ExternalNetworkMissing { .. }
-            | ConvergeError::ExternalVolumeMissing { .. },
-        ) => 3,
-        CommandError::Converge(_) | CommandError::Output(_) => 1,
+        CommandError::Refused { busy: true, .. } => 7,
+        CommandError::Refused { busy: false, .. } => 1,
+        CommandError::Daemon(_) => 4,
+        CommandError::Docker(_) => 4,
+        CommandError::Converge(c) => converge_exit_code(c),
+        CommandError::Output(_) => 1,
     }
 }

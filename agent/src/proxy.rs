@@ -39,7 +39,7 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("control socket {path}: {source}")]
+    #[error("proxy control socket {path}: {source} (is `berth proxy` running?)")]
     Control {
         path: PathBuf,
         source: std::io::Error,
@@ -60,7 +60,7 @@ struct Counters {
 #[derive(Debug, Clone)]
 struct Backend {
     addr: SocketAddr,
-    /// `http://addr`, prebuilt: the per-request path is only the request's path and query.
+    /// `addr` as a Host value, for requests that come without one.
     authority: hyper::http::uri::Authority,
     counters: Arc<Counters>,
 }
@@ -314,26 +314,38 @@ impl Upstream {
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, String> {
         let mut slot = self.link.lock().await;
-        let reusable = slot.as_ref().is_some_and(|l| {
-            l.backend == backend && !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE
-        });
-        if !reusable {
-            *slot = Some(connect(backend).await?);
+        let mut req = req;
+        // A kept-alive connection the backend has just closed (busybox httpd closes after every
+        // response) hands the request back unsent: it is retried once on a new connection, so
+        // that race never becomes a 502.
+        for attempt in 0..2 {
+            let reusable = slot.as_ref().is_some_and(|l| {
+                l.backend == backend && !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE
+            });
+            if !reusable || attempt > 0 {
+                *slot = Some(connect(backend).await?);
+            }
+            let Some(link) = slot.as_mut() else {
+                return Err("no upstream connection".into());
+            };
+            if link.sender.ready().await.is_err() {
+                *slot = None;
+                continue;
+            }
+            let result = link.sender.try_send_request(req).await;
+            link.last_used = Instant::now();
+            match result {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => {
+                    *slot = None;
+                    match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(e.into_error().to_string()),
+                    }
+                }
+            }
         }
-        let Some(link) = slot.as_mut() else {
-            return Err("no upstream connection".into());
-        };
-        link.sender.ready().await.map_err(|e| e.to_string())?;
-        let result = link
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| e.to_string());
-        link.last_used = Instant::now();
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        Err("the backend closed the connection twice".into())
     }
 }
 
@@ -346,20 +358,21 @@ async fn forward(
     let Some(backend) = routes.current() else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n");
     };
+    // Origin-form (`/path?query`), as a server expects from a client; some (busybox httpd)
+    // refuse the absolute form.
     let path = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(backend.authority.clone())
-        .path_and_query(path)
-        .build();
-    let Ok(uri) = uri else {
-        return local(StatusCode::BAD_REQUEST, "bad request target\n");
-    };
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from(path);
+    // The client's Host passes through (the app sees the name it was called by); an HTTP/1.0
+    // request without one gets the backend's.
+    if !req.headers().contains_key(hyper::header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
+            req.headers_mut().insert(hyper::header::HOST, v);
+        }
+    }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -625,6 +638,17 @@ async fn serve_control(listener: UnixListener, routes: Arc<Routes>) {
             }
         });
     }
+}
+
+/// An answer without `"ok": true` is an error naming the socket.
+pub fn expect_ok(path: &Path, answer: &serde_json::Value) -> Result<(), ProxyError> {
+    if answer.get("ok").and_then(|v| v.as_bool()) == Some(true) {
+        return Ok(());
+    }
+    Err(ProxyError::Answer {
+        path: path.to_path_buf(),
+        message: answer.to_string(),
+    })
 }
 
 /// Sends one control request and returns the answer (the agent's side, and `berth proxy-ctl`).

@@ -6,6 +6,7 @@
 #   SLOW_START  seconds to wait before serving anything (default 0)
 #   STOP_DELAY  seconds to keep serving after SIGTERM, with /healthz gone (default 0)
 # Paths: /  (index.html)  /healthz  /version  /hostname
+#        /cgi-bin/slow?N  answers "slow VERSION" after N seconds (default 2): a request in flight
 # At runtime `rm /www/healthz` (docker exec) makes a running container unhealthy.
 port=${PORT:-8080}
 pid=
@@ -27,6 +28,10 @@ printf '%s\n' "${VERSION:-}" >/www/version
 hostname >/www/hostname
 printf '<!doctype html>\n<title>berth-test/web</title>\n<p>berth-test/web version %s on %s</p>\n' \
 	"${VERSION:-}" "$(hostname)" >/www/index.html
+mkdir -p /www/cgi-bin
+# The version is written in: httpd runs CGI scripts with only the CGI variables.
+printf '#!/bin/sh\nsleep "${QUERY_STRING:-2}"\nprintf "Content-Type: text/plain\\r\\n\\r\\nslow %s\\n"\n' "${VERSION:-}" >/www/cgi-bin/slow
+chmod 0755 /www/cgi-bin/slow
 if [ "${HEALTHY:-1}" = 0 ]; then
 	rm -f /www/healthz
 else

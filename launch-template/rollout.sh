@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# launch-template/rollout.sh: release RELEASE to the berth group of STACK, one canary first.
+#
+#   rollout.sh STACK RELEASE
+#
+# 1. writes RELEASE to the release parameter (instances that boot from now on run it);
+# 2. sends `berth upgrade --release RELEASE` (the stack's SSM document) to one InService
+#    instance, waits for the command to succeed and for the load balancer to call that target
+#    healthy;
+# 3. sends it to the whole group (the tag aws:autoscaling:groupName), one instance at a time,
+#    stopping at the first failure (MaxConcurrency 1, MaxErrors 0), and checks every target;
+# 4. on any failure after step 1: writes the previous release back and sends
+#    `berth upgrade --release PREVIOUS` to the whole group, then exits 1.
+#
+# berth rolls an instance back by itself when the new release fails its health there, so a
+# failed command leaves that instance on the previous release; step 4 brings back the ones
+# that had upgraded successfully. Needs the AWS CLI with credentials and a region (the deploy
+# role of berth.yaml allows exactly these calls). Prints what it does; never a secret.
+set -euo pipefail
+
+# How long one instance's upgrade may take, and how long a target may take to turn healthy.
+command_limit=${BERTH_ROLLOUT_COMMAND_SECS:-1800}
+health_limit=${BERTH_ROLLOUT_HEALTH_SECS:-180}
+poll=${BERTH_ROLLOUT_POLL_SECS:-5}
+
+say() {
+	echo "rollout: $*" >&2
+}
+
+if (($# != 2)); then
+	echo "usage: rollout.sh STACK RELEASE" >&2
+	exit 2
+fi
+stack=$1
+release=$2
+if [[ ! $release =~ ^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$ ]]; then
+	say "'$release' is not a release id (letters, digits, . _ + -)"
+	exit 2
+fi
+
+output() { # key
+	aws cloudformation describe-stacks --stack-name "$stack" \
+		--query "Stacks[0].Outputs[?OutputKey=='$1'].OutputValue" --output text
+}
+
+group=$(output AutoScalingGroupName)
+document=$(output UpgradeDocumentName)
+parameter=$(output ReleaseParameterName)
+target_group=$(output TargetGroupArn)
+for v in group document parameter target_group; do
+	if [[ -z ${!v} || ${!v} == None ]]; then
+		say "stack $stack has no output for $v"
+		exit 1
+	fi
+done
+
+# Sends the document to the given targets; prints the command id.
+send() { # release, then send-command's target arguments
+	local to=$1
+	shift
+	aws ssm send-command --document-name "$document" \
+		--parameters "action=upgrade,release=$to" \
+		--comment "berth upgrade --release $to" \
+		--timeout-seconds 600 "$@" \
+		--query Command.CommandId --output text
+}
+
+# Waits until a command is done; succeeds only when it succeeded on every target.
+wait_command() { # command id
+	local id=$1 status start=$SECONDS
+	while :; do
+		status=$(aws ssm list-commands --command-id "$id" --query 'Commands[0].Status' --output text)
+		case $status in
+		Success) return 0 ;;
+		Pending | InProgress | Cancelling) ;;
+		*)
+			say "command $id: $status"
+			aws ssm list-command-invocations --command-id "$id" --details \
+				--query 'CommandInvocations[].[InstanceId,Status,CommandPlugins[0].Output]' \
+				--output text >&2 || true
+			return 1
+			;;
+		esac
+		if ((SECONDS - start > command_limit)); then
+			say "command $id still $status after ${command_limit}s"
+			return 1
+		fi
+		sleep "$poll"
+	done
+}
+
+# Waits until the load balancer calls each given instance healthy (all of them: none given).
+wait_healthy() { # instance ids...
+	local start=$SECONDS states targets=()
+	local id
+	for id in "$@"; do
+		targets+=("Id=$id")
+	done
+	while :; do
+		if ((${#targets[@]})); then
+			states=$(aws elbv2 describe-target-health --target-group-arn "$target_group" \
+				--targets "${targets[@]}" \
+				--query 'TargetHealthDescriptions[].TargetHealth.State' --output text)
+		else
+			states=$(aws elbv2 describe-target-health --target-group-arn "$target_group" \
+				--query 'TargetHealthDescriptions[].TargetHealth.State' --output text)
+		fi
+		# Every word "healthy" (draining ones are on their way out after a scale-in).
+		if [[ -n $states ]] && ! tr '\t' '\n' <<<"$states" | grep -qvE '^(healthy|draining)$'; then
+			return 0
+		fi
+		if ((SECONDS - start > health_limit)); then
+			say "targets not healthy after ${health_limit}s: $states"
+			return 1
+		fi
+		sleep "$poll"
+	done
+}
+
+previous=$(aws ssm get-parameter --name "$parameter" --query Parameter.Value --output text)
+say "group $group: release $previous -> $release"
+
+# Any failure from here on (set -e ends the script, wherever it happens) rolls back.
+finish() {
+	local rc=$? id
+	if ((rc == 0)); then
+		return
+	fi
+	set +e
+	say "FAILED; rolling back to $previous"
+	aws ssm put-parameter --name "$parameter" --value "$previous" --type String --overwrite >/dev/null
+	# Every instance, one at a time; MaxErrors 100%: one that cannot go back must not keep
+	# the others from going back.
+	if id=$(send "$previous" --targets "Key=tag:aws:autoscaling:groupName,Values=$group" \
+		--max-concurrency 1 --max-errors 100%) && wait_command "$id" && wait_healthy; then
+		say "rolled back to $previous"
+	else
+		say "the rollback to $previous did not finish cleanly; see the command output above"
+	fi
+	exit 1
+}
+
+trap finish EXIT
+aws ssm put-parameter --name "$parameter" --value "$release" --type String --overwrite >/dev/null
+
+canary=$(aws autoscaling describe-auto-scaling-groups --auto-scaling-group-names "$group" \
+	--query "AutoScalingGroups[0].Instances[?LifecycleState=='InService'] | [0].InstanceId" \
+	--output text)
+if [[ -z $canary || $canary == None ]]; then
+	say "group $group has no InService instance"
+	exit 1
+fi
+
+say "canary $canary: berth upgrade --release $release"
+id=$(send "$release" --instance-ids "$canary")
+wait_command "$id"
+wait_healthy "$canary"
+say "canary $canary is healthy on $release"
+
+say "the rest of $group, one at a time"
+id=$(send "$release" --targets "Key=tag:aws:autoscaling:groupName,Values=$group" \
+	--max-concurrency 1 --max-errors 0)
+wait_command "$id"
+wait_healthy
+say "every instance of $group runs $release"

@@ -1,0 +1,622 @@
+//! Zero-downtime upgrades end to end, under continuous load: the real `berth proxy` process on
+//! the traffic port, the real `berth agent` (local mode) holding its control socket, `berth
+//! upgrade` / `rollback` / `status` as an operator (or SSM) runs them, and the real Docker
+//! daemon running berth-test/web. The load client records every request; a test fails on any
+//! failed or non-2xx request, and checks which release answered each one.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::traffic::{failures, Conn, Load, Proxy, Sample};
+use common::*;
+use serde_json::Value;
+
+/// A web service on `berth-test/web:${RELEASE}`, published on the proxy's traffic port, with
+/// a healthcheck that is strict once it has passed (unhealthy at the first failure; failures
+/// before the first pass do not count, for a slow start) and `env` added.
+fn web_compose(traffic: u16, image: &str, env: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "services:\n  web:\n    image: {image}\n    ports: [\"127.0.0.1:{traffic}:8080\"]\n    healthcheck:\n      test: {WEB_HEALTHCHECK}\n      interval: 1s\n      timeout: 2s\n      retries: 1\n      start_period: 30s\n"
+    );
+    if !env.is_empty() {
+        yaml.push_str("    environment:\n");
+        for (k, v) in env {
+            yaml.push_str(&format!("      {k}: \"{v}\"\n"));
+        }
+    }
+    yaml
+}
+
+const RELEASED: &str = "berth-test/web:${RELEASE}";
+
+/// One "instance": a project, its agent and its config, and (proxy strategy) its proxy.
+struct Rig {
+    project: Project,
+    proxy: Option<Proxy>,
+    /// The port clients (or the load balancer) send traffic to.
+    traffic: SocketAddr,
+    health: SocketAddr,
+    config: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Rig {
+    /// The proxy strategy: `berth proxy` owns the traffic port.
+    fn new(test: &str) -> Rig {
+        let proxy = Proxy::start(None, &[]);
+        let settings = format!(
+            "[upgrade]\nstrategy = \"proxy\"\nverify_secs = 3\ndrain_secs = 10\n\
+             [proxy]\ncontrol = \"{}\"\nport = {}\nhealth_path = \"/healthz\"\n",
+            proxy.control.display(),
+            proxy.addr.port()
+        );
+        let traffic = proxy.addr;
+        Rig::with(test, Some(proxy), traffic, &settings)
+    }
+
+    /// A proxy-strategy rig whose agent has booted `release` of the web service.
+    fn booted(test: &str, release: &str) -> Rig {
+        let mut rig = Rig::new(test);
+        rig.compose(RELEASED, &[]);
+        rig.pointer(release);
+        rig.start_agent();
+        rig
+    }
+
+    /// The drain strategy behind a load balancer that checks `/healthz` (2 passes in, 2
+    /// failures out, as an ALB's thresholds); the web service is published directly.
+    fn drain(test: &str) -> Rig {
+        let traffic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let settings = "[upgrade]\nstrategy = \"drain\"\n\
+             [load_balancer]\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";
+        Rig::with(test, None, traffic, settings)
+    }
+
+    fn with(test: &str, proxy: Option<Proxy>, traffic: SocketAddr, settings: &str) -> Rig {
+        let project = Project::new(test);
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = project.write(
+            "berth.toml",
+            &format!(
+                "project = \"{name}\"\ncompose = \"compose.yaml\"\nrelease = \"release\"\nlocal = true\nrun_dir = \"{run}\"\n\
+                 [health]\nlisten = \"{health}\"\n\
+                 [timeouts]\nready_secs = 15\nin_service_secs = 30\n{settings}",
+                name = project.name,
+                run = project.path("run").display(),
+            ),
+        );
+        Rig {
+            project,
+            proxy,
+            traffic,
+            health,
+            config,
+            agent: None,
+        }
+    }
+
+    fn proxy(&self) -> &Proxy {
+        self.proxy.as_ref().unwrap()
+    }
+
+    fn compose(&self, image: &str, env: &[(&str, &str)]) {
+        self.project
+            .compose(&web_compose(self.traffic.port(), image, env));
+    }
+
+    fn pointer(&self, release: &str) {
+        self.project.write("release", &format!("{release}\n"));
+    }
+
+    /// Starts `berth agent` and waits until its `/healthz` answers 200.
+    fn start_agent(&mut self) {
+        let log = std::fs::File::create(self.project.path("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("agent")
+            .arg("--config")
+            .arg(&self.config)
+            .env("BERTH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let health = self.health;
+        let log = self.project.path("agent.log");
+        eventually("the agent to be ready", Duration::from_secs(60), || {
+            if let Some(status) = self.agent.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "the agent exited ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            match status_of(health, "/healthz") {
+                Some(200) => Ok(()),
+                other => Err(format!("/healthz answered {other:?}")),
+            }
+        });
+    }
+
+    /// A `berth` command against this rig's config.
+    fn berth(&self, sub: &str, extra: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg(sub).arg("--config").arg(&self.config).args(extra);
+        run_with_limit(cmd, Duration::from_secs(90))
+    }
+
+    fn status(&self) -> Value {
+        let out = self.berth("status", &[]);
+        out.ok();
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.project.path("agent.log")).unwrap_or_default()
+    }
+
+    /// The routed service's containers: (color, release, running), from one `docker ps`
+    /// (so a container removed meanwhile cannot break the listing).
+    fn colors(&self) -> Vec<(String, String, bool)> {
+        let filter = format!("label={PROJECT_LABEL}={}", self.project.name);
+        let format = r#"{{.Label "dev.berth.color"}} {{.Label "dev.berth.release"}} {{.State}}"#;
+        let listed = docker(&["ps", "-a", "--filter", &filter, "--format", format]);
+        let mut out: Vec<(String, String, bool)> = listed
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next()? == "running",
+                ))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+/// One GET on a new connection; the status code, or None when nothing answered.
+fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
+    std::net::TcpStream::connect(addr).ok()?;
+    Conn::open(addr).try_get(path).ok().map(|(code, _)| code)
+}
+
+/// Every request that started after the first answer from `new` ended was answered by `new`.
+fn all_after_first(samples: &[Sample], new: &str) -> Result<usize, String> {
+    let Some(first) = samples
+        .iter()
+        .filter(|s| s.result.as_deref() == Ok(new))
+        .map(|s| s.ended)
+        .min()
+    else {
+        return Err(format!("no request was answered by {new:?}"));
+    };
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.started > first).collect();
+    let stale: Vec<&Sample> = after
+        .iter()
+        .copied()
+        .filter(|s| s.result.as_deref() != Ok(new))
+        .collect();
+    if stale.is_empty() {
+        Ok(after.len())
+    } else {
+        Err(format!(
+            "{} of {} requests after the switch were not answered by {new:?}: {:?}",
+            stale.len(),
+            after.len(),
+            stale.iter().take(5).map(|s| &s.result).collect::<Vec<_>>()
+        ))
+    }
+}
+
+fn answered(samples: &[Sample], body: &str) -> usize {
+    samples
+        .iter()
+        .filter(|s| s.result.as_deref() == Ok(body))
+        .count()
+}
+
+/// Runs `step` under load on `addr` (`n` requests before and after it); returns what it
+/// printed and every request made, after checking that none failed.
+#[track_caller]
+fn under_load<T>(addr: SocketAddr, n: usize, step: impl FnOnce() -> T) -> (T, Vec<Sample>) {
+    let load = Load::start(addr, "/version", 4);
+    load_for(&load, n);
+    let out = step();
+    load_for(&load, n);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    (out, samples)
+}
+
+/// Lets the load run until it has made at least `n` more requests.
+fn load_for(load: &Load, n: usize) {
+    let target = load.count() + n;
+    eventually("load to make requests", Duration::from_secs(30), || {
+        if load.count() >= target {
+            Ok(())
+        } else {
+            Err(format!("{} of {target}", load.count()))
+        }
+    });
+}
+
+#[test]
+fn proxy_upgrade_and_rollback_under_load_lose_no_request() {
+    let rig = Rig::booted("upgrade-proxy", "1");
+    assert_eq!(rig.colors(), vec![("blue".into(), "1".into(), true)]);
+
+    // v1 -> v2 while 4 keep-alive clients hammer the traffic port.
+    let (out, samples) = under_load(rig.traffic, 200, || {
+        rig.berth("upgrade", &["--release", "2"])
+    });
+    out.ok();
+    let done: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(done["how"], "switched", "{done}");
+    assert_eq!(done["release"], "2");
+    assert_eq!(done["previous"], "1");
+    assert!(done["to_switch_secs"].as_f64().unwrap() > 0.0, "{done}");
+    assert!(answered(&samples, "1") > 0, "v1 served before the switch");
+    let after = all_after_first(&samples, "2").unwrap();
+    assert!(after >= 200, "only {after} requests after the switch");
+    // The old release is stopped, not removed: it is what a rollback starts.
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), false),
+            ("green".into(), "2".into(), true)
+        ]
+    );
+    let status = rig.status();
+    assert_eq!(status["release"], "2", "{status}");
+    assert_eq!(status["phase"], "ready", "{status}");
+
+    // A second upgrade while one runs is refused, and says so.
+    rig.compose(RELEASED, &[("SLOW_START", "4")]);
+    let agent_config = rig.config.clone();
+    let slow = std::thread::spawn(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["upgrade", "--release", "1", "--config"])
+            .arg(agent_config);
+        run_with_limit(cmd, Duration::from_secs(90))
+    });
+    eventually(
+        "the first upgrade to start",
+        Duration::from_secs(20),
+        || {
+            if rig.colors().len() > 2 || rig.colors().iter().any(|c| c.1 == "1" && c.2) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", rig.colors()))
+            }
+        },
+    );
+    let busy = rig.berth("upgrade", &["--release", "2"]);
+    busy.expect_code(7);
+    assert!(
+        busy.stderr
+            .contains("another upgrade is running (upgrade to release 1"),
+        "{}",
+        busy.stderr
+    );
+    slow.join().unwrap().ok();
+    rig.compose(RELEASED, &[]);
+
+    // Rollback: v2 serves again, under load, losing nothing.
+    let (out, samples) = under_load(rig.traffic, 100, || rig.berth("rollback", &[]));
+    out.ok();
+    let back: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(back["how"], "rolled back", "{back}");
+    assert_eq!(back["release"], "2", "{back}");
+    all_after_first(&samples, "2").unwrap();
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), false),
+            ("green".into(), "2".into(), true)
+        ]
+    );
+}
+
+#[test]
+fn a_release_that_never_gets_healthy_is_rolled_back_and_nothing_is_lost() {
+    let rig = Rig::booted("upgrade-broken", "2");
+
+    // Release 3's health never passes.
+    rig.compose("berth-test/web:2", &[("HEALTHY", "0")]);
+    let (out, samples) = under_load(rig.traffic, 200, || {
+        rig.berth("upgrade", &["--release", "3"])
+    });
+    out.expect_code(1);
+    let msg = out.error_message();
+    assert!(
+        msg.contains("release 3 did not come up, and the previous release keeps serving"),
+        "{msg}"
+    );
+    assert_eq!(
+        answered(&samples, "2"),
+        samples.len(),
+        "release 2 answered everything"
+    );
+    // Nothing of release 3 is left behind.
+    assert_eq!(rig.colors(), vec![("blue".into(), "2".into(), true)]);
+    assert!(rig.agent_log().contains("release 3"), "{}", rig.agent_log());
+}
+
+#[test]
+fn a_release_failing_right_after_the_switch_goes_back_to_the_previous_one() {
+    let rig = Rig::booted("upgrade-verify", "1");
+
+    // Release 2 passes its health, then loses /healthz 2 s later (inside verify_secs = 3).
+    let yaml = web_compose(rig.traffic.port(), RELEASED, &[]).replace(
+        "    healthcheck:",
+        "    command: [\"sh\", \"-c\", \"(sleep 2; rm -f /www/healthz) & exec /bin/web\"]\n    healthcheck:",
+    );
+    rig.project.compose(&yaml);
+    let (out, samples) = under_load(rig.traffic, 200, || {
+        rig.berth("upgrade", &["--release", "2"])
+    });
+    out.expect_code(1);
+    let msg = out.error_message();
+    assert!(
+        msg.contains("release 2 failed right after the switch") && msg.contains("rolled back to 1"),
+        "{msg}"
+    );
+    let failed = failures(&samples);
+    let by_v2 = answered(&samples, "2");
+    eprintln!(
+        "after-switch failure: {} requests, {} answered by release 2 before the rollback, {} failed",
+        samples.len(),
+        by_v2,
+        failed.len()
+    );
+    // Release 2 still answered /version while its health failed: nothing is lost either way.
+    assert_eq!(failed, Vec::<String>::new(), "failed requests");
+    assert!(
+        by_v2 > 0,
+        "release 2 served between the switch and the rollback"
+    );
+    all_after_first(&samples[samples.len() - 100..], "1").unwrap();
+    assert_eq!(rig.colors(), vec![("blue".into(), "1".into(), true)]);
+}
+
+#[test]
+fn an_agent_killed_mid_upgrade_finishes_it_when_it_comes_back() {
+    let mut rig = Rig::booted("upgrade-kill", "1");
+    let load = Load::start(rig.traffic, "/version", 4);
+    load_for(&load, 100);
+
+    // Release 2 takes 3 s to start serving: time to kill the agent between create and switch.
+    rig.compose(RELEASED, &[("SLOW_START", "3")]);
+    rig.pointer("2");
+    let config = rig.config.clone();
+    let client = std::thread::spawn(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["upgrade", "--config"]).arg(config);
+        run_with_limit(cmd, Duration::from_secs(90))
+    });
+    eventually("release 2 to be started", Duration::from_secs(20), || {
+        if rig.colors().iter().any(|c| c.0 == "green" && c.2) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", rig.colors()))
+        }
+    });
+    let mut agent = rig.agent.take().unwrap();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let interrupted = client.join().unwrap();
+    assert_ne!(interrupted.code, 0, "the upgrade was cut short");
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), true),
+            ("green".into(), "2".into(), true)
+        ],
+        "both colors run when the agent dies"
+    );
+
+    // Back: it keeps release 1 serving, drops the half-made release 2, upgrades again.
+    let restarted = Instant::now();
+    rig.start_agent();
+    eventually(
+        "release 2 to serve",
+        Duration::from_secs(60),
+        || match Conn::open(rig.traffic).try_get("/version") {
+            Ok((200, body)) if body.trim() == "2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    eprintln!(
+        "restart to release 2 serving: {:.1}s",
+        restarted.elapsed().as_secs_f64()
+    );
+    load_for(&load, 100);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    all_after_first(&samples, "2").unwrap();
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), false),
+            ("green".into(), "2".into(), true)
+        ],
+        "one container per color, no duplicates:\n{}",
+        rig.agent_log()
+    );
+    assert!(
+        rig.agent_log()
+            .contains("removing release 2 (green): an upgrade that never switched"),
+        "{}",
+        rig.agent_log()
+    );
+}
+
+#[test]
+fn sigterm_lets_slow_requests_in_flight_finish_then_stops_the_services() {
+    let mut rig = Rig::booted("upgrade-sigterm", "1");
+
+    let addr = rig.traffic;
+    let slow: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || Conn::open(addr).try_get("/cgi-bin/slow?3")))
+        .collect();
+    let control = rig.proxy().control.clone();
+    eventually("3 requests in flight", Duration::from_secs(10), || {
+        let s = common::traffic::control(&control, &serde_json::json!({"op": "status"}));
+        let inflight: u64 = s["inflight"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        if inflight >= 3 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let mut agent = rig.agent.take().unwrap();
+    let pid = agent.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = eventually("the agent to exit", Duration::from_secs(30), || {
+        agent
+            .try_wait()
+            .unwrap()
+            .ok_or_else(|| "running".to_string())
+    });
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        rig.agent_log()
+    );
+    for t in slow {
+        assert_eq!(t.join().unwrap(), Ok((200, "slow 1\n".to_string())));
+    }
+    assert_eq!(rig.colors(), vec![("blue".into(), "1".into(), false)]);
+    let log = rig.agent_log();
+    assert!(log.contains("leaving: draining"), "{log}");
+}
+
+/// HAProxy (Debian) as the ALB's stand-in: round robin over the instances' web ports, active
+/// checks of each agent's `/healthz` as the ALB's checker sends them (its User-Agent), 2 fails
+/// out and 2 passes in. No retries or redispatch: a request sent to a stopped server fails.
+struct Haproxy {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(instances: &[&Rig]) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cfg = format!(
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
+             frontend web\n  bind {addr}\n  default_backend app\n\
+             backend app\n  balance roundrobin\n  option httpchk\n\
+             http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host instance hdr User-Agent ELB-HealthChecker/2.0\n\
+             http-check expect status 200\n"
+        );
+        for (i, rig) in instances.iter().enumerate() {
+            cfg.push_str(&format!(
+                "  server i{i} {} check port {} inter 500ms fall 2 rise 2\n",
+                rig.traffic,
+                rig.health.port()
+            ));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (tests/setup.sh installs it)");
+        let h = Haproxy {
+            child,
+            addr,
+            _dir: dir,
+        };
+        eventually("haproxy to listen", Duration::from_secs(10), || {
+            status_of(h.addr, "/version").ok_or_else(|| "no answer".to_string())
+        });
+        h
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn drain_strategy_behind_haproxy_upgrades_two_instances_losing_nothing() {
+    let mut a = Rig::drain("upgrade-drain-a");
+    let mut b = Rig::drain("upgrade-drain-b");
+    for rig in [&mut a, &mut b] {
+        rig.compose(RELEASED, &[]);
+        rig.pointer("1");
+        rig.start_agent();
+    }
+    let lb = Haproxy::start(&[&a, &b]);
+    // Both instances in: the load balancer answers from each.
+    eventually("both instances in service", Duration::from_secs(20), || {
+        let both = (0..4).all(|_| status_of(lb.addr, "/version") == Some(200));
+        if both {
+            Ok(())
+        } else {
+            Err("a request failed".to_string())
+        }
+    });
+
+    let load = Load::start(lb.addr, "/version", 4);
+    load_for(&load, 200);
+    // One instance at a time, as SSM's MaxConcurrency 1 runs it.
+    for rig in [&a, &b] {
+        let started = Instant::now();
+        let out = rig.berth("upgrade", &["--release", "2"]);
+        out.ok();
+        let done: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(done["how"], "in place", "{done}");
+        eprintln!(
+            "drain upgrade of {}: {:.1}s",
+            rig.project.name,
+            started.elapsed().as_secs_f64()
+        );
+        let log = rig.agent_log();
+        assert!(log.contains("phase=\"draining\""), "{log}");
+    }
+    load_for(&load, 200);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    assert!(answered(&samples, "1") > 0);
+    // Once both are upgraded, only release 2 answers.
+    let tail = &samples[samples.len() - 100..];
+    assert_eq!(answered(tail, "2"), 100, "{:?}", &tail[..5]);
+    for rig in [&a, &b] {
+        assert_eq!(rig.status()["release"], "2");
+    }
+}
