@@ -1235,3 +1235,75 @@ fn local_run_plans_then_boots_from_local_files_without_imds_or_aws() {
     plan.ok();
     assert_contains(&plan.stdout, "nothing to do");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Leaving: scale-in and spot interruptions, as IMDS announces them.
+
+const TERMINATE_HOOK: &str = "berth-terminate";
+
+/// Boots and holds with a terminate hook configured; returns once in service.
+fn boot_and_hold(b: &Boot) -> Agent {
+    let top = b.put_release(
+        &web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck()),
+        "1",
+    );
+    let config = b.config(
+        &top,
+        &lifecycle(&format!("terminate_hook = \"{TERMINATE_HOOK}\"\n")),
+    );
+    let mut agent = b.spawn(&config, false, &b.aws_env());
+    agent.wait_phase("ready", 30);
+    assert_eq!(b.completions(), vec!["CONTINUE".to_string()]);
+    assert_eq!(p_container(&b)["State"]["Running"], true);
+    agent
+}
+
+#[test]
+fn scale_in_drains_stops_the_services_and_completes_the_terminate_hook() {
+    let b = Boot::new("boot-scalein");
+    let mut agent = boot_and_hold(&b);
+    b.emu.set(json!({"lifecycle_state": "Terminated"}));
+    let out = agent.finish(Duration::from_secs(30));
+    out.ok();
+    assert!(
+        out.stderr.contains("the group is scaling this instance in"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("leaving: draining"), "{}", out.stderr);
+    assert_eq!(
+        p_container(&b)["State"]["Running"],
+        false,
+        "stopped, gracefully"
+    );
+    let done = b
+        .emu
+        .wait_for_calls("CompleteLifecycleAction", 2, Duration::from_secs(5));
+    let last = done.last().unwrap();
+    assert_eq!(
+        last["params"]["LifecycleHookName"], TERMINATE_HOOK,
+        "{last}"
+    );
+    assert_eq!(
+        last["params"]["LifecycleActionResult"], "CONTINUE",
+        "{last}"
+    );
+    assert_eq!(last["params"]["InstanceId"], INSTANCE_ID, "{last}");
+}
+
+#[test]
+fn a_spot_interruption_notice_drains_and_stops_the_services() {
+    let b = Boot::new("boot-spot");
+    let mut agent = boot_and_hold(&b);
+    b.emu.set(json!({"spot_action": {"action": "terminate"}}));
+    let out = agent.finish(Duration::from_secs(30));
+    out.ok();
+    assert!(
+        out.stderr.contains("spot interruption notice"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(p_container(&b)["State"]["Running"], false);
+    // A spot interruption is not the group's scale-in: no terminate hook to complete.
+    assert_eq!(b.completions(), vec!["CONTINUE".to_string()]);
+}
