@@ -1254,7 +1254,7 @@ fn boot_and_hold(b: &Boot) -> Agent {
     let mut agent = b.spawn(&config, false, &b.aws_env());
     agent.wait_phase("ready", 30);
     assert_eq!(b.completions(), vec!["CONTINUE".to_string()]);
-    assert_eq!(p_container(&b)["State"]["Running"], true);
+    assert_eq!(p_container(b)["State"]["Running"], true);
     agent
 }
 
