@@ -8,6 +8,10 @@
 //! healthy; then it holds. Its settings: `/etc/berth/berth.toml` (`--config`; every key is in the
 //! README). `berth plan --config` shows what that boot would do here.
 //!
+//! `berth upgrade`, `rollback` and `status` (what an SSM Run Command runs) ask the resident
+//! agent over its control socket, or act in-process when no agent runs. `berth proxy` is the
+//! traffic proxy of the proxy strategy, its own process.
+//!
 //! `berth up` converges the daemon to compose files and waits until every service is running,
 //! healthy where it has a healthcheck, and completed where others wait for it (like
 //! `docker compose up -d --wait`). `plan` shows what `up` would do and changes nothing; `down`,
@@ -31,7 +35,11 @@
 //! - 3: bad project (compose file, env file, interpolation): nothing was changed;
 //! - 4: the Docker daemon is unreachable or refused a request;
 //! - 5: an image is missing or cannot be pulled: nothing was changed;
-//! - 6: an AWS call failed: instance metadata, S3, SSM, the lifecycle hook, the load balancer.
+//! - 6: an AWS call failed: instance metadata, S3, SSM, the lifecycle hook, the load balancer;
+//! - 7: another upgrade is running on this host (`upgrade`, `rollback`).
+//!
+//! For `upgrade` and `rollback`, 1 means the new release failed and the previous one serves,
+//! and 4 also covers `berth proxy` or the agent's control socket not answering.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -155,7 +163,7 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
         /// The control socket (created 0600).
-        #[arg(long, default_value = "/run/berth/proxy.sock")]
+        #[arg(long, default_value = "/run/berth-proxy/proxy.sock")]
         control: PathBuf,
         /// The backend to start with (else the saved route, else none: 503).
         #[arg(long)]
