@@ -4,8 +4,9 @@
 #   tests/run.sh [extra cargo test arguments, e.g. -- --test-threads=1]
 #
 # Runs tests/setup.sh (installs and starts what is missing, builds the test images), then
-# rustfmt, clippy, tests/lint.sh (cfn-lint, checkov, actionlint, shellcheck) and the whole
-# workspace's tests against the real Docker daemon. At the
+# rustfmt, clippy, tests/lint.sh (cfn-lint, checkov, actionlint, shellcheck), the whole
+# workspace's tests against the real Docker daemon, and packaging/test.sh (the static binary,
+# the .deb installed and removed again, the .rpm's contents). At the
 # end, pass or fail, it removes whatever the integration tests left behind: containers,
 # networks and volumes of the compose projects named berth-t-* (each test's own project).
 set -euo pipefail
@@ -76,3 +77,6 @@ bash "$root/tests/lint.sh"
 
 step "cargo test"
 cargo test --workspace "$@"
+
+step "packaging: static build, .deb installed and checked, .rpm listed and checked"
+bash "$root/packaging/test.sh"

@@ -592,6 +592,16 @@ fn drain_strategy_behind_haproxy_upgrades_two_instances_losing_nothing() {
         }
     });
 
+    // In service: each agent has counted the checker's passes (and holds its control socket).
+    for rig in [&a, &b] {
+        eventually("the agent in service", Duration::from_secs(20), || {
+            let mut c = Conn::open(rig.health);
+            match c.try_get("/status") {
+                Ok((200, body)) if body.contains("\"in_service\": true") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
     let load = Load::start(lb.addr, "/version", 4);
     load_for(&load, 200);
     // One instance at a time, as SSM's MaxConcurrency 1 runs it.

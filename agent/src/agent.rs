@@ -551,19 +551,19 @@ async fn boot_steps(
     tracing::info!(seconds = started.elapsed().as_secs_f64(), release = ?release.release_id, "services up and healthy");
 
     heartbeat.complete(hook).await?;
-    if let Some(aws) = aws {
-        let timeout = Duration::from_secs(config.timeouts.in_service_secs);
-        let lb = &config.load_balancer;
-        match (&lb.target_group_arn, lb.healthy_threshold) {
-            (Some(arn), _) => {
-                lifecycle::wait_target_healthy(aws, arn, &identity.instance_id, lb.port, timeout)
-                    .await?
-            }
-            (None, Some(n)) => {
-                lifecycle::wait_lb_checks(health, n, &identity.instance_id, timeout).await?
-            }
-            (None, None) => tracing::info!("no load balancer configured: not waiting for it"),
+    // Counting the checker's passes needs no AWS, so a local run behind a load balancer
+    // (HAProxy on a laptop) waits too.
+    let timeout = Duration::from_secs(config.timeouts.in_service_secs);
+    let lb = &config.load_balancer;
+    match (aws, &lb.target_group_arn, lb.healthy_threshold) {
+        (Some(aws), Some(arn), _) => {
+            lifecycle::wait_target_healthy(aws, arn, &identity.instance_id, lb.port, timeout)
+                .await?
         }
+        (_, _, Some(n)) => {
+            lifecycle::wait_lb_checks(health, n, &identity.instance_id, timeout).await?
+        }
+        _ => tracing::info!("no load balancer configured: not waiting for it"),
     }
     health.update(|s| s.in_service = true);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "in service");

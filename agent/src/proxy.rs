@@ -479,6 +479,12 @@ pub async fn run(
         })
         .collect::<Result<_, _>>()?;
     tracing::info!(%listen, control = %control.display(), workers, "proxy listening");
+    // Under systemd (Type=notify): ready once the port and the control socket accept.
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+            tracing::warn!(error = %e, "sd_notify failed");
+        }
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ProxyError::Listen {

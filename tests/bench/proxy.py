@@ -25,17 +25,17 @@ a run failed (a process did not start or answer, wrk failed, or any socket error
 answer was counted: they are printed). BENCH_TARGETS=direct,nginx leaves berth out.
 """
 
-import ctypes
 import http.client
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchlib import BenchError, die_with_parent, free_port
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BERTH = os.environ.get("BERTH_BIN", os.path.join(ROOT, "target", "release", "berth"))
@@ -48,24 +48,6 @@ CPUS = os.cpu_count() or 1
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 BODY = b"ok\n"
-
-
-class BenchError(Exception):
-    pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def die_with_parent():
-    """In the child: SIGKILL when this script dies, whatever the way (PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
 
 
 class Proc:
