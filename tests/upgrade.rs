@@ -48,9 +48,14 @@ struct Rig {
 impl Rig {
     /// The proxy strategy: `berth proxy` owns the traffic port.
     fn new(test: &str) -> Rig {
+        Rig::new_with(test, "")
+    }
+
+    /// The proxy strategy with more `[upgrade]` keys.
+    fn new_with(test: &str, upgrade_keys: &str) -> Rig {
         let proxy = Proxy::start(None, &[]);
         let settings = format!(
-            "[upgrade]\nstrategy = \"proxy\"\nverify_secs = 3\ndrain_secs = 10\n\
+            "[upgrade]\nstrategy = \"proxy\"\nverify_secs = 3\ndrain_secs = 10\n{upgrade_keys}\
              [proxy]\ncontrol = \"{}\"\nport = {}\nhealth_path = \"/healthz\"\n",
             proxy.control.display(),
             proxy.addr.port()
@@ -629,4 +634,50 @@ fn drain_strategy_behind_haproxy_upgrades_two_instances_losing_nothing() {
     for rig in [&a, &b] {
         assert_eq!(rig.status()["release"], "2");
     }
+}
+
+#[test]
+fn watch_mode_upgrades_when_the_pointer_moves_and_the_previous_release_expires() {
+    let mut rig = Rig::new_with("upgrade-watch", "watch_secs = 1\nkeep_previous_secs = 2\n");
+    rig.compose(RELEASED, &[]);
+    rig.pointer("1");
+    rig.start_agent();
+
+    let (_, samples) = under_load(rig.traffic, 100, || {
+        rig.pointer("2");
+        eventually(
+            "the agent to upgrade by itself",
+            Duration::from_secs(60),
+            || match Conn::open(rig.traffic).try_get("/version") {
+                Ok((200, body)) if body.trim() == "2" => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+    });
+    all_after_first(&samples, "2").unwrap();
+    assert!(
+        rig.agent_log().contains("watch: the release pointer moved"),
+        "{}",
+        rig.agent_log()
+    );
+    // Kept stopped for keep_previous_secs, then gone: nothing left to roll back to.
+    eventually(
+        "the previous release to expire",
+        Duration::from_secs(30),
+        || {
+            let colors = rig.colors();
+            if colors == vec![("green".to_string(), "2".to_string(), true)] {
+                Ok(())
+            } else {
+                Err(format!("{colors:?}"))
+            }
+        },
+    );
+    let out = rig.berth("rollback", &[]);
+    out.expect_code(3);
+    assert!(
+        out.error_message().contains("keeps no previous release"),
+        "{}",
+        out.stderr
+    );
 }

@@ -55,6 +55,27 @@ pub enum AgentError {
     RollbackNeedsProxy,
 }
 
+impl AgentError {
+    /// The process exit code (see main.rs): 3 bad input, 4 Docker or a socket, 5 image,
+    /// 6 AWS, 7 another upgrade runs, 1 a service (or the new release) failed.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Config(_) | AgentError::Compose { .. } | AgentError::Health(_) => 3,
+            AgentError::Docker(_) | AgentError::Daemon(_) => 4,
+            AgentError::Converge(c) => c.exit_code(),
+            AgentError::Release(
+                ReleaseError::Local { .. }
+                | ReleaseError::Write { .. }
+                | ReleaseError::NameClash { .. }
+                | ReleaseError::RemoteInLocalRun { .. },
+            ) => 3,
+            AgentError::Identity(_) | AgentError::Release(_) | AgentError::Lifecycle(_) => 6,
+            AgentError::Upgrade(u) => u.exit_code(),
+            AgentError::RollbackNeedsProxy => 3,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub config: AgentConfig,
@@ -86,6 +107,9 @@ pub struct Booted {
     pub release: Release,
     pub deployer: Arc<Deployer>,
 }
+
+/// How long an upgrade waits for a lock held for a moment before it refuses as busy.
+const LOCK_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Upgrades, rollbacks and status: what the control socket and the in-process commands do.
 #[derive(Debug, Clone)]
@@ -163,7 +187,7 @@ impl Deployer {
             if serving { "upgrade to" } else { "boot" },
             release.release_id.as_deref().unwrap_or("(unnamed)")
         );
-        let _lock = UpgradeLock::acquire(&self.config.run_dir, &what)?;
+        let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
         let engine = Engine::connect().await?;
         let deployed = self
             .upgrader(&engine, progress, serving)
@@ -204,7 +228,8 @@ impl Deployer {
         if self.config.upgrade.strategy != crate::config::Strategy::Proxy {
             return Err(AgentError::RollbackNeedsProxy);
         }
-        let _lock = UpgradeLock::acquire(&self.config.run_dir, "rollback")?;
+        let _lock =
+            UpgradeLock::acquire_within(&self.config.run_dir, "rollback", LOCK_PATIENCE).await?;
         let engine = Engine::connect().await?;
         let project = &self.config.project;
         let routed = upgrade::routed_from_labels(&engine, project)
@@ -276,20 +301,15 @@ impl Deployer {
                 ok: true,
                 result: Some(v),
                 error: None,
-                kind: None,
+                code: None,
             },
             Err(e) => {
-                let kind = match &e {
-                    AgentError::Upgrade(UpgradeError::Busy { .. }) => "busy",
-                    AgentError::Upgrade(_) => "failed",
-                    _ => "error",
-                };
                 tracing::error!(error = %e, "control request failed");
                 Answer {
                     ok: false,
                     result: None,
                     error: Some(e.to_string()),
-                    kind: Some(kind.into()),
+                    code: Some(e.exit_code()),
                 }
             }
         }
@@ -585,9 +605,16 @@ async fn hold(health: &Health, booted: &Booted) -> Result<(), AgentError> {
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
     let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
         .then(|| tokio::spawn(watch(deployer.clone())));
+    let keeper = match (config.upgrade.strategy, config.upgrade.keep_previous_secs) {
+        (crate::config::Strategy::Proxy, Some(secs)) => Some(tokio::spawn(expire_previous(
+            deployer.clone(),
+            Duration::from_secs(secs),
+        ))),
+        _ => None,
+    };
     let reason = wait_for_leave(config.local).await;
-    if let Some(w) = watcher {
-        w.abort();
+    for task in [watcher, keeper].into_iter().flatten() {
+        task.abort();
     }
     notify(&[sd_notify::NotifyState::Stopping]);
     let result = leave(health, booted, reason).await;
@@ -684,6 +711,38 @@ async fn leave(health: &Health, booted: &Booted, why: Leave) -> Result<(), Agent
         }
     }
     Ok(())
+}
+
+/// Removes the stopped previous release after `keep` (checked every quarter of it).
+async fn expire_previous(deployer: Arc<Deployer>, keep: Duration) {
+    let mut seen = BTreeMap::new();
+    let tick = (keep / 4).clamp(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(tick).await;
+        // Not while an upgrade or rollback runs: they decide about the previous release.
+        let Ok(_lock) =
+            UpgradeLock::acquire(&deployer.config.run_dir, "expiring the previous release")
+        else {
+            continue;
+        };
+        let result = async {
+            let engine = Engine::connect().await?;
+            if let Some(routed) =
+                upgrade::routed_from_labels(&engine, &deployer.config.project).await?
+            {
+                let progress = Progress::new(Mode::Quiet);
+                deployer
+                    .upgrader(&engine, &progress, false)
+                    .expire_previous(&routed, &mut seen, keep)
+                    .await?;
+            }
+            Ok::<(), AgentError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "expiring the previous release");
+        }
+    }
 }
 
 /// Upgrades when the release pointer names another release.

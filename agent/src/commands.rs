@@ -27,9 +27,9 @@ pub enum CommandError {
     Proxy(#[from] crate::proxy::ProxyError),
     #[error("cannot encode output: {0}")]
     Output(String),
-    /// The agent answered over its control socket with an error; `busy`: another upgrade.
+    /// The agent answered over its control socket with an error, and the exit code.
     #[error("{message}")]
-    Refused { message: String, busy: bool },
+    Refused { message: String, code: u8 },
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
 }
@@ -158,7 +158,7 @@ pub async fn control(
         Some(a) => {
             return Err(CommandError::Refused {
                 message: a.error.unwrap_or_else(|| "the agent refused".into()),
-                busy: a.kind.as_deref() == Some("busy"),
+                code: a.code.unwrap_or(1),
             })
         }
         None => {

@@ -136,6 +136,9 @@ pub struct UpgradeSettings {
     pub drain_secs: u64,
     /// Poll the release pointer this often and upgrade when it changes; 0: off.
     pub watch_secs: u64,
+    /// Proxy strategy: how long the stopped previous release is kept for `berth rollback`;
+    /// None: until the next upgrade.
+    pub keep_previous_secs: Option<u64>,
 }
 
 impl Default for UpgradeSettings {
@@ -146,6 +149,7 @@ impl Default for UpgradeSettings {
             verify_secs: 10,
             drain_secs: 30,
             watch_secs: 0,
+            keep_previous_secs: None,
         }
     }
 }

@@ -105,6 +105,23 @@ pub struct UpOptions {
     pub pull_concurrency: usize,
 }
 
+impl ConvergeError {
+    /// The process exit code (see main.rs): 3 bad project, 4 Docker, 5 image, 1 a service.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ConvergeError::Docker(_) => 4,
+            ConvergeError::ImageMissing { .. }
+            | ConvergeError::Pull { .. }
+            | ConvergeError::Registry(_) => 5,
+            ConvergeError::NoHealthcheck { .. }
+            | ConvergeError::PortTaken { .. }
+            | ConvergeError::ExternalNetworkMissing { .. }
+            | ConvergeError::ExternalVolumeMissing { .. } => 3,
+            _ => 1,
+        }
+    }
+}
+
 /// Where a service stands while `up` runs; dependents watch it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ServiceState {

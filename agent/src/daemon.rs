@@ -39,7 +39,7 @@ pub enum Request {
     Status,
 }
 
-/// What the agent answers. `kind` tells the client which exit code to use.
+/// What the agent answers; `code` is the exit code the client exits with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Answer {
     pub ok: bool,
@@ -47,9 +47,8 @@ pub struct Answer {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// `busy` (another upgrade runs), `failed` (the previous release serves), `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub code: Option<u8>,
 }
 
 /// Binds the socket (0600) and answers requests in the background.
@@ -93,7 +92,7 @@ pub async fn serve(path: &Path, deployer: Arc<Deployer>) -> Result<(), DaemonErr
                         ok: false,
                         result: None,
                         error: Some(format!("bad request: {e}")),
-                        kind: Some("error".into()),
+                        code: Some(2),
                     },
                 };
                 let mut out = serde_json::to_string(&answer).unwrap_or_default();

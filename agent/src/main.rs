@@ -47,7 +47,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth::commands::{self, CommandError, ProjectArgs};
-use berth::converge::ConvergeError;
 use berth::progress::{Mode, Progress};
 use clap::{Args, Parser, Subcommand};
 
@@ -366,57 +365,13 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
     Ok(())
 }
 
-fn converge_exit_code(e: &ConvergeError) -> u8 {
-    match e {
-        ConvergeError::Docker(_) => 4,
-        ConvergeError::ImageMissing { .. }
-        | ConvergeError::Pull { .. }
-        | ConvergeError::Registry(_) => 5,
-        ConvergeError::NoHealthcheck { .. }
-        | ConvergeError::PortTaken { .. }
-        | ConvergeError::ExternalNetworkMissing { .. }
-        | ConvergeError::ExternalVolumeMissing { .. } => 3,
-        _ => 1,
-    }
-}
-
-fn upgrade_exit_code(e: &berth::upgrade::UpgradeError) -> u8 {
-    use berth::upgrade::UpgradeError as U;
-    match e {
-        U::Busy { .. } => 7,
-        U::Routed { .. } | U::NoPrevious { .. } => 3,
-        U::Proxy(_) | U::Docker(_) => 4,
-        U::Converge(c) | U::NewRelease { source: c, .. } => converge_exit_code(c),
-        U::LoadBalancer(_) => 6,
-        _ => 1,
-    }
-}
-
 fn exit_code(e: &CommandError) -> u8 {
-    use berth::agent::AgentError;
-    use berth::release::ReleaseError;
     match e {
         CommandError::Compose(_) | CommandError::Config(_) | CommandError::Proxy(_) => 3,
-        CommandError::Agent(a) => match a {
-            AgentError::Config(_) | AgentError::Compose { .. } | AgentError::Health(_) => 3,
-            AgentError::Docker(_) => 4,
-            AgentError::Converge(c) => converge_exit_code(c),
-            AgentError::Release(
-                ReleaseError::Local { .. }
-                | ReleaseError::Write { .. }
-                | ReleaseError::NameClash { .. }
-                | ReleaseError::RemoteInLocalRun { .. },
-            ) => 3,
-            AgentError::Identity(_) | AgentError::Release(_) | AgentError::Lifecycle(_) => 6,
-            AgentError::Upgrade(u) => upgrade_exit_code(u),
-            AgentError::Daemon(_) => 4,
-            AgentError::RollbackNeedsProxy => 3,
-        },
-        CommandError::Refused { busy: true, .. } => 7,
-        CommandError::Refused { busy: false, .. } => 1,
-        CommandError::Daemon(_) => 4,
-        CommandError::Docker(_) => 4,
-        CommandError::Converge(c) => converge_exit_code(c),
+        CommandError::Agent(a) => a.exit_code(),
+        CommandError::Refused { code, .. } => *code,
+        CommandError::Daemon(_) | CommandError::Docker(_) => 4,
+        CommandError::Converge(c) => c.exit_code(),
         CommandError::Output(_) => 1,
     }
 }

@@ -100,6 +100,21 @@ pub enum UpgradeError {
     LoadBalancer(#[from] LifecycleError),
 }
 
+impl UpgradeError {
+    /// The process exit code (see main.rs): 7 busy; 1 the new release failed and the previous
+    /// one serves.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            UpgradeError::Busy { .. } => 7,
+            UpgradeError::Routed { .. } | UpgradeError::NoPrevious { .. } => 3,
+            UpgradeError::Proxy(_) | UpgradeError::Docker(_) => 4,
+            UpgradeError::Converge(c) | UpgradeError::NewRelease { source: c, .. } => c.exit_code(),
+            UpgradeError::LoadBalancer(_) => 6,
+            _ => 1,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Color {
@@ -319,6 +334,24 @@ pub struct UpgradeLock {
 }
 
 impl UpgradeLock {
+    /// As `acquire`, but a lock held for a moment (the previous release's expiry, a status
+    /// look) is waited out for up to `patience` before refusing.
+    pub async fn acquire_within(
+        run_dir: &Path,
+        what: &str,
+        patience: Duration,
+    ) -> Result<UpgradeLock, UpgradeError> {
+        let until = Instant::now() + patience;
+        loop {
+            match UpgradeLock::acquire(run_dir, what) {
+                Err(UpgradeError::Busy { .. }) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn acquire(run_dir: &Path, what: &str) -> Result<UpgradeLock, UpgradeError> {
         let path = run_dir.join("upgrade.lock");
         let lock_err = |source| UpgradeError::Lock {
@@ -887,6 +920,33 @@ impl Upgrader<'_> {
             to_switch_secs: None,
             services: report.services,
         })
+    }
+
+    /// Removes the stopped previous release once it has been seen stopped for `keep`
+    /// (`upgrade.keep_previous_secs`). `seen` remembers since when, per container; after an
+    /// agent restart the count starts again, which only keeps it longer.
+    pub async fn expire_previous(
+        &self,
+        routed: &Routed,
+        seen: &mut BTreeMap<String, Instant>,
+        keep: Duration,
+    ) -> Result<(), UpgradeError> {
+        let sides = self.sides(routed).await?;
+        let stopped: Vec<&Side> = sides.values().filter(|s| !s.running).collect();
+        seen.retain(|id, _| stopped.iter().any(|s| s.ids.contains(id)));
+        for side in stopped {
+            let since = side
+                .ids
+                .iter()
+                .map(|id| *seen.entry(id.clone()).or_insert_with(Instant::now))
+                .min()
+                .unwrap_or_else(Instant::now);
+            if since.elapsed() >= keep {
+                self.remove_side(side).await;
+                tracing::info!(release = ?side.release, color = %side.color, kept_secs = keep.as_secs(), "removed the previous release");
+            }
+        }
+        Ok(())
     }
 
     /// Before the services stop for good: the proxy lets requests in flight to the serving
