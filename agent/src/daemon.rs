@@ -154,7 +154,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_agent_means_none_and_a_stale_socket_is_replaced() {
+    async fn no_agent_or_a_stale_socket_means_acting_in_process() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
         assert!(request(&path, &Request::Status).await.unwrap().is_none());

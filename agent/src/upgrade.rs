@@ -379,7 +379,7 @@ impl UpgradeLock {
         let note = format!(
             "{what}, pid {}, since {}",
             std::process::id(),
-            humantime_now()
+            unix_now()
         );
         let _ = file.set_len(0);
         let _ = file.write_all(note.as_bytes());
@@ -387,7 +387,7 @@ impl UpgradeLock {
     }
 }
 
-fn humantime_now() -> String {
+fn unix_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -875,7 +875,19 @@ impl Upgrader<'_> {
         project: &Project,
         release: Option<&str>,
     ) -> Result<Deployed, UpgradeError> {
-        let plan = converge::plan(self.engine, project, self.up.remove_orphans).await?;
+        // Pull while still in service: the instance is out of the load balancer only for the
+        // recreate itself.
+        let mut observed = converge::observe(self.engine, project).await?;
+        converge::pull_images(
+            self.engine,
+            project,
+            &mut observed,
+            &self.up.registries,
+            self.up.pull_concurrency,
+            self.progress,
+        )
+        .await?;
+        let plan = crate::plan::compute(project, &observed, self.up.remove_orphans);
         let serving = plan
             .containers
             .iter()
