@@ -376,11 +376,7 @@ impl UpgradeLock {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(lock_err(e)),
         }
-        let note = format!(
-            "{what}, pid {}, since {}",
-            std::process::id(),
-            unix_now()
-        );
+        let note = format!("{what}, pid {}, since {}", std::process::id(), unix_now());
         let _ = file.set_len(0);
         let _ = file.write_all(note.as_bytes());
         Ok(UpgradeLock { _file: file })
