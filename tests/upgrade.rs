@@ -681,3 +681,63 @@ fn watch_mode_upgrades_when_the_pointer_moves_and_the_previous_release_expires()
         out.stderr
     );
 }
+
+#[test]
+fn an_agent_killed_after_the_switch_finishes_by_stopping_the_old_release() {
+    let mut rig = Rig::booted("upgrade-kill-late", "1");
+    let load = Load::start(rig.traffic, "/version", 4);
+    load_for(&load, 100);
+
+    rig.pointer("2");
+    let config = rig.config.clone();
+    let client = std::thread::spawn(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["upgrade", "--config"]).arg(config);
+        run_with_limit(cmd, Duration::from_secs(90))
+    });
+    // Killed inside the verify window: the proxy already sends to release 2, release 1 still
+    // runs.
+    let control = rig.proxy().control.clone();
+    eventually(
+        "the switch to release 2",
+        Duration::from_secs(30),
+        || match Conn::open(rig.traffic).try_get("/version") {
+            Ok((200, body)) if body.trim() == "2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let mut agent = rig.agent.take().unwrap();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert_ne!(client.join().unwrap().code, 0, "the upgrade was cut short");
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), true),
+            ("green".into(), "2".into(), true)
+        ]
+    );
+    let route = common::traffic::control(&control, &serde_json::json!({"op": "status"}));
+
+    // Back: release 2 keeps serving, release 1 is drained and stopped (kept for a rollback).
+    rig.start_agent();
+    load_for(&load, 100);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    all_after_first(&samples, "2").unwrap();
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), false),
+            ("green".into(), "2".into(), true)
+        ],
+        "route before the restart: {route}\n{}",
+        rig.agent_log()
+    );
+    assert!(
+        rig.agent_log()
+            .contains("stopping release 1 (blue): still running after the switch"),
+        "{}",
+        rig.agent_log()
+    );
+}
