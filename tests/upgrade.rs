@@ -250,6 +250,56 @@ fn under_load<T>(addr: SocketAddr, n: usize, step: impl FnOnce() -> T) -> (T, Ve
     (out, samples)
 }
 
+/// The routed containers after an upgrade 1 -> 2: green serves 2, blue keeps 1, stopped.
+fn serving_2_keeping_1() -> Vec<(String, String, bool)> {
+    vec![
+        ("blue".into(), "1".into(), false),
+        ("green".into(), "2".into(), true),
+    ]
+}
+
+/// `berth upgrade` (to the release pointer's release) in a thread, as SSM would run it.
+fn upgrade_in_background(rig: &Rig) -> std::thread::JoinHandle<Output> {
+    let config = rig.config.clone();
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["upgrade", "--config"]).arg(config);
+        run_with_limit(cmd, Duration::from_secs(90))
+    })
+}
+
+/// SIGKILLs the agent; the upgrade it was running is cut short.
+fn kill_agent(rig: &mut Rig, client: std::thread::JoinHandle<Output>) {
+    let mut agent = rig.agent.take().unwrap();
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert_ne!(client.join().unwrap().code, 0, "the upgrade was cut short");
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), true),
+            ("green".into(), "2".into(), true)
+        ],
+        "both colors run when the agent dies"
+    );
+}
+
+/// After a restart: the load lost nothing, release 2 serves, release 1 is stopped and kept,
+/// and the agent's log says what it found (`recovered`).
+fn assert_recovered(rig: &Rig, load: Load, recovered: &str) {
+    load_for(&load, 100);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    all_after_first(&samples, "2").unwrap();
+    assert_eq!(
+        rig.colors(),
+        serving_2_keeping_1(),
+        "one container per color, no duplicates:\n{}",
+        rig.agent_log()
+    );
+    assert!(rig.agent_log().contains(recovered), "{}", rig.agent_log());
+}
+
 /// Lets the load run until it has made at least `n` more requests.
 fn load_for(load: &Load, n: usize) {
     let target = load.count() + n;
@@ -281,13 +331,7 @@ fn proxy_upgrade_and_rollback_under_load_lose_no_request() {
     let after = all_after_first(&samples, "2").unwrap();
     assert!(after >= 200, "only {after} requests after the switch");
     // The old release is stopped, not removed: it is what a rollback starts.
-    assert_eq!(
-        rig.colors(),
-        vec![
-            ("blue".into(), "1".into(), false),
-            ("green".into(), "2".into(), true)
-        ]
-    );
+    assert_eq!(rig.colors(), serving_2_keeping_1());
     let status = rig.status();
     assert_eq!(status["release"], "2", "{status}");
     assert_eq!(status["phase"], "ready", "{status}");
@@ -330,13 +374,7 @@ fn proxy_upgrade_and_rollback_under_load_lose_no_request() {
     assert_eq!(back["how"], "rolled back", "{back}");
     assert_eq!(back["release"], "2", "{back}");
     all_after_first(&samples, "2").unwrap();
-    assert_eq!(
-        rig.colors(),
-        vec![
-            ("blue".into(), "1".into(), false),
-            ("green".into(), "2".into(), true)
-        ]
-    );
+    assert_eq!(rig.colors(), serving_2_keeping_1());
 }
 
 #[test]
@@ -410,12 +448,7 @@ fn an_agent_killed_mid_upgrade_finishes_it_when_it_comes_back() {
     // Release 2 takes 3 s to start serving: time to kill the agent between create and switch.
     rig.compose(RELEASED, &[("SLOW_START", "3")]);
     rig.pointer("2");
-    let config = rig.config.clone();
-    let client = std::thread::spawn(move || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(["upgrade", "--config"]).arg(config);
-        run_with_limit(cmd, Duration::from_secs(90))
-    });
+    let client = upgrade_in_background(&rig);
     eventually("release 2 to be started", Duration::from_secs(20), || {
         if rig.colors().iter().any(|c| c.0 == "green" && c.2) {
             Ok(())
@@ -423,19 +456,7 @@ fn an_agent_killed_mid_upgrade_finishes_it_when_it_comes_back() {
             Err(format!("{:?}", rig.colors()))
         }
     });
-    let mut agent = rig.agent.take().unwrap();
-    agent.kill().unwrap();
-    agent.wait().unwrap();
-    let interrupted = client.join().unwrap();
-    assert_ne!(interrupted.code, 0, "the upgrade was cut short");
-    assert_eq!(
-        rig.colors(),
-        vec![
-            ("blue".into(), "1".into(), true),
-            ("green".into(), "2".into(), true)
-        ],
-        "both colors run when the agent dies"
-    );
+    kill_agent(&mut rig, client);
 
     // Back: it keeps release 1 serving, drops the half-made release 2, upgrades again.
     let restarted = Instant::now();
@@ -452,24 +473,10 @@ fn an_agent_killed_mid_upgrade_finishes_it_when_it_comes_back() {
         "restart to release 2 serving: {:.1}s",
         restarted.elapsed().as_secs_f64()
     );
-    load_for(&load, 100);
-    let samples = load.finish();
-    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
-    all_after_first(&samples, "2").unwrap();
-    assert_eq!(
-        rig.colors(),
-        vec![
-            ("blue".into(), "1".into(), false),
-            ("green".into(), "2".into(), true)
-        ],
-        "one container per color, no duplicates:\n{}",
-        rig.agent_log()
-    );
-    assert!(
-        rig.agent_log()
-            .contains("removing release 2 (green): an upgrade that never switched"),
-        "{}",
-        rig.agent_log()
+    assert_recovered(
+        &rig,
+        load,
+        "removing release 2 (green): an upgrade that never switched",
     );
 }
 
@@ -689,15 +696,9 @@ fn an_agent_killed_after_the_switch_finishes_by_stopping_the_old_release() {
     load_for(&load, 100);
 
     rig.pointer("2");
-    let config = rig.config.clone();
-    let client = std::thread::spawn(move || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(["upgrade", "--config"]).arg(config);
-        run_with_limit(cmd, Duration::from_secs(90))
-    });
+    let client = upgrade_in_background(&rig);
     // Killed inside the verify window: the proxy already sends to release 2, release 1 still
     // runs.
-    let control = rig.proxy().control.clone();
     eventually(
         "the switch to release 2",
         Duration::from_secs(30),
@@ -706,38 +707,13 @@ fn an_agent_killed_after_the_switch_finishes_by_stopping_the_old_release() {
             other => Err(format!("{other:?}")),
         },
     );
-    let mut agent = rig.agent.take().unwrap();
-    agent.kill().unwrap();
-    agent.wait().unwrap();
-    assert_ne!(client.join().unwrap().code, 0, "the upgrade was cut short");
-    assert_eq!(
-        rig.colors(),
-        vec![
-            ("blue".into(), "1".into(), true),
-            ("green".into(), "2".into(), true)
-        ]
-    );
-    let route = common::traffic::control(&control, &serde_json::json!({"op": "status"}));
+    kill_agent(&mut rig, client);
 
     // Back: release 2 keeps serving, release 1 is drained and stopped (kept for a rollback).
     rig.start_agent();
-    load_for(&load, 100);
-    let samples = load.finish();
-    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
-    all_after_first(&samples, "2").unwrap();
-    assert_eq!(
-        rig.colors(),
-        vec![
-            ("blue".into(), "1".into(), false),
-            ("green".into(), "2".into(), true)
-        ],
-        "route before the restart: {route}\n{}",
-        rig.agent_log()
-    );
-    assert!(
-        rig.agent_log()
-            .contains("stopping release 1 (blue): still running after the switch"),
-        "{}",
-        rig.agent_log()
+    assert_recovered(
+        &rig,
+        load,
+        "stopping release 1 (blue): still running after the switch",
     );
 }
