@@ -1253,6 +1253,9 @@ fn boot_and_hold(b: &Boot) -> Agent {
     );
     let mut agent = b.spawn(&config, false, &b.aws_env());
     agent.wait_phase("ready", 30);
+    // The launch hook is completed just after `ready`.
+    b.emu
+        .wait_for_calls("CompleteLifecycleAction", 1, Duration::from_secs(10));
     assert_eq!(b.completions(), vec!["CONTINUE".to_string()]);
     assert_eq!(p_container(b)["State"]["Running"], true);
     agent
