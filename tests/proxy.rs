@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::traffic::{Conn, Proxy};
+use common::traffic::{wait_inflight, Conn, Proxy};
 
 /// A keep-alive HTTP/1.1 backend answering its own name; `/slow` takes `slow` to answer.
 struct Backend {
@@ -125,14 +125,7 @@ fn drain_waits_for_in_flight_requests_to_the_old_backend() {
     let proxy = Proxy::start(Some(a.addr), &[]);
     let addr = proxy.addr;
     let in_flight = std::thread::spawn(move || Conn::open(addr).get("/slow"));
-    assert_eventually!(5, "the slow request is in flight", || {
-        let s = proxy.control(serde_json::json!({"op": "status"}));
-        if s["inflight"][a.addr.to_string()] == 1 {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    wait_inflight(&proxy.control, 1);
     proxy.control(serde_json::json!({"op": "route", "backend": b.addr.to_string()}));
     let (code, body) = Conn::open(proxy.addr).get("/");
     assert_eq!(
@@ -164,14 +157,7 @@ fn drain_times_out_and_says_what_is_left() {
     let proxy = Proxy::start(Some(a.addr), &[]);
     let addr = proxy.addr;
     let _in_flight = std::thread::spawn(move || Conn::open(addr).get("/slow"));
-    assert_eventually!(5, "the slow request is in flight", || {
-        let s = proxy.control(serde_json::json!({"op": "status"}));
-        if s["inflight"][a.addr.to_string()] == 1 {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    wait_inflight(&proxy.control, 1);
     let drained = proxy.control(
         serde_json::json!({"op": "drain", "backend": a.addr.to_string(), "timeout_ms": 200}),
     );
@@ -185,14 +171,7 @@ fn sigterm_lets_in_flight_requests_finish() {
     let mut proxy = Proxy::start(Some(a.addr), &[]);
     let addr = proxy.addr;
     let in_flight = std::thread::spawn(move || Conn::open(addr).get("/slow"));
-    assert_eventually!(5, "the slow request is in flight", || {
-        let s = proxy.control(serde_json::json!({"op": "status"}));
-        if s["inflight"][a.addr.to_string()] == 1 {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    wait_inflight(&proxy.control, 1);
     let pid = proxy.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

@@ -488,19 +488,7 @@ fn sigterm_lets_slow_requests_in_flight_finish_then_stops_the_services() {
     let slow: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || Conn::open(addr).try_get("/cgi-bin/slow?3")))
         .collect();
-    let control = rig.proxy().control.clone();
-    eventually("3 requests in flight", Duration::from_secs(10), || {
-        let s = common::traffic::control(&control, &serde_json::json!({"op": "status"}));
-        let inflight: u64 = s["inflight"]
-            .as_object()
-            .map(|m| m.values().filter_map(Value::as_u64).sum())
-            .unwrap_or(0);
-        if inflight >= 3 {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
-    });
+    common::traffic::wait_inflight(&rig.proxy().control, 3);
     let mut agent = rig.agent.take().unwrap();
     let pid = agent.id().to_string();
     assert!(Command::new("kill")

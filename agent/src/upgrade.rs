@@ -871,6 +871,10 @@ impl Upgrader<'_> {
         project: &Project,
         release: Option<&str>,
     ) -> Result<Deployed, UpgradeError> {
+        // At boot nothing is in the load balancer yet: a plain converge, one look at Docker.
+        let Some(health) = self.health else {
+            return self.converge_in_place(project, release, None).await;
+        };
         // Pull while still in service: the instance is out of the load balancer only for the
         // recreate itself.
         let mut observed = converge::observe(self.engine, project).await?;
@@ -888,41 +892,45 @@ impl Upgrader<'_> {
             .containers
             .iter()
             .any(|c| c.existing.is_some() && c.action != Action::Orphan);
-        let Some(health) = self.health.filter(|_| serving && !plan.is_noop()) else {
-            let report = converge::up(self.engine, project, &self.up, self.progress).await?;
-            return Ok(Deployed {
-                release: release.map(String::from),
-                previous: None,
-                how: if report.plan.is_noop() {
-                    "up to date"
-                } else {
-                    "in place"
-                },
-                color: None,
-                backend: None,
-                to_switch_secs: None,
-                services: report.services,
-            });
-        };
+        if !serving || plan.is_noop() {
+            return self.converge_in_place(project, release, None).await;
+        }
         let previous = health.snapshot().release;
         health.set_phase(Phase::Draining);
         if let Err(e) = self.wait_lb(false, health).await {
             health.set_phase(Phase::Ready);
             return Err(e);
         }
-        let result = converge::up(self.engine, project, &self.up, self.progress).await;
+        let result = self.converge_in_place(project, release, previous).await;
         // Either the new release or (restored by converge) the old one serves now.
         health.reset_lb_streak();
         health.set_phase(Phase::Ready);
-        let report = result.map_err(|source| UpgradeError::NewRelease {
-            release: release.unwrap_or("(unnamed)").into(),
-            source,
+        let deployed = result.map_err(|e| match e {
+            UpgradeError::Converge(source) => UpgradeError::NewRelease {
+                release: release.unwrap_or("(unnamed)").into(),
+                source,
+            },
+            other => other,
         })?;
         self.wait_lb(true, health).await?;
+        Ok(deployed)
+    }
+
+    async fn converge_in_place(
+        &self,
+        project: &Project,
+        release: Option<&str>,
+        previous: Option<String>,
+    ) -> Result<Deployed, UpgradeError> {
+        let report = converge::up(self.engine, project, &self.up, self.progress).await?;
         Ok(Deployed {
             release: release.map(String::from),
             previous,
-            how: "in place",
+            how: if report.plan.is_noop() {
+                "up to date"
+            } else {
+                "in place"
+            },
             color: None,
             backend: None,
             to_switch_secs: None,

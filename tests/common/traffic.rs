@@ -178,6 +178,26 @@ impl Conn {
     }
 }
 
+/// Waits until exactly `n` requests are in flight through the proxy (all backends).
+pub fn wait_inflight(control_socket: &Path, n: u64) {
+    super::eventually(
+        &format!("{n} requests in flight"),
+        Duration::from_secs(10),
+        || {
+            let s = control(control_socket, &serde_json::json!({"op": "status"}));
+            let inflight: u64 = s["inflight"]
+                .as_object()
+                .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+                .unwrap_or(0);
+            if inflight == n {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    );
+}
+
 /// One request the load client made.
 #[derive(Debug, Clone)]
 pub struct Sample {
