@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use berth::config::Location;
 use berth::config::{AgentConfig, Strategy};
-use berth::release::Location;
 use common::aws::{self, Moto, REGION};
 use serde_json::Value;
 

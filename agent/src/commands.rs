@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::compose::{self, ComposeError, LoadOptions, Project};
-use crate::converge::{self, ConvergeError, PsRow, UpOptions};
-use crate::docker::{DockerError, Engine};
-use crate::plan::{self, Plan};
-use crate::progress::Progress;
+use crate::engine::converge::{self, ConvergeError, PsRow, UpOptions};
+use crate::engine::docker::{DockerError, Engine};
+use crate::engine::plan::{self, Plan};
+use crate::engine::progress::Progress;
 
 /// Any subcommand's failure. Exit codes: see `main.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum CommandError {
     #[error("{message}")]
     Refused { message: String, code: u8 },
     #[error(transparent)]
-    Daemon(#[from] crate::daemon::DaemonError),
+    Daemon(#[from] crate::serve::control::DaemonError),
 }
 
 /// Where a project comes from: the flags compose users know.
@@ -72,12 +72,12 @@ pub async fn up(
 ) -> Result<Plan, CommandError> {
     let project = load(args)?;
     let engine = Engine::connect().await?;
-    let registries = std::sync::Arc::new(crate::registry::Registries::docker_config());
+    let registries = std::sync::Arc::new(crate::engine::registry::Registries::docker_config());
     let opts = UpOptions {
         remove_orphans,
         wait_timeout,
         registries,
-        pull_concurrency: converge::PULL_CONCURRENCY,
+        pull_concurrency: crate::config::DEFAULT_PULL_CONCURRENCY,
     };
     Ok(converge::up(&engine, &project, &opts, progress).await?.plan)
 }
@@ -147,12 +147,12 @@ pub async fn agent(
 pub async fn control(
     config: &std::path::Path,
     local: bool,
-    req: crate::daemon::Request,
+    req: crate::serve::control::Request,
 ) -> Result<String, CommandError> {
-    use crate::daemon::{self, Request};
+    use crate::serve::control::{self, Request};
     let mut config = crate::config::AgentConfig::load(config)?;
     config.local |= local;
-    let answer = daemon::request(&config.control_socket(), &req).await?;
+    let answer = control::request(&config.control_socket(), &req).await?;
     let value = match answer {
         Some(a) if a.ok => a.result.unwrap_or_default(),
         Some(a) => {

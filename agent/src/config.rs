@@ -8,9 +8,99 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::release::Location;
-
 pub const DEFAULT_PATH: &str = "/etc/berth/berth.toml";
+
+/// Images pulled at once unless `pull_concurrency` says otherwise.
+pub const DEFAULT_PULL_CONCURRENCY: usize = 4;
+
+/// Where a file of the release is: S3, an SSM parameter, or a local path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    S3 { bucket: String, key: String },
+    Ssm { name: String },
+    Local(PathBuf),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
+            Location::Ssm { name } => write!(f, "ssm:{name}"),
+            Location::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Location {
+    /// Parses a location; a relative local path is taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Location, String> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            return match rest.split_once('/') {
+                Some((bucket, key))
+                    if !bucket.is_empty() && !key.is_empty() && !key.ends_with('/') =>
+                {
+                    Ok(Location::S3 {
+                        bucket: bucket.into(),
+                        key: key.into(),
+                    })
+                }
+                _ => Err(format!("{text:?} is not s3://bucket/key")),
+            };
+        }
+        if let Some(name) = text.strip_prefix("ssm:") {
+            if !name.starts_with('/') || name.len() < 2 {
+                return Err(format!("{text:?} is not ssm:/parameter/name"));
+            }
+            return Ok(Location::Ssm { name: name.into() });
+        }
+        if text.is_empty() || text.contains("://") {
+            return Err(format!(
+                "{text:?} is not s3://bucket/key, ssm:/name or a file path"
+            ));
+        }
+        Ok(Location::Local(base.join(text)))
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Location::Local(_))
+    }
+
+    /// The file name the object takes in the run directory.
+    pub fn file_name(&self) -> String {
+        let s = match self {
+            Location::S3 { key, .. } => key.as_str(),
+            Location::Ssm { name } => name.as_str(),
+            Location::Local(p) => {
+                return p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default()
+            }
+        };
+        s.rsplit('/').next().unwrap_or(s).to_string()
+    }
+}
+
+/// Compose's rule for project names: lowercase letters, digits, dashes and underscores, starting
+/// with a letter or digit. Here because the settings name a project too.
+pub fn is_project_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// The account id an ECR host names: `123456789012.dkr.ecr.us-east-1.amazonaws.com`. Here
+/// because `registries` is checked against it when the settings load.
+pub fn ecr_registry_id(host: &str) -> Option<String> {
+    let (account, rest) = host.split_once('.')?;
+    let is_ecr = rest.starts_with("dkr.ecr.")
+        && (rest.ends_with(".amazonaws.com") || rest.ends_with(".amazonaws.com.cn"));
+    (is_ecr && account.len() == 12 && account.chars().all(|c| c.is_ascii_digit()))
+        .then(|| account.to_string())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -255,8 +345,12 @@ impl AgentConfig {
             key: key.to_string(),
             message,
         };
-        crate::compose::validate_project_name(&raw.project)
-            .map_err(|e| invalid("project", e.to_string()))?;
+        if !is_project_name(&raw.project) {
+            return Err(invalid(
+                "project",
+                format!("invalid project name {:?}: use lowercase letters, digits, dashes and underscores, starting with a letter or digit", raw.project),
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let location = |key: &str, text: &str| {
             Location::parse(text, base).map_err(|message| invalid(key, message))
@@ -359,7 +453,7 @@ impl AgentConfig {
         for (host, r) in &raw.registries {
             if r.auth == RegistryAuth::Ecr
                 && r.registry_id.is_none()
-                && crate::registry::ecr_registry_id(host).is_none()
+                && ecr_registry_id(host).is_none()
             {
                 return Err(invalid(
                     &format!("registries.\"{host}\".registry_id"),
@@ -377,9 +471,7 @@ impl AgentConfig {
             local: raw.local,
             run_dir: raw.run_dir.unwrap_or_else(|| PathBuf::from("/run/berth")),
             s3_path_style: raw.s3_path_style,
-            pull_concurrency: raw
-                .pull_concurrency
-                .unwrap_or(crate::converge::PULL_CONCURRENCY),
+            pull_concurrency: raw.pull_concurrency.unwrap_or(DEFAULT_PULL_CONCURRENCY),
             health: raw.health,
             lifecycle: raw.lifecycle,
             load_balancer: raw.load_balancer,

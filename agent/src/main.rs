@@ -47,7 +47,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth::commands::{self, CommandError, ProjectArgs};
-use berth::progress::{Mode, Progress};
+use berth::engine::progress::{Mode, Progress};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -341,21 +341,21 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         Command::Ps { project, json } => print!("{}", commands::ps(&project.into(), json).await?),
         Command::Config { project } => print!("{}", commands::config(&project.into())?),
         Command::Upgrade { agent, release } => {
-            let req = berth::daemon::Request::Upgrade { release };
+            let req = berth::serve::control::Request::Upgrade { release };
             print!(
                 "{}",
                 commands::control(&agent.config, agent.local, req).await?
             );
         }
         Command::Rollback { agent } => {
-            let req = berth::daemon::Request::Rollback;
+            let req = berth::serve::control::Request::Rollback;
             print!(
                 "{}",
                 commands::control(&agent.config, agent.local, req).await?
             );
         }
         Command::Status { agent } => {
-            let req = berth::daemon::Request::Status;
+            let req = berth::serve::control::Request::Status;
             print!(
                 "{}",
                 commands::control(&agent.config, agent.local, req).await?

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde_norway::Value;
 
+use super::{dotenv, interpolate};
 use super::{ComposeError, LoadOptions};
-use crate::{dotenv, interpolate};
 
 /// The variables interpolation sees: the `.env` file (or `--env-file`s) under the process
 /// environment, which wins, as in compose.

@@ -2,11 +2,14 @@
 //! keys, interpolation, several `-f` files merged, profiles, `env_file`) and yields a [`Project`]
 //! whose services are fully resolved and validated. Nothing here talks to Docker.
 //!
-//! Stages, in order: [`files`] parses and interpolates each file, [`merge`] folds them into one
-//! document, [`model`] turns it into typed, checked [`Service`]s.
+//! Stages, in order: [`files`] parses and interpolates each file (with [`interpolate`]'s
+//! `${...}` rules), [`merge`] folds them into one document, [`model`] turns it into typed,
+//! checked [`Service`]s ([`dotenv`] reads `env_file`s).
 
+pub mod dotenv;
 mod fields;
 mod files;
+pub mod interpolate;
 mod merge;
 mod model;
 
@@ -41,12 +44,12 @@ pub enum ComposeError {
     #[error("{path}: {source}")]
     Interpolate {
         path: PathBuf,
-        source: crate::interpolate::PathError,
+        source: interpolate::PathError,
     },
     #[error("env file {path}: {source}")]
     EnvFile {
         path: PathBuf,
-        source: crate::dotenv::DotenvError,
+        source: dotenv::DotenvError,
     },
     #[error("env file {path} (services.{service}.env_file) not found")]
     EnvFileMissing { service: String, path: PathBuf },
@@ -181,14 +184,7 @@ pub fn normalize_project_name(raw: &str) -> String {
 }
 
 pub fn validate_project_name(name: &str) -> Result<(), ComposeError> {
-    let ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if ok {
+    if crate::config::is_project_name(name) {
         Ok(())
     } else {
         Err(ComposeError::ProjectName {

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_norway::Value;
 use sha2::{Digest, Sha256};
 
+use super::dotenv;
 use super::fields::{parse_duration, parse_port, parse_size, parse_volume};
 use super::ComposeError;
-use crate::dotenv;
 
 // ---------------------------------------------------------------------------------------------
 // The resolved model.

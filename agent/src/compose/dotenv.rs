@@ -4,7 +4,7 @@
 //! well-kept crate implements compose's exact quoting, escape and interpolation rules.
 //! Error messages never contain value text: values are often secrets.
 
-use crate::interpolate::{interpolate, InterpolateError, Lookup};
+use super::interpolate::{interpolate, InterpolateError, Lookup};
 use std::collections::HashMap;
 
 /// Why an env file could not be parsed.

@@ -9,7 +9,7 @@ use bollard::models::{
 };
 
 use crate::compose::{MountKind, Project, Service};
-use crate::docker::labels;
+use crate::engine::docker::labels;
 
 /// One container berth wants to exist.
 #[derive(Debug, Clone)]

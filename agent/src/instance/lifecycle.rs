@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
 
 use crate::aws::{describe, Aws};
-use crate::health::Health;
+use crate::serve::health::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {

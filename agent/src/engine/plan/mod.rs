@@ -11,7 +11,7 @@ use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use serde::Serialize;
 
 use crate::compose::{DependencyCondition, Project};
-use crate::docker::labels;
+use crate::engine::docker::labels;
 pub use spec::ContainerSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -20,10 +20,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::compose::{DependencyCondition, MountKind, Project, PullPolicy, Service};
-use crate::docker::{api_message, labels, DockerError, Engine};
-use crate::plan::{self, Action, ContainerStep, Observed, Plan};
-use crate::progress::Progress;
-use crate::registry::{self, Registries};
+use crate::engine::docker::{api_message, labels, DockerError, Engine};
+use crate::engine::plan::{self, Action, ContainerStep, Observed, Plan};
+use crate::engine::progress::Progress;
+use crate::engine::registry::{self, Registries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvergeError {
@@ -214,8 +214,6 @@ pub async fn plan(
 }
 
 /// Pulls the images that need it, in parallel; returns the local image id per reference.
-/// Pulls at once at most this many images; more only fight over the same link.
-pub const PULL_CONCURRENCY: usize = 4;
 const PULL_ATTEMPTS: u32 = 3;
 
 /// Registry answers that no retry will change.

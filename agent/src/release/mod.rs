@@ -10,73 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::aws::{code_of, describe, Aws};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    S3 { bucket: String, key: String },
-    Ssm { name: String },
-    Local(PathBuf),
-}
-
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
-            Location::Ssm { name } => write!(f, "ssm:{name}"),
-            Location::Local(p) => write!(f, "{}", p.display()),
-        }
-    }
-}
-
-impl Location {
-    /// Parses a location; a relative local path is taken from `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Location, String> {
-        if let Some(rest) = text.strip_prefix("s3://") {
-            return match rest.split_once('/') {
-                Some((bucket, key))
-                    if !bucket.is_empty() && !key.is_empty() && !key.ends_with('/') =>
-                {
-                    Ok(Location::S3 {
-                        bucket: bucket.into(),
-                        key: key.into(),
-                    })
-                }
-                _ => Err(format!("{text:?} is not s3://bucket/key")),
-            };
-        }
-        if let Some(name) = text.strip_prefix("ssm:") {
-            if !name.starts_with('/') || name.len() < 2 {
-                return Err(format!("{text:?} is not ssm:/parameter/name"));
-            }
-            return Ok(Location::Ssm { name: name.into() });
-        }
-        if text.is_empty() || text.contains("://") {
-            return Err(format!(
-                "{text:?} is not s3://bucket/key, ssm:/name or a file path"
-            ));
-        }
-        Ok(Location::Local(base.join(text)))
-    }
-
-    pub fn is_local(&self) -> bool {
-        matches!(self, Location::Local(_))
-    }
-
-    /// The file name the object takes in the run directory.
-    fn file_name(&self) -> String {
-        let s = match self {
-            Location::S3 { key, .. } => key.as_str(),
-            Location::Ssm { name } => name.as_str(),
-            Location::Local(p) => {
-                return p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default()
-            }
-        };
-        s.rsplit('/').next().unwrap_or(s).to_string()
-    }
-}
+pub use crate::config::Location;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {

@@ -29,13 +29,13 @@ use serde::Serialize;
 use crate::aws::Aws;
 use crate::compose::Project;
 use crate::config::{AgentConfig, Strategy};
-use crate::converge::{self, ConvergeError, UpOptions};
-use crate::docker::{labels, DockerError, Engine};
-use crate::health::{Health, Phase};
-use crate::lifecycle::{self, LifecycleError};
-use crate::plan::Action;
-use crate::progress::Progress;
+use crate::engine::converge::{self, ConvergeError, UpOptions};
+use crate::engine::docker::{labels, DockerError, Engine};
+use crate::engine::plan::Action;
+use crate::engine::progress::Progress;
+use crate::instance::lifecycle::{self, LifecycleError};
 use crate::proxy::{self, ProxyError};
+use crate::serve::health::{Health, Phase};
 
 /// Which copy of the routed service a container is.
 pub const COLOR_LABEL: &str = "dev.berth.color";
@@ -887,7 +887,7 @@ impl Upgrader<'_> {
             self.progress,
         )
         .await?;
-        let plan = crate::plan::compute(project, &observed, self.up.remove_orphans);
+        let plan = crate::engine::plan::compute(project, &observed, self.up.remove_orphans);
         let serving = plan
             .containers
             .iter()

@@ -14,16 +14,16 @@ use std::time::{Duration, Instant};
 use crate::aws::Aws;
 use crate::compose::{self, ComposeError, LoadOptions, Project};
 use crate::config::{AgentConfig, ConfigError};
-use crate::converge::{self, ConvergeError, UpOptions};
-use crate::daemon::{self, Answer, DaemonError, Request};
-use crate::docker::{DockerError, Engine};
-use crate::health::{self, Health, HealthError, Phase, ServiceStatus};
-use crate::identity::{Identity, IdentityError, Imds};
-use crate::lifecycle::{self, Hook, LifecycleError, Outcome};
-use crate::plan::{self, Plan};
-use crate::progress::{Mode, Progress};
-use crate::registry::Registries;
+use crate::engine::converge::{self, ConvergeError, UpOptions};
+use crate::engine::docker::{DockerError, Engine};
+use crate::engine::plan::{self, Plan};
+use crate::engine::progress::{Mode, Progress};
+use crate::engine::registry::Registries;
+use crate::instance::identity::{Identity, IdentityError, Imds};
+use crate::instance::lifecycle::{self, Hook, LifecycleError, Outcome};
 use crate::release::{self, Release, ReleaseError};
+use crate::serve::control::{self, Answer, DaemonError, Request};
+use crate::serve::health::{self, Health, HealthError, Phase, ServiceStatus};
 use crate::upgrade::{self, Deployed, UpgradeError, UpgradeLock, Upgrader};
 
 #[derive(Debug, thiserror::Error)]
@@ -601,7 +601,7 @@ async fn hold(health: &Health, booted: &Booted) -> Result<(), AgentError> {
     let deployer = &booted.deployer;
     let config = &deployer.config;
     let socket = config.control_socket();
-    daemon::serve(&socket, deployer.clone()).await?;
+    control::serve(&socket, deployer.clone()).await?;
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
     let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
         .then(|| tokio::spawn(watch(deployer.clone())));

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+pub use crate::config::ecr_registry_id;
 use crate::config::{RegistryAuth, RegistrySettings};
 
 use base64::Engine as _;
@@ -25,15 +26,6 @@ pub enum RegistryError {
         registry_id: String,
         message: String,
     },
-}
-
-/// The account id an ECR host names: `123456789012.dkr.ecr.us-east-1.amazonaws.com`.
-pub fn ecr_registry_id(host: &str) -> Option<String> {
-    let (account, rest) = host.split_once('.')?;
-    let is_ecr = rest.starts_with("dkr.ecr.")
-        && (rest.ends_with(".amazonaws.com") || rest.ends_with(".amazonaws.com.cn"));
-    (is_ecr && account.len() == 12 && account.chars().all(|c| c.is_ascii_digit()))
-        .then(|| account.to_string())
 }
 
 /// Renew a cached token this long before it expires (tokens last 12 hours).

@@ -1,0 +1,195 @@
+//! JSON lines over a 0600 Unix socket: the plumbing under the agent's control socket and
+//! `berth proxy`'s. A client writes one request per line and reads one answer per line; the
+//! server answers each line in its own task. The socket is 0600 because whoever can talk to it
+//! can change what serves. Hand-written because it is forty lines over tokio and serde, and
+//! an RPC crate would bring more than it saves.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("socket {path}: cannot listen")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket {path}: another process is listening here")]
+    InUse { path: PathBuf },
+    #[error("socket {path}")]
+    Talk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket {path}: bad answer {answer:?}")]
+    Answer {
+        path: PathBuf,
+        answer: String,
+        source: serde_json::Error,
+    },
+}
+
+/// What answers a socket's requests.
+pub trait Handler: Send + Sync + 'static {
+    type Request: DeserializeOwned + Send;
+    type Answer: Serialize + Send;
+    fn handle(&self, request: Self::Request) -> impl Future<Output = Self::Answer> + Send;
+    /// The answer to a line that is not a request.
+    fn bad_request(&self, error: serde_json::Error) -> Self::Answer;
+}
+
+/// Binds `path` (mode 0600, its directory created). A socket file left by a killed process is
+/// replaced; one that a live process answers on is an error.
+pub async fn bind(path: &Path) -> Result<UnixListener, IpcError> {
+    let bind_err = |source| IpcError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(IpcError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Answers requests until the task is dropped. Each connection runs in its own task, so a
+/// client that goes away (an SSM timeout) does not cancel the work it asked for.
+pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, mostly: back off rather than spin.
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let answer = match serde_json::from_str::<H::Request>(&line) {
+                    Ok(request) => handler.handle(request).await,
+                    Err(e) => handler.bad_request(e),
+                };
+                let Ok(mut out) = serde_json::to_string(&answer) else {
+                    break;
+                };
+                out.push('\n');
+                if write.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Sends one request and reads its answer. `Ok(None)`: nobody listens at `path`.
+pub async fn call<Req: Serialize, Ans: DeserializeOwned>(
+    path: &Path,
+    request: &Req,
+) -> Result<Option<Ans>, IpcError> {
+    let talk = |source| IpcError::Talk {
+        path: path.to_path_buf(),
+        source,
+    };
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(talk(e)),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(request)
+        .map_err(std::io::Error::other)
+        .map_err(talk)?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await.map_err(talk)?;
+    let mut answer = String::new();
+    BufReader::new(read)
+        .read_line(&mut answer)
+        .await
+        .map_err(talk)?;
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|source| IpcError::Answer {
+            path: path.to_path_buf(),
+            answer: answer.trim_end().to_string(),
+            source,
+        })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Echo;
+
+    impl Handler for Echo {
+        type Request = u32;
+        type Answer = Result<u32, String>;
+        async fn handle(&self, request: u32) -> Result<u32, String> {
+            Ok(request + 1)
+        }
+        fn bad_request(&self, error: serde_json::Error) -> Result<u32, String> {
+            Err(error.to_string())
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_and_refuses_a_second_listener_and_nobody_means_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("c.sock");
+        assert!(call::<u32, Result<u32, String>>(&path, &1)
+            .await
+            .unwrap()
+            .is_none());
+        let listener = bind(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let server = tokio::spawn(serve(listener, Arc::new(Echo)));
+        let answer: Option<Result<u32, String>> = call(&path, &41).await.unwrap();
+        assert_eq!(answer, Some(Ok(42)));
+        let bad: Option<Result<u32, String>> = call(&path, &"x").await.unwrap();
+        assert!(matches!(bad, Some(Err(_))), "{bad:?}");
+        assert!(matches!(bind(&path).await, Err(IpcError::InUse { .. })));
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        // A socket file nobody listens on, as a SIGKILLed process leaves.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(call::<u32, u32>(&path, &1).await.unwrap().is_none());
+        bind(&path).await.unwrap();
+    }
+}
