@@ -10,5 +10,6 @@ pub mod instance;
 pub mod ipc;
 pub mod proxy;
 pub mod release;
+pub mod report;
 pub mod serve;
 pub mod upgrade;

@@ -234,7 +234,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli, started)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", berth::report::chain(&e));
             ExitCode::from(exit_code(&e))
         }
     }

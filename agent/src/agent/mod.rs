@@ -279,7 +279,7 @@ impl Deployer {
             out["proxy"] =
                 match crate::proxy::control(socket, &serde_json::json!({"op": "status"})).await {
                     Ok(v) => v,
-                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                    Err(e) => serde_json::json!({ "error": crate::report::chain(&e) }),
                 };
         }
         let rows = converge::ps(&engine, project).await?;
@@ -308,7 +308,7 @@ impl Deployer {
                 Answer {
                     ok: false,
                     result: None,
-                    error: Some(e.to_string()),
+                    error: Some(crate::report::chain(&e)),
                     code: Some(e.exit_code()),
                 }
             }
@@ -337,7 +337,7 @@ pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError>
             hold(&health, &booted).await
         }
         Err(e) => {
-            let message = e.to_string();
+            let message = crate::report::chain(&e);
             tracing::error!(error = %message, "boot failed");
             health.fail(&message);
             notify(&[sd_notify::NotifyState::Status(&format!(
