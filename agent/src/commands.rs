@@ -1,5 +1,5 @@
 //! The subcommands, each a short composition of the pipeline's stages. They return what to
-//! print; `main.rs` prints it and maps errors to exit codes.
+//! print; `main.rs` prints it and exits with the error's code (`exit.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,8 +9,9 @@ use crate::engine::converge::{self, ConvergeError, PsRow, UpOptions};
 use crate::engine::docker::{DockerError, Engine};
 use crate::engine::plan::{self, Plan};
 use crate::engine::progress::Progress;
+use crate::exit::{Coded, Exit};
 
-/// Any subcommand's failure. Exit codes: see `main.rs`.
+/// Any subcommand's failure. Exit codes: see `exit.rs`.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
@@ -29,9 +30,26 @@ pub enum CommandError {
     Output(String),
     /// The agent answered over its control socket with an error, and the exit code.
     #[error("{message}")]
-    Refused { message: String, code: u8 },
-    #[error(transparent)]
-    Daemon(#[from] crate::serve::control::DaemonError),
+    Refused { message: String, code: Exit },
+    #[error("the agent's control socket")]
+    Control(#[from] crate::ipc::IpcError),
+}
+
+/// Each cause's own code (see `exit.rs`).
+impl Coded for CommandError {
+    fn exit(&self) -> Exit {
+        match self {
+            CommandError::Compose(e) => e.exit(),
+            CommandError::Converge(e) => e.exit(),
+            CommandError::Docker(e) => e.exit(),
+            CommandError::Agent(e) => e.exit(),
+            CommandError::Config(e) => e.exit(),
+            CommandError::Proxy(e) => e.exit(),
+            CommandError::Output(_) => Exit::Failed,
+            CommandError::Refused { code, .. } => *code,
+            CommandError::Control(e) => e.exit(),
+        }
+    }
 }
 
 /// Where a project comes from: the flags compose users know.
@@ -82,7 +100,7 @@ pub async fn up(
     Ok(converge::up(&engine, &project, &opts, progress).await?.plan)
 }
 
-pub async fn plan(
+pub async fn plan_compose(
     args: &ProjectArgs,
     remove_orphans: bool,
     json: bool,
@@ -103,7 +121,7 @@ pub async fn plan(
 }
 
 /// `berth plan --config`: what the agent's boot would do on this machine.
-pub async fn plan_agent(
+pub async fn plan_boot(
     config: &std::path::Path,
     local: bool,
     release: Option<String>,
@@ -116,11 +134,11 @@ pub async fn plan_agent(
         release,
         once: true,
     };
-    let plan = crate::agent::plan(&opts).await?;
+    let plan = crate::agent::plan_boot(&opts).await?;
     if json {
         serde_json::to_string_pretty(&plan).map_err(|e| CommandError::Output(e.to_string()))
     } else {
-        Ok(crate::agent::render_plan(&plan))
+        Ok(plan::render(&plan))
     }
 }
 
@@ -147,28 +165,27 @@ pub async fn agent(
 pub async fn control(
     config: &std::path::Path,
     local: bool,
-    req: crate::serve::control::Request,
+    request: crate::agent::control::Request,
 ) -> Result<String, CommandError> {
-    use crate::serve::control::{self, Request};
     let mut config = crate::config::AgentConfig::load(config)?;
     config.local |= local;
-    let answer = control::request(&config.control_socket(), &req).await?;
-    let value = match answer {
+    let socket = config.control_socket();
+    let value = match crate::agent::control::request(&socket, &request).await? {
         Some(a) if a.ok => a.result.unwrap_or_default(),
         Some(a) => {
             return Err(CommandError::Refused {
                 message: a.error.unwrap_or_else(|| "the agent refused".into()),
-                code: a.code.unwrap_or(1),
+                code: a.code.map_or(Exit::Failed, Exit::from_code),
             })
         }
         None => {
-            tracing::info!(socket = %config.control_socket().display(), "no agent listening: acting in-process");
+            tracing::info!(socket = %socket.display(), "no agent listening: acting in-process");
             let deployer = crate::agent::Deployer::in_process(config).await?;
-            match req {
-                Request::Upgrade { release } => serde_json::json!(deployer.upgrade(release).await?),
-                Request::Rollback => serde_json::json!(deployer.rollback().await?),
-                Request::Status => deployer.status().await?,
-            }
+            let reply = deployer
+                .handle_request(request)
+                .await
+                .map_err(CommandError::Agent)?;
+            serde_json::to_value(reply).map_err(|e| CommandError::Output(e.to_string()))?
         }
     };
     let mut text =

@@ -27,19 +27,8 @@
 //!   `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`); role credentials from
 //!   IMDS on EC2.
 //!
-//! Exit codes:
-//! - 0: done;
-//! - 1: a service failed to start, become healthy or complete (what was running before a
-//!   failed `up` is still running);
-//! - 2: bad command line;
-//! - 3: bad project (compose file, env file, interpolation): nothing was changed;
-//! - 4: the Docker daemon is unreachable or refused a request;
-//! - 5: an image is missing or cannot be pulled: nothing was changed;
-//! - 6: an AWS call failed: instance metadata, S3, SSM, the lifecycle hook, the load balancer;
-//! - 7: another upgrade is running on this host (`upgrade`, `rollback`).
-//!
-//! For `upgrade` and `rollback`, 1 means the new release failed and the previous one serves,
-//! and 4 also covers `berth proxy` or the agent's control socket not answering.
+//! Exit codes: the table in `exit.rs` (0 done, 1 a service or the new release failed, 2 bad
+//! command line, 3 bad input, 4 Docker or a socket, 5 an image, 6 AWS, 7 busy).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -48,6 +37,7 @@ use std::time::Duration;
 
 use berth::commands::{self, CommandError, ProjectArgs};
 use berth::engine::progress::{Mode, Progress};
+use berth::exit::Coded;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -228,14 +218,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return berth::exit::Exit::Failed.into();
         }
     };
     match runtime.block_on(run(cli, started)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", berth::report::chain(&e));
-            ExitCode::from(exit_code(&e))
+            e.exit().into()
         }
     }
 }
@@ -298,7 +288,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         } => {
             print!(
                 "{}",
-                commands::plan_agent(&config, local, release, json).await?
+                commands::plan_boot(&config, local, release, json).await?
             );
         }
         Command::Proxy {
@@ -327,7 +317,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         } => {
             print!(
                 "{}",
-                commands::plan(&project.into(), remove_orphans, json).await?
+                commands::plan_compose(&project.into(), remove_orphans, json).await?
             );
         }
         Command::Down {
@@ -341,21 +331,21 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         Command::Ps { project, json } => print!("{}", commands::ps(&project.into(), json).await?),
         Command::Config { project } => print!("{}", commands::config(&project.into())?),
         Command::Upgrade { agent, release } => {
-            let req = berth::serve::control::Request::Upgrade { release };
+            let req = berth::agent::control::Request::Upgrade { release };
             print!(
                 "{}",
                 commands::control(&agent.config, agent.local, req).await?
             );
         }
         Command::Rollback { agent } => {
-            let req = berth::serve::control::Request::Rollback;
+            let req = berth::agent::control::Request::Rollback;
             print!(
                 "{}",
                 commands::control(&agent.config, agent.local, req).await?
             );
         }
         Command::Status { agent } => {
-            let req = berth::serve::control::Request::Status;
+            let req = berth::agent::control::Request::Status;
             print!(
                 "{}",
                 commands::control(&agent.config, agent.local, req).await?
@@ -363,15 +353,4 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         }
     }
     Ok(())
-}
-
-fn exit_code(e: &CommandError) -> u8 {
-    match e {
-        CommandError::Compose(_) | CommandError::Config(_) | CommandError::Proxy(_) => 3,
-        CommandError::Agent(a) => a.exit_code(),
-        CommandError::Refused { code, .. } => *code,
-        CommandError::Daemon(_) | CommandError::Docker(_) => 4,
-        CommandError::Converge(c) => c.exit_code(),
-        CommandError::Output(_) => 1,
-    }
 }

@@ -16,11 +16,11 @@ pub enum IdentityError {
         path: String,
         message: String,
     },
-    #[error("instance metadata at {endpoint} did not answer within {secs}s: {last}")]
+    #[error("instance metadata at {endpoint} did not answer within {secs}s")]
     Unreachable {
         endpoint: String,
         secs: u64,
-        last: String,
+        source: Box<IdentityError>,
     },
 }
 
@@ -29,8 +29,8 @@ pub struct Identity {
     pub instance_id: String,
     pub region: String,
     pub availability_zone: String,
-    /// `autoscaling/target-lifecycle-state`: `InService`, `Warmed:Stopped`, `Terminated`, ...
-    pub lifecycle_state: Option<String>,
+    /// `autoscaling/target-lifecycle-state`.
+    pub lifecycle_state: Option<LifecycleState>,
     /// The instance's AutoScaling group, from the `aws:autoscaling:groupName` tag (needs
     /// instance metadata tags on); the config's `lifecycle.group` wins.
     pub group: Option<String>,
@@ -49,9 +49,52 @@ impl Identity {
     }
 
     pub fn is_warm_pool(&self) -> bool {
-        self.lifecycle_state
-            .as_deref()
-            .is_some_and(|s| s.starts_with("Warmed:"))
+        matches!(self.lifecycle_state, Some(LifecycleState::Warmed(_)))
+    }
+}
+
+/// Where AutoScaling wants this instance (IMDS `autoscaling/target-lifecycle-state`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum LifecycleState {
+    InService,
+    /// In a warm pool: `Warmed:Stopped`, `Warmed:Running`, `Warmed:Hibernated` (the part after
+    /// the colon).
+    Warmed(String),
+    /// Being scaled in: `Terminated`, or a `Terminating:*` state.
+    Leaving(String),
+    /// A state this version does not act on, as IMDS spelled it.
+    Other(String),
+}
+
+impl LifecycleState {
+    pub fn parse(text: &str) -> LifecycleState {
+        match text {
+            "InService" => LifecycleState::InService,
+            t if t == "Terminated" || t.starts_with("Terminating") => {
+                LifecycleState::Leaving(t.to_string())
+            }
+            t => match t.strip_prefix("Warmed:") {
+                Some(how) => LifecycleState::Warmed(how.to_string()),
+                None => LifecycleState::Other(t.to_string()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for LifecycleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LifecycleState::InService => f.write_str("InService"),
+            LifecycleState::Warmed(how) => write!(f, "Warmed:{how}"),
+            LifecycleState::Leaving(s) | LifecycleState::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<LifecycleState> for String {
+    fn from(s: LifecycleState) -> String {
+        s.to_string()
     }
 }
 
@@ -70,10 +113,13 @@ fn is_not_found(e: &ImdsError) -> bool {
     matches!(e, ImdsError::ErrorResponse(r) if r.response().status().as_u16() == 404)
 }
 
+/// The client's own Display of an error response carries a Debug dump of the response, and
+/// its other errors hide the cause (connection refused, timeout) in their sources: one line,
+/// the status or the causes.
 fn message(e: &ImdsError) -> String {
     match e {
         ImdsError::ErrorResponse(r) => format!("HTTP {}", r.response().status().as_u16()),
-        other => aws_sdk_s3::error::DisplayErrorContext(other).to_string(),
+        other => crate::report::chain(other),
     }
 }
 
@@ -125,7 +171,7 @@ impl Imds {
                     return Err(IdentityError::Unreachable {
                         endpoint: self.endpoint.clone(),
                         secs: timeout.as_secs(),
-                        last: e.to_string(),
+                        source: Box::new(e),
                     })
                 }
                 Err(e) => {
@@ -156,9 +202,11 @@ impl Imds {
         })
     }
 
-    pub async fn lifecycle_state(&self) -> Result<Option<String>, IdentityError> {
-        self.optional("/latest/meta-data/autoscaling/target-lifecycle-state")
-            .await
+    pub async fn lifecycle_state(&self) -> Result<Option<LifecycleState>, IdentityError> {
+        let state = self
+            .optional("/latest/meta-data/autoscaling/target-lifecycle-state")
+            .await?;
+        Ok(state.as_deref().map(LifecycleState::parse))
     }
 
     /// A spot interruption notice (`{"action": "terminate", "time": ...}`), if one is posted.
@@ -171,5 +219,33 @@ impl Imds {
 impl Default for Imds {
     fn default() -> Self {
         Imds::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_states_parse_and_print_as_imds_spells_them() {
+        for (text, state) in [
+            ("InService", LifecycleState::InService),
+            ("Warmed:Stopped", LifecycleState::Warmed("Stopped".into())),
+            ("Terminated", LifecycleState::Leaving("Terminated".into())),
+            (
+                "Terminating:Wait",
+                LifecycleState::Leaving("Terminating:Wait".into()),
+            ),
+            ("Pending", LifecycleState::Other("Pending".into())),
+        ] {
+            assert_eq!(LifecycleState::parse(text), state, "{text}");
+            assert_eq!(state.to_string(), text);
+        }
+        let id = Identity {
+            lifecycle_state: Some(LifecycleState::parse("Warmed:Running")),
+            ..Identity::local()
+        };
+        assert!(id.is_warm_pool());
+        assert!(!Identity::local().is_warm_pool());
     }
 }

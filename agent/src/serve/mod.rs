@@ -1,5 +1,7 @@
-//! What the agent serves while it runs: the health endpoint the load balancer checks (with
-//! `/status`), and the control socket that `berth upgrade`, `rollback` and `status` talk to.
+//! What the agent serves while it runs: its [`state`] (phase, release, services, timings), and
+//! the [`http`] endpoint the load balancer checks (`/healthz`, with `/status` for people).
 
-pub mod control;
-pub mod health;
+pub mod http;
+pub mod state;
+
+pub use state::{AgentState, Phase, ServiceStatus, Status};

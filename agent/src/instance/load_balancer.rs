@@ -1,26 +1,17 @@
-//! Telling AutoScaling and the load balancer: complete the lifecycle hook (CONTINUE when ready,
-//! ABANDON when the boot failed: the group replaces the instance), send heartbeats while a slow
-//! step runs, and wait until the load balancer marks this target healthy.
+//! The load balancer's view of this instance: wait until it marks the target healthy, or until
+//! it stops sending here (a drain). With a target group ARN, DescribeTargetHealth says so;
+//! without one, the ALB checker's consecutive answers on the health endpoint do.
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
 
 use crate::aws::{describe, Aws};
-use crate::serve::health::Health;
+use crate::config::AgentConfig;
+use crate::serve::AgentState;
 
 #[derive(Debug, thiserror::Error)]
-pub enum LifecycleError {
-    #[error("no AutoScaling group for lifecycle hook {hook}: set lifecycle.group, or enable instance metadata tags")]
-    NoGroup { hook: String },
-    #[error("{action} (group {group}, hook {hook}, instance {instance}): {message}")]
-    Call {
-        action: &'static str,
-        group: String,
-        hook: String,
-        instance: String,
-        message: String,
-    },
+pub enum LoadBalancerError {
     #[error("DescribeTargetHealth (target group {target_group}, instance {instance}): {message}")]
     TargetHealth {
         target_group: String,
@@ -43,105 +34,77 @@ pub enum LifecycleError {
     },
 }
 
+/// Which way a wait goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Continue,
-    Abandon,
+pub enum Wait {
+    /// Until the load balancer sends here (the target is healthy).
+    In,
+    /// Until it stops sending here.
+    Out,
 }
 
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Continue => "CONTINUE",
-            Outcome::Abandon => "ABANDON",
+/// Waits until the load balancer sends here again (`Wait::In`) or no more (`Wait::Out`), by
+/// the configured means; with no load balancer configured there is nothing to wait for.
+/// Counting the checker's answers needs no AWS, so a local run behind HAProxy waits too.
+pub async fn wait(
+    config: &AgentConfig,
+    aws: Option<&Aws>,
+    instance: &str,
+    state: &AgentState,
+    way: Wait,
+) -> Result<(), LoadBalancerError> {
+    let lb = &config.load_balancer;
+    let timeout = Duration::from_secs(config.timeouts.in_service_secs);
+    match (aws, &lb.target_group_arn, way) {
+        (Some(aws), Some(arn), Wait::In) => {
+            wait_target_healthy(aws, arn, instance, lb.port, timeout).await
         }
-    }
-}
-
-/// One lifecycle hook of this instance in its group.
-#[derive(Debug, Clone)]
-pub struct Hook {
-    pub aws: Aws,
-    pub group: String,
-    pub hook: String,
-    pub instance: String,
-}
-
-impl Hook {
-    fn call_error(&self, action: &'static str, message: String) -> LifecycleError {
-        LifecycleError::Call {
-            action,
-            group: self.group.clone(),
-            hook: self.hook.clone(),
-            instance: self.instance.clone(),
-            message,
+        (Some(aws), Some(arn), Wait::Out) => {
+            wait_target_out(aws, arn, instance, lb.port, timeout).await
         }
-    }
-
-    pub async fn complete(&self, outcome: Outcome) -> Result<(), LifecycleError> {
-        self.aws
-            .autoscaling
-            .complete_lifecycle_action()
-            .auto_scaling_group_name(&self.group)
-            .lifecycle_hook_name(&self.hook)
-            .instance_id(&self.instance)
-            .lifecycle_action_result(outcome.as_str())
-            .send()
-            .await
-            .map_err(|e| self.call_error("CompleteLifecycleAction", describe(&e)))?;
-        tracing::info!(group = %self.group, hook = %self.hook, result = outcome.as_str(), "lifecycle action completed");
-        Ok(())
-    }
-
-    pub async fn heartbeat(&self) -> Result<(), LifecycleError> {
-        self.aws
-            .autoscaling
-            .record_lifecycle_action_heartbeat()
-            .auto_scaling_group_name(&self.group)
-            .lifecycle_hook_name(&self.hook)
-            .instance_id(&self.instance)
-            .send()
-            .await
-            .map_err(|e| self.call_error("RecordLifecycleActionHeartbeat", describe(&e)))?;
-        tracing::debug!(hook = %self.hook, "lifecycle heartbeat");
-        Ok(())
-    }
-
-    /// Sends heartbeats every `every` until the returned guard is dropped.
-    pub fn keep_alive(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let hook = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = hook.heartbeat().await {
-                    tracing::warn!(error = %e, "lifecycle heartbeat failed");
-                }
+        (_, _, Wait::In) => match lb.healthy_threshold {
+            Some(n) => wait_lb_checks(state, n, instance, timeout).await,
+            None => {
+                tracing::info!("no load balancer configured: not waiting for it");
+                Ok(())
             }
-        })
+        },
+        (_, _, Wait::Out) if lb.healthy_threshold.is_none() && lb.unhealthy_threshold.is_none() => {
+            tracing::info!("no load balancer configured: not waiting for it to drain");
+            Ok(())
+        }
+        (_, _, Wait::Out) => {
+            let n = lb.unhealthy_threshold.unwrap_or(2);
+            tracing::info!(
+                checks = n,
+                "draining: waiting for the load balancer's failed checks"
+            );
+            wait_lb_out(state, n, instance, timeout).await
+        }
     }
 }
 
 /// Waits until DescribeTargetHealth says this instance is `healthy` in the target group.
-pub async fn wait_target_healthy(
+async fn wait_target_healthy(
     aws: &Aws,
     target_group: &str,
     instance: &str,
     port: Option<u16>,
     timeout: Duration,
-) -> Result<(), LifecycleError> {
+) -> Result<(), LoadBalancerError> {
     let healthy = |s: &TargetHealthStateEnum| *s == TargetHealthStateEnum::Healthy;
     wait_target_state(aws, target_group, instance, port, timeout, healthy).await
 }
 
 /// Waits until the load balancer has stopped sending to this instance: DescribeTargetHealth
 /// shows it `unhealthy`, `draining` or `unused`.
-pub async fn wait_target_out(
+async fn wait_target_out(
     aws: &Aws,
     target_group: &str,
     instance: &str,
     port: Option<u16>,
     timeout: Duration,
-) -> Result<(), LifecycleError> {
+) -> Result<(), LoadBalancerError> {
     let out = |s: &TargetHealthStateEnum| {
         matches!(
             s,
@@ -153,11 +116,11 @@ pub async fn wait_target_out(
     wait_target_state(aws, target_group, instance, port, timeout, out)
         .await
         .map_err(|e| match e {
-            LifecycleError::NotInService {
+            LoadBalancerError::NotInService {
                 instance,
                 secs,
                 last,
-            } => LifecycleError::NotOut {
+            } => LoadBalancerError::NotOut {
                 instance,
                 secs,
                 last,
@@ -173,7 +136,7 @@ async fn wait_target_state(
     port: Option<u16>,
     timeout: Duration,
     wanted: impl Fn(&TargetHealthStateEnum) -> bool,
-) -> Result<(), LifecycleError> {
+) -> Result<(), LoadBalancerError> {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(500);
     loop {
@@ -189,7 +152,7 @@ async fn wait_target_state(
             .targets(target)
             .send()
             .await
-            .map_err(|e| LifecycleError::TargetHealth {
+            .map_err(|e| LoadBalancerError::TargetHealth {
                 target_group: target_group.into(),
                 instance: instance.into(),
                 message: describe(&e),
@@ -208,7 +171,7 @@ async fn wait_target_state(
             return Ok(());
         }
         if Instant::now() + delay > deadline {
-            return Err(LifecycleError::NotInService {
+            return Err(LoadBalancerError::NotInService {
                 instance: instance.into(),
                 secs: timeout.as_secs(),
                 last,
@@ -222,15 +185,15 @@ async fn wait_target_state(
 
 /// Without a target group ARN: waits until the ALB's checker has been answered 503
 /// `threshold` times in a row (its unhealthy threshold), so it sends no more requests.
-pub async fn wait_lb_out(
-    health: &Health,
+async fn wait_lb_out(
+    state: &AgentState,
     threshold: u32,
     instance: &str,
     timeout: Duration,
-) -> Result<(), LifecycleError> {
-    tokio::time::timeout(timeout, health.lb_fail_streak_reaches(threshold))
+) -> Result<(), LoadBalancerError> {
+    tokio::time::timeout(timeout, state.lb_fail_streak_reaches(threshold))
         .await
-        .map_err(|_| LifecycleError::NotOut {
+        .map_err(|_| LoadBalancerError::NotOut {
             instance: instance.to_string(),
             secs: timeout.as_secs(),
             last: format!(
@@ -240,15 +203,15 @@ pub async fn wait_lb_out(
 }
 
 /// Without a target group ARN: waits for `threshold` consecutive 200s to the ALB's checker.
-pub async fn wait_lb_checks(
-    health: &Health,
+async fn wait_lb_checks(
+    state: &AgentState,
     threshold: u32,
     instance: &str,
     timeout: Duration,
-) -> Result<(), LifecycleError> {
-    tokio::time::timeout(timeout, health.lb_streak_reaches(threshold))
+) -> Result<(), LoadBalancerError> {
+    tokio::time::timeout(timeout, state.lb_streak_reaches(threshold))
         .await
-        .map_err(|_| LifecycleError::NotInService {
+        .map_err(|_| LoadBalancerError::NotInService {
             instance: instance.to_string(),
             secs: timeout.as_secs(),
             last: format!(

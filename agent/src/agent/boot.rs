@@ -1,0 +1,206 @@
+//! The boot of an instance, stage by stage, each in its own span: identity (IMDSv2) -> fetch
+//! (the release from S3/SSM/local) -> pull and converge (by the upgrade strategy, so that a boot
+//! is an upgrade from nothing) -> serve (health 200, the launch hook CONTINUE, the load
+//! balancer marks the target healthy). A warm-pool instance stops after the pull and goes on
+//! once IMDS says InService.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::deployer::Deployer;
+use super::{load_project, notify, set_phase, AgentError, AgentOptions};
+use crate::compose::Project;
+use crate::engine::converge;
+use crate::engine::docker::Engine;
+use crate::engine::plan::Plan;
+use crate::engine::progress::{Mode, Progress};
+use crate::instance::hook::{Heartbeat, Hook};
+use crate::instance::identity::{Identity, Imds, LifecycleState};
+use crate::instance::load_balancer::{self, Wait};
+use crate::instance::{self, Instance};
+use crate::release::{self, Release};
+use crate::serve::{AgentState, Phase};
+
+/// Everything a boot found out, for holding afterwards.
+#[derive(Debug)]
+pub struct Booted {
+    pub identity: Identity,
+    pub project: Project,
+    pub release: Release,
+    pub deployer: Arc<Deployer>,
+}
+
+/// The identity stage: who this instance is, its AWS clients and its launch hook. The hook is
+/// put in `hook_slot` as soon as it is known, so that a later failure can ABANDON it.
+pub async fn boot(
+    opts: &AgentOptions,
+    state: &AgentState,
+    hook_slot: &mut Option<Hook>,
+    started: Instant,
+) -> Result<Booted, AgentError> {
+    let config = &opts.config;
+    set_phase(state, Phase::Identity);
+    let instance = Instance::discover(config)
+        .instrument(tracing::info_span!("identity"))
+        .await?;
+    let identity = &instance.identity;
+    tracing::info!(instance = %identity.instance_id, region = %identity.region, az = %identity.availability_zone, lifecycle = ?identity.lifecycle_state, "identity");
+    state.update(|s| s.instance_id = Some(identity.instance_id.clone()));
+    *hook_slot = Hook::for_instance(
+        config.lifecycle.hook.as_ref(),
+        config,
+        identity,
+        instance.aws.as_ref(),
+    )?;
+    boot_steps(opts, state, instance, hook_slot.as_ref(), started).await
+}
+
+async fn boot_steps(
+    opts: &AgentOptions,
+    state: &AgentState,
+    instance: Instance,
+    hook: Option<&Hook>,
+    started: Instant,
+) -> Result<Booted, AgentError> {
+    let config = &opts.config;
+    // Heartbeats keep the hook open while slow steps (fetch, pulls, health) run.
+    let mut heartbeat = Heartbeat::start(hook, config.heartbeat());
+    let (release, project) = fetch(opts, state, instance.aws.as_ref())
+        .instrument(tracing::info_span!("fetch"))
+        .await?;
+    let engine = Engine::connect().await?;
+    let deployer = Arc::new(Deployer::new(
+        config.clone(),
+        engine,
+        &instance,
+        Some(state.clone()),
+    ));
+    let phase_state = state.clone();
+    let progress = Progress::new(Mode::Log).with_phases(Arc::new(move |p: &str| {
+        let phase = match p {
+            "pulling" => Phase::Pulling,
+            "starting" => Phase::Starting,
+            _ => Phase::Waiting,
+        };
+        set_phase(&phase_state, phase);
+    }));
+
+    if instance.identity.is_warm_pool() {
+        warm_pool(&deployer, &project, &progress, &instance.identity)
+            .instrument(tracing::info_span!("pull"))
+            .await?;
+        heartbeat.complete(hook).await?;
+        wait_in_service().await;
+        // AutoScaling holds the launch hook a second time on the way to InService.
+        tracing::info!("InService: converging");
+        heartbeat = Heartbeat::start(hook, config.heartbeat());
+    }
+
+    let deployed = deployer
+        .deploy(&release, &project, &progress, false)
+        .instrument(tracing::info_span!("converge"))
+        .await?;
+    tracing::info!(how = ?deployed.how, color = ?deployed.color, backend = ?deployed.backend, "converged");
+    set_phase(state, Phase::Ready);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("ready"),
+    ]);
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), release = ?release.release_id, "services up and healthy");
+
+    async {
+        heartbeat.complete(hook).await?;
+        let id = &instance.identity.instance_id;
+        load_balancer::wait(config, instance.aws.as_ref(), id, state, Wait::In).await?;
+        Ok::<(), AgentError>(())
+    }
+    .instrument(tracing::info_span!("serve"))
+    .await?;
+    state.update(|s| s.in_service = true);
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), "in service");
+    Ok(Booted {
+        identity: instance.identity,
+        project,
+        release,
+        deployer,
+    })
+}
+
+/// The fetch stage: the release's files, and the project they describe.
+async fn fetch(
+    opts: &AgentOptions,
+    state: &AgentState,
+    aws: Option<&crate::aws::Aws>,
+) -> Result<(Release, Project), AgentError> {
+    set_phase(state, Phase::Fetching);
+    let release = release::fetch_release(aws, &opts.config, opts.release.as_deref()).await?;
+    for o in &release.objects {
+        tracing::info!(location = %o.location, version = ?o.version, bytes = o.bytes, "fetched");
+    }
+    state.update(|s| {
+        s.release = release.release_id.clone();
+        s.objects = release.objects.clone();
+    });
+    let project = load_project(&opts.config, &release)?;
+    Ok((release, project))
+}
+
+/// A warm-pool instance gets everything ready but starts nothing until it is needed.
+async fn warm_pool(
+    deployer: &Deployer,
+    project: &Project,
+    progress: &Progress,
+    identity: &Identity,
+) -> Result<(), AgentError> {
+    let mut observed = converge::observe(&deployer.engine, project).await?;
+    converge::pull_images(
+        &deployer.engine,
+        project,
+        &mut observed,
+        &deployer.registries,
+        deployer.config.pull_concurrency,
+        progress,
+    )
+    .await?;
+    if let Some(state) = &deployer.state {
+        set_phase(state, Phase::Warmed);
+    }
+    tracing::info!(state = ?identity.lifecycle_state, "warm pool: images pulled, nothing started; waiting for InService");
+    Ok(())
+}
+
+async fn wait_in_service() {
+    let imds = Imds::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match imds.lifecycle_state().await {
+            Ok(Some(LifecycleState::InService)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %crate::report::chain(&e), "reading the lifecycle state")
+            }
+        }
+    }
+}
+
+/// `berth plan --config`: what a boot would do here. Fetches the release, changes nothing. An
+/// unreachable IMDS only leaves the region to the environment.
+pub async fn plan_boot(opts: &AgentOptions) -> Result<Plan, AgentError> {
+    let config = &opts.config;
+    let region = if config.local {
+        None
+    } else {
+        Imds::new()
+            .identity(Duration::from_secs(config.timeouts.imds_secs))
+            .await
+            .ok()
+            .map(|i| i.region)
+    };
+    let aws = instance::aws_for(config, region).await;
+    let release = release::fetch_release(aws.as_ref(), config, opts.release.as_deref()).await?;
+    let project = load_project(config, &release)?;
+    let engine = Engine::connect().await?;
+    Ok(converge::plan(&engine, &project, true).await?)
+}

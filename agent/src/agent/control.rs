@@ -1,0 +1,136 @@
+//! The resident agent's control socket. `berth upgrade`, `berth rollback` and `berth status`
+//! (what an SSM Run Command runs on the instance) are its clients: one JSON request, one JSON
+//! answer, over [`crate::ipc`] (0600: whoever can upgrade can take the service down). With no
+//! agent listening, the commands act in-process instead.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::deployer::{AgentStatus, Deployer};
+use crate::exit::{Coded, Exit};
+use crate::ipc::{self, Handler, IpcError};
+use crate::upgrade::Deployed;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Upgrade { release: Option<String> },
+    Rollback,
+    Status,
+}
+
+/// What a request produced.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Deployed(Deployed),
+    Status(Box<AgentStatus>),
+}
+
+/// The agent's answer. `R` is [`Reply`] where the agent writes it; the client, which only
+/// prints it, reads it as plain JSON. `code` is the exit code the client exits with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Answer<R> {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<R>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
+}
+
+impl<R> Answer<R> {
+    fn ok(result: R) -> Answer<R> {
+        Answer {
+            ok: true,
+            result: Some(result),
+            error: None,
+            code: None,
+        }
+    }
+
+    fn failed(error: String, code: Exit) -> Answer<R> {
+        Answer {
+            ok: false,
+            result: None,
+            error: Some(error),
+            code: Some(code as u8),
+        }
+    }
+}
+
+impl Handler for Deployer {
+    type Request = Request;
+    type Answer = Answer<Reply>;
+
+    async fn handle(&self, request: Request) -> Answer<Reply> {
+        match self.handle_request(request).await {
+            Ok(reply) => Answer::ok(reply),
+            Err(e) => {
+                let message = crate::report::chain(&e);
+                tracing::error!(error = %message, "control request failed");
+                Answer::failed(message, e.exit())
+            }
+        }
+    }
+
+    fn bad_request(&self, error: serde_json::Error) -> Answer<Reply> {
+        Answer::failed(format!("bad request: {error}"), Exit::Usage)
+    }
+}
+
+/// Binds the control socket and answers it in the background.
+pub async fn listen(path: &Path, deployer: Arc<Deployer>) -> Result<(), IpcError> {
+    let listener = ipc::bind(path).await?;
+    tracing::info!(path = %path.display(), "control socket listening");
+    tokio::spawn(ipc::serve(listener, deployer));
+    Ok(())
+}
+
+/// Sends a request to the agent. `Ok(None)`: no agent listens there (act in-process).
+pub async fn request(
+    path: &Path,
+    request: &Request,
+) -> Result<Option<Answer<serde_json::Value>>, IpcError> {
+    ipc::call(path, request).await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_object_with_an_op() {
+        let r: Request = serde_json::from_str(r#"{"op":"upgrade","release":"v2"}"#).unwrap();
+        assert!(matches!(r, Request::Upgrade { release: Some(ref v) } if v == "v2"));
+        let r: Request = serde_json::from_str(r#"{"op":"upgrade"}"#).unwrap();
+        assert!(matches!(r, Request::Upgrade { release: None }));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn a_failed_answer_carries_the_message_and_the_exit_code() {
+        let a: Answer<Reply> = Answer::failed("another upgrade is running".into(), Exit::Busy);
+        let text = serde_json::to_string(&a).unwrap();
+        let back: Answer<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        assert!(!back.ok);
+        assert_eq!(back.code, Some(7));
+        assert_eq!(back.error.as_deref(), Some("another upgrade is running"));
+        assert!(back.result.is_none());
+    }
+
+    #[tokio::test]
+    async fn no_agent_or_a_stale_socket_means_acting_in_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        assert!(request(&path, &Request::Status).await.unwrap().is_none());
+        // A socket file nobody listens on, as a SIGKILLed agent leaves.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(request(&path, &Request::Status).await.unwrap().is_none());
+    }
+}

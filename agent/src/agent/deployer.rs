@@ -1,0 +1,245 @@
+//! The deployer: what a boot, `berth upgrade`, `rollback` and `status` do, whether they come
+//! through the control socket or run in-process. One Docker connection, one set of registry
+//! credentials, one lock: one upgrade at a time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::control::{Reply, Request};
+use super::{load_project, AgentError};
+use crate::aws::Aws;
+use crate::compose::Project;
+use crate::config::{AgentConfig, Strategy};
+use crate::engine::converge::{self, PsRow, UpOptions};
+use crate::engine::docker::Engine;
+use crate::engine::progress::{Mode, Progress};
+use crate::engine::registry::Registries;
+use crate::instance::Instance;
+use crate::release::{self, Release};
+use crate::serve::{AgentState, Phase, ServiceStatus};
+use crate::upgrade::{self, Deployed, Side, UpgradeError, UpgradeLock, Upgrader};
+
+/// How long an upgrade waits for a lock held for a moment before it refuses as busy.
+const LOCK_PATIENCE: Duration = Duration::from_secs(3);
+
+/// Upgrades, rollbacks and status: what the control socket and the in-process commands do.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    pub config: AgentConfig,
+    pub engine: Engine,
+    pub aws: Option<Aws>,
+    pub instance_id: String,
+    /// The agent's state (None in-process): the drain strategy turns its health 503.
+    pub state: Option<AgentState>,
+    pub registries: Arc<Registries>,
+}
+
+/// `berth status`: the agent's phase and release (when an agent answers), both colors, the
+/// proxy's route, the containers.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    pub project: String,
+    pub strategy: Strategy,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routed_service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub releases: Option<Vec<Side>>,
+    /// The proxy's own status answer, or why there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<serde_json::Value>,
+    pub containers: Vec<PsRow>,
+}
+
+/// What only a running agent knows.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    pub phase: Phase,
+    pub release: Option<String>,
+    pub in_service: bool,
+    pub services: Vec<ServiceStatus>,
+    pub last_error: Option<String>,
+}
+
+impl Deployer {
+    /// The agent's deployer, once the boot knows the instance and Docker answers.
+    pub fn new(
+        config: AgentConfig,
+        engine: Engine,
+        instance: &Instance,
+        state: Option<AgentState>,
+    ) -> Deployer {
+        let registries = Arc::new(Registries::new(
+            config.registries.clone(),
+            instance.aws.as_ref().map(|a| a.ecr.clone()),
+        ));
+        Deployer {
+            config,
+            engine,
+            aws: instance.aws.clone(),
+            instance_id: instance.identity.instance_id.clone(),
+            state,
+            registries,
+        }
+    }
+
+    /// For a command run without an agent: local config, or AWS from the SDK's chain.
+    pub async fn in_process(config: AgentConfig) -> Result<Deployer, AgentError> {
+        let instance = Instance::discover(&config).await?;
+        let engine = Engine::connect().await?;
+        Ok(Deployer::new(config, engine, &instance, None))
+    }
+
+    pub(super) fn up_options(&self) -> UpOptions {
+        UpOptions {
+            remove_orphans: true,
+            wait_timeout: Duration::from_secs(self.config.timeouts.ready_secs),
+            registries: self.registries.clone(),
+            pull_concurrency: self.config.pull_concurrency,
+        }
+    }
+
+    /// The upgrade machinery; `serving` is false at boot (nothing to drain from the load
+    /// balancer yet) and for housekeeping.
+    pub(super) fn upgrader<'a>(&'a self, progress: &'a Progress, serving: bool) -> Upgrader<'a> {
+        Upgrader {
+            engine: &self.engine,
+            config: &self.config,
+            up: self.up_options(),
+            progress,
+            state: self.state.as_ref().filter(|_| serving),
+            aws: self.aws.as_ref(),
+            instance_id: self.instance_id.clone(),
+        }
+    }
+
+    /// One control-socket request.
+    pub async fn handle_request(&self, request: Request) -> Result<Reply, AgentError> {
+        Ok(match request {
+            Request::Upgrade { release } => Reply::Deployed(self.upgrade(release).await?),
+            Request::Rollback => Reply::Deployed(self.rollback().await?),
+            Request::Status => Reply::Status(Box::new(self.status().await?)),
+        })
+    }
+
+    /// Converges a fetched release by the configured strategy, under the upgrade lock.
+    pub(super) async fn deploy(
+        &self,
+        release: &Release,
+        project: &Project,
+        progress: &Progress,
+        serving: bool,
+    ) -> Result<Deployed, AgentError> {
+        let what = format!(
+            "{} release {}",
+            if serving { "upgrade to" } else { "boot" },
+            release.release_id.as_deref().unwrap_or("(unnamed)")
+        );
+        let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
+        let deployed = self
+            .upgrader(progress, serving)
+            .deploy(project, release.release_id.as_deref())
+            .await?;
+        if let Some(state) = &self.state {
+            state.update(|s| {
+                s.release = release.release_id.clone();
+                s.objects = release.objects.clone();
+                if !deployed.services.is_empty() {
+                    s.services = service_statuses(&deployed.services);
+                }
+            });
+        }
+        Ok(deployed)
+    }
+
+    /// `berth upgrade`: the given release, or the one the release pointer names.
+    pub async fn upgrade(&self, release: Option<String>) -> Result<Deployed, AgentError> {
+        let fetched =
+            release::fetch_release(self.aws.as_ref(), &self.config, release.as_deref()).await?;
+        let project = load_project(&self.config, &fetched)?;
+        let progress = Progress::new(Mode::Log);
+        let deployed = self.deploy(&fetched, &project, &progress, true).await?;
+        tracing::info!(release = ?deployed.release, previous = ?deployed.previous, how = ?deployed.how, to_switch_secs = ?deployed.to_switch_secs, "upgrade done");
+        Ok(deployed)
+    }
+
+    /// `berth rollback`: the kept previous release serves again (proxy strategy).
+    pub async fn rollback(&self) -> Result<Deployed, AgentError> {
+        if self.config.upgrade.strategy != Strategy::Proxy {
+            return Err(AgentError::RollbackNeedsProxy);
+        }
+        let _lock =
+            UpgradeLock::acquire_within(&self.config.run_dir, "rollback", LOCK_PATIENCE).await?;
+        let project = &self.config.project;
+        let routed = upgrade::routed_from_labels(&self.engine, project)
+            .await?
+            .ok_or_else(|| UpgradeError::NoPrevious {
+                project: project.clone(),
+            })?;
+        let progress = Progress::new(Mode::Log);
+        let deployed = self
+            .upgrader(&progress, true)
+            .rollback(project, &routed)
+            .await?;
+        if let Some(state) = &self.state {
+            state.update(|s| s.release = deployed.release.clone());
+        }
+        tracing::info!(release = ?deployed.release, from = ?deployed.previous, "rolled back");
+        Ok(deployed)
+    }
+
+    /// `berth status`.
+    pub async fn status(&self) -> Result<AgentStatus, AgentError> {
+        let project = &self.config.project;
+        let agent = self.state.as_ref().map(|state| {
+            let s = state.snapshot();
+            AgentView {
+                phase: s.phase,
+                release: s.release,
+                in_service: s.in_service,
+                services: s.services,
+                last_error: s.last_error,
+            }
+        });
+        let mut status = AgentStatus {
+            project: project.clone(),
+            strategy: self.config.upgrade.strategy,
+            agent,
+            routed_service: None,
+            releases: None,
+            proxy: None,
+            containers: vec![],
+        };
+        if let Some(routed) = upgrade::routed_from_labels(&self.engine, project).await? {
+            let progress = Progress::new(Mode::Quiet);
+            let sides = self.upgrader(&progress, false).sides(&routed).await?;
+            status.routed_service = Some(routed.service);
+            status.releases = Some(sides.into_values().collect());
+        }
+        if self.config.upgrade.strategy == Strategy::Proxy {
+            let socket = &self.config.proxy.control;
+            status.proxy = Some(
+                match crate::proxy::control(socket, &serde_json::json!({"op": "status"})).await {
+                    Ok(v) => v,
+                    Err(e) => serde_json::json!({ "error": crate::report::chain(&e) }),
+                },
+            );
+        }
+        status.containers = converge::ps(&self.engine, project).await?;
+        Ok(status)
+    }
+}
+
+fn service_statuses(services: &BTreeMap<String, String>) -> Vec<ServiceStatus> {
+    services
+        .iter()
+        .map(|(name, state)| ServiceStatus {
+            name: name.clone(),
+            state: state.clone(),
+        })
+        .collect()
+}

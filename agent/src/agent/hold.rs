@@ -1,0 +1,108 @@
+//! Holding: after the boot the agent stays resident. It answers the control socket, upgrades
+//! when the release pointer moves (`upgrade.watch_secs`), expires the kept previous release
+//! (`upgrade.keep_previous_secs`), and leaves on SIGTERM, a scale-in or a spot notice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::boot::Booted;
+use super::deployer::Deployer;
+use super::leave::{leave, wait_for_leave};
+use super::{control, notify, AgentError};
+use crate::config::Strategy;
+use crate::engine::progress::{Mode, Progress};
+use crate::release;
+use crate::serve::AgentState;
+use crate::upgrade::{self, UpgradeError, UpgradeLock};
+
+pub async fn hold(state: &AgentState, booted: &Booted) -> Result<(), AgentError> {
+    let deployer = &booted.deployer;
+    let config = &deployer.config;
+    let socket = config.control_socket();
+    control::listen(&socket, deployer.clone()).await?;
+    tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
+    let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
+        .then(|| tokio::spawn(watch(deployer.clone())));
+    let keeper = match (config.upgrade.strategy, config.upgrade.keep_previous_secs) {
+        (Strategy::Proxy, Some(secs)) => Some(tokio::spawn(expire_previous(
+            deployer.clone(),
+            Duration::from_secs(secs),
+        ))),
+        _ => None,
+    };
+    let reason = wait_for_leave(config.local).await;
+    for task in [watcher, keeper].into_iter().flatten() {
+        task.abort();
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let result = leave(state, booted, reason).await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+/// Removes the stopped previous release after `keep` (checked every quarter of it).
+async fn expire_previous(deployer: Arc<Deployer>, keep: Duration) {
+    let mut seen = BTreeMap::new();
+    let tick = (keep / 4).clamp(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        tokio::time::sleep(tick).await;
+        // Not while an upgrade or rollback runs: they decide about the previous release.
+        let Ok(_lock) =
+            UpgradeLock::acquire(&deployer.config.run_dir, "expiring the previous release")
+        else {
+            continue;
+        };
+        let result = async {
+            let project = &deployer.config.project;
+            if let Some(routed) = upgrade::routed_from_labels(&deployer.engine, project).await? {
+                let progress = Progress::new(Mode::Quiet);
+                deployer
+                    .upgrader(&progress, false)
+                    .expire_previous(&routed, &mut seen, keep)
+                    .await?;
+            }
+            Ok::<(), AgentError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %crate::report::chain(&e), "expiring the previous release");
+        }
+    }
+}
+
+/// Upgrades when the release pointer names another release.
+async fn watch(deployer: Arc<Deployer>) {
+    let every = Duration::from_secs(deployer.config.upgrade.watch_secs);
+    let Some(pointer) = deployer.config.release.clone() else {
+        return;
+    };
+    let mut failed: Option<String> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let wanted = match release::fetch(deployer.aws.as_ref(), &pointer).await {
+            Ok((bytes, _)) => String::from_utf8_lossy(&bytes).trim().to_string(),
+            Err(e) => {
+                tracing::warn!(error = %crate::report::chain(&e), "watch: cannot read the release pointer");
+                continue;
+            }
+        };
+        let current = deployer.state.as_ref().and_then(|s| s.snapshot().release);
+        // A release that failed is not retried until the pointer moves on.
+        if wanted.is_empty()
+            || Some(&wanted) == current.as_ref()
+            || Some(&wanted) == failed.as_ref()
+        {
+            continue;
+        }
+        tracing::info!(release = %wanted, previous = ?current, "watch: the release pointer moved");
+        match deployer.upgrade(Some(wanted.clone())).await {
+            Ok(_) => failed = None,
+            Err(AgentError::Upgrade(UpgradeError::Busy { .. })) => {}
+            Err(e) => {
+                tracing::error!(release = %wanted, error = %crate::report::chain(&e), "watch: upgrade failed");
+                failed = Some(wanted);
+            }
+        }
+    }
+}

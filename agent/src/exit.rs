@@ -1,0 +1,208 @@
+//! berth's exit codes, every one named here once, and which failure gets which. The mapping of
+//! each stage's errors is in this file; errors that only wrap others (the agent's, the
+//! commands') pass their cause's code on.
+//!
+//! | code | meaning |
+//! | ---- | ------- |
+//! | 0 | done |
+//! | 1 | a service failed to start, become healthy or complete; for `upgrade` and `rollback`, the new release failed and the previous one serves |
+//! | 2 | bad command line (or a bad request on the control socket) |
+//! | 3 | bad input: compose file, env file, interpolation, settings, a port already taken; nothing was changed |
+//! | 4 | the Docker daemon, `berth proxy` or the agent's control socket is unreachable or refused |
+//! | 5 | an image is missing or cannot be pulled; nothing was changed |
+//! | 6 | an AWS call failed: instance metadata, S3, SSM, the lifecycle hook, the load balancer |
+//! | 7 | another upgrade is running on this host |
+
+use crate::compose::ComposeError;
+use crate::config::ConfigError;
+use crate::engine::converge::ConvergeError;
+use crate::engine::docker::DockerError;
+use crate::engine::registry::RegistryError;
+use crate::instance::hook::HookError;
+use crate::instance::identity::IdentityError;
+use crate::instance::load_balancer::LoadBalancerError;
+use crate::ipc::IpcError;
+use crate::proxy::ProxyError;
+use crate::release::ReleaseError;
+use crate::serve::http::HttpError;
+use crate::upgrade::UpgradeError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    Failed = 1,
+    Usage = 2,
+    Invalid = 3,
+    Docker = 4,
+    Image = 5,
+    Aws = 6,
+    Busy = 7,
+}
+
+impl Exit {
+    /// The code another berth process sent (the agent's answer over its control socket).
+    pub fn from_code(code: u8) -> Exit {
+        match code {
+            0 => Exit::Ok,
+            2 => Exit::Usage,
+            3 => Exit::Invalid,
+            4 => Exit::Docker,
+            5 => Exit::Image,
+            6 => Exit::Aws,
+            7 => Exit::Busy,
+            _ => Exit::Failed,
+        }
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+/// An error that knows its exit code.
+pub trait Coded {
+    fn exit(&self) -> Exit;
+}
+
+impl Coded for ConfigError {
+    fn exit(&self) -> Exit {
+        Exit::Invalid
+    }
+}
+
+impl Coded for ComposeError {
+    fn exit(&self) -> Exit {
+        Exit::Invalid
+    }
+}
+
+impl Coded for HttpError {
+    fn exit(&self) -> Exit {
+        // The health endpoint's port is taken.
+        Exit::Invalid
+    }
+}
+
+impl Coded for DockerError {
+    fn exit(&self) -> Exit {
+        Exit::Docker
+    }
+}
+
+impl Coded for RegistryError {
+    fn exit(&self) -> Exit {
+        Exit::Image
+    }
+}
+
+impl Coded for ConvergeError {
+    fn exit(&self) -> Exit {
+        match self {
+            ConvergeError::Docker(_) => Exit::Docker,
+            ConvergeError::ImageMissing { .. }
+            | ConvergeError::Pull { .. }
+            | ConvergeError::Registry(_) => Exit::Image,
+            ConvergeError::NoHealthcheck { .. }
+            | ConvergeError::PortTaken { .. }
+            | ConvergeError::ExternalNetworkMissing { .. }
+            | ConvergeError::ExternalVolumeMissing { .. } => Exit::Invalid,
+            _ => Exit::Failed,
+        }
+    }
+}
+
+impl Coded for IdentityError {
+    fn exit(&self) -> Exit {
+        Exit::Aws
+    }
+}
+
+impl Coded for ReleaseError {
+    fn exit(&self) -> Exit {
+        match self {
+            // The settings or the files at hand are wrong; no AWS call failed.
+            ReleaseError::Local { .. }
+            | ReleaseError::Write { .. }
+            | ReleaseError::NameClash { .. }
+            | ReleaseError::RemoteInLocalRun { .. } => Exit::Invalid,
+            _ => Exit::Aws,
+        }
+    }
+}
+
+impl Coded for HookError {
+    fn exit(&self) -> Exit {
+        Exit::Aws
+    }
+}
+
+impl Coded for LoadBalancerError {
+    fn exit(&self) -> Exit {
+        Exit::Aws
+    }
+}
+
+impl Coded for IpcError {
+    fn exit(&self) -> Exit {
+        Exit::Docker
+    }
+}
+
+impl Coded for ProxyError {
+    fn exit(&self) -> Exit {
+        match self {
+            // The traffic port is taken, or the saved route is unreadable.
+            ProxyError::Listen { .. } | ProxyError::State { .. } => Exit::Invalid,
+            _ => Exit::Docker,
+        }
+    }
+}
+
+impl Coded for UpgradeError {
+    fn exit(&self) -> Exit {
+        match self {
+            UpgradeError::Busy { .. } => Exit::Busy,
+            UpgradeError::Routed { .. } | UpgradeError::NoPrevious { .. } => Exit::Invalid,
+            UpgradeError::Proxy(_) | UpgradeError::Docker(_) => Exit::Docker,
+            UpgradeError::Converge(c) | UpgradeError::NewRelease { source: c, .. } => c.exit(),
+            UpgradeError::LoadBalancer(_) => Exit::Aws,
+            UpgradeError::Lock { .. }
+            | UpgradeError::Probe { .. }
+            | UpgradeError::RolledBack { .. }
+            | UpgradeError::Previous { .. }
+            | UpgradeError::NoBackend { .. } => Exit::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_new_release_passes_its_cause_on_and_busy_is_seven() {
+        let busy = UpgradeError::Busy {
+            holder: "upgrade to release 2".into(),
+        };
+        assert_eq!(busy.exit() as u8, 7);
+        let missing = ConvergeError::ImageMissing {
+            service: "web".into(),
+            image: "web:9".into(),
+        };
+        assert_eq!(missing.exit(), Exit::Image);
+        let new = UpgradeError::NewRelease {
+            release: "9".into(),
+            source: missing,
+        };
+        assert_eq!(new.exit(), Exit::Image);
+        let cfg = ConfigError::Invalid {
+            path: "/etc/berth/berth.toml".into(),
+            key: "project".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(cfg.exit() as u8, 3);
+    }
+}

@@ -1,0 +1,160 @@
+//! The agent's state, shared by the pipeline (which moves the phase on) and the HTTP server
+//! (which answers from it): the phase, the release and its fetched objects, the services, the
+//! timings, the last error, and the load balancer checker's streaks. Never an environment value.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::release::ObjectRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Identity,
+    Fetching,
+    Pulling,
+    Starting,
+    Waiting,
+    /// Warm pool: fetched and pulled, nothing started, waiting to go in service.
+    Warmed,
+    /// Every service is up and healthy: the endpoint answers 200.
+    Ready,
+    Draining,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Identity => "identity",
+            Phase::Fetching => "fetching",
+            Phase::Pulling => "pulling",
+            Phase::Starting => "starting",
+            Phase::Waiting => "waiting",
+            Phase::Warmed => "warmed",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: String,
+}
+
+/// What `/status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub phase: Phase,
+    pub project: String,
+    pub instance_id: Option<String>,
+    pub release: Option<String>,
+    pub objects: Vec<ObjectRecord>,
+    pub services: Vec<ServiceStatus>,
+    /// Seconds from process start to the start of each phase.
+    pub timings: BTreeMap<String, f64>,
+    /// Whether the load balancer has marked this instance healthy.
+    pub in_service: bool,
+    pub last_error: Option<String>,
+}
+
+/// The agent's state, cheap to clone: every clone sees the same.
+#[derive(Debug, Clone)]
+pub struct AgentState {
+    status: Arc<Mutex<Status>>,
+    started: Instant,
+    /// Consecutive 200s answered to the ALB's checker.
+    lb_streak: watch::Sender<u32>,
+    /// Consecutive non-200s answered to the ALB's checker (while draining).
+    lb_fail_streak: watch::Sender<u32>,
+}
+
+impl AgentState {
+    pub fn new(project: &str, started: Instant) -> AgentState {
+        let status = Status {
+            phase: Phase::Identity,
+            project: project.to_string(),
+            instance_id: None,
+            release: None,
+            objects: vec![],
+            services: vec![],
+            timings: BTreeMap::from([("identity".to_string(), started.elapsed().as_secs_f64())]),
+            in_service: false,
+            last_error: None,
+        };
+        AgentState {
+            status: Arc::new(Mutex::new(status)),
+            started,
+            lb_streak: watch::channel(0).0,
+            lb_fail_streak: watch::channel(0).0,
+        }
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Status)) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s);
+    }
+
+    pub fn snapshot(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.snapshot().phase
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        self.update(|s| {
+            if s.phase != phase {
+                s.phase = phase;
+                s.timings
+                    .entry(phase.as_str().to_string())
+                    .or_insert(elapsed);
+            }
+        });
+        tracing::info!(phase = phase.as_str(), "phase");
+    }
+
+    pub fn fail(&self, error: &str) {
+        self.update(|s| s.last_error = Some(error.to_string()));
+        self.set_phase(Phase::Failed);
+    }
+
+    /// Waits until the ALB's checker has had `threshold` consecutive 200s.
+    pub async fn lb_streak_reaches(&self, threshold: u32) {
+        let mut rx = self.lb_streak.subscribe();
+        let _ = rx.wait_for(|n| *n >= threshold).await;
+    }
+
+    /// Waits until the ALB's checker has had `threshold` consecutive failures, counted from
+    /// now on.
+    pub async fn lb_fail_streak_reaches(&self, threshold: u32) {
+        self.lb_fail_streak.send_replace(0);
+        let mut rx = self.lb_fail_streak.subscribe();
+        let _ = rx.wait_for(|n| *n >= threshold).await;
+    }
+
+    /// Counts passing checks from now on (after a drain, the old streak means nothing).
+    pub fn reset_lb_streak(&self) {
+        self.lb_streak.send_replace(0);
+    }
+
+    /// Counts a check by the load balancer's checker, answered ready (200) or not (503).
+    pub fn record_lb_check(&self, ready: bool) {
+        self.lb_streak
+            .send_modify(|n| *n = if ready { *n + 1 } else { 0 });
+        self.lb_fail_streak
+            .send_modify(|n| *n = if ready { 0 } else { *n + 1 });
+    }
+}

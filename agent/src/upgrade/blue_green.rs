@@ -1,0 +1,318 @@
+//! The proxy strategy: the new release starts in the idle color beside the serving one, passes
+//! its health gate, takes the traffic at the proxy's switch, is watched for `verify_secs`
+//! (failing: switched back), and the old color drains and stops, kept for `berth rollback`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::colors::{colorize, routed, sides_of, Color, Routed, Side};
+use super::{Deployed, How, UpgradeError, Upgrader};
+use crate::compose::Project;
+use crate::engine::converge::{self, ConvergeError};
+use crate::engine::plan::Action;
+use crate::proxy;
+
+impl Upgrader<'_> {
+    pub(super) async fn deploy_proxy(
+        &self,
+        project: &Project,
+        release: Option<&str>,
+    ) -> Result<Deployed, UpgradeError> {
+        let started = Instant::now();
+        let routed = routed(project, self.config)?;
+        let release_name = release.unwrap_or("(unnamed)").to_string();
+        let serving = self.recover(&routed).await?;
+        let traffic = self.config.proxy.port;
+
+        // The routed service unchanged: converge the rest in place.
+        if let Some(serving) = &serving {
+            let same = colorize(project, &routed, serving.color, release, traffic);
+            let plan = converge::plan(self.engine, &same, self.up.remove_orphans).await?;
+            let keep = plan
+                .steps_for(&routed.colored(serving.color))
+                .all(|s| s.action == Action::Keep);
+            if keep {
+                let report = converge::up(self.engine, &same, &self.up, self.progress).await?;
+                return Ok(Deployed {
+                    release: release.map(String::from),
+                    previous: serving.release.clone(),
+                    how: How::converged(&report.plan),
+                    color: Some(serving.color),
+                    backend: serving.backend,
+                    to_switch_secs: None,
+                    services: report.services,
+                });
+            }
+        }
+
+        let next = serving
+            .as_ref()
+            .map(|s| s.color.other())
+            .unwrap_or(Color::Blue);
+        // A kept previous release in the color we need goes now.
+        if let Some(stale) = self.sides(&routed).await?.remove(&next) {
+            self.remove_side(&stale).await;
+        }
+        let colored = colorize(project, &routed, next, release, traffic);
+        tracing::info!(release = %release_name, color = %next, "starting the new release beside the serving one");
+        let report = match converge::up(self.engine, &colored, &self.up, self.progress).await {
+            Ok(r) => r,
+            Err(source) => {
+                if let Some(new) = self.sides(&routed).await?.remove(&next) {
+                    self.remove_side(&new).await;
+                }
+                if serving.is_none() {
+                    // A first start: there is no previous release to speak of.
+                    return Err(UpgradeError::Converge(source));
+                }
+                return Err(UpgradeError::NewRelease {
+                    release: release_name,
+                    source,
+                });
+            }
+        };
+        let new = self.sides(&routed).await?.remove(&next);
+        let Some((new, backend)) = new.and_then(|s| s.backend.map(|b| (s, b))) else {
+            return Err(UpgradeError::NoBackend {
+                color: next,
+                container: routed.colored(next),
+                port: routed.port,
+            });
+        };
+        if let Err(e) = self.gate(&release_name, backend).await {
+            self.remove_side(&new).await;
+            return Err(e);
+        }
+        self.switch(backend).await?;
+        let to_switch = started.elapsed().as_secs_f64();
+        tracing::info!(release = %release_name, color = %next, %backend, seconds = to_switch, "switched");
+
+        let Some(old) = serving else {
+            return Ok(Deployed {
+                release: release.map(String::from),
+                previous: None,
+                how: How::Started,
+                color: Some(next),
+                backend: Some(backend),
+                to_switch_secs: Some(to_switch),
+                services: report.services,
+            });
+        };
+        if let Err(reason) = self.verify(&new).await {
+            // Back to the release that was serving; it never stopped.
+            if let Some(b) = old.backend {
+                self.switch(b).await?;
+            }
+            self.drain(backend).await?;
+            self.remove_side(&new).await;
+            let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
+            tracing::error!(release = %release_name, %reason, previous = %previous, "rolled back");
+            return Err(UpgradeError::RolledBack {
+                release: release_name,
+                previous,
+                reason,
+            });
+        }
+        if let Some(b) = old.backend {
+            self.drain(b).await?;
+        }
+        self.stop_side(&old).await;
+        Ok(Deployed {
+            release: release.map(String::from),
+            previous: old.release.clone(),
+            how: How::Switched,
+            color: Some(next),
+            backend: Some(backend),
+            to_switch_secs: Some(to_switch),
+            services: report.services,
+        })
+    }
+
+    /// `berth rollback`: the kept previous release serves again.
+    pub async fn rollback(&self, project: &str, routed: &Routed) -> Result<Deployed, UpgradeError> {
+        let serving = self.recover(routed).await?;
+        let mut sides = self.sides(routed).await?;
+        let prev_color = serving
+            .as_ref()
+            .map(|s| s.color.other())
+            .unwrap_or(Color::Blue);
+        let Some(prev) = sides.remove(&prev_color) else {
+            return Err(UpgradeError::NoPrevious {
+                project: project.into(),
+            });
+        };
+        let prev_name = prev
+            .release
+            .clone()
+            .unwrap_or_else(|| prev.color.to_string());
+        let current = serving
+            .as_ref()
+            .and_then(|s| s.release.clone())
+            .unwrap_or_else(|| "nothing".into());
+        let deadline = Instant::now() + Duration::from_secs(self.config.timeouts.ready_secs);
+        for id in &prev.ids {
+            let started = match self.engine.start(id).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(ConvergeError::Docker(e)),
+            };
+            let ready = match started {
+                Ok(()) => {
+                    converge::wait_running(self.engine, &routed.colored(prev_color), id, deadline)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(source) = ready {
+                self.stop_side(&prev).await;
+                return Err(UpgradeError::Previous {
+                    release: prev_name,
+                    current,
+                    source,
+                });
+            }
+        }
+        // A restarted container gets a new ephemeral port.
+        let prev = self.sides(routed).await?.remove(&prev_color);
+        let Some((prev, backend)) = prev.and_then(|s| s.backend.map(|b| (s, b))) else {
+            return Err(UpgradeError::NoBackend {
+                color: prev_color,
+                container: routed.colored(prev_color),
+                port: routed.port,
+            });
+        };
+        self.gate(&prev_name, backend).await?;
+        self.switch(backend).await?;
+        if let Some(old) = &serving {
+            if let Some(b) = old.backend {
+                self.drain(b).await?;
+            }
+            self.stop_side(old).await;
+        }
+        Ok(Deployed {
+            release: prev.release.clone(),
+            previous: serving.and_then(|s| s.release),
+            how: How::RolledBack,
+            color: Some(prev_color),
+            backend: Some(backend),
+            to_switch_secs: None,
+            services: BTreeMap::new(),
+        })
+    }
+
+    /// Removes the stopped previous release once it has been seen stopped for `keep`
+    /// (`upgrade.keep_previous_secs`). `seen` remembers since when, per container; after an
+    /// agent restart the count starts again, which only keeps it longer.
+    pub async fn expire_previous(
+        &self,
+        routed: &Routed,
+        seen: &mut BTreeMap<String, Instant>,
+        keep: Duration,
+    ) -> Result<(), UpgradeError> {
+        let sides = self.sides(routed).await?;
+        let stopped: Vec<&Side> = sides.values().filter(|s| !s.running).collect();
+        seen.retain(|id, _| stopped.iter().any(|s| s.ids.contains(id)));
+        for side in stopped {
+            let since = side
+                .ids
+                .iter()
+                .map(|id| *seen.entry(id.clone()).or_insert_with(Instant::now))
+                .min()
+                .unwrap_or_else(Instant::now);
+            if since.elapsed() >= keep {
+                self.remove_side(side).await;
+                tracing::info!(release = ?side.release, color = %side.color, kept_secs = keep.as_secs(), "removed the previous release");
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the services stop for good: the proxy lets requests in flight to the serving
+    /// release finish (up to `drain_secs`).
+    pub async fn drain_serving(&self, routed: &Routed) {
+        match self.proxy_route().await {
+            Ok((Some(b), _)) => {
+                if let Err(e) = self.drain(b).await {
+                    tracing::warn!(error = %e, "drain before stopping");
+                }
+            }
+            Ok((None, _)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, service = %routed.service, "drain before stopping")
+            }
+        }
+    }
+
+    /// Both colors of the routed service, as Docker reports them.
+    pub async fn sides(&self, routed: &Routed) -> Result<BTreeMap<Color, Side>, UpgradeError> {
+        let containers = self.engine.project_containers(&self.config.project).await?;
+        Ok(sides_of(&containers, routed))
+    }
+
+    pub(super) fn proxy_socket(&self) -> &Path {
+        &self.config.proxy.control
+    }
+
+    /// The proxy's route: the backend it sends to now, and the one before it.
+    pub(super) async fn proxy_route(
+        &self,
+    ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), UpgradeError> {
+        let status =
+            proxy::control(self.proxy_socket(), &serde_json::json!({"op": "status"})).await?;
+        let addr = |key: &str| {
+            status
+                .get(key)
+                .and_then(|a| a.as_str())
+                .and_then(|a| a.parse().ok())
+        };
+        Ok((addr("active"), addr("previous")))
+    }
+
+    pub(super) async fn switch(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
+        let answer = proxy::control(
+            self.proxy_socket(),
+            &serde_json::json!({"op": "route", "backend": backend.to_string()}),
+        )
+        .await?;
+        proxy::expect_ok(self.proxy_socket(), &answer)?;
+        Ok(())
+    }
+
+    pub(super) async fn drain(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
+        let ms = self.config.upgrade.drain_secs * 1000;
+        let answer = proxy::control(
+            self.proxy_socket(),
+            &serde_json::json!({"op": "drain", "backend": backend.to_string(), "timeout_ms": ms}),
+        )
+        .await?;
+        if answer.get("ok").and_then(|v| v.as_bool()) != Some(true) {
+            // Not fatal: the old release is past its drain time and stops anyway (gracefully).
+            self.progress.warn(&format!(
+                "drain of {backend}: {}",
+                answer
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("incomplete")
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn stop_side(&self, side: &Side) {
+        for id in &side.ids {
+            // The container's own stop_grace_period (set at create) applies.
+            if let Err(e) = self.engine.stop(id, None).await {
+                tracing::warn!(color = %side.color, error = %e, "stopping the old release");
+            }
+        }
+    }
+
+    pub(super) async fn remove_side(&self, side: &Side) {
+        for id in &side.ids {
+            if let Err(e) = self.engine.remove(id, true).await {
+                tracing::warn!(color = %side.color, error = %e, "removing containers");
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The drain strategy, without a proxy: pull while still in service, turn `/healthz` 503 and
+//! wait until the load balancer stops sending, converge in place (a failed recreate puts the
+//! old containers back), then wait until the load balancer sends again.
+
+use super::{Deployed, How, UpgradeError, Upgrader};
+use crate::compose::Project;
+use crate::engine::converge;
+use crate::engine::plan::Action;
+use crate::instance::load_balancer::{self, Wait};
+use crate::serve::Phase;
+
+impl Upgrader<'_> {
+    pub(super) async fn deploy_drain(
+        &self,
+        project: &Project,
+        release: Option<&str>,
+    ) -> Result<Deployed, UpgradeError> {
+        // At boot nothing is in the load balancer yet: a plain converge, one look at Docker.
+        let Some(state) = self.state else {
+            return self.converge_in_place(project, release, None).await;
+        };
+        // Pull while still in service: the instance is out of the load balancer only for the
+        // recreate itself.
+        let mut observed = converge::observe(self.engine, project).await?;
+        converge::pull_images(
+            self.engine,
+            project,
+            &mut observed,
+            &self.up.registries,
+            self.up.pull_concurrency,
+            self.progress,
+        )
+        .await?;
+        let plan = crate::engine::plan::compute(project, &observed, self.up.remove_orphans);
+        let serving = plan
+            .containers
+            .iter()
+            .any(|c| c.existing.is_some() && c.action != Action::Orphan);
+        if !serving || plan.is_noop() {
+            return self.converge_in_place(project, release, None).await;
+        }
+        let previous = state.snapshot().release;
+        state.set_phase(Phase::Draining);
+        if let Err(e) = self.wait_lb(Wait::Out, state).await {
+            state.set_phase(Phase::Ready);
+            return Err(e);
+        }
+        let result = self.converge_in_place(project, release, previous).await;
+        // Either the new release or (restored by converge) the old one serves now.
+        state.reset_lb_streak();
+        state.set_phase(Phase::Ready);
+        let deployed = result.map_err(|e| match e {
+            UpgradeError::Converge(source) => UpgradeError::NewRelease {
+                release: release.unwrap_or("(unnamed)").into(),
+                source,
+            },
+            other => other,
+        })?;
+        self.wait_lb(Wait::In, state).await?;
+        Ok(deployed)
+    }
+
+    pub(super) async fn converge_in_place(
+        &self,
+        project: &Project,
+        release: Option<&str>,
+        previous: Option<String>,
+    ) -> Result<Deployed, UpgradeError> {
+        let report = converge::up(self.engine, project, &self.up, self.progress).await?;
+        Ok(Deployed {
+            release: release.map(String::from),
+            previous,
+            how: How::converged(&report.plan),
+            color: None,
+            backend: None,
+            to_switch_secs: None,
+            services: report.services,
+        })
+    }
+
+    /// Waits until the load balancer stops sending here, or sends again.
+    pub async fn wait_lb(
+        &self,
+        way: Wait,
+        state: &crate::serve::AgentState,
+    ) -> Result<(), UpgradeError> {
+        load_balancer::wait(self.config, self.aws, &self.instance_id, state, way).await?;
+        Ok(())
+    }
+}
