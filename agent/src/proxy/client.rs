@@ -1,0 +1,184 @@
+//! The agent's side of the control socket: one typed function per request.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::protocol::{Drained, Reply, Request, Routed, Status};
+use super::ProxyError;
+use crate::ipc::{self, IpcError};
+
+/// Switches the proxy at `socket` to `backend`; a refusal is an error.
+pub async fn route(socket: &Path, backend: SocketAddr) -> Result<Routed, ProxyError> {
+    let routed: Routed = ask(socket, &Request::Route { backend }).await?;
+    if !routed.ok {
+        return Err(refused(socket, &routed));
+    }
+    Ok(routed)
+}
+
+/// The route and the per-backend counters.
+pub async fn status(socket: &Path) -> Result<Status, ProxyError> {
+    ask(socket, &Request::Status).await
+}
+
+/// Waits until nothing is in flight to `backend`, up to `timeout`. An incomplete drain is an
+/// answer (`ok: false`, with what is left), not an error.
+pub async fn drain(
+    socket: &Path,
+    backend: SocketAddr,
+    timeout: Duration,
+) -> Result<Drained, ProxyError> {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let request = Request::Drain {
+        backend,
+        timeout_ms: Some(timeout_ms),
+    };
+    ask(socket, &request).await
+}
+
+/// Sends `request` and reads its answer as `T`; a refusal (a request the proxy did not
+/// understand) is an error.
+async fn ask<T: DeserializeOwned>(socket: &Path, request: &Request) -> Result<T, ProxyError> {
+    match call(socket, request).await? {
+        Reply::Done(answer) => Ok(answer),
+        Reply::Refused(r) => Err(refused(socket, &r)),
+    }
+}
+
+async fn call<Req: serde::Serialize, Ans: DeserializeOwned>(
+    socket: &Path,
+    request: &Req,
+) -> Result<Ans, ProxyError> {
+    match ipc::call(socket, request).await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(ProxyError::NotRunning {
+            path: socket.to_path_buf(),
+        }),
+        Err(IpcError::Talk { path, source }) => Err(ProxyError::Control { path, source }),
+        Err(IpcError::Answer {
+            path,
+            answer,
+            source,
+        }) => Err(ProxyError::Answer {
+            path,
+            answer,
+            source: Some(source),
+        }),
+        Err(e) => Err(ProxyError::ControlSocket(e)),
+    }
+}
+
+fn refused(socket: &Path, answer: &impl serde::Serialize) -> ProxyError {
+    ProxyError::Answer {
+        path: socket.to_path_buf(),
+        answer: serde_json::to_string(answer).unwrap_or_default(),
+        source: None,
+    }
+}
+
+// Old untyped client: callers move to client::{route,status,drain}.
+/// Sends one control request and returns the answer, whatever it says.
+pub async fn control(
+    path: &Path,
+    request: &serde_json::Value,
+) -> Result<serde_json::Value, ProxyError> {
+    call(path, request).await
+}
+
+// Old untyped client: callers move to client::{route,status,drain}.
+/// An answer without `"ok": true` is an error naming the socket.
+pub fn expect_ok(path: &Path, answer: &serde_json::Value) -> Result<(), ProxyError> {
+    if answer.get("ok").and_then(|v| v.as_bool()) == Some(true) {
+        return Ok(());
+    }
+    Err(refused(path, answer))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ipc::Handler;
+    use crate::proxy::protocol::{Answer, Refused};
+
+    /// A proxy's control socket that refuses routes to port 1 and knows nothing in flight.
+    #[derive(Debug)]
+    struct Fake;
+
+    impl Handler for Fake {
+        type Request = Request;
+        type Answer = Answer;
+        async fn handle(&self, request: Request) -> Answer {
+            match request {
+                Request::Route { backend } if backend.port() == 1 => Answer::Routed(Routed {
+                    ok: false,
+                    active: backend,
+                    previous: None,
+                }),
+                Request::Route { backend } => Answer::Routed(Routed {
+                    ok: true,
+                    active: backend,
+                    previous: None,
+                }),
+                Request::Status => Answer::Refused(Refused {
+                    ok: false,
+                    error: "no status here".into(),
+                }),
+                Request::Drain { backend, .. } => Answer::Drained(Drained {
+                    ok: true,
+                    backend,
+                    inflight: 0,
+                }),
+            }
+        }
+        fn bad_request(&self, error: serde_json::Error) -> Answer {
+            Answer::Refused(Refused {
+                ok: false,
+                error: error.to_string(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_and_untyped_calls_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("proxy.sock");
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        assert!(matches!(
+            status(&socket).await,
+            Err(ProxyError::NotRunning { .. })
+        ));
+        let listener = ipc::bind(&socket).await.unwrap();
+        let server = tokio::spawn(ipc::serve(listener, Arc::new(Fake)));
+
+        assert_eq!(route(&socket, a).await.unwrap().active, a);
+        let refusal = route(&socket, "127.0.0.1:1".parse().unwrap()).await;
+        assert!(
+            matches!(&refusal, Err(ProxyError::Answer { path, .. }) if path == &socket),
+            "{refusal:?}"
+        );
+        let refusal = status(&socket).await.unwrap_err().to_string();
+        assert!(refusal.contains("no status here"), "{refusal}");
+        let drained = drain(&socket, a, Duration::from_secs(1)).await.unwrap();
+        assert!(drained.ok);
+
+        let bad = control(&socket, &serde_json::json!({"op": "nope"}))
+            .await
+            .unwrap();
+        assert_eq!(bad["ok"], false, "{bad}");
+        assert!(expect_ok(&socket, &bad).is_err());
+        let ok = control(
+            &socket,
+            &serde_json::json!({"op": "drain", "backend": "127.0.0.1:2"}),
+        )
+        .await
+        .unwrap();
+        expect_ok(&socket, &ok).unwrap();
+        server.abort();
+    }
+}
