@@ -49,10 +49,17 @@ pub struct AgentStatus {
     pub routed_service: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub releases: Option<Vec<Side>>,
-    /// The proxy's own status answer, or why there is none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<serde_json::Value>,
+    pub proxy: Option<ProxyView>,
     pub containers: Vec<PsRow>,
+}
+
+/// The proxy's own status answer, or why there is none.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ProxyView {
+    Status(crate::proxy::protocol::Status),
+    Unreachable { error: String },
 }
 
 /// What only a running agent knows.
@@ -222,12 +229,12 @@ impl Deployer {
         }
         if self.config.upgrade.strategy == Strategy::Proxy {
             let socket = &self.config.proxy.control;
-            status.proxy = Some(
-                match crate::proxy::control(socket, &serde_json::json!({"op": "status"})).await {
-                    Ok(v) => v,
-                    Err(e) => serde_json::json!({ "error": crate::report::chain(&e) }),
+            status.proxy = Some(match crate::proxy::client::status(socket).await {
+                Ok(s) => ProxyView::Status(s),
+                Err(e) => ProxyView::Unreachable {
+                    error: crate::report::chain(&e),
                 },
-            );
+            });
         }
         status.containers = converge::ps(&self.engine, project).await?;
         Ok(status)

@@ -79,24 +79,6 @@ fn refused(socket: &Path, answer: &impl serde::Serialize) -> ProxyError {
     }
 }
 
-// Old untyped client: callers move to client::{route,status,drain}.
-/// Sends one control request and returns the answer, whatever it says.
-pub async fn control(
-    path: &Path,
-    request: &serde_json::Value,
-) -> Result<serde_json::Value, ProxyError> {
-    call(path, request).await
-}
-
-// Old untyped client: callers move to client::{route,status,drain}.
-/// An answer without `"ok": true` is an error naming the socket.
-pub fn expect_ok(path: &Path, answer: &serde_json::Value) -> Result<(), ProxyError> {
-    if answer.get("ok").and_then(|v| v.as_bool()) == Some(true) {
-        return Ok(());
-    }
-    Err(refused(path, answer))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -145,7 +127,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn typed_and_untyped_calls_and_their_errors() {
+    async fn calls_and_their_errors() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("proxy.sock");
         let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
@@ -167,18 +149,6 @@ mod tests {
         let drained = drain(&socket, a, Duration::from_secs(1)).await.unwrap();
         assert!(drained.ok);
 
-        let bad = control(&socket, &serde_json::json!({"op": "nope"}))
-            .await
-            .unwrap();
-        assert_eq!(bad["ok"], false, "{bad}");
-        assert!(expect_ok(&socket, &bad).is_err());
-        let ok = control(
-            &socket,
-            &serde_json::json!({"op": "drain", "backend": "127.0.0.1:2"}),
-        )
-        .await
-        .unwrap();
-        expect_ok(&socket, &ok).unwrap();
         server.abort();
     }
 }

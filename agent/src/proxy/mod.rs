@@ -29,7 +29,6 @@ mod routes;
 mod server;
 
 // Old untyped client: callers move to client::{route,status,drain}.
-pub use client::{control, expect_ok};
 pub use routes::Routes;
 pub use server::run;
 

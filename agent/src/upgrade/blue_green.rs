@@ -12,7 +12,7 @@ use super::{Deployed, How, UpgradeError, Upgrader};
 use crate::compose::Project;
 use crate::engine::converge::{self, ConvergeError};
 use crate::engine::plan::Action;
-use crate::proxy;
+use crate::proxy::{self, ProxyError};
 
 impl Upgrader<'_> {
     pub(super) async fn deploy_proxy(
@@ -258,43 +258,29 @@ impl Upgrader<'_> {
     pub(super) async fn proxy_route(
         &self,
     ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), UpgradeError> {
-        let status =
-            proxy::control(self.proxy_socket(), &serde_json::json!({"op": "status"})).await?;
-        let addr = |key: &str| {
-            status
-                .get(key)
-                .and_then(|a| a.as_str())
-                .and_then(|a| a.parse().ok())
-        };
-        Ok((addr("active"), addr("previous")))
+        let status = proxy::client::status(self.proxy_socket()).await?;
+        Ok((status.active, status.previous))
     }
 
     pub(super) async fn switch(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
-        let answer = proxy::control(
-            self.proxy_socket(),
-            &serde_json::json!({"op": "route", "backend": backend.to_string()}),
-        )
-        .await?;
-        proxy::expect_ok(self.proxy_socket(), &answer)?;
+        proxy::client::route(self.proxy_socket(), backend).await?;
         Ok(())
     }
 
+    /// Waits until nothing is in flight to `backend`, up to `drain_secs`. Not finishing is not
+    /// fatal: the old release is past its drain time and stops anyway (gracefully).
     pub(super) async fn drain(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
-        let ms = self.config.upgrade.drain_secs * 1000;
-        let answer = proxy::control(
-            self.proxy_socket(),
-            &serde_json::json!({"op": "drain", "backend": backend.to_string(), "timeout_ms": ms}),
-        )
-        .await?;
-        if answer.get("ok").and_then(|v| v.as_bool()) != Some(true) {
-            // Not fatal: the old release is past its drain time and stops anyway (gracefully).
-            self.progress.warn(&format!(
-                "drain of {backend}: {}",
-                answer
-                    .get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("incomplete")
-            ));
+        let timeout = Duration::from_secs(self.config.upgrade.drain_secs);
+        match proxy::client::drain(self.proxy_socket(), backend, timeout).await {
+            Ok(d) if d.ok => {}
+            Ok(d) => self.progress.warn(&format!(
+                "drain of {backend}: incomplete, {} in flight",
+                d.inflight
+            )),
+            Err(e @ ProxyError::Answer { .. }) => self
+                .progress
+                .warn(&format!("drain of {backend}: {}", crate::report::chain(&e))),
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
