@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -55,15 +55,16 @@ impl Aws {
 }
 
 /// One line for an SDK error: the service's code and message when it answered, else the
-/// whole cause chain (timeouts, connection refused).
+/// cause chain (timeouts, connection refused). Not the SDK's `DisplayErrorContext`, which
+/// appends a Debug dump of the whole error.
 pub fn describe<E>(e: &E) -> String
 where
-    E: ProvideErrorMetadata + std::error::Error,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match (e.code(), e.message()) {
         (Some(code), Some(msg)) => format!("{code}: {msg}"),
         (Some(code), None) => code.to_string(),
-        _ => DisplayErrorContext(e).to_string(),
+        _ => crate::report::chain(e),
     }
 }
 

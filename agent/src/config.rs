@@ -300,6 +300,99 @@ struct RawConfig {
     registries: BTreeMap<String, RegistrySettings>,
 }
 
+impl RawConfig {
+    /// The keys checked one by one; an error is the key and what is wrong with it.
+    fn check(&self) -> Result<(), (String, String)> {
+        if !self.health.path.starts_with('/') {
+            return Err((
+                "health.path".into(),
+                format!("{:?} must start with /", self.health.path),
+            ));
+        }
+        if self.health.path == "/status" {
+            return Err((
+                "health.path".into(),
+                "/status is berth's status page; choose another path".into(),
+            ));
+        }
+        if let Some(arn) = &self.load_balancer.target_group_arn {
+            if !arn.starts_with("arn:") || !arn.contains(":targetgroup/") {
+                return Err((
+                    "load_balancer.target_group_arn".into(),
+                    format!("{arn:?} is not a target group ARN"),
+                ));
+            }
+        }
+        if self.load_balancer.healthy_threshold == Some(0) {
+            return Err((
+                "load_balancer.healthy_threshold".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (key, secs) in [
+            ("timeouts.imds_secs", self.timeouts.imds_secs),
+            ("timeouts.fetch_secs", self.timeouts.fetch_secs),
+            ("timeouts.ready_secs", self.timeouts.ready_secs),
+            ("timeouts.in_service_secs", self.timeouts.in_service_secs),
+        ] {
+            if secs == 0 {
+                return Err((key.into(), "must be at least 1 second".into()));
+            }
+        }
+        if self.upgrade.drain_secs == 0 {
+            return Err((
+                "upgrade.drain_secs".into(),
+                "must be at least 1 second".into(),
+            ));
+        }
+        if self.proxy.port == 0 {
+            return Err((
+                "proxy.port".into(),
+                "must be a port number (1-65535)".into(),
+            ));
+        }
+        if let Some(p) = &self.proxy.health_path {
+            if !p.starts_with('/') {
+                return Err((
+                    "proxy.health_path".into(),
+                    format!("{p:?} must start with /"),
+                ));
+            }
+        }
+        if self.pull_concurrency == Some(0) {
+            return Err(("pull_concurrency".into(), "must be at least 1".into()));
+        }
+        if self.lifecycle.heartbeat_secs == Some(0) {
+            return Err((
+                "lifecycle.heartbeat_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        for (host, r) in &self.registries {
+            if r.auth == RegistryAuth::Ecr
+                && r.registry_id.is_none()
+                && ecr_registry_id(host).is_none()
+            {
+                return Err((
+                    format!("registries.\"{host}\".registry_id"),
+                    "is required for an ECR registry whose host does not name its account".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_release_var(name: &str) -> Result<(), (&'static str, String)> {
+    if name.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(("release_var", format!("{name:?} is not a variable name")));
+    }
+    Ok(())
+}
+
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -373,94 +466,9 @@ impl AgentConfig {
             .as_deref()
             .map(|r| location("release", r))
             .transpose()?;
-        let release_var = raw.release_var.unwrap_or_else(|| "RELEASE".into());
-        if release_var.is_empty()
-            || !release_var
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || release_var.starts_with(|c: char| c.is_ascii_digit())
-        {
-            return Err(invalid(
-                "release_var",
-                format!("{release_var:?} is not a variable name"),
-            ));
-        }
-        if !raw.health.path.starts_with('/') {
-            return Err(invalid(
-                "health.path",
-                format!("{:?} must start with /", raw.health.path),
-            ));
-        }
-        if raw.health.path == "/status" {
-            return Err(invalid(
-                "health.path",
-                "/status is berth's status page; choose another path".into(),
-            ));
-        }
-        if let Some(arn) = &raw.load_balancer.target_group_arn {
-            if !arn.starts_with("arn:") || !arn.contains(":targetgroup/") {
-                return Err(invalid(
-                    "load_balancer.target_group_arn",
-                    format!("{arn:?} is not a target group ARN"),
-                ));
-            }
-        }
-        if raw.load_balancer.healthy_threshold == Some(0) {
-            return Err(invalid(
-                "load_balancer.healthy_threshold",
-                "must be at least 1".into(),
-            ));
-        }
-        for (key, secs) in [
-            ("timeouts.imds_secs", raw.timeouts.imds_secs),
-            ("timeouts.fetch_secs", raw.timeouts.fetch_secs),
-            ("timeouts.ready_secs", raw.timeouts.ready_secs),
-            ("timeouts.in_service_secs", raw.timeouts.in_service_secs),
-        ] {
-            if secs == 0 {
-                return Err(invalid(key, "must be at least 1 second".into()));
-            }
-        }
-        if raw.upgrade.drain_secs == 0 {
-            return Err(invalid(
-                "upgrade.drain_secs",
-                "must be at least 1 second".into(),
-            ));
-        }
-        if raw.proxy.port == 0 {
-            return Err(invalid(
-                "proxy.port",
-                "must be a port number (1-65535)".into(),
-            ));
-        }
-        if let Some(p) = &raw.proxy.health_path {
-            if !p.starts_with('/') {
-                return Err(invalid(
-                    "proxy.health_path",
-                    format!("{p:?} must start with /"),
-                ));
-            }
-        }
-        if raw.pull_concurrency == Some(0) {
-            return Err(invalid("pull_concurrency", "must be at least 1".into()));
-        }
-        if raw.lifecycle.heartbeat_secs == Some(0) {
-            return Err(invalid(
-                "lifecycle.heartbeat_secs",
-                "must be at least 1".into(),
-            ));
-        }
-        for (host, r) in &raw.registries {
-            if r.auth == RegistryAuth::Ecr
-                && r.registry_id.is_none()
-                && ecr_registry_id(host).is_none()
-            {
-                return Err(invalid(
-                    &format!("registries.\"{host}\".registry_id"),
-                    "is required for an ECR registry whose host does not name its account".into(),
-                ));
-            }
-        }
+        let release_var = raw.release_var.clone().unwrap_or_else(|| "RELEASE".into());
+        check_release_var(&release_var).map_err(|(k, m)| invalid(k, m))?;
+        raw.check().map_err(|(k, m)| invalid(&k, m))?;
         Ok(AgentConfig {
             path: path.to_path_buf(),
             project: raw.project,

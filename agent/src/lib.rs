@@ -28,3 +28,106 @@ pub mod release;
 pub mod report;
 pub mod serve;
 pub mod upgrade;
+
+/// The layering above, checked: every `crate::` path in a module's files names a module below
+/// it, so that no import cycle can creep in.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod layering {
+    use std::path::Path;
+
+    /// Each module's rank: a module may use only modules of a lower rank.
+    const RANKS: [(&str, u8); 14] = [
+        ("commands", 10),
+        ("agent", 9),
+        ("exit", 8),
+        ("upgrade", 7),
+        ("instance", 6),
+        ("serve", 5),
+        ("release", 4),
+        ("proxy", 4),
+        ("engine", 3),
+        ("compose", 2),
+        ("aws", 1),
+        ("ipc", 1),
+        ("config", 0),
+        ("report", 0),
+    ];
+
+    fn rank(module: &str) -> Option<u8> {
+        RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
+    }
+
+    /// The modules a file names through `crate::x` or `crate::{x, y}`.
+    fn used(text: &str) -> Vec<String> {
+        let mut out = vec![];
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group[..group.find('}').unwrap_or(0)]
+                    .split(',')
+                    .map(|n| n.trim().split("::").next().unwrap_or(""))
+                    .collect(),
+                None => vec![rest
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap_or("")],
+            };
+            out.extend(
+                names
+                    .into_iter()
+                    .filter(|n| !n.is_empty())
+                    .map(String::from),
+            );
+        }
+        out
+    }
+
+    fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn modules_only_use_modules_below_them() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = vec![];
+        files(&src, &mut all);
+        let mut wrong = vec![];
+        for file in &all {
+            let rel = file.strip_prefix(&src).unwrap();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy();
+            let module = top.trim_end_matches(".rs");
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let own = rank(module).unwrap_or_else(|| panic!("module {module} has no rank"));
+            for used in used(&std::fs::read_to_string(file).unwrap()) {
+                match rank(&used) {
+                    Some(r) if used == module || r < own => {}
+                    _ => wrong.push(format!("{} uses crate::{used}", rel.display())),
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "imports against the layering:\n{}",
+            wrong.join("\n")
+        );
+        assert_eq!(
+            used("use crate::{a::B, c};\nx(crate::d::e)"),
+            ["a", "c", "d"]
+        );
+    }
+}

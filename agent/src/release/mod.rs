@@ -3,14 +3,17 @@
 //! are written under the run directory, 0700, each file 0600, never logged; each object's
 //! version (S3 VersionId or ETag, SSM parameter version) goes into the deployment record.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+mod fetch;
+mod files;
+
+use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::aws::{code_of, describe, Aws};
+use crate::aws::Aws;
+use crate::config::AgentConfig;
 pub use crate::config::Location;
+pub use fetch::fetch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -60,170 +63,84 @@ pub struct Release {
     pub objects: Vec<ObjectRecord>,
 }
 
-/// Reads one object: its bytes and version.
-pub async fn fetch(
-    aws: Option<&Aws>,
-    location: &Location,
-) -> Result<(Vec<u8>, Option<String>), ReleaseError> {
-    match location {
-        Location::Local(path) => {
-            let bytes = std::fs::read(path).map_err(|source| ReleaseError::Local {
-                path: path.clone(),
-                source,
-            })?;
-            Ok((bytes, None))
-        }
-        _ if aws.is_none() => Err(ReleaseError::RemoteInLocalRun {
-            location: location.to_string(),
-        }),
-        Location::S3 { bucket, key } => {
-            let s3 = &aws
-                .map(|a| &a.s3)
-                .ok_or_else(|| ReleaseError::RemoteInLocalRun {
-                    location: location.to_string(),
-                })?;
-            let err = |message: String| ReleaseError::S3 {
-                bucket: bucket.clone(),
-                key: key.clone(),
-                message,
-            };
-            let out = s3.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
-                let service = e.as_service_error().map(|se| (code_of(se), describe(se)));
-                match service {
-                    Some((Some(code), _)) if code == "NoSuchKey" => err("no such key (NoSuchKey)".into()),
-                    Some((Some(code), _)) if code == "NoSuchBucket" => err("no such bucket (NoSuchBucket)".into()),
-                    Some((Some(code), _)) if code == "AccessDenied" => {
-                        err("access denied (AccessDenied): the instance role needs s3:GetObject on it".into())
-                    }
-                    Some((_, msg)) => err(msg),
-                    None => err(describe(&e)),
-                }
-            })?;
-            let version = out
-                .version_id()
-                .map(String::from)
-                .or_else(|| out.e_tag().map(|t| t.trim_matches('"').to_string()));
-            let body = out
-                .body
-                .collect()
-                .await
-                .map_err(|e| err(format!("reading the body: {e}")))?;
-            Ok((body.into_bytes().to_vec(), version))
-        }
-        Location::Ssm { name } => {
-            let ssm = &aws
-                .map(|a| &a.ssm)
-                .ok_or_else(|| ReleaseError::RemoteInLocalRun {
-                    location: location.to_string(),
-                })?;
-            let out = ssm
-                .get_parameter()
-                .name(name)
-                .with_decryption(true)
-                .send()
-                .await
-                .map_err(|e| {
-                    let message = match e.as_service_error() {
-                        Some(se) if se.is_parameter_not_found() => {
-                            "parameter not found (ParameterNotFound)".to_string()
-                        }
-                        Some(se) => describe(se),
-                        None => describe(&e),
-                    };
-                    ReleaseError::Ssm {
-                        name: name.clone(),
-                        message,
-                    }
-                })?;
-            let p = out.parameter();
-            let value = p.and_then(|p| p.value()).unwrap_or_default();
-            let version = p.map(|p| p.version().to_string());
-            Ok((value.as_bytes().to_vec(), version))
-        }
-    }
-}
-
-/// Writes `bytes` to `path` with mode 0600, atomically (a reader never sees half a file).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
-    let tmp = path.with_extension("berth-tmp");
-    let werr = |source| ReleaseError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(werr)?;
-    f.write_all(bytes).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    std::fs::rename(&tmp, path).map_err(werr)
-}
-
 /// Fetches the release: remote files into `run_dir/<project>/`, local ones used in place.
 pub async fn fetch_release(
     aws: Option<&Aws>,
-    config: &crate::config::AgentConfig,
+    config: &AgentConfig,
     release_override: Option<&str>,
 ) -> Result<Release, ReleaseError> {
     let mut objects = Vec::new();
     let release_id = match (release_override, &config.release) {
         (Some(r), _) => Some(r.to_string()),
-        (None, Some(loc)) => {
-            let (bytes, version) = fetch(aws, loc).await?;
-            let id = String::from_utf8_lossy(&bytes).trim().to_string();
-            if id.is_empty() {
-                return Err(ReleaseError::EmptyRelease {
-                    location: loc.to_string(),
-                });
-            }
-            objects.push(ObjectRecord {
-                location: loc.to_string(),
-                version,
-                bytes: bytes.len(),
-            });
-            Some(id)
-        }
+        (None, Some(pointer)) => Some(release_id(aws, pointer, &mut objects).await?),
         (None, None) => None,
     };
-    if let Location::Local(path) = &config.compose {
-        let len = std::fs::metadata(path)
-            .map_err(|source| ReleaseError::Local {
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        objects.push(ObjectRecord {
-            location: config.compose.to_string(),
-            version: None,
-            bytes: len as usize,
-        });
-        for env in &config.env_files {
-            let (bytes, version) = fetch(aws, env).await?;
-            objects.push(ObjectRecord {
-                location: env.to_string(),
-                version,
-                bytes: bytes.len(),
-            });
-        }
-        return Ok(Release {
-            compose_file: path.clone(),
-            release_id,
-            objects,
+    let compose_file = match &config.compose {
+        Location::Local(path) => local_files(aws, config, path, &mut objects).await?,
+        _ => remote_files(aws, config, &mut objects).await?,
+    };
+    Ok(Release {
+        compose_file,
+        release_id,
+        objects,
+    })
+}
+
+fn record(location: &Location, version: Option<String>, bytes: usize) -> ObjectRecord {
+    ObjectRecord {
+        location: location.to_string(),
+        version,
+        bytes,
+    }
+}
+
+/// The release id the pointer holds (never empty).
+async fn release_id(
+    aws: Option<&Aws>,
+    pointer: &Location,
+    objects: &mut Vec<ObjectRecord>,
+) -> Result<String, ReleaseError> {
+    let (bytes, version) = fetch(aws, pointer).await?;
+    let id = String::from_utf8_lossy(&bytes).trim().to_string();
+    if id.is_empty() {
+        return Err(ReleaseError::EmptyRelease {
+            location: pointer.to_string(),
         });
     }
+    objects.push(record(pointer, version, bytes.len()));
+    Ok(id)
+}
 
-    let dir = config.run_dir.join(&config.project);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| ReleaseError::Write {
-            path: dir.clone(),
+/// A local compose file is used where it is; its env files are read to check them.
+async fn local_files(
+    aws: Option<&Aws>,
+    config: &AgentConfig,
+    path: &std::path::Path,
+    objects: &mut Vec<ObjectRecord>,
+) -> Result<PathBuf, ReleaseError> {
+    let len = std::fs::metadata(path)
+        .map_err(|source| ReleaseError::Local {
+            path: path.to_path_buf(),
             source,
-        })?;
+        })?
+        .len();
+    objects.push(record(&config.compose, None, len as usize));
+    for env in &config.env_files {
+        let (bytes, version) = fetch(aws, env).await?;
+        objects.push(record(env, version, bytes.len()));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// Remote files are written beside each other under `run_dir/<project>/`: the compose file's
+/// path is returned.
+async fn remote_files(
+    aws: Option<&Aws>,
+    config: &AgentConfig,
+    objects: &mut Vec<ObjectRecord>,
+) -> Result<PathBuf, ReleaseError> {
+    let dir = config.run_dir.join(&config.project);
+    files::private_dir(&dir)?;
     let mut names: Vec<(String, String)> = Vec::new();
     let mut wanted = vec![&config.compose];
     wanted.extend(config.env_files.iter());
@@ -242,27 +159,21 @@ pub async fn fetch_release(
         }
         names.push((loc.to_string(), name.clone()));
         let path = dir.join(&name);
-        write_private(&path, &bytes)?;
+        files::write_private(&path, &bytes)?;
         if compose_file.as_os_str().is_empty() {
             compose_file = path;
         }
-        objects.push(ObjectRecord {
-            location: loc.to_string(),
-            version,
-            bytes: bytes.len(),
-        });
+        objects.push(record(loc, version, bytes.len()));
     }
-    Ok(Release {
-        compose_file,
-        release_id,
-        objects,
-    })
+    Ok(compose_file)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::files::write_private;
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn locations_parse() {

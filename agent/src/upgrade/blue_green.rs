@@ -22,48 +22,99 @@ impl Upgrader<'_> {
     ) -> Result<Deployed, UpgradeError> {
         let started = Instant::now();
         let routed = routed(project, self.config)?;
-        let release_name = release.unwrap_or("(unnamed)").to_string();
         let serving = self.recover(&routed).await?;
-        let traffic = self.config.proxy.port;
-
-        // The routed service unchanged: converge the rest in place.
         if let Some(serving) = &serving {
-            let same = colorize(project, &routed, serving.color, release, traffic);
-            let plan = converge::plan(self.engine, &same, self.up.remove_orphans).await?;
-            let keep = plan
-                .steps_for(&routed.colored(serving.color))
-                .all(|s| s.action == Action::Keep);
-            if keep {
-                let report = converge::up(self.engine, &same, &self.up, self.progress).await?;
-                return Ok(Deployed {
-                    release: release.map(String::from),
-                    previous: serving.release.clone(),
-                    how: How::converged(&report.plan),
-                    color: Some(serving.color),
-                    backend: serving.backend,
-                    to_switch_secs: None,
-                    services: report.services,
-                });
+            if let Some(kept) = self.unchanged(project, &routed, serving, release).await? {
+                return Ok(kept);
             }
         }
-
         let next = serving
             .as_ref()
             .map(|s| s.color.other())
             .unwrap_or(Color::Blue);
+        let release_name = release.unwrap_or("(unnamed)").to_string();
+        let had_previous = serving.is_some();
+        let (new, backend, services) = self
+            .start_color(project, &routed, next, release, had_previous)
+            .await?;
+        self.switch(backend).await?;
+        let to_switch = started.elapsed().as_secs_f64();
+        tracing::info!(release = %release_name, color = %next, %backend, seconds = to_switch, "switched");
+        let deployed = Deployed {
+            release: release.map(String::from),
+            previous: None,
+            how: How::Started,
+            color: Some(next),
+            backend: Some(backend),
+            to_switch_secs: Some(to_switch),
+            services,
+        };
+        let Some(old) = serving else {
+            return Ok(deployed);
+        };
+        self.settle(&new, backend, &old, &release_name).await?;
+        Ok(Deployed {
+            previous: old.release.clone(),
+            how: How::Switched,
+            ..deployed
+        })
+    }
+
+    /// With the routed service unchanged, the rest converges in place: `Some` outcome. `None`:
+    /// the routed service changed, and a new color is needed.
+    async fn unchanged(
+        &self,
+        project: &Project,
+        routed: &Routed,
+        serving: &Side,
+        release: Option<&str>,
+    ) -> Result<Option<Deployed>, UpgradeError> {
+        let traffic = self.config.proxy.port;
+        let same = colorize(project, routed, serving.color, release, traffic);
+        let plan = converge::plan(self.engine, &same, self.up.remove_orphans).await?;
+        let keep = plan
+            .steps_for(&routed.colored(serving.color))
+            .all(|s| s.action == Action::Keep);
+        if !keep {
+            return Ok(None);
+        }
+        let report = converge::up(self.engine, &same, &self.up, self.progress).await?;
+        Ok(Some(Deployed {
+            release: release.map(String::from),
+            previous: serving.release.clone(),
+            how: How::converged(&report.plan),
+            color: Some(serving.color),
+            backend: serving.backend,
+            to_switch_secs: None,
+            services: report.services,
+        }))
+    }
+
+    /// Converges the release into color `next` beside the serving one and waits until it passes
+    /// its health gate: the new side, its backend, and each service's state. Failing, nothing of
+    /// it is left behind.
+    async fn start_color(
+        &self,
+        project: &Project,
+        routed: &Routed,
+        next: Color,
+        release: Option<&str>,
+        had_previous: bool,
+    ) -> Result<(Side, SocketAddr, BTreeMap<String, String>), UpgradeError> {
+        let release_name = release.unwrap_or("(unnamed)").to_string();
         // A kept previous release in the color we need goes now.
-        if let Some(stale) = self.sides(&routed).await?.remove(&next) {
+        if let Some(stale) = self.sides(routed).await?.remove(&next) {
             self.remove_side(&stale).await;
         }
-        let colored = colorize(project, &routed, next, release, traffic);
+        let colored = colorize(project, routed, next, release, self.config.proxy.port);
         tracing::info!(release = %release_name, color = %next, "starting the new release beside the serving one");
         let report = match converge::up(self.engine, &colored, &self.up, self.progress).await {
             Ok(r) => r,
             Err(source) => {
-                if let Some(new) = self.sides(&routed).await?.remove(&next) {
+                if let Some(new) = self.sides(routed).await?.remove(&next) {
                     self.remove_side(&new).await;
                 }
-                if serving.is_none() {
+                if !had_previous {
                     // A first start: there is no previous release to speak of.
                     return Err(UpgradeError::Converge(source));
                 }
@@ -73,7 +124,7 @@ impl Upgrader<'_> {
                 });
             }
         };
-        let new = self.sides(&routed).await?.remove(&next);
+        let new = self.sides(routed).await?.remove(&next);
         let Some((new, backend)) = new.and_then(|s| s.backend.map(|b| (s, b))) else {
             return Err(UpgradeError::NoBackend {
                 color: next,
@@ -85,32 +136,28 @@ impl Upgrader<'_> {
             self.remove_side(&new).await;
             return Err(e);
         }
-        self.switch(backend).await?;
-        let to_switch = started.elapsed().as_secs_f64();
-        tracing::info!(release = %release_name, color = %next, %backend, seconds = to_switch, "switched");
+        Ok((new, backend, report.services))
+    }
 
-        let Some(old) = serving else {
-            return Ok(Deployed {
-                release: release.map(String::from),
-                previous: None,
-                how: How::Started,
-                color: Some(next),
-                backend: Some(backend),
-                to_switch_secs: Some(to_switch),
-                services: report.services,
-            });
-        };
-        if let Err(reason) = self.verify(&new).await {
-            // Back to the release that was serving; it never stopped.
+    /// After the switch: the new side must stay healthy for `verify_secs`, else the old one
+    /// (which never stopped) takes the traffic back. Then the old side drains and stops.
+    async fn settle(
+        &self,
+        new: &Side,
+        backend: SocketAddr,
+        old: &Side,
+        release_name: &str,
+    ) -> Result<(), UpgradeError> {
+        if let Err(reason) = self.verify(new).await {
             if let Some(b) = old.backend {
                 self.switch(b).await?;
             }
             self.drain(backend).await?;
-            self.remove_side(&new).await;
+            self.remove_side(new).await;
             let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
             tracing::error!(release = %release_name, %reason, previous = %previous, "rolled back");
             return Err(UpgradeError::RolledBack {
-                release: release_name,
+                release: release_name.to_string(),
                 previous,
                 reason,
             });
@@ -118,16 +165,8 @@ impl Upgrader<'_> {
         if let Some(b) = old.backend {
             self.drain(b).await?;
         }
-        self.stop_side(&old).await;
-        Ok(Deployed {
-            release: release.map(String::from),
-            previous: old.release.clone(),
-            how: How::Switched,
-            color: Some(next),
-            backend: Some(backend),
-            to_switch_secs: Some(to_switch),
-            services: report.services,
-        })
+        self.stop_side(old).await;
+        Ok(())
     }
 
     /// `berth rollback`: the kept previous release serves again.
