@@ -517,10 +517,14 @@ async fn boot_steps(
         aws.map(|a| a.ecr.clone()),
     ));
     let phase_health = health.clone();
-    let progress = Progress::new(Mode::Log).with_phases(Arc::new(move |p: &str| {
-        if let Some(phase) = Phase::parse(p) {
-            set_phase(&phase_health, phase);
-        }
+    let progress = Progress::new(Mode::Log).with_stages(Arc::new(move |stage| {
+        use crate::engine::progress::Stage;
+        let phase = match stage {
+            Stage::Pulling => Phase::Pulling,
+            Stage::Starting => Phase::Starting,
+            Stage::Waiting => Phase::Waiting,
+        };
+        set_phase(&phase_health, phase);
     }));
 
     if identity.is_warm_pool() {
