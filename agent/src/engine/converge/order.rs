@@ -51,10 +51,10 @@ pub(super) fn gate(condition: DependencyCondition, state: ServiceState) -> Gate 
 
 /// The dependencies a service waits on, in the file's order: those that are services of this
 /// project (`is_service`); a dependency outside it gates nothing.
-pub(super) fn dependencies<'a>(
-    svc: &'a Service,
+pub(super) fn dependencies(
+    svc: &Service,
     is_service: impl Fn(&str) -> bool,
-) -> Vec<(&'a str, DependencyCondition)> {
+) -> Vec<(&str, DependencyCondition)> {
     svc.depends_on
         .iter()
         .filter(|(name, _)| is_service(name))

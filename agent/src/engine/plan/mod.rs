@@ -441,7 +441,7 @@ mod tests {
         ContainerSummary {
             id: Some(format!("id-{}", spec.name)),
             names: Some(vec![format!("/{}", spec.name)]),
-            labels: spec.body.labels.clone(),
+            labels: spec.body.labels,
             state: Some(state),
             status: Some(match state {
                 EXITED => "Exited (0) 1 second ago".to_string(),
