@@ -15,7 +15,7 @@ use crate::compose::Project;
 use crate::engine::converge;
 use crate::engine::docker::Engine;
 use crate::engine::plan::Plan;
-use crate::engine::progress::{Mode, Progress};
+use crate::engine::progress::{Mode, Progress, Stage};
 use crate::instance::hook::{Heartbeat, Hook};
 use crate::instance::identity::{Identity, Imds, LifecycleState};
 use crate::instance::load_balancer::{self, Wait};
@@ -78,13 +78,8 @@ async fn boot_steps(
         Some(state.clone()),
     ));
     let phase_state = state.clone();
-    let progress = Progress::new(Mode::Log).with_phases(Arc::new(move |p: &str| {
-        let phase = match p {
-            "pulling" => Phase::Pulling,
-            "starting" => Phase::Starting,
-            _ => Phase::Waiting,
-        };
-        set_phase(&phase_state, phase);
+    let progress = Progress::new(Mode::Log).with_stages(Arc::new(move |stage: Stage| {
+        set_phase(&phase_state, Phase::from(stage));
     }));
 
     if instance.identity.is_warm_pool() {

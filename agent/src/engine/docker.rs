@@ -56,6 +56,29 @@ pub fn api_message(e: &BollardError) -> String {
     }
 }
 
+/// A label of a listed container.
+pub fn label<'a>(c: &'a ContainerSummary, key: &str) -> Option<&'a str> {
+    c.labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+/// A container name as people write it: Docker reports names with a leading `/`.
+pub fn bare_name(name: &str) -> &str {
+    name.trim_start_matches('/')
+}
+
+/// A listed container's name, or its id when it has none.
+pub fn summary_name(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first())
+        .map(|n| bare_name(n).to_string())
+        .or_else(|| c.id.clone())
+        .unwrap_or_default()
+}
+
 pub fn is_not_found(e: &BollardError) -> bool {
     matches!(
         e,
@@ -122,13 +145,7 @@ impl Engine {
             .map_err(request("list containers of project", project))?;
         Ok(list
             .into_iter()
-            .filter(|c| {
-                c.labels
-                    .as_ref()
-                    .and_then(|l| l.get(labels::ONEOFF))
-                    .map(String::as_str)
-                    != Some("True")
-            })
+            .filter(|c| label(c, labels::ONEOFF) != Some("True"))
             .collect())
     }
 

@@ -31,9 +31,34 @@ impl Mode {
     }
 }
 
-/// Told of each pipeline phase (`pulling`, `starting`, `waiting`): the agent's health endpoint
-/// and systemd status follow it.
-pub type PhaseSink = Arc<dyn Fn(&str) + Send + Sync>;
+/// The stages of `up` that the outside follows (the agent's health endpoint and systemd status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Pulling images (only when some are missing).
+    Pulling,
+    /// Creating and starting containers, in dependency order.
+    Starting,
+    /// Waiting for a service's healthcheck to pass.
+    Waiting,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Pulling => "pulling",
+            Stage::Starting => "starting",
+            Stage::Waiting => "waiting",
+        }
+    }
+}
+
+/// Told of each [`Stage`] as `up` enters it.
+pub type StageSink = Arc<dyn Fn(Stage) + Send + Sync>;
+
+/// The first line of a message: a live line or a status shows one.
+pub fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
 
 /// Shared by all the tasks of one run.
 #[derive(Clone)]
@@ -42,7 +67,7 @@ pub struct Progress {
     started: Instant,
     multi: MultiProgress,
     bars: Arc<Mutex<HashMap<String, ProgressBar>>>,
-    phases: Option<PhaseSink>,
+    stages: Option<StageSink>,
 }
 
 impl std::fmt::Debug for Progress {
@@ -60,19 +85,19 @@ impl Progress {
             started: Instant::now(),
             multi: MultiProgress::new(),
             bars: Arc::new(Mutex::new(HashMap::new())),
-            phases: None,
+            stages: None,
         }
     }
 
-    /// Also tells `sink` of each phase.
-    pub fn with_phases(mut self, sink: PhaseSink) -> Progress {
-        self.phases = Some(sink);
+    /// Also tells `sink` of each stage.
+    pub fn with_stages(mut self, sink: StageSink) -> Progress {
+        self.stages = Some(sink);
         self
     }
 
-    pub fn phase(&self, phase: &str) {
-        if let Some(sink) = &self.phases {
-            sink(phase);
+    pub fn stage(&self, stage: Stage) {
+        if let Some(sink) = &self.stages {
+            sink(stage);
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::engine::progress::Stage;
 use crate::release::ObjectRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -39,6 +40,16 @@ impl Phase {
             Phase::Ready => "ready",
             Phase::Draining => "draining",
             Phase::Failed => "failed",
+        }
+    }
+}
+
+impl From<Stage> for Phase {
+    fn from(stage: Stage) -> Phase {
+        match stage {
+            Stage::Pulling => Phase::Pulling,
+            Stage::Starting => Phase::Starting,
+            Stage::Waiting => Phase::Waiting,
         }
     }
 }

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use serde::Serialize;
 
-use crate::compose::{DependencyCondition, Project};
-use crate::engine::docker::labels;
+use crate::compose::{DependencyCondition, Project, Service};
+use crate::engine::docker::{label, labels, summary_name};
 pub use spec::ContainerSpec;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,22 +109,6 @@ pub struct Observed {
     pub pulls: Vec<String>,
 }
 
-fn label<'a>(c: &'a ContainerSummary, key: &str) -> Option<&'a str> {
-    c.labels
-        .as_ref()
-        .and_then(|l| l.get(key))
-        .map(String::as_str)
-}
-
-fn name_of(c: &ContainerSummary) -> String {
-    c.names
-        .as_ref()
-        .and_then(|n| n.first())
-        .map(|n| n.trim_start_matches('/').to_string())
-        .or_else(|| c.id.clone())
-        .unwrap_or_default()
-}
-
 /// `Exited (3) 2 minutes ago` -> 3.
 pub fn exit_code_of(status: &str) -> Option<i64> {
     let rest = status.strip_prefix("Exited (")?;
@@ -149,125 +133,176 @@ pub fn completion_targets(project: &Project) -> BTreeSet<String> {
         .collect()
 }
 
+/// Diffs the project against what Docker reports: the step per network, volume, wanted
+/// container and stray container.
 pub fn compute(project: &Project, observed: &Observed, remove_orphans: bool) -> Plan {
-    let networks = project
+    let mut containers = wanted_steps(project, observed);
+    mark_restarts(project, &mut containers);
+    let claimed: BTreeSet<&str> = containers
+        .iter()
+        .filter_map(|s| s.existing.as_deref())
+        .collect();
+    let strays = stray_steps(project, observed, &claimed, remove_orphans);
+    containers.extend(strays);
+    Plan {
+        project: project.name.clone(),
+        networks: network_steps(project, observed),
+        volumes: volume_steps(project, observed),
+        containers,
+        pulls: observed.pulls.clone(),
+    }
+}
+
+/// `external` (must exist, never created), else `keep` or `create`.
+fn resource_action(external: bool, exists: bool) -> &'static str {
+    if external {
+        "external"
+    } else if exists {
+        "keep"
+    } else {
+        "create"
+    }
+}
+
+fn network_steps(project: &Project, observed: &Observed) -> Vec<ResourceStep> {
+    project
         .networks
         .values()
         .map(|n| ResourceStep {
             name: n.name.clone(),
-            action: if n.external {
-                "external"
-            } else if observed.networks.contains(&n.name) {
-                "keep"
-            } else {
-                "create"
-            },
+            action: resource_action(n.external, observed.networks.contains(&n.name)),
         })
-        .collect();
+        .collect()
+}
+
+fn volume_steps(project: &Project, observed: &Observed) -> Vec<ResourceStep> {
     let mut volumes: Vec<ResourceStep> = project
         .volumes
         .values()
         .map(|v| ResourceStep {
             name: v.name.clone(),
-            action: if v.external {
-                "external"
-            } else if observed.volumes.contains(&v.name) {
-                "keep"
-            } else {
-                "create"
-            },
+            action: resource_action(v.external, observed.volumes.contains(&v.name)),
         })
         .collect();
     volumes.sort_by(|a, b| a.name.cmp(&b.name));
+    volumes
+}
 
+/// One step per wanted replica of each service.
+fn wanted_steps(project: &Project, observed: &Observed) -> Vec<ContainerStep> {
     let one_shots = completion_targets(project);
     let mut containers = Vec::new();
-    let mut claimed: BTreeSet<String> = BTreeSet::new();
     for svc in project.services.values() {
         let image_id = observed.image_ids.get(&svc.image).cloned().flatten();
+        let one_shot = one_shots.contains(&svc.name);
         for number in 1..=svc.replicas {
             let spec = spec::build(project, svc, number, image_id.as_deref());
-            let candidates: Vec<&ContainerSummary> = observed
-                .containers
-                .iter()
-                .filter(|c| {
-                    label(c, labels::SERVICE) == Some(svc.name.as_str())
-                        && label(c, labels::NUMBER) == Some(number.to_string().as_str())
-                })
-                .collect();
-            // A duplicate (say, left by an interrupted recreate) loses to the canonical name.
-            let existing = candidates
-                .iter()
-                .find(|c| name_of(c) == spec.name)
-                .or(candidates.first())
-                .copied();
-            let step = match existing {
-                None => ContainerStep {
-                    service: svc.name.clone(),
-                    name: spec.name.clone(),
-                    number,
-                    action: Action::Create,
-                    reasons: vec![],
-                    existing: None,
-                    spec: Some(spec),
-                },
+            let existing = existing_replica(observed, &svc.name, number, &spec.name);
+            let action = match existing {
+                None => (Action::Create, vec![]),
                 Some(c) => {
-                    let id = c.id.clone().unwrap_or_default();
-                    claimed.insert(id.clone());
-                    let mut reasons = Vec::new();
-                    if label(c, labels::CONFIG_HASH) != Some(spec.config_hash.as_str()) {
-                        let before = parse_fields(label(c, labels::FIELDS).unwrap_or(""));
-                        let after = svc.field_digests();
-                        let changed: Vec<String> = after
-                            .iter()
-                            .filter(|(k, v)| before.get(*k) != Some(*v))
-                            .map(|(k, _)| k.clone())
-                            .chain(before.keys().filter(|k| !after.contains_key(*k)).cloned())
-                            .collect();
-                        if changed.is_empty() {
-                            reasons.push("config changed".to_string());
-                        } else {
-                            reasons.push(format!("{} changed", changed.join(", ")));
-                        }
-                    }
-                    if let (Some(want), Some(have)) = (&image_id, label(c, labels::IMAGE)) {
-                        if want != have {
-                            reasons.push("image changed".to_string());
-                        }
-                    }
-                    let running = matches!(
-                        c.state,
-                        Some(
-                            ContainerSummaryStateEnum::RUNNING
-                                | ContainerSummaryStateEnum::RESTARTING
-                        )
-                    );
-                    let completed = one_shots.contains(&svc.name)
-                        && c.state == Some(ContainerSummaryStateEnum::EXITED)
-                        && c.status.as_deref().and_then(exit_code_of) == Some(0);
-                    let action = if !reasons.is_empty() {
-                        Action::Recreate
-                    } else if running || completed {
-                        Action::Keep
-                    } else {
-                        Action::Start
-                    };
-                    ContainerStep {
-                        service: svc.name.clone(),
-                        name: spec.name.clone(),
-                        number,
-                        action,
-                        reasons,
-                        existing: Some(id),
-                        spec: Some(spec),
-                    }
+                    let reasons = recreate_reasons(c, svc, &spec, image_id.as_deref());
+                    (existing_action(c, &reasons, one_shot), reasons)
                 }
             };
-            containers.push(step);
+            containers.push(ContainerStep {
+                service: svc.name.clone(),
+                name: spec.name.clone(),
+                number,
+                action: action.0,
+                reasons: action.1,
+                existing: existing.map(|c| c.id.clone().unwrap_or_default()),
+                spec: Some(spec),
+            });
         }
     }
+    containers
+}
 
-    // A recreated dependency restarts the dependents that ask for it (`restart: true`).
+/// The container that is replica `number` of `service`, by label. A duplicate (say, left by an
+/// interrupted recreate) loses to the canonical name.
+fn existing_replica<'a>(
+    observed: &'a Observed,
+    service: &str,
+    number: u32,
+    canonical: &str,
+) -> Option<&'a ContainerSummary> {
+    let number = number.to_string();
+    let candidates: Vec<&ContainerSummary> = observed
+        .containers
+        .iter()
+        .filter(|c| {
+            label(c, labels::SERVICE) == Some(service)
+                && label(c, labels::NUMBER) == Some(number.as_str())
+        })
+        .collect();
+    candidates
+        .iter()
+        .find(|c| summary_name(c) == canonical)
+        .or(candidates.first())
+        .copied()
+}
+
+/// Why an existing container must be recreated: the fields that changed, or its image; empty
+/// when it is current.
+fn recreate_reasons(
+    c: &ContainerSummary,
+    svc: &Service,
+    spec: &ContainerSpec,
+    image_id: Option<&str>,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if label(c, labels::CONFIG_HASH) != Some(spec.config_hash.as_str()) {
+        let before = parse_fields(label(c, labels::FIELDS).unwrap_or(""));
+        let changed = changed_fields(&before, &svc.field_digests());
+        if changed.is_empty() {
+            reasons.push("config changed".to_string());
+        } else {
+            reasons.push(format!("{} changed", changed.join(", ")));
+        }
+    }
+    if let (Some(want), Some(have)) = (image_id, label(c, labels::IMAGE)) {
+        if want != have {
+            reasons.push("image changed".to_string());
+        }
+    }
+    reasons
+}
+
+/// The fields whose digests differ, then those that are gone.
+fn changed_fields(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) -> Vec<String> {
+    after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .chain(before.keys().filter(|k| !after.contains_key(*k)).cloned())
+        .collect()
+}
+
+/// What to do with an existing replica: recreate it when there are reasons, keep it when it
+/// runs (or is a one-shot that completed), start it otherwise.
+fn existing_action(c: &ContainerSummary, reasons: &[String], one_shot: bool) -> Action {
+    let running = matches!(
+        c.state,
+        Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::RESTARTING)
+    );
+    let completed = one_shot
+        && c.state == Some(ContainerSummaryStateEnum::EXITED)
+        && c.status.as_deref().and_then(exit_code_of) == Some(0);
+    if !reasons.is_empty() {
+        Action::Recreate
+    } else if running || completed {
+        Action::Keep
+    } else {
+        Action::Start
+    }
+}
+
+/// A recreated dependency restarts the dependents that ask for it (`restart: true`).
+fn mark_restarts(project: &Project, containers: &mut [ContainerStep]) {
     let recreated: BTreeSet<String> = containers
         .iter()
         .filter(|s| s.action == Action::Recreate)
@@ -291,10 +326,19 @@ pub fn compute(project: &Project, observed: &Observed, remove_orphans: bool) -> 
                 .collect();
         }
     }
+}
 
+/// Containers of the project that no wanted step claimed: orphans, extra replicas, duplicates.
+fn stray_steps(
+    project: &Project,
+    observed: &Observed,
+    claimed: &BTreeSet<&str>,
+    remove_orphans: bool,
+) -> Vec<ContainerStep> {
+    let mut steps = Vec::new();
     for c in &observed.containers {
         let id = c.id.clone().unwrap_or_default();
-        if claimed.contains(&id) {
+        if claimed.contains(id.as_str()) {
             continue;
         }
         let service = label(c, labels::SERVICE).unwrap_or("").to_string();
@@ -302,7 +346,6 @@ pub fn compute(project: &Project, observed: &Observed, remove_orphans: bool) -> 
         if project.disabled_services.contains(&service) {
             continue;
         }
-        let name = name_of(c);
         // Extra replicas after a scale-down, and duplicates, belong to a live service: they go
         // without --remove-orphans, as compose does.
         let (action, reasons) = if project.services.contains_key(&service) {
@@ -313,9 +356,9 @@ pub fn compute(project: &Project, observed: &Observed, remove_orphans: bool) -> 
         } else {
             (Action::Orphan, vec![])
         };
-        containers.push(ContainerStep {
+        steps.push(ContainerStep {
             service,
-            name,
+            name: summary_name(c),
             number: label(c, labels::NUMBER)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0),
@@ -325,14 +368,7 @@ pub fn compute(project: &Project, observed: &Observed, remove_orphans: bool) -> 
             spec: None,
         });
     }
-
-    Plan {
-        project: project.name.clone(),
-        networks,
-        volumes,
-        containers,
-        pulls: observed.pulls.clone(),
-    }
+    steps
 }
 
 /// The plan for people: one line per resource and container.
@@ -366,13 +402,192 @@ pub fn render(plan: &Plan) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::exit_code_of;
+    use super::*;
+    use crate::compose::LoadOptions;
+    use ContainerSummaryStateEnum::{EXITED, RUNNING};
+
+    const IMAGE_ID: &str = "sha256:current";
 
     #[test]
     fn exit_codes_from_status_text() {
         assert_eq!(exit_code_of("Exited (0) 3 seconds ago"), Some(0));
         assert_eq!(exit_code_of("Exited (137) About a minute ago"), Some(137));
         assert_eq!(exit_code_of("Up 5 seconds (healthy)"), None);
+    }
+
+    /// The project a `compose.yaml` of `yaml` makes, in a directory named `proj`.
+    fn project(yaml: &str) -> Project {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("proj");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("compose.yaml"), yaml).unwrap();
+        let opts = LoadOptions {
+            working_dir: dir,
+            ..LoadOptions::default()
+        };
+        crate::compose::load(&opts).unwrap()
+    }
+
+    /// The container berth would have made for the replica, as Docker lists it.
+    fn made(
+        p: &Project,
+        service: &str,
+        number: u32,
+        state: ContainerSummaryStateEnum,
+    ) -> ContainerSummary {
+        let spec = spec::build(p, &p.services[service], number, Some(IMAGE_ID));
+        ContainerSummary {
+            id: Some(format!("id-{}", spec.name)),
+            names: Some(vec![format!("/{}", spec.name)]),
+            labels: spec.body.labels,
+            state: Some(state),
+            status: Some(match state {
+                EXITED => "Exited (0) 1 second ago".to_string(),
+                _ => "Up 1 second".to_string(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Docker holding `containers`, the images and the project's networks and volumes.
+    fn observed(p: &Project, containers: Vec<ContainerSummary>) -> Observed {
+        Observed {
+            containers,
+            image_ids: p
+                .services
+                .values()
+                .map(|s| (s.image.clone(), Some(IMAGE_ID.to_string())))
+                .collect(),
+            networks: p.networks.values().map(|n| n.name.clone()).collect(),
+            volumes: p.volumes.values().map(|v| v.name.clone()).collect(),
+            pulls: vec![],
+        }
+    }
+
+    fn actions(plan: &Plan) -> Vec<(&str, Action)> {
+        plan.containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.action))
+            .collect()
+    }
+
+    const WEB_DB: &str = "services:\n  web:\n    image: web:1\n    depends_on:\n      db:\n        condition: service_started\n        restart: true\n  db:\n    image: db:1\n";
+
+    #[test]
+    fn an_empty_daemon_gets_everything_created() {
+        let p = project(WEB_DB);
+        let empty = Observed {
+            image_ids: observed(&p, vec![]).image_ids,
+            ..Observed::default()
+        };
+        let plan = compute(&p, &empty, false);
+        assert_eq!(
+            actions(&plan),
+            vec![
+                ("proj-db-1", Action::Create),
+                ("proj-web-1", Action::Create)
+            ]
+        );
+        assert!(plan.networks.iter().all(|n| n.action == "create"));
+        assert!(!plan.is_noop());
+    }
+
+    #[test]
+    fn current_running_containers_are_kept() {
+        let p = project(WEB_DB);
+        let have = vec![made(&p, "web", 1, RUNNING), made(&p, "db", 1, RUNNING)];
+        let plan = compute(&p, &observed(&p, have), false);
+        assert!(plan.containers.iter().all(|c| c.action == Action::Keep));
+        assert!(plan.is_noop());
+        assert!(render(&plan).ends_with("nothing to do\n"));
+    }
+
+    #[test]
+    fn a_stopped_current_container_is_only_started() {
+        let p = project(WEB_DB);
+        let have = vec![made(&p, "web", 1, EXITED), made(&p, "db", 1, RUNNING)];
+        let plan = compute(&p, &observed(&p, have), false);
+        assert_eq!(
+            actions(&plan),
+            vec![("proj-db-1", Action::Keep), ("proj-web-1", Action::Start)]
+        );
+    }
+
+    #[test]
+    fn a_changed_field_recreates_and_restarts_dependents_that_ask() {
+        let before = project(WEB_DB);
+        let have = vec![
+            made(&before, "web", 1, RUNNING),
+            made(&before, "db", 1, RUNNING),
+        ];
+        let after = project(&format!("{WEB_DB}    environment:\n      A: b\n"));
+        let plan = compute(&after, &observed(&after, have), false);
+        assert_eq!(
+            actions(&plan),
+            vec![
+                ("proj-db-1", Action::Recreate),
+                ("proj-web-1", Action::Restart)
+            ]
+        );
+        assert_eq!(plan.containers[0].reasons, vec!["environment changed"]);
+        assert_eq!(plan.containers[1].reasons, vec!["dependency db recreated"]);
+        assert_eq!(plan.containers[0].existing.as_deref(), Some("id-proj-db-1"));
+    }
+
+    #[test]
+    fn a_new_image_recreates() {
+        let p = project(WEB_DB);
+        let have = vec![made(&p, "web", 1, RUNNING), made(&p, "db", 1, RUNNING)];
+        let mut seen = observed(&p, have);
+        seen.image_ids
+            .insert("web:1".into(), Some("sha256:newer".into()));
+        let plan = compute(&p, &seen, false);
+        // Services come in dependency order: db, then web.
+        assert_eq!(plan.containers[1].action, Action::Recreate);
+        assert_eq!(plan.containers[1].reasons, vec!["image changed"]);
+    }
+
+    #[test]
+    fn a_completed_one_shot_is_kept() {
+        let p = project(
+            "services:\n  app:\n    image: app:1\n    depends_on:\n      migrate:\n        condition: service_completed_successfully\n  migrate:\n    image: app:1\n",
+        );
+        let have = vec![made(&p, "app", 1, RUNNING), made(&p, "migrate", 1, EXITED)];
+        let plan = compute(&p, &observed(&p, have), false);
+        assert!(plan.containers.iter().all(|c| c.action == Action::Keep));
+    }
+
+    #[test]
+    fn strays_are_extra_replicas_or_orphans() {
+        let p = project(WEB_DB);
+        let mut have = vec![
+            made(&p, "web", 1, RUNNING),
+            made(&p, "web", 2, RUNNING),
+            made(&p, "db", 1, RUNNING),
+        ];
+        let mut gone = made(&p, "db", 1, RUNNING);
+        gone.id = Some("id-old".into());
+        gone.names = Some(vec!["/proj-old-1".into()]);
+        gone.labels
+            .as_mut()
+            .unwrap()
+            .insert(labels::SERVICE.into(), "old".into());
+        have.push(gone);
+        let plan = compute(&p, &observed(&p, have.clone()), false);
+        let strays = &plan.containers[2..];
+        assert_eq!(strays[0].name, "proj-web-2");
+        assert_eq!(strays[0].action, Action::RemoveOrphan);
+        assert_eq!(
+            strays[0].reasons,
+            vec!["not a wanted replica of service web"]
+        );
+        assert_eq!(
+            (strays[1].name.as_str(), strays[1].action),
+            ("proj-old-1", Action::Orphan)
+        );
+        let plan = compute(&p, &observed(&p, have), true);
+        assert_eq!(plan.containers[3].action, Action::RemoveOrphan);
     }
 }

@@ -38,6 +38,7 @@ fn depends_on_label(svc: &Service) -> String {
         .join(",")
 }
 
+/// The create body for replica `number` of `svc`, and the name and hash it is known by.
 pub fn build(
     project: &Project,
     svc: &Service,
@@ -45,6 +46,53 @@ pub fn build(
     image_id: Option<&str>,
 ) -> ContainerSpec {
     let config_hash = svc.config_hash();
+    let lbls = container_labels(project, svc, number, image_id, &config_hash);
+    let (exposed, bindings) = ports(svc);
+    let host_config = host_config(svc, bindings);
+    let (networking_config, extra_networks) = networks(svc);
+    let body = ContainerCreateBody {
+        image: Some(svc.image.clone()),
+        hostname: svc.hostname.clone(),
+        domainname: svc.domainname.clone(),
+        user: svc.user.clone(),
+        working_dir: svc.working_dir.clone(),
+        env: Some(
+            svc.environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        cmd: svc.command.clone(),
+        entrypoint: svc.entrypoint.clone(),
+        labels: Some(lbls),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        healthcheck: healthcheck(svc),
+        stop_signal: svc.stop_signal.clone(),
+        stop_timeout: svc.stop_grace_period_secs,
+        tty: svc.tty.then_some(true),
+        open_stdin: svc.stdin_open.then_some(true),
+        host_config: Some(host_config),
+        networking_config,
+        ..Default::default()
+    };
+    ContainerSpec {
+        service: svc.name.clone(),
+        number,
+        name: container_name(&project.name, svc, number),
+        config_hash,
+        body,
+        extra_networks,
+    }
+}
+
+/// The service's own labels, with compose's (and berth's) on top.
+fn container_labels(
+    project: &Project,
+    svc: &Service,
+    number: u32,
+    image_id: Option<&str>,
+    config_hash: &str,
+) -> HashMap<String, String> {
     let fields: Vec<String> = svc
         .field_digests()
         .into_iter()
@@ -65,7 +113,7 @@ pub fn build(
         (labels::SERVICE, svc.name.clone()),
         (labels::NUMBER, number.to_string()),
         (labels::ONEOFF, "False".to_string()),
-        (labels::CONFIG_HASH, config_hash.clone()),
+        (labels::CONFIG_HASH, config_hash.to_string()),
         (labels::DEPENDS_ON, depends_on_label(svc)),
         (
             labels::WORKING_DIR,
@@ -82,6 +130,11 @@ pub fn build(
         lbls.insert(labels::IMAGE.to_string(), id.to_string());
     }
 
+    lbls
+}
+
+/// Exposed ports (`8080/tcp`, sorted) and the host bindings of published ones.
+fn ports(svc: &Service) -> (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>) {
     let mut exposed: Vec<String> = svc
         .ports
         .iter()
@@ -109,8 +162,11 @@ pub fn build(
         }
     }
 
-    let mounts: Vec<Mount> = svc
-        .mounts
+    (exposed, bindings)
+}
+
+fn mounts(svc: &Service) -> Vec<Mount> {
+    svc.mounts
         .iter()
         .map(|m| Mount {
             target: Some(m.target.clone()),
@@ -131,9 +187,11 @@ pub fn build(
             }),
             ..Default::default()
         })
-        .collect();
+        .collect()
+}
 
-    let restart_policy = svc.restart.as_ref().map(|(name, retries)| RestartPolicy {
+fn restart_policy(svc: &Service) -> Option<RestartPolicy> {
+    svc.restart.as_ref().map(|(name, retries)| RestartPolicy {
         name: Some(match name.as_str() {
             "always" => RestartPolicyNameEnum::ALWAYS,
             "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
@@ -141,9 +199,13 @@ pub fn build(
             _ => RestartPolicyNameEnum::NO,
         }),
         maximum_retry_count: (name == "on-failure").then_some(*retries),
-    });
+    })
+}
 
-    let host_config = HostConfig {
+fn host_config(svc: &Service, bindings: HashMap<String, Option<Vec<PortBinding>>>) -> HostConfig {
+    let mounts = mounts(svc);
+    let restart_policy = restart_policy(svc);
+    HostConfig {
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         mounts: (!mounts.is_empty()).then_some(mounts),
         restart_policy,
@@ -188,17 +250,22 @@ pub fn build(
         init: svc.init,
         network_mode: svc.networks.values().next().map(|n| n.name.clone()),
         ..Default::default()
-    };
+    }
+}
 
-    let healthcheck = svc.healthcheck.as_ref().map(|h| HealthConfig {
+fn healthcheck(svc: &Service) -> Option<HealthConfig> {
+    svc.healthcheck.as_ref().map(|h| HealthConfig {
         test: h.test.clone(),
         interval: h.interval_ns,
         timeout: h.timeout_ns,
         retries: h.retries,
         start_period: h.start_period_ns,
         start_interval: h.start_interval_ns,
-    });
+    })
+}
 
+/// The first network goes in the create body; the others are joined after create.
+fn networks(svc: &Service) -> (Option<NetworkingConfig>, Vec<(String, EndpointSettings)>) {
     let endpoint = |n: &crate::compose::ServiceNetwork| {
         let mut aliases = vec![svc.name.clone()];
         aliases.extend(n.aliases.iter().cloned());
@@ -221,38 +288,5 @@ pub fn build(
         endpoints_config: Some(HashMap::from([(n.name.clone(), endpoint(n))])),
     });
     let extra_networks = nets.map(|n| (n.name.clone(), endpoint(n))).collect();
-
-    let body = ContainerCreateBody {
-        image: Some(svc.image.clone()),
-        hostname: svc.hostname.clone(),
-        domainname: svc.domainname.clone(),
-        user: svc.user.clone(),
-        working_dir: svc.working_dir.clone(),
-        env: Some(
-            svc.environment
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        ),
-        cmd: svc.command.clone(),
-        entrypoint: svc.entrypoint.clone(),
-        labels: Some(lbls),
-        exposed_ports: (!exposed.is_empty()).then_some(exposed),
-        healthcheck,
-        stop_signal: svc.stop_signal.clone(),
-        stop_timeout: svc.stop_grace_period_secs,
-        tty: svc.tty.then_some(true),
-        open_stdin: svc.stdin_open.then_some(true),
-        host_config: Some(host_config),
-        networking_config,
-        ..Default::default()
-    };
-    ContainerSpec {
-        service: svc.name.clone(),
-        number,
-        name: container_name(&project.name, svc, number),
-        config_hash,
-        body,
-        extra_networks,
-    }
+    (networking_config, extra_networks)
 }
