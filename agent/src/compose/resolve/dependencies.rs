@@ -10,6 +10,8 @@ use crate::compose::model::{Dependency, DependencyCondition, Service};
 use crate::compose::schema::RawDependency;
 use crate::compose::ComposeError;
 
+/// A service's `depends_on` entries; the condition defaults to `service_started`, and an entry
+/// is required unless it says otherwise.
 pub(super) fn resolve_depends_on(
     p: &str,
     raw: IndexMap<String, RawDependency>,
@@ -79,6 +81,7 @@ pub(super) fn check_dependencies(
     Ok(())
 }
 
+/// The first dependency cycle found, as the path that closes it (`a -> b -> a`).
 pub(super) fn check_cycles(services: &IndexMap<String, Service>) -> Result<(), ComposeError> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {

@@ -6,7 +6,16 @@ use crate::compose::model::Healthcheck;
 use crate::compose::schema::{RawHealthcheck, StringOrList};
 use crate::compose::ComposeError;
 
-pub(super) fn resolve_healthcheck(p: &str, h: RawHealthcheck) -> Result<Healthcheck, ComposeError> {
+/// The service's healthcheck, when it sets one.
+pub(super) fn resolve_healthcheck(
+    p: &str,
+    h: Option<RawHealthcheck>,
+) -> Result<Option<Healthcheck>, ComposeError> {
+    h.map(|h| healthcheck(p, h)).transpose()
+}
+
+/// A string test runs in a shell; `disable: true` or `test: [NONE]` turns the image's off.
+fn healthcheck(p: &str, h: RawHealthcheck) -> Result<Healthcheck, ComposeError> {
     let dur = |v: Option<String>, key: &str| {
         v.map(|d| parse_duration(&d).map_err(|e| invalid(format!("{p}.healthcheck.{key}"), e)))
             .transpose()

@@ -10,6 +10,7 @@ use crate::compose::model::{NetworkSpec, Service, ServiceNetwork};
 use crate::compose::schema::{RawNetwork, RawServiceNetwork};
 use crate::compose::ComposeError;
 
+/// The top-level `networks`, by key; `ipam` is refused, not skipped.
 pub(super) fn resolve_networks(
     project: &str,
     raw: IndexMap<String, Option<RawNetwork>>,
@@ -42,7 +43,7 @@ pub(super) fn resolve_networks(
 
 /// The networks a service joins; none listed means `default`.
 pub(super) fn resolve_service_networks(
-    ctx: &mut Ctx<'_>,
+    ctx: &Ctx<'_>,
     p: &str,
     raw: IndexMap<String, Option<RawServiceNetwork>>,
 ) -> Result<BTreeMap<String, ServiceNetwork>, ComposeError> {

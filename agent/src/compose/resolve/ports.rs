@@ -7,6 +7,7 @@ use crate::compose::model::PortMapping;
 use crate::compose::schema::{LongPort, PortEntry};
 use crate::compose::ComposeError;
 
+/// The service's `ports`, in order.
 pub(super) fn resolve_ports(
     p: &str,
     ports: Vec<PortEntry>,
@@ -43,7 +44,9 @@ fn short_port(field: &str, text: &str) -> Result<Vec<PortMapping>, ComposeError>
     Ok(out)
 }
 
+/// `target`, `published`, `host_ip`, `protocol`; `mode` is checked, then unused.
 fn long_port(field: &str, l: LongPort) -> Result<PortMapping, ComposeError> {
+    // Descriptive only: accepted, with nothing to set in Docker.
     let _ = (&l.name, &l.app_protocol);
     if let Some(mode) = &l.mode {
         if mode != "ingress" && mode != "host" {

@@ -15,6 +15,7 @@ use crate::compose::model::{Logging, PullPolicy, Service};
 use crate::compose::schema::{ExtraHosts, RawLogging, RawService, RawUlimit, StringOrList};
 use crate::compose::ComposeError;
 
+/// The service `name` as its containers will run it.
 pub(super) fn resolve_service(
     ctx: &mut Ctx<'_>,
     name: &str,
@@ -22,27 +23,22 @@ pub(super) fn resolve_service(
 ) -> Result<Service, ComposeError> {
     let p = format!("services.{name}");
     let raw = read_service(ctx, name, &p, value)?;
-
     let image = raw
         .image
         .filter(|i| !i.trim().is_empty())
         .ok_or_else(|| invalid(format!("{p}.image"), "is required"))?;
     let pull_policy = pull_policy(&p, raw.pull_policy.as_deref())?;
     let deploy = raw.deploy.unwrap_or_default();
-    let has_container_name = raw.container_name.is_some();
-    let replicas = deploy::replicas(&p, raw.scale, deploy.replicas, has_container_name)?;
+    let fixed_name = raw.container_name.is_some();
+    let replicas = deploy::replicas(&p, raw.scale, deploy.replicas, fixed_name)?;
     let command = split_command(raw.command, &format!("{p}.command"))?;
     let entrypoint = split_command(raw.entrypoint, &format!("{p}.entrypoint"))?;
     let environment = environment::resolve_environment(ctx, name, raw.env_file, raw.environment)?;
     let ports = ports::resolve_ports(&p, raw.ports)?;
-    let mut mounts = volumes::resolve_mounts(ctx, &p, raw.volumes)?;
-    mounts.extend(volumes::resolve_tmpfs(&p, &raw.tmpfs)?);
+    let mounts = volumes::resolve_mounts(ctx, &p, raw.volumes, &raw.tmpfs)?;
     let networks = networks::resolve_service_networks(ctx, &p, raw.networks)?;
     let depends_on = dependencies::resolve_depends_on(&p, raw.depends_on)?;
-    let healthcheck = raw
-        .healthcheck
-        .map(|h| healthcheck::resolve_healthcheck(&p, h))
-        .transpose()?;
+    let healthcheck = healthcheck::resolve_healthcheck(&p, raw.healthcheck)?;
     let restart = deploy::resolve_restart(&p, raw.restart, deploy.restart_policy)?;
     let limits = deploy::limits(
         &p,
@@ -172,6 +168,7 @@ fn ulimits(raw: IndexMap<String, RawUlimit>) -> BTreeMap<String, (i64, i64)> {
         .collect()
 }
 
+/// `logging`: the driver and its options.
 fn logging(l: RawLogging) -> Logging {
     Logging {
         driver: l.driver,

@@ -11,6 +11,7 @@ use crate::compose::model::{MountKind, MountSpec, VolumeSpec};
 use crate::compose::schema::{LongVolume, RawVolume, VolumeEntry};
 use crate::compose::ComposeError;
 
+/// The top-level `volumes`, by key.
 pub(super) fn resolve_volumes(
     project: &str,
     raw: IndexMap<String, Option<RawVolume>>,
@@ -33,10 +34,12 @@ pub(super) fn resolve_volumes(
     Ok(out)
 }
 
+/// The service's `volumes`, in order, then its `tmpfs` mounts.
 pub(super) fn resolve_mounts(
     ctx: &Ctx<'_>,
     p: &str,
     volumes: Vec<VolumeEntry>,
+    tmpfs: &[String],
 ) -> Result<Vec<MountSpec>, ComposeError> {
     let mut out = Vec::new();
     for (i, entry) in volumes.into_iter().enumerate() {
@@ -48,6 +51,7 @@ pub(super) fn resolve_mounts(
         mount.source = mount_source(ctx, &field, mount.kind, mount.source)?;
         out.push(mount);
     }
+    out.extend(tmpfs_mounts(p, tmpfs)?);
     Ok(out)
 }
 
@@ -71,7 +75,9 @@ fn short_mount(field: &str, s: &str) -> Result<MountSpec, ComposeError> {
     })
 }
 
+/// `type:` bind, volume or tmpfs, with its options; a bind needs a `source`.
 fn long_mount(field: &str, l: LongVolume) -> Result<MountSpec, ComposeError> {
+    // Accepted as compose does: it only ever mattered on Docker for Mac.
     let _ = &l.consistency;
     let kind = match l.kind.as_str() {
         "bind" => MountKind::Bind,
@@ -141,7 +147,7 @@ fn mount_source(
 }
 
 /// `tmpfs`: `target[:options]`; only `size` is kept (`mode`, `uid` and `gid` are accepted).
-pub(super) fn resolve_tmpfs(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeError> {
+fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeError> {
     let mut out = Vec::new();
     for (i, t) in tmpfs.iter().enumerate() {
         let (target, options) = t.split_once(':').unwrap_or((t, ""));
