@@ -94,7 +94,7 @@ pub(super) fn parse_yaml(path: &Path, text: &str) -> Result<Value, ComposeError>
     let yaml_err = |e: serde_norway::Error| ComposeError::Yaml {
         path: path.to_path_buf(),
         line: e.location().map(|l| l.line()),
-        message: e.to_string(),
+        source: e,
     };
     let mut doc: Value = serde_norway::from_str(text).map_err(yaml_err)?;
     // Recursive: merge keys inside services (`<<: *defaults`) are resolved too.

@@ -3,8 +3,8 @@
 //! whose services are fully resolved and validated. Nothing here talks to Docker.
 //!
 //! Stages, in order: [`files`] parses and interpolates each file (with [`interpolate`]'s
-//! `${...}` rules), [`merge`] folds them into one document, [`model`] turns it into typed,
-//! checked [`Service`]s ([`dotenv`] reads `env_file`s).
+//! `${...}` rules), [`merge`] folds them into one document, [`resolve`] reads it through the
+//! [`schema`] into the typed, checked [`model`] ([`dotenv`] reads `env_file`s).
 
 pub mod dotenv;
 mod fields;
@@ -12,6 +12,8 @@ mod files;
 pub mod interpolate;
 mod merge;
 mod model;
+mod resolve;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,11 +35,11 @@ pub enum ComposeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: invalid YAML{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    #[error("{path}: invalid YAML{}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
     Yaml {
         path: PathBuf,
         line: Option<usize>,
-        message: String,
+        source: serde_norway::Error,
     },
     #[error("{path}: {message}")]
     Structure { path: PathBuf, message: String },
@@ -135,7 +137,7 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
             profiles.extend(listed.map(String::from));
         }
     }
-    model::build_project(model::BuildInput {
+    resolve::build_project(resolve::BuildInput {
         document: merged,
         files: &files,
         project_dir: &project_dir,

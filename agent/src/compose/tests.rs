@@ -124,7 +124,7 @@ fn assert_mentions(text: &str, parts: &[&str]) {
 fn assert_error_names(yaml: &str, parts: &[&str]) -> ComposeError {
     let fx = Fx::with(yaml);
     let e = fx.err();
-    let text = e.to_string();
+    let text = crate::report::chain(&e);
     assert_mentions(&text, &[&fx.compose_file()]);
     assert_mentions(&text, parts);
     e

@@ -1,0 +1,112 @@
+//! What compose lets both a service and its `deploy:` section set: the replica count, the
+//! restart policy and resource limits. The service's own key wins over `deploy:`.
+
+use super::{invalid, size};
+use crate::compose::schema::{RawResources, RawRestartPolicy, Scalar};
+use crate::compose::ComposeError;
+
+/// `scale`, else `deploy.replicas`, else 1; a fixed `container_name` allows only one.
+pub(super) fn replicas(
+    p: &str,
+    scale: Option<u32>,
+    deploy_replicas: Option<u32>,
+    has_container_name: bool,
+) -> Result<u32, ComposeError> {
+    let replicas = scale.or(deploy_replicas).unwrap_or(1);
+    if has_container_name && replicas > 1 {
+        return Err(invalid(
+            format!("{p}.container_name"),
+            "cannot be set with more than one replica",
+        ));
+    }
+    Ok(replicas)
+}
+
+/// `restart:` as Docker's policy name and retry count, else `deploy.restart_policy`'s.
+pub(super) fn resolve_restart(
+    p: &str,
+    restart: Option<String>,
+    policy: Option<RawRestartPolicy>,
+) -> Result<Option<(String, i64)>, ComposeError> {
+    if let Some(r) = restart {
+        let parsed = match r.split_once(':') {
+            None if matches!(
+                r.as_str(),
+                "no" | "always" | "unless-stopped" | "on-failure"
+            ) =>
+            {
+                (r, 0)
+            }
+            Some(("on-failure", n)) => match n.parse::<i64>() {
+                Ok(n) => ("on-failure".to_string(), n),
+                Err(_) => {
+                    return Err(invalid(
+                        format!("{p}.restart"),
+                        format!("invalid retry count {n:?}"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(invalid(
+                    format!("{p}.restart"),
+                    format!("{r:?} is not one of no, always, on-failure[:N], unless-stopped"),
+                ))
+            }
+        };
+        return Ok(Some(parsed));
+    }
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    let name = match policy.condition.as_deref() {
+        None | Some("any") => "always",
+        Some("on-failure") => "on-failure",
+        Some("none") => "no",
+        Some(other) => {
+            return Err(invalid(
+                format!("{p}.deploy.restart_policy.condition"),
+                format!("{other:?} is not one of none, on-failure, any"),
+            ))
+        }
+    };
+    Ok(Some((name.to_string(), policy.max_attempts.unwrap_or(0))))
+}
+
+/// Memory in bytes, CPUs in billionths, and the process count.
+#[derive(Debug)]
+pub(super) struct Limits {
+    pub memory: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub pids: Option<i64>,
+}
+
+/// `mem_limit`, `cpus` and `pids_limit`, each over its `deploy.resources.limits` counterpart.
+pub(super) fn limits(
+    p: &str,
+    mem_limit: Option<Scalar>,
+    cpus: Option<Scalar>,
+    pids_limit: Option<i64>,
+    resources: Option<RawResources>,
+) -> Result<Limits, ComposeError> {
+    let limits = resources.and_then(|r| r.limits).unwrap_or_default();
+    let memory = size(format!("{p}.mem_limit"), mem_limit.or(limits.memory))?;
+    let nano_cpus = cpus
+        .or(limits.cpus)
+        .map(|c| {
+            c.text()
+                .parse::<f64>()
+                .map(|f| (f * 1e9) as i64)
+                .map_err(|_| {
+                    invalid(
+                        format!("{p}.cpus"),
+                        format!("{:?} is not a number", c.text()),
+                    )
+                })
+        })
+        .transpose()?;
+    Ok(Limits {
+        memory,
+        nano_cpus,
+        pids: pids_limit.or(limits.pids),
+    })
+}

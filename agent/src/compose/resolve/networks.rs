@@ -1,0 +1,113 @@
+//! Networks: the top-level declarations, each service's attachments to them, and the set the
+//! enabled services use (with `default` implied when none is declared).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use indexmap::IndexMap;
+
+use super::{invalid, map_text, resource_name, Ctx};
+use crate::compose::model::{NetworkSpec, Service, ServiceNetwork};
+use crate::compose::schema::{RawNetwork, RawServiceNetwork};
+use crate::compose::ComposeError;
+
+/// The top-level `networks`, by key; `ipam` is refused, not skipped.
+pub(super) fn resolve_networks(
+    project: &str,
+    raw: IndexMap<String, Option<RawNetwork>>,
+) -> Result<BTreeMap<String, NetworkSpec>, ComposeError> {
+    let mut out = BTreeMap::new();
+    for (key, net) in raw {
+        let net = net.unwrap_or_default();
+        if net.ipam.is_some() {
+            return Err(ComposeError::Unsupported {
+                field: format!("networks.{key}.ipam"),
+            });
+        }
+        let (name, external) = resource_name(project, &key, net.name, &net.external);
+        out.insert(
+            key,
+            NetworkSpec {
+                name,
+                external,
+                driver: net.driver,
+                driver_opts: map_text(net.driver_opts),
+                internal: net.internal.unwrap_or(false),
+                attachable: net.attachable.unwrap_or(false),
+                enable_ipv6: net.enable_ipv6.unwrap_or(false),
+                labels: map_text(net.labels),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The networks a service joins; none listed means `default`.
+pub(super) fn resolve_service_networks(
+    ctx: &Ctx<'_>,
+    p: &str,
+    raw: IndexMap<String, Option<RawServiceNetwork>>,
+) -> Result<BTreeMap<String, ServiceNetwork>, ComposeError> {
+    let raw = if raw.is_empty() {
+        IndexMap::from([("default".to_string(), None)])
+    } else {
+        raw
+    };
+    let mut out = BTreeMap::new();
+    for (key, opts) in raw {
+        let name = match ctx.top_networks.get(&key) {
+            Some(spec) => spec.name.clone(),
+            None if key == "default" => format!("{}_default", ctx.project),
+            None => {
+                return Err(invalid(
+                    format!("{p}.networks.{key}"),
+                    "network is not declared in the top-level `networks`",
+                ))
+            }
+        };
+        let opts = opts.unwrap_or_default();
+        out.insert(
+            key,
+            ServiceNetwork {
+                name,
+                aliases: opts.aliases,
+                ipv4_address: opts.ipv4_address,
+                ipv6_address: opts.ipv6_address,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The networks the enabled services join, by key; `default` is created unless declared.
+pub(super) fn used_networks(
+    services: &IndexMap<String, Service>,
+    top_networks: &BTreeMap<String, NetworkSpec>,
+    project: &str,
+) -> BTreeMap<String, NetworkSpec> {
+    let mut used = BTreeSet::new();
+    for svc in services.values() {
+        used.extend(svc.networks.keys().cloned());
+    }
+    used.into_iter()
+        .map(|key| {
+            let spec = top_networks
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| default_network(project));
+            (key, spec)
+        })
+        .collect()
+}
+
+fn default_network(project: &str) -> NetworkSpec {
+    NetworkSpec {
+        name: format!("{project}_default"),
+        external: false,
+        driver: None,
+        driver_opts: BTreeMap::new(),
+        internal: false,
+        attachable: false,
+        enable_ipv6: false,
+        labels: BTreeMap::new(),
+    }
+}
