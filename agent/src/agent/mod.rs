@@ -22,7 +22,7 @@ use crate::compose::{self, ComposeError, LoadOptions, Project};
 use crate::config::{AgentConfig, ConfigError};
 use crate::engine::converge::{self, ConvergeError};
 use crate::engine::docker::{DockerError, Engine};
-use crate::engine::progress::{Mode, Progress};
+use crate::engine::progress::{first_line, Mode, Progress};
 use crate::exit::{Coded, Exit};
 use crate::instance::hook::{Hook, HookError, Outcome};
 use crate::instance::identity::IdentityError;
@@ -166,10 +166,6 @@ async fn stop_project(project: &str) {
         }
         Err(e) => tracing::error!(error = %e, "could not stop the project's containers"),
     }
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }
 
 /// The project a release describes, with the release id exposed to interpolation.

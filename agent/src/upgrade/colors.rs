@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::UpgradeError;
 use crate::compose::Project;
 use crate::config::AgentConfig;
-use crate::engine::docker::{labels, Engine};
+use crate::engine::docker::{label, labels, Engine};
 
 /// Which copy of the routed service a container is.
 pub const COLOR_LABEL: &str = "dev.berth.color";
@@ -206,13 +206,6 @@ pub struct Side {
     pub backend: Option<SocketAddr>,
     /// Unix seconds; the later side is the newer attempt.
     pub created: i64,
-}
-
-fn label<'a>(c: &'a ContainerSummary, key: &str) -> Option<&'a str> {
-    c.labels
-        .as_ref()
-        .and_then(|l| l.get(key))
-        .map(String::as_str)
 }
 
 /// Both colors of the routed service among a project's containers.
