@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use berth::agent::control::Request;
 use berth::commands::{self, CommandError, ProjectArgs};
 use berth::engine::progress::{Mode, Progress};
 use berth::exit::Coded;
@@ -201,6 +202,17 @@ struct AgentFlags {
     local: bool,
 }
 
+impl AgentFlags {
+    /// Asks the agent (or acts in-process) and prints its answer.
+    async fn ask(&self, request: Request) -> Result<(), CommandError> {
+        print!(
+            "{}",
+            commands::control(&self.config, self.local, request).await?
+        );
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
@@ -330,27 +342,9 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         }
         Command::Ps { project, json } => print!("{}", commands::ps(&project.into(), json).await?),
         Command::Config { project } => print!("{}", commands::config(&project.into())?),
-        Command::Upgrade { agent, release } => {
-            let req = berth::agent::control::Request::Upgrade { release };
-            print!(
-                "{}",
-                commands::control(&agent.config, agent.local, req).await?
-            );
-        }
-        Command::Rollback { agent } => {
-            let req = berth::agent::control::Request::Rollback;
-            print!(
-                "{}",
-                commands::control(&agent.config, agent.local, req).await?
-            );
-        }
-        Command::Status { agent } => {
-            let req = berth::agent::control::Request::Status;
-            print!(
-                "{}",
-                commands::control(&agent.config, agent.local, req).await?
-            );
-        }
+        Command::Upgrade { agent, release } => agent.ask(Request::Upgrade { release }).await?,
+        Command::Rollback { agent } => agent.ask(Request::Rollback).await?,
+        Command::Status { agent } => agent.ask(Request::Status).await?,
     }
     Ok(())
 }

@@ -161,10 +161,12 @@ async fn stop_project(project: &str) {
     match Engine::connect().await {
         Ok(engine) => {
             if let Err(e) = converge::stop(&engine, project, &progress).await {
-                tracing::error!(error = %e, "could not stop the project's containers");
+                tracing::error!(error = %crate::report::chain(&e), "could not stop the project's containers");
             }
         }
-        Err(e) => tracing::error!(error = %e, "could not stop the project's containers"),
+        Err(e) => {
+            tracing::error!(error = %crate::report::chain(&e), "could not stop the project's containers")
+        }
     }
 }
 

@@ -5,13 +5,19 @@
 use std::collections::HashMap;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerInspectResponse, ContainerSummary, ImageInspect};
+use bollard::models::{ContainerInspectResponse, ImageInspect};
 use bollard::query_parameters::{
     CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
     ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+
+/// Docker's descriptions of containers, for the stages above the engine, so that only the
+/// engine depends on bollard.
+pub use bollard::models::{
+    ContainerSummary, ContainerSummaryStateEnum, HealthStatusEnum, PortSummary,
+};
 
 /// Compose's labels, so that `docker compose ps/logs` see berth's containers as their own.
 pub mod labels {

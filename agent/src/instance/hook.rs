@@ -116,7 +116,7 @@ impl Hook {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = hook.heartbeat().await {
-                    tracing::warn!(error = %e, "lifecycle heartbeat failed");
+                    tracing::warn!(error = %crate::report::chain(&e), "lifecycle heartbeat failed");
                 }
             }
         })

@@ -175,7 +175,7 @@ impl Imds {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "instance metadata not ready");
+                    tracing::warn!(error = %crate::report::chain(&e), retry_in = ?delay, "instance metadata not ready");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

@@ -155,7 +155,7 @@ impl Upgrader<'_> {
             self.drain(backend).await?;
             self.remove_side(new).await;
             let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
-            tracing::error!(release = %release_name, %reason, previous = %previous, "rolled back");
+            tracing::error!(release = %release_name, reason = %crate::report::chain(&reason), previous = %previous, "rolled back");
             return Err(UpgradeError::RolledBack {
                 release: release_name.to_string(),
                 previous,
@@ -273,12 +273,12 @@ impl Upgrader<'_> {
         match self.proxy_route().await {
             Ok((Some(b), _)) => {
                 if let Err(e) = self.drain(b).await {
-                    tracing::warn!(error = %e, "drain before stopping");
+                    tracing::warn!(error = %crate::report::chain(&e), "drain before stopping");
                 }
             }
             Ok((None, _)) => {}
             Err(e) => {
-                tracing::warn!(error = %e, service = %routed.service, "drain before stopping")
+                tracing::warn!(error = %crate::report::chain(&e), service = %routed.service, "drain before stopping")
             }
         }
     }
@@ -328,7 +328,7 @@ impl Upgrader<'_> {
         for id in &side.ids {
             // The container's own stop_grace_period (set at create) applies.
             if let Err(e) = self.engine.stop(id, None).await {
-                tracing::warn!(color = %side.color, error = %e, "stopping the old release");
+                tracing::warn!(color = %side.color, error = %crate::report::chain(&e), "stopping the old release");
             }
         }
     }
@@ -336,7 +336,7 @@ impl Upgrader<'_> {
     pub(super) async fn remove_side(&self, side: &Side) {
         for id in &side.ids {
             if let Err(e) = self.engine.remove(id, true).await {
-                tracing::warn!(color = %side.color, error = %e, "removing containers");
+                tracing::warn!(color = %side.color, error = %crate::report::chain(&e), "removing containers");
             }
         }
     }

@@ -5,13 +5,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
 use serde::Serialize;
 
 use super::UpgradeError;
 use crate::compose::Project;
 use crate::config::AgentConfig;
-use crate::engine::docker::{label, labels, Engine};
+use crate::engine::docker::{label, labels, ContainerSummary, ContainerSummaryStateEnum, Engine};
 
 /// Which copy of the routed service a container is.
 pub const COLOR_LABEL: &str = "dev.berth.color";
@@ -257,7 +256,7 @@ pub fn sides_of(containers: &[ContainerSummary], routed: &Routed) -> BTreeMap<Co
 mod tests {
     use super::*;
     use crate::compose::{self, LoadOptions};
-    use bollard::models::PortSummary as Port;
+    use crate::engine::docker::PortSummary as Port;
     use std::path::Path;
 
     fn project(yaml: &str) -> Project {

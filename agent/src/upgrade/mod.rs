@@ -41,7 +41,7 @@ use crate::serve::AgentState;
 pub use colors::{colorize, routed, routed_from_labels, Color, Routed, Side};
 pub use colors::{COLOR_LABEL, RELEASE_LABEL, ROUTED_LABEL};
 pub use lock::UpgradeLock;
-pub use probe::probe;
+pub use probe::{probe, ProbeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -59,19 +59,21 @@ pub enum UpgradeError {
         release: String,
         source: ConvergeError,
     },
-    #[error("release {release}: GET {path} on {backend} never answered 2xx within {secs}s (last: {last}); the previous release keeps serving")]
+    #[error("release {release}: GET {path} on {backend} never answered 2xx within {secs}s, so the previous release keeps serving; last try")]
     Probe {
         release: String,
         path: String,
         backend: SocketAddr,
         secs: u64,
-        last: String,
+        #[source]
+        last: ProbeError,
     },
-    #[error("release {release} failed right after the switch ({reason}); rolled back to {previous}, which serves again")]
+    #[error("release {release} failed right after the switch, rolled back to {previous}, which serves again")]
     RolledBack {
         release: String,
         previous: String,
-        reason: String,
+        #[source]
+        reason: ProbeError,
     },
     #[error("nothing to roll back to: project {project} keeps no previous release")]
     NoPrevious { project: String },

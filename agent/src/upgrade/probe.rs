@@ -5,45 +5,87 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bollard::models::HealthStatusEnum;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
 use super::colors::Side;
 use super::{UpgradeError, Upgrader};
+use crate::engine::docker::{DockerError, HealthStatusEnum};
+
+/// Why a color is not healthy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("inspecting the container")]
+    Inspect(#[source] DockerError),
+    #[error("container stopped (exit code {code})")]
+    Stopped { code: i64 },
+    /// The healthcheck's own output stays in Docker's log (and `docker inspect`): it may print
+    /// what the app is configured with.
+    #[error("unhealthy (its healthcheck failed)")]
+    Unhealthy,
+    #[error("GET {path} answered {code}")]
+    Status { path: String, code: u16 },
+    #[error("GET {path} on {backend}")]
+    Get {
+        path: String,
+        backend: SocketAddr,
+        source: GetError,
+    },
+    #[error("no answer yet")]
+    NoAnswer,
+}
+
+/// What went wrong with one GET.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("connect")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP")]
+    Http(#[source] hyper::Error),
+    #[error("bad request")]
+    Request(#[source] hyper::http::Error),
+    #[error("no answer within 2s")]
+    Timeout,
+}
 
 impl Upgrader<'_> {
     /// One look at a serving container: running, not unhealthy, and (with
     /// `proxy.health_path`) answering 2xx there.
-    pub(super) async fn check(&self, id: &str, backend: Option<SocketAddr>) -> Result<(), String> {
+    pub(super) async fn check(
+        &self,
+        id: &str,
+        backend: Option<SocketAddr>,
+    ) -> Result<(), ProbeError> {
         let info = self
             .engine
             .inspect_container(id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Inspect)?;
         let state = info.state.unwrap_or_default();
         if state.running != Some(true) {
-            return Err(format!(
-                "container stopped (exit code {})",
-                state.exit_code.unwrap_or(-1)
-            ));
+            return Err(ProbeError::Stopped {
+                code: state.exit_code.unwrap_or(-1),
+            });
         }
         if let Some(h) = &state.health {
             if h.status == Some(HealthStatusEnum::UNHEALTHY) {
-                let out = h
+                let output = h
                     .log
                     .as_ref()
                     .and_then(|l| l.last())
-                    .and_then(|l| l.output.clone())
-                    .unwrap_or_default();
-                return Err(format!("unhealthy: {}", out.trim()));
+                    .and_then(|l| l.output.as_deref());
+                tracing::warn!(container = %id, output = output.unwrap_or("").trim(), "healthcheck failed");
+                return Err(ProbeError::Unhealthy);
             }
         }
         if let (Some(path), Some(backend)) = (&self.config.proxy.health_path, backend) {
             let code = probe(backend, path).await?;
             if !(200..300).contains(&code) {
-                return Err(format!("GET {path} answered {code}"));
+                return Err(ProbeError::Status {
+                    path: path.clone(),
+                    code,
+                });
             }
         }
         Ok(())
@@ -60,11 +102,16 @@ impl Upgrader<'_> {
         };
         let secs = self.config.timeouts.ready_secs;
         let deadline = Instant::now() + Duration::from_secs(secs);
-        let mut last = String::from("(no answer yet)");
+        let mut last = ProbeError::NoAnswer;
         while Instant::now() < deadline {
             match probe(backend, path).await {
                 Ok(code) if (200..300).contains(&code) => return Ok(()),
-                Ok(code) => last = format!("{code}"),
+                Ok(code) => {
+                    last = ProbeError::Status {
+                        path: path.clone(),
+                        code,
+                    }
+                }
                 Err(e) => last = e,
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -79,7 +126,7 @@ impl Upgrader<'_> {
     }
 
     /// After the switch: the new side must stay healthy for `verify_secs`.
-    pub(super) async fn verify(&self, side: &Side) -> Result<(), String> {
+    pub(super) async fn verify(&self, side: &Side) -> Result<(), ProbeError> {
         let until = Instant::now() + Duration::from_secs(self.config.upgrade.verify_secs);
         loop {
             for id in &side.ids {
@@ -95,14 +142,14 @@ impl Upgrader<'_> {
 
 /// One GET, its status code. Written on hyper's client connection rather than a client
 /// library: it is one request to a loopback port, and hyper is already here for the proxy.
-pub async fn probe(backend: SocketAddr, path: &str) -> Result<u16, String> {
+pub async fn probe(backend: SocketAddr, path: &str) -> Result<u16, ProbeError> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(backend)
             .await
-            .map_err(|e| format!("connect {backend}: {e}"))?;
+            .map_err(GetError::Connect)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(GetError::Http)?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -110,11 +157,16 @@ pub async fn probe(backend: SocketAddr, path: &str) -> Result<u16, String> {
             .header(hyper::header::HOST, backend.to_string())
             .header(hyper::header::USER_AGENT, "berth-upgrade")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            .map_err(GetError::Request)?;
+        let resp = sender.send_request(req).await.map_err(GetError::Http)?;
         Ok(resp.status().as_u16())
     };
-    tokio::time::timeout(Duration::from_secs(2), attempt)
+    let result = tokio::time::timeout(Duration::from_secs(2), attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("GET {path} on {backend}: no answer within 2s")))
+        .unwrap_or(Err(GetError::Timeout));
+    result.map_err(|source| ProbeError::Get {
+        path: path.to_string(),
+        backend,
+        source,
+    })
 }

@@ -84,7 +84,7 @@ pub(super) async fn restore(
             match engine.start(&old.id).await {
                 Ok(()) => progress.update(&svc.name, "previous container restored"),
                 Err(e) => {
-                    tracing::error!(service = %svc.name, error = %e, "cannot restart the previous container")
+                    tracing::error!(service = %svc.name, error = %crate::report::chain(&e), "cannot restart the previous container")
                 }
             }
         }

@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::compose::Project;
 use crate::engine::docker::{DockerError, Engine};
 use crate::engine::plan::{self, Plan};
@@ -157,6 +159,7 @@ async fn prepare(
         opts.pull_concurrency,
         progress,
     )
+    .instrument(tracing::info_span!("pull"))
     .await?;
     checks::check_healthchecks(engine, project).await?;
     let plan = plan::compute(project, &observed, opts.remove_orphans);
