@@ -1,6 +1,7 @@
-//! berth's exit codes, every one named here once, and which failure gets which. The mapping of
-//! each stage's errors is in this file; errors that only wrap others (the agent's, the
-//! commands') pass their cause's code on.
+//! berth's exit codes, every one named here once, and which failure gets which. Each stage's
+//! errors are mapped in this file; the agent's and the commands' errors, which mostly wrap
+//! those, pass their cause's code on (`Coded` beside them), so that this file needs nothing
+//! above it.
 //!
 //! | code | meaning |
 //! | ---- | ------- |
@@ -154,8 +155,11 @@ impl Coded for IpcError {
 impl Coded for ProxyError {
     fn exit(&self) -> Exit {
         match self {
-            // The traffic port is taken, or the saved route is unreadable.
-            ProxyError::Listen { .. } | ProxyError::State { .. } => Exit::Invalid,
+            // The traffic port or the control socket cannot be had, or the saved route is
+            // unreadable: `berth proxy` cannot start.
+            ProxyError::Listen { .. } | ProxyError::State { .. } | ProxyError::ControlSocket(_) => {
+                Exit::Invalid
+            }
             _ => Exit::Docker,
         }
     }
@@ -204,5 +208,69 @@ mod tests {
             message: "bad".into(),
         };
         assert_eq!(cfg.exit() as u8, 3);
+    }
+
+    fn io() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::AddrInUse)
+    }
+
+    #[test]
+    fn berth_proxy_that_cannot_start_is_bad_input_and_an_unreachable_proxy_is_four() {
+        let listen = ProxyError::Listen {
+            addr: "127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!()),
+            source: io(),
+        };
+        assert_eq!(listen.exit(), Exit::Invalid);
+        let socket = ProxyError::ControlSocket(IpcError::InUse {
+            path: "/run/berth-proxy/proxy.sock".into(),
+        });
+        assert_eq!(socket.exit(), Exit::Invalid);
+        let absent = ProxyError::NotRunning {
+            path: "/run/berth-proxy/proxy.sock".into(),
+            source: io(),
+        };
+        assert_eq!(absent.exit(), Exit::Docker);
+        assert_eq!(UpgradeError::Proxy(absent).exit(), Exit::Docker);
+    }
+
+    #[test]
+    fn aws_failures_are_six_and_local_release_files_are_three() {
+        let s3 = ReleaseError::S3 {
+            bucket: "b".into(),
+            key: "k".into(),
+            message: "no such key (NoSuchKey)".into(),
+        };
+        assert_eq!(s3.exit(), Exit::Aws);
+        let local = ReleaseError::RemoteInLocalRun {
+            location: "s3://b/k".into(),
+        };
+        assert_eq!(local.exit(), Exit::Invalid);
+        let hook = HookError::NoGroup {
+            hook: "launch".into(),
+        };
+        assert_eq!(hook.exit(), Exit::Aws);
+        let rolled = UpgradeError::RolledBack {
+            release: "2".into(),
+            previous: "1".into(),
+            reason: crate::upgrade::ProbeError::Unhealthy,
+        };
+        assert_eq!(rolled.exit(), Exit::Failed);
+    }
+
+    #[test]
+    fn codes_another_berth_sent_come_back_as_themselves() {
+        for exit in [
+            Exit::Ok,
+            Exit::Failed,
+            Exit::Usage,
+            Exit::Invalid,
+            Exit::Docker,
+            Exit::Image,
+            Exit::Aws,
+            Exit::Busy,
+        ] {
+            assert_eq!(Exit::from_code(exit as u8), exit);
+        }
+        assert_eq!(Exit::from_code(99), Exit::Failed);
     }
 }

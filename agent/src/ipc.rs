@@ -24,6 +24,12 @@ pub enum IpcError {
     },
     #[error("socket {path}: another process is listening here")]
     InUse { path: PathBuf },
+    /// No socket file, or one a killed process left: nobody to ask.
+    #[error("socket {path}: nobody listens")]
+    Absent {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("socket {path}")]
     Talk {
         path: PathBuf,
@@ -41,6 +47,9 @@ pub enum IpcError {
 pub trait Handler: Send + Sync + 'static {
     type Request: DeserializeOwned + Send;
     type Answer: Serialize + Send;
+    /// Close the connection after one answer (the agent's socket always has), rather than
+    /// reading further requests from it.
+    const ONE_REQUEST: bool = false;
     fn handle(&self, request: Self::Request) -> impl Future<Output = Self::Answer> + Send;
     /// The answer to a line that is not a request.
     fn bad_request(&self, error: serde_json::Error) -> Self::Answer;
@@ -95,7 +104,7 @@ pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
                     break;
                 };
                 out.push('\n');
-                if write.write_all(out.as_bytes()).await.is_err() {
+                if write.write_all(out.as_bytes()).await.is_err() || H::ONE_REQUEST {
                     break;
                 }
             }
@@ -103,24 +112,27 @@ pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
     }
 }
 
-/// Sends one request and reads its answer. `Ok(None)`: nobody listens at `path`.
+/// Sends one request and reads its answer. [`IpcError::Absent`]: nobody listens at `path`.
 pub async fn call<Req: Serialize, Ans: DeserializeOwned>(
     path: &Path,
     request: &Req,
-) -> Result<Option<Ans>, IpcError> {
+) -> Result<Ans, IpcError> {
     let talk = |source| IpcError::Talk {
         path: path.to_path_buf(),
         source,
     };
     let stream = match UnixStream::connect(path).await {
         Ok(s) => s,
-        Err(e)
+        Err(source)
             if matches!(
-                e.kind(),
+                source.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Ok(None)
+            return Err(IpcError::Absent {
+                path: path.to_path_buf(),
+                source,
+            })
         }
         Err(e) => return Err(talk(e)),
     };
@@ -135,13 +147,11 @@ pub async fn call<Req: Serialize, Ans: DeserializeOwned>(
         .read_line(&mut answer)
         .await
         .map_err(talk)?;
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|source| IpcError::Answer {
-            path: path.to_path_buf(),
-            answer: answer.trim_end().to_string(),
-            source,
-        })
+    serde_json::from_str(&answer).map_err(|source| IpcError::Answer {
+        path: path.to_path_buf(),
+        answer: answer.trim_end().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -167,18 +177,18 @@ mod tests {
     async fn answers_and_refuses_a_second_listener_and_nobody_means_none() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("c.sock");
-        assert!(call::<u32, Result<u32, String>>(&path, &1)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(matches!(
+            call::<u32, Result<u32, String>>(&path, &1).await,
+            Err(IpcError::Absent { .. })
+        ));
         let listener = bind(&path).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let server = tokio::spawn(serve(listener, Arc::new(Echo)));
-        let answer: Option<Result<u32, String>> = call(&path, &41).await.unwrap();
-        assert_eq!(answer, Some(Ok(42)));
-        let bad: Option<Result<u32, String>> = call(&path, &"x").await.unwrap();
-        assert!(matches!(bad, Some(Err(_))), "{bad:?}");
+        let answer: Result<u32, String> = call(&path, &41).await.unwrap();
+        assert_eq!(answer, Ok(42));
+        let bad: Result<u32, String> = call(&path, &"x").await.unwrap();
+        assert!(bad.is_err(), "{bad:?}");
         assert!(matches!(bind(&path).await, Err(IpcError::InUse { .. })));
         server.abort();
     }
@@ -189,7 +199,10 @@ mod tests {
         let path = dir.path().join("c.sock");
         // A socket file nobody listens on, as a SIGKILLed process leaves.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        assert!(call::<u32, u32>(&path, &1).await.unwrap().is_none());
+        assert!(matches!(
+            call::<u32, u32>(&path, &1).await,
+            Err(IpcError::Absent { .. })
+        ));
         bind(&path).await.unwrap();
     }
 }

@@ -1,18 +1,19 @@
 //! berth: an on-instance bootstrap and deploy agent. This crate holds the pipeline; `main.rs`
-//! holds only the command line. Modules, from the top of the pipeline down (each imports only
-//! those below it):
+//! holds only the command line. Modules, from the top down; each uses only those below it
+//! (the `layering` test below checks it):
 //!
-//! - [`commands`]: each subcommand put together from the stages; [`exit`]: every exit code.
+//! - [`commands`]: each subcommand put together from the stages.
 //! - [`agent`]: boot -> hold -> leave, the deployer behind the control socket.
+//! - [`exit`]: every exit code, and which error gets which.
 //! - [`upgrade`]: the strategies (proxy colors, drain), crash recovery, the one-at-a-time lock.
-//! - [`serve`]: the agent's state and the health endpoint; [`instance`]: IMDSv2 identity, the
-//!   lifecycle hook, the load balancer's view; [`release`]: fetching the release (S3, SSM,
-//!   local) into 0600 files.
-//! - [`compose`]: compose files into a resolved, validated project.
+//! - [`instance`]: IMDSv2 identity, the lifecycle hook, the load balancer's view.
+//! - [`serve`]: the agent's state and its health endpoint.
+//! - [`release`]: fetching the release (S3, SSM, local) into 0600 files; [`proxy`]:
+//!   `berth proxy`, its own process, standing alone.
 //! - [`engine`]: Docker (the only bollard user), registries, plan, converge, progress.
-//! - [`proxy`]: `berth proxy`, its own process; stands alone.
-//! - At the bottom: [`config`] (plain settings), [`aws`] (SDK clients), [`ipc`] (JSON lines
-//!   over a 0600 socket), [`report`] (errors with their causes).
+//! - [`compose`]: compose files into a resolved, validated project.
+//! - At the bottom: [`aws`] (SDK clients), [`ipc`] (JSON lines over a 0600 socket), [`config`]
+//!   (plain settings), [`report`] (errors with their causes).
 
 pub mod agent;
 pub mod aws;
@@ -63,24 +64,36 @@ mod layering {
         let mut out = vec![];
         for (i, _) in text.match_indices("crate::") {
             let rest = &text[i + "crate::".len()..];
-            let names: Vec<&str> = match rest.strip_prefix('{') {
-                Some(group) => group[..group.find('}').unwrap_or(0)]
-                    .split(',')
-                    .map(|n| n.trim().split("::").next().unwrap_or(""))
-                    .collect(),
-                None => vec![rest
-                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .next()
-                    .unwrap_or("")],
-            };
-            out.extend(
-                names
-                    .into_iter()
-                    .filter(|n| !n.is_empty())
-                    .map(String::from),
-            );
+            match rest.strip_prefix('{') {
+                Some(group) => out.extend(top_level_names(group)),
+                None => out.push(first_name(rest)),
+            }
         }
+        out.retain(|n| !n.is_empty());
         out
+    }
+
+    fn first_name(path: &str) -> String {
+        path.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// The first name of each path in a `{...}` group, nested groups skipped over.
+    fn top_level_names(group: &str) -> Vec<String> {
+        let mut names = vec![first_name(group.trim_start())];
+        let mut depth = 0;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => break,
+                '}' => depth -= 1,
+                ',' if depth == 0 => names.push(first_name(group[i + 1..].trim_start())),
+                _ => {}
+            }
+        }
+        names
     }
 
     fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
@@ -114,7 +127,8 @@ mod layering {
             }
             let own = rank(module).unwrap_or_else(|| panic!("module {module} has no rank"));
             let text = std::fs::read_to_string(file).unwrap();
-            // The engine is the only bollard user: the stages above see Docker through it.
+            // The engine is the only bollard user: the stages above see Docker through it (its
+            // `docker` module re-exports the few container descriptions they read).
             if module != "engine" && text.contains("bollard::") {
                 wrong.push(format!("{} uses bollard", rel.display()));
             }
@@ -131,7 +145,7 @@ mod layering {
             wrong.join("\n")
         );
         assert_eq!(
-            used("use crate::{a::B, c};\nx(crate::d::e)"),
+            used("use crate::{a::{B, C}, c};\nx(crate::d::e)"),
             ["a", "c", "d"]
         );
     }

@@ -105,10 +105,10 @@ def pull_window(log):
     """Seconds from the `pulling` phase to the last image's `pulled`, from the agent's log."""
     start = end = None
     for line in log.splitlines():
-        m = re.match(r"(\S+Z)\s+INFO berth::health: phase phase=\"pulling\"", line)
+        m = re.match(r"(\S+Z)\s+INFO (?:\S+ )?berth::serve::state: phase phase=\"pulling\"", line)
         if m and start is None:
             start = stamp(m.group(1))
-        m = re.match(r"(\S+Z)\s+INFO berth::progress: progress subject=\"image [^\"]+\" state=\"pulled\"", line)
+        m = re.match(r"(\S+Z)\s+INFO (?:\S+ )?berth::engine::progress: progress subject=\"image [^\"]+\" state=\"pulled\"", line)
         if m:
             end = stamp(m.group(1))
     return end - start

@@ -46,7 +46,7 @@ pub async fn boot(
         .instrument(tracing::info_span!("identity"))
         .await?;
     let identity = &instance.identity;
-    tracing::info!(instance = %identity.instance_id, region = %identity.region, az = %identity.availability_zone, lifecycle = ?identity.lifecycle_state, "identity");
+    tracing::info!(instance = %identity.instance_id, region = %identity.region, az = %identity.availability_zone, lifecycle = ?identity.lifecycle_state.as_ref().map(ToString::to_string), "identity");
     state.update(|s| s.instance_id = Some(identity.instance_id.clone()));
     *hook_slot = Hook::for_instance(
         config.lifecycle.hook.as_ref(),
@@ -73,7 +73,7 @@ async fn boot_steps(
     let engine = Engine::connect().await?;
     let deployer = Arc::new(Deployer::new(
         config.clone(),
-        engine,
+        Some(engine),
         &instance,
         Some(state.clone()),
     ));
@@ -97,7 +97,7 @@ async fn boot_steps(
         .deploy(&release, &project, &progress, false)
         .instrument(tracing::info_span!("converge"))
         .await?;
-    tracing::info!(how = ?deployed.how, color = ?deployed.color, backend = ?deployed.backend, "converged");
+    tracing::info!(how = deployed.how.as_str(), color = ?deployed.color, backend = ?deployed.backend, "converged");
     set_phase(state, Phase::Ready);
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -108,7 +108,11 @@ async fn boot_steps(
     async {
         heartbeat.complete(hook).await?;
         let id = &instance.identity.instance_id;
-        load_balancer::wait(config, instance.aws.as_ref(), id, state, Wait::In).await?;
+        let aws = instance.aws.as_ref();
+        if !load_balancer::watches_in(config, aws) {
+            tracing::info!("no load balancer configured: not waiting for it");
+        }
+        load_balancer::wait(config, aws, id, state, Wait::In).await?;
         Ok::<(), AgentError>(())
     }
     .instrument(tracing::info_span!("serve"))
@@ -149,9 +153,10 @@ async fn warm_pool(
     progress: &Progress,
     identity: &Identity,
 ) -> Result<(), AgentError> {
-    let mut observed = converge::observe(&deployer.engine, project).await?;
+    let engine = deployer.engine().await?;
+    let mut observed = converge::observe(engine, project).await?;
     converge::pull_images(
-        &deployer.engine,
+        engine,
         project,
         &mut observed,
         &deployer.registries,
@@ -162,7 +167,7 @@ async fn warm_pool(
     if let Some(state) = &deployer.state {
         set_phase(state, Phase::Warmed);
     }
-    tracing::info!(state = ?identity.lifecycle_state, "warm pool: images pulled, nothing started; waiting for InService");
+    tracing::info!(state = ?identity.lifecycle_state.as_ref().map(ToString::to_string), "warm pool: images pulled, nothing started; waiting for InService");
     Ok(())
 }
 

@@ -65,6 +65,7 @@ impl<R> Answer<R> {
 impl Handler for Deployer {
     type Request = Request;
     type Answer = Answer<Reply>;
+    const ONE_REQUEST: bool = true;
 
     async fn handle(&self, request: Request) -> Answer<Reply> {
         match self.handle_request(request).await {
@@ -95,7 +96,11 @@ pub async fn request(
     path: &Path,
     request: &Request,
 ) -> Result<Option<Answer<serde_json::Value>>, IpcError> {
-    ipc::call(path, request).await
+    match ipc::call(path, request).await {
+        Ok(answer) => Ok(Some(answer)),
+        Err(IpcError::Absent { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

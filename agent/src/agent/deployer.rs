@@ -1,12 +1,14 @@
 //! The deployer: what a boot, `berth upgrade`, `rollback` and `status` do, whether they come
-//! through the control socket or run in-process. One Docker connection, one set of registry
-//! credentials, one lock: one upgrade at a time.
+//! through the control socket or run in-process. One Docker connection (made when first
+//! needed, after the lock, as each operation always has), one set of registry credentials, one
+//! lock: one upgrade at a time.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::OnceCell;
 
 use super::control::{Reply, Request};
 use super::{load_project, AgentError};
@@ -14,7 +16,7 @@ use crate::aws::Aws;
 use crate::compose::Project;
 use crate::config::{AgentConfig, Strategy};
 use crate::engine::converge::{self, PsRow, UpOptions};
-use crate::engine::docker::Engine;
+use crate::engine::docker::{DockerError, Engine};
 use crate::engine::progress::{Mode, Progress};
 use crate::engine::registry::Registries;
 use crate::instance::Instance;
@@ -29,7 +31,7 @@ const LOCK_PATIENCE: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct Deployer {
     pub config: AgentConfig,
-    pub engine: Engine,
+    engine: Arc<OnceCell<Engine>>,
     pub aws: Option<Aws>,
     pub instance_id: String,
     /// The agent's state (None in-process): the drain strategy turns its health 503.
@@ -73,10 +75,10 @@ pub struct AgentView {
 }
 
 impl Deployer {
-    /// The agent's deployer, once the boot knows the instance and Docker answers.
+    /// The deployer for `instance`; `engine`, when Docker has already answered.
     pub fn new(
         config: AgentConfig,
-        engine: Engine,
+        engine: Option<Engine>,
         instance: &Instance,
         state: Option<AgentState>,
     ) -> Deployer {
@@ -86,7 +88,7 @@ impl Deployer {
         ));
         Deployer {
             config,
-            engine,
+            engine: Arc::new(OnceCell::new_with(engine)),
             aws: instance.aws.clone(),
             instance_id: instance.identity.instance_id.clone(),
             state,
@@ -97,8 +99,12 @@ impl Deployer {
     /// For a command run without an agent: local config, or AWS from the SDK's chain.
     pub async fn in_process(config: AgentConfig) -> Result<Deployer, AgentError> {
         let instance = Instance::discover(&config).await?;
-        let engine = Engine::connect().await?;
-        Ok(Deployer::new(config, engine, &instance, None))
+        Ok(Deployer::new(config, None, &instance, None))
+    }
+
+    /// The Docker connection, made on first use.
+    pub async fn engine(&self) -> Result<&Engine, DockerError> {
+        self.engine.get_or_try_init(Engine::connect).await
     }
 
     pub(super) fn up_options(&self) -> UpOptions {
@@ -112,9 +118,14 @@ impl Deployer {
 
     /// The upgrade machinery; `serving` is false at boot (nothing to drain from the load
     /// balancer yet) and for housekeeping.
-    pub(super) fn upgrader<'a>(&'a self, progress: &'a Progress, serving: bool) -> Upgrader<'a> {
+    pub(super) fn upgrader<'a>(
+        &'a self,
+        engine: &'a Engine,
+        progress: &'a Progress,
+        serving: bool,
+    ) -> Upgrader<'a> {
         Upgrader {
-            engine: &self.engine,
+            engine,
             config: &self.config,
             up: self.up_options(),
             progress,
@@ -147,8 +158,9 @@ impl Deployer {
             release.release_id.as_deref().unwrap_or("(unnamed)")
         );
         let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
+        let engine = self.engine().await?;
         let deployed = self
-            .upgrader(progress, serving)
+            .upgrader(engine, progress, serving)
             .deploy(project, release.release_id.as_deref())
             .await?;
         if let Some(state) = &self.state {
@@ -170,7 +182,7 @@ impl Deployer {
         let project = load_project(&self.config, &fetched)?;
         let progress = Progress::new(Mode::Log);
         let deployed = self.deploy(&fetched, &project, &progress, true).await?;
-        tracing::info!(release = ?deployed.release, previous = ?deployed.previous, how = ?deployed.how, to_switch_secs = ?deployed.to_switch_secs, "upgrade done");
+        tracing::info!(release = ?deployed.release, previous = ?deployed.previous, how = deployed.how.as_str(), to_switch_secs = ?deployed.to_switch_secs, "upgrade done");
         Ok(deployed)
     }
 
@@ -181,15 +193,16 @@ impl Deployer {
         }
         let _lock =
             UpgradeLock::acquire_within(&self.config.run_dir, "rollback", LOCK_PATIENCE).await?;
+        let engine = self.engine().await?;
         let project = &self.config.project;
-        let routed = upgrade::routed_from_labels(&self.engine, project)
+        let routed = upgrade::routed_from_labels(engine, project)
             .await?
             .ok_or_else(|| UpgradeError::NoPrevious {
                 project: project.clone(),
             })?;
         let progress = Progress::new(Mode::Log);
         let deployed = self
-            .upgrader(&progress, true)
+            .upgrader(engine, &progress, true)
             .rollback(project, &routed)
             .await?;
         if let Some(state) = &self.state {
@@ -201,6 +214,7 @@ impl Deployer {
 
     /// `berth status`.
     pub async fn status(&self) -> Result<AgentStatus, AgentError> {
+        let engine = self.engine().await?;
         let project = &self.config.project;
         let agent = self.state.as_ref().map(|state| {
             let s = state.snapshot();
@@ -221,9 +235,12 @@ impl Deployer {
             proxy: None,
             containers: vec![],
         };
-        if let Some(routed) = upgrade::routed_from_labels(&self.engine, project).await? {
+        if let Some(routed) = upgrade::routed_from_labels(engine, project).await? {
             let progress = Progress::new(Mode::Quiet);
-            let sides = self.upgrader(&progress, false).sides(&routed).await?;
+            let sides = self
+                .upgrader(engine, &progress, false)
+                .sides(&routed)
+                .await?;
             status.routed_service = Some(routed.service);
             status.releases = Some(sides.into_values().collect());
         }
@@ -236,7 +253,7 @@ impl Deployer {
                 },
             });
         }
-        status.containers = converge::ps(&self.engine, project).await?;
+        status.containers = converge::ps(engine, project).await?;
         Ok(status)
     }
 }

@@ -55,10 +55,11 @@ async fn expire_previous(deployer: Arc<Deployer>, keep: Duration) {
         };
         let result = async {
             let project = &deployer.config.project;
-            if let Some(routed) = upgrade::routed_from_labels(&deployer.engine, project).await? {
+            let engine = deployer.engine().await?;
+            if let Some(routed) = upgrade::routed_from_labels(engine, project).await? {
                 let progress = Progress::new(Mode::Quiet);
                 deployer
-                    .upgrader(&progress, false)
+                    .upgrader(engine, &progress, false)
                     .expire_previous(&routed, &mut seen, keep)
                     .await?;
             }

@@ -75,18 +75,18 @@ pub async fn leave(state: &AgentState, booted: &Booted, why: Leave) -> Result<()
     let config = &deployer.config;
     tracing::info!(reason = ?why, "leaving: draining, then stopping the services");
     set_phase(state, Phase::Draining);
+    let engine = deployer.engine().await?;
     let progress = Progress::new(Mode::Log);
-    let upgrader = deployer.upgrader(&progress, true);
+    let upgrader = deployer.upgrader(engine, &progress, true);
     if let Err(e) = upgrader.wait_lb(Wait::Out, state).await {
         tracing::warn!(error = %crate::report::chain(&e), "the load balancer did not confirm the drain; stopping anyway");
     }
     if config.upgrade.strategy == Strategy::Proxy {
-        if let Some(routed) = upgrade::routed_from_labels(&deployer.engine, &config.project).await?
-        {
+        if let Some(routed) = upgrade::routed_from_labels(engine, &config.project).await? {
             upgrader.drain_serving(&routed).await;
         }
     }
-    let stopped = converge::stop(&deployer.engine, &config.project, &progress).await?;
+    let stopped = converge::stop(engine, &config.project, &progress).await?;
     tracing::info!(containers = stopped, "services stopped");
     if why == Leave::ScaleIn {
         let hook = Hook::for_instance(

@@ -34,6 +34,12 @@ pub enum LoadBalancerError {
     },
 }
 
+/// Whether [`wait`] has anything to wait for when the load balancer should send here.
+pub fn watches_in(config: &AgentConfig, aws: Option<&Aws>) -> bool {
+    let lb = &config.load_balancer;
+    (aws.is_some() && lb.target_group_arn.is_some()) || lb.healthy_threshold.is_some()
+}
+
 /// Which way a wait goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -64,10 +70,7 @@ pub async fn wait(
         }
         (_, _, Wait::In) => match lb.healthy_threshold {
             Some(n) => wait_lb_checks(state, n, instance, timeout).await,
-            None => {
-                tracing::info!("no load balancer configured: not waiting for it");
-                Ok(())
-            }
+            None => Ok(()),
         },
         (_, _, Wait::Out) if lb.healthy_threshold.is_none() && lb.unhealthy_threshold.is_none() => {
             tracing::info!("no load balancer configured: not waiting for it to drain");

@@ -53,10 +53,8 @@ async fn call<Req: serde::Serialize, Ans: DeserializeOwned>(
     request: &Req,
 ) -> Result<Ans, ProxyError> {
     match ipc::call(socket, request).await {
-        Ok(Some(answer)) => Ok(answer),
-        Ok(None) => Err(ProxyError::NotRunning {
-            path: socket.to_path_buf(),
-        }),
+        Ok(answer) => Ok(answer),
+        Err(IpcError::Absent { path, source }) => Err(ProxyError::NotRunning { path, source }),
         Err(IpcError::Talk { path, source }) => Err(ProxyError::Control { path, source }),
         Err(IpcError::Answer {
             path,

@@ -28,8 +28,6 @@ pub mod protocol;
 mod routes;
 mod server;
 
-// Old untyped client: callers move to client::{route,status,drain}.
-pub use routes::Routes;
 pub use server::run;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +43,11 @@ pub enum ProxyError {
         source: std::io::Error,
     },
     /// Nothing listens on the control socket (no socket file, or one a killed proxy left).
-    #[error("proxy control socket {path}: nobody listens (is `berth proxy` running?)")]
-    NotRunning { path: PathBuf },
+    #[error("proxy control socket {path} (is `berth proxy` running?)")]
+    NotRunning {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// An answer that is not one, or one that refuses (`"ok": false`); `answer` is its JSON.
     #[error("control socket {path}: bad answer: {answer}")]
     Answer {

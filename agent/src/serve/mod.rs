@@ -4,4 +4,4 @@
 pub mod http;
 pub mod state;
 
-pub use state::{AgentState, Phase, ServiceStatus, Status};
+pub use state::{AgentState, Phase, ServiceStatus};

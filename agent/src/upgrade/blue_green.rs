@@ -316,7 +316,8 @@ impl Upgrader<'_> {
                 "drain of {backend}: incomplete, {} in flight",
                 d.inflight
             )),
-            Err(e @ ProxyError::Answer { .. }) => self
+            // A refusal (not an unreadable answer) only means the drain did not finish.
+            Err(e @ ProxyError::Answer { source: None, .. }) => self
                 .progress
                 .warn(&format!("drain of {backend}: {}", crate::report::chain(&e))),
             Err(e) => return Err(e.into()),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::UpgradeError;
 
 /// Held while an upgrade, rollback or boot converge runs: one at a time per project, across the
-/// daemon and in-process commands. The kernel drops the lock with its holder, so a killed berth
+/// agent and in-process commands. The kernel drops the lock with its holder, so a killed berth
 /// never leaves it stale.
 #[derive(Debug)]
 pub struct UpgradeLock {

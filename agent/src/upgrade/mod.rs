@@ -118,6 +118,17 @@ pub enum How {
 }
 
 impl How {
+    /// As the answer spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Started => "started",
+            How::Switched => "switched",
+            How::InPlace => "in place",
+            How::UpToDate => "up to date",
+            How::RolledBack => "rolled back",
+        }
+    }
+
     /// In place, or up to date when the plan changed nothing.
     pub fn converged(plan: &Plan) -> How {
         if plan.is_noop() {
@@ -167,6 +178,25 @@ impl Upgrader<'_> {
         match self.config.upgrade.strategy {
             Strategy::Proxy => self.deploy_proxy(project, release).await,
             Strategy::Drain => self.deploy_drain(project, release).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn how_reads_the_same_in_answers_and_logs() {
+        for how in [
+            How::Started,
+            How::Switched,
+            How::InPlace,
+            How::UpToDate,
+            How::RolledBack,
+        ] {
+            let json = serde_json::to_value(how).unwrap_or_default();
+            assert_eq!(json, how.as_str());
         }
     }
 }
