@@ -102,13 +102,17 @@ def stamp(text):
 
 
 def pull_window(log):
-    """Seconds from the `pulling` phase to the last image's `pulled`, from the agent's log."""
+    """Seconds from the `pulling` phase to the last image's `pulled`, from the agent's log.
+
+    Both log targets are matched (`berth::serve::state`/`berth::engine::progress` now,
+    `berth::health`/`berth::progress` before the modules moved), with or without a span
+    prefix, so that an older binary can be measured beside a newer one."""
     start = end = None
     for line in log.splitlines():
-        m = re.match(r"(\S+Z)\s+INFO (?:\S+ )?berth::serve::state: phase phase=\"pulling\"", line)
+        m = re.match(r"(\S+Z)\s+INFO (?:\S+ )?berth::(?:serve::state|health): phase phase=\"pulling\"", line)
         if m and start is None:
             start = stamp(m.group(1))
-        m = re.match(r"(\S+Z)\s+INFO (?:\S+ )?berth::engine::progress: progress subject=\"image [^\"]+\" state=\"pulled\"", line)
+        m = re.match(r"(\S+Z)\s+INFO (?:\S+ )?berth::(?:engine::)?progress: progress subject=\"image [^\"]+\" state=\"pulled\"", line)
         if m:
             end = stamp(m.group(1))
     return end - start
