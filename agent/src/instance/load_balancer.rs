@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
+use futures_util::future::Either;
 
 use crate::aws::{describe, Aws};
 use crate::config::AgentConfig;
@@ -69,7 +70,7 @@ pub async fn wait(
             wait_target_out(aws, arn, instance, lb.port, timeout).await
         }
         (_, _, Wait::In) => match lb.healthy_threshold {
-            Some(n) => wait_lb_checks(state, n, instance, timeout).await,
+            Some(n) => wait_checks(state, n, Wait::In, instance, timeout).await,
             None => Ok(()),
         },
         (_, _, Wait::Out) if lb.healthy_threshold.is_none() && lb.unhealthy_threshold.is_none() => {
@@ -82,7 +83,7 @@ pub async fn wait(
                 checks = n,
                 "draining: waiting for the load balancer's failed checks"
             );
-            wait_lb_out(state, n, instance, timeout).await
+            wait_checks(state, n, Wait::Out, instance, timeout).await
         }
     }
 }
@@ -186,39 +187,38 @@ async fn wait_target_state(
     }
 }
 
-/// Without a target group ARN: waits until the ALB's checker has been answered 503
-/// `threshold` times in a row (its unhealthy threshold), so it sends no more requests.
-async fn wait_lb_out(
+/// Without a target group ARN: waits until the ALB's checker has been answered `threshold`
+/// times in a row with 200 (`Wait::In`: its healthy threshold) or 503 (`Wait::Out`: its
+/// unhealthy threshold, after which it sends no more requests).
+async fn wait_checks(
     state: &AgentState,
     threshold: u32,
+    way: Wait,
     instance: &str,
     timeout: Duration,
 ) -> Result<(), LoadBalancerError> {
-    tokio::time::timeout(timeout, state.lb_fail_streak_reaches(threshold))
-        .await
-        .map_err(|_| LoadBalancerError::NotOut {
-            instance: instance.to_string(),
-            secs: timeout.as_secs(),
-            last: format!(
-                "fewer than {threshold} consecutive failed checks from ELB-HealthChecker"
-            ),
-        })
-}
-
-/// Without a target group ARN: waits for `threshold` consecutive 200s to the ALB's checker.
-async fn wait_lb_checks(
-    state: &AgentState,
-    threshold: u32,
-    instance: &str,
-    timeout: Duration,
-) -> Result<(), LoadBalancerError> {
-    tokio::time::timeout(timeout, state.lb_streak_reaches(threshold))
-        .await
-        .map_err(|_| LoadBalancerError::NotInService {
-            instance: instance.to_string(),
-            secs: timeout.as_secs(),
-            last: format!(
-                "fewer than {threshold} consecutive passing checks from ELB-HealthChecker"
-            ),
-        })
+    let (streak, what) = match way {
+        Wait::In => (Either::Left(state.lb_streak_reaches(threshold)), "passing"),
+        Wait::Out => (
+            Either::Right(state.lb_fail_streak_reaches(threshold)),
+            "failed",
+        ),
+    };
+    if tokio::time::timeout(timeout, streak).await.is_ok() {
+        return Ok(());
+    }
+    let (instance, secs) = (instance.to_string(), timeout.as_secs());
+    let last = format!("fewer than {threshold} consecutive {what} checks from ELB-HealthChecker");
+    Err(match way {
+        Wait::In => LoadBalancerError::NotInService {
+            instance,
+            secs,
+            last,
+        },
+        Wait::Out => LoadBalancerError::NotOut {
+            instance,
+            secs,
+            last,
+        },
+    })
 }
