@@ -234,7 +234,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli, started)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => berth::exit::Exit::Ok.into(),
         Err(e) => {
             eprintln!("error: {}", berth::report::chain(&e));
             e.exit().into()

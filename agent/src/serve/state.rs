@@ -120,10 +120,6 @@ impl AgentState {
             .clone()
     }
 
-    pub fn phase(&self) -> Phase {
-        self.snapshot().phase
-    }
-
     pub fn set_phase(&self, phase: Phase) {
         let elapsed = self.started.elapsed().as_secs_f64();
         self.update(|s| {
