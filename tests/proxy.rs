@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -12,7 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::traffic::{wait_inflight, Conn, Proxy};
+use common::traffic::{
+    control, failures, stat, total, wait_inflight, Activated, Conn, Load, Proxy,
+};
+use serde_json::json;
 
 /// A keep-alive HTTP/1.1 backend answering its own name; `/slow` takes `slow` to answer.
 struct Backend {
@@ -93,7 +96,8 @@ fn requests_on_a_kept_alive_connection_follow_a_switch() {
 
     let answer = proxy.control(serde_json::json!({"op": "route", "backend": b.addr.to_string()}));
     assert_eq!(answer["ok"], true, "{answer}");
-    assert_eq!(answer["previous"], a.addr.to_string());
+    assert_eq!(answer["active"], json!([b.addr.to_string()]), "{answer}");
+    assert_eq!(answer["previous"], json!([a.addr.to_string()]), "{answer}");
     let (code, body) = conn.get("/");
     assert_eq!(
         (code, body.split_whitespace().next().unwrap()),
@@ -102,10 +106,10 @@ fn requests_on_a_kept_alive_connection_follow_a_switch() {
     );
 
     let status = proxy.control(serde_json::json!({"op": "status"}));
-    assert_eq!(status["active"], b.addr.to_string());
-    assert_eq!(status["previous"], a.addr.to_string());
-    assert_eq!(status["served"][a.addr.to_string()], 1);
-    assert_eq!(status["served"][b.addr.to_string()], 1);
+    assert_eq!(status["active"], json!([b.addr.to_string()]), "{status}");
+    assert_eq!(status["previous"], json!([a.addr.to_string()]), "{status}");
+    assert_eq!(stat(&status, a.addr, "served"), 1, "{status}");
+    assert_eq!(stat(&status, b.addr, "served"), 1, "{status}");
     assert_eq!(
         (
             a.served.load(Ordering::SeqCst),
@@ -236,6 +240,768 @@ fn the_control_socket_is_root_only_and_a_restart_resumes_the_saved_route() {
         (200, "green")
     );
     let status = restarted.control(serde_json::json!({"op": "status"}));
-    assert_eq!(status["previous"], a.addr.to_string(), "{status}");
+    assert_eq!(status["previous"], json!([a.addr.to_string()]), "{status}");
     drop(dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forwarded headers.
+
+/// A keep-alive backend whose body is the request head it received (request line and headers).
+fn echo_head_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
+                        head.len()
+                    );
+                    if out.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Every value of header `name` in a request head, in order.
+fn values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn forwarded_headers_from_the_client_are_kept_and_the_peer_is_appended() {
+    let backend = echo_head_backend();
+    let proxy = Proxy::start(Some(backend), &[]);
+    let port = proxy.addr.port().to_string();
+    let mut conn = Conn::open(proxy.addr);
+
+    let (code, head) = conn
+        .try_request(
+            "/",
+            &[
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-For", "1.2.3.4"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(values(&head, "x-forwarded-proto"), ["https"], "{head}");
+    assert_eq!(
+        values(&head, "x-forwarded-for").join(", "),
+        "1.2.3.4, 127.0.0.1",
+        "{head}"
+    );
+    assert_eq!(values(&head, "x-forwarded-port"), [port.as_str()], "{head}");
+    assert_eq!(values(&head, "host"), ["app.example"], "{head}");
+
+    // Absent: the proxy says what the client reached.
+    let (code, head) = conn.try_request("/", &[]).unwrap();
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(values(&head, "x-forwarded-proto"), ["http"], "{head}");
+    assert_eq!(values(&head, "x-forwarded-for"), ["127.0.0.1"], "{head}");
+    assert_eq!(values(&head, "x-forwarded-port"), [port.as_str()], "{head}");
+    assert_eq!(values(&head, "host"), ["app.example"], "{head}");
+
+    // Present (the load balancer's port): kept.
+    let (_, head) = conn
+        .try_request("/", &[("X-Forwarded-Port", "443")])
+        .unwrap();
+    assert_eq!(values(&head, "x-forwarded-port"), ["443"], "{head}");
+}
+
+#[test]
+fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
+    let backend = echo_head_backend();
+    let sent = [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("X-Forwarded-Port", "443"),
+    ];
+    // Loopback is not in the trusted range.
+    let proxy = Proxy::start(Some(backend), &["--trust-forwarded", "10.0.0.0/8"]);
+    let (code, head) = Conn::open(proxy.addr).try_request("/", &sent).unwrap();
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(values(&head, "x-forwarded-proto"), ["http"], "{head}");
+    assert_eq!(values(&head, "x-forwarded-for"), ["127.0.0.1"], "{head}");
+    assert_eq!(
+        values(&head, "x-forwarded-port"),
+        [proxy.addr.port().to_string()],
+        "{head}"
+    );
+
+    // Loopback trusted: kept.
+    let trusting = Proxy::start(
+        Some(backend),
+        &[
+            "--trust-forwarded",
+            "10.0.0.0/8",
+            "--trust-forwarded",
+            "127.0.0.0/8",
+        ],
+    );
+    let (_, head) = Conn::open(trusting.addr).try_request("/", &sent).unwrap();
+    assert_eq!(values(&head, "x-forwarded-proto"), ["https"], "{head}");
+    assert_eq!(
+        values(&head, "x-forwarded-for").join(", "),
+        "1.2.3.4, 127.0.0.1",
+        "{head}"
+    );
+    assert_eq!(values(&head, "x-forwarded-port"), ["443"], "{head}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket.
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+/// A WebSocket server answering each text message with `"{name} {message}"`.
+fn ws_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(stream) else {
+                    return;
+                };
+                loop {
+                    match ws.read() {
+                        Ok(tungstenite::Message::Text(t)) => {
+                            let answer = format!("{name} {}", t.as_str());
+                            if ws.send(tungstenite::Message::text(answer)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket client connected through the proxy.
+fn ws_open(proxy: SocketAddr) -> Ws {
+    let s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (ws, response) = tungstenite::client::client(format!("ws://{proxy}/socket"), s)
+        .unwrap_or_else(|e| panic!("WebSocket handshake through the proxy: {e}"));
+    assert_eq!(response.status().as_u16(), 101);
+    ws
+}
+
+/// Sends `text`, returns the answer.
+fn ws_echo(ws: &mut Ws, text: &str) -> String {
+    ws.send(tungstenite::Message::text(text)).unwrap();
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => return t.as_str().to_string(),
+            Ok(_) => {}
+            Err(e) => panic!("reading the answer to {text:?}: {e}"),
+        }
+    }
+}
+
+/// Waits up to `limit` for the other side to close `ws`; how long that took, or what it
+/// said instead.
+fn ws_closed_within(ws: &mut Ws, limit: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    ws.get_ref().set_read_timeout(Some(limit)).unwrap();
+    match ws.read() {
+        Ok(tungstenite::Message::Close(_)) => Ok(started.elapsed()),
+        Ok(m) => Err(format!("still open: got {m:?}")),
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!("still open after {limit:?}"))
+        }
+        Err(_) => Ok(started.elapsed()),
+    }
+}
+
+#[test]
+fn websockets_echo_through_the_proxy() {
+    let a = ws_backend("blue");
+    let proxy = Proxy::start(Some(a), &[]);
+    let mut ws = ws_open(proxy.addr);
+    for i in 0..20 {
+        assert_eq!(ws_echo(&mut ws, &format!("m{i}")), format!("blue m{i}"));
+    }
+    let status = proxy.control(json!({"op": "status"}));
+    assert_eq!(stat(&status, a, "upgraded_open"), 1, "{status}");
+    assert_eq!(stat(&status, a, "upgraded"), 1, "{status}");
+    assert_eq!(
+        stat(&status, a, "inflight"),
+        1,
+        "an upgraded connection is in flight: {status}"
+    );
+    ws.close(None).unwrap();
+    assert!(ws_closed_within(&mut ws, Duration::from_secs(5)).is_ok());
+    assert_eventually!(10, "the upgraded connection ends", || {
+        let s = proxy.control(json!({"op": "status"}));
+        if stat(&s, a, "upgraded_open") == 0 && stat(&s, a, "inflight") == 0 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+}
+
+#[test]
+fn websockets_follow_a_switch_and_a_drain_closes_the_old_ones_at_its_timeout() {
+    let (a, b) = (ws_backend("blue"), ws_backend("green"));
+    let proxy = Proxy::start(Some(a), &[]);
+    let mut ws1 = ws_open(proxy.addr);
+    assert_eq!(ws_echo(&mut ws1, "one"), "blue one");
+
+    let routed = proxy.control(json!({"op": "route", "backend": b.to_string()}));
+    assert_eq!(routed["ok"], true, "{routed}");
+    assert_eq!(
+        ws_echo(&mut ws1, "two"),
+        "blue two",
+        "an open WebSocket stays with its backend"
+    );
+    let mut ws2 = ws_open(proxy.addr);
+    assert_eq!(
+        ws_echo(&mut ws2, "three"),
+        "green three",
+        "a new upgrade reaches the new backend"
+    );
+    let status = proxy.control(json!({"op": "status"}));
+    assert_eq!(stat(&status, a, "upgraded_open"), 1, "{status}");
+    assert_eq!(stat(&status, b, "upgraded_open"), 1, "{status}");
+
+    let started = Instant::now();
+    let drained =
+        proxy.control(json!({"op": "drain", "backend": a.to_string(), "timeout_ms": 1000}));
+    let waited = started.elapsed();
+    assert_eq!(drained["backend"], a.to_string(), "{drained}");
+    assert!(
+        waited >= Duration::from_millis(950),
+        "the drain waits for the upgraded connection: {drained} after {waited:?}"
+    );
+    let closed = ws_closed_within(&mut ws1, Duration::from_secs(5));
+    assert!(
+        closed.is_ok(),
+        "the proxy closes the old backend's WebSocket at the drain's timeout: {closed:?}"
+    );
+    assert_eq!(
+        ws_echo(&mut ws2, "four"),
+        "green four",
+        "the active backend's WebSocket is left alone"
+    );
+    assert_eventually!(10, "the status to show it", || {
+        let s = proxy.control(json!({"op": "status"}));
+        if stat(&s, a, "upgraded_open") == 0
+            && stat(&s, a, "inflight") == 0
+            && stat(&s, b, "upgraded_open") == 1
+        {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming.
+
+#[test]
+fn server_sent_events_leave_the_proxy_as_the_backend_sends_them() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    // When the backend sent each event, and when it finished.
+    let sent: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+    let log = sent.clone();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut out = stream;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
+                    Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+        let _ = out.write_all(head.as_bytes());
+        let _ = out.write_all(chunk("data: one\n\n").as_bytes());
+        log.lock().unwrap().push(Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        let _ = out.write_all(chunk("data: two\n\n").as_bytes());
+        log.lock().unwrap().push(Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        log.lock().unwrap().push(Instant::now());
+        let _ = out.write_all(b"0\r\n\r\n");
+    });
+    let proxy = Proxy::start(Some(backend), &[]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: app.example\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let (mut first, mut second) = (None, None);
+    let mut buf = [0u8; 4096];
+    while second.is_none() {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "closed before the second event: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if first.is_none() && text.contains("data: one\n\n") {
+            first = Some(Instant::now());
+        }
+        if text.contains("data: two\n\n") {
+            second = Some(Instant::now());
+        }
+    }
+    let text = String::from_utf8_lossy(&seen).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    let sent = sent.lock().unwrap().clone();
+    let first_delay = first.unwrap().saturating_duration_since(sent[0]);
+    assert!(
+        first_delay < Duration::from_millis(50),
+        "the first event left the proxy {first_delay:?} after the backend sent it"
+    );
+    let second = second.unwrap();
+    assert!(
+        sent.len() < 3 || second < sent[2],
+        "the second event arrived only when the backend finished"
+    );
+    assert!(second.saturating_duration_since(sent[1]) < Duration::from_millis(50));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts and limits.
+
+#[test]
+fn a_client_that_never_finishes_its_head_is_closed_at_the_header_timeout() {
+    let a = Backend::start("blue", Duration::ZERO);
+    let proxy = Proxy::start(Some(a.addr), &["--header-timeout-secs", "2"]);
+    let slow = |partial: &'static [u8]| {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(proxy.addr).unwrap();
+        s.write_all(partial).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let read = s.read_to_end(&mut got);
+            (
+                started.elapsed(),
+                read,
+                String::from_utf8_lossy(&got).to_string(),
+            )
+        })
+    };
+    let partial = slow(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let silent = slow(b"");
+
+    // Meanwhile another client is served.
+    let (code, body) = Conn::open(proxy.addr).get("/");
+    assert_eq!(
+        (code, body.split_whitespace().next().unwrap()),
+        (200, "blue")
+    );
+
+    for (what, t) in [("a partial head", partial), ("nothing", silent)] {
+        let (elapsed, read, got) = t.join().unwrap();
+        match read {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the client that sent {what} was not closed: {e} after {elapsed:?}"),
+        }
+        assert!(
+            elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+            "the client that sent {what} was closed after {elapsed:?} (it got {got:?})"
+        );
+    }
+}
+
+#[test]
+fn a_kept_alive_connection_idle_65_s_is_still_served() {
+    let a = Backend::start("blue", Duration::ZERO);
+    let proxy = Proxy::start(Some(a.addr), &[]);
+    let mut conn = Conn::open(proxy.addr);
+    assert_eq!(conn.get("/").0, 200);
+    // Idle longer than the load balancer's 60 s idle timeout: this wait is what is tested.
+    std::thread::sleep(Duration::from_secs(65));
+    conn.stream().set_nonblocking(true).unwrap();
+    let peeked = conn.stream().peek(&mut [0u8; 64]);
+    conn.stream().set_nonblocking(false).unwrap();
+    match peeked {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the idle connection is not open and quiet: {other:?}"),
+    }
+    let (code, body) = conn.try_get("/").unwrap();
+    assert_eq!(
+        (code, body.split_whitespace().next().unwrap()),
+        (200, "blue")
+    );
+}
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed_at_the_idle_timeout() {
+    let a = Backend::start("blue", Duration::ZERO);
+    let proxy = Proxy::start(Some(a.addr), &["--idle-timeout-secs", "2"]);
+    let mut conn = Conn::open(proxy.addr);
+    let started = Instant::now();
+    assert_eq!(conn.get("/").0, 200);
+    let mut s = conn.stream().try_clone().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut rest = Vec::new();
+    let read = s.read_to_end(&mut rest);
+    let elapsed = started.elapsed();
+    assert!(
+        read.is_ok()
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "not closed: {read:?} after {elapsed:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+        "closed after {elapsed:?}"
+    );
+}
+
+#[test]
+fn a_head_over_the_limit_is_431_and_a_smaller_one_is_served() {
+    let a = Backend::start("blue", Duration::ZERO);
+    let proxy = Proxy::start(Some(a.addr), &["--max-header-bytes", "4096"]);
+    let big = "x".repeat(8192);
+    let (code, _) = Conn::open(proxy.addr)
+        .try_request("/", &[("X-Big", &big)])
+        .unwrap();
+    assert_eq!(code, 431);
+    let small = "x".repeat(1024);
+    let (code, body) = Conn::open(proxy.addr)
+        .try_request("/", &[("X-Small", &small)])
+        .unwrap();
+    assert_eq!(
+        (code, body.split_whitespace().next().unwrap()),
+        (200, "blue")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas.
+
+/// `busybox httpd` serving `name` at `/`, in its own process group (so that SIGKILL to the
+/// group kills it and its per-connection children, as a container's death would).
+struct Httpd {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Httpd {
+    fn start(name: &str) -> Httpd {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("index.html"), format!("{name}\n")).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+            .parse()
+            .unwrap();
+        let child = Command::new("/usr/bin/busybox")
+            .args(["httpd", "-f", "-p", &addr.to_string(), "-h"])
+            .arg(dir.path())
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let httpd = Httpd {
+            child,
+            addr,
+            _dir: dir,
+        };
+        assert_eventually!(10, "busybox httpd answers", || {
+            common::http_get(addr.port(), "/").map(|_| ())
+        });
+        httpd
+    }
+
+    fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn sigkill_of_one_of_three_replicas_under_load_fails_no_request() {
+    let mut replicas: Vec<Httpd> = ["r1", "r2", "r3"].into_iter().map(Httpd::start).collect();
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let names: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    let proxy = Proxy::start(None, &[]);
+    let routed = proxy.control(json!({"op": "route", "backends": names, "release": "v2"}));
+    assert_eq!(routed["ok"], true, "{routed}");
+    let mut active = common::strings(&routed["active"]);
+    active.sort();
+    let mut want = names;
+    want.sort();
+    assert_eq!(active, want, "{routed}");
+
+    let load = Load::start(proxy.addr, "/", 4);
+    assert_eventually!(20, "all three replicas serve", || {
+        let s = proxy.control(json!({"op": "status"}));
+        if addrs.iter().all(|a| stat(&s, *a, "served") > 0) {
+            Ok(s)
+        } else {
+            Err(s.to_string())
+        }
+    });
+    let status = proxy.control(json!({"op": "status"}));
+    for a in &addrs {
+        assert_eq!(
+            status["backends"][a.to_string()]["release"],
+            "v2",
+            "{status}"
+        );
+    }
+
+    let killed = addrs[0];
+    replicas[0].kill();
+    // A request racing the kill may still have been counted; then nothing more.
+    std::thread::sleep(Duration::from_millis(300));
+    let at_kill = proxy.control(json!({"op": "status"}));
+    // The load goes on for 2 more seconds.
+    std::thread::sleep(Duration::from_millis(1700));
+    let end = proxy.control(json!({"op": "status"}));
+    let samples = load.finish();
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(10)],
+        proxy.log()
+    );
+    assert_eq!(
+        stat(&end, killed, "served"),
+        stat(&at_kill, killed, "served"),
+        "the killed replica got requests after its death: {at_kill}\n{end}"
+    );
+    for a in &addrs[1..] {
+        assert!(
+            stat(&end, *a, "served") > stat(&at_kill, *a, "served"),
+            "{a} served after the kill: {end}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket activation and restarts.
+
+#[test]
+fn restarts_under_load_on_a_socket_activated_listener_fail_no_request() {
+    let backend = Backend::start("blue", Duration::ZERO);
+    // What systemd's berth-proxy.socket holds across the service's restarts.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("proxy.sock");
+    let log = dir.path().join("proxy.log");
+    let b = backend.addr.to_string();
+    let args = ["--backend", b.as_str(), "--drain-secs", "10"];
+    let mut proxy = Activated::start(&listener, &control, &log, &args);
+
+    let load = Load::start(addr, "/", 4);
+    load.run_for(200);
+    let mut restarts = Vec::new();
+    for round in 1..=2 {
+        let pid = proxy.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let exit = assert_eventually!(20, "the old proxy exits", || {
+            proxy
+                .child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_string())
+        });
+        assert!(
+            exit.success(),
+            "restart {round}: {exit:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        // As systemd's restart: the next one at once, on the same socket.
+        proxy = Activated::start(&listener, &control, &log, &args);
+        restarts.push(Instant::now());
+        assert_eventually!(20, "the new proxy serves", || {
+            let s = proxy.control(json!({"op": "status"}));
+            if total(&s, "served") >= 50 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        });
+    }
+    load.run_for(100);
+    let samples = load.finish();
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(10)],
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    for (i, r) in restarts.iter().enumerate() {
+        let after = samples
+            .iter()
+            .filter(|s| s.started >= *r && s.result.is_ok())
+            .count();
+        assert!(after > 0, "nothing served after restart {}", i + 1);
+    }
+}
+
+#[test]
+fn systemd_socket_activate_starts_a_proxy_that_serves() {
+    let a = Backend::start("blue", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("proxy.sock");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    // --listen names the activated address: binding it again would fail, so a served request
+    // shows that fd 3 is what serves.
+    let child = Command::new("/usr/bin/systemd-socket-activate")
+        .args(["-l", &addr, env!("CARGO_BIN_EXE_berth"), "proxy"])
+        .args(["--listen", &addr, "--backend", &a.addr.to_string()])
+        .arg("--control")
+        .arg(&socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    // systemd-socket-activate starts the proxy at the first connection.
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut conn = assert_eventually!(10, "systemd-socket-activate listens", || {
+        Conn::try_open(addr)
+    });
+    let (code, body) = conn.try_get("/").unwrap_or_else(|e| {
+        let exit = child.0.try_wait();
+        panic!(
+            "{e}; the proxy: {exit:?}\n{}",
+            std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default()
+        )
+    });
+    assert_eq!(
+        (code, body.split_whitespace().next().unwrap()),
+        (200, "blue")
+    );
+    let status = control(&socket, &json!({"op": "status"}));
+    assert_eq!(status["active"], json!([a.addr.to_string()]), "{status}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// State file and control socket limits.
+
+#[test]
+fn a_corrupt_state_file_starts_with_no_route_and_the_control_socket_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("route.json");
+    std::fs::write(&state, "{\"active\": [\u{0}garbage").unwrap();
+    let proxy = Proxy::start(None, &["--state", state.to_str().unwrap()]);
+    assert_eq!(Conn::open(proxy.addr).get("/").0, 503);
+    let status = proxy.control(json!({"op": "status"}));
+    assert_eq!(status["ok"], true, "{status}");
+    assert!(common::strings(&status["active"]).is_empty(), "{status}");
+
+    let a = Backend::start("blue", Duration::ZERO);
+    let routed = proxy.control(json!({"op": "route", "backend": a.addr.to_string()}));
+    assert_eq!(routed["ok"], true, "{routed}");
+    let (code, body) = Conn::open(proxy.addr).get("/");
+    assert_eq!(
+        (code, body.split_whitespace().next().unwrap()),
+        (200, "blue")
+    );
+}
+
+#[test]
+fn a_control_line_over_64_kib_is_refused_naming_the_limit() {
+    let proxy = Proxy::start(None, &[]);
+    let line = format!(
+        "{}\n",
+        json!({"op": "status", "padding": "x".repeat(100 * 1024)})
+    );
+    let s = std::os::unix::net::UnixStream::connect(&proxy.control).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    // The proxy may stop reading at its limit: write from another thread, whatever comes of it.
+    let write = std::thread::spawn(move || writer.write_all(line.as_bytes()));
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).unwrap();
+    let _ = write.join().unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&answer)
+        .unwrap_or_else(|e| panic!("not a JSON answer ({e}): {answer:?}"));
+    assert_eq!(answer["ok"], false, "{answer}");
+    let error = answer["error"].as_str().unwrap_or("").to_ascii_lowercase();
+    assert!(
+        error.contains("65536") || error.contains("64 kib") || error.contains("64kib"),
+        "the refusal names the limit: {answer}"
+    );
+    let status = proxy.control(json!({"op": "status"}));
+    assert_eq!(
+        status["ok"], true,
+        "the control socket still works: {status}"
+    );
 }

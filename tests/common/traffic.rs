@@ -2,7 +2,8 @@
 //! load client that records every request (when it started and ended, what answered).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
-/// The proxy process, killed when dropped.
+/// The proxy process, killed when dropped. Its stderr goes to `log` (a pipe nobody read would
+/// stall a proxy that logs much).
 pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
     pub control: PathBuf,
+    pub log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -38,6 +41,7 @@ impl Proxy {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let control = dir.path().join("proxy.sock");
+        let log = dir.path().join("proxy.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.arg("proxy")
             .arg("--listen")
@@ -50,15 +54,19 @@ impl Proxy {
         cmd.args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().unwrap();
-        let proxy = Proxy {
+        let mut proxy = Proxy {
             child,
             addr,
             control,
+            log,
             _dir: dir,
         };
         super::eventually("the proxy listens", Duration::from_secs(10), || {
+            if let Some(status) = proxy.child.try_wait().map_err(|e| e.to_string())? {
+                panic!("the proxy exited: {status}\n{}", proxy.log());
+            }
             TcpStream::connect(proxy.addr)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
@@ -72,6 +80,80 @@ impl Proxy {
     }
 
     #[allow(clippy::needless_pass_by_value)] // call sites read better with json! inline
+    pub fn control(&self, request: serde_json::Value) -> serde_json::Value {
+        control(&self.control, &request)
+    }
+
+    /// What the proxy wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A proxy started as systemd starts a socket-activated service: `listener` (which the caller
+/// keeps, as `berth-proxy.socket` keeps it across restarts) is its fd 3, with `LISTEN_FDS=1` and
+/// `LISTEN_PID` its own pid. Killed when dropped.
+pub struct Activated {
+    pub child: Child,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Drop for Activated {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Activated {
+    /// `berth proxy --control CONTROL ARGS...` on `listener`, its stderr appended to `log`;
+    /// returns once the control socket answers.
+    pub fn start(listener: &TcpListener, control: &Path, log: &Path, args: &[&str]) -> Activated {
+        let fd: OwnedFd = listener.try_clone().unwrap().into();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        // The listener arrives as stdin; the shell moves it to fd 3 and execs berth in its own
+        // process, so that `$$` is berth's pid.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"exec 3<&0 </dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" proxy "$@""#)
+            .arg(env!("CARGO_BIN_EXE_berth"))
+            .arg("--control")
+            .arg(control)
+            .args(args)
+            .stdin(Stdio::from(fd))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut proxy = Activated {
+            child,
+            control: control.to_path_buf(),
+            log: log.to_path_buf(),
+        };
+        super::eventually(
+            "the activated proxy's control socket answers",
+            Duration::from_secs(10),
+            || {
+                if let Some(status) = proxy.child.try_wait().map_err(|e| e.to_string())? {
+                    panic!(
+                        "the activated proxy exited: {status}\n{}",
+                        std::fs::read_to_string(&proxy.log).unwrap_or_default()
+                    );
+                }
+                UnixStream::connect(&proxy.control)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
+        proxy
+    }
+
+    #[allow(clippy::needless_pass_by_value)]
     pub fn control(&self, request: serde_json::Value) -> serde_json::Value {
         control(&self.control, &request)
     }
@@ -89,16 +171,29 @@ pub fn control(path: &Path, request: &serde_json::Value) -> serde_json::Value {
 pub struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// The last response said `Connection: close`: the server closes this connection.
+    pub closed: bool,
 }
 
 impl Conn {
     pub fn open(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Conn {
-            reader: BufReader::new(s.try_clone().unwrap()),
+        Self::try_open(addr).unwrap()
+    }
+
+    pub fn try_open(addr: SocketAddr) -> Result<Conn, String> {
+        let s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .map_err(|e| e.to_string())?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
             writer: s,
-        }
+            closed: false,
+        })
+    }
+
+    /// The socket itself (to peek at, or to set timeouts on).
+    pub fn stream(&self) -> &TcpStream {
+        &self.writer
     }
 
     /// GET `path` on this connection; returns (status, body).
@@ -108,8 +203,21 @@ impl Conn {
 
     /// GET `path`; an error says what went wrong (for load clients that count failures).
     pub fn try_get(&mut self, path: &str) -> Result<(u16, String), String> {
+        self.try_request(path, &[])
+    }
+
+    /// GET `path` with `Host: app.example` and `headers` after it.
+    pub fn try_request(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String), String> {
         let err = |what: &str, e: std::io::Error| format!("{what}: {e}");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n\r\n");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: app.example\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
         self.writer
             .write_all(req.as_bytes())
             .map_err(|e| err("send", e))?;
@@ -149,6 +257,9 @@ impl Conn {
             if h.starts_with("transfer-encoding:") && h.contains("chunked") {
                 chunked = true;
             }
+            if h.starts_with("connection:") && h.contains("close") {
+                self.closed = true;
+            }
         }
         let mut body = Vec::new();
         if chunked {
@@ -178,6 +289,21 @@ impl Conn {
     }
 }
 
+/// `field` (`inflight`, `served`, ...) of every backend in a proxy's status, added up.
+pub fn total(status: &serde_json::Value, field: &str) -> u64 {
+    status["backends"]
+        .as_object()
+        .map(|m| m.values().filter_map(|b| b[field].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// `field` of one backend in a proxy's status (0 when the backend is not listed).
+pub fn stat(status: &serde_json::Value, backend: SocketAddr, field: &str) -> u64 {
+    status["backends"][backend.to_string()][field]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// Waits until exactly `n` requests are in flight through the proxy (all backends).
 pub fn wait_inflight(control_socket: &Path, n: u64) {
     super::eventually(
@@ -185,10 +311,7 @@ pub fn wait_inflight(control_socket: &Path, n: u64) {
         Duration::from_secs(10),
         || {
             let s = control(control_socket, &serde_json::json!({"op": "status"}));
-            let inflight: u64 = s["inflight"]
-                .as_object()
-                .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
-                .unwrap_or(0);
+            let inflight = total(&s, "inflight");
             if inflight == n {
                 Ok(())
             } else {
@@ -208,7 +331,8 @@ pub struct Sample {
 }
 
 /// Keeps `clients` keep-alive connections busy with GET `path` until stopped; a failed
-/// connection is reopened (the failure is recorded).
+/// connection is reopened (the failure is recorded), and so is one the server closes after
+/// answering `Connection: close` (not a failure).
 pub struct Load {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -229,14 +353,17 @@ impl Load {
                         let started = Instant::now();
                         let result = match conn.as_mut() {
                             Some(c) => c.try_get(path),
-                            None => match TcpStream::connect(addr) {
-                                Ok(_) => {
-                                    conn = Some(Conn::open(addr));
+                            None => match Conn::try_open(addr) {
+                                Ok(c) => {
+                                    conn = Some(c);
                                     continue;
                                 }
-                                Err(e) => Err(format!("connect: {e}")),
+                                Err(e) => Err(e),
                             },
                         };
+                        if conn.as_ref().is_some_and(|c| c.closed) {
+                            conn = None;
+                        }
                         let result = match result {
                             Ok((code, body)) if (200..300).contains(&code) => {
                                 Ok(body.trim().to_string())
@@ -269,6 +396,18 @@ impl Load {
     /// Requests so far.
     pub fn count(&self) -> usize {
         self.samples.lock().unwrap().len()
+    }
+
+    /// Lets the load run until it has made at least `n` more requests.
+    pub fn run_for(&self, n: usize) {
+        let target = self.count() + n;
+        super::eventually("load to make requests", Duration::from_secs(30), || {
+            if self.count() >= target {
+                Ok(())
+            } else {
+                Err(format!("{} of {target}", self.count()))
+            }
+        });
     }
 
     /// Stops the clients and returns every request they made.
