@@ -157,9 +157,7 @@ impl Coded for ProxyError {
         match self {
             // The traffic port or the control socket cannot be had, or the saved route is
             // unreadable: `berth proxy` cannot start.
-            ProxyError::Listen { .. } | ProxyError::State { .. } | ProxyError::ControlSocket(_) => {
-                Exit::Invalid
-            }
+            ProxyError::Listen { .. } | ProxyError::ControlSocket(_) => Exit::Invalid,
             _ => Exit::Docker,
         }
     }

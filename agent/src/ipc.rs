@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +51,8 @@ pub trait Handler: Send + Sync + 'static {
     /// reading further requests from it.
     const ONE_REQUEST: bool = false;
     fn handle(&self, request: Self::Request) -> impl Future<Output = Self::Answer> + Send;
-    /// The answer to a line that is not a request.
-    fn bad_request(&self, error: serde_json::Error) -> Self::Answer;
+    /// The answer to a line that is not a request (`error` says why).
+    fn bad_request(&self, error: String) -> Self::Answer;
 }
 
 /// Binds `path` (mode 0600, its directory created). A socket file left by a killed process is
@@ -94,22 +94,71 @@ pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
         let handler = handler.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let answer = match serde_json::from_str::<H::Request>(&line) {
-                    Ok(request) => handler.handle(request).await,
-                    Err(e) => handler.bad_request(e),
+            let mut reader = BufReader::new(read);
+            loop {
+                // After a line too long, the rest of it is unread: answer, then close.
+                let (answer, too_long) = match read_line(&mut reader, MAX_LINE).await {
+                    Ok(Line::Full(line)) => match serde_json::from_slice::<H::Request>(&line) {
+                        Ok(request) => (handler.handle(request).await, false),
+                        Err(e) => (handler.bad_request(e.to_string()), false),
+                    },
+                    Ok(Line::TooLong) => (
+                        handler.bad_request(format!(
+                            "request line over {} KiB: refused",
+                            MAX_LINE / 1024
+                        )),
+                        true,
+                    ),
+                    Ok(Line::End) | Err(_) => break,
                 };
                 let Ok(mut out) = serde_json::to_string(&answer) else {
                     break;
                 };
                 out.push('\n');
-                if write.write_all(out.as_bytes()).await.is_err() || H::ONE_REQUEST {
+                if write.write_all(out.as_bytes()).await.is_err() || H::ONE_REQUEST || too_long {
                     break;
                 }
             }
         });
     }
+}
+
+/// The longest request line a socket reads; a longer one is refused, and its connection
+/// closed, rather than buffered without end.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The longest answer a client reads (a proxy's status with many backends stays far below).
+const MAX_ANSWER: usize = 16 << 20;
+
+enum Line {
+    Full(Vec<u8>),
+    TooLong,
+    End,
+}
+
+/// One line (without its newline), reading at most `cap` bytes of it.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    cap: usize,
+) -> std::io::Result<Line> {
+    let mut line = Vec::new();
+    let limit = u64::try_from(cap + 1).unwrap_or(u64::MAX);
+    let n = (&mut *reader)
+        .take(limit)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        return Ok(Line::Full(line));
+    }
+    if line.len() > cap {
+        return Ok(Line::TooLong);
+    }
+    // The last line, without a newline.
+    Ok(Line::Full(line))
 }
 
 /// Sends one request and reads its answer. [`IpcError::Absent`]: nobody listens at `path`.
@@ -142,14 +191,22 @@ pub async fn call<Req: Serialize, Ans: DeserializeOwned>(
         .map_err(talk)?;
     line.push('\n');
     write.write_all(line.as_bytes()).await.map_err(talk)?;
-    let mut answer = String::new();
-    BufReader::new(read)
-        .read_line(&mut answer)
+    let answer = match read_line(&mut BufReader::new(read), MAX_ANSWER)
         .await
-        .map_err(talk)?;
-    serde_json::from_str(&answer).map_err(|source| IpcError::Answer {
+        .map_err(talk)?
+    {
+        Line::Full(bytes) => bytes,
+        Line::End => Vec::new(),
+        Line::TooLong => {
+            return Err(talk(std::io::Error::other(format!(
+                "answer over {} MiB",
+                MAX_ANSWER >> 20
+            ))))
+        }
+    };
+    serde_json::from_slice(&answer).map_err(|source| IpcError::Answer {
         path: path.to_path_buf(),
-        answer: answer.trim_end().to_string(),
+        answer: String::from_utf8_lossy(&answer).trim_end().to_string(),
         source,
     })
 }
@@ -168,8 +225,8 @@ mod tests {
         async fn handle(&self, request: u32) -> Result<u32, String> {
             Ok(request + 1)
         }
-        fn bad_request(&self, error: serde_json::Error) -> Result<u32, String> {
-            Err(error.to_string())
+        fn bad_request(&self, error: String) -> Result<u32, String> {
+            Err(error)
         }
     }
 

@@ -149,21 +149,45 @@ enum Command {
     /// The traffic proxy: owns the traffic port, forwards to the active release; its route is
     /// changed over the control socket. Its own process, so that it outlives the agent.
     Proxy {
-        /// Where clients (the load balancer) connect.
+        /// Where clients (the load balancer) connect; unused when systemd passes the listening
+        /// socket (berth-proxy.socket).
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
         /// The control socket (created 0600).
         #[arg(long, default_value = "/run/berth-proxy/proxy.sock")]
         control: PathBuf,
-        /// The backend to start with (else the saved route, else none: 503).
+        /// A backend to start with, repeated for several (else the saved route, else none: 503).
         #[arg(long)]
-        backend: Option<std::net::SocketAddr>,
+        backend: Vec<std::net::SocketAddr>,
         /// Where the route is saved, so that a restarted proxy resumes it.
         #[arg(long)]
         state: Option<PathBuf>,
         /// On SIGTERM, how long in-flight requests may take to finish.
         #[arg(long, default_value_t = 30)]
         drain_secs: u64,
+        /// A new connection has this long to send a complete request head.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        header_timeout_secs: u64,
+        /// A kept-alive connection may idle this long; keep it above the load balancer's idle
+        /// timeout (the ALB's is 60 s), so that the load balancer always closes first.
+        #[arg(long, default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..))]
+        idle_timeout_secs: u64,
+        /// A backend that does not accept a connection within this is skipped.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        connect_timeout_secs: u64,
+        /// A backend's response head must come within this (504); 0: no limit (long polls).
+        #[arg(long, default_value_t = 0)]
+        response_timeout_secs: u64,
+        /// The largest request head (431 above it).
+        #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(8192..=16_777_216))]
+        max_header_bytes: u64,
+        /// Believe X-Forwarded-* headers only from peers in this range (repeated for
+        /// several); by default from every peer.
+        #[arg(long, value_name = "CIDR")]
+        trust_forwarded: Vec<ipnet::IpNet>,
+        /// Do not time requests or count them by status (in flight and served still are).
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// Print the resolved project (environment values masked).
     Config {
@@ -309,9 +333,30 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             backend,
             state,
             drain_secs,
+            header_timeout_secs,
+            idle_timeout_secs,
+            connect_timeout_secs,
+            response_timeout_secs,
+            max_header_bytes,
+            trust_forwarded,
+            no_metrics,
         } => {
-            let drain = Duration::from_secs(drain_secs);
-            berth::proxy::run(listen, &control, backend, state, drain).await?;
+            berth::proxy::run(berth::proxy::Settings {
+                listen,
+                control,
+                backends: backend,
+                state,
+                drain: Duration::from_secs(drain_secs),
+                header_timeout: Duration::from_secs(header_timeout_secs),
+                idle_timeout: Duration::from_secs(idle_timeout_secs),
+                connect_timeout: Duration::from_secs(connect_timeout_secs),
+                response_timeout: (response_timeout_secs > 0)
+                    .then(|| Duration::from_secs(response_timeout_secs)),
+                max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(65_536),
+                trusted: (!trust_forwarded.is_empty()).then_some(trust_forwarded),
+                metrics: !no_metrics,
+            })
+            .await?;
         }
         Command::Agent {
             config,

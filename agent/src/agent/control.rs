@@ -78,7 +78,7 @@ impl Handler for Deployer {
         }
     }
 
-    fn bad_request(&self, error: serde_json::Error) -> Answer<Reply> {
+    fn bad_request(&self, error: String) -> Answer<Reply> {
         Answer::failed(format!("bad request: {error}"), Exit::Usage)
     }
 }

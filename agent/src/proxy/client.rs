@@ -10,9 +10,14 @@ use super::protocol::{Drained, Reply, Request, Routed, Status};
 use super::ProxyError;
 use crate::ipc::{self, IpcError};
 
-/// Switches the proxy at `socket` to `backend`; a refusal is an error.
-pub async fn route(socket: &Path, backend: SocketAddr) -> Result<Routed, ProxyError> {
-    let routed: Routed = ask(socket, &Request::Route { backend }).await?;
+/// Switches the proxy at `socket` to `backends` (the replicas of `release`); a refusal is an
+/// error.
+pub async fn route(
+    socket: &Path,
+    backends: &[SocketAddr],
+    release: Option<&str>,
+) -> Result<Routed, ProxyError> {
+    let routed: Routed = ask(socket, &Request::route(backends, release)).await?;
     if !routed.ok {
         return Err(refused(socket, &routed));
     }
@@ -95,15 +100,10 @@ mod tests {
         type Answer = Answer;
         async fn handle(&self, request: Request) -> Answer {
             match request {
-                Request::Route { backend } if backend.port() == 1 => Answer::Routed(Routed {
-                    ok: false,
-                    active: backend,
-                    previous: None,
-                }),
-                Request::Route { backend } => Answer::Routed(Routed {
-                    ok: true,
-                    active: backend,
-                    previous: None,
+                Request::Route { backends, .. } => Answer::Routed(Routed {
+                    ok: backends.iter().all(|b| b.port() != 1),
+                    active: backends,
+                    previous: vec![],
                 }),
                 Request::Status => Answer::Refused(Refused {
                     ok: false,
@@ -116,11 +116,8 @@ mod tests {
                 }),
             }
         }
-        fn bad_request(&self, error: serde_json::Error) -> Answer {
-            Answer::Refused(Refused {
-                ok: false,
-                error: error.to_string(),
-            })
+        fn bad_request(&self, error: String) -> Answer {
+            Answer::Refused(Refused { ok: false, error })
         }
     }
 
@@ -136,8 +133,8 @@ mod tests {
         let listener = ipc::bind(&socket).await.unwrap();
         let server = tokio::spawn(ipc::serve(listener, Arc::new(Fake)));
 
-        assert_eq!(route(&socket, a).await.unwrap().active, a);
-        let refusal = route(&socket, "127.0.0.1:1".parse().unwrap()).await;
+        assert_eq!(route(&socket, &[a], None).await.unwrap().active, vec![a]);
+        let refusal = route(&socket, &["127.0.0.1:1".parse().unwrap()], None).await;
         assert!(
             matches!(&refusal, Err(ProxyError::Answer { path, .. }) if path == &socket),
             "{refusal:?}"

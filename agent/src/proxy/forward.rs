@@ -1,25 +1,70 @@
-//! One request, client to backend: the per-connection upstream link, hop-by-hop headers, and
-//! the response body that keeps the request in flight until it is fully sent. This is the hot
-//! path (the proxy is benchmarked against nginx): no work here that a request does not need.
+//! One request, client to backend: the per-connection upstream links, the choice of backend
+//! and the retry on another, hop-by-hop and forwarded headers, upgraded (WebSocket)
+//! connections, and the response body that keeps the request in flight until it is fully sent.
+//! This is the hot path (the proxy is benchmarked against nginx): no work here that a request
+//! does not need.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
+use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
-use super::routes::{InFlight, Routes};
+use super::connection::Busy;
+use super::routes::{Backend, InFlight, Routes, Shared};
 
-/// A response body that keeps its request in flight until it is fully sent (or dropped).
-pub(super) enum ProxyBody {
-    Upstream { body: Incoming, inflight: InFlight },
+/// What one request needs to know of the proxy's settings.
+#[derive(Debug, Clone)]
+pub(super) struct Limits {
+    /// A backend that does not accept a connection within this is skipped (and marked down).
+    pub(super) connect: Duration,
+    /// A backend that has not sent its response head within this gets a 504; `None`: no
+    /// limit (long polls).
+    pub(super) response: Option<Duration>,
+    /// Peers whose X-Forwarded-* headers are kept; `None`: every peer's (the load balancer is
+    /// the only one that reaches the port).
+    pub(super) trusted: Option<Vec<ipnet::IpNet>>,
+}
+
+impl Limits {
+    fn trusts(&self, peer: IpAddr) -> bool {
+        self.trusted
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(&peer)))
+    }
+}
+
+/// A request body as sent upstream: the client's, or none (a bodiless request is rebuilt with
+/// an empty one, so that it can be sent again to another backend).
+type UpBody = Either<Incoming, Empty<Bytes>>;
+
+/// A response body that keeps its request in flight (and its connection busy) until it is
+/// fully sent, or dropped.
+pub(super) struct ProxyBody {
+    kind: Kind,
+    inflight: Option<InFlight>,
+    busy: Option<Busy>,
+}
+
+enum Kind {
+    Upstream(Incoming),
     Local(Full<Bytes>),
+}
+
+impl ProxyBody {
+    fn done(&mut self) {
+        if let Some(mut f) = self.inflight.take() {
+            f.finish();
+        }
+        self.busy = None;
+    }
 }
 
 impl Body for ProxyBody {
@@ -31,73 +76,109 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let polled = match this {
-            ProxyBody::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
-            ProxyBody::Local(full) => {
-                return Pin::new(full)
-                    .poll_frame(cx)
-                    .map_err(|never: Infallible| match never {})
-            }
+        let polled = match &mut this.kind {
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Local(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never: Infallible| match never {}),
         };
-        if let (
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))),
-            ProxyBody::Upstream { inflight, .. },
-        ) = (&polled, this)
-        {
-            inflight.finish();
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.done();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
-            ProxyBody::Local(full) => full.is_end_stream(),
+        match &self.kind {
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Local(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
-            ProxyBody::Local(full) => full.size_hint(),
+        match &self.kind {
+            Kind::Upstream(body) => body.size_hint(),
+            Kind::Local(full) => full.size_hint(),
         }
     }
 }
 
 /// A response the proxy makes itself (503 without a route, 502 when the backend fails).
-fn local(code: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::Local(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
+fn local(code: StatusCode, text: &'static str, busy: Busy) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody {
+        kind: Kind::Local(Full::new(Bytes::from_static(text.as_bytes()))),
+        inflight: None,
+        busy: Some(busy),
+    });
     *resp.status_mut() = code;
     resp
 }
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
+    if let Some(value) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = value
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for h in named {
+            headers.remove(h);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade: x`).
+fn upgrade_of(headers: &hyper::HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for h in named {
-        headers.remove(h);
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// X-Forwarded-For gets the peer appended; X-Forwarded-Proto and -Port are kept when a
+/// trusted peer (the load balancer: its HTTPS listener sends `https`) set them, and set to
+/// this hop's otherwise. From an untrusted peer, none of them is believed.
+fn forwarded_headers(headers: &mut hyper::HeaderMap, peer: IpAddr, port: u16, trusted: bool) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+    if !trusted {
+        for h in [&XFF, &XFP, &XFPORT, &header::FORWARDED] {
+            headers.remove(h);
+        }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(h);
+    let forwarded = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {peer}"),
+        None => peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(&XFF, v);
+    }
+    if !headers.contains_key(&XFP) {
+        headers.insert(&XFP, HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&XFPORT) {
+        headers.insert(&XFPORT, HeaderValue::from(port));
     }
 }
 
@@ -105,27 +186,66 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 /// connections (5 s is a common timeout), and a request must not race that close.
 const IDLE_REUSE: Duration = Duration::from_secs(2);
 
-/// One client connection's upstream connection, 1:1 (as nginx's upstream keep-alive does), so no
-/// request waits on a shared pool. Reopened when the route changes, or after it idled.
+/// One client connection's upstream connections, one per backend it has used (as nginx's
+/// upstream keep-alive does), so no request waits on a shared pool. Reopened when the route
+/// changes, or after they idled.
 #[derive(Default)]
 pub(super) struct Upstream {
-    link: tokio::sync::Mutex<Option<Link>>,
+    links: tokio::sync::Mutex<Vec<Link>>,
 }
 
 struct Link {
     backend: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    sender: hyper::client::conn::http1::SendRequest<UpBody>,
     last_used: Instant,
 }
 
-async fn connect(backend: SocketAddr) -> Result<Link, String> {
-    let stream = tokio::net::TcpStream::connect(backend)
-        .await
-        .map_err(|e| e.to_string())?;
+/// Why a request got no response from a backend.
+struct Failed {
+    error: String,
+    /// The connection could not be opened: the backend is not there.
+    connect: bool,
+    /// No response head within the limit.
+    timeout: bool,
+    /// The request when it never left the proxy (it may go to another backend).
+    unsent: Option<Request<UpBody>>,
+}
+
+impl Failed {
+    fn sent(error: impl std::fmt::Display) -> Failed {
+        Failed {
+            error: error.to_string(),
+            connect: false,
+            timeout: false,
+            unsent: None,
+        }
+    }
+}
+
+/// A TCP connection to `backend` and its HTTP/1.1 handshake, within `limit`.
+async fn open(
+    backend: SocketAddr,
+    limit: Duration,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<UpBody>,
+        hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, UpBody>,
+    ),
+    String,
+> {
+    let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(backend)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("no connection within {} ms", limit.as_millis())),
+    };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+async fn connect(backend: SocketAddr, limit: Duration) -> Result<Link, String> {
+    let (sender, conn) = open(backend, limit).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -136,57 +256,119 @@ async fn connect(backend: SocketAddr) -> Result<Link, String> {
     })
 }
 
+/// `fut` within `limit`, when there is one.
+async fn within<T>(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
 impl Upstream {
     async fn send(
         &self,
         backend: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, String> {
-        let mut slot = self.link.lock().await;
+        req: Request<UpBody>,
+        limits: &Limits,
+    ) -> Result<Response<Incoming>, Failed> {
+        let mut links = self.links.lock().await;
         let mut req = req;
         // A kept-alive connection the backend has just closed (busybox httpd closes after every
         // response) hands the request back unsent: it is retried once on a new connection, so
         // that race never becomes a 502.
         for attempt in 0..2 {
-            let reusable = slot.as_ref().is_some_and(|l| {
-                l.backend == backend && !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE
+            let found = links.iter().position(|l| l.backend == backend);
+            let reusable = found.filter(|i| {
+                let l = &links[*i];
+                !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE && attempt == 0
             });
-            if !reusable || attempt > 0 {
-                *slot = Some(connect(backend).await?);
-            }
-            let Some(link) = slot.as_mut() else {
-                return Err("no upstream connection".into());
+            let i = match reusable {
+                Some(i) => i,
+                None => {
+                    if let Some(i) = found {
+                        links.swap_remove(i);
+                    }
+                    match connect(backend, limits.connect).await {
+                        Ok(link) => links.push(link),
+                        Err(error) => {
+                            return Err(Failed {
+                                error,
+                                connect: true,
+                                timeout: false,
+                                unsent: Some(req),
+                            })
+                        }
+                    }
+                    links.len() - 1
+                }
             };
+            let link = &mut links[i];
             if link.sender.ready().await.is_err() {
-                *slot = None;
                 continue;
             }
-            let result = link.sender.try_send_request(req).await;
+            let result = within(limits.response, link.sender.try_send_request(req)).await;
             link.last_used = Instant::now();
             match result {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => {
-                    *slot = None;
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(mut e)) => {
+                    links.swap_remove(i);
                     match e.take_message() {
                         Some(unsent) => req = unsent,
-                        None => return Err(e.into_error().to_string()),
+                        None => return Err(Failed::sent(e.into_error())),
                     }
+                }
+                None => {
+                    links.swap_remove(i);
+                    return Err(Failed {
+                        timeout: true,
+                        ..Failed::sent("no response head in time")
+                    });
                 }
             }
         }
-        Err("the backend closed the connection twice".into())
+        Err(Failed::sent("the backend closed the connection twice"))
+    }
+
+    /// Forgets the links to backends no longer routed to (after a switch).
+    async fn keep_only(&self, backends: &[Backend]) {
+        let mut links = self.links.lock().await;
+        if links.len() > backends.len() {
+            links.retain(|l| backends.iter().any(|b| b.addr == l.backend));
+        }
     }
 }
 
-/// Sends `req` from the client at `peer` to the active backend and returns its response.
+/// What forward needs of the client connection.
+pub(super) struct Client {
+    pub(super) peer: SocketAddr,
+    /// The port the client connected to (X-Forwarded-Port when the client sent none).
+    pub(super) port: u16,
+    pub(super) upstream: Upstream,
+}
+
+/// Requests that may be sent again once sent (RFC 9110 section 9.2.2): only those are
+/// retried on another backend after their connection failed.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Sends `req` from `client` to a backend of the route and returns its response.
 pub(super) async fn forward(
     routes: &Routes,
-    upstream: &Upstream,
-    peer: SocketAddr,
+    limits: &Limits,
+    client: &Client,
+    busy: Busy,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let Some(backend) = routes.current() else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n");
+    let started = routes.timed.then(Instant::now);
+    let Some(pool) = routes.current() else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
     };
     // Origin-form (`/path?query`), as a server expects from a client; some (busybox httpd)
     // refuse the absolute form.
@@ -196,37 +378,214 @@ pub(super) async fn forward(
         .cloned()
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
-    // The client's Host passes through (the app sees the name it was called by); an HTTP/1.0
-    // request without one gets the backend's.
-    if !req.headers().contains_key(hyper::header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
-            req.headers_mut().insert(hyper::header::HOST, v);
-        }
-    }
+    let upgrade = upgrade_of(req.headers());
+    let trusted = limits.trusts(client.peer.ip());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", peer.ip()),
-        None => peer.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert("x-forwarded-for", v);
+    forwarded_headers(headers, client.peer.ip(), client.port, trusted);
+    if let Some(protocol) = upgrade {
+        let Some(backend) = pool.pick(None) else {
+            return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
+        };
+        return tunnel(backend, limits, busy, req, protocol).await;
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
 
-    let inflight = InFlight::start(&backend.counters);
-    match upstream.send(backend.addr, req).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, ProxyBody::Upstream { body, inflight })
+    // The client's Host passes through (the app sees the name it was called by); an HTTP/1.0
+    // request without one gets the backend's.
+    let no_host = !req.headers().contains_key(header::HOST);
+    // A bodiless idempotent request can go to another replica if its backend fails.
+    let bodiless = req.body().is_end_stream();
+    let replay = (bodiless && pool.len() > 1 && idempotent(req.method())).then(|| {
+        let mut copy = Request::new(());
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        copy
+    });
+    let mut req: Request<UpBody> = if bodiless {
+        req.map(|_| Either::Right(Empty::new()))
+    } else {
+        req.map(Either::Left)
+    };
+    let mut avoid = None;
+    let mut last: Option<(Failed, Arc<Shared>)> = None;
+    client.upstream.keep_only(&pool.backends).await;
+    for _ in 0..pool.len().min(3) {
+        let Some(backend) = pool.pick(avoid) else {
+            break;
+        };
+        if no_host {
+            if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
+            }
         }
-        Err(e) => {
-            drop(inflight);
-            tracing::warn!(backend = %backend.addr, error = %e, "upstream request failed");
-            local(StatusCode::BAD_GATEWAY, "bad gateway\n")
+        let inflight = InFlight::start(&backend.shared, started);
+        match client.upstream.send(backend.addr, req, limits).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                backend.shared.counters.response(parts.status.as_u16());
+                return Response::from_parts(
+                    parts,
+                    ProxyBody {
+                        kind: Kind::Upstream(body),
+                        inflight: Some(inflight),
+                        busy: Some(busy),
+                    },
+                );
+            }
+            Err(mut failed) => {
+                drop(inflight);
+                if failed.connect {
+                    backend.shared.counters.connect_error();
+                }
+                tracing::warn!(backend = %backend.addr, error = %failed.error, "upstream request failed");
+                // Unsent, it may go anywhere; sent, only a bodiless idempotent one is sent again.
+                let again = failed
+                    .unsent
+                    .take()
+                    .or_else(|| replay.as_ref().filter(|_| !failed.timeout).map(rebuild));
+                last = Some((failed, backend.shared.clone()));
+                match again {
+                    Some(r) => {
+                        req = r;
+                        avoid = Some(backend.addr);
+                    }
+                    None => break,
+                }
+            }
         }
     }
+    match last {
+        Some((failed, shared)) => {
+            if failed.timeout {
+                shared.counters.response(504);
+                local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", busy)
+            } else {
+                shared.counters.response(502);
+                local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy)
+            }
+        }
+        None => local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy),
+    }
+}
+
+/// A bodiless request again, from its saved head.
+fn rebuild(copy: &Request<()>) -> Request<UpBody> {
+    let mut r = Request::new(Either::Right(Empty::new()));
+    *r.method_mut() = copy.method().clone();
+    *r.uri_mut() = copy.uri().clone();
+    *r.version_mut() = copy.version();
+    *r.headers_mut() = copy.headers().clone();
+    r
+}
+
+/// An upgrade request (WebSocket): sent on a connection of its own; on `101 Switching
+/// Protocols` the two connections are joined and bytes are copied both ways until either side
+/// closes, a drain gives up on the backend, or the proxy stops. Counted in flight meanwhile.
+async fn tunnel(
+    backend: &Backend,
+    limits: &Limits,
+    busy: Busy,
+    mut req: Request<Incoming>,
+    protocol: HeaderValue,
+) -> Response<ProxyBody> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let headers = req.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+    if !headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
+            headers.insert(header::HOST, v);
+        }
+    }
+    let shared = backend.shared.clone();
+    let (mut sender, conn) = match open(backend.addr, limits.connect).await {
+        Ok(pair) => pair,
+        Err(error) => {
+            shared.counters.connect_error();
+            shared.counters.response(502);
+            tracing::warn!(backend = %backend.addr, %error, "upstream upgrade failed");
+            return local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
+        }
+    };
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let inflight = InFlight::start(&shared, None);
+    let resp = match within(limits.response, sender.send_request(req.map(Either::Left))).await {
+        Some(Ok(resp)) => resp,
+        other => {
+            shared.counters.response(502);
+            let error = match other {
+                Some(Err(e)) => e.to_string(),
+                _ => "no response head in time".into(),
+            };
+            tracing::warn!(backend = %backend.addr, %error, "upstream upgrade failed");
+            return local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
+        }
+    };
+    let mut resp = resp;
+    shared.counters.response(resp.status().as_u16());
+    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let backend_side = switched.then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    let accepted = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    let Some(backend_side) = backend_side else {
+        // Not switching: an ordinary response on this connection.
+        return Response::from_parts(
+            parts,
+            ProxyBody {
+                kind: Kind::Upstream(body),
+                inflight: Some(inflight),
+                busy: Some(busy),
+            },
+        );
+    };
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(p) = accepted {
+        parts.headers.insert(header::UPGRADE, p);
+    }
+    let addr = backend.addr;
+    tokio::spawn(join(client_side, backend_side, shared, inflight, addr));
+    Response::from_parts(
+        parts,
+        ProxyBody {
+            kind: Kind::Local(Full::new(Bytes::new())),
+            inflight: None,
+            busy: Some(busy),
+        },
+    )
+}
+
+/// Copies bytes both ways between the upgraded client and backend connections.
+async fn join(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    shared: Arc<Shared>,
+    inflight: InFlight,
+    addr: SocketAddr,
+) {
+    let cut = shared.cut.notified();
+    tokio::pin!(cut);
+    cut.as_mut().enable();
+    shared.counters.upgrade_opened();
+    match tokio::try_join!(client, backend) {
+        Ok((client, backend)) => {
+            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
+                () = &mut cut => tracing::info!(backend = %addr, "upgraded connection closed: its backend is drained"),
+            }
+        }
+        Err(e) => tracing::warn!(backend = %addr, error = %e, "upgrade not completed"),
+    }
+    shared.counters.upgrade_closed();
+    drop(inflight);
 }
 
 #[cfg(test)]

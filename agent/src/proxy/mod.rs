@@ -23,12 +23,14 @@ use std::path::PathBuf;
 use crate::ipc::IpcError;
 
 pub mod client;
+mod connection;
 mod forward;
+pub mod metrics;
 pub mod protocol;
 mod routes;
 mod server;
 
-pub use server::run;
+pub use server::{run, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -54,11 +56,6 @@ pub enum ProxyError {
         path: PathBuf,
         answer: String,
         source: Option<serde_json::Error>,
-    },
-    #[error("state file {path}")]
-    State {
-        path: PathBuf,
-        source: std::io::Error,
     },
     /// The proxy cannot serve its control socket (another proxy answers there, or bind fails).
     #[error("proxy control socket")]

@@ -14,11 +14,20 @@ pub const DEFAULT_DRAIN_MS: u64 = 30_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Send new requests to `backend`.
-    Route { backend: SocketAddr },
+    /// Send new requests to `backends` (balanced: least in flight), or to the one `backend`;
+    /// `release` labels them in the metrics.
+    Route {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend: Option<SocketAddr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backends: Vec<SocketAddr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<String>,
+    },
     /// The route and the per-backend counters.
     Status,
-    /// Wait until nothing is in flight to `backend`, up to `timeout_ms` (default 30 s).
+    /// Wait until nothing is in flight to `backend` (requests and upgraded connections), up to
+    /// `timeout_ms` (default 30 s); upgraded connections still open then are closed.
     Drain {
         backend: SocketAddr,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,24 +35,67 @@ pub enum Request {
     },
 }
 
-/// The answer to `route`: `{"ok":true,"active":addr,"previous":addr|null}`.
+impl Request {
+    /// A route to `backends`, labelled `release`.
+    pub fn route(backends: &[SocketAddr], release: Option<&str>) -> Request {
+        Request::Route {
+            backend: None,
+            backends: backends.to_vec(),
+            release: release.map(str::to_string),
+        }
+    }
+}
+
+/// The answer to `route`: `{"ok":true,"active":[addr,...],"previous":[addr,...]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routed {
     pub ok: bool,
-    pub active: SocketAddr,
-    /// The backend that was active before this request (`active` itself on a repeat).
-    pub previous: Option<SocketAddr>,
+    pub active: Vec<SocketAddr>,
+    /// The backends that were active before this request (`active` itself on a repeat).
+    pub previous: Vec<SocketAddr>,
 }
 
-/// The answer to `status`: the route, and per backend the requests in flight and served.
+/// The answer to `status`: the route, and per backend what it served.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub ok: bool,
-    pub active: Option<SocketAddr>,
-    pub previous: Option<SocketAddr>,
-    pub inflight: BTreeMap<SocketAddr, u64>,
-    pub served: BTreeMap<SocketAddr, u64>,
+    pub active: Vec<SocketAddr>,
+    pub previous: Vec<SocketAddr>,
+    /// Every backend routed to since the proxy started (or its route was restored).
+    pub backends: BTreeMap<SocketAddr, BackendStats>,
 }
+
+/// One backend's counters, as the proxy counted them since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStats {
+    /// The release the route that named this backend was labelled with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Requests whose response is not fully sent yet, plus open upgraded connections.
+    pub inflight: u64,
+    /// Requests answered (and upgraded connections closed).
+    pub served: u64,
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx (the proxy's own 502s included).
+    pub responses: [u64; 5],
+    /// Upgraded (WebSocket) connections open now, and in all.
+    pub upgraded_open: u64,
+    pub upgraded: u64,
+    /// Connections to this backend that failed (refused, timed out).
+    pub connect_errors: u64,
+    /// Time to the response's end, counted per bucket of [`LATENCY_BOUNDS_MS`] (and one more
+    /// for slower), with the sum in microseconds. Empty when the proxy runs with `--no-metrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<u64>,
+    #[serde(default)]
+    pub latency_sum_us: u64,
+    /// Out of rotation after a failed connect (until it answers again).
+    #[serde(default)]
+    pub down: bool,
+}
+
+/// The latency histogram's upper bounds, in milliseconds (Prometheus' `le`).
+pub const LATENCY_BOUNDS_MS: [u64; 13] =
+    [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
 
 /// The answer to `drain`: `ok` when nothing is left in flight to `backend`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +148,22 @@ mod tests {
         assert_eq!(
             route,
             Request::Route {
-                backend: addr("127.0.0.1:32769")
+                backend: Some(addr("127.0.0.1:32769")),
+                backends: vec![],
+                release: None,
             }
+        );
+        let many: Request = serde_json::from_value(
+            json!({"op": "route", "backends": ["127.0.0.1:1", "127.0.0.1:2"], "release": "v2"}),
+        )
+        .unwrap();
+        assert_eq!(
+            many,
+            Request::route(&[addr("127.0.0.1:1"), addr("127.0.0.1:2")], Some("v2"))
+        );
+        assert_eq!(
+            serde_json::to_value(&many).unwrap(),
+            json!({"op": "route", "backends": ["127.0.0.1:1", "127.0.0.1:2"], "release": "v2"})
         );
         let status: Request = serde_json::from_value(json!({"op": "status"})).unwrap();
         assert_eq!(status, Request::Status);
@@ -126,22 +192,30 @@ mod tests {
         let a = addr("127.0.0.1:32769");
         let routed = Answer::Routed(Routed {
             ok: true,
-            active: a,
-            previous: None,
+            active: vec![a],
+            previous: vec![],
         });
         assert_eq!(
             serde_json::to_value(&routed).unwrap(),
-            json!({"ok": true, "active": "127.0.0.1:32769", "previous": null})
+            json!({"ok": true, "active": ["127.0.0.1:32769"], "previous": []})
         );
+        let stats = BackendStats {
+            release: Some("v1".into()),
+            inflight: 2,
+            served: 7,
+            responses: [0, 7, 0, 0, 0],
+            ..BackendStats::default()
+        };
         let status = Status {
             ok: true,
-            active: Some(a),
-            previous: None,
-            inflight: BTreeMap::from([(a, 2)]),
-            served: BTreeMap::from([(a, 7)]),
+            active: vec![a],
+            previous: vec![],
+            backends: BTreeMap::from([(a, stats)]),
         };
-        let wire = json!({"ok": true, "active": "127.0.0.1:32769", "previous": null,
-            "inflight": {"127.0.0.1:32769": 2}, "served": {"127.0.0.1:32769": 7}});
+        let wire = json!({"ok": true, "active": ["127.0.0.1:32769"], "previous": [],
+            "backends": {"127.0.0.1:32769": {"release": "v1", "inflight": 2, "served": 7,
+            "responses": [0, 7, 0, 0, 0], "upgraded_open": 0, "upgraded": 0,
+            "connect_errors": 0, "latency_sum_us": 0, "down": false}}});
         assert_eq!(
             serde_json::to_value(Answer::Status(status.clone())).unwrap(),
             wire

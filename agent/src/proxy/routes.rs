@@ -1,23 +1,26 @@
-//! The routing table: the backend requests go to now and the one before it, per-backend
-//! in-flight and served counters (what a drain waits on), and the file the route is saved to
-//! so that a restarted proxy resumes it.
+//! The routing table: the backends requests go to now (one per replica of the serving
+//! release) and the ones before them, each backend's counters (what a drain waits on and the
+//! metrics read), the choice of backend per request, and the file the route is saved to so that
+//! a restarted proxy resumes it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::metrics::{now_ms, Counters};
 use super::protocol::Status;
-use super::ProxyError;
 
-/// Per-backend counters.
+/// What the proxy keeps per backend address, across routes.
 #[derive(Debug, Default)]
-pub(super) struct Counters {
-    inflight: AtomicU64,
-    served: AtomicU64,
+pub(super) struct Shared {
+    pub(super) counters: Counters,
+    /// Wakes the upgraded connections to this backend when a drain gives up on them.
+    pub(super) cut: tokio::sync::Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -25,102 +28,196 @@ pub(super) struct Backend {
     pub(super) addr: SocketAddr,
     /// `addr` as a Host value, for requests that come without one.
     pub(super) authority: hyper::http::uri::Authority,
-    pub(super) counters: Arc<Counters>,
+    pub(super) shared: Arc<Shared>,
 }
 
-/// The routing table: the backend requests go to now, and the one before it.
+/// The backends of one route: the replicas of one release.
+#[derive(Debug)]
+pub(super) struct Pool {
+    pub(super) backends: Vec<Backend>,
+    /// Where the next tie-break starts, so that equal backends take turns.
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// The backend for the next request: the one with the fewest requests in flight among
+    /// those in rotation, taking turns on ties; `avoid` (one that just failed) only when there
+    /// is no other. With every backend down, still one of them: better a try than a 503.
+    pub(super) fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Backend> {
+        if let [only] = self.backends.as_slice() {
+            return Some(only);
+        }
+        let n = self.backends.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let mut best: Option<(&Backend, (bool, u64))> = None;
+        for i in 0..n {
+            let b = &self.backends[(start + i) % n];
+            let out = Some(b.addr) == avoid || b.shared.counters.is_down(now);
+            let rank = (out, b.shared.counters.inflight.load(Ordering::Relaxed));
+            if best.as_ref().is_none_or(|(_, r)| rank < *r) {
+                best = Some((b, rank));
+            }
+        }
+        best.map(|(b, _)| b)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.backends.iter().map(|b| b.addr).collect()
+    }
+}
+
+/// The routing table: the backends requests go to now, and the ones before them.
 #[derive(Debug, Default)]
 pub struct Routes {
-    active: RwLock<Option<Backend>>,
-    previous: RwLock<Option<SocketAddr>>,
-    counters: Mutex<BTreeMap<SocketAddr, Arc<Counters>>>,
+    active: RwLock<Option<Arc<Pool>>>,
+    previous: RwLock<Vec<SocketAddr>>,
+    known: Mutex<BTreeMap<SocketAddr, Known>>,
     state_file: Option<PathBuf>,
+    /// Whether requests are timed (`--no-metrics` turns it off).
+    pub(super) timed: bool,
 }
 
-/// The saved route file's content.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default)]
+struct Known {
+    shared: Arc<Shared>,
+    release: Option<String>,
+}
+
+/// The saved route file's content. Older proxies saved one address per side; a restarted
+/// newer proxy still reads that.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct SavedRoute {
-    active: Option<SocketAddr>,
-    previous: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    active: Vec<SocketAddr>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    previous: Vec<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    release: Option<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Option<SocketAddr>),
+        Many(Vec<SocketAddr>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => one.into_iter().collect(),
+        OneOrMany::Many(many) => many,
+    })
 }
 
 impl Routes {
-    /// The table saved in `state_file` (empty when there is none yet), saving there from now on.
-    pub(super) fn restore(state_file: Option<PathBuf>) -> Result<Routes, ProxyError> {
-        let mut routes = Routes::default();
+    /// The table saved in `state_file` (empty when there is none yet, or when it cannot be
+    /// read: a proxy that refused to start would keep the port down), saving there from now on.
+    pub(super) fn restore(state_file: Option<PathBuf>, timed: bool) -> Routes {
+        let mut routes = Routes {
+            timed,
+            ..Routes::default()
+        };
         if let Some(path) = &state_file {
-            let state_err = |source| ProxyError::State {
-                path: path.clone(),
-                source,
-            };
-            match std::fs::read(path) {
-                Ok(bytes) => {
-                    let saved: SavedRoute = serde_json::from_slice(&bytes)
-                        .map_err(|e| state_err(std::io::Error::from(e)))?;
-                    // Without a state file yet: restoring is not a change to save.
-                    if let Some(p) = saved.previous {
-                        routes.route(p);
-                    }
-                    if let Some(a) = saved.active {
-                        routes.route(a);
-                    }
+            let saved = match std::fs::read(path) {
+                Ok(bytes) => serde_json::from_slice::<SavedRoute>(&bytes).unwrap_or_else(|e| {
+                    tracing::warn!(path = %path.display(), error = %e, "the saved route is unreadable; starting without a route");
+                    SavedRoute::default()
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => SavedRoute::default(),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the saved route; starting without a route");
+                    SavedRoute::default()
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(state_err(e)),
+            };
+            // Without a state file yet: restoring is not a change to save.
+            if !saved.previous.is_empty() {
+                routes.route(&saved.previous, None);
+            }
+            if !saved.active.is_empty() {
+                routes.route(&saved.active, saved.release.as_deref());
             }
         }
         routes.state_file = state_file;
-        Ok(routes)
+        routes
     }
 
-    fn counters_for(&self, addr: SocketAddr) -> Arc<Counters> {
-        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(addr).or_default().clone()
+    /// The shared state of `addr`, labelled `release` when given.
+    fn shared_for(&self, addr: SocketAddr, release: Option<&str>) -> Arc<Shared> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = known.entry(addr).or_default();
+        if let Some(r) = release {
+            entry.release = Some(r.to_string());
+        }
+        entry.shared.clone()
     }
 
-    /// The backend requests go to now.
-    pub(super) fn current(&self) -> Option<Backend> {
+    /// The backends requests go to now.
+    pub(super) fn current(&self) -> Option<Arc<Pool>> {
         self.active
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Switches atomically; returns the backend that was active.
-    pub fn route(&self, addr: SocketAddr) -> Option<SocketAddr> {
-        let authority = match addr.to_string().parse() {
-            Ok(a) => a,
-            Err(_) => return None,
-        };
-        let backend = Backend {
-            addr,
-            authority,
-            counters: self.counters_for(addr),
-        };
+    /// Switches atomically to `addrs` (an empty list is refused: `None`); returns the
+    /// backends that were active.
+    pub fn route(&self, addrs: &[SocketAddr], release: Option<&str>) -> Option<Vec<SocketAddr>> {
+        let mut backends = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            if backends.iter().any(|b: &Backend| b.addr == *addr) {
+                continue;
+            }
+            backends.push(Backend {
+                addr: *addr,
+                authority: addr.to_string().parse().ok()?,
+                shared: self.shared_for(*addr, release),
+            });
+        }
+        if backends.is_empty() {
+            return None;
+        }
+        let pool = Arc::new(Pool {
+            backends,
+            next: AtomicUsize::new(0),
+        });
+        let new = pool.addrs();
         let old = self
             .active
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .replace(backend)
-            .map(|b| b.addr);
-        if old.is_some() && old != Some(addr) {
-            *self.previous.write().unwrap_or_else(|e| e.into_inner()) = old;
+            .replace(pool)
+            .map(|p| p.addrs())
+            .unwrap_or_default();
+        if !old.is_empty() && old != new {
+            *self.previous.write().unwrap_or_else(|e| e.into_inner()) = old.clone();
         }
-        self.save();
-        tracing::info!(backend = %addr, previous = ?old, "route switched");
-        old
+        self.save(release);
+        tracing::info!(backends = ?new, release = ?release, previous = ?old, "route switched");
+        Some(old)
     }
 
-    fn previous(&self) -> Option<SocketAddr> {
-        *self.previous.read().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn active(&self) -> Vec<SocketAddr> {
+        self.current().map(|p| p.addrs()).unwrap_or_default()
+    }
+
+    fn previous(&self) -> Vec<SocketAddr> {
+        self.previous
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Written to a temporary file and renamed, so a crash never leaves half a route.
-    fn save(&self) {
+    fn save(&self, release: Option<&str>) {
         let Some(path) = &self.state_file else { return };
         let saved = SavedRoute {
-            active: self.current().map(|b| b.addr),
+            active: self.active(),
             previous: self.previous(),
+            release: release.map(str::to_string),
         };
         let tmp = path.with_extension("tmp");
         let ok = serde_json::to_vec(&saved)
@@ -133,47 +230,83 @@ impl Routes {
     }
 
     pub(super) fn inflight(&self, addr: SocketAddr) -> u64 {
-        self.counters_for(addr).inflight.load(Ordering::Acquire)
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .get(&addr)
+            .map_or(0, |k| k.shared.counters.inflight.load(Ordering::Acquire))
     }
 
     pub(super) fn total_inflight(&self) -> u64 {
-        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        map.values()
-            .map(|c| c.inflight.load(Ordering::Acquire))
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known
+            .values()
+            .map(|k| k.shared.counters.inflight.load(Ordering::Acquire))
             .sum()
+    }
+
+    /// Closes the upgraded connections to `addr` (a drain gave up waiting for them), unless
+    /// it serves again.
+    pub(super) fn cut(&self, addr: SocketAddr) {
+        if self.active().contains(&addr) {
+            return;
+        }
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = known.get(&addr) {
+            k.shared.cut.notify_waiters();
+        }
+    }
+
+    /// Closes every upgraded connection (the proxy is stopping).
+    pub(super) fn cut_all(&self) {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for k in known.values() {
+            k.shared.cut.notify_waiters();
+        }
     }
 
     /// The answer to `status`.
     pub(super) fn status(&self) -> Status {
-        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let count = |counter: fn(&Counters) -> &AtomicU64| {
-            map.iter()
-                .map(|(a, c)| (*a, counter(c).load(Ordering::Acquire)))
-                .collect()
-        };
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         Status {
             ok: true,
-            active: self.current().map(|b| b.addr),
+            active: self.active(),
             previous: self.previous(),
-            inflight: count(|c| &c.inflight),
-            served: count(|c| &c.served),
+            backends: known
+                .iter()
+                .map(|(a, k)| {
+                    (
+                        *a,
+                        k.shared.counters.snapshot(k.release.clone(), self.timed),
+                    )
+                })
+                .collect(),
         }
     }
 }
 
-/// One request in flight to a backend, until finished or dropped.
-pub(super) struct InFlight(Option<Arc<Counters>>);
+/// One request (or upgraded connection) in flight to a backend, until finished or dropped;
+/// then counted as served, with its time when the proxy times requests.
+pub(super) struct InFlight {
+    shared: Option<Arc<Shared>>,
+    started: Option<Instant>,
+}
 
 impl InFlight {
-    pub(super) fn start(counters: &Arc<Counters>) -> InFlight {
-        counters.inflight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Some(counters.clone()))
+    pub(super) fn start(shared: &Arc<Shared>, started: Option<Instant>) -> InFlight {
+        shared.counters.inflight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            shared: Some(shared.clone()),
+            started,
+        }
     }
 
     pub(super) fn finish(&mut self) {
-        if let Some(c) = self.0.take() {
-            c.inflight.fetch_sub(1, Ordering::AcqRel);
-            c.served.fetch_add(1, Ordering::Relaxed);
+        if let Some(s) = self.shared.take() {
+            if let Some(t) = self.started {
+                s.counters.latency(t.elapsed());
+            }
+            s.counters.inflight.fetch_sub(1, Ordering::AcqRel);
+            s.counters.served.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -194,52 +327,95 @@ mod tests {
     }
 
     #[test]
-    fn routing_keeps_the_previous_backend() {
+    fn routing_keeps_the_previous_backends() {
         let r = Routes::default();
         let a = addr("127.0.0.1:1001");
-        let b = addr("127.0.0.1:1002");
-        assert_eq!(r.route(a), None);
-        assert_eq!(r.route(b), Some(a));
-        assert_eq!(r.current().unwrap().addr, b);
-        assert_eq!(*r.previous.read().unwrap(), Some(a));
-        // Re-routing to the same backend keeps `previous` (rollback still possible).
-        assert_eq!(r.route(b), Some(b));
-        assert_eq!(*r.previous.read().unwrap(), Some(a));
+        let (b, c) = (addr("127.0.0.1:1002"), addr("127.0.0.1:1003"));
+        assert_eq!(r.route(&[a], None), Some(vec![]));
+        assert_eq!(r.route(&[b, c, b], Some("v2")), Some(vec![a]));
+        assert_eq!(r.active(), vec![b, c], "a repeated address counts once");
+        assert_eq!(r.previous(), vec![a]);
+        // Re-routing to the same backends keeps `previous` (rollback still possible).
+        assert_eq!(r.route(&[b, c], Some("v2")), Some(vec![b, c]));
+        assert_eq!(r.previous(), vec![a]);
+        assert_eq!(r.route(&[], None), None, "no backends: refused");
+        assert_eq!(r.status().backends[&c].release.as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn least_in_flight_taking_turns_and_skipping_the_down() {
+        let r = Routes::default();
+        let (a, b, c) = (
+            addr("127.0.0.1:1001"),
+            addr("127.0.0.1:1002"),
+            addr("127.0.0.1:1003"),
+        );
+        r.route(&[a, b, c], None);
+        let pool = r.current().unwrap();
+        let picks: Vec<SocketAddr> = (0..3).map(|_| pool.pick(None).unwrap().addr).collect();
+        let mut sorted = picks.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![a, b, c], "ties take turns: {picks:?}");
+        // a and b busy: c.
+        let _busy = [
+            InFlight::start(&pool.backends[0].shared, None),
+            InFlight::start(&pool.backends[1].shared, None),
+        ];
+        for _ in 0..3 {
+            assert_eq!(pool.pick(None).unwrap().addr, c);
+        }
+        // c down: the least busy of the rest, never c.
+        pool.backends[2].shared.counters.connect_error();
+        for _ in 0..3 {
+            assert_ne!(pool.pick(None).unwrap().addr, c);
+        }
+        assert!(r.status().backends[&c].down);
+        // The one to avoid only when nothing else is left.
+        r.route(&[a], None);
+        let one = r.current().unwrap();
+        assert_eq!(one.pick(Some(a)).unwrap().addr, a);
     }
 
     #[test]
     fn in_flight_counts_until_finished_and_status_shows_it() {
         let r = Routes::default();
         let a = addr("127.0.0.1:1001");
-        r.route(a);
-        let mut first = InFlight::start(&r.current().unwrap().counters);
-        let second = InFlight::start(&r.current().unwrap().counters);
+        r.route(&[a], None);
+        let shared = r.current().unwrap().backends[0].shared.clone();
+        let mut first = InFlight::start(&shared, Some(Instant::now()));
+        let second = InFlight::start(&shared, None);
         assert_eq!((r.inflight(a), r.total_inflight()), (2, 2));
         first.finish();
         first.finish(); // once only
         drop(second);
         let status = r.status();
-        assert_eq!(status.inflight[&a], 0);
-        assert_eq!(status.served[&a], 2);
-        assert_eq!(status.active, Some(a));
+        assert_eq!(status.backends[&a].inflight, 0);
+        assert_eq!(status.backends[&a].served, 2);
+        assert!(status.backends[&a].latency.is_empty(), "untimed table");
+        assert_eq!(status.active, vec![a]);
     }
 
     #[test]
-    fn the_saved_route_is_restored() {
+    fn the_saved_route_is_restored_and_a_bad_file_starts_empty() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("route.json");
         let (a, b) = (addr("127.0.0.1:1001"), addr("127.0.0.1:1002"));
-        let saved = Routes::restore(Some(file.clone())).unwrap();
+        let saved = Routes::restore(Some(file.clone()), true);
         assert!(saved.current().is_none(), "no file yet: empty");
-        saved.route(a);
-        saved.route(b);
-        let restored = Routes::restore(Some(file.clone())).unwrap();
-        assert_eq!(restored.current().unwrap().addr, b);
-        assert_eq!(restored.previous(), Some(a));
+        saved.route(&[a], Some("v1"));
+        saved.route(&[b], Some("v2"));
+        let restored = Routes::restore(Some(file.clone()), true);
+        assert_eq!(restored.active(), vec![b]);
+        assert_eq!(restored.previous(), vec![a]);
+        assert_eq!(
+            restored.status().backends[&b].release.as_deref(),
+            Some("v2")
+        );
+        // What an older proxy saved.
+        std::fs::write(&file, r#"{"active":"127.0.0.1:1002","previous":null}"#).unwrap();
+        let old = Routes::restore(Some(file.clone()), true);
+        assert_eq!((old.active(), old.previous()), (vec![b], vec![]));
         std::fs::write(&file, "{").unwrap();
-        assert!(matches!(
-            Routes::restore(Some(file)),
-            Err(ProxyError::State { .. })
-        ));
+        assert!(Routes::restore(Some(file), true).current().is_none());
     }
 }

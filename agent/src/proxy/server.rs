@@ -1,74 +1,150 @@
-//! `berth proxy`'s process: the traffic listeners (one SO_REUSEPORT socket per worker thread),
-//! the control socket's handler, and the SIGTERM drain.
+//! `berth proxy`'s process: the traffic listener (systemd's, when socket-activated; else its
+//! own, one SO_REUSEPORT socket per worker thread), the control socket's handler, and the
+//! SIGTERM stop.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::forward::{forward, Upstream};
+use super::connection::{self, Timeouts};
+use super::forward::Limits;
 use super::protocol::{Answer, Drained, Refused, Request, Routed, DEFAULT_DRAIN_MS};
 use super::routes::Routes;
 use super::ProxyError;
 use crate::ipc;
 
-/// Serves until SIGTERM/SIGINT, then stops accepting and lets in-flight requests finish
-/// (up to `drain`).
-pub async fn run(
-    listen: SocketAddr,
-    control: &Path,
-    backend: Option<SocketAddr>,
-    state: Option<PathBuf>,
-    drain: Duration,
-) -> Result<(), ProxyError> {
-    let routes = Routes::restore(state)?;
-    if let Some(b) = backend {
-        routes.route(b);
+/// How `berth proxy` runs: its command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where clients connect, unless systemd passes the listening socket.
+    pub listen: SocketAddr,
+    pub control: PathBuf,
+    /// The backends to start with (else the saved route, else none: 503).
+    pub backends: Vec<SocketAddr>,
+    pub state: Option<PathBuf>,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub drain: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// `None`: no limit on the backend's response head (long polls).
+    pub response_timeout: Option<Duration>,
+    pub max_header_bytes: usize,
+    /// Peers whose X-Forwarded-* headers are believed; `None`: all.
+    pub trusted: Option<Vec<ipnet::IpNet>>,
+    /// Time requests and count them by status (`--no-metrics` turns it off).
+    pub metrics: bool,
+}
+
+/// Serves until SIGTERM/SIGINT, then stops accepting, answers the next request on each
+/// kept-alive connection with `Connection: close`, closes upgraded connections, and lets
+/// in-flight requests finish (up to `drain`).
+pub async fn run(settings: Settings) -> Result<(), ProxyError> {
+    let routes = Routes::restore(settings.state.clone(), settings.metrics);
+    if !settings.backends.is_empty() {
+        routes.route(&settings.backends, None);
     }
     let routes = Arc::new(routes);
+    let listen = settings.listen;
     let listen_err = |source| ProxyError::Listen {
         addr: listen,
         source,
     };
-    let listeners = bind_traffic(listen).map_err(listen_err)?;
+    let (listeners, activated) = match inherited_listener().map_err(listen_err)? {
+        Some(l) => (share(l).map_err(listen_err)?, true),
+        None => (bind_traffic(listen).map_err(listen_err)?, false),
+    };
     let workers = listeners.len();
-    let control_listener = ipc::bind(control)
+    let control_listener = ipc::bind(&settings.control)
         .await
         .map_err(ProxyError::ControlSocket)?;
     let handler = Arc::new(Control {
         routes: routes.clone(),
     });
     tokio::spawn(ipc::serve(control_listener, handler));
+    let shared = Arc::new(connection::Shared {
+        routes: routes.clone(),
+        limits: Limits {
+            connect: settings.connect_timeout,
+            response: settings.response_timeout,
+            trusted: settings.trusted.clone(),
+        },
+        timeouts: Timeouts {
+            header: settings.header_timeout,
+            idle: settings.idle_timeout,
+            max_header_bytes: settings.max_header_bytes,
+        },
+        stopping: Default::default(),
+        open: Default::default(),
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let threads = spawn_workers(listeners, &routes, &stop_rx).map_err(listen_err)?;
-    tracing::info!(%listen, control = %control.display(), workers, "proxy listening");
+    let threads = spawn_workers(listeners, &shared, &stop_rx).map_err(listen_err)?;
+    let address = if activated {
+        "systemd's socket".to_string()
+    } else {
+        listen.to_string()
+    };
+    tracing::info!(listen = %address, control = %settings.control.display(), workers, "proxy listening");
     notify_ready();
 
     wait_for_signal().await.map_err(listen_err)?;
-    // Stop accepting; what is in flight may finish.
+    // Stop accepting (a socket systemd holds keeps queueing for the next process), close
+    // upgraded connections, and let kept-alive ones go after their next answer.
+    shared.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    wait_drained(&routes, drain).await;
-    tracing::info!(left = routes.total_inflight(), "proxy stopped");
-    let _ = std::fs::remove_file(control);
+    routes.cut_all();
+    wait_drained(&shared, settings.drain).await;
+    tracing::info!(
+        left = routes.total_inflight(),
+        connections = shared.open.load(Ordering::Acquire),
+        "proxy stopped"
+    );
+    let _ = std::fs::remove_file(&settings.control);
     drop(threads); // their runtimes end with the process
     Ok(())
+}
+
+/// The listening socket systemd passes (`berth-proxy.socket`): it outlives this process, so a
+/// restart loses no connection waiting to be accepted.
+fn inherited_listener() -> std::io::Result<Option<std::net::TcpListener>> {
+    let Some(listener) = listenfd::ListenFd::from_env().take_tcp_listener(0)? else {
+        return Ok(None);
+    };
+    listener.set_nonblocking(true)?;
+    Ok(Some(listener))
+}
+
+/// One descriptor of the same socket per worker.
+fn share(listener: std::net::TcpListener) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let workers = worker_count();
+    let mut all = Vec::with_capacity(workers);
+    for _ in 1..workers {
+        all.push(listener.try_clone()?);
+    }
+    all.push(listener);
+    Ok(all)
+}
+
+fn worker_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// One listener per core, each to be served by its own single-threaded runtime (nginx's worker
 /// model): a request and its upstream connection never change threads.
 fn bind_traffic(listen: SocketAddr) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     // A plain bind first: SO_REUSEPORT alone would let a second (or stale) proxy share the port.
     drop(std::net::TcpListener::bind(listen)?);
-    (0..workers).map(|_| reuseport_listener(listen)).collect()
+    (0..worker_count())
+        .map(|_| reuseport_listener(listen))
+        .collect()
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -87,18 +163,18 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 
 fn spawn_workers(
     listeners: Vec<std::net::TcpListener>,
-    routes: &Arc<Routes>,
+    shared: &Arc<connection::Shared>,
     stop: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     listeners
         .into_iter()
         .enumerate()
         .map(|(i, listener)| {
-            let routes = routes.clone();
+            let shared = shared.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
-                .spawn(move || worker(listener, routes, stop))
+                .spawn(move || worker(listener, shared, stop))
         })
         .collect()
 }
@@ -121,16 +197,22 @@ async fn wait_for_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Waits until nothing is in flight to any backend, up to `drain`.
-async fn wait_drained(routes: &Routes, drain: Duration) {
+/// Waits until no client connection is open and nothing is in flight, up to `drain`.
+async fn wait_drained(shared: &connection::Shared, drain: Duration) {
     let deadline = Instant::now() + drain;
-    while routes.total_inflight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while (shared.open.load(Ordering::Acquire) > 0 || shared.routes.total_inflight() > 0)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// One worker: a current-thread runtime serving the connections its listener accepts.
-fn worker(listener: std::net::TcpListener, routes: Arc<Routes>, stop: watch::Receiver<bool>) {
+fn worker(
+    listener: std::net::TcpListener,
+    shared: Arc<connection::Shared>,
+    stop: watch::Receiver<bool>,
+) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,7 +231,7 @@ fn worker(listener: std::net::TcpListener, routes: Arc<Routes>, stop: watch::Rec
                 return;
             }
         };
-        accept_until_stopped(listener, routes, stop).await;
+        accept_until_stopped(listener, shared, stop).await;
         // Keep serving the connections already open until the process ends.
         std::future::pending::<()>().await;
     });
@@ -158,7 +240,7 @@ fn worker(listener: std::net::TcpListener, routes: Arc<Routes>, stop: watch::Rec
 /// Accepts and serves connections until `stop`; the listener closes when this returns.
 async fn accept_until_stopped(
     listener: TcpListener,
-    routes: Arc<Routes>,
+    shared: Arc<connection::Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -166,26 +248,20 @@ async fn accept_until_stopped(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, mostly: back off rather than spin.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
             _ = stop.wait_for(|s| *s) => break,
         };
-        let _ = stream.set_nodelay(true);
-        let routes = routes.clone();
-        tokio::spawn(async move {
-            let upstream = Arc::new(Upstream::default());
-            let svc = hyper::service::service_fn(move |req| {
-                let routes = routes.clone();
-                let upstream = upstream.clone();
-                async move { Ok::<_, Infallible>(forward(&routes, &upstream, peer, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+        tokio::spawn(connection::serve(
+            stream,
+            peer,
+            shared.clone(),
+            stop.clone(),
+        ));
     }
 }
 
@@ -201,13 +277,23 @@ impl ipc::Handler for Control {
 
     async fn handle(&self, request: Request) -> Answer {
         match request {
-            Request::Route { backend } => {
-                let previous = self.routes.route(backend);
-                Answer::Routed(Routed {
-                    ok: true,
-                    active: backend,
-                    previous,
-                })
+            Request::Route {
+                backend,
+                backends,
+                release,
+            } => {
+                let all: Vec<SocketAddr> = backend.into_iter().chain(backends).collect();
+                match self.routes.route(&all, release.as_deref()) {
+                    Some(previous) => Answer::Routed(Routed {
+                        ok: true,
+                        active: self.routes.active(),
+                        previous,
+                    }),
+                    None => Answer::Refused(Refused {
+                        ok: false,
+                        error: "route: no backend given (\"backend\" or \"backends\")".into(),
+                    }),
+                }
             }
             Request::Status => Answer::Status(self.routes.status()),
             Request::Drain {
@@ -220,22 +306,29 @@ impl ipc::Handler for Control {
         }
     }
 
-    fn bad_request(&self, error: serde_json::Error) -> Answer {
-        Answer::Refused(Refused {
-            ok: false,
-            error: error.to_string(),
-        })
+    fn bad_request(&self, error: String) -> Answer {
+        Answer::Refused(Refused { ok: false, error })
     }
 }
 
 impl Control {
-    /// Waits until nothing is in flight to `backend`, up to `timeout`.
+    /// Waits until nothing is in flight to `backend`, up to `timeout`; then closes the
+    /// upgraded connections still open to it (unless it is routed to again).
     async fn drain(&self, backend: SocketAddr, timeout: Duration) -> Drained {
         let deadline = Instant::now() + timeout;
         while self.routes.inflight(backend) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let left = self.routes.inflight(backend);
+        let mut left = self.routes.inflight(backend);
+        if left > 0 {
+            self.routes.cut(backend);
+            // The cut connections leave at once; what stays is requests still running.
+            let settle = Instant::now() + Duration::from_millis(200);
+            while self.routes.inflight(backend) > 0 && Instant::now() < settle {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            left = self.routes.inflight(backend);
+        }
         Drained {
             ok: left == 0,
             backend,
@@ -257,20 +350,33 @@ mod tests {
         };
         let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
-        control.handle(Request::Route { backend: a }).await;
-        let routed = control.handle(Request::Route { backend: b }).await;
+        let c: SocketAddr = "127.0.0.1:1003".parse().unwrap();
+        control.handle(Request::route(&[a], Some("v1"))).await;
+        let routed = control
+            .handle(Request::Route {
+                backend: Some(b),
+                backends: vec![c],
+                release: Some("v2".into()),
+            })
+            .await;
         assert_eq!(
             routed,
             Answer::Routed(Routed {
                 ok: true,
-                active: b,
-                previous: Some(a)
+                active: vec![b, c],
+                previous: vec![a]
             })
         );
         let Answer::Status(status) = control.handle(Request::Status).await else {
             panic!("not a status");
         };
-        assert_eq!((status.active, status.previous), (Some(b), Some(a)));
+        assert_eq!((status.active, status.previous), (vec![b, c], vec![a]));
+        assert_eq!(status.backends[&c].release.as_deref(), Some("v2"));
+        let refused = control.handle(Request::route(&[], None)).await;
+        assert!(
+            matches!(&refused, Answer::Refused(r) if r.error.contains("no backend")),
+            "{refused:?}"
+        );
         let drained = control
             .handle(Request::Drain {
                 backend: a,

@@ -298,11 +298,14 @@ impl Upgrader<'_> {
         &self,
     ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), UpgradeError> {
         let status = proxy::client::status(self.proxy_socket()).await?;
-        Ok((status.active, status.previous))
+        Ok((
+            status.active.first().copied(),
+            status.previous.first().copied(),
+        ))
     }
 
     pub(super) async fn switch(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
-        proxy::client::route(self.proxy_socket(), backend).await?;
+        proxy::client::route(self.proxy_socket(), &[backend], None).await?;
         Ok(())
     }
 

@@ -1,0 +1,243 @@
+//! One client connection's life: served by hyper, watched for the header and idle timeouts,
+//! and closed politely when the proxy stops.
+//!
+//! hyper's own `header_read_timeout` also runs while a kept-alive connection waits for its
+//! next request, so it would close idle connections at 30 s: before the ALB's 60 s idle
+//! timeout, which is the classic 502 (the ALB sends on a connection the target just closed).
+//! So the timeouts are kept here instead, from two counters the request path updates: a new
+//! connection must complete a request head within the header timeout; a kept-alive one may
+//! idle for the idle timeout (longer than the ALB's).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::header::{self, HeaderValue};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::forward::{forward, Client, Limits, Upstream};
+use super::metrics::now_ms;
+use super::routes::Routes;
+
+/// A connection's timeouts and limits.
+#[derive(Debug, Clone)]
+pub(super) struct Timeouts {
+    /// A new connection has this long to send a complete request head.
+    pub(super) header: Duration,
+    /// A kept-alive connection may wait this long for its next request.
+    pub(super) idle: Duration,
+    /// Request heads bigger than this get a 431 (hyper's read buffer; at least 8 KiB).
+    pub(super) max_header_bytes: usize,
+}
+
+/// After a stop began, an idle kept-alive connection gets this long to send its next request
+/// (answered with `Connection: close`) before it is closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// What every connection of the process shares.
+pub(super) struct Shared {
+    pub(super) routes: Arc<Routes>,
+    pub(super) limits: Limits,
+    pub(super) timeouts: Timeouts,
+    /// Set once SIGTERM arrived: responses say `Connection: close`.
+    pub(super) stopping: AtomicBool,
+    /// Client connections open now (the stop waits for them).
+    pub(super) open: AtomicU64,
+}
+
+/// What the request path tells the watcher about a connection.
+#[derive(Debug)]
+pub(super) struct Activity {
+    /// Requests being answered now (0 or 1 on HTTP/1.1).
+    busy: AtomicU32,
+    /// Requests begun on this connection.
+    requests: AtomicU64,
+    /// When it last became idle ([`now_ms`]), or was accepted.
+    last_ms: AtomicU64,
+}
+
+/// A request being answered on a connection; dropped when its response is fully sent.
+pub(super) struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            busy: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            last_ms: AtomicU64::new(now_ms()),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the watcher does with a connection when it looks.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Look again in this many milliseconds.
+    Wait(u64),
+    /// Finish what is in flight and close (hyper's graceful shutdown).
+    Close,
+    /// Close now: it never sent a request head in time.
+    Drop,
+}
+
+/// The watcher's decision, from the connection's counters at `now` (pure, for the tests).
+fn verdict(
+    busy: u32,
+    requests: u64,
+    last_ms: u64,
+    now: u64,
+    t: &Timeouts,
+    stopping: bool,
+) -> Verdict {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let limit = match (stopping, requests) {
+        (true, _) => ms(LINGER),
+        (false, 0) => ms(t.header),
+        (false, _) => ms(t.idle),
+    };
+    if busy > 0 {
+        // Its response carries `Connection: close` once stopping; else idle starts after it.
+        return Verdict::Wait(limit);
+    }
+    let idle = now.saturating_sub(last_ms);
+    if idle < limit {
+        Verdict::Wait(limit - idle)
+    } else if requests == 0 && !stopping {
+        Verdict::Drop
+    } else {
+        Verdict::Close
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let _ = stream.set_nodelay(true);
+    shared.open.fetch_add(1, Ordering::AcqRel);
+    let activity = Activity::new();
+    let client = Arc::new(Client {
+        peer,
+        port,
+        upstream: Upstream::default(),
+    });
+    let svc = {
+        let (shared, activity) = (shared.clone(), activity.clone());
+        hyper::service::service_fn(move |req| {
+            let busy = activity.begin();
+            let (shared, client) = (shared.clone(), client.clone());
+            async move {
+                let mut resp = forward(&shared.routes, &shared.limits, &client, busy, req).await;
+                if shared.stopping.load(Ordering::Relaxed) {
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(shared.timeouts.max_header_bytes)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut wait = shared.timeouts.header;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s), if !closing && !*stop.borrow() => {
+                // Look again now, with the linger.
+                wait = Duration::ZERO;
+                continue;
+            }
+        }
+        let v = verdict(
+            activity.busy.load(Ordering::Relaxed),
+            activity.requests.load(Ordering::Relaxed),
+            activity.last_ms.load(Ordering::Relaxed),
+            now_ms(),
+            &shared.timeouts,
+            shared.stopping.load(Ordering::Relaxed),
+        );
+        match v {
+            Verdict::Wait(ms) => wait = Duration::from_millis(ms),
+            Verdict::Drop => {
+                tracing::debug!(%peer, "no request head in time: closed");
+                break;
+            }
+            // A second look after a graceful shutdown that did not end it: close for good.
+            Verdict::Close if closing => break,
+            Verdict::Close => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                wait = LINGER;
+            }
+        }
+    }
+    shared.open.fetch_sub(1, Ordering::AcqRel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> Timeouts {
+        Timeouts {
+            header: Duration::from_secs(30),
+            idle: Duration::from_secs(75),
+            max_header_bytes: 65_536,
+        }
+    }
+
+    #[test]
+    fn a_new_connection_has_the_header_timeout_then_is_dropped() {
+        assert_eq!(
+            verdict(0, 0, 1_000, 11_000, &t(), false),
+            Verdict::Wait(20_000)
+        );
+        assert_eq!(verdict(0, 0, 1_000, 31_000, &t(), false), Verdict::Drop);
+    }
+
+    #[test]
+    fn a_kept_alive_connection_idles_past_the_albs_sixty_seconds() {
+        assert_eq!(verdict(0, 3, 0, 65_000, &t(), false), Verdict::Wait(10_000));
+        assert_eq!(verdict(0, 3, 0, 75_000, &t(), false), Verdict::Close);
+        // Busy: never closed for idleness, looked at again later.
+        assert_eq!(
+            verdict(1, 3, 0, 500_000, &t(), false),
+            Verdict::Wait(75_000)
+        );
+    }
+
+    #[test]
+    fn stopping_gives_idle_connections_a_short_linger() {
+        assert_eq!(verdict(0, 3, 1_000, 1_200, &t(), true), Verdict::Wait(800));
+        assert_eq!(verdict(0, 3, 1_000, 2_000, &t(), true), Verdict::Close);
+        assert_eq!(verdict(0, 0, 1_000, 2_000, &t(), true), Verdict::Close);
+        assert_eq!(verdict(1, 3, 0, 9_000, &t(), true), Verdict::Wait(1_000));
+    }
+}
