@@ -202,6 +202,61 @@ fn sigterm_lets_in_flight_requests_finish() {
 }
 
 #[test]
+fn sigterm_closes_kept_alive_and_upgraded_connections_politely() {
+    let a = Backend::start("blue", Duration::from_millis(1500));
+    let ws_addr = ws_backend("green");
+    let mut proxy = Proxy::start(Some(ws_addr), &[]);
+    let addr = proxy.addr;
+    let mut ws = ws_open(addr);
+    assert_eq!(ws_echo(&mut ws, "hi"), "green hi");
+    proxy.control(json!({"op": "route", "backend": a.addr.to_string()}));
+    let mut kept = Conn::open(addr);
+    assert_eq!(kept.get("/").0, 200);
+    assert!(!kept.closed);
+    let in_flight = std::thread::spawn(move || Conn::open(addr).get("/slow"));
+    assert_eventually!(10, "the slow request in flight", || {
+        let s = proxy.control(json!({"op": "status"}));
+        if stat(&s, a.addr, "inflight") == 1 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    });
+
+    let pid = proxy.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The next request on a kept-alive connection is answered, with `Connection: close`.
+    let (code, _) = kept.get("/");
+    assert_eq!(code, 200);
+    assert!(
+        kept.closed,
+        "the answer after SIGTERM says Connection: close"
+    );
+    let closed = ws_closed_within(&mut ws, Duration::from_secs(10));
+    assert!(
+        closed.is_ok(),
+        "the upgraded connection is closed: {closed:?}"
+    );
+    let (code, body) = in_flight.join().unwrap();
+    assert_eq!(
+        (code, body.split_whitespace().next().unwrap()),
+        (200, "blue")
+    );
+    let status = assert_eventually!(15, "the proxy exits", || {
+        proxy
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert!(status.success(), "{status:?}\n{}", proxy.log());
+}
+
+#[test]
 fn no_backend_is_503_and_a_dead_backend_is_502() {
     let proxy = Proxy::start(None, &[]);
     assert_eq!(Conn::open(proxy.addr).get("/").0, 503);
@@ -465,6 +520,7 @@ fn websockets_echo_through_the_proxy() {
     );
     ws.close(None).unwrap();
     assert!(ws_closed_within(&mut ws, Duration::from_secs(5)).is_ok());
+    drop(ws);
     assert_eventually!(10, "the upgraded connection ends", || {
         let s = proxy.control(json!({"op": "status"}));
         if stat(&s, a, "upgraded_open") == 0 && stat(&s, a, "inflight") == 0 {
@@ -705,8 +761,8 @@ fn an_idle_kept_alive_connection_is_closed_at_the_idle_timeout() {
 #[test]
 fn a_head_over_the_limit_is_431_and_a_smaller_one_is_served() {
     let a = Backend::start("blue", Duration::ZERO);
-    let proxy = Proxy::start(Some(a.addr), &["--max-header-bytes", "4096"]);
-    let big = "x".repeat(8192);
+    let proxy = Proxy::start(Some(a.addr), &["--max-header-bytes", "8192"]);
+    let big = "x".repeat(16 * 1024);
     let (code, _) = Conn::open(proxy.addr)
         .try_request("/", &[("X-Big", &big)])
         .unwrap();
@@ -729,6 +785,7 @@ fn a_head_over_the_limit_is_431_and_a_smaller_one_is_served() {
 struct Httpd {
     child: std::process::Child,
     addr: SocketAddr,
+    killed: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -752,6 +809,7 @@ impl Httpd {
         let httpd = Httpd {
             child,
             addr,
+            killed: false,
             _dir: dir,
         };
         assert_eventually!(10, "busybox httpd answers", || {
@@ -761,8 +819,15 @@ impl Httpd {
     }
 
     fn kill(&mut self) {
+        if std::mem::replace(&mut self.killed, true) {
+            return;
+        }
         let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let killed = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -KILL {group}");
         let _ = self.child.wait();
     }
 }
@@ -823,10 +888,21 @@ fn sigkill_of_one_of_three_replicas_under_load_fails_no_request() {
         &failed[..failed.len().min(10)],
         proxy.log()
     );
+    let answered = |s: &serde_json::Value| -> u64 {
+        s["backends"][killed.to_string()]["responses"]
+            .as_array()
+            .map(|r| r.iter().filter_map(serde_json::Value::as_u64).sum())
+            .unwrap_or(0)
+    };
     assert_eq!(
-        stat(&end, killed, "served"),
-        stat(&at_kill, killed, "served"),
-        "the killed replica got requests after its death: {at_kill}\n{end}"
+        answered(&end),
+        answered(&at_kill),
+        "the killed replica answered after its death: {at_kill}\n{end}"
+    );
+    assert!(
+        end["backends"][killed.to_string()]["down"] == true
+            || stat(&end, killed, "served") == stat(&at_kill, killed, "served"),
+        "the killed replica is neither down nor left alone: {at_kill}\n{end}"
     );
     for a in &addrs[1..] {
         assert!(
@@ -834,6 +910,36 @@ fn sigkill_of_one_of_three_replicas_under_load_fails_no_request() {
             "{a} served after the kill: {end}"
         );
     }
+}
+
+#[test]
+fn a_refusing_replica_is_skipped_and_counts_no_request_as_served() {
+    let live = Backend::start("blue", Duration::ZERO);
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = Proxy::start(None, &[]);
+    let routed = proxy.control(json!({"op": "route",
+        "backends": [dead.to_string(), live.addr.to_string()], "release": "v1"}));
+    assert_eq!(routed["ok"], true, "{routed}");
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..10 {
+        let (code, body) = conn.get("/");
+        assert_eq!(
+            (code, body.split_whitespace().next().unwrap()),
+            (200, "blue")
+        );
+    }
+    let status = proxy.control(json!({"op": "status"}));
+    assert!(stat(&status, dead, "connect_errors") >= 1, "{status}");
+    assert_eq!(stat(&status, live.addr, "served"), 10, "{status}");
+    assert_eq!(live.served.load(Ordering::SeqCst), 10);
+    assert_eq!(
+        stat(&status, dead, "served"),
+        0,
+        "a backend that refused every connection served nothing: {status}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
