@@ -99,6 +99,7 @@ check_file() { # path mode owner
 check_file /usr/bin/berth 755 root:root
 check_file /usr/lib/systemd/system/berth.service 644 root:root
 check_file /usr/lib/systemd/system/berth-proxy.service 644 root:root
+check_file /usr/lib/systemd/system/berth-proxy.socket 644 root:root
 check_file /etc/berth/berth.toml 644 root:root
 check_file /usr/share/doc/berth/README.md 644 root:root
 
@@ -161,7 +162,7 @@ fi
 
 # Clean means nothing printed: systemd-analyze only warns (exit 0) about unknown keys.
 verify_out=$(systemd-analyze verify /usr/lib/systemd/system/berth.service \
-    /usr/lib/systemd/system/berth-proxy.service 2>&1) && verify_rc=0 || verify_rc=$?
+    /usr/lib/systemd/system/berth-proxy.service /usr/lib/systemd/system/berth-proxy.socket 2>&1) && verify_rc=0 || verify_rc=$?
 if [ "$verify_rc" -eq 0 ] && [ -z "$verify_out" ]; then
     ok "systemd-analyze verify: clean"
 else
@@ -186,6 +187,7 @@ step "checking $(basename "$rpm")"
 expected_rpm_files="/etc/berth/berth.toml
 /usr/bin/berth
 /usr/lib/systemd/system/berth-proxy.service
+/usr/lib/systemd/system/berth-proxy.socket
 /usr/lib/systemd/system/berth.service
 /usr/share/doc/berth/PACKAGING.md
 /usr/share/doc/berth/README.md"
@@ -217,6 +219,7 @@ check_rpm_file() { # path mode owner flags
 check_rpm_file /usr/bin/berth -rwxr-xr-x root:root ""
 check_rpm_file /usr/lib/systemd/system/berth.service -rw-r--r-- root:root ""
 check_rpm_file /usr/lib/systemd/system/berth-proxy.service -rw-r--r-- root:root ""
+check_rpm_file /usr/lib/systemd/system/berth-proxy.socket -rw-r--r-- root:root ""
 check_rpm_file /etc/berth/berth.toml -rw-r--r-- root:root cn
 rpm_sha=$(grep '^/usr/bin/berth|' <<<"$rpm_meta" | cut -d'|' -f5)
 if [ "$rpm_sha" = "$(sha256sum /usr/bin/berth | cut -d' ' -f1)" ]; then
@@ -230,7 +233,7 @@ if [ "$rpm_arch" = "x86_64 $version" ]; then
 else
     fail "rpm arch and version: expected 'x86_64 $version', got '$rpm_arch'"
 fi
-if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'disable --now berth.service berth-proxy.service'; then
+if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'disable --now berth.service berth-proxy.service berth-proxy.socket'; then
     ok "rpm stops and disables the units on erase"
 else
     fail "expected the rpm's preuninstall scriptlet to disable --now both units"
@@ -241,7 +244,8 @@ step "purging the package"
 dpkg --purge berth >/dev/null
 installed=no
 for path in /usr/bin/berth /etc/berth /usr/lib/systemd/system/berth.service \
-    /usr/lib/systemd/system/berth-proxy.service /usr/share/doc/berth; do
+    /usr/lib/systemd/system/berth-proxy.service /usr/lib/systemd/system/berth-proxy.socket \
+    /usr/share/doc/berth; do
     if [ -e "$path" ]; then fail "$path is still there after dpkg --purge"; fi
 done
 if dpkg-query -W -f='${Status}' berth 2>/dev/null | grep -q 'installed'; then

@@ -436,7 +436,7 @@ pub(super) async fn forward(
                 );
             }
             Err(mut failed) => {
-                drop(inflight);
+                inflight.abandon();
                 if failed.connect {
                     backend.shared.counters.connect_error();
                 }
@@ -562,6 +562,35 @@ async fn tunnel(
     )
 }
 
+/// Once one side of a tunnel has closed, how long the other may still send before the tunnel
+/// closes: a WebSocket has no use for half a connection, and a peer that never closes its
+/// side would otherwise hold the tunnel (and its count in flight) for good.
+const HALF_CLOSED: Duration = Duration::from_secs(5);
+
+/// Copies bytes both ways until both sides closed, or one did and [`HALF_CLOSED`] passed.
+async fn splice<A, B>(a: A, b: B, grace: Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let up = async {
+        let _ = tokio::io::copy(&mut a_read, &mut b_write).await;
+        let _ = b_write.shutdown().await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut b_read, &mut a_write).await;
+        let _ = a_write.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        () = &mut up => { let _ = tokio::time::timeout(grace, down).await; }
+        () = &mut down => { let _ = tokio::time::timeout(grace, up).await; }
+    }
+}
+
 /// Copies bytes both ways between the upgraded client and backend connections.
 async fn join(
     client: hyper::upgrade::OnUpgrade,
@@ -576,9 +605,8 @@ async fn join(
     shared.counters.upgrade_opened();
     match tokio::try_join!(client, backend) {
         Ok((client, backend)) => {
-            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
+                () = splice(TokioIo::new(client), TokioIo::new(backend), HALF_CLOSED) => {}
                 () = &mut cut => tracing::info!(backend = %addr, "upgraded connection closed: its backend is drained"),
             }
         }
@@ -607,5 +635,76 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "kept");
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_copies_both_ways_and_closes_soon_after_one_side_did() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, proxy_client) = tokio::io::duplex(64);
+        let (proxy_backend, mut backend) = tokio::io::duplex(64);
+        let tunnel = tokio::spawn(splice(
+            proxy_client,
+            proxy_backend,
+            Duration::from_millis(100),
+        ));
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        backend.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        backend.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        // The client goes; the backend never closes its side: the tunnel ends anyway.
+        drop(client);
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .expect("the tunnel ends after the grace")
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(90));
+        assert_eq!(
+            backend.read(&mut buf).await.unwrap(),
+            0,
+            "the backend saw the close"
+        );
+    }
+
+    #[test]
+    fn forwarded_headers_kept_from_the_trusted_and_replaced_from_others() {
+        let peer: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        forwarded_headers(&mut h, peer, 8080, true);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
+        assert_eq!(h["x-forwarded-port"], "8080");
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        forwarded_headers(&mut h, peer, 8080, false);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-port"], "8080");
+        let limits = Limits {
+            connect: Duration::from_secs(1),
+            response: None,
+            trusted: Some(vec!["10.0.0.0/8".parse().unwrap()]),
+        };
+        assert!(limits.trusts(peer));
+        assert!(!limits.trusts("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert_eq!(upgrade_of(&h), None);
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert_eq!(upgrade_of(&h).unwrap(), "websocket");
     }
 }

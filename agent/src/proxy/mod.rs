@@ -1,21 +1,26 @@
 //! `berth proxy`: the small HTTP/1.1 reverse proxy that owns the traffic port (the target
-//! group's port) during zero-downtime upgrades. It is its own process (its own systemd unit),
-//! so that a crash, SIGKILL or self-upgrade of the agent never drops the listener or cuts a
-//! connection; the agent changes its routing table over a local control socket.
+//! group's port) during zero-downtime upgrades. It is its own process (its own systemd unit,
+//! its listening socket held by `berth-proxy.socket`), so that a crash, SIGKILL or self-upgrade
+//! of the agent never drops the listener or cuts a connection, and a restart of the proxy
+//! itself refuses no connection; the agent changes its routing table over a local control
+//! socket.
 //!
 //! The route is read per request, so a request arriving on an existing keep-alive connection
-//! after a switch goes to the new backend. In-flight requests are counted per backend (until
-//! their response body is fully sent), which is what a drain waits on. Each client connection
-//! keeps its own upstream connection alive while the route stays the same.
+//! after a switch goes to the new backends. A route names one backend per replica; requests go
+//! to the least busy. In-flight requests (and WebSocket tunnels) are counted per backend, which
+//! is what a drain waits on, and what the metrics read.
 //!
 //! Control protocol (one JSON object per line, one answer per line), on a 0600 Unix socket:
-//! `{"op":"route","backend":"127.0.0.1:32768"}` switches; `{"op":"status"}` shows the route,
-//! in-flight and served counts; `{"op":"drain","backend":"...","timeout_ms":30000}` waits until
-//! nothing is in flight to that backend. The requests and answers are typed in [`protocol`].
+//! `{"op":"route","backends":["127.0.0.1:32768"],"release":"v2"}` switches; `{"op":"status"}`
+//! shows the route and the per-backend counters; `{"op":"drain","backend":"...",
+//! "timeout_ms":30000}` waits until nothing is in flight to that backend. The requests and
+//! answers are typed in [`protocol`].
 //!
-//! Files, one concept each: `protocol` (the control messages), `routes` (the routing table and
-//! its counters), `forward` (one request to the backend), `server` (`run`: listeners, workers,
-//! signals, the control socket), `client` (what the agent calls).
+//! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
+//! its backends and the pick per request), `forward` (one request to a backend, retries,
+//! tunnels), `connection` (a client connection's timeouts and polite close), `metrics`
+//! (counters and their readings), `server` (`run`: listeners, workers, signals, the control
+//! socket), `client` (what the agent calls).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

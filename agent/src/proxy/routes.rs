@@ -300,6 +300,14 @@ impl InFlight {
         }
     }
 
+    /// The request got no answer from this backend (it went to another, or became the
+    /// proxy's own 502): no longer in flight here, and not served.
+    pub(super) fn abandon(mut self) {
+        if let Some(s) = self.shared.take() {
+            s.counters.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     pub(super) fn finish(&mut self) {
         if let Some(s) = self.shared.take() {
             if let Some(t) = self.started {
