@@ -38,45 +38,62 @@ impl Proxy {
     }
 
     pub fn start_in(dir: tempfile::TempDir, backend: Option<SocketAddr>, extra: &[&str]) -> Proxy {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let control = dir.path().join("proxy.sock");
         let log = dir.path().join("proxy.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.arg("proxy")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--control")
-            .arg(&control);
-        if let Some(b) = backend {
-            cmd.arg("--backend").arg(b.to_string());
-        }
-        cmd.args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = cmd.spawn().unwrap();
-        let mut proxy = Proxy {
-            child,
-            addr,
-            control,
-            log,
-            _dir: dir,
-        };
-        super::eventually("the proxy listens", Duration::from_secs(10), || {
-            if let Some(status) = proxy.child.try_wait().map_err(|e| e.to_string())? {
-                panic!("the proxy exited: {status}\n{}", proxy.log());
+        // A free port may be taken by another test between free_port() and the proxy's bind:
+        // then the proxy exits saying so, and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+            cmd.arg("proxy")
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--control")
+                .arg(&control);
+            if let Some(b) = backend {
+                cmd.arg("--backend").arg(b.to_string());
             }
-            TcpStream::connect(proxy.addr)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        super::eventually("the control socket exists", Duration::from_secs(10), || {
-            UnixStream::connect(&proxy.control)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        });
-        proxy
+            cmd.args(extra)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            let mut child = cmd.spawn().unwrap();
+            // The control socket is bound after the traffic port: once it answers, the port is
+            // this proxy's (and not another test's listener).
+            let exited = super::eventually(
+                "the proxy's control socket answers",
+                Duration::from_secs(10),
+                || {
+                    if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                        return Ok(Some(status));
+                    }
+                    UnixStream::connect(&control)
+                        .map(|_| None)
+                        .map_err(|e| e.to_string())
+                },
+            );
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            match exited {
+                Some(_) if text.contains("cannot listen") => continue,
+                Some(status) => panic!("the proxy exited: {status}\n{text}"),
+                None => {}
+            }
+            let proxy = Proxy {
+                child,
+                addr,
+                control,
+                log,
+                _dir: dir,
+            };
+            super::eventually("the proxy listens", Duration::from_secs(10), || {
+                TcpStream::connect(proxy.addr)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
+            return proxy;
+        }
+        panic!("the proxy found no free port in 5 tries");
     }
 
     #[allow(clippy::needless_pass_by_value)] // call sites read better with json! inline
