@@ -167,6 +167,8 @@ pub(super) async fn serve(
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes this task on every request.
+            biased;
             _ = conn.as_mut() => break,
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s), if !closing && !*stop.borrow() => {

@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 use super::connection::Busy;
-use super::routes::{Backend, InFlight, Routes, Shared};
+use super::routes::{Backend, InFlight, Pool, Routes, Shared};
 
 /// What one request needs to know of the proxy's settings.
 #[derive(Debug, Clone)]
@@ -203,7 +203,7 @@ struct Link {
 /// Why a request got no response from a backend.
 struct Failed {
     error: String,
-    /// The connection could not be opened: the backend is not there.
+    /// The connection could not be opened, or broke at once: the backend is not there.
     connect: bool,
     /// No response head within the limit.
     timeout: bool,
@@ -270,11 +270,16 @@ async fn within<T>(
 impl Upstream {
     async fn send(
         &self,
+        pool: &Pool,
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
     ) -> Result<Response<Incoming>, Failed> {
         let mut links = self.links.lock().await;
+        // Links to backends no longer routed to (after a switch) are let go.
+        if links.len() > 1 && links.len() >= pool.len() {
+            links.retain(|l| pool.backends.iter().any(|b| b.addr == l.backend));
+        }
         let mut req = req;
         // A kept-alive connection the backend has just closed (busybox httpd closes after every
         // response) hands the request back unsent: it is retried once on a new connection, so
@@ -285,6 +290,7 @@ impl Upstream {
                 let l = &links[*i];
                 !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE && attempt == 0
             });
+            let fresh = reusable.is_none();
             let i = match reusable {
                 Some(i) => i,
                 None => {
@@ -317,7 +323,14 @@ impl Upstream {
                     links.swap_remove(i);
                     match e.take_message() {
                         Some(unsent) => req = unsent,
-                        None => return Err(Failed::sent(e.into_error())),
+                        // A new connection that breaks before any answer: the backend is going
+                        // (a killed container's port still accepts for a moment).
+                        None => {
+                            return Err(Failed {
+                                connect: fresh,
+                                ..Failed::sent(e.into_error())
+                            })
+                        }
                     }
                 }
                 None => {
@@ -330,14 +343,6 @@ impl Upstream {
             }
         }
         Err(Failed::sent("the backend closed the connection twice"))
-    }
-
-    /// Forgets the links to backends no longer routed to (after a switch).
-    async fn keep_only(&self, backends: &[Backend]) {
-        let mut links = self.links.lock().await;
-        if links.len() > backends.len() {
-            links.retain(|l| backends.iter().any(|b| b.addr == l.backend));
-        }
     }
 }
 
@@ -410,7 +415,6 @@ pub(super) async fn forward(
     };
     let mut avoid = None;
     let mut last: Option<(Failed, Arc<Shared>)> = None;
-    client.upstream.keep_only(&pool.backends).await;
     for _ in 0..pool.len().min(3) {
         let Some(backend) = pool.pick(avoid) else {
             break;
@@ -421,7 +425,7 @@ pub(super) async fn forward(
             }
         }
         let inflight = InFlight::start(&backend.shared, started);
-        match client.upstream.send(backend.addr, req, limits).await {
+        match client.upstream.send(&pool, backend.addr, req, limits).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
