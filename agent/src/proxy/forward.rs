@@ -31,9 +31,18 @@ pub(super) struct Limits {
     /// Peers whose X-Forwarded-* headers are kept; `None`: every peer's (the load balancer is
     /// the only one that reaches the port).
     pub(super) trusted: Option<Vec<ipnet::IpNet>>,
+    /// Count responses by status class (`--no-metrics` turns it off).
+    pub(super) metrics: bool,
 }
 
 impl Limits {
+    /// Counts a response with `status` for `shared`'s backend, when counting.
+    fn count(&self, shared: &Shared, status: u16) {
+        if self.metrics {
+            shared.counters.response(status);
+        }
+    }
+
     fn trusts(&self, peer: IpAddr) -> bool {
         self.trusted
             .as_ref()
@@ -429,7 +438,7 @@ pub(super) async fn forward(
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                backend.shared.counters.response(parts.status.as_u16());
+                limits.count(&backend.shared, parts.status.as_u16());
                 return Response::from_parts(
                     parts,
                     ProxyBody {
@@ -464,10 +473,10 @@ pub(super) async fn forward(
     match last {
         Some((failed, shared)) => {
             if failed.timeout {
-                shared.counters.response(504);
+                limits.count(&shared, 504);
                 local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", busy)
             } else {
-                shared.counters.response(502);
+                limits.count(&shared, 502);
                 local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy)
             }
         }
@@ -509,7 +518,7 @@ async fn tunnel(
         Ok(pair) => pair,
         Err(error) => {
             shared.counters.connect_error();
-            shared.counters.response(502);
+            limits.count(&shared, 502);
             tracing::warn!(backend = %backend.addr, %error, "upstream upgrade failed");
             return local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
         }
@@ -521,7 +530,7 @@ async fn tunnel(
     let resp = match within(limits.response, sender.send_request(req.map(Either::Left))).await {
         Some(Ok(resp)) => resp,
         other => {
-            shared.counters.response(502);
+            limits.count(&shared, 502);
             let error = match other {
                 Some(Err(e)) => e.to_string(),
                 _ => "no response head in time".into(),
@@ -531,7 +540,7 @@ async fn tunnel(
         }
     };
     let mut resp = resp;
-    shared.counters.response(resp.status().as_u16());
+    limits.count(&shared, resp.status().as_u16());
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let backend_side = switched.then(|| hyper::upgrade::on(&mut resp));
     let (mut parts, body) = resp.into_parts();
@@ -695,6 +704,7 @@ mod tests {
             connect: Duration::from_secs(1),
             response: None,
             trusted: Some(vec!["10.0.0.0/8".parse().unwrap()]),
+            metrics: true,
         };
         assert!(limits.trusts(peer));
         assert!(!limits.trusts("127.0.0.1".parse().unwrap()));
