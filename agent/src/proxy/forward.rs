@@ -167,27 +167,26 @@ fn upgrade_of(headers: &hyper::HeaderMap) -> Option<HeaderValue> {
 /// X-Forwarded-For gets the peer appended; X-Forwarded-Proto and -Port are kept when a
 /// trusted peer (the load balancer: its HTTPS listener sends `https`) set them, and set to
 /// this hop's otherwise. From an untrusted peer, none of them is believed.
-fn forwarded_headers(headers: &mut hyper::HeaderMap, peer: IpAddr, port: u16, trusted: bool) {
+fn forwarded_headers(headers: &mut hyper::HeaderMap, client: &Client) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-    if !trusted {
+    if !client.trusted {
         for h in [&XFF, &XFP, &XFPORT, &header::FORWARDED] {
             headers.remove(h);
         }
     }
-    let forwarded = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(&XFF, v);
-    }
+    let appended = headers
+        .get(&XFF)
+        .and_then(|v| v.to_str().ok())
+        .map(|prior| format!("{prior}, {}", client.peer.ip()))
+        .and_then(|v| HeaderValue::from_str(&v).ok());
+    headers.insert(&XFF, appended.unwrap_or_else(|| client.peer_value.clone()));
     if !headers.contains_key(&XFP) {
         headers.insert(&XFP, HeaderValue::from_static("http"));
     }
     if !headers.contains_key(&XFPORT) {
-        headers.insert(&XFPORT, HeaderValue::from(port));
+        headers.insert(&XFPORT, client.port_value.clone());
     }
 }
 
@@ -355,12 +354,28 @@ impl Upstream {
     }
 }
 
-/// What forward needs of the client connection.
+/// What forward needs of the client connection, worked out once per connection.
 pub(super) struct Client {
-    pub(super) peer: SocketAddr,
-    /// The port the client connected to (X-Forwarded-Port when the client sent none).
-    pub(super) port: u16,
+    peer: SocketAddr,
+    /// Whether its X-Forwarded-* headers are believed.
+    trusted: bool,
+    /// The peer's address, and the port it connected to, as header values.
+    peer_value: HeaderValue,
+    port_value: HeaderValue,
     pub(super) upstream: Upstream,
+}
+
+impl Client {
+    pub(super) fn new(peer: SocketAddr, port: u16, limits: &Limits) -> Client {
+        Client {
+            peer,
+            trusted: limits.trusts(peer.ip()),
+            peer_value: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            port_value: HeaderValue::from(port),
+            upstream: Upstream::default(),
+        }
+    }
 }
 
 /// Requests that may be sent again once sent (RFC 9110 section 9.2.2): only those are
@@ -393,10 +408,9 @@ pub(super) async fn forward(
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
     let upgrade = upgrade_of(req.headers());
-    let trusted = limits.trusts(client.peer.ip());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    forwarded_headers(headers, client.peer.ip(), client.port, trusted);
+    forwarded_headers(headers, client);
     if let Some(protocol) = upgrade {
         let Some(backend) = pool.pick(None) else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
@@ -684,30 +698,34 @@ mod tests {
 
     #[test]
     fn forwarded_headers_kept_from_the_trusted_and_replaced_from_others() {
-        let peer: IpAddr = "10.0.0.7".parse().unwrap();
-        let mut h = hyper::HeaderMap::new();
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        forwarded_headers(&mut h, peer, 8080, true);
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
-        assert_eq!(h["x-forwarded-port"], "8080");
-        let mut h = hyper::HeaderMap::new();
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        forwarded_headers(&mut h, peer, 8080, false);
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
-        assert_eq!(h["x-forwarded-port"], "8080");
+        let peer: SocketAddr = "10.0.0.7:40000".parse().unwrap();
         let limits = Limits {
             connect: Duration::from_secs(1),
             response: None,
             trusted: Some(vec!["10.0.0.0/8".parse().unwrap()]),
             metrics: true,
         };
-        assert!(limits.trusts(peer));
-        assert!(!limits.trusts("127.0.0.1".parse().unwrap()));
+        let trusted = Client::new(peer, 8080, &limits);
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        forwarded_headers(&mut h, &trusted);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
+        assert_eq!(h["x-forwarded-port"], "8080");
+        let mut h = hyper::HeaderMap::new();
+        forwarded_headers(&mut h, &trusted);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let other = Client::new("127.0.0.1:40000".parse().unwrap(), 8080, &limits);
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        forwarded_headers(&mut h, &other);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-port"], "8080");
     }
 
     #[test]
