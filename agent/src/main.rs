@@ -247,10 +247,14 @@ fn main() -> ExitCode {
             | Command::Upgrade { .. }
             | Command::Rollback { .. }
     ));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The proxy serves traffic on threads of its own; its main runtime only answers the control
+    // socket and waits for signals, so one thread does (and holds no memory for more).
+    let mut builder = if matches!(cli.command, Command::Proxy { .. }) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The traffic proxy's cost: requests/s and p99 latency through `berth proxy` against nginx
-(Debian's) as a reverse proxy and against the backend directly. Prints figures and ratios
-against the targets; not a test.
+"""The traffic proxy's cost: requests/s, p99 latency, resident memory and CPU per request
+through `berth proxy` against nginx (Debian's) and HAProxy as reverse proxies and against
+the backend directly, and what berth's metrics cost. Prints figures and ratios against the
+targets; not a test.
 
   tests/bench/proxy.sh           (builds berth --release, runs this)
   BERTH_BIN=... BENCH_SECONDS=10 BENCH_CONNECTIONS=64 python3 tests/bench/proxy.py
@@ -9,20 +10,44 @@ against the targets; not a test.
 Everything listens on 127.0.0.1, on ports picked free at run time. The backend is an nginx
 with one worker answering `return 200 "ok\\n"` (fast, unlike busybox httpd). The targets:
 
-  direct  wrk -> backend
-  nginx   wrk -> nginx (proxy_pass to an upstream with keepalive, HTTP/1.1; as many
-          workers as CPUs, which is as many worker threads as berth's runtime has) -> backend
-  berth   wrk -> berth proxy --listen ... --control <tmp>/proxy.sock --backend ... -> backend
+  direct           wrk -> backend
+  nginx            wrk -> nginx (proxy_pass to an upstream with keepalive 64, HTTP/1.1,
+                   one worker per proxy CPU) -> backend
+  haproxy          wrk -> haproxy -f <tmp>/haproxy.cfg -db (mode http, option
+                   http-keep-alive, http-reuse always, one thread per proxy CPU) -> backend
+  berth            wrk -> berth proxy --listen ... --control <tmp>/proxy.sock --backend ...
+                   -> backend (one worker per CPU in its affinity mask: it picks itself)
+  berth-nometrics  the same with --no-metrics
+
+Pinning: the proxies run under `taskset -c BENCH_PROXY_CPU` (default 0), and wrk and the
+backend under `taskset -c BENCH_LOAD_CPU` (default 1), so that the proxy has a core of its
+own and the ratios are the proxy's own cost: with one proxy CPU nginx has one worker, HAProxy
+one thread and berth one worker. Either may be a taskset list ("2,3"); they must not overlap.
+On a machine with one CPU, or with BENCH_PROXY_CPU= (empty), nothing is pinned (the proxies
+then get as many workers/threads as there are CPUs) and the header says so.
 
 The load is the same wrk invocation for each (keep-alive, bounded in time):
-`wrk -t BENCH_THREADS -c BENCH_CONNECTIONS -d BENCH_SECONDS --latency`. Each target is run
-BENCH_ROUNDS times (default 2), the order reversed each round, and the better run (the one
-with more requests/s, with its own p99) is reported. Targets: berth/nginx requests/s >= 1.0,
-berth/nginx p99 <= 1.0.
+`wrk -t BENCH_THREADS -c BENCH_CONNECTIONS -d BENCH_SECONDS --latency`. During each run:
+
+  memory   VmRSS and VmHWM (/proc/PID/status) of the proxy, sampled every 0.25 s while wrk
+           runs; the last sample (the end of the run) is reported. For nginx the worker (the
+           master's children), and master+worker on a line of its own.
+  CPU      the proxy's CPU time (utime+stime of all its processes) over the run: per request
+           (us/req), and as a share of one core; and how busy the proxy's and the load's
+           cores were (/proc/stat, every process), which shows which side was the limit. A
+           run in which other processes had more than 15 % of the proxy's core is flagged as
+           disturbed (another build, say): its figures say little.
+
+Each target is run BENCH_ROUNDS times (default 2), the order reversed each round, and the
+better run (the one with more requests/s, with its own p99, memory and CPU) is reported.
+Targets: berth/nginx requests/s >= 1.0, berth/nginx p99 <= 1.0, berth/nginx worker RSS
+<= 1.0, berth/berth-nometrics requests/s >= 0.98 (metrics cost at most 2 %); berth/haproxy
+and the rest are for information.
 
 Exit status: 0 when every run completed cleanly, whether or not a target was missed; 1 when
 a run failed (a process did not start or answer, wrk failed, or any socket error or non-2xx
-answer was counted: they are printed). BENCH_TARGETS=direct,nginx leaves berth out.
+answer was counted: they are printed); 2 when the settings or tools are wrong.
+BENCH_TARGETS (default direct,nginx,haproxy,berth,berth-nometrics) selects targets.
 """
 
 import http.client
@@ -43,11 +68,18 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
-TARGETS = [t for t in os.environ.get("BENCH_TARGETS", "direct,nginx,berth").split(",") if t]
-CPUS = os.cpu_count() or 1
+ALL_TARGETS = ("direct", "nginx", "haproxy", "berth", "berth-nometrics")
+TARGETS = [t for t in os.environ.get("BENCH_TARGETS", ",".join(ALL_TARGETS)).split(",") if t]
+PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "0").strip()
+LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1").strip()
+ALLOWED_CPUS = os.sched_getaffinity(0)
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
+TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = b"ok\n"
+OTHERS_WARN = 0.15  # a run is flagged when other processes had more of the proxy core than this
 
 
 class Proc:
@@ -63,13 +95,20 @@ class Proc:
             env=env, preexec_fn=die_with_parent,
         )
 
-    def tail(self, n=20):
+    def text(self):
         try:
             with open(self.log_path, "rb") as f:
-                lines = f.read().decode(errors="replace").splitlines()
-            return "\n".join("    " + line for line in lines[-n:])
+                return f.read().decode(errors="replace")
         except OSError:
             return ""
+
+    def tail(self, n=20):
+        return "\n".join("    " + line for line in self.text().splitlines()[-n:])
+
+    def workers(self):
+        """The processes that serve: nginx's workers (the master's children), else the process
+        itself (taskset execs the program, so the pid is the program's)."""
+        return children(self.p.pid) or [self.p.pid]
 
     def stop(self):
         if self.p.poll() is None:
@@ -82,6 +121,124 @@ class Proc:
                 self.p.wait()
         self.log.close()
 
+
+# --- CPU sets and /proc ---------------------------------------------------------------------
+
+def parse_cpus(text):
+    """A taskset CPU list ("0", "0,2", "2-3") -> a set of CPU numbers; ValueError if malformed."""
+    cpus = set()
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        lo = int(lo)
+        hi = int(hi) if dash else lo
+        if hi < lo:
+            raise ValueError(part)
+        cpus.update(range(lo, hi + 1))
+    return cpus
+
+
+def cpu_list(cpus):
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def pinning():
+    """-> (proxy CPUs, load CPUs, header line); the sets are None when nothing is pinned.
+    BenchError when the settings cannot be honoured."""
+    if len(ALLOWED_CPUS) < 2:
+        return None, None, (f"not pinned: {len(ALLOWED_CPUS)} CPU available, so the proxy shares it with "
+                            "wrk and the backend (its figures include their cost)")
+    if not PROXY_CPU or not LOAD_CPU:
+        return None, None, "not pinned (BENCH_PROXY_CPU or BENCH_LOAD_CPU is empty)"
+    try:
+        proxy, load = parse_cpus(PROXY_CPU), parse_cpus(LOAD_CPU)
+    except ValueError:
+        raise BenchError(f"BENCH_PROXY_CPU={PROXY_CPU!r} BENCH_LOAD_CPU={LOAD_CPU!r}: not taskset CPU lists")
+    outside = (proxy | load) - ALLOWED_CPUS
+    if outside:
+        raise BenchError(f"CPU {cpu_list(outside)} not in this process's affinity mask ({cpu_list(ALLOWED_CPUS)})")
+    if proxy & load:
+        raise BenchError(f"BENCH_PROXY_CPU and BENCH_LOAD_CPU overlap (CPU {cpu_list(proxy & load)})")
+    if not os.access(TASKSET, os.X_OK):
+        raise BenchError(f"missing {TASKSET} (util-linux)")
+    return proxy, load, (f"pinned: proxies on CPU {cpu_list(proxy)}, wrk and the backend on CPU {cpu_list(load)} "
+                         "(taskset -c)")
+
+
+def pin(argv, cpus):
+    return [TASKSET, "-c", cpu_list(cpus), *argv] if cpus else argv
+
+
+def children(pid):
+    """The pids whose parent is pid (a scan of /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return sorted(out)
+
+
+def status_kib(pid, field):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_ticks(pids):
+    """utime + stime of the processes (all their threads), in clock ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def core_times():
+    """{cpu: (busy, total)} in ticks, from /proc/stat (busy: all but idle and iowait)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            m = re.match(r"cpu(\d+)\s+(.*)", line)
+            if m:
+                v = [int(x) for x in m.group(2).split()]
+                out[int(m.group(1))] = (sum(v[:8]) - v[3] - v[4], sum(v[:8]))
+    return out
+
+
+def busy_share(before, after, cpus):
+    busy = sum(after[c][0] - before[c][0] for c in cpus)
+    total = sum(after[c][1] - before[c][1] for c in cpus)
+    return busy / total if total else None
+
+
+def memory(proc):
+    """The serving processes' VmRSS and VmHWM and all the proxy's processes' VmRSS, in KiB
+    (None if a process had gone)."""
+    workers = proc.workers()
+    rss = [status_kib(pid, "VmRSS") for pid in workers]
+    hwm = [status_kib(pid, "VmHWM") for pid in workers]
+    master = status_kib(proc.p.pid, "VmRSS") if workers != [proc.p.pid] else 0
+    if None in rss or None in hwm or master is None:
+        return None
+    return {"rss_kib": sum(rss), "hwm_kib": sum(hwm), "all_kib": sum(rss) + master, "nworkers": len(workers)}
+
+
+# --- the servers ----------------------------------------------------------------------------
 
 def get(port):
     """One GET /; returns (status, body)."""
@@ -156,17 +313,41 @@ PROXY_CONF = """\
         }}
     }}"""
 
+# maxconn as nginx's worker_connections: unset, HAProxy sizes it (and its tables) from ulimit -n.
+HAPROXY_CONF = """\
+global
+    nbthread {threads}
+    maxconn 4096
 
-def start_nginx(tmp, name, workers, body):
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+
+frontend proxy
+    bind 127.0.0.1:{port}
+    default_backend backend
+
+backend backend
+    server backend 127.0.0.1:{backend}
+"""
+
+
+def start_nginx(tmp, name, workers, body, cpus):
     os.makedirs(os.path.join(tmp, f"{name}-temp"), exist_ok=True)
     conf = os.path.join(tmp, f"{name}.conf")
     with open(conf, "w") as f:
         f.write(f"daemon off;\nworker_processes {workers};\n")
         f.write(NGINX_COMMON.format(tmp=tmp, name=name, body=body))
     # -e: the error log of the main context (the http context's is set in the config).
-    return Proc(name, [NGINX, "-p", tmp, "-e", os.path.join(tmp, f"{name}-error.log"), "-c", conf],
-                os.path.join(tmp, f"{name}.log"))
+    argv = [NGINX, "-p", tmp, "-e", os.path.join(tmp, f"{name}-error.log"), "-c", conf]
+    return Proc(name, pin(argv, cpus), os.path.join(tmp, f"{name}.log"))
 
+
+# --- wrk ------------------------------------------------------------------------------------
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
@@ -195,17 +376,46 @@ def parse_wrk(out):
     return r
 
 
-def run_wrk(name, port):
-    argv = [WRK, f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", f"http://127.0.0.1:{port}/"]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=SECONDS + 60)
-    except subprocess.TimeoutExpired:
-        return {"name": name, "failure": f"wrk did not finish within {SECONDS + 60} s"}
-    r = parse_wrk(done.stdout)
+def run_wrk(name, port, proc, proxy_cpus, load_cpus):
+    """One wrk run against the port; proc is the proxy (None for direct), sampled meanwhile."""
+    argv = pin([WRK, f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency",
+                f"http://127.0.0.1:{port}/"], load_cpus)
+    pids = [proc.p.pid, *children(proc.p.pid)] if proc else []
+    cores0, ticks0, t0 = core_times(), cpu_ticks(pids), time.monotonic()
+    w = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=die_with_parent)
+    mem = None
+    # Memory while the load is on: the last sample is within 0.25 s of the run's end. (wrk's
+    # report is a few KiB, well within the pipes' buffers, so it is read only at the end.)
+    while w.poll() is None:
+        if time.monotonic() - t0 > SECONDS + 60:
+            w.kill()
+            w.communicate()
+            return {"name": name, "failure": f"wrk did not finish within {SECONDS + 60} s"}
+        if proc:
+            mem = memory(proc) or mem
+        time.sleep(0.25)
+    out, err = w.communicate()
+    wall = time.monotonic() - t0
+    cores1, ticks1 = core_times(), cpu_ticks(pids)
+
+    r = parse_wrk(out)
     r["name"] = name
+    r["mem"] = mem
+    if proc and r["requests"]:
+        cpu_s = (ticks1 - ticks0) / CLK_TCK
+        r["cpu_us_per_req"] = cpu_s * 1e6 / r["requests"]
+        r["cpu_share"] = cpu_s / wall
+    # Not pinned: one figure, all the CPUs this script may use, in proxy_core.
+    r["proxy_core"] = busy_share(cores0, cores1, proxy_cpus or ALLOWED_CPUS)
+    r["load_core"] = busy_share(cores0, cores1, load_cpus) if load_cpus else None
+    if proxy_cpus and r["proxy_core"] is not None:
+        # What else ran on the proxy's cores: their busy share less the proxy's own (the rest,
+        # a few %, is mostly the loopback's softirq time).
+        r["others"] = r["proxy_core"] - r.get("cpu_share", 0.0) / len(proxy_cpus)
     problems = []
-    if done.returncode != 0:
-        problems.append(f"wrk exited {done.returncode}: {done.stderr.strip()}")
+    if w.returncode != 0:
+        problems.append(f"wrk exited {w.returncode}: {err.strip()}")
     if r["rps"] is None or r["p99_ms"] is None or r["requests"] is None:
         problems.append("cannot read wrk's report")
     if r["non2xx"]:
@@ -213,16 +423,43 @@ def run_wrk(name, port):
     errs = {k: v for k, v in r["socket_errors"].items() if v}
     if errs:
         problems.append("socket errors " + ", ".join(f"{k} {v}" for k, v in errs.items()))
+    if proc and mem is None:
+        problems.append(f"could not read {proc.name}'s memory from /proc")
     if problems:
         r["failure"] = "; ".join(problems)
-        r["report"] = "\n".join("      " + line for line in (done.stdout + done.stderr).splitlines())
+        r["report"] = "\n".join("      " + line for line in (out + err).splitlines())
     return r
+
+
+def mib(kib):
+    return kib / 1024
 
 
 def fmt_run(r):
     if r.get("rps") is None:
         return "no figures"
-    return f"{r['rps']:>10.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   ({r['requests']} requests)"
+    line = f"{r['rps']:>10.0f} req/s   p50 {r['p50_ms']:.2f} ms   p99 {r['p99_ms']:.2f} ms   ({r['requests']} requests)"
+    pad = "\n" + " " * 26
+    m = r.get("mem")
+    if m:
+        if m["nworkers"] > 1 or m["all_kib"] != m["rss_kib"]:
+            line += (f"{pad}RSS worker{'s' if m['nworkers'] > 1 else ''} {mib(m['rss_kib']):.1f} MiB "
+                     f"(peak {mib(m['hwm_kib']):.1f}), master+worker{'s' if m['nworkers'] > 1 else ''} "
+                     f"{mib(m['all_kib']):.1f} MiB")
+        else:
+            line += f"{pad}RSS {mib(m['rss_kib']):.1f} MiB (peak {mib(m['hwm_kib']):.1f})"
+    cpu = ""
+    if r.get("cpu_us_per_req") is not None:
+        cpu = f"CPU {r['cpu_us_per_req']:.1f} us/req, {100 * r['cpu_share']:.0f}% of a core;   "
+    if r.get("load_core") is not None:
+        cpu += f"busy: proxy core {100 * r['proxy_core']:.0f}%, load core {100 * r['load_core']:.0f}%"
+    elif r.get("proxy_core") is not None:
+        cpu += f"busy: CPUs {100 * r['proxy_core']:.0f}% (not pinned)"
+    if cpu:
+        line += pad + cpu
+    if r.get("others", 0) > OTHERS_WARN:
+        line += f"{pad}(other processes had {100 * r['others']:.0f}% of the proxy core: this run is disturbed)"
+    return line
 
 
 def on_sigterm(signum, frame):
@@ -232,32 +469,43 @@ def on_sigterm(signum, frame):
 def main():
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGHUP, on_sigterm)
-    unknown = [t for t in TARGETS if t not in ("direct", "nginx", "berth")]
+    unknown = [t for t in TARGETS if t not in ALL_TARGETS]
     if unknown:
-        print(f"BENCH_TARGETS: unknown {unknown} (direct, nginx, berth)", file=sys.stderr)
+        print(f"BENCH_TARGETS: unknown {unknown} ({', '.join(ALL_TARGETS)})", file=sys.stderr)
         return 2
     for tool in (NGINX, WRK):
         if not os.access(tool, os.X_OK):
             print(f"missing {tool}: apt-get install -y nginx-light wrk (tests/setup.sh)", file=sys.stderr)
             return 2
-    if "berth" in TARGETS and not os.access(BERTH, os.X_OK):
+    if "haproxy" in TARGETS and not os.access(HAPROXY, os.X_OK):
+        print(f"missing {HAPROXY}: apt-get install -y haproxy (tests/setup.sh)", file=sys.stderr)
+        return 2
+    if {"berth", "berth-nometrics"} & set(TARGETS) and not os.access(BERTH, os.X_OK):
         print(f"missing {BERTH}: cargo build --release -p berth, or BERTH_BIN=...", file=sys.stderr)
         return 2
+    try:
+        proxy_cpus, load_cpus, pin_line = pinning()
+    except BenchError as e:
+        print(f"pinning: {e}", file=sys.stderr)
+        return 2
+    # One nginx worker / HAProxy thread per CPU the proxies may use (berth counts them itself).
+    proxy_workers = len(proxy_cpus or ALLOWED_CPUS)
 
     print(f"proxy benchmark: wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s --latency, keep-alive, "
-          f"{CPUS} CPUs, {ROUNDS} rounds, order reversed each round")
+          f"{len(ALLOWED_CPUS)} CPUs, {ROUNDS} rounds, order reversed each round")
+    print(f"  {pin_line}")
     tmp = tempfile.mkdtemp(prefix="berth-bench-proxy-")
     os.chmod(tmp, 0o755)  # nginx's workers run as nobody when started by root
-    procs = []
+    procs = {}
     failures = []
     runs = {t: [] for t in TARGETS}
     try:
         backend_port = free_port()
-        backend = start_nginx(tmp, "backend", 1, BACKEND_CONF.format(port=backend_port))
-        procs.append(backend)
+        backend = start_nginx(tmp, "backend", 1, BACKEND_CONF.format(port=backend_port), load_cpus)
+        procs["backend"] = backend
         wait_ready(backend, backend_port)
         ports = {"direct": backend_port}
-        print(f"  backend: nginx, 1 worker, return 200 \"ok\\n\", 127.0.0.1:{backend_port}")
+        print(f"  backend:         nginx, 1 worker, return 200 \"ok\\n\", 127.0.0.1:{backend_port}")
 
         def start(name, launch):
             # A proxy that does not start is a failure; the other targets are still measured.
@@ -265,34 +513,54 @@ def main():
                 return
             try:
                 ports[name] = free_port()
-                p, line = launch(ports[name])
-                procs.append(p)
+                p, describe = launch(ports[name])
+                procs[name] = p
                 wait_ready(p, ports[name])
-                print(line)
+                print(f"  {name + ':':<16} {describe(p)}")
             except BenchError as e:
-                failures.append(str(e))
-                print(f"  FAILED: {e}", flush=True)
+                msg = str(e)
+                if name == "berth-nometrics" and "--no-metrics" in procs[name].text():
+                    msg += "\n    (this berth has no --no-metrics yet: leave berth-nometrics out of BENCH_TARGETS)"
+                failures.append(msg)
+                print(f"  FAILED: {msg}", flush=True)
                 del ports[name]
 
         def nginx(port):
-            p = start_nginx(tmp, "nginx-proxy", CPUS, PROXY_CONF.format(port=port, backend=backend_port))
-            return p, f"  nginx:   reverse proxy, {CPUS} workers, upstream keepalive 64, 127.0.0.1:{port}"
+            p = start_nginx(tmp, "nginx-proxy", proxy_workers, PROXY_CONF.format(port=port, backend=backend_port),
+                            proxy_cpus)
+            return p, lambda p: f"reverse proxy, {proxy_workers} worker(s), upstream keepalive 64, 127.0.0.1:{port}"
 
-        def berth(port):
-            argv = [BERTH, "proxy", "--listen", f"127.0.0.1:{port}",
-                    "--control", os.path.join(tmp, "proxy.sock"), "--backend", f"127.0.0.1:{backend_port}"]
-            return Proc("berth proxy", argv, os.path.join(tmp, "berth-proxy.log")), f"  berth:   {' '.join(argv)}"
+        def haproxy(port):
+            conf = os.path.join(tmp, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(HAPROXY_CONF.format(threads=proxy_workers, port=port, backend=backend_port))
+            p = Proc("haproxy", pin([HAPROXY, "-f", conf, "-db"], proxy_cpus), os.path.join(tmp, "haproxy.log"))
+            return p, lambda p: f"haproxy -f {conf} -db, nbthread {proxy_workers}, http-reuse always, 127.0.0.1:{port}"
+
+        def berth(name, sock, extra):
+            def launch(port):
+                argv = [BERTH, "proxy", "--listen", f"127.0.0.1:{port}", "--control", os.path.join(tmp, sock),
+                        "--backend", f"127.0.0.1:{backend_port}", *extra]
+                p = Proc(name, pin(argv, proxy_cpus), os.path.join(tmp, f"{name}.log"))
+
+                def describe(p):
+                    m = re.search(r"\bworkers=(\d+)", p.text())
+                    return f"{' '.join(argv)}   (workers={m.group(1) if m else '?'})"
+                return p, describe
+            return launch
 
         start("nginx", nginx)
-        start("berth", berth)
+        start("haproxy", haproxy)
+        start("berth", berth("berth", "proxy.sock", []))
+        start("berth-nometrics", berth("berth-nometrics", "proxy-nometrics.sock", ["--no-metrics"]))
 
         targets = [t for t in TARGETS if t in ports]
         for rnd in range(ROUNDS):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             for t in order:
-                r = run_wrk(t, ports[t])
+                r = run_wrk(t, ports[t], procs.get(t) if t != "direct" else None, proxy_cpus, load_cpus)
                 runs[t].append(r)
-                print(f"  round {rnd + 1} {t:<6} {fmt_run(r)}", flush=True)
+                print(f"  round {rnd + 1} {t:<15} {fmt_run(r)}", flush=True)
                 if "failure" in r:
                     failures.append(f"{t}, round {rnd + 1}: {r['failure']}; wrk said:\n{r.get('report', '')}")
                     print(f"    FAILED: {r['failure']}", flush=True)
@@ -300,7 +568,7 @@ def main():
         failures.append(str(e))
         print(f"  FAILED: {e}", flush=True)
     finally:
-        for p in reversed(procs):
+        for p in reversed(list(procs.values())):
             p.stop()
         if failures:
             print(f"  logs kept in {tmp}")
@@ -311,35 +579,67 @@ def main():
     for t, rs in runs.items():
         ok = [r for r in rs if "failure" not in r]
         if ok:
-            best[t] = max(ok, key=lambda r: r["rps"])
+            b = dict(max(ok, key=lambda r: r["rps"]))
+            if b.get("mem"):
+                b["rss_kib"] = b["mem"]["rss_kib"]
+            best[t] = b
+
+    def pct(share):
+        return None if share is None else 100 * share
+
+    def col(v, width, fmt):
+        return f"{v:>{width}{fmt}}" if v is not None else f"{'-':>{width}}"
+
     if best:
         print()
-        print("Better of each target's runs (the one with more requests/s, with its own p99):")
-        print(f"  {'target':<8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        print("Better of each target's runs (the one with more requests/s, with its own p99, memory, CPU):")
+        print(f"  {'target':<15} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'RSS MiB':>8} {'peak MiB':>9}"
+              f" {'us/req':>7} {'proxy%':>7} {'core%':>6} {'load%':>6}")
         for t in TARGETS:
-            if t in best:
-                r = best[t]
-                print(f"  {t:<8} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
-            else:
-                print(f"  {t:<8} {'failed':>10}")
-        print("  (wrk's non-2xx count is its \"Non-2xx or 3xx responses\"; the backend only answers 200)")
+            if t not in best:
+                print(f"  {t:<15} {'failed':>10}")
+                continue
+            r = best[t]
+            m = r.get("mem")
+            rss, hwm = (mib(m["rss_kib"]), mib(m["hwm_kib"])) if m else (None, None)
+            print(f"  {t:<15} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
+                  f" {col(rss, 8, '.1f')} {col(hwm, 9, '.1f')}"
+                  f" {col(r.get('cpu_us_per_req'), 7, '.1f')} {col(pct(r.get('cpu_share')), 7, '.0f')}"
+                  f" {col(pct(r['proxy_core']), 6, '.0f')} {col(pct(r['load_core']), 6, '.0f')}")
+        disturbed = [t for t in TARGETS if best.get(t, {}).get("others", 0) > OTHERS_WARN]
+        if disturbed:
+            print(f"  disturbed (other processes had > {100 * OTHERS_WARN:.0f}% of the proxy core): {', '.join(disturbed)}")
+        m = (best.get("nginx") or {}).get("mem")
+        if m:
+            print(f"  nginx's RSS and peak are its worker's; master+worker: {mib(m['all_kib']):.1f} MiB")
+        print("  RSS, peak: VmRSS and VmHWM at the end of the run. us/req, proxy%: the proxy's CPU time per")
+        print("  request and as a share of one core. core%, load%: how busy the proxy's and the load's cores")
+        print("  were (every process; not pinned: core% is all the CPUs). wrk's non-2xx count is its")
+        print("  \"Non-2xx or 3xx responses\"; the backend only answers 200.")
         print()
 
     def ratio(label, a, b, key, target, higher_better):
-        if a not in best or b not in best:
+        if a not in best or b not in best or best[a].get(key) is None or best[b].get(key) is None:
             return
         x = best[a][key] / best[b][key] if best[b][key] else float("inf")
         if target is None:
-            print(f"  {label:<28} {x:6.3f}")
+            print(f"  {label:<36} {x:6.3f}")
             return
         ok = x >= target if higher_better else x <= target
         sign = ">=" if higher_better else "<="
-        print(f"  {label:<28} {x:6.3f}   target {sign} {target:.1f}   {'PASS' if ok else 'MISS'}")
+        print(f"  {label:<36} {x:6.3f}   target {sign} {target:.2f}   {'PASS' if ok else 'MISS'}")
 
     ratio("berth/nginx requests/s", "berth", "nginx", "rps", 1.0, True)
     ratio("berth/nginx p99", "berth", "nginx", "p99_ms", 1.0, False)
+    ratio("berth/nginx worker RSS", "berth", "nginx", "rss_kib", 1.0, False)
+    ratio("berth/berth-nometrics requests/s", "berth", "berth-nometrics", "rps", 0.98, True)
+    ratio("berth/haproxy requests/s", "berth", "haproxy", "rps", None, True)
+    ratio("berth/haproxy p99", "berth", "haproxy", "p99_ms", None, False)
+    ratio("berth/nginx CPU per request", "berth", "nginx", "cpu_us_per_req", None, False)
+    ratio("berth/haproxy CPU per request", "berth", "haproxy", "cpu_us_per_req", None, False)
     ratio("berth/direct requests/s", "berth", "direct", "rps", None, True)
     ratio("nginx/direct requests/s", "nginx", "direct", "rps", None, True)
+    ratio("haproxy/direct requests/s", "haproxy", "direct", "rps", None, True)
 
     if failures:
         print(f"\n{len(failures)} failure(s), figures above are incomplete:")

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::forward::{forward, Client, Limits, Upstream};
+use super::forward::{forward, Client, Limits};
 use super::metrics::now_ms;
 use super::routes::Routes;
 
@@ -137,11 +137,7 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     shared.open.fetch_add(1, Ordering::AcqRel);
     let activity = Activity::new();
-    let client = Arc::new(Client {
-        peer,
-        port,
-        upstream: Upstream::default(),
-    });
+    let client = Arc::new(Client::new(peer, port, &shared.limits));
     let svc = {
         let (shared, activity) = (shared.clone(), activity.clone());
         hyper::service::service_fn(move |req| {
@@ -167,6 +163,8 @@ pub(super) async fn serve(
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes this task on every request.
+            biased;
             _ = conn.as_mut() => break,
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s), if !closing && !*stop.borrow() => {

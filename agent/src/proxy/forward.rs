@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 use super::connection::Busy;
-use super::routes::{Backend, InFlight, Routes, Shared};
+use super::routes::{Backend, InFlight, Pool, Routes, Shared};
 
 /// What one request needs to know of the proxy's settings.
 #[derive(Debug, Clone)]
@@ -31,9 +31,18 @@ pub(super) struct Limits {
     /// Peers whose X-Forwarded-* headers are kept; `None`: every peer's (the load balancer is
     /// the only one that reaches the port).
     pub(super) trusted: Option<Vec<ipnet::IpNet>>,
+    /// Count responses by status class (`--no-metrics` turns it off).
+    pub(super) metrics: bool,
 }
 
 impl Limits {
+    /// Counts a response with `status` for `shared`'s backend, when counting.
+    fn count(&self, shared: &Shared, status: u16) {
+        if self.metrics {
+            shared.counters.response(status);
+        }
+    }
+
     fn trusts(&self, peer: IpAddr) -> bool {
         self.trusted
             .as_ref()
@@ -158,27 +167,26 @@ fn upgrade_of(headers: &hyper::HeaderMap) -> Option<HeaderValue> {
 /// X-Forwarded-For gets the peer appended; X-Forwarded-Proto and -Port are kept when a
 /// trusted peer (the load balancer: its HTTPS listener sends `https`) set them, and set to
 /// this hop's otherwise. From an untrusted peer, none of them is believed.
-fn forwarded_headers(headers: &mut hyper::HeaderMap, peer: IpAddr, port: u16, trusted: bool) {
+fn forwarded_headers(headers: &mut hyper::HeaderMap, client: &Client) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-    if !trusted {
+    if !client.trusted {
         for h in [&XFF, &XFP, &XFPORT, &header::FORWARDED] {
             headers.remove(h);
         }
     }
-    let forwarded = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(&XFF, v);
-    }
+    let appended = headers
+        .get(&XFF)
+        .and_then(|v| v.to_str().ok())
+        .map(|prior| format!("{prior}, {}", client.peer.ip()))
+        .and_then(|v| HeaderValue::from_str(&v).ok());
+    headers.insert(&XFF, appended.unwrap_or_else(|| client.peer_value.clone()));
     if !headers.contains_key(&XFP) {
         headers.insert(&XFP, HeaderValue::from_static("http"));
     }
     if !headers.contains_key(&XFPORT) {
-        headers.insert(&XFPORT, HeaderValue::from(port));
+        headers.insert(&XFPORT, client.port_value.clone());
     }
 }
 
@@ -203,7 +211,7 @@ struct Link {
 /// Why a request got no response from a backend.
 struct Failed {
     error: String,
-    /// The connection could not be opened: the backend is not there.
+    /// The connection could not be opened, or broke at once: the backend is not there.
     connect: bool,
     /// No response head within the limit.
     timeout: bool,
@@ -270,11 +278,16 @@ async fn within<T>(
 impl Upstream {
     async fn send(
         &self,
+        pool: &Pool,
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
     ) -> Result<Response<Incoming>, Failed> {
         let mut links = self.links.lock().await;
+        // Links to backends no longer routed to (after a switch) are let go.
+        if links.len() > 1 && links.len() >= pool.len() {
+            links.retain(|l| pool.backends.iter().any(|b| b.addr == l.backend));
+        }
         let mut req = req;
         // A kept-alive connection the backend has just closed (busybox httpd closes after every
         // response) hands the request back unsent: it is retried once on a new connection, so
@@ -285,6 +298,7 @@ impl Upstream {
                 let l = &links[*i];
                 !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE && attempt == 0
             });
+            let fresh = reusable.is_none();
             let i = match reusable {
                 Some(i) => i,
                 None => {
@@ -317,7 +331,14 @@ impl Upstream {
                     links.swap_remove(i);
                     match e.take_message() {
                         Some(unsent) => req = unsent,
-                        None => return Err(Failed::sent(e.into_error())),
+                        // A new connection that breaks before any answer: the backend is going
+                        // (a killed container's port still accepts for a moment).
+                        None => {
+                            return Err(Failed {
+                                connect: fresh,
+                                ..Failed::sent(e.into_error())
+                            })
+                        }
                     }
                 }
                 None => {
@@ -331,22 +352,30 @@ impl Upstream {
         }
         Err(Failed::sent("the backend closed the connection twice"))
     }
-
-    /// Forgets the links to backends no longer routed to (after a switch).
-    async fn keep_only(&self, backends: &[Backend]) {
-        let mut links = self.links.lock().await;
-        if links.len() > backends.len() {
-            links.retain(|l| backends.iter().any(|b| b.addr == l.backend));
-        }
-    }
 }
 
-/// What forward needs of the client connection.
+/// What forward needs of the client connection, worked out once per connection.
 pub(super) struct Client {
-    pub(super) peer: SocketAddr,
-    /// The port the client connected to (X-Forwarded-Port when the client sent none).
-    pub(super) port: u16,
+    peer: SocketAddr,
+    /// Whether its X-Forwarded-* headers are believed.
+    trusted: bool,
+    /// The peer's address, and the port it connected to, as header values.
+    peer_value: HeaderValue,
+    port_value: HeaderValue,
     pub(super) upstream: Upstream,
+}
+
+impl Client {
+    pub(super) fn new(peer: SocketAddr, port: u16, limits: &Limits) -> Client {
+        Client {
+            peer,
+            trusted: limits.trusts(peer.ip()),
+            peer_value: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            port_value: HeaderValue::from(port),
+            upstream: Upstream::default(),
+        }
+    }
 }
 
 /// Requests that may be sent again once sent (RFC 9110 section 9.2.2): only those are
@@ -379,10 +408,9 @@ pub(super) async fn forward(
         .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
     let upgrade = upgrade_of(req.headers());
-    let trusted = limits.trusts(client.peer.ip());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    forwarded_headers(headers, client.peer.ip(), client.port, trusted);
+    forwarded_headers(headers, client);
     if let Some(protocol) = upgrade {
         let Some(backend) = pool.pick(None) else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
@@ -410,7 +438,6 @@ pub(super) async fn forward(
     };
     let mut avoid = None;
     let mut last: Option<(Failed, Arc<Shared>)> = None;
-    client.upstream.keep_only(&pool.backends).await;
     for _ in 0..pool.len().min(3) {
         let Some(backend) = pool.pick(avoid) else {
             break;
@@ -421,11 +448,11 @@ pub(super) async fn forward(
             }
         }
         let inflight = InFlight::start(&backend.shared, started);
-        match client.upstream.send(backend.addr, req, limits).await {
+        match client.upstream.send(&pool, backend.addr, req, limits).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                backend.shared.counters.response(parts.status.as_u16());
+                limits.count(&backend.shared, parts.status.as_u16());
                 return Response::from_parts(
                     parts,
                     ProxyBody {
@@ -460,10 +487,10 @@ pub(super) async fn forward(
     match last {
         Some((failed, shared)) => {
             if failed.timeout {
-                shared.counters.response(504);
+                limits.count(&shared, 504);
                 local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", busy)
             } else {
-                shared.counters.response(502);
+                limits.count(&shared, 502);
                 local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy)
             }
         }
@@ -505,7 +532,7 @@ async fn tunnel(
         Ok(pair) => pair,
         Err(error) => {
             shared.counters.connect_error();
-            shared.counters.response(502);
+            limits.count(&shared, 502);
             tracing::warn!(backend = %backend.addr, %error, "upstream upgrade failed");
             return local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
         }
@@ -517,7 +544,7 @@ async fn tunnel(
     let resp = match within(limits.response, sender.send_request(req.map(Either::Left))).await {
         Some(Ok(resp)) => resp,
         other => {
-            shared.counters.response(502);
+            limits.count(&shared, 502);
             let error = match other {
                 Some(Err(e)) => e.to_string(),
                 _ => "no response head in time".into(),
@@ -527,7 +554,7 @@ async fn tunnel(
         }
     };
     let mut resp = resp;
-    shared.counters.response(resp.status().as_u16());
+    limits.count(&shared, resp.status().as_u16());
     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let backend_side = switched.then(|| hyper::upgrade::on(&mut resp));
     let (mut parts, body) = resp.into_parts();
@@ -671,29 +698,34 @@ mod tests {
 
     #[test]
     fn forwarded_headers_kept_from_the_trusted_and_replaced_from_others() {
-        let peer: IpAddr = "10.0.0.7".parse().unwrap();
-        let mut h = hyper::HeaderMap::new();
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        forwarded_headers(&mut h, peer, 8080, true);
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
-        assert_eq!(h["x-forwarded-port"], "8080");
-        let mut h = hyper::HeaderMap::new();
-        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        forwarded_headers(&mut h, peer, 8080, false);
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
-        assert_eq!(h["x-forwarded-port"], "8080");
+        let peer: SocketAddr = "10.0.0.7:40000".parse().unwrap();
         let limits = Limits {
             connect: Duration::from_secs(1),
             response: None,
             trusted: Some(vec!["10.0.0.0/8".parse().unwrap()]),
+            metrics: true,
         };
-        assert!(limits.trusts(peer));
-        assert!(!limits.trusts("127.0.0.1".parse().unwrap()));
+        let trusted = Client::new(peer, 8080, &limits);
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        forwarded_headers(&mut h, &trusted);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7");
+        assert_eq!(h["x-forwarded-port"], "8080");
+        let mut h = hyper::HeaderMap::new();
+        forwarded_headers(&mut h, &trusted);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let other = Client::new("127.0.0.1:40000".parse().unwrap(), 8080, &limits);
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-port", HeaderValue::from_static("443"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        forwarded_headers(&mut h, &other);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-port"], "8080");
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             connect: settings.connect_timeout,
             response: settings.response_timeout,
             trusted: settings.trusted.clone(),
+            metrics: settings.metrics,
         },
         timeouts: Timeouts {
             header: settings.header_timeout,
