@@ -594,6 +594,31 @@ fn websockets_follow_a_switch_and_a_drain_closes_the_old_ones_at_its_timeout() {
     });
 }
 
+#[test]
+fn a_drain_returns_when_the_old_backends_websocket_closes() {
+    let (a, b) = (ws_backend("blue"), ws_backend("green"));
+    let proxy = Proxy::start(Some(a), &[]);
+    let mut ws = ws_open(proxy.addr);
+    assert_eq!(ws_echo(&mut ws, "one"), "blue one");
+    proxy.control(json!({"op": "route", "backend": b.to_string()}));
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        let _ = ws.close(None);
+        let _ = ws_closed_within(&mut ws, Duration::from_secs(5));
+    });
+    let started = Instant::now();
+    let drained =
+        proxy.control(json!({"op": "drain", "backend": a.to_string(), "timeout_ms": 20000}));
+    let waited = started.elapsed();
+    closer.join().unwrap();
+    assert_eq!(drained["ok"], true, "{drained}");
+    assert_eq!(drained["inflight"], 0, "{drained}");
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_secs(10),
+        "the drain waited for the WebSocket to close, and no longer: {waited:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Streaming.
 
@@ -952,6 +977,97 @@ fn a_refusing_replica_is_skipped_and_counts_no_request_as_served() {
         0,
         "a backend that refused every connection served nothing: {status}"
     );
+}
+
+#[test]
+fn replicas_take_requests_least_in_flight_and_in_turn_when_tied() {
+    let slow = Duration::from_millis(2000);
+    let (a, b) = (Backend::start("blue", slow), Backend::start("green", slow));
+    let proxy = Proxy::start(None, &[]);
+    let routed = proxy.control(json!({"op": "route",
+        "backends": [a.addr.to_string(), b.addr.to_string()], "release": "v1"}));
+    assert_eq!(routed["ok"], true, "{routed}");
+
+    // Ties (nothing in flight): in turn.
+    let mut conn = Conn::open(proxy.addr);
+    let mut names = Vec::new();
+    for _ in 0..10 {
+        let (code, body) = conn.get("/");
+        assert_eq!(code, 200);
+        names.push(body.split_whitespace().next().unwrap().to_string());
+    }
+    let blue = names.iter().filter(|n| *n == "blue").count();
+    assert!((4..=6).contains(&blue), "10 requests in turn: {names:?}");
+
+    // One slow request in flight on one backend: the others go to the other one.
+    let addr = proxy.addr;
+    let in_flight = std::thread::spawn(move || Conn::open(addr).get("/slow"));
+    let busy = assert_eventually!(10, "the slow request in flight", || {
+        let s = proxy.control(json!({"op": "status"}));
+        [a.addr, b.addr]
+            .into_iter()
+            .find(|x| stat(&s, *x, "inflight") == 1)
+            .ok_or_else(|| s.to_string())
+    });
+    let other = if busy == a.addr { "green" } else { "blue" };
+    for _ in 0..5 {
+        let (code, body) = conn.get("/");
+        assert_eq!(
+            (code, body.split_whitespace().next().unwrap()),
+            (200, other),
+            "the backend with nothing in flight"
+        );
+    }
+    assert_eq!(in_flight.join().unwrap().0, 200);
+}
+
+#[test]
+fn a_response_slower_than_the_response_timeout_is_504() {
+    let a = Backend::start("blue", Duration::from_secs(5));
+    let proxy = Proxy::start(Some(a.addr), &["--response-timeout-secs", "1"]);
+    let started = Instant::now();
+    let (code, _) = Conn::open(proxy.addr).get("/slow");
+    let took = started.elapsed();
+    assert_eq!(code, 504);
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+    let (code, body) = Conn::open(proxy.addr).get("/");
+    assert_eq!(
+        (code, body.split_whitespace().next().unwrap()),
+        (200, "blue")
+    );
+}
+
+#[test]
+fn a_restart_resumes_a_saved_route_of_replicas() {
+    let a = Backend::start("blue", Duration::ZERO);
+    let b = Backend::start("green", Duration::ZERO);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("route.json");
+    let state_arg = state.to_str().unwrap().to_string();
+    let mut proxy = Proxy::start(None, &["--state", &state_arg]);
+    let both = json!([a.addr.to_string(), b.addr.to_string()]);
+    let routed = proxy.control(json!({"op": "route", "backends": both, "release": "v3"}));
+    assert_eq!(routed["ok"], true, "{routed}");
+    proxy.child.kill().unwrap();
+    proxy.child.wait().unwrap();
+    let restarted = Proxy::start(None, &["--state", &state_arg]);
+    let status = restarted.control(json!({"op": "status"}));
+    let mut active = common::strings(&status["active"]);
+    active.sort();
+    let mut want = common::strings(&both);
+    want.sort();
+    assert_eq!(active, want, "{status}");
+    let mut conn = Conn::open(restarted.addr);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (code, body) = conn.get("/");
+        assert_eq!(code, 200);
+        seen.insert(body.split_whitespace().next().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "both replicas serve: {seen:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
