@@ -73,8 +73,21 @@ pub async fn bind(path: &Path) -> Result<UnixListener, IpcError> {
         }
         std::fs::remove_file(path).map_err(bind_err)?;
     }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    // Bound under a name of its own and made 0600 before it takes its real name: bound at
+    // `path` directly, it would accept connections with the umask's mode for a moment.
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(bind_err)?;
+    let placed = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(bind_err(e));
+    }
     Ok(listener)
 }
 

@@ -159,7 +159,11 @@ pub(super) async fn serve(
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut wait = shared.timeouts.header;
+    // The watcher looks at least this often: a connection may turn idle (or busy) between
+    // looks, and its timeout counts from then.
+    let period =
+        (shared.timeouts.header.min(shared.timeouts.idle) / 4).max(Duration::from_millis(100));
+    let mut wait = shared.timeouts.header.min(period);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -182,7 +186,7 @@ pub(super) async fn serve(
             shared.stopping.load(Ordering::Relaxed),
         );
         match v {
-            Verdict::Wait(ms) => wait = Duration::from_millis(ms),
+            Verdict::Wait(ms) => wait = Duration::from_millis(ms).min(period),
             Verdict::Drop => {
                 tracing::debug!(%peer, "no request head in time: closed");
                 break;
