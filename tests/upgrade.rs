@@ -821,4 +821,20 @@ fn three_replicas_upgrade_survive_a_killed_one_and_roll_back_under_load() {
         "{}",
         rig.agent_log()
     );
+
+    // Scaling down, same release: not in place (that would pull a backend from under the
+    // route) but a new color with two replicas.
+    let two = web_compose(rig.traffic.port(), RELEASED, &[]) + "    deploy:\n      replicas: 2\n";
+    rig.project.compose(&two);
+    let (out, samples) = under_load(rig.traffic, 100, || {
+        rig.berth("upgrade", &["--release", "1"])
+    });
+    out.ok();
+    let done: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(done["how"], "switched", "{done}");
+    assert_eq!(answered(&samples, "1"), samples.len());
+    assert_eq!(active_backends(rig.proxy()).len(), 2);
+    let mut want = vec![blue("1", false); 3];
+    want.extend(vec![green("1", true); 2]);
+    assert_eq!(rig.colors(), want);
 }

@@ -368,3 +368,47 @@ fn every_replica_published(side: &Side, routed: &Routed) -> Result<(), UpgradeEr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrade::colors::Replica;
+
+    fn replica(n: u16, running: bool, port: Option<u16>) -> Replica {
+        Replica {
+            id: format!("id-{n}"),
+            name: format!("shop-web-green-{n}"),
+            running,
+            backend: port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+        }
+    }
+
+    #[test]
+    fn a_side_is_switched_to_only_when_every_replica_publishes_a_backend() {
+        let routed = Routed {
+            service: "web".into(),
+            port: 80,
+        };
+        let side = |replicas| Side::new(Color::Green, Some("2".into()), 1, replicas);
+        let all = side(vec![
+            replica(1, true, Some(1001)),
+            replica(2, true, Some(1002)),
+        ]);
+        assert!(every_replica_published(&all, &routed).is_ok());
+        let one_missing = side(vec![replica(1, true, Some(1001)), replica(2, false, None)]);
+        let e = every_replica_published(&one_missing, &routed).map_err(|e| e.to_string());
+        assert_eq!(
+            e,
+            Err(
+                "green container shop-web-green-2 has no port published for 80/tcp on 127.0.0.1"
+                    .into()
+            )
+        );
+        let e = every_replica_published(&side(vec![]), &routed).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("container web-green ")),
+            "{e:?}"
+        );
+    }
+}
