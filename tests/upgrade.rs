@@ -705,3 +705,136 @@ fn an_agent_killed_after_the_switch_finishes_by_stopping_the_old_release() {
         "stopping release 1 (blue): still running after the switch",
     );
 }
+
+/// The proxy's active backends, and the release each one's route was labelled with.
+fn active_backends(proxy: &Proxy) -> Vec<(String, String)> {
+    let status = proxy.control(serde_json::json!({"op": "status"}));
+    status["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let addr = b.as_str().unwrap().to_string();
+            let release = status["backends"][&addr]["release"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            (addr, release)
+        })
+        .collect()
+}
+
+/// The routed service's running containers of `color`.
+fn running_of(rig: &Rig, color: &str) -> Vec<String> {
+    let project = format!("label={PROJECT_LABEL}={}", rig.project.name);
+    let color = format!("label=dev.berth.color={color}");
+    container_ids(&[project, color, "status=running".to_string()])
+}
+
+#[test]
+fn three_replicas_upgrade_survive_a_killed_one_and_roll_back_under_load() {
+    let mut rig = Rig::new("upgrade-replicas");
+    let yaml = web_compose(rig.traffic.port(), RELEASED, &[]) + "    deploy:\n      replicas: 3\n";
+    rig.project.compose(&yaml);
+    rig.pointer("1");
+    rig.start_agent();
+
+    // Boot: three replicas of release 1 behind the proxy, all in its route.
+    let blue = |release: &str, running: bool| ("blue".to_string(), release.to_string(), running);
+    let green = |release: &str, running: bool| ("green".to_string(), release.to_string(), running);
+    assert_eq!(rig.colors(), vec![blue("1", true); 3]);
+    let active = active_backends(rig.proxy());
+    assert_eq!(active.len(), 3, "{active:?}");
+    assert!(active.iter().all(|(_, r)| r == "1"), "{active:?}");
+    let (_, samples) = under_load(rig.traffic, 100, || ());
+    assert_eq!(answered(&samples, "1"), samples.len());
+
+    // 1 -> 2 under 4 keep-alive clients: nothing fails, three new backends take over.
+    let (out, samples) = under_load(rig.traffic, 200, || {
+        rig.berth("upgrade", &["--release", "2"])
+    });
+    out.ok();
+    let done: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(done["how"], "switched", "{done}");
+    assert_eq!(done["backends"].as_array().unwrap().len(), 3, "{done}");
+    all_after_first(&samples, "2").unwrap();
+    let now = active_backends(rig.proxy());
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(now.iter().all(|(_, r)| r == "2"), "{now:?}");
+    assert!(
+        now.iter()
+            .all(|b| !active.contains(&(b.0.clone(), "1".into()))),
+        "new backends: {now:?}, old: {active:?}"
+    );
+    let mut want = vec![blue("1", false); 3];
+    want.extend(vec![green("2", true); 3]);
+    assert_eq!(rig.colors(), want, "the old three are stopped, kept");
+
+    // `berth status` and the agent's /status and /metrics show the traffic per release.
+    let status = rig.status();
+    let traffic = status["traffic"].as_array().unwrap();
+    assert_eq!(traffic[0]["release"], "2", "{status}");
+    assert_eq!(traffic[0]["active"], true, "{status}");
+    assert_eq!(traffic[0]["backends"].as_array().unwrap().len(), 3);
+    assert!(traffic[0]["requests"].as_u64().unwrap() > 0, "{status}");
+    assert_eq!(traffic[0]["errors_5xx"], 0, "{status}");
+    let (code, body) = Conn::open(rig.health).get("/status");
+    assert_eq!(code, 200);
+    let agent: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(agent["traffic"][0]["release"], "2", "{agent}");
+    let (code, metrics) = Conn::open(rig.health).get("/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("berth_proxy_up 1\n"), "{metrics}");
+    assert!(metrics.contains("berth_agent_ready 1\n"), "{metrics}");
+    for (addr, _) in &now {
+        let series = format!("berth_proxy_requests_in_flight{{backend=\"{addr}\",release=\"2\"}}");
+        assert!(metrics.contains(&series), "{metrics}");
+    }
+
+    // One of the three serving containers is SIGKILLed: its GETs go to the other two.
+    let serving = running_of(&rig, "green");
+    assert_eq!(serving.len(), 3);
+    let (_, samples) = under_load(rig.traffic, 300, || {
+        docker(&["kill", "-s", "KILL", &serving[1]]);
+    });
+    assert_eq!(answered(&samples, "2"), samples.len());
+    assert_eq!(running_of(&rig, "green").len(), 2);
+
+    // Rollback: the dead replica leaves the route first, then release 1's three replicas
+    // start again and take the traffic in one switch; release 2's stop.
+    let (out, samples) = under_load(rig.traffic, 200, || rig.berth("rollback", &[]));
+    out.ok();
+    let back: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(back["how"], "rolled back", "{back}");
+    assert_eq!(back["release"], "1", "{back}");
+    assert_eq!(back["backends"].as_array().unwrap().len(), 3, "{back}");
+    all_after_first(&samples, "1").unwrap();
+    let now = active_backends(rig.proxy());
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(now.iter().all(|(_, r)| r == "1"), "{now:?}");
+    let mut want = vec![blue("1", true); 3];
+    want.extend(vec![green("2", false); 3]);
+    assert_eq!(rig.colors(), want);
+    assert!(
+        rig.agent_log()
+            .contains("switching to the healthy green release 2"),
+        "{}",
+        rig.agent_log()
+    );
+
+    // Scaling down, same release: not in place (that would pull a backend from under the
+    // route) but a new color with two replicas.
+    let two = web_compose(rig.traffic.port(), RELEASED, &[]) + "    deploy:\n      replicas: 2\n";
+    rig.project.compose(&two);
+    let (out, samples) = under_load(rig.traffic, 100, || {
+        rig.berth("upgrade", &["--release", "1"])
+    });
+    out.ok();
+    let done: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(done["how"], "switched", "{done}");
+    assert_eq!(answered(&samples, "1"), samples.len());
+    assert_eq!(active_backends(rig.proxy()).len(), 2);
+    let mut want = vec![blue("1", false); 3];
+    want.extend(vec![green("1", true); 2]);
+    assert_eq!(rig.colors(), want);
+}

@@ -254,7 +254,7 @@ pub struct ProxySettings {
     pub port: u16,
     /// The routed service; default: the one that publishes `port`.
     pub service: Option<String>,
-    /// Probed on the new container (GET, 2xx) before the switch and while verifying.
+    /// Probed on each new replica (GET, 2xx) before the switch and while verifying.
     pub health_path: Option<String>,
 }
 

@@ -209,7 +209,8 @@ enum Command {
         #[command(flatten)]
         agent: AgentFlags,
     },
-    /// The agent's phase, the releases (colors) on this host, the proxy's route, as JSON.
+    /// The agent's phase, the releases (colors) on this host, the proxy's route and its traffic
+    /// per release, as JSON.
     Status {
         #[command(flatten)]
         agent: AgentFlags,

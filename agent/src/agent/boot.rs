@@ -97,7 +97,7 @@ async fn boot_steps(
         .deploy(&release, &project, &progress, false)
         .instrument(tracing::info_span!("converge"))
         .await?;
-    tracing::info!(how = deployed.how.as_str(), color = ?deployed.color, backend = ?deployed.backend, "converged");
+    tracing::info!(how = deployed.how.as_str(), color = ?deployed.color, backends = ?deployed.backends, "converged");
     set_phase(state, Phase::Ready);
     notify(&[
         sd_notify::NotifyState::Ready,

@@ -20,8 +20,9 @@ use crate::engine::docker::{DockerError, Engine};
 use crate::engine::progress::{Mode, Progress};
 use crate::engine::registry::Registries;
 use crate::instance::Instance;
+use crate::proxy::metrics::{summarize, ReleaseSummary};
 use crate::release::{self, Release};
-use crate::serve::{AgentState, Phase, ServiceStatus};
+use crate::serve::{traffic, AgentState, Phase, ServiceStatus};
 use crate::upgrade::{self, Deployed, Side, UpgradeError, UpgradeLock, Upgrader};
 
 /// How long an upgrade waits for a lock held for a moment before it refuses as busy.
@@ -40,7 +41,7 @@ pub struct Deployer {
 }
 
 /// `berth status`: the agent's phase and release (when an agent answers), both colors, the
-/// proxy's route, the containers.
+/// proxy's route and traffic, the containers.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentStatus {
     pub project: String,
@@ -53,6 +54,10 @@ pub struct AgentStatus {
     pub releases: Option<Vec<Side>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyView>,
+    /// The proxy's traffic per release (requests, 5xx, p50/p99, in flight, backends), the
+    /// active release first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<Vec<ReleaseSummary>>,
     pub containers: Vec<PsRow>,
 }
 
@@ -233,6 +238,7 @@ impl Deployer {
             routed_service: None,
             releases: None,
             proxy: None,
+            traffic: None,
             containers: vec![],
         };
         if let Some(routed) = upgrade::routed_from_labels(engine, project).await? {
@@ -246,8 +252,11 @@ impl Deployer {
         }
         if self.config.upgrade.strategy == Strategy::Proxy {
             let socket = &self.config.proxy.control;
-            status.proxy = Some(match crate::proxy::client::status(socket).await {
-                Ok(s) => ProxyView::Status(s),
+            status.proxy = Some(match traffic::ask(socket, traffic::ASK_TIMEOUT).await {
+                Ok(s) => {
+                    status.traffic = Some(summarize(&s));
+                    ProxyView::Status(s)
+                }
                 Err(e) => ProxyView::Unreachable {
                     error: crate::report::chain(&e),
                 },

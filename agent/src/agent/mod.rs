@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use crate::compose::{self, ComposeError, LoadOptions, Project};
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::{AgentConfig, ConfigError, Strategy};
 use crate::engine::converge::{self, ConvergeError};
 use crate::engine::docker::{DockerError, Engine};
 use crate::engine::progress::{first_line, Mode, Progress};
@@ -114,12 +114,12 @@ fn set_phase(state: &AgentState, phase: Phase) {
 pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError> {
     let config = &opts.config;
     let state = AgentState::new(&config.project, started);
-    let addr = http::serve(
-        config.health.listen,
-        config.health.path.clone(),
-        state.clone(),
-    )
-    .await?;
+    let endpoint = http::Endpoint {
+        listen: config.health.listen,
+        health_path: config.health.path.clone(),
+        proxy: (config.upgrade.strategy == Strategy::Proxy).then(|| config.proxy.control.clone()),
+    };
+    let addr = http::serve(endpoint, state.clone()).await?;
     tracing::info!(project = %config.project, health = %addr, local = config.local, "berth agent starting");
 
     let mut hook_slot: Option<Hook> = None;

@@ -29,6 +29,19 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a boot goes through them.
+    pub const ALL: [Phase; 9] = [
+        Phase::Identity,
+        Phase::Fetching,
+        Phase::Pulling,
+        Phase::Starting,
+        Phase::Waiting,
+        Phase::Warmed,
+        Phase::Ready,
+        Phase::Draining,
+        Phase::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Identity => "identity",

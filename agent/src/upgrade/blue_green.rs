@@ -1,11 +1,15 @@
-//! The proxy strategy: the new release starts in the idle color beside the serving one, passes
-//! its health gate, takes the traffic at the proxy's switch, is watched for `verify_secs`
-//! (failing: switched back), and the old color drains and stops, kept for `berth rollback`.
+//! The proxy strategy: the new release starts in the idle color beside the serving one (as
+//! many replicas as the routed service has), passes its health gate on every replica, takes
+//! the traffic at the proxy's switch (one route to all of its backends), is watched for
+//! `verify_secs` (failing: switched back), and the old color's backends drain together and it
+//! stops, kept for `berth rollback`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use futures_util::future::{join_all, try_join_all};
 
 use super::colors::{colorize, routed, sides_of, Color, Routed, Side};
 use super::{Deployed, How, UpgradeError, Upgrader};
@@ -34,25 +38,25 @@ impl Upgrader<'_> {
             .unwrap_or(Color::Blue);
         let release_name = release.unwrap_or("(unnamed)").to_string();
         let had_previous = serving.is_some();
-        let (new, backend, services) = self
+        let (new, services) = self
             .start_color(project, &routed, next, release, had_previous)
             .await?;
-        self.switch(backend).await?;
+        self.switch(&new.backends, release).await?;
         let to_switch = started.elapsed().as_secs_f64();
-        tracing::info!(release = %release_name, color = %next, %backend, seconds = to_switch, "switched");
+        tracing::info!(release = %release_name, color = %next, backends = ?new.backends, seconds = to_switch, "switched");
         let deployed = Deployed {
             release: release.map(String::from),
             previous: None,
             how: How::Started,
             color: Some(next),
-            backend: Some(backend),
+            backends: new.backends.clone(),
             to_switch_secs: Some(to_switch),
             services,
         };
         let Some(old) = serving else {
             return Ok(deployed);
         };
-        self.settle(&new, backend, &old, &release_name).await?;
+        self.settle(&new, &old, &release_name).await?;
         Ok(Deployed {
             previous: old.release.clone(),
             how: How::Switched,
@@ -61,7 +65,8 @@ impl Upgrader<'_> {
     }
 
     /// With the routed service unchanged, the rest converges in place: `Some` outcome. `None`:
-    /// the routed service changed, and a new color is needed.
+    /// the routed service changed (a replica more or less included), and a new color is
+    /// needed.
     async fn unchanged(
         &self,
         project: &Project,
@@ -72,8 +77,13 @@ impl Upgrader<'_> {
         let traffic = self.config.proxy.port;
         let same = colorize(project, routed, serving.color, release, traffic);
         let plan = converge::plan(self.engine, &same, self.up.remove_orphans).await?;
+        let colored = routed.colored(serving.color);
+        // Extra replicas (a scale-down) count too: removing one in place would pull a backend
+        // from under the route.
         let keep = plan
-            .steps_for(&routed.colored(serving.color))
+            .containers
+            .iter()
+            .filter(|s| s.service == colored)
             .all(|s| s.action == Action::Keep);
         if !keep {
             return Ok(None);
@@ -84,15 +94,15 @@ impl Upgrader<'_> {
             previous: serving.release.clone(),
             how: How::converged(&report.plan),
             color: Some(serving.color),
-            backend: serving.backend,
+            backends: serving.backends.clone(),
             to_switch_secs: None,
             services: report.services,
         }))
     }
 
-    /// Converges the release into color `next` beside the serving one and waits until it passes
-    /// its health gate: the new side, its backend, and each service's state. Failing, nothing of
-    /// it is left behind.
+    /// Converges the release into color `next` beside the serving one and waits until every
+    /// replica passes its health gate: the new side, and each service's state. Failing, nothing
+    /// of it is left behind.
     async fn start_color(
         &self,
         project: &Project,
@@ -100,7 +110,7 @@ impl Upgrader<'_> {
         next: Color,
         release: Option<&str>,
         had_previous: bool,
-    ) -> Result<(Side, SocketAddr, BTreeMap<String, String>), UpgradeError> {
+    ) -> Result<(Side, BTreeMap<String, String>), UpgradeError> {
         let release_name = release.unwrap_or("(unnamed)").to_string();
         // A kept previous release in the color we need goes now.
         if let Some(stale) = self.sides(routed).await?.remove(&next) {
@@ -124,35 +134,38 @@ impl Upgrader<'_> {
                 });
             }
         };
-        let new = self.sides(routed).await?.remove(&next);
-        let Some((new, backend)) = new.and_then(|s| s.backend.map(|b| (s, b))) else {
-            return Err(UpgradeError::NoBackend {
-                color: next,
-                container: routed.colored(next),
-                port: routed.port,
-            });
+        let new = self.side(routed, next).await?;
+        let ready = match every_replica_published(&new, routed) {
+            Ok(()) => self.gate(&release_name, &new.backends).await,
+            Err(e) => Err(e),
         };
-        if let Err(e) = self.gate(&release_name, backend).await {
+        if let Err(e) = ready {
             self.remove_side(&new).await;
             return Err(e);
         }
-        Ok((new, backend, report.services))
+        Ok((new, report.services))
+    }
+
+    /// Color `color` as Docker reports it now, or `NoBackend` when it has no replica.
+    async fn side(&self, routed: &Routed, color: Color) -> Result<Side, UpgradeError> {
+        self.sides(routed)
+            .await?
+            .remove(&color)
+            .ok_or_else(|| UpgradeError::NoBackend {
+                color,
+                container: routed.colored(color),
+                port: routed.port,
+            })
     }
 
     /// After the switch: the new side must stay healthy for `verify_secs`, else the old one
     /// (which never stopped) takes the traffic back. Then the old side drains and stops.
-    async fn settle(
-        &self,
-        new: &Side,
-        backend: SocketAddr,
-        old: &Side,
-        release_name: &str,
-    ) -> Result<(), UpgradeError> {
+    async fn settle(&self, new: &Side, old: &Side, release_name: &str) -> Result<(), UpgradeError> {
         if let Err(reason) = self.verify(new).await {
-            if let Some(b) = old.backend {
-                self.switch(b).await?;
+            if !old.backends.is_empty() {
+                self.switch(&old.backends, old.release.as_deref()).await?;
             }
-            self.drain(backend).await?;
+            self.drain(&new.backends).await?;
             self.remove_side(new).await;
             let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
             tracing::error!(release = %release_name, reason = %crate::report::chain(&reason), previous = %previous, "rolled back");
@@ -162,9 +175,7 @@ impl Upgrader<'_> {
                 reason,
             });
         }
-        if let Some(b) = old.backend {
-            self.drain(b).await?;
-        }
+        self.drain(&old.backends).await?;
         self.stop_side(old).await;
         Ok(())
     }
@@ -191,42 +202,34 @@ impl Upgrader<'_> {
             .and_then(|s| s.release.clone())
             .unwrap_or_else(|| "nothing".into());
         let deadline = Instant::now() + Duration::from_secs(self.config.timeouts.ready_secs);
-        for id in &prev.ids {
-            let started = match self.engine.start(id).await {
-                Ok(()) => Ok(()),
-                Err(e) => Err(ConvergeError::Docker(e)),
-            };
-            let ready = match started {
-                Ok(()) => {
-                    converge::wait_running(self.engine, &routed.colored(prev_color), id, deadline)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(source) = ready {
-                self.stop_side(&prev).await;
-                return Err(UpgradeError::Previous {
-                    release: prev_name,
-                    current,
-                    source,
-                });
-            }
+        let service = routed.colored(prev_color);
+        let started = try_join_all(prev.ids().map(|id| async {
+            self.engine.start(id).await.map_err(ConvergeError::Docker)?;
+            converge::wait_running(self.engine, &service, id, deadline).await
+        }))
+        .await;
+        if let Err(source) = started {
+            self.stop_side(&prev).await;
+            return Err(UpgradeError::Previous {
+                release: prev_name,
+                current,
+                source,
+            });
         }
         // A restarted container gets a new ephemeral port.
-        let prev = self.sides(routed).await?.remove(&prev_color);
-        let Some((prev, backend)) = prev.and_then(|s| s.backend.map(|b| (s, b))) else {
-            return Err(UpgradeError::NoBackend {
-                color: prev_color,
-                container: routed.colored(prev_color),
-                port: routed.port,
-            });
+        let prev = self.side(routed, prev_color).await?;
+        let ready = match every_replica_published(&prev, routed) {
+            Ok(()) => self.gate(&prev_name, &prev.backends).await,
+            Err(e) => Err(e),
         };
-        self.gate(&prev_name, backend).await?;
-        self.switch(backend).await?;
+        if let Err(e) = ready {
+            // Stopped again, it is still there for another try.
+            self.stop_side(&prev).await;
+            return Err(e);
+        }
+        self.switch(&prev.backends, prev.release.as_deref()).await?;
         if let Some(old) = &serving {
-            if let Some(b) = old.backend {
-                self.drain(b).await?;
-            }
+            self.drain(&old.backends).await?;
             self.stop_side(old).await;
         }
         Ok(Deployed {
@@ -234,7 +237,7 @@ impl Upgrader<'_> {
             previous: serving.and_then(|s| s.release),
             how: How::RolledBack,
             color: Some(prev_color),
-            backend: Some(backend),
+            backends: prev.backends,
             to_switch_secs: None,
             services: BTreeMap::new(),
         })
@@ -251,12 +254,11 @@ impl Upgrader<'_> {
     ) -> Result<(), UpgradeError> {
         let sides = self.sides(routed).await?;
         let stopped: Vec<&Side> = sides.values().filter(|s| !s.running).collect();
-        seen.retain(|id, _| stopped.iter().any(|s| s.ids.contains(id)));
+        seen.retain(|id, _| stopped.iter().any(|s| s.ids().any(|i| i == id)));
         for side in stopped {
             let since = side
-                .ids
-                .iter()
-                .map(|id| *seen.entry(id.clone()).or_insert_with(Instant::now))
+                .ids()
+                .map(|id| *seen.entry(id.to_string()).or_insert_with(Instant::now))
                 .min()
                 .unwrap_or_else(Instant::now);
             if since.elapsed() >= keep {
@@ -267,19 +269,15 @@ impl Upgrader<'_> {
         Ok(())
     }
 
-    /// Before the services stop for good: the proxy lets requests in flight to the serving
-    /// release finish (up to `drain_secs`).
+    /// Before the services stop for good: the proxy lets requests in flight to every serving
+    /// backend finish (up to `drain_secs`).
     pub async fn drain_serving(&self, routed: &Routed) {
-        match self.proxy_route().await {
-            Ok((Some(b), _)) => {
-                if let Err(e) = self.drain(b).await {
-                    tracing::warn!(error = %crate::report::chain(&e), "drain before stopping");
-                }
-            }
-            Ok((None, _)) => {}
-            Err(e) => {
-                tracing::warn!(error = %crate::report::chain(&e), service = %routed.service, "drain before stopping")
-            }
+        let drained = match self.proxy_route().await {
+            Ok((active, _)) => self.drain(&active).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = drained {
+            tracing::warn!(error = %crate::report::chain(&e), service = %routed.service, "drain before stopping");
         }
     }
 
@@ -293,25 +291,34 @@ impl Upgrader<'_> {
         &self.config.proxy.control
     }
 
-    /// The proxy's route: the backend it sends to now, and the one before it.
+    /// The proxy's route: the backends it sends to now, and the ones before them.
     pub(super) async fn proxy_route(
         &self,
-    ) -> Result<(Option<SocketAddr>, Option<SocketAddr>), UpgradeError> {
+    ) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), UpgradeError> {
         let status = proxy::client::status(self.proxy_socket()).await?;
-        Ok((
-            status.active.first().copied(),
-            status.previous.first().copied(),
-        ))
+        Ok((status.active, status.previous))
     }
 
-    pub(super) async fn switch(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
-        proxy::client::route(self.proxy_socket(), &[backend], None).await?;
+    /// Routes new requests to `backends`, the replicas of `release` (the label the proxy's
+    /// metrics carry), in one step.
+    pub(super) async fn switch(
+        &self,
+        backends: &[SocketAddr],
+        release: Option<&str>,
+    ) -> Result<(), UpgradeError> {
+        proxy::client::route(self.proxy_socket(), backends, release).await?;
         Ok(())
     }
 
-    /// Waits until nothing is in flight to `backend`, up to `drain_secs`. Not finishing is not
-    /// fatal: the old release is past its drain time and stops anyway (gracefully).
-    pub(super) async fn drain(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
+    /// Waits until nothing is in flight to any of `backends`, each up to `drain_secs`, all at
+    /// once. Not finishing is not fatal: the old release is past its drain time and stops
+    /// anyway (gracefully).
+    pub(super) async fn drain(&self, backends: &[SocketAddr]) -> Result<(), UpgradeError> {
+        let drains = join_all(backends.iter().map(|b| self.drain_one(*b))).await;
+        drains.into_iter().collect()
+    }
+
+    async fn drain_one(&self, backend: SocketAddr) -> Result<(), UpgradeError> {
         let timeout = Duration::from_secs(self.config.upgrade.drain_secs);
         match proxy::client::drain(self.proxy_socket(), backend, timeout).await {
             Ok(d) if d.ok => {}
@@ -328,20 +335,80 @@ impl Upgrader<'_> {
         Ok(())
     }
 
+    /// Stops every replica of `side`, together.
     pub(super) async fn stop_side(&self, side: &Side) {
-        for id in &side.ids {
+        join_all(side.ids().map(|id| async move {
             // The container's own stop_grace_period (set at create) applies.
             if let Err(e) = self.engine.stop(id, None).await {
                 tracing::warn!(color = %side.color, error = %crate::report::chain(&e), "stopping the old release");
             }
-        }
+        }))
+        .await;
     }
 
     pub(super) async fn remove_side(&self, side: &Side) {
-        for id in &side.ids {
+        join_all(side.ids().map(|id| async move {
             if let Err(e) = self.engine.remove(id, true).await {
                 tracing::warn!(color = %side.color, error = %crate::report::chain(&e), "removing containers");
             }
+        }))
+        .await;
+    }
+}
+
+/// Every replica of a side that runs publishes the traffic port: the proxy can reach them all.
+fn every_replica_published(side: &Side, routed: &Routed) -> Result<(), UpgradeError> {
+    let missing = side.replicas.iter().find(|r| r.backend.is_none());
+    if side.backends.is_empty() || missing.is_some() {
+        return Err(UpgradeError::NoBackend {
+            color: side.color,
+            container: missing.map_or_else(|| routed.colored(side.color), |r| r.name.clone()),
+            port: routed.port,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrade::colors::Replica;
+
+    fn replica(n: u16, running: bool, port: Option<u16>) -> Replica {
+        Replica {
+            id: format!("id-{n}"),
+            name: format!("shop-web-green-{n}"),
+            running,
+            backend: port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
         }
+    }
+
+    #[test]
+    fn a_side_is_switched_to_only_when_every_replica_publishes_a_backend() {
+        let routed = Routed {
+            service: "web".into(),
+            port: 80,
+        };
+        let side = |replicas| Side::new(Color::Green, Some("2".into()), 1, replicas);
+        let all = side(vec![
+            replica(1, true, Some(1001)),
+            replica(2, true, Some(1002)),
+        ]);
+        assert!(every_replica_published(&all, &routed).is_ok());
+        let one_missing = side(vec![replica(1, true, Some(1001)), replica(2, false, None)]);
+        let e = every_replica_published(&one_missing, &routed).map_err(|e| e.to_string());
+        assert_eq!(
+            e,
+            Err(
+                "green container shop-web-green-2 has no port published for 80/tcp on 127.0.0.1"
+                    .into()
+            )
+        );
+        let e = every_replica_published(&side(vec![]), &routed).map_err(|e| e.to_string());
+        assert!(
+            e.as_ref()
+                .is_err_and(|e| e.contains("container web-green ")),
+            "{e:?}"
+        );
     }
 }

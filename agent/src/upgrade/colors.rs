@@ -10,7 +10,9 @@ use serde::Serialize;
 use super::UpgradeError;
 use crate::compose::Project;
 use crate::config::AgentConfig;
-use crate::engine::docker::{label, labels, ContainerSummary, ContainerSummaryStateEnum, Engine};
+use crate::engine::docker::{
+    label, labels, summary_name, ContainerSummary, ContainerSummaryStateEnum, Engine,
+};
 
 /// Which copy of the routed service a container is.
 pub const COLOR_LABEL: &str = "dev.berth.color";
@@ -108,10 +110,9 @@ pub fn routed(project: &Project, config: &AgentConfig) -> Result<Routed, Upgrade
         }
     };
     let svc = &project.services[&service];
-    if svc.replicas != 1 {
+    if svc.replicas == 0 {
         return Err(err(format!(
-            "service {service} has {} replicas; the proxy routes to one container per release",
-            svc.replicas
+            "service {service} has 0 replicas; the proxy needs at least one to route to"
         )));
     }
     if svc.container_name.is_some() {
@@ -195,21 +196,78 @@ pub fn colorize(
     out
 }
 
+/// One container (replica) of a color.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Replica {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+    /// Its traffic port as published on 127.0.0.1, while it runs.
+    pub backend: Option<SocketAddr>,
+}
+
 /// One color's containers as Docker reports them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Side {
     pub color: Color,
-    pub ids: Vec<String>,
+    /// Some replica runs.
     pub running: bool,
     pub release: Option<String>,
-    pub backend: Option<SocketAddr>,
-    /// Unix seconds; the later side is the newer attempt.
+    /// The running replicas' backends, sorted: what the proxy routes to for this color.
+    pub backends: Vec<SocketAddr>,
+    /// Sorted by name.
+    pub replicas: Vec<Replica>,
+    /// Unix seconds, the latest replica's; the later side is the newer attempt.
     pub created: i64,
+}
+
+impl Side {
+    /// A side from its replicas; `running` and `backends` are read from them.
+    pub fn new(
+        color: Color,
+        release: Option<String>,
+        created: i64,
+        mut replicas: Vec<Replica>,
+    ) -> Side {
+        replicas.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut backends: Vec<SocketAddr> = replicas
+            .iter()
+            .filter(|r| r.running)
+            .filter_map(|r| r.backend)
+            .collect();
+        backends.sort();
+        Side {
+            color,
+            running: replicas.iter().any(|r| r.running),
+            release,
+            backends,
+            replicas,
+            created,
+        }
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.replicas.iter().map(|r| r.id.as_str())
+    }
+}
+
+/// The 127.0.0.1 host port a container publishes its `port` on.
+fn published(c: &ContainerSummary, port: u16) -> Option<SocketAddr> {
+    c.ports
+        .as_ref()?
+        .iter()
+        .find(|p| {
+            p.private_port == port
+                && p.ip.as_deref() == Some("127.0.0.1")
+                && p.public_port.is_some()
+        })
+        .and_then(|p| p.public_port)
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// Both colors of the routed service among a project's containers.
 pub fn sides_of(containers: &[ContainerSummary], routed: &Routed) -> BTreeMap<Color, Side> {
-    let mut sides: BTreeMap<Color, Side> = BTreeMap::new();
+    let mut found: BTreeMap<Color, (Vec<Replica>, Option<String>, i64)> = BTreeMap::new();
     for c in containers {
         let Some(color) = label(c, COLOR_LABEL).and_then(Color::parse) else {
             continue;
@@ -218,37 +276,25 @@ pub fn sides_of(containers: &[ContainerSummary], routed: &Routed) -> BTreeMap<Co
             continue;
         }
         let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
-        let backend = c.ports.as_ref().and_then(|ports| {
-            ports
-                .iter()
-                .find(|p| {
-                    p.private_port == routed.port
-                        && p.ip.as_deref() == Some("127.0.0.1")
-                        && p.public_port.is_some()
-                })
-                .and_then(|p| p.public_port)
-                .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        let (replicas, release, created) = found.entry(color).or_default();
+        replicas.push(Replica {
+            id: c.id.clone().unwrap_or_default(),
+            name: summary_name(c),
+            running,
+            // A stopped container keeps no port: it gets a new one when started again.
+            backend: published(c, routed.port).filter(|_| running),
         });
-        let side = sides.entry(color).or_insert_with(|| Side {
-            color,
-            ids: vec![],
-            running: false,
-            release: None,
-            backend: None,
-            created: 0,
-        });
-        side.ids.push(c.id.clone().unwrap_or_default());
-        side.running |= running;
-        if running {
-            side.backend = side.backend.or(backend);
+        if release.is_none() {
+            *release = label(c, RELEASE_LABEL).map(String::from);
         }
-        side.release = side
-            .release
-            .clone()
-            .or_else(|| label(c, RELEASE_LABEL).map(String::from));
-        side.created = side.created.max(c.created.unwrap_or(0));
+        *created = (*created).max(c.created.unwrap_or(0));
     }
-    sides
+    found
+        .into_iter()
+        .map(|(color, (replicas, release, created))| {
+            (color, Side::new(color, release, created, replicas))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -312,13 +358,19 @@ services:
     }
 
     #[test]
-    fn two_replicas_or_a_fixed_name_cannot_be_routed() {
+    fn replicas_are_routed_but_none_or_a_fixed_name_cannot_be() {
+        let three = project(
+            "services:\n  web:\n    image: w\n    ports: [\"8080:80\"]\n    deploy: {replicas: 3}\n",
+        );
+        let r = routed(&three, &config("")).unwrap();
+        let c = colorize(&three, &r, Color::Blue, Some("v1"), 8080);
+        assert_eq!(c.services["web-blue"].replicas, 3);
         let e = routed(
-            &project("services:\n  web:\n    image: w\n    ports: [\"8080:80\"]\n    deploy: {replicas: 2}\n"),
+            &project("services:\n  web:\n    image: w\n    ports: [\"8080:80\"]\n    deploy: {replicas: 0}\n"),
             &config(""),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("2 replicas"), "{e}");
+        assert!(e.to_string().contains("0 replicas"), "{e}");
         let e = routed(
             &project("services:\n  web:\n    image: w\n    container_name: w\n    ports: [\"8080:80\"]\n"),
             &config(""),
@@ -358,9 +410,16 @@ services:
         );
     }
 
-    fn container(service: &str, color: &str, running: bool, port: Option<u16>) -> ContainerSummary {
+    fn container(
+        service: &str,
+        number: u32,
+        color: &str,
+        running: bool,
+        port: Option<u16>,
+    ) -> ContainerSummary {
         ContainerSummary {
-            id: Some(format!("{service}-id")),
+            id: Some(format!("{service}-{number}-id")),
+            names: Some(vec![format!("/shop-{service}-{number}")]),
             labels: Some(
                 [
                     (labels::SERVICE.to_string(), service.to_string()),
@@ -382,32 +441,46 @@ services:
                     ..Port::default()
                 }]
             }),
-            created: Some(7),
+            created: Some(i64::from(number)),
             ..ContainerSummary::default()
         }
     }
 
     #[test]
-    fn sides_come_from_labels_and_only_a_running_side_has_a_backend() {
+    fn sides_come_from_labels_and_only_running_replicas_are_backends() {
         let routed = Routed {
             service: "web".into(),
             port: 80,
         };
         let containers = [
-            container("web-blue", "blue", true, Some(32768)),
-            container("web-green", "green", false, Some(32769)),
+            container("web-blue", 2, "blue", true, Some(32771)),
+            container("web-blue", 1, "blue", true, Some(32768)),
+            // Killed: still a replica of blue, but no backend.
+            container("web-blue", 3, "blue", false, Some(32772)),
+            container("web-green", 1, "green", false, Some(32769)),
             // Labelled green, but another service's container: not a side.
-            container("worker", "green", true, Some(32770)),
+            container("worker", 1, "green", true, Some(32770)),
         ];
         let sides = sides_of(&containers, &routed);
         assert_eq!(sides.len(), 2);
         let blue = &sides[&Color::Blue];
         assert!(blue.running);
-        assert_eq!(blue.backend, Some("127.0.0.1:32768".parse().unwrap()));
+        assert_eq!(
+            blue.backends,
+            vec![
+                "127.0.0.1:32768".parse().unwrap(),
+                "127.0.0.1:32771".parse().unwrap()
+            ]
+        );
         assert_eq!(blue.release.as_deref(), Some("blue-release"));
-        assert_eq!(blue.ids, vec!["web-blue-id".to_string()]);
+        assert_eq!(
+            blue.ids().collect::<Vec<_>>(),
+            ["web-blue-1-id", "web-blue-2-id", "web-blue-3-id"]
+        );
+        assert_eq!(blue.replicas[2].backend, None);
+        assert_eq!(blue.created, 3);
         let green = &sides[&Color::Green];
         assert!(!green.running);
-        assert_eq!(green.backend, None);
+        assert!(green.backends.is_empty());
     }
 }

@@ -72,7 +72,7 @@ impl Upgrader<'_> {
             previous,
             how: How::converged(&report.plan),
             color: None,
-            backend: None,
+            backends: vec![],
             to_switch_secs: None,
             services: report.services,
         })

@@ -1,12 +1,13 @@
 //! Upgrades: replace the running release without losing a request.
 //!
 //! - **proxy** ([`blue_green`]): `berth proxy` owns the traffic port. The routed service runs in
-//!   two [`colors`], `<service>-blue` and `<service>-green`, each published on an ephemeral
-//!   127.0.0.1 port. An upgrade converges the new release into the color that is not serving
-//!   (pulls first, one-shots such as migrations before it, nothing old stops), waits for
-//!   health ([`probe`]), switches the proxy, watches the new color for `verify_secs` (failing:
-//!   switch back), drains and stops the old color. The stopped old color is kept for
-//!   `berth rollback` until the next upgrade.
+//!   two [`colors`], `<service>-blue` and `<service>-green`, each with the service's replicas,
+//!   each replica published on an ephemeral 127.0.0.1 port. An upgrade converges the new
+//!   release into the color that is not serving (pulls first, one-shots such as migrations
+//!   before it, nothing old stops), waits for health on every replica ([`probe`]), switches the
+//!   proxy to all of them at once, watches the new color for `verify_secs` (failing: switch
+//!   back), drains the old color's backends together and stops it. The stopped old color is
+//!   kept for `berth rollback` until the next upgrade.
 //! - **drain** ([`drain`]): `/healthz` turns 503, berth waits until the load balancer stops
 //!   sending, then converges in place, waits for health and for the load balancer to send again.
 //!
@@ -146,7 +147,8 @@ pub struct Deployed {
     pub previous: Option<String>,
     pub how: How,
     pub color: Option<Color>,
-    pub backend: Option<SocketAddr>,
+    /// The serving color's replicas, as the proxy routes to them.
+    pub backends: Vec<SocketAddr>,
     /// From the start of the upgrade to the proxy's switch.
     pub to_switch_secs: Option<f64>,
     /// Each service's state after the converge (`healthy`, `running`, `completed`).

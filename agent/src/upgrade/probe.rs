@@ -1,10 +1,11 @@
-//! Is a color healthy? One look at its container (running, not unhealthy), and a GET on
+//! Is a color healthy? One look at each of its containers (running, not unhealthy), and a GET on
 //! `proxy.health_path` when one is configured: before the switch (the gate) and while the
 //! new release is watched after it (verify).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -91,15 +92,26 @@ impl Upgrader<'_> {
         Ok(())
     }
 
-    /// Before the switch: GET `proxy.health_path` must answer 2xx (when configured).
+    /// Before the switch: GET `proxy.health_path` must answer 2xx on every backend (when
+    /// configured), each probed on its own, all within `ready_secs`.
     pub(super) async fn gate(
         &self,
         release: &str,
-        backend: SocketAddr,
+        backends: &[SocketAddr],
     ) -> Result<(), UpgradeError> {
         let Some(path) = &self.config.proxy.health_path else {
             return Ok(());
         };
+        try_join_all(backends.iter().map(|b| self.gate_one(release, path, *b))).await?;
+        Ok(())
+    }
+
+    async fn gate_one(
+        &self,
+        release: &str,
+        path: &str,
+        backend: SocketAddr,
+    ) -> Result<(), UpgradeError> {
         let secs = self.config.timeouts.ready_secs;
         let deadline = Instant::now() + Duration::from_secs(secs);
         let mut last = ProbeError::NoAnswer;
@@ -108,7 +120,7 @@ impl Upgrader<'_> {
                 Ok(code) if (200..300).contains(&code) => return Ok(()),
                 Ok(code) => {
                     last = ProbeError::Status {
-                        path: path.clone(),
+                        path: path.to_string(),
                         code,
                     }
                 }
@@ -118,20 +130,18 @@ impl Upgrader<'_> {
         }
         Err(UpgradeError::Probe {
             release: release.into(),
-            path: path.clone(),
+            path: path.to_string(),
             backend,
             secs,
             last,
         })
     }
 
-    /// After the switch: the new side must stay healthy for `verify_secs`.
+    /// After the switch: every replica of the new side must stay healthy for `verify_secs`.
     pub(super) async fn verify(&self, side: &Side) -> Result<(), ProbeError> {
         let until = Instant::now() + Duration::from_secs(self.config.upgrade.verify_secs);
         loop {
-            for id in &side.ids {
-                self.check(id, side.backend).await?;
-            }
+            try_join_all(side.replicas.iter().map(|r| self.check(&r.id, r.backend))).await?;
             if Instant::now() >= until {
                 return Ok(());
             }
