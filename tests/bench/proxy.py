@@ -31,7 +31,8 @@ The load is the same wrk invocation for each (keep-alive, bounded in time):
 
   memory   VmRSS and VmHWM (/proc/PID/status) of the proxy, sampled every 0.25 s while wrk
            runs; the last sample (the end of the run) is reported. For nginx the worker (the
-           master's children), and master+worker on a line of its own.
+           master's children), and master+worker on a line of its own; and PSS summed over
+           all the server's processes (shared pages counted once), for a like-for-like total.
   CPU      the proxy's CPU time (utime+stime of all its processes) over the run: per request
            (us/req), and as a share of one core; and how busy the proxy's and the load's
            cores were (/proc/stat, every process), which shows which side was the limit. A
@@ -233,9 +234,26 @@ def memory(proc):
     rss = [status_kib(pid, "VmRSS") for pid in workers]
     hwm = [status_kib(pid, "VmHWM") for pid in workers]
     master = status_kib(proc.p.pid, "VmRSS") if workers != [proc.p.pid] else 0
-    if None in rss or None in hwm or master is None:
+    everyone = sorted(set(workers) | {proc.p.pid})
+    pss = [pss_kib(pid) for pid in everyone]
+    if None in rss or None in hwm or master is None or None in pss:
         return None
-    return {"rss_kib": sum(rss), "hwm_kib": sum(hwm), "all_kib": sum(rss) + master, "nworkers": len(workers)}
+    return {"rss_kib": sum(rss), "hwm_kib": sum(hwm), "all_kib": sum(rss) + master,
+            "pss_kib": sum(pss), "nworkers": len(workers)}
+
+
+def pss_kib(pid):
+    """The process's proportional set size (/proc/PID/smaps_rollup), in KiB: its share of
+    the pages it shares (an nginx worker's with its master), so that summed over a server's
+    processes it counts each page once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 # --- the servers ----------------------------------------------------------------------------
@@ -582,6 +600,7 @@ def main():
             b = dict(max(ok, key=lambda r: r["rps"]))
             if b.get("mem"):
                 b["rss_kib"] = b["mem"]["rss_kib"]
+                b["pss_kib"] = b["mem"]["pss_kib"]
             best[t] = b
 
     def pct(share):
@@ -612,6 +631,9 @@ def main():
         m = (best.get("nginx") or {}).get("mem")
         if m:
             print(f"  nginx's RSS and peak are its worker's; master+worker: {mib(m['all_kib']):.1f} MiB")
+        pss = [f"{t} {mib(best[t]['pss_kib']):.1f}" for t in TARGETS if best.get(t, {}).get("pss_kib")]
+        if pss:
+            print(f"  PSS MiB, every process of the server (shared pages counted once): {', '.join(pss)}")
         print("  RSS, peak: VmRSS and VmHWM at the end of the run. us/req, proxy%: the proxy's CPU time per")
         print("  request and as a share of one core. core%, load%: how busy the proxy's and the load's cores")
         print("  were (every process; not pinned: core% is all the CPUs). wrk's non-2xx count is its")
@@ -632,6 +654,7 @@ def main():
     ratio("berth/nginx requests/s", "berth", "nginx", "rps", 1.0, True)
     ratio("berth/nginx p99", "berth", "nginx", "p99_ms", 1.0, False)
     ratio("berth/nginx worker RSS", "berth", "nginx", "rss_kib", 1.0, False)
+    ratio("berth/nginx PSS, all processes", "berth", "nginx", "pss_kib", None, False)
     ratio("berth/berth-nometrics requests/s", "berth", "berth-nometrics", "rps", 0.98, True)
     ratio("berth/haproxy requests/s", "berth", "haproxy", "rps", None, True)
     ratio("berth/haproxy p99", "berth", "haproxy", "p99_ms", None, False)

@@ -89,7 +89,7 @@ mod tests {
 
     use super::*;
     use crate::ipc::Handler;
-    use crate::proxy::protocol::{Answer, Refused};
+    use crate::protocol::{Answer, Refused};
 
     /// A proxy's control socket that refuses routes to port 1 and knows nothing in flight.
     #[derive(Debug)]
