@@ -729,6 +729,18 @@ fn without_a_target_group_it_waits_for_healthy_threshold_passes_from_the_elb_che
         let (code, body) = agent.get_with("/healthz", &[ELB]).unwrap();
         assert_eq!(code, 200, "check {n}: {body}");
     }
+    // Still booting: an upgrade sent now is refused as busy by the agent's control socket
+    // (bound from the start), not run in-process beside the boot.
+    let upgrade = run_with_limit(
+        b.command(
+            &["upgrade", "--config", config.to_str().unwrap()],
+            &b.aws_env(),
+        ),
+        RUN_LIMIT,
+    );
+    upgrade.expect_code(7);
+    let said = format!("{}{}", upgrade.stdout, upgrade.stderr);
+    assert!(said.contains("booting"), "{said}");
     // Two passes are not three: berth holds on, not in service. (Watched for a second.)
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {

@@ -34,8 +34,8 @@ use crate::ipc::IpcError;
 
 pub mod client;
 mod connection;
-pub mod ipc;
 mod forward;
+pub mod ipc;
 pub mod metrics;
 pub mod protocol;
 mod routes;

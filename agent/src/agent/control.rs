@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::deployer::{AgentStatus, Deployer};
 use crate::exit::{Coded, Exit};
 use crate::ipc::{self, Handler, IpcError};
+use crate::serve::AgentState;
 use crate::upgrade::Deployed;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,13 +63,39 @@ impl<R> Answer<R> {
     }
 }
 
-impl Handler for Deployer {
+/// The control socket's handler for the agent's whole life. Bound at the start of the boot,
+/// it answers "busy" (exit 7) until the boot hands it the deployer: an SSM `berth upgrade` sent
+/// to a booting instance must not find the socket absent and run in-process beside the boot.
+#[derive(Debug)]
+pub struct Gate {
+    state: AgentState,
+    deployer: std::sync::OnceLock<Arc<Deployer>>,
+}
+
+impl Gate {
+    /// From now on, requests go to `deployer`.
+    pub fn open(&self, deployer: Arc<Deployer>) {
+        let _ = self.deployer.set(deployer);
+    }
+}
+
+impl Handler for Gate {
     type Request = Request;
     type Answer = Answer<Reply>;
     const ONE_REQUEST: bool = true;
 
     async fn handle(&self, request: Request) -> Answer<Reply> {
-        match self.handle_request(request).await {
+        let Some(deployer) = self.deployer.get() else {
+            let phase = self.state.snapshot().phase;
+            return Answer::failed(
+                format!(
+                    "the agent is booting (phase {}); ask again once it is ready",
+                    phase.as_str()
+                ),
+                Exit::Busy,
+            );
+        };
+        match deployer.handle_request(request).await {
             Ok(reply) => Answer::ok(reply),
             Err(e) => {
                 let message = crate::report::chain(&e);
@@ -83,12 +110,16 @@ impl Handler for Deployer {
     }
 }
 
-/// Binds the control socket and answers it in the background.
-pub async fn listen(path: &Path, deployer: Arc<Deployer>) -> Result<(), IpcError> {
+/// Binds the control socket and answers it in the background: busy until [`Gate::open`].
+pub async fn listen(path: &Path, state: AgentState) -> Result<Arc<Gate>, IpcError> {
     let listener = ipc::bind(path).await?;
     tracing::info!(path = %path.display(), "control socket listening");
-    tokio::spawn(ipc::serve(listener, deployer));
-    Ok(())
+    let gate = Arc::new(Gate {
+        state,
+        deployer: std::sync::OnceLock::new(),
+    });
+    tokio::spawn(ipc::serve(listener, gate.clone()));
+    Ok(gate)
 }
 
 /// Sends a request to the agent. `Ok(None)`: no agent listens there (act in-process).

@@ -16,11 +16,14 @@ use crate::release;
 use crate::serve::AgentState;
 use crate::upgrade::{self, UpgradeError, UpgradeLock};
 
-pub async fn hold(state: &AgentState, booted: &Booted) -> Result<(), AgentError> {
+pub async fn hold(
+    state: &AgentState,
+    booted: &Booted,
+    gate: &control::Gate,
+) -> Result<(), AgentError> {
     let deployer = &booted.deployer;
     let config = &deployer.config;
-    let socket = config.control_socket();
-    control::listen(&socket, deployer.clone()).await?;
+    gate.open(deployer.clone());
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
     let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
         .then(|| tokio::spawn(watch(deployer.clone())));
@@ -36,9 +39,7 @@ pub async fn hold(state: &AgentState, booted: &Booted) -> Result<(), AgentError>
         task.abort();
     }
     notify(&[sd_notify::NotifyState::Stopping]);
-    let result = leave(state, booted, reason).await;
-    let _ = std::fs::remove_file(&socket);
-    result
+    leave(state, booted, reason).await
 }
 
 /// Removes the stopped previous release after `keep` (checked every quarter of it).

@@ -121,39 +121,50 @@ pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError>
     };
     let addr = http::serve(endpoint, state.clone()).await?;
     tracing::info!(project = %config.project, health = %addr, local = config.local, "berth agent starting");
+    // From the start: until the boot is done it answers busy, so that an upgrade sent now
+    // cannot run in-process beside the boot.
+    let socket = config.control_socket();
+    let gate = control::listen(&socket, state.clone()).await?;
 
     let mut hook_slot: Option<Hook> = None;
-    match boot::boot(&opts, &state, &mut hook_slot, started).await {
-        Ok(booted) => {
-            if opts.once {
-                return Ok(());
+    let result = match boot::boot(&opts, &state, &mut hook_slot, started).await {
+        Ok(_) if opts.once => Ok(()),
+        Ok(booted) => hold::hold(&state, &booted, &gate).await,
+        Err(e) => Err(boot_failed(&state, config, hook_slot.as_ref(), e).await),
+    };
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+/// A failed boot: said in `/status` and systemd's STATUS=, and with a lifecycle hook pending,
+/// ABANDONed so that the group replaces this instance.
+async fn boot_failed(
+    state: &AgentState,
+    config: &AgentConfig,
+    hook: Option<&Hook>,
+    e: AgentError,
+) -> AgentError {
+    let message = crate::report::chain(&e);
+    tracing::error!(error = %message, "boot failed");
+    state.fail(&message);
+    notify(&[sd_notify::NotifyState::Status(&format!(
+        "failed: {}",
+        first_line(&message)
+    ))]);
+    if let Some(hook) = hook {
+        match hook.complete(Outcome::Abandon).await {
+            Ok(()) => {
+                tracing::warn!(hook = %hook.hook, reason = %first_line(&message), "lifecycle action ABANDONed: the group will replace this instance");
+                // This instance is going away: nothing half-started may serve meanwhile.
+                // Stopped, not removed, so that their logs can still be read.
+                stop_project(&config.project).await;
             }
-            hold::hold(&state, &booted).await
-        }
-        Err(e) => {
-            let message = crate::report::chain(&e);
-            tracing::error!(error = %message, "boot failed");
-            state.fail(&message);
-            notify(&[sd_notify::NotifyState::Status(&format!(
-                "failed: {}",
-                first_line(&message)
-            ))]);
-            if let Some(hook) = &hook_slot {
-                match hook.complete(Outcome::Abandon).await {
-                    Ok(()) => {
-                        tracing::warn!(hook = %hook.hook, reason = %first_line(&message), "lifecycle action ABANDONed: the group will replace this instance");
-                        // This instance is going away: nothing half-started may serve meanwhile.
-                        // Stopped, not removed, so that their logs can still be read.
-                        stop_project(&config.project).await;
-                    }
-                    Err(le) => {
-                        tracing::error!(error = %crate::report::chain(&le), "could not ABANDON the lifecycle action")
-                    }
-                }
+            Err(le) => {
+                tracing::error!(error = %crate::report::chain(&le), "could not ABANDON the lifecycle action")
             }
-            Err(e)
         }
     }
+    e
 }
 
 async fn stop_project(project: &str) {
