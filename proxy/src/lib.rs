@@ -16,10 +16,9 @@
 //! "timeout_ms":30000}` waits until nothing is in flight to that backend. The requests and
 //! answers are typed in [`protocol`].
 //!
-//! Its own crate (the agent uses it as `berth::proxy`), so that it builds at opt-level 3 while
-//! the rest of the binary optimizes for size: every request runs through this code, while the
-//! agent's waits on Docker and AWS. `ipc` (JSON lines over a 0600 socket) lives here because
-//! the proxy's control socket is built on it; the agent's uses it too.
+//! Its own crate (the agent uses it as `berth::proxy`), so that the compiler keeps it standing
+//! alone: it knows nothing of the agent. `ipc` (JSON lines over a 0600 socket) lives here
+//! because the proxy's control socket is built on it; the agent's uses it too.
 //!
 //! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
 //! its backends and the pick per request), `forward` (one request to a backend, retries,
