@@ -7,7 +7,7 @@
 # launch template, a few lines that CloudFormation fills in come first and set:
 #
 #   BERTH_CONFIG          the text of /etc/berth/berth.toml (required)
-#   BERTH_STRATEGY        proxy | drain; proxy also starts berth-proxy.service (default proxy)
+#   BERTH_STRATEGY        proxy | drain; proxy also starts berth-proxy.socket and .service (default proxy)
 #   BERTH_PACKAGE_URI     s3://bucket/key of a berth .rpm, .deb or static binary; used only
 #                         when the AMI has no /usr/bin/berth (default: none)
 #   BERTH_PACKAGE_SHA256  the package's sha256, checked before it is installed
@@ -140,9 +140,9 @@ systemctl enable docker.service
 # can take minutes; cloud-init need not wait, the lifecycle hook tells the group.
 if [[ $strategy == proxy ]]; then
 	# The proxy first: it owns the traffic port before the agent routes to anything.
-	systemctl enable --now --no-block berth-proxy.service
+	systemctl enable --now --no-block berth-proxy.socket berth-proxy.service
 elif systemctl cat berth-proxy.service >/dev/null 2>&1; then
-	systemctl disable --now --no-block berth-proxy.service
+	systemctl disable --now --no-block berth-proxy.socket berth-proxy.service
 fi
 if [[ $changed == changed ]]; then
 	log "wrote /etc/berth/berth.toml; (re)starting berth.service"
