@@ -394,10 +394,25 @@ fn config_and_plan_mask_environment_values() {
             );
         }
     }
+    // What a user sets to debug: berth's own debug logs, not other crates' (bollard's debug
+    // logs the create body, values included). Named explicitly, a crate's debug is the
+    // user's choice, and it does log them: that is what the cap keeps out.
+    p.compose(&compose(&format!("{inline}-debug")));
+    let debug = p.up_cmd().env("BERTH_LOG", "debug").run();
+    debug.ok();
+    assert!(
+        !debug.stderr.contains(secret) && !debug.stderr.contains(inline),
+        "BERTH_LOG=debug printed a value:\n{}",
+        debug.stderr
+    );
+    p.compose(&compose(&format!("{inline}-named")));
+    let named = p.up_cmd().env("BERTH_LOG", "debug,bollard=debug").run();
+    named.ok();
+    assert_contains(&named.stderr, secret);
     // The values did reach the container.
     let env = env_of(&p.container("app"));
     assert_eq!(env["DB_PASSWORD"], secret);
-    assert_eq!(env["API_TOKEN"], format!("{inline}-changed"));
+    assert_eq!(env["API_TOKEN"], format!("{inline}-named"));
 }
 
 #[test]

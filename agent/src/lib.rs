@@ -25,6 +25,7 @@ pub mod exit;
 pub mod instance;
 pub use berth_proxy as proxy;
 pub use berth_proxy::ipc;
+pub mod logging;
 pub mod release;
 pub mod report;
 pub mod serve;
@@ -38,7 +39,7 @@ mod layering {
     use std::path::Path;
 
     /// Each module's rank: a module may use only modules of a lower rank.
-    const RANKS: [(&str, u8); 14] = [
+    const RANKS: [(&str, u8); 15] = [
         ("commands", 10),
         ("agent", 9),
         ("exit", 8),
@@ -53,6 +54,7 @@ mod layering {
         ("ipc", 1),
         ("config", 0),
         ("report", 0),
+        ("logging", 0),
     ];
 
     fn rank(module: &str) -> Option<u8> {

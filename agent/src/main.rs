@@ -21,7 +21,8 @@
 //! - `DOCKER_HOST`: the Docker endpoint (default `unix:///var/run/docker.sock`).
 //! - `DOCKER_CONFIG`: where registry credentials are read (`config.json`, default `~/.docker`).
 //! - `COMPOSE_PROJECT_NAME`, `COMPOSE_PROFILES`: as in compose.
-//! - `BERTH_LOG`: the log filter (tracing `EnvFilter` syntax; default `warn`, `info` for `agent`).
+//! - `BERTH_LOG`: the log filter (tracing `EnvFilter` syntax; default `warn`, `info` for `agent`;
+//!   a bare level applies to berth's own logs, other crates stay at `warn` unless named).
 //!   Under systemd (`JOURNAL_STREAM` set), logs go to the journal.
 //! - AWS: the SDK's usual variables (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`,
 //!   `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`); role credentials from
@@ -271,30 +272,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// The journal when systemd runs us; stderr otherwise. One filter variable: `BERTH_LOG`.
+/// The journal when systemd runs us; stderr otherwise. One filter variable: `BERTH_LOG`
+/// (`berth::logging`: a bare level raises berth's own logs; other crates only when named).
 fn init_logging(agent: bool) {
-    let default = if agent { "info" } else { "warn" };
+    use berth::logging::{Filter, Filtered};
+    let default = if agent {
+        log::LevelFilter::Info
+    } else {
+        log::LevelFilter::Warn
+    };
+    let filter = Filter::parse(std::env::var("BERTH_LOG").ok().as_deref(), default);
     if systemd_journal_logger::connected_to_journal() {
         // tracing's `log` feature hands events to the `log` logger when no subscriber is set.
         if let Ok(journal) = systemd_journal_logger::JournalLog::new() {
-            if journal.install().is_ok() {
-                let level = match std::env::var("BERTH_LOG").as_deref().unwrap_or(default) {
-                    "debug" => log::LevelFilter::Debug,
-                    "trace" => log::LevelFilter::Trace,
-                    "warn" => log::LevelFilter::Warn,
-                    "error" => log::LevelFilter::Error,
-                    _ => log::LevelFilter::Info,
-                };
-                log::set_max_level(level);
+            let max = filter.max();
+            let logger = Filtered {
+                filter: filter.clone(),
+                inner: journal,
+            };
+            if log::set_boxed_logger(Box::new(logger)).is_ok() {
+                log::set_max_level(max);
                 return;
             }
         }
     }
+    let env_filter = tracing_subscriber::EnvFilter::try_new(filter.directives())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default.to_string()));
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
-        )
+        .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
