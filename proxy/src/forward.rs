@@ -68,6 +68,15 @@ enum Kind {
 }
 
 impl ProxyBody {
+    /// A backend's response body, its request in flight until it is sent.
+    fn upstream(body: Incoming, inflight: InFlight, busy: Busy) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Upstream(body),
+            inflight: Some(inflight),
+            busy: Some(busy),
+        }
+    }
+
     fn done(&mut self) {
         if let Some(mut f) = self.inflight.take() {
             f.finish();
@@ -453,14 +462,7 @@ pub(super) async fn forward(
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 limits.count(&backend.shared, parts.status.as_u16());
-                return Response::from_parts(
-                    parts,
-                    ProxyBody {
-                        kind: Kind::Upstream(body),
-                        inflight: Some(inflight),
-                        busy: Some(busy),
-                    },
-                );
+                return Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy));
             }
             Err(mut failed) => {
                 inflight.abandon();
@@ -562,14 +564,7 @@ async fn tunnel(
     strip_hop_by_hop(&mut parts.headers);
     let Some(backend_side) = backend_side else {
         // Not switching: an ordinary response on this connection.
-        return Response::from_parts(
-            parts,
-            ProxyBody {
-                kind: Kind::Upstream(body),
-                inflight: Some(inflight),
-                busy: Some(busy),
-            },
-        );
+        return Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy));
     };
     parts
         .headers

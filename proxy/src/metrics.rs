@@ -281,7 +281,7 @@ pub fn render(status: &Status) -> String {
 }
 
 /// A label value as the exposition format wants it.
-fn escape(value: &str) -> String {
+pub fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

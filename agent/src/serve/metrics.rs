@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::state::{Phase, Status};
 use super::traffic;
+use crate::proxy::metrics::escape;
 
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -86,14 +87,6 @@ fn gauge(out: &mut String, name: &str, help: &str, series: &[(&str, u64)]) {
     for (labels, value) in series {
         let _ = writeln!(out, "{name}{labels} {value}");
     }
-}
-
-/// A label value as the text format wants it.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
