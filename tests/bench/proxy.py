@@ -40,7 +40,8 @@ The load is the same wrk invocation for each (keep-alive, bounded in time):
            disturbed (another build, say): its figures say little.
 
 Each target is run BENCH_ROUNDS times (default 2), the order reversed each round, and the
-better run (the one with more requests/s, with its own p99, memory and CPU) is reported.
+better run (the one with more requests/s, with its own p99, memory and CPU) is reported; and,
+less moved by a neighbour's load, the median over rounds of the ratios within a round.
 Targets: berth/nginx requests/s >= 1.0, berth/nginx p99 <= 1.0, berth/nginx worker RSS
 <= 1.0, berth/berth-nometrics requests/s >= 0.98 (metrics cost at most 2 %); berth/haproxy
 and the rest are for information.
@@ -56,6 +57,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -645,13 +647,27 @@ def main():
             return
         x = best[a][key] / best[b][key] if best[b][key] else float("inf")
         if target is None:
-            print(f"  {label:<36} {x:6.3f}")
+            print(f"  {label:<40} {x:6.3f}")
             return
         ok = x >= target if higher_better else x <= target
         sign = ">=" if higher_better else "<="
-        print(f"  {label:<36} {x:6.3f}   target {sign} {target:.2f}   {'PASS' if ok else 'MISS'}")
+        print(f"  {label:<40} {x:6.3f}   target {sign} {target:.2f}   {'PASS' if ok else 'MISS'}")
+
+    def per_round(label, a, b, key):
+        """The median over rounds of a/b from the same round: the two ran a few seconds apart,
+        so a neighbour's load that comes and goes moves both, where best-of compares runs
+        from different moments."""
+        xs = [ra[key] / rb[key] for ra, rb in zip(runs.get(a, []), runs.get(b, []))
+              if "failure" not in ra and "failure" not in rb and ra.get(key) and rb.get(key)]
+        if xs:
+            each = " ".join(f"{x:.3f}" for x in xs)
+            print(f"  {label:<40} {statistics.median(xs):6.3f}   median of rounds ({each})")
 
     ratio("berth/nginx requests/s", "berth", "nginx", "rps", 1.0, True)
+    per_round("berth/nginx requests/s, same round", "berth", "nginx", "rps")
+    per_round("berth/nginx p99, same round", "berth", "nginx", "p99_ms")
+    per_round("berth/nginx CPU per request, same round", "berth", "nginx", "cpu_us_per_req")
+    per_round("berth/berth-nometrics req/s, same round", "berth", "berth-nometrics", "rps")
     ratio("berth/nginx p99", "berth", "nginx", "p99_ms", 1.0, False)
     ratio("berth/nginx worker RSS", "berth", "nginx", "rss_kib", 1.0, False)
     ratio("berth/nginx PSS, all processes", "berth", "nginx", "pss_kib", None, False)
