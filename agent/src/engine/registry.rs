@@ -31,12 +31,28 @@ pub enum RegistryError {
 /// Renew a cached token this long before it expires (tokens last 12 hours).
 const TOKEN_MARGIN: Duration = Duration::from_secs(15 * 60);
 
-/// Where each registry's credentials come from, with the ECR tokens fetched so far.
-#[derive(Debug, Default)]
+/// Where each registry's credentials come from, with the ECR tokens fetched so far. Its
+/// `Debug` names the registries holding a token, never the token.
+#[derive(Default)]
 pub struct Registries {
     settings: BTreeMap<String, RegistrySettings>,
     ecr: Option<aws_sdk_ecr::Client>,
     tokens: Mutex<HashMap<String, (DockerCredentials, SystemTime)>>,
+}
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cached: Vec<String> = self
+            .tokens
+            .lock()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        f.debug_struct("Registries")
+            .field("settings", &self.settings)
+            .field("ecr", &self.ecr.is_some())
+            .field("tokens_cached_for", &cached)
+            .finish()
+    }
 }
 
 impl Registries {
@@ -244,6 +260,27 @@ pub fn credentials_for(image: &str) -> Result<Option<DockerCredentials>, Registr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_names_the_registry_but_never_its_token() {
+        let registries = Registries::default();
+        let host = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+        registries.tokens.lock().unwrap().insert(
+            host.to_string(),
+            (
+                DockerCredentials {
+                    username: Some("AWS".into()),
+                    password: Some("eyJ-secret-token-value".into()),
+                    serveraddress: Some(host.into()),
+                    ..DockerCredentials::default()
+                },
+                SystemTime::now(),
+            ),
+        );
+        let shown = format!("{registries:?}");
+        assert!(shown.contains(host), "{shown}");
+        assert!(!shown.contains("eyJ-secret-token-value"), "{shown}");
+    }
 
     #[test]
     fn ecr_hosts_name_their_account() {
