@@ -212,13 +212,8 @@ fn sigterm_closes_kept_alive_and_upgraded_connections_politely() {
     proxy.control(json!({"op": "route", "backend": a.addr.to_string()}));
     let mut kept = Conn::open(addr);
     let in_flight = std::thread::spawn(move || Conn::open(addr).get("/slow"));
-    assert_eventually!(10, "the slow request in flight", || {
-        let s = proxy.control(json!({"op": "status"}));
-        if stat(&s, a.addr, "inflight") == 1 {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
+    proxy.wait_status(10, "the slow request in flight", |s| {
+        stat(s, a.addr, "inflight") == 1
     });
     assert_eq!(kept.get("/").0, 200);
     assert!(!kept.closed);
@@ -528,13 +523,8 @@ fn websockets_echo_through_the_proxy() {
     ws.close(None).unwrap();
     assert!(ws_closed_within(&mut ws, Duration::from_secs(5)).is_ok());
     drop(ws);
-    assert_eventually!(10, "the upgraded connection ends", || {
-        let s = proxy.control(json!({"op": "status"}));
-        if stat(&s, a, "upgraded_open") == 0 && stat(&s, a, "inflight") == 0 {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
+    proxy.wait_status(10, "the upgraded connection ends", |s| {
+        stat(s, a, "upgraded_open") == 0 && stat(s, a, "inflight") == 0
     });
 }
 
@@ -581,16 +571,10 @@ fn websockets_follow_a_switch_and_a_drain_closes_the_old_ones_at_its_timeout() {
         "green four",
         "the active backend's WebSocket is left alone"
     );
-    assert_eventually!(10, "the status to show it", || {
-        let s = proxy.control(json!({"op": "status"}));
-        if stat(&s, a, "upgraded_open") == 0
-            && stat(&s, a, "inflight") == 0
-            && stat(&s, b, "upgraded_open") == 1
-        {
-            Ok(())
-        } else {
-            Err(s.to_string())
-        }
+    proxy.wait_status(10, "the status to show it", |s| {
+        stat(s, a, "upgraded_open") == 0
+            && stat(s, a, "inflight") == 0
+            && stat(s, b, "upgraded_open") == 1
     });
 }
 
@@ -890,13 +874,8 @@ fn sigkill_of_one_of_three_replicas_under_load_fails_no_request() {
     assert_eq!(active, want, "{routed}");
 
     let load = Load::start(proxy.addr, "/", 4);
-    assert_eventually!(20, "all three replicas serve", || {
-        let s = proxy.control(json!({"op": "status"}));
-        if addrs.iter().all(|a| stat(&s, *a, "served") > 0) {
-            Ok(s)
-        } else {
-            Err(s.to_string())
-        }
+    proxy.wait_status(20, "all three replicas serve", |s| {
+        addrs.iter().all(|a| stat(s, *a, "served") > 0)
     });
     let status = proxy.control(json!({"op": "status"}));
     for a in &addrs {
@@ -909,9 +888,10 @@ fn sigkill_of_one_of_three_replicas_under_load_fails_no_request() {
 
     let killed = addrs[0];
     replicas[0].kill();
-    // A request racing the kill may still have been counted; then nothing more.
-    std::thread::sleep(Duration::from_millis(300));
-    let at_kill = proxy.control(json!({"op": "status"}));
+    // Once a connect to it has failed, it is out of rotation: nothing more reaches it.
+    let at_kill = proxy.wait_status(10, "the killed replica to leave rotation", |s| {
+        stat(s, killed, "connect_errors") > 0
+    });
     // The load goes on for 2 more seconds.
     std::thread::sleep(Duration::from_millis(1700));
     let end = proxy.control(json!({"op": "status"}));

@@ -96,6 +96,24 @@ impl Proxy {
         panic!("the proxy found no free port in 5 tries");
     }
 
+    /// Polls `status` until `holds` says yes, up to `secs`; returns that status.
+    #[track_caller]
+    pub fn wait_status(
+        &self,
+        secs: u64,
+        what: &str,
+        holds: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        super::eventually(what, Duration::from_secs(secs), || {
+            let s = self.control(serde_json::json!({"op": "status"}));
+            if holds(&s) {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        })
+    }
+
     #[allow(clippy::needless_pass_by_value)] // call sites read better with json! inline
     pub fn control(&self, request: serde_json::Value) -> serde_json::Value {
         control(&self.control, &request)
