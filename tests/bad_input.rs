@@ -314,14 +314,18 @@ fn healthcheck_that_never_passes() {
         "    environment:\n      HEALTHY: \"0\"\n",
     ));
     let started = std::time::Instant::now();
-    let msg = message(&bad_up_within(&p, "6"), 1);
+    let out = bad_up_within(&p, "6");
+    let msg = message(&out, 1);
     assert!(
         started.elapsed().as_secs() < 20,
         "--wait-timeout 6 is honoured: took {:?}",
         started.elapsed()
     );
-    // The last health check output: busybox wget's answer to the 404.
-    assert_names(&msg, &["web", "404"]);
+    // The last health check output (busybox wget's answer to the 404) is in the log, not the
+    // error.
+    assert_names(&msg, &["web", "healthcheck"]);
+    assert!(!msg.contains("404"), "{msg}");
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
     assert_still_running(&before);
 }
 
@@ -332,11 +336,14 @@ fn one_shot_exiting_non_zero_shows_code_and_logs() {
     p.compose(&app_after_one_shot(
         "echo first-log-line; echo second-log-line >&2; exit 3",
     ));
-    let msg = message(&bad_up(&p), 1);
-    assert_names(
-        &msg,
-        &["migrate", "code 3", "first-log-line", "second-log-line"],
-    );
+    let out = bad_up(&p);
+    let msg = message(&out, 1);
+    assert_names(&msg, &["migrate", "code 3"]);
+    // The container's output goes to the log only: errors travel to /status and SSM output.
+    assert!(!msg.contains("log-line"), "{msg}");
+    for line in ["first-log-line", "second-log-line"] {
+        assert!(out.stderr.contains(line), "{}", out.stderr);
+    }
     assert!(
         p.service_ids("app").is_empty(),
         "app must not be created when its one-shot dependency fails"
@@ -575,8 +582,15 @@ fn recreate_that_never_becomes_healthy_leaves_the_old_container_running() {
     p.compose(&healthchecked_web(
         "    environment:\n      HEALTHY: \"0\"\n",
     ));
-    let msg = message(&bad_up_within(&p, "6"), 1);
-    assert_names(&msg, &["web", "404"]);
+    let out = bad_up_within(&p, "6");
+    let msg = message(&out, 1);
+    assert_names(&msg, &["web", "healthcheck"]);
+    // Its output (busybox wget's 404) is in the log only.
+    assert!(
+        !msg.contains("404") && out.stderr.contains("404"),
+        "{}",
+        out.stderr
+    );
     // Recreate is stop-first (two copies of a service may not share its volumes), so the old
     // container was stopped while the new one was tried; it must be back, the same container,
     // running, with the failed new one gone.

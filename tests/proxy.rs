@@ -259,17 +259,53 @@ fn sigterm_closes_kept_alive_and_upgraded_connections_politely() {
 }
 
 #[test]
-fn no_backend_is_503_and_a_dead_backend_is_502() {
-    let proxy = Proxy::start(None, &[]);
+fn no_backend_is_503_and_a_dead_backend_is_502_after_the_hold() {
+    let proxy = Proxy::start(None, &["--hold-secs", "1"]);
     assert_eq!(Conn::open(proxy.addr).get("/").0, 503);
     let dead = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
     proxy.control(serde_json::json!({"op": "route", "backend": dead.to_string()}));
+    let asked = Instant::now();
     assert_eq!(Conn::open(proxy.addr).get("/").0, 502);
+    let held = asked.elapsed();
+    assert!(
+        held >= Duration::from_millis(900) && held < Duration::from_secs(3),
+        "held {held:?}, not the 1 s of --hold-secs"
+    );
     let bad = proxy.control(serde_json::json!({"op": "route", "backend": "not-an-address"}));
     assert_eq!(bad["ok"], false, "{bad}");
+}
+
+#[test]
+fn a_request_finding_no_live_backend_waits_for_the_next_route() {
+    let proxy = Proxy::start(None, &[]);
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    proxy.control(json!({"op": "route", "backend": dead.to_string()}));
+    let live = Backend::start("restarted", Duration::ZERO);
+    let addr = proxy.addr;
+    let asked = Instant::now();
+    let client = std::thread::spawn(move || Conn::open(addr).get("/"));
+    // The request is held once its backend has refused it; then the agent routes the
+    // restarted replica.
+    proxy.wait_status(5, "the dead backend to refuse", |s| {
+        stat(s, dead, "connect_errors") >= 1
+    });
+    assert!(!client.is_finished(), "answered before the new route");
+    proxy.control(json!({"op": "route", "backends": [live.addr.to_string()], "release": "v1"}));
+    let (code, body) = client.join().unwrap();
+    assert_eq!(code, 200);
+    assert!(body.starts_with("restarted"), "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(live.served.load(Ordering::SeqCst), 1);
 }
 
 #[test]

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/etc/berth/berth.toml";
 
+/// Release objects are small text files; a larger one is a mistake (or worse), refused.
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Images pulled at once unless `pull_concurrency` says otherwise.
 pub const DEFAULT_PULL_CONCURRENCY: usize = 4;
 
@@ -244,6 +247,29 @@ impl Default for UpgradeSettings {
     }
 }
 
+/// The watchdog that, while holding, keeps what serves serving (see the README's "Holding").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogSettings {
+    /// Off: nothing is looked at after the boot (the health endpoint stays 200).
+    pub enabled: bool,
+    /// Looks this often even when Docker reports no event (a safety net for a missed one).
+    pub observe_secs: u64,
+    /// How long a fault may last while berth repairs it; after that the instance stays 503
+    /// (and is reported unhealthy to its AutoScaling group) so that it is replaced.
+    pub repair_secs: u64,
+}
+
+impl Default for WatchdogSettings {
+    fn default() -> Self {
+        WatchdogSettings {
+            enabled: true,
+            observe_secs: 5,
+            repair_secs: 120,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxySettings {
@@ -284,6 +310,7 @@ struct RawConfig {
     #[serde(default)]
     s3_path_style: bool,
     pull_concurrency: Option<usize>,
+    max_object_bytes: Option<u64>,
     #[serde(default)]
     health: HealthSettings,
     #[serde(default)]
@@ -296,6 +323,8 @@ struct RawConfig {
     upgrade: UpgradeSettings,
     #[serde(default)]
     proxy: ProxySettings,
+    #[serde(default)]
+    watchdog: WatchdogSettings,
     #[serde(default)]
     registries: BTreeMap<String, RegistrySettings>,
 }
@@ -334,6 +363,8 @@ impl RawConfig {
             ("timeouts.fetch_secs", self.timeouts.fetch_secs),
             ("timeouts.ready_secs", self.timeouts.ready_secs),
             ("timeouts.in_service_secs", self.timeouts.in_service_secs),
+            ("watchdog.observe_secs", self.watchdog.observe_secs),
+            ("watchdog.repair_secs", self.watchdog.repair_secs),
         ] {
             if secs == 0 {
                 return Err((key.into(), "must be at least 1 second".into()));
@@ -358,6 +389,9 @@ impl RawConfig {
                     format!("{p:?} must start with /"),
                 ));
             }
+        }
+        if self.max_object_bytes == Some(0) {
+            return Err(("max_object_bytes".into(), "must be at least 1".into()));
         }
         if self.pull_concurrency == Some(0) {
             return Err(("pull_concurrency".into(), "must be at least 1".into()));
@@ -410,12 +444,15 @@ pub struct AgentConfig {
     pub s3_path_style: bool,
     /// Images pulled at once (default 4).
     pub pull_concurrency: usize,
+    /// The largest release object (compose file, env file, pointer) read from S3, SSM or disk.
+    pub max_object_bytes: u64,
     pub health: HealthSettings,
     pub lifecycle: LifecycleSettings,
     pub load_balancer: LoadBalancerSettings,
     pub timeouts: Timeouts,
     pub upgrade: UpgradeSettings,
     pub proxy: ProxySettings,
+    pub watchdog: WatchdogSettings,
     pub registries: BTreeMap<String, RegistrySettings>,
 }
 
@@ -480,12 +517,14 @@ impl AgentConfig {
             run_dir: raw.run_dir.unwrap_or_else(|| PathBuf::from("/run/berth")),
             s3_path_style: raw.s3_path_style,
             pull_concurrency: raw.pull_concurrency.unwrap_or(DEFAULT_PULL_CONCURRENCY),
+            max_object_bytes: raw.max_object_bytes.unwrap_or(DEFAULT_MAX_OBJECT_BYTES),
             health: raw.health,
             lifecycle: raw.lifecycle,
             load_balancer: raw.load_balancer,
             timeouts: raw.timeouts,
             upgrade: raw.upgrade,
             proxy: raw.proxy,
+            watchdog: raw.watchdog,
             registries: raw.registries,
         })
     }

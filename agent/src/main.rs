@@ -176,6 +176,10 @@ enum Command {
         /// A backend that does not accept a connection within this is skipped.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         connect_timeout_secs: u64,
+        /// A request that finds no backend accepting connections waits this long for the route
+        /// to change (the agent routes a restarted replica again) before its 502; 0: no wait.
+        #[arg(long, default_value_t = 5)]
+        hold_secs: u64,
         /// A backend's response head must come within this (504); 0: no limit (long polls).
         #[arg(long, default_value_t = 0)]
         response_timeout_secs: u64,
@@ -346,6 +350,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             header_timeout_secs,
             idle_timeout_secs,
             connect_timeout_secs,
+            hold_secs,
             response_timeout_secs,
             max_header_bytes,
             trust_forwarded,
@@ -360,6 +365,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 header_timeout: Duration::from_secs(header_timeout_secs),
                 idle_timeout: Duration::from_secs(idle_timeout_secs),
                 connect_timeout: Duration::from_secs(connect_timeout_secs),
+                hold: Duration::from_secs(hold_secs),
                 response_timeout: (response_timeout_secs > 0)
                     .then(|| Duration::from_secs(response_timeout_secs)),
                 max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(65_536),

@@ -25,6 +25,8 @@ use super::routes::{Backend, InFlight, Pool, Routes, Shared};
 pub(super) struct Limits {
     /// A backend that does not accept a connection within this is skipped (and marked down).
     pub(super) connect: Duration,
+    /// A request no backend accepted waits this long for a new route (zero: not at all).
+    pub(super) hold: Duration,
     /// A backend that has not sent its response head within this gets a 504; `None`: no
     /// limit (long polls).
     pub(super) response: Option<Duration>,
@@ -332,6 +334,11 @@ impl Upstream {
             if link.sender.ready().await.is_err() {
                 continue;
             }
+            // A new connection that breaks before any answer is a backend going away (a killed
+            // container's published port still accepts for a moment): a bodiless idempotent
+            // request is kept to go elsewhere. Only on new connections, which cost a connect
+            // anyway.
+            let again = if fresh { replayable(&req) } else { None };
             let result = within(limits.response, link.sender.try_send_request(req)).await;
             link.last_used = Instant::now();
             match result {
@@ -345,6 +352,7 @@ impl Upstream {
                         None => {
                             return Err(Failed {
                                 connect: fresh,
+                                unsent: again.as_ref().map(rebuild),
                                 ..Failed::sent(e.into_error())
                             })
                         }
@@ -432,58 +440,67 @@ pub(super) async fn forward(
     let no_host = !req.headers().contains_key(header::HOST);
     // A bodiless idempotent request can go to another replica if its backend fails.
     let bodiless = req.body().is_end_stream();
-    let replay = (bodiless && pool.len() > 1 && idempotent(req.method())).then(|| {
-        let mut copy = Request::new(());
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        copy
-    });
-    let mut req: Request<UpBody> = if bodiless {
+    let req: Request<UpBody> = if bodiless {
         req.map(|_| Either::Right(Empty::new()))
     } else {
         req.map(Either::Left)
     };
-    let mut avoid = None;
+    let replay = (pool.len() > 1).then(|| replayable(&req)).flatten();
+    let mut pending = Some(req);
     let mut last: Option<(Failed, Arc<Shared>)> = None;
-    for _ in 0..pool.len().min(3) {
-        let Some(backend) = pool.pick(avoid) else {
-            break;
-        };
-        if no_host {
-            if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
-                req.headers_mut().insert(header::HOST, v);
+    let mut pool = pool;
+    for round in 0..2 {
+        let mut avoid = None;
+        for _ in 0..pool.len().min(3) {
+            let Some(mut req) = pending.take() else {
+                break;
+            };
+            let Some(backend) = pool.pick(avoid) else {
+                pending = Some(req);
+                break;
+            };
+            if no_host {
+                if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+            let inflight = InFlight::start(&backend.shared, started);
+            match client.upstream.send(&pool, backend.addr, req, limits).await {
+                Ok(resp) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    limits.count(&backend.shared, parts.status.as_u16());
+                    return Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy));
+                }
+                Err(mut failed) => {
+                    inflight.abandon();
+                    if failed.connect {
+                        backend.shared.counters.connect_error();
+                    }
+                    tracing::warn!(backend = %backend.addr, error = %failed.error, "upstream request failed");
+                    // Unsent, it may go anywhere; sent, only a bodiless idempotent one is sent
+                    // again.
+                    pending = failed
+                        .unsent
+                        .take()
+                        .or_else(|| replay.as_ref().filter(|_| !failed.timeout).map(rebuild));
+                    last = Some((failed, backend.shared.clone()));
+                    if pending.is_none() {
+                        break;
+                    }
+                    avoid = Some(backend.addr);
+                }
             }
         }
-        let inflight = InFlight::start(&backend.shared, started);
-        match client.upstream.send(&pool, backend.addr, req, limits).await {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                limits.count(&backend.shared, parts.status.as_u16());
-                return Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy));
-            }
-            Err(mut failed) => {
-                inflight.abandon();
-                if failed.connect {
-                    backend.shared.counters.connect_error();
-                }
-                tracing::warn!(backend = %backend.addr, error = %failed.error, "upstream request failed");
-                // Unsent, it may go anywhere; sent, only a bodiless idempotent one is sent again.
-                let again = failed
-                    .unsent
-                    .take()
-                    .or_else(|| replay.as_ref().filter(|_| !failed.timeout).map(rebuild));
-                last = Some((failed, backend.shared.clone()));
-                match again {
-                    Some(r) => {
-                        req = r;
-                        avoid = Some(backend.addr);
-                    }
-                    None => break,
-                }
-            }
+        // No backend took it and it can still be sent: the replicas are being restarted, and
+        // the agent routes them again in a moment. Held that long, it is served instead of a 502.
+        let unreachable = last.as_ref().is_some_and(|(f, _)| f.connect);
+        if round > 0 || pending.is_none() || !unreachable || limits.hold.is_zero() {
+            break;
+        }
+        match routes.rerouted(&pool, limits.hold).await {
+            Some(next) => pool = next,
+            None => break,
         }
     }
     match last {
@@ -498,6 +515,19 @@ pub(super) async fn forward(
         }
         None => local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy),
     }
+}
+
+/// The head of a bodiless idempotent request, to send it again; None for any other.
+fn replayable(req: &Request<UpBody>) -> Option<Request<()>> {
+    if !matches!(req.body(), Either::Right(_)) || !idempotent(req.method()) {
+        return None;
+    }
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// A bodiless request again, from its saved head.
@@ -696,6 +726,7 @@ mod tests {
         let peer: SocketAddr = "10.0.0.7:40000".parse().unwrap();
         let limits = Limits {
             connect: Duration::from_secs(1),
+            hold: Duration::ZERO,
             response: None,
             trusted: Some(vec!["10.0.0.0/8".parse().unwrap()]),
             metrics: true,

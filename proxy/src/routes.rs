@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -78,6 +78,8 @@ pub struct Routes {
     previous: RwLock<Vec<SocketAddr>>,
     known: Mutex<BTreeMap<SocketAddr, Known>>,
     state_file: Option<PathBuf>,
+    /// Told of every new route, for the requests that wait for one.
+    changed: tokio::sync::watch::Sender<()>,
     /// Whether requests are timed (`--no-metrics` turns it off).
     pub(super) timed: bool,
 }
@@ -196,8 +198,28 @@ impl Routes {
             *self.previous.write().unwrap_or_else(|e| e.into_inner()) = old.clone();
         }
         self.save(release);
+        self.changed.send_replace(());
         tracing::info!(backends = ?new, release = ?release, previous = ?old, "route switched");
         Some(old)
+    }
+
+    /// Waits up to `limit` for a route other than `seen`: the new backends, or None.
+    pub(super) async fn rerouted(&self, seen: &Arc<Pool>, limit: Duration) -> Option<Arc<Pool>> {
+        // Subscribed before looking, so that a route made in between is not missed.
+        let mut changes = self.changed.subscribe();
+        let other = || self.current().filter(|p| !Arc::ptr_eq(p, seen));
+        tokio::time::timeout(limit, async {
+            loop {
+                if let Some(p) = other() {
+                    return p;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await
+        .ok()
     }
 
     pub(super) fn active(&self) -> Vec<SocketAddr> {

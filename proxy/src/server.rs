@@ -33,6 +33,8 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a request that reaches no backend waits for another route.
+    pub hold: Duration,
     /// `None`: no limit on the backend's response head (long polls).
     pub response_timeout: Option<Duration>,
     pub max_header_bytes: usize,
@@ -72,6 +74,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         routes: routes.clone(),
         limits: Limits {
             connect: settings.connect_timeout,
+            hold: settings.hold,
             response: settings.response_timeout,
             trusted: settings.trusted.clone(),
             metrics: settings.metrics,

@@ -9,6 +9,7 @@
 
 pub mod aws;
 pub mod registry;
+pub mod rig;
 pub mod traffic;
 
 use std::io::{Read, Write};

@@ -16,7 +16,9 @@ use crate::aws::Aws;
 use crate::compose::Project;
 use crate::config::{AgentConfig, Strategy};
 use crate::engine::converge::{self, PsRow, UpOptions};
-use crate::engine::docker::{DockerError, Engine};
+use crate::engine::docker::{
+    label, labels, summary_name, ContainerSummaryStateEnum, DockerError, Engine,
+};
 use crate::engine::progress::{Mode, Progress};
 use crate::engine::registry::Registries;
 use crate::instance::Instance;
@@ -77,6 +79,9 @@ pub struct AgentView {
     pub in_service: bool,
     pub services: Vec<ServiceStatus>,
     pub last_error: Option<String>,
+    /// What the watchdog finds wrong now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<String>,
 }
 
 impl Deployer {
@@ -176,6 +181,7 @@ impl Deployer {
                     s.services = service_statuses(&deployed.services);
                 }
             });
+            state.deployed(running(engine, &self.config.project).await);
         }
         Ok(deployed)
     }
@@ -212,6 +218,7 @@ impl Deployer {
             .await?;
         if let Some(state) = &self.state {
             state.update(|s| s.release = deployed.release.clone());
+            state.deployed(running(engine, project).await);
         }
         tracing::info!(release = ?deployed.release, from = ?deployed.previous, "rolled back");
         Ok(deployed)
@@ -229,6 +236,7 @@ impl Deployer {
                 in_service: s.in_service,
                 services: s.services,
                 last_error: s.last_error,
+                faults: s.faults,
             }
         });
         let mut status = AgentStatus {
@@ -265,6 +273,27 @@ impl Deployer {
         status.containers = converge::ps(engine, project).await?;
         Ok(status)
     }
+}
+
+/// The project's running containers (id -> service, name), as a deploy leaves them: the
+/// serving release (the previous one is stopped; one-shots have exited).
+async fn running(engine: &Engine, project: &str) -> BTreeMap<String, (String, String)> {
+    let containers = match engine.project_containers(project).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %crate::report::chain(&e), "listing the deployed containers");
+            return BTreeMap::new();
+        }
+    };
+    containers
+        .into_iter()
+        .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
+        .filter_map(|c| {
+            let service = label(&c, labels::SERVICE)?.to_string();
+            let name = summary_name(&c);
+            Some((c.id?, (service, name)))
+        })
+        .collect()
 }
 
 fn service_statuses(services: &BTreeMap<String, String>) -> Vec<ServiceStatus> {

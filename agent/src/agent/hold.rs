@@ -1,6 +1,9 @@
 //! Holding: after the boot the agent stays resident. It answers the control socket, upgrades
 //! when the release pointer moves (`upgrade.watch_secs`), expires the kept previous release
-//! (`upgrade.keep_previous_secs`), and leaves on SIGTERM, a scale-in or a spot notice.
+//! (`upgrade.keep_previous_secs`), keeps what serves serving ([`watchdog`]), and leaves on
+//! SIGTERM, a scale-in or a spot notice.
+//!
+//! [`watchdog`]: super::watchdog
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +12,7 @@ use std::time::Duration;
 use super::boot::Booted;
 use super::deployer::Deployer;
 use super::leave::{leave, wait_for_leave};
-use super::{control, notify, AgentError};
+use super::{control, notify, watchdog, AgentError};
 use crate::config::Strategy;
 use crate::engine::progress::{Mode, Progress};
 use crate::release;
@@ -34,8 +37,14 @@ pub async fn hold(
         ))),
         _ => None,
     };
+    let dog = config
+        .watchdog
+        .enabled
+        .then(|| tokio::spawn(watchdog::watch(deployer.clone(), state.clone())));
     let reason = wait_for_leave(config.local).await;
-    for task in [watcher, keeper].into_iter().flatten() {
+    // Before the drain: the watchdog would take the drain's 503 and stopped containers for
+    // faults to repair.
+    for task in [watcher, keeper, dog].into_iter().flatten() {
         task.abort();
     }
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -82,7 +91,13 @@ async fn watch(deployer: Arc<Deployer>) {
     let mut failed: Option<String> = None;
     loop {
         tokio::time::sleep(every).await;
-        let wanted = match release::fetch(deployer.aws.as_ref(), &pointer).await {
+        let wanted = match release::fetch(
+            deployer.aws.as_ref(),
+            &pointer,
+            deployer.config.max_object_bytes,
+        )
+        .await
+        {
             Ok((bytes, _)) => String::from_utf8_lossy(&bytes).trim().to_string(),
             Err(e) => {
                 tracing::warn!(error = %crate::report::chain(&e), "watch: cannot read the release pointer");

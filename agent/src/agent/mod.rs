@@ -14,6 +14,7 @@ pub mod control;
 pub mod deployer;
 pub mod hold;
 pub mod leave;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -1,6 +1,8 @@
 //! The instance berth runs on: who it is ([`identity`], IMDSv2), what its AutoScaling group
-//! waits for ([`hook`]), and what the [`load_balancer`] sees of it.
+//! waits for ([`hook`]) and hears about its health ([`group`]), and what the [`load_balancer`]
+//! sees of it.
 
+pub mod group;
 pub mod hook;
 pub mod identity;
 pub mod load_balancer;

@@ -41,6 +41,8 @@ pub enum ReleaseError {
         second: String,
         name: String,
     },
+    #[error("{location} is larger than max_object_bytes ({cap} bytes); nothing of it was used")]
+    TooLarge { location: String, cap: u64 },
     #[error("release id at {location} is empty")]
     EmptyRelease { location: String },
     #[error("{location} is remote, and this is a local run: use local paths")]
@@ -72,7 +74,9 @@ pub async fn fetch_release(
     let mut objects = Vec::new();
     let release_id = match (release_override, &config.release) {
         (Some(r), _) => Some(r.to_string()),
-        (None, Some(pointer)) => Some(release_id(aws, pointer, &mut objects).await?),
+        (None, Some(pointer)) => {
+            Some(release_id(aws, pointer, config.max_object_bytes, &mut objects).await?)
+        }
         (None, None) => None,
     };
     let compose_file = match &config.compose {
@@ -98,9 +102,10 @@ fn record(location: &Location, version: Option<String>, bytes: usize) -> ObjectR
 async fn release_id(
     aws: Option<&Aws>,
     pointer: &Location,
+    cap: u64,
     objects: &mut Vec<ObjectRecord>,
 ) -> Result<String, ReleaseError> {
-    let (bytes, version) = fetch(aws, pointer).await?;
+    let (bytes, version) = fetch(aws, pointer, cap).await?;
     let id = String::from_utf8_lossy(&bytes).trim().to_string();
     if id.is_empty() {
         return Err(ReleaseError::EmptyRelease {
@@ -126,7 +131,7 @@ async fn local_files(
         .len();
     objects.push(record(&config.compose, None, len as usize));
     for env in &config.env_files {
-        let (bytes, version) = fetch(aws, env).await?;
+        let (bytes, version) = fetch(aws, env, config.max_object_bytes).await?;
         objects.push(record(env, version, bytes.len()));
     }
     Ok(path.to_path_buf())
@@ -145,7 +150,12 @@ async fn remote_files(
     let mut wanted = vec![&config.compose];
     wanted.extend(config.env_files.iter());
     // Fetched together: a boot waits on the slowest object, not on their sum.
-    let fetched = futures_util::future::join_all(wanted.iter().map(|loc| fetch(aws, loc))).await;
+    let fetched = futures_util::future::join_all(
+        wanted
+            .iter()
+            .map(|loc| fetch(aws, loc, config.max_object_bytes)),
+    )
+    .await;
     let mut compose_file = PathBuf::new();
     for (loc, result) in wanted.iter().zip(fetched) {
         let (bytes, version) = result?;

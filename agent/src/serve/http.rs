@@ -45,6 +45,9 @@ pub struct Endpoint {
 struct HealthBody<'a> {
     phase: Phase,
     release: Option<&'a str>,
+    /// Why it is not 200 while holding: what the watchdog found.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    faults: &'a [String],
 }
 
 /// What `/status` answers: the agent's state, and the proxy's traffic when there is a proxy.
@@ -90,6 +93,7 @@ async fn answer(
             let body = HealthBody {
                 phase: status.phase,
                 release: status.release.as_deref(),
+                faults: &status.faults,
             };
             let code = if ready {
                 StatusCode::OK

@@ -24,13 +24,15 @@ pub enum Phase {
     Warmed,
     /// Every service is up and healthy: the endpoint answers 200.
     Ready,
+    /// While holding, a service stopped serving: 503 until the watchdog has repaired it.
+    Repairing,
     Draining,
     Failed,
 }
 
 impl Phase {
     /// Every phase, in the order a boot goes through them.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Identity,
         Phase::Fetching,
         Phase::Pulling,
@@ -38,6 +40,7 @@ impl Phase {
         Phase::Waiting,
         Phase::Warmed,
         Phase::Ready,
+        Phase::Repairing,
         Phase::Draining,
         Phase::Failed,
     ];
@@ -51,6 +54,7 @@ impl Phase {
             Phase::Waiting => "waiting",
             Phase::Warmed => "warmed",
             Phase::Ready => "ready",
+            Phase::Repairing => "repairing",
             Phase::Draining => "draining",
             Phase::Failed => "failed",
         }
@@ -87,6 +91,13 @@ pub struct Status {
     /// Whether the load balancer has marked this instance healthy.
     pub in_service: bool,
     pub last_error: Option<String>,
+    /// What the watchdog finds wrong now (a service down, a replica out of rotation), one line
+    /// each, naming the container and its exit code or health: never its output.
+    pub faults: Vec<String>,
+    /// The containers the last deploy left running (id -> service, name): what the watchdog
+    /// expects to find.
+    #[serde(skip)]
+    pub expected: BTreeMap<String, (String, String)>,
 }
 
 /// The agent's state, cheap to clone: every clone sees the same.
@@ -94,6 +105,9 @@ pub struct Status {
 pub struct AgentState {
     status: Arc<Mutex<Status>>,
     started: Instant,
+    /// Counts the deploys (boot, upgrade, rollback, repair) that finished: the watchdog takes
+    /// a new baseline when it moves.
+    deploys: watch::Sender<u64>,
     /// Consecutive 200s answered to the ALB's checker.
     lb_streak: watch::Sender<u32>,
     /// Consecutive non-200s answered to the ALB's checker (while draining).
@@ -112,10 +126,13 @@ impl AgentState {
             timings: BTreeMap::from([("identity".to_string(), started.elapsed().as_secs_f64())]),
             in_service: false,
             last_error: None,
+            faults: vec![],
+            expected: BTreeMap::new(),
         };
         AgentState {
             status: Arc::new(Mutex::new(status)),
             started,
+            deploys: watch::channel(0).0,
             lb_streak: watch::channel(0).0,
             lb_fail_streak: watch::channel(0).0,
         }
@@ -144,6 +161,37 @@ impl AgentState {
             }
         });
         tracing::info!(phase = phase.as_str(), "phase");
+    }
+
+    /// Moves to `to` only from one of `from`; whether it did. The watchdog uses it so that it
+    /// never undoes a drain or a failure it did not cause.
+    pub fn set_phase_from(&self, from: &[Phase], to: Phase) -> bool {
+        let now = self.snapshot().phase;
+        if now == to || !from.contains(&now) {
+            return false;
+        }
+        let mut moved = false;
+        self.update(|s| {
+            if from.contains(&s.phase) {
+                s.phase = to;
+                moved = true;
+            }
+        });
+        if moved {
+            tracing::info!(phase = to.as_str(), "phase");
+        }
+        moved
+    }
+
+    /// A deploy finished (boot, upgrade, rollback), leaving `running` (id -> service, name).
+    pub fn deployed(&self, running: BTreeMap<String, (String, String)>) {
+        self.update(|s| s.expected = running);
+        self.deploys.send_modify(|n| *n += 1);
+    }
+
+    /// How many deploys have finished.
+    pub fn deploys(&self) -> u64 {
+        *self.deploys.borrow()
     }
 
     pub fn fail(&self, error: &str) {

@@ -153,7 +153,7 @@ impl Upgrader<'_> {
     }
 
     /// The backends of a side's running replicas that pass their checks, looked at together.
-    async fn healthy_backends(&self, side: &Side) -> Vec<SocketAddr> {
+    pub async fn healthy_backends(&self, side: &Side) -> Vec<SocketAddr> {
         let looks = side.replicas.iter().filter(|r| r.running).map(|r| async {
             let backend = r.backend?;
             self.check(&r.id, Some(backend))

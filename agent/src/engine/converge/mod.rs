@@ -77,26 +77,23 @@ pub enum ConvergeError {
         action: &'static str,
         message: String,
     },
-    #[error("service {service} is unhealthy ({container}); last health check output: {output}")]
-    Unhealthy {
-        service: String,
-        container: String,
-        output: String,
-    },
-    #[error("service {service} exited with code {code} ({container}); last log lines:\n{logs}")]
+    // A container's output (log lines, healthcheck output) may print what the app is
+    // configured with, and errors travel (`/status`, systemd's STATUS=, SSM command output): it
+    // goes to the log (the journal) only, logged where it is read.
+    #[error("service {service} is unhealthy ({container}): its healthcheck failed; its output is in the log")]
+    Unhealthy { service: String, container: String },
+    #[error("service {service} exited with code {code} ({container}); its last log lines are in the log")]
     Exited {
         service: String,
         container: String,
         code: i64,
-        logs: String,
     },
-    #[error("service {service} did not become {wanted} within {waited_secs}s ({container}); last health check output: {output}")]
+    #[error("service {service} did not become {wanted} within {waited_secs}s ({container}); its healthcheck's last output is in the log")]
     Timeout {
         service: String,
         container: String,
         wanted: &'static str,
         waited_secs: u64,
-        output: String,
     },
     #[error("service {service} not started: its dependency {dependency} failed")]
     DependencyFailed { service: String, dependency: String },
@@ -211,7 +208,6 @@ mod tests {
             Err(ConvergeError::Unhealthy {
                 service: "db".into(),
                 container: "p-db-1".into(),
-                output: "no".into(),
             }),
         ];
         let e = root_cause(results).unwrap_err();

@@ -169,19 +169,20 @@ pub(super) async fn wait_ready(
         match readiness {
             Readiness::Ready(state) => return Ok(state),
             Readiness::Exited(code) => {
+                let logs = tail_logs(engine, id).await;
+                tracing::warn!(service, container = %look.name, code, logs = %logs, "exited; its last log lines");
                 return Err(ConvergeError::Exited {
                     service: service.to_string(),
                     container: look.name,
                     code,
-                    logs: tail_logs(engine, id).await,
                 });
             }
             Readiness::Unhealthy => {
+                tracing::warn!(service, container = %look.name, output = %last_output, "unhealthy; its healthcheck's last output");
                 return Err(ConvergeError::Unhealthy {
                     service: service.to_string(),
                     container: look.name,
-                    output: last_output,
-                })
+                });
             }
             Readiness::HealthPending => {
                 if let (false, Some(progress)) = (announced, progress) {
@@ -198,16 +199,17 @@ pub(super) async fn wait_ready(
             Readiness::Pending => {}
         }
         if Instant::now() >= deadline {
+            let output = if last_output.is_empty() {
+                "(none yet)"
+            } else {
+                last_output.as_str()
+            };
+            tracing::warn!(service, container = %look.name, output, "not ready in time; its healthcheck's last output");
             return Err(ConvergeError::Timeout {
                 service: service.to_string(),
                 container: look.name,
                 wanted: wanted(one_shot, look.seen.has_health),
                 waited_secs: started.elapsed().as_secs(),
-                output: if last_output.is_empty() {
-                    "(none yet)".into()
-                } else {
-                    last_output
-                },
             });
         }
         tokio::time::sleep(delay.min(deadline.saturating_duration_since(Instant::now()))).await;
@@ -240,7 +242,10 @@ async fn probe(engine: &Engine, id: &str, look: &Look) -> Probe {
     }
 }
 
-/// The last log lines of a container that exited, for its error.
+/// How much of a container's last log lines is read.
+const TAIL_CAP: usize = 4096;
+
+/// The last log lines of a container that exited, for the log.
 async fn tail_logs(engine: &Engine, id: &str) -> String {
     let opts = LogsOptionsBuilder::default()
         .stdout(true)
@@ -251,6 +256,16 @@ async fn tail_logs(engine: &Engine, id: &str) -> String {
     let mut out = String::new();
     while let Some(Ok(chunk)) = stream.next().await {
         out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        // Ten lines can be megabytes; the log gets the start of them.
+        if out.len() > TAIL_CAP {
+            let mut end = TAIL_CAP;
+            while !out.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.truncate(end);
+            out.push_str(" [cut]");
+            break;
+        }
     }
     let out = out.trim_end().to_string();
     if out.is_empty() {
