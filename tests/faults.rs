@@ -234,3 +234,26 @@ fn an_unhealthy_app_is_restarted_in_place_and_serves_again() {
     );
     assert_eq!(Conn::open(rig.traffic).get("/version"), (200, "1\n".into()));
 }
+
+#[test]
+fn after_a_reboot_the_stopped_release_is_started_again_not_recreated() {
+    let mut rig = Rig::new("faults-reboot");
+    web(&rig, Some("unless-stopped"), 2, &[]);
+    rig.start_agent();
+    let before = running_of(&rig, "blue");
+    assert_eq!(before.len(), 2);
+    // The shutdown of a reboot: SIGTERM, the agent drains and stops the stack.
+    let mut agent = rig.agent.take().unwrap();
+    let pid = agent.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    agent.wait().unwrap();
+    assert_eq!(running_of(&rig, "blue"), Vec::<String>::new(), "stopped");
+    rig.start_agent();
+    assert_eq!(running_of(&rig, "blue"), before, "the same containers");
+    assert_eq!(rig.colors().len(), 2, "{:?}", rig.colors());
+    assert_eq!(Conn::open(rig.traffic).get("/version"), (200, "1\n".into()));
+}

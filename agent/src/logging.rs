@@ -97,30 +97,6 @@ impl Filter {
     }
 }
 
-/// A logger that keeps only what [`Filter`] lets through (the journal's has no filter of its
-/// own beyond one maximum level).
-#[derive(Debug)]
-pub struct Filtered<L> {
-    pub filter: Filter,
-    pub inner: L,
-}
-
-impl<L: log::Log> log::Log for Filtered<L> {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= self.filter.level_for(metadata.target()) && self.inner.enabled(metadata)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            self.inner.log(record);
-        }
-    }
-
-    fn flush(&self) {
-        self.inner.flush();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,36 +148,5 @@ mod tests {
         assert_eq!(f.level_for("berth"), LevelFilter::Error);
         let f = Filter::parse(Some("nonsense,=,x=loud"), LevelFilter::Warn);
         assert_eq!(f, Filter::parse(None, LevelFilter::Warn));
-    }
-
-    #[test]
-    fn the_journal_logger_drops_what_the_filter_does() {
-        #[derive(Debug, Default)]
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl log::Log for Count {
-            fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-                true
-            }
-            fn log(&self, _: &log::Record<'_>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            fn flush(&self) {}
-        }
-        let logger = Filtered {
-            filter: Filter::parse(Some("debug"), LevelFilter::Info),
-            inner: Count::default(),
-        };
-        let record = |target: &'static str, level| {
-            log::Record::builder()
-                .target(target)
-                .level(level)
-                .args(format_args!("x"))
-                .build()
-        };
-        use log::Log;
-        logger.log(&record("aws_smithy_runtime::client", log::Level::Debug));
-        logger.log(&record("berth::engine", log::Level::Debug));
-        logger.log(&record("aws_smithy_runtime::client", log::Level::Warn));
-        assert_eq!(logger.inner.0.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

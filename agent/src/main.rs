@@ -279,31 +279,38 @@ fn main() -> ExitCode {
 /// The journal when systemd runs us; stderr otherwise. One filter variable: `BERTH_LOG`
 /// (`berth::logging`: a bare level raises berth's own logs; other crates only when named).
 fn init_logging(agent: bool) {
-    use berth::logging::{Filter, Filtered};
+    use berth::logging::Filter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if agent {
         log::LevelFilter::Info
     } else {
         log::LevelFilter::Warn
     };
     let filter = Filter::parse(std::env::var("BERTH_LOG").ok().as_deref(), default);
-    if systemd_journal_logger::connected_to_journal() {
-        // tracing's `log` feature hands events to the `log` logger when no subscriber is set.
-        if let Ok(journal) = systemd_journal_logger::JournalLog::new() {
-            let max = filter.max();
-            let logger = Filtered {
-                filter: filter.clone(),
-                inner: journal,
-            };
-            if log::set_boxed_logger(Box::new(logger)).is_ok() {
-                log::set_max_level(max);
+    let env_filter = || {
+        tracing_subscriber::EnvFilter::try_new(filter.directives())
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default.to_string()))
+    };
+    // Under systemd (stderr is the journal's stream): native journal entries, each event's
+    // fields as fields of their own (`journalctl BERTH_PHASE=ready`), spans' as `S<n>_*`.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journal) = tracing_journald::layer() {
+            let journal = journal
+                .with_field_prefix(Some("BERTH".to_string()))
+                .with_syslog_identifier("berth".to_string());
+            if tracing_subscriber::registry()
+                .with(env_filter())
+                .with(journal)
+                .try_init()
+                .is_ok()
+            {
                 return;
             }
         }
     }
-    let env_filter = tracing_subscriber::EnvFilter::try_new(filter.directives())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default.to_string()));
     tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
+        .with_env_filter(env_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();

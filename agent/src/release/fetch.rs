@@ -159,7 +159,10 @@ mod tests {
         let e = fetch(None, &location, 7).await.unwrap_err();
         assert!(matches!(e, ReleaseError::TooLarge { cap: 7, .. }), "{e:?}");
         let text = e.to_string();
-        assert!(text.contains("api.env") && text.contains("max_object_bytes (7 bytes)"), "{text}");
+        assert!(
+            text.contains("api.env") && text.contains("max_object_bytes (7 bytes)"),
+            "{text}"
+        );
         assert!(!text.contains("12345"), "{text}");
     }
 }

@@ -32,10 +32,17 @@ impl Upgrader<'_> {
                 return Ok(kept);
             }
         }
-        let next = serving
-            .as_ref()
-            .map(|s| s.color.other())
-            .unwrap_or(Color::Blue);
+        let next = match &serving {
+            Some(s) => s.color.other(),
+            // Nothing serves (a boot): the stopped color of this very release, if any (after a
+            // reboot, the agent stopped it on the way down), is started rather than recreated.
+            None => self
+                .sides(&routed)
+                .await?
+                .into_values()
+                .find(|s| release.is_some() && s.release.as_deref() == release)
+                .map_or(Color::Blue, |s| s.color),
+        };
         let release_name = release.unwrap_or("(unnamed)").to_string();
         let had_previous = serving.is_some();
         let (new, services) = self
@@ -112,9 +119,12 @@ impl Upgrader<'_> {
         had_previous: bool,
     ) -> Result<(Side, BTreeMap<String, String>), UpgradeError> {
         let release_name = release.unwrap_or("(unnamed)").to_string();
-        // A kept previous release in the color we need goes now.
+        // A kept previous release in the color we need goes now; the same release stays, for
+        // the converge to start (or recreate, if its configuration changed).
         if let Some(stale) = self.sides(routed).await?.remove(&next) {
-            self.remove_side(&stale).await;
+            if release.is_none() || stale.release.as_deref() != release {
+                self.remove_side(&stale).await;
+            }
         }
         let colored = colorize(project, routed, next, release, self.config.proxy.port);
         tracing::info!(release = %release_name, color = %next, "starting the new release beside the serving one");
