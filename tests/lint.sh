@@ -131,7 +131,7 @@ bash -n "$rendered"
 shellcheck --shell=bash "$rendered"
 
 shopt -s nullglob
-scripts=(tests/*.sh tests/bench/*.sh launch-template/*.sh packaging/*.sh .ci/run)
+scripts=(tests/*.sh tests/bench/*.sh tests/box/*.sh launch-template/*.sh packaging/*.sh .ci/run)
 step "shellcheck $(shellcheck --version | sed -n 's/^version: //p') ${scripts[*]}"
 shellcheck --external-sources "${scripts[@]}"
 

@@ -5,8 +5,9 @@
 #
 # Runs tests/setup.sh (installs and starts what is missing, builds the test images), then
 # rustfmt, clippy, tests/lint.sh (cfn-lint, checkov, actionlint, shellcheck), the whole
-# workspace's tests against the real Docker daemon, and packaging/test.sh (the static binary,
-# the .deb installed and removed again, the .rpm's contents). At the
+# workspace's tests against the real Docker daemon, packaging/test.sh (the static binary,
+# the .deb installed and removed again, the .rpm's contents), and tests/box/test.sh (that .deb
+# and the launch template's user-data in an instance in a box: systemd as PID 1). At the
 # end, pass or fail, it removes whatever the integration tests left behind: containers,
 # networks and volumes of the compose projects named berth-t-* (each test's own project).
 set -euo pipefail
@@ -80,3 +81,6 @@ cargo test --workspace "$@"
 
 step "packaging: static build, .deb installed and checked, .rpm listed and checked"
 bash "$root/packaging/test.sh"
+
+step "an instance in a box: the .deb and the user-data under systemd (tests/box)"
+bash "$root/tests/box/test.sh"

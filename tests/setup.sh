@@ -25,6 +25,7 @@ berth_setup_apt_packages=(
 	nginx-light     # the reverse proxy berth's proxy is measured against
 	docker-registry # the private registry (ECR's stand-in), with htpasswd auth
 	apache2-utils   # htpasswd, for the registry's users
+	debootstrap     # the rootfs of the instance in a box (tests/box/image.sh)
 	curl
 	python3
 )
