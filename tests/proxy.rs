@@ -1090,6 +1090,50 @@ fn a_restart_resumes_a_saved_route_of_replicas() {
 // Socket activation and restarts.
 
 #[test]
+fn a_control_socket_passed_by_systemd_is_served_and_outlives_each_proxy() {
+    let backend = Backend::start("blue", Duration::ZERO);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Made by systemd as root, 0600, before any proxy runs.
+    let control = dir.path().join("proxy.sock");
+    let control_listener = std::os::unix::net::UnixListener::bind(&control).unwrap();
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = dir.path().join("proxy.log");
+    let state = dir.path().join("route.json");
+    let args = ["--state", state.to_str().unwrap()];
+    for round in 1..=2 {
+        let mut proxy =
+            Activated::start_with(&listener, Some(&control_listener), &control, &log, &args);
+        if round == 1 {
+            proxy.control(json!({"op": "route", "backends": [backend.addr.to_string()]}));
+        }
+        let s = proxy.control(json!({"op": "status"}));
+        assert_eq!(
+            s["active"],
+            json!([backend.addr.to_string()]),
+            "round {round}: {s}"
+        );
+        let pid = proxy.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let exit = proxy.child.wait().unwrap();
+        assert!(
+            exit.success(),
+            "{exit:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        // Not the proxy's to remove: the next one gets it from systemd again.
+        assert!(
+            control.exists(),
+            "round {round}: the control socket was removed"
+        );
+    }
+}
+
+#[test]
 fn restarts_under_load_on_a_socket_activated_listener_fail_no_request() {
     let backend = Backend::start("blue", Duration::ZERO);
     // What systemd's berth-proxy.socket holds across the service's restarts.

@@ -287,7 +287,7 @@ pub struct ProxySettings {
 impl Default for ProxySettings {
     fn default() -> Self {
         ProxySettings {
-            control: PathBuf::from("/run/berth-proxy/proxy.sock"),
+            control: PathBuf::from("/run/berth-proxy.sock"),
             port: 8080,
             service: None,
             health_path: None,

@@ -220,11 +220,11 @@ mod tests {
         };
         assert_eq!(listen.exit(), Exit::Invalid);
         let socket = ProxyError::ControlSocket(IpcError::InUse {
-            path: "/run/berth-proxy/proxy.sock".into(),
+            path: "/run/berth-proxy.sock".into(),
         });
         assert_eq!(socket.exit(), Exit::Invalid);
         let absent = ProxyError::NotRunning {
-            path: "/run/berth-proxy/proxy.sock".into(),
+            path: "/run/berth-proxy.sock".into(),
             source: io(),
         };
         assert_eq!(absent.exit(), Exit::Docker);

@@ -155,7 +155,7 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
         /// The control socket (created 0600).
-        #[arg(long, default_value = "/run/berth-proxy/proxy.sock")]
+        #[arg(long, default_value = "/run/berth-proxy.sock")]
         control: PathBuf,
         /// A backend to start with, repeated for several (else the saved route, else none: 503).
         #[arg(long)]

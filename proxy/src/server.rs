@@ -58,14 +58,29 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         addr: listen,
         source,
     };
-    let (listeners, activated) = match inherited_listener().map_err(listen_err)? {
+    let mut inherited = listenfd::ListenFd::from_env();
+    let (listeners, activated) = match inherited_listener(&mut inherited).map_err(listen_err)? {
         Some(l) => (share(l).map_err(listen_err)?, true),
         None => (bind_traffic(listen).map_err(listen_err)?, false),
     };
     let workers = listeners.len();
-    let control_listener = ipc::bind(&settings.control)
-        .await
-        .map_err(ProxyError::ControlSocket)?;
+    // systemd may pass the control socket too (made by root, 0600): then the proxy, running
+    // as an unprivileged user, needs no write access where it lives.
+    let (control_listener, own_control) = match inherited_control(&mut inherited) {
+        Ok(Some(l)) => (l, false),
+        Ok(None) => (
+            ipc::bind(&settings.control)
+                .await
+                .map_err(ProxyError::ControlSocket)?,
+            true,
+        ),
+        Err(source) => {
+            return Err(ProxyError::ControlSocket(ipc::IpcError::Bind {
+                path: settings.control.clone(),
+                source,
+            }))
+        }
+    };
     let handler = Arc::new(Control {
         routes: routes.clone(),
     });
@@ -109,19 +124,38 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         connections = shared.open.load(Ordering::Acquire),
         "proxy stopped"
     );
-    let _ = std::fs::remove_file(&settings.control);
+    // systemd's socket stays for the next proxy.
+    if own_control {
+        let _ = std::fs::remove_file(&settings.control);
+    }
     drop(threads); // their runtimes end with the process
     Ok(())
 }
 
 /// The listening socket systemd passes (`berth-proxy.socket`): it outlives this process, so a
 /// restart loses no connection waiting to be accepted.
-fn inherited_listener() -> std::io::Result<Option<std::net::TcpListener>> {
-    let Some(listener) = listenfd::ListenFd::from_env().take_tcp_listener(0)? else {
+fn inherited_listener(
+    fds: &mut listenfd::ListenFd,
+) -> std::io::Result<Option<std::net::TcpListener>> {
+    let Some(listener) = fds.take_tcp_listener(0)? else {
         return Ok(None);
     };
     listener.set_nonblocking(true)?;
     Ok(Some(listener))
+}
+
+/// The control socket, when systemd passes it after the traffic port.
+fn inherited_control(
+    fds: &mut listenfd::ListenFd,
+) -> std::io::Result<Option<tokio::net::UnixListener>> {
+    if fds.len() < 2 {
+        return Ok(None);
+    }
+    let Some(listener) = fds.take_unix_listener(1)? else {
+        return Ok(None);
+    };
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener).map(Some)
 }
 
 /// One descriptor of the same socket per worker.

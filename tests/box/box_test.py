@@ -447,8 +447,10 @@ registry_id = "{ACCOUNT_ID}"
             (units / f"{unit}.d/10-box.conf").write_text(f"# tests/box: AWS's stand-ins.\n[Service]\n{aws_env}")
         (units / "berth-proxy.socket.d").mkdir(parents=True)
         (units / "berth-proxy.socket.d/10-box.conf").write_text(
-            "# tests/box: the traffic port, on loopback (the box shares the host's network).\n"
-            f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{self.traffic}\n")
+            "# tests/box: the traffic port, on loopback (the box shares the host's network);\n"
+            "# an empty ListenStream= clears both, so the control socket is listed again.\n"
+            f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{self.traffic}\n"
+            "ListenStream=/run/berth-proxy.sock\n")
         docker("cp", f"{files}/.", f"{self.box}:/")
         self.emu("state", {"user_data": self.rendered})
 
@@ -653,6 +655,28 @@ def hardening(rig):
         f"/run/berth 0700 with {len(rows) - 1} entries all 0600")
 
 
+def proxy_privilege(rig):
+    """c2. berth-proxy faces the internet: it runs as an unprivileged user of its own, and
+    cannot reach the Docker socket or /etc/berth; the control socket systemd made is root's,
+    0600, and the agent (root) reaches the proxy through it (the app is served)."""
+    pid = rig.unit("berth-proxy", "MainPID")["MainPID"]
+    status = dict(line.split(":", 1) for line in rig.sh(f"cat /proc/{pid}/status").splitlines() if ":" in line)
+    uids = status.get("Uid", "").split()
+    check(uids and all(u != "0" for u in uids), f"berth-proxy runs as root: Uid {status.get('Uid')}")
+    docker_sock = rig.sh(f"nsenter -t {pid} -m -S {uids[0]} -G {uids[0]} sh -c "
+                         "'test -w /run/docker.sock && echo reachable || echo denied; "
+                         "ls /etc/berth >/dev/null 2>&1 && echo config || echo no-config'",
+                         check_rc=False)
+    check("denied" in docker_sock and "no-config" in docker_sock,
+          f"berth-proxy's view: the Docker socket and /etc/berth must be out of reach: {docker_sock}")
+    sock = rig.sh("stat -c '%a %U %F' /run/berth-proxy.sock").strip()
+    check(sock == "600 root socket", f"/run/berth-proxy.sock: expected '600 root socket', got {sock!r}")
+    deny = rig.unit("berth-proxy", "IPAddressDeny")["IPAddressDeny"]
+    check("169.254.169.254" in deny, f"berth-proxy.service IPAddressDeny: {deny!r}")
+    log(f"c2. berth-proxy (pid {pid}) runs as uid {uids[0]}; Docker socket and /etc/berth out of its "
+        f"reach; control socket {sock}; IPAddressDeny {deny}")
+
+
 def restart_proxy(rig):
     """d. `systemctl restart berth-proxy` under 4 keep-alive clients loses no request."""
     load = Load(rig.traffic)
@@ -805,6 +829,7 @@ def main():
             boot(rig)
             journal(rig)
             hardening(rig)
+            proxy_privilege(rig)
             restart_proxy(rig)
             restart_agent_informational(rig, checker)
             reboot(rig)

@@ -145,7 +145,33 @@ impl Activated {
     /// `berth proxy --control CONTROL ARGS...` on `listener`, its stderr appended to `log`;
     /// returns once the control socket answers.
     pub fn start(listener: &TcpListener, control: &Path, log: &Path, args: &[&str]) -> Activated {
+        Activated::start_with(listener, None, control, log, args)
+    }
+
+    /// As `start`, and with `control_listener` (bound at `control`) as its fd 4, as systemd
+    /// passes the control socket too.
+    pub fn start_with(
+        listener: &TcpListener,
+        control_listener: Option<&std::os::unix::net::UnixListener>,
+        control: &Path,
+        log: &Path,
+        args: &[&str],
+    ) -> Activated {
         let fd: OwnedFd = listener.try_clone().unwrap().into();
+        let (script, stdout) = match control_listener {
+            // The control socket arrives as stdout and moves to fd 4.
+            Some(l) => {
+                let cfd: OwnedFd = l.try_clone().unwrap().into();
+                (
+                    r#"exec 3<&0 4>&1 </dev/null >/dev/null; LISTEN_FDS=2 LISTEN_PID=$$ exec "$0" proxy "$@""#,
+                    Stdio::from(cfd),
+                )
+            }
+            None => (
+                r#"exec 3<&0 </dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" proxy "$@""#,
+                Stdio::null(),
+            ),
+        };
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -155,13 +181,13 @@ impl Activated {
         // process, so that `$$` is berth's pid.
         let child = Command::new("sh")
             .arg("-c")
-            .arg(r#"exec 3<&0 </dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" proxy "$@""#)
+            .arg(script)
             .arg(env!("CARGO_BIN_EXE_berth"))
             .arg("--control")
             .arg(control)
             .args(args)
             .stdin(Stdio::from(fd))
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap();

@@ -6,7 +6,7 @@
 //! with the proxy strategy the proxy's traffic per release. `GET /metrics`: see [`metrics`].
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,18 +77,19 @@ impl Reply {
     }
 }
 
+/// `checker`: the source address of a request from the load balancer's health checker.
 async fn answer(
     endpoint: &Endpoint,
     state: &AgentState,
     path: &str,
-    user_agent: Option<&str>,
+    checker: Option<IpAddr>,
 ) -> Reply {
     let status = state.snapshot();
     match path {
         p if p == endpoint.health_path => {
             let ready = status.phase == Phase::Ready;
-            if user_agent.is_some_and(|ua| ua.starts_with("ELB-HealthChecker/")) {
-                state.record_lb_check(ready);
+            if let Some(from) = checker {
+                state.record_lb_check(from, ready);
             }
             let body = HealthBody {
                 phase: status.phase,
@@ -138,8 +139,8 @@ pub async fn serve(endpoint: Endpoint, state: AgentState) -> Result<SocketAddr, 
     let endpoint = Arc::new(endpoint);
     tokio::spawn(async move {
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, mostly: back off rather than spin.
                     tracing::warn!(error = %e, "health endpoint: accept failed");
@@ -154,11 +155,13 @@ pub async fn serve(endpoint: Endpoint, state: AgentState) -> Result<SocketAddr, 
                     let state = state.clone();
                     let endpoint = endpoint.clone();
                     async move {
-                        let user_agent = req
+                        let checker = req
                             .headers()
                             .get(hyper::header::USER_AGENT)
-                            .and_then(|v| v.to_str().ok());
-                        let reply = answer(&endpoint, &state, req.uri().path(), user_agent).await;
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|ua| ua.starts_with("ELB-HealthChecker/"))
+                            .then_some(peer.ip());
+                        let reply = answer(&endpoint, &state, req.uri().path(), checker).await;
                         let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
                         *resp.status_mut() = reply.code;
                         resp.headers_mut().insert(
@@ -255,11 +258,11 @@ mod tests {
     async fn health_is_503_until_ready_and_counts_the_load_balancers_checks() {
         let state = AgentState::new("shop", Instant::now());
         let e = endpoint(None);
-        let r = answer(&e, &state, "/healthz", Some("ELB-HealthChecker/2.0")).await;
+        let r = answer(&e, &state, "/healthz", Some(IpAddr::from([10, 0, 0, 1]))).await;
         assert_eq!(r.code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.body.contains("\"identity\""), "{}", r.body);
         state.set_phase(Phase::Ready);
-        let r = answer(&e, &state, "/healthz", Some("ELB-HealthChecker/2.0")).await;
+        let r = answer(&e, &state, "/healthz", Some(IpAddr::from([10, 0, 0, 1]))).await;
         assert_eq!(r.code, StatusCode::OK);
         tokio::time::timeout(Duration::from_secs(1), state.lb_streak_reaches(1))
             .await

@@ -3,8 +3,9 @@
 //! timings, the last error, and the load balancer checker's streaks. Never an environment value.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
@@ -108,10 +109,30 @@ pub struct AgentState {
     /// Counts the deploys (boot, upgrade, rollback, repair) that finished: the watchdog takes
     /// a new baseline when it moves.
     deploys: watch::Sender<u64>,
-    /// Consecutive 200s answered to the ALB's checker.
-    lb_streak: watch::Sender<u32>,
-    /// Consecutive non-200s answered to the ALB's checker (while draining).
-    lb_fail_streak: watch::Sender<u32>,
+    /// The load balancer's health checkers by source address: each ALB node checks on its own
+    /// and decides on its own, so a drain waits until every one of them has seen enough.
+    checkers: watch::Sender<BTreeMap<IpAddr, Streak>>,
+}
+
+/// One checker's consecutive answers.
+#[derive(Debug, Clone, Copy)]
+struct Streak {
+    passed: u32,
+    failed: u32,
+    last: Instant,
+}
+
+/// A checker not heard from for this long is gone (an ALB node replaced; the longest health
+/// check interval is 300 s).
+const CHECKER_GONE: Duration = Duration::from_secs(330);
+
+/// Whether every checker still checking has reached `n` on the count `of` picks.
+fn all_reached(checkers: &BTreeMap<IpAddr, Streak>, n: u32, of: fn(&Streak) -> u32) -> bool {
+    let live: Vec<&Streak> = checkers
+        .values()
+        .filter(|s| s.last.elapsed() < CHECKER_GONE)
+        .collect();
+    !live.is_empty() && live.iter().all(|s| of(s) >= n)
 }
 
 impl AgentState {
@@ -133,8 +154,7 @@ impl AgentState {
             status: Arc::new(Mutex::new(status)),
             started,
             deploys: watch::channel(0).0,
-            lb_streak: watch::channel(0).0,
-            lb_fail_streak: watch::channel(0).0,
+            checkers: watch::channel(BTreeMap::new()).0,
         }
     }
 
@@ -199,30 +219,114 @@ impl AgentState {
         self.set_phase(Phase::Failed);
     }
 
-    /// Waits until the ALB's checker has had `threshold` consecutive 200s.
+    /// Waits until every checker of the load balancer has had `threshold` consecutive 200s.
     pub async fn lb_streak_reaches(&self, threshold: u32) {
-        let mut rx = self.lb_streak.subscribe();
-        let _ = rx.wait_for(|n| *n >= threshold).await;
+        self.checkers_reach(threshold, |s| s.passed).await;
     }
 
-    /// Waits until the ALB's checker has had `threshold` consecutive failures, counted from
-    /// now on.
-    pub async fn lb_fail_streak_reaches(&self, threshold: u32) {
-        self.lb_fail_streak.send_replace(0);
-        let mut rx = self.lb_fail_streak.subscribe();
-        let _ = rx.wait_for(|n| *n >= threshold).await;
+    /// Waits until every checker of the load balancer has had `threshold` consecutive
+    /// failures, counted from now on.
+    pub fn lb_fail_streak_reaches(
+        &self,
+        threshold: u32,
+    ) -> impl std::future::Future<Output = ()> + '_ {
+        // Now, not at the first poll: failures from here on count.
+        self.checkers
+            .send_modify(|m| m.values_mut().for_each(|s| s.failed = 0));
+        self.checkers_reach(threshold, |s| s.failed)
     }
 
-    /// Counts passing checks from now on (after a drain, the old streak means nothing).
+    async fn checkers_reach(&self, n: u32, of: fn(&Streak) -> u32) {
+        let mut rx = self.checkers.subscribe();
+        loop {
+            if all_reached(&rx.borrow_and_update(), n, of) {
+                return;
+            }
+            // Also on a timer: a checker going quiet changes nothing to be told of.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        }
+    }
+
+    /// Counts passing checks from now on (after a drain, the old streaks mean nothing).
     pub fn reset_lb_streak(&self) {
-        self.lb_streak.send_replace(0);
+        self.checkers
+            .send_modify(|m| m.values_mut().for_each(|s| s.passed = 0));
     }
 
-    /// Counts a check by the load balancer's checker, answered ready (200) or not (503).
-    pub fn record_lb_check(&self, ready: bool) {
-        self.lb_streak
-            .send_modify(|n| *n = if ready { *n + 1 } else { 0 });
-        self.lb_fail_streak
-            .send_modify(|n| *n = if ready { 0 } else { *n + 1 });
+    /// Counts a check by the load balancer's checker at `from`, answered ready (200) or not.
+    pub fn record_lb_check(&self, from: IpAddr, ready: bool) {
+        self.checkers.send_modify(|m| {
+            m.retain(|_, s| s.last.elapsed() < CHECKER_GONE);
+            let s = m.entry(from).or_insert(Streak {
+                passed: 0,
+                failed: 0,
+                last: Instant::now(),
+            });
+            s.last = Instant::now();
+            if ready {
+                s.passed += 1;
+                s.failed = 0;
+            } else {
+                s.failed += 1;
+                s.passed = 0;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[tokio::test]
+    async fn a_drain_waits_for_every_checker_and_a_quiet_one_stops_counting() {
+        let state = AgentState::new("shop", Instant::now());
+        // Two ALB nodes check; one has seen two failures, the other one.
+        for from in [ip(1), ip(2)] {
+            state.record_lb_check(from, true);
+        }
+        let drained = state.lb_fail_streak_reaches(2);
+        tokio::pin!(drained);
+        state.record_lb_check(ip(1), false);
+        state.record_lb_check(ip(1), false);
+        state.record_lb_check(ip(2), false);
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut drained).await;
+        assert!(early.is_err(), "one node still sends here");
+        state.record_lb_check(ip(2), false);
+        tokio::time::timeout(Duration::from_secs(1), drained)
+            .await
+            .unwrap();
+        let mut stale = state.checkers.borrow().clone();
+        if let Some(s) = stale.get_mut(&ip(2)) {
+            s.failed = 0;
+            s.last = Instant::now() - CHECKER_GONE;
+        }
+        assert!(
+            all_reached(&stale, 2, |s| s.failed),
+            "a gone node is not waited for"
+        );
+        assert!(
+            !all_reached(&BTreeMap::new(), 1, |s| s.passed),
+            "nobody checked yet"
+        );
+    }
+
+    #[tokio::test]
+    async fn in_service_once_every_checker_passed_enough() {
+        let state = AgentState::new("shop", Instant::now());
+        state.record_lb_check(ip(1), true);
+        state.record_lb_check(ip(1), true);
+        state.record_lb_check(ip(2), true);
+        let waited = tokio::time::timeout(Duration::from_millis(50), state.lb_streak_reaches(2));
+        assert!(waited.await.is_err());
+        state.record_lb_check(ip(2), true);
+        tokio::time::timeout(Duration::from_secs(1), state.lb_streak_reaches(2))
+            .await
+            .unwrap();
     }
 }
