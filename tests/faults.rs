@@ -181,6 +181,18 @@ fn an_app_that_stays_dead_turns_the_instance_503_at_once_and_failed_after_the_bu
     assert!(!shown.contains(secret), "a value leaked: {shown}");
     // Nothing was started or made meanwhile.
     assert_eq!(rig.colors(), vec![("blue".into(), "1".into(), false)]);
+
+    // An operator's deploy is a fresh start: the release serves again and so does /healthz.
+    rig.berth("upgrade", &["--release", "1"]).ok();
+    eventually(
+        "/healthz 200 after the deploy",
+        Duration::from_secs(10),
+        || match health(&rig) {
+            (200, _) => Ok(()),
+            (code, body) => Err(format!("{code} {body}")),
+        },
+    );
+    assert_eq!(Conn::open(rig.traffic).get("/version"), (200, "1\n".into()));
 }
 
 #[test]
@@ -256,4 +268,35 @@ fn after_a_reboot_the_stopped_release_is_started_again_not_recreated() {
     assert_eq!(running_of(&rig, "blue"), before, "the same containers");
     assert_eq!(rig.colors().len(), 2, "{:?}", rig.colors());
     assert_eq!(Conn::open(rig.traffic).get("/version"), (200, "1\n".into()));
+}
+
+#[test]
+fn an_app_killed_for_memory_is_named_so_and_the_instance_turns_503() {
+    let mut rig = Rig::new_with("faults-oom", "[watchdog]\nrepair_secs = 60\n");
+    // The app's main process (a shell serving through the web server in the background) grows
+    // past its memory limit once told to.
+    let mut yaml = web_compose(rig.traffic.port(), RELEASED, &[]);
+    yaml.push_str(
+        "    mem_limit: 24m\n    command: [\"sh\", \"-c\", \"web & while [ ! -f /tmp/grow ]; do sleep 0.1; done; x=$$(head -c 200000000 /dev/zero | tr '\\\\0' a); sleep 600\"]\n",
+    );
+    rig.project.compose(&yaml);
+    rig.pointer("1");
+    rig.start_agent();
+    let id = running_of(&rig, "blue").remove(0);
+    exec(&id, &["touch", "/tmp/grow"]);
+    let body = eventually(
+        "/healthz to answer 503",
+        Duration::from_secs(30),
+        || match health(&rig) {
+            (503, body) => Ok(body),
+            (code, body) => Err(format!("{code} {body}")),
+        },
+    );
+    let faults = body["faults"].to_string();
+    assert!(
+        faults.contains("killed for memory"),
+        "{body}\n{}",
+        inspect(&id)["State"]
+    );
+    assert_eq!(inspect(&id)["State"]["OOMKilled"], true);
 }

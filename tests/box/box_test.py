@@ -701,6 +701,33 @@ def restart_proxy(rig):
         f"keep-alive clients: {ok} requests, 0 failed")
 
 
+def kill_proxy(rig):
+    """d2. berth-proxy SIGKILLed (a crash): systemd restarts it (RestartSec=1s) on the same
+    sockets; meanwhile connections queue. Only what was in flight on the killed process may
+    fail: at most one request per client."""
+    load = Load(rig.traffic)
+    try:
+        load.wait_served(300)
+        before = rig.unit("berth-proxy", "MainPID")["MainPID"]
+        start = time.monotonic()
+        rig.box_exec("systemctl", "kill", "-s", "KILL", "berth-proxy.service")
+
+        def restarted():
+            u = rig.unit("berth-proxy", "MainPID", "ActiveState")
+            return u["MainPID"] not in (before, "0") and u["ActiveState"] == "active"
+
+        wait_for("berth-proxy to be restarted after SIGKILL", 30, restarted, 0.05)
+        took = time.monotonic() - start
+        load.wait_served(300)
+    finally:
+        ok, failures = load.finish()
+    rig.timings["berth-proxy SIGKILL to active again"] = took
+    check(len(failures) <= CLIENTS, f"{len(failures)} of {ok + len(failures)} requests failed across a "
+          f"SIGKILL of berth-proxy (at most the {CLIENTS} in flight may): {summary_of(failures)}")
+    log(f"d2. berth-proxy SIGKILLed, active again in {took:.2f} s under {CLIENTS} keep-alive clients: "
+        f"{ok} requests, {len(failures)} failed ({summary_of(failures) or 'none'})")
+
+
 def restart_agent_informational(rig, checker):
     """Issue 14, measured and printed, not asserted: `systemctl restart berth` under load."""
     before = rig.containers()
@@ -831,6 +858,7 @@ def main():
             hardening(rig)
             proxy_privilege(rig)
             restart_proxy(rig)
+            kill_proxy(rig)
             restart_agent_informational(rig, checker)
             reboot(rig)
             stop_agent(rig, checker)

@@ -221,7 +221,7 @@ struct Memory {
     episode: Option<Instant>,
     /// The gone containers have been redeployed once in this episode.
     redeployed: bool,
-    /// The episode outlasted `repair_secs`: no more repairs, 503 until a deploy.
+    /// The episode outlasted `repair_secs` (in this deploy): no more repairs, 503 until a deploy.
     gave_up: Option<u64>,
     /// The daemon restarted since the last look.
     daemon_restarted: bool,
@@ -303,6 +303,12 @@ async fn look_and_repair(deployer: &Deployer, state: &AgentState, memory: &mut M
         memory.deploys = Some(deploys);
         memory.down_since.clear();
         memory.redeployed = false;
+        // A deploy after giving up (an operator's upgrade or rollback) is a fresh start: judged
+        // again from now on.
+        if memory.gave_up.take().is_some() {
+            memory.episode = None;
+            state.set_phase_from(&[Phase::Failed], Phase::Repairing);
+        }
     }
     let now = Instant::now();
     let judged = match observe(deployer, state).await {
@@ -409,11 +415,6 @@ async fn report(
             );
         }
         memory.redeployed = false;
-        // A deploy after giving up (an operator's upgrade or rollback) is a fresh start.
-        if memory.gave_up.is_some_and(|d| Some(d) != memory.deploys) {
-            memory.gave_up = None;
-            state.set_phase_from(&[Phase::Failed], Phase::Repairing);
-        }
         if state.set_phase_from(&[Phase::Repairing], Phase::Ready) {
             notify(&[sd_notify::NotifyState::Status("ready")]);
         }
