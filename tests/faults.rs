@@ -31,6 +31,19 @@ fn health(rig: &Rig) -> (u16, Value) {
     (code, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
+/// Waits until the health endpoint answers `code`; its body.
+#[track_caller]
+fn wait_healthz(rig: &Rig, code: u16, secs: u64) -> Value {
+    eventually(
+        &format!("/healthz to answer {code}"),
+        Duration::from_secs(secs),
+        || match health(rig) {
+            (c, body) if c == code => Ok(body),
+            (c, body) => Err(format!("{c} {body}")),
+        },
+    )
+}
+
 fn agent_status(rig: &Rig) -> Value {
     let (code, body) = Conn::open(rig.health).get("/status");
     assert_eq!(code, 200);
@@ -78,11 +91,7 @@ fn a_killed_app_is_restarted_routed_again_and_loses_only_what_was_in_flight() {
     // restarts it by its policy, on a new port.
     let pid = inspect(&before[0])["State"]["Pid"].as_i64().unwrap();
     let killed = Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(pid, "KILL");
     let now = rerouted(&rig, &old, 1, 10);
     let serving_again = killed.elapsed();
     load_for(&load, 200);
@@ -95,8 +104,9 @@ fn a_killed_app_is_restarted_routed_again_and_loses_only_what_was_in_flight() {
     );
     assert!(
         failed.len() <= 4,
-        "only the 4 clients' requests in flight at the kill may fail: {failed:?}\n{}",
-        rig.agent_log()
+        "only the 4 clients' requests in flight at the kill may fail: {failed:?}\n{}\nproxy:\n{}",
+        rig.agent_log(),
+        rig.proxy().log()
     );
     assert_ne!(now, old);
     assert_eq!(
@@ -148,14 +158,7 @@ fn an_app_that_stays_dead_turns_the_instance_503_at_once_and_failed_after_the_bu
 
     let killed = Instant::now();
     docker(&["kill", "-s", "KILL", &id]);
-    let body = eventually(
-        "/healthz to answer 503",
-        Duration::from_secs(5),
-        || match health(&rig) {
-            (503, body) => Ok(body),
-            (code, body) => Err(format!("{code} {body}")),
-        },
-    );
+    let body = wait_healthz(&rig, 503, 5);
     let to_503 = killed.elapsed();
     eprintln!("figures: /healthz 503 {to_503:?} after the kill");
     assert!(to_503 < Duration::from_secs(2), "{to_503:?}");
@@ -184,14 +187,7 @@ fn an_app_that_stays_dead_turns_the_instance_503_at_once_and_failed_after_the_bu
 
     // An operator's deploy is a fresh start: the release serves again and so does /healthz.
     rig.berth("upgrade", &["--release", "1"]).ok();
-    eventually(
-        "/healthz 200 after the deploy",
-        Duration::from_secs(10),
-        || match health(&rig) {
-            (200, _) => Ok(()),
-            (code, body) => Err(format!("{code} {body}")),
-        },
-    );
+    wait_healthz(&rig, 200, 10);
     assert_eq!(Conn::open(rig.traffic).get("/version"), (200, "1\n".into()));
 }
 
@@ -257,11 +253,7 @@ fn after_a_reboot_the_stopped_release_is_started_again_not_recreated() {
     // The shutdown of a reboot: SIGTERM, the agent drains and stops the stack.
     let mut agent = rig.agent.take().unwrap();
     let pid = agent.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "TERM");
     agent.wait().unwrap();
     assert_eq!(running_of(&rig, "blue"), Vec::<String>::new(), "stopped");
     rig.start_agent();
@@ -284,14 +276,7 @@ fn an_app_killed_for_memory_is_named_so_and_the_instance_turns_503() {
     rig.start_agent();
     let id = running_of(&rig, "blue").remove(0);
     exec(&id, &["touch", "/tmp/grow"]);
-    let body = eventually(
-        "/healthz to answer 503",
-        Duration::from_secs(30),
-        || match health(&rig) {
-            (503, body) => Ok(body),
-            (code, body) => Err(format!("{code} {body}")),
-        },
-    );
+    let body = wait_healthz(&rig, 503, 30);
     let faults = body["faults"].to_string();
     assert!(
         faults.contains("killed for memory"),

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::signal;
 use common::traffic::{
     control, failures, stat, total, wait_inflight, Activated, Conn, Load, Proxy,
 };
@@ -177,11 +178,7 @@ fn sigterm_lets_in_flight_requests_finish() {
     let in_flight = std::thread::spawn(move || Conn::open(addr).get("/slow"));
     wait_inflight(&proxy.control, 1);
     let pid = proxy.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "TERM");
     let (code, body) = in_flight.join().unwrap();
     assert_eq!(
         (code, body.split_whitespace().next().unwrap()),
@@ -219,11 +216,7 @@ fn sigterm_closes_kept_alive_and_upgraded_connections_politely() {
     assert!(!kept.closed);
 
     let pid = proxy.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "TERM");
     // The signal is handled when the proxy stops accepting.
     assert_eventually!(10, "the proxy stops accepting", || {
         match TcpStream::connect(addr) {
@@ -1114,11 +1107,7 @@ fn a_control_socket_passed_by_systemd_is_served_and_outlives_each_proxy() {
             "round {round}: {s}"
         );
         let pid = proxy.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        signal(&pid, "TERM");
         let exit = proxy.child.wait().unwrap();
         assert!(
             exit.success(),
@@ -1151,11 +1140,7 @@ fn restarts_under_load_on_a_socket_activated_listener_fail_no_request() {
     let mut restarts = Vec::new();
     for round in 1..=2 {
         let pid = proxy.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        signal(&pid, "TERM");
         let exit = assert_eventually!(20, "the old proxy exits", || {
             proxy
                 .child

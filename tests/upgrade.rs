@@ -245,11 +245,7 @@ fn sigterm_lets_slow_requests_in_flight_finish_then_stops_the_services() {
     common::traffic::wait_inflight(&rig.proxy().control, 3);
     let mut agent = rig.agent.take().unwrap();
     let pid = agent.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "TERM");
     let status = eventually("the agent to exit", Duration::from_secs(30), || {
         agent
             .try_wait()

@@ -367,7 +367,14 @@ impl Upstream {
                 }
             }
         }
-        Err(Failed::sent("the backend closed the connection twice"))
+        // Closed at once on a new connection too: the backend is going away (a container being
+        // killed). The request never left: it may wait for, or go to, another backend.
+        Err(Failed {
+            error: "the backend closed the connection twice".into(),
+            connect: true,
+            timeout: false,
+            unsent: Some(req),
+        })
     }
 }
 

@@ -12,7 +12,6 @@ tests/box/test.sh builds the image and runs this. Exit 0: every assertion held; 
 
 import argparse
 import base64
-import ctypes
 import hashlib
 import http.client
 import json
@@ -28,8 +27,12 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from benchlib import die_with_parent, free_port  # noqa: E402  (shared with the benchmarks)
+
 ROOT = Path(__file__).resolve().parents[2]
 EMULATOR = ROOT / "tests" / "emulator" / "aws_emulator.py"
+MOTO_RUNNER = ROOT / "tests" / "emulator" / "moto_runner.py"
 TEMPLATE = ROOT / "launch-template" / "berth.yaml"
 
 REGION = "us-east-1"
@@ -43,19 +46,6 @@ PROJECT_LABEL = "com.docker.compose.project"
 BOX_LABEL = "dev.berth.box"
 ELB_CHECKER = "ELB-HealthChecker/2.0"
 CLIENTS = 4
-
-# moto in server mode on a port of its own; exits when its stdin (a pipe from here) closes.
-MOTO_RUNNER = r"""
-import logging, os, sys
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print("ready %d" % server.get_host_and_port()[1], flush=True)
-while sys.stdin.buffer.read(4096):
-    pass
-os._exit(0)
-"""
 
 T0 = time.monotonic()
 
@@ -74,20 +64,6 @@ def log(msg):
 def check(cond, msg):
     if not cond:
         raise Failed(msg)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def die_with_parent():
-    """In a child: SIGKILL when this script dies, however it dies (PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
 
 
 def run(*cmd, check_rc=True, timeout=120):
@@ -244,7 +220,7 @@ class Rig:
 
     def start_servers(self):
         self.emulator = self.spawn_ready("the emulator", [sys.executable, str(EMULATOR), "--port", "0", "--exit-with-stdin"])
-        self.moto = self.spawn_ready("moto", [sys.executable, "-c", MOTO_RUNNER])
+        self.moto = self.spawn_ready("moto", [sys.executable, str(MOTO_RUNNER)])
         reg_dir = self.work / "registry"
         reg_dir.mkdir()
         htpasswd = run("htpasswd", "-Bbn", "AWS", ECR_PASSWORD).stdout

@@ -374,17 +374,7 @@ fn array_of(v: Value) -> Vec<Value> {
 /// moto's server (`ThreadedMotoServer`, which `moto_server` also runs) on a port it binds
 /// itself, so parallel tests never race for one; it logs only warnings unless
 /// BERTH_TEST_VERBOSE is set, and exits when its stdin (a pipe from the test) closes.
-const MOTO_RUNNER: &str = r#"
-import logging, os, sys, threading
-from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.INFO if os.environ.get("BERTH_TEST_VERBOSE") else logging.WARNING)
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print("ready %d" % server.get_host_and_port()[1], flush=True)
-while sys.stdin.buffer.read(4096):
-    pass
-os._exit(0)
-"#;
+const MOTO_RUNNER: &str = include_str!("../emulator/moto_runner.py");
 
 /// moto in server mode on its own 127.0.0.1 port (S3, SSM, ECR, ELBv2...). Killed on drop.
 /// moto keeps everything in memory, per server: tests sharing one ([`Moto::shared`]) isolate

@@ -597,6 +597,17 @@ pub fn http_get(port: u16, path: &str) -> Result<String, String> {
     }
 }
 
+/// Sends `signal` ("TERM", "KILL") to process `pid`, as `kill -SIGNAL PID` would.
+#[track_caller]
+pub fn signal(pid: impl std::fmt::Display, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Polling.
 
