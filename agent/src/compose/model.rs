@@ -25,6 +25,39 @@ pub struct Project {
     pub warnings: Vec<String>,
 }
 
+/// A service's environment, name to value. Its `Debug` shows the names only: a value is as
+/// often a secret as not, and a `{:?}` in a log line or an error must not carry it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Environment(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "(hidden)")))
+            .finish()
+    }
+}
+
+impl std::ops::Deref for Environment {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Environment {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl From<BTreeMap<String, String>> for Environment {
+    fn from(map: BTreeMap<String, String>) -> Environment {
+        Environment(map)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
@@ -42,7 +75,7 @@ pub struct Service {
     pub command: Option<Vec<String>>,
     pub entrypoint: Option<Vec<String>>,
     /// Resolved values: secrets. Never logged; masked by `berth config`.
-    pub environment: BTreeMap<String, String>,
+    pub environment: Environment,
     pub ports: Vec<PortMapping>,
     pub expose: Vec<String>,
     pub mounts: Vec<MountSpec>,
@@ -220,4 +253,32 @@ pub struct VolumeSpec {
     pub driver: Option<String>,
     pub driver_opts: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod environment_tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_names_and_never_a_value() {
+        let env = Environment::from(BTreeMap::from([
+            ("API_TOKEN".to_string(), "s3cr3t-debug".to_string()),
+            ("PORT".to_string(), "8080".to_string()),
+        ]));
+        let shown = format!("{env:?} {env:#?}");
+        assert!(
+            shown.contains("API_TOKEN") && shown.contains("PORT"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("8080"),
+            "{shown}"
+        );
+        assert_eq!(env["PORT"], "8080", "values are there for the container");
+        assert_eq!(
+            serde_json::to_string(&env).unwrap_or_default(),
+            r#"{"API_TOKEN":"s3cr3t-debug","PORT":"8080"}"#,
+            "serialized as the map it is (berth config masks it before)"
+        );
+    }
 }

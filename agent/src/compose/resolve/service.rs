@@ -57,7 +57,7 @@ pub(super) fn resolve_service(
         replicas,
         command,
         entrypoint,
-        environment,
+        environment: environment.into(),
         ports,
         expose: raw.expose.into_iter().map(|e| e.text()).collect(),
         mounts,
