@@ -5,7 +5,8 @@
 #
 # Runs tests/setup.sh (installs and starts what is missing, builds the test images), then
 # rustfmt, clippy, tests/lint.sh (cfn-lint, checkov, actionlint, shellcheck), the whole
-# workspace's tests against the real Docker daemon, packaging/test.sh (the static binary,
+# workspace's tests against the real Docker daemon, then on its own the one that restarts that
+# daemon (tests/daemon.rs), packaging/test.sh (the static binary,
 # the .deb installed and removed again, the .rpm's contents), and tests/box/test.sh (that .deb
 # and the launch template's user-data in an instance in a box: systemd as PID 1). At the
 # end, pass or fail, it removes whatever the integration tests left behind: containers,
@@ -78,6 +79,9 @@ bash "$root/tests/lint.sh"
 
 step "cargo test"
 cargo test --workspace "$@"
+
+step "the Docker daemon restarted under a holding agent (alone: it restarts dockerd)"
+cargo test -p berth --test daemon -- --ignored
 
 step "packaging: static build, .deb installed and checked, .rpm listed and checked"
 bash "$root/packaging/test.sh"

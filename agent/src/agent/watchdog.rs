@@ -112,12 +112,20 @@ impl Judged {
     }
 }
 
-/// A container that completed what it was for: a one-shot that exited 0 and is not restarted.
-fn completed(look: &Look, one_shots: &BTreeSet<String>) -> bool {
-    let exited_0 = matches!(look.condition, Condition::Exited { code: 0, .. });
-    exited_0
-        && (one_shots.contains(&look.service)
-            || matches!(look.policy, Policy::No | Policy::OnFailure { .. }))
+/// A container that completed what it was for: a one-shot that exited 0. `deployed` is each
+/// service's state when the last deploy finished (`completed` for a one-shot); a service it does
+/// not name counts as a one-shot when its restart policy would not bring it back either.
+fn completed(look: &Look, deployed: &BTreeMap<String, String>) -> bool {
+    if !matches!(look.condition, Condition::Exited { code: 0, .. }) {
+        return false;
+    }
+    match deployed.get(&look.service).map(String::as_str) {
+        Some("completed") => true,
+        // It ran when deployed: exiting, even cleanly, is a fault (the daemon's restart
+        // stops it with exit 0).
+        Some(_) => false,
+        None => matches!(look.policy, Policy::No | Policy::OnFailure { .. }),
+    }
 }
 
 /// Why a container does not serve, in a line: its state, exit code, health; never its output.
@@ -165,17 +173,17 @@ impl Verdict {
 }
 
 /// Judges the serving release's containers: `down_for` is how long each (by id) has not
-/// served; `one_shots` are the services that completed at the deploy.
+/// served; `deployed` is each service's state when the last deploy finished.
 pub fn judge(
     judged: &[Judged],
-    one_shots: &BTreeSet<String>,
+    deployed: &BTreeMap<String, String>,
     down_for: &BTreeMap<String, Duration>,
     daemon_restarted: bool,
 ) -> Verdict {
     let mut services: BTreeMap<&str, Vec<&Judged>> = BTreeMap::new();
     for j in judged {
         if let Judged::Seen { look, .. } = j {
-            if completed(look, one_shots) {
+            if completed(look, deployed) {
                 continue;
             }
         }
@@ -341,14 +349,13 @@ async fn look_and_repair(deployer: &Deployer, state: &AgentState, memory: &mut M
         .iter()
         .map(|(id, since)| (id.clone(), now.duration_since(*since)))
         .collect();
-    let one_shots = state
+    let deployed = state
         .snapshot()
         .services
         .into_iter()
-        .filter(|s| s.state == "completed")
-        .map(|s| s.name)
+        .map(|s| (s.name, s.state))
         .collect();
-    let verdict = judge(&judged, &one_shots, &down_for, memory.daemon_restarted);
+    let verdict = judge(&judged, &deployed, &down_for, memory.daemon_restarted);
     memory.daemon_restarted = false;
     report(deployer, state, memory, &verdict, now).await;
     if memory.gave_up.is_some() {
@@ -635,7 +642,7 @@ mod tests {
             ),
             seen(look("db-1", "db", Condition::Unhealthy, Policy::No), false),
         ];
-        let v = judge(&judged, &BTreeSet::new(), &BTreeMap::new(), false);
+        let v = judge(&judged, &BTreeMap::new(), &BTreeMap::new(), false);
         assert_eq!(
             v.down,
             ["service db: nothing serving (db-1: unhealthy (its healthcheck fails))"]
@@ -670,8 +677,11 @@ mod tests {
             seen(look("seed-1", "seed", done, Policy::Always), false),
             seen(look("web-1", "web", Condition::Running, Policy::No), true),
         ];
-        let one_shots = BTreeSet::from(["seed".to_string()]);
-        let v = judge(&judged, &one_shots, &BTreeMap::new(), false);
+        let deployed = BTreeMap::from([
+            ("seed".to_string(), "completed".to_string()),
+            ("web".to_string(), "healthy".to_string()),
+        ]);
+        let v = judge(&judged, &deployed, &BTreeMap::new(), false);
         assert!(v.clean(), "{v:?}");
         let mut gone = judged;
         gone.retain(|j| j.service() != "web");
@@ -679,11 +689,38 @@ mod tests {
             service: "web".into(),
             name: "shop-web-1".into(),
         });
-        let v = judge(&gone, &one_shots, &BTreeMap::new(), false);
+        let v = judge(&gone, &deployed, &BTreeMap::new(), false);
         assert!(v.gone);
         assert_eq!(
             v.down,
             ["service web: nothing serving (shop-web-1: gone (removed from Docker))"]
+        );
+    }
+
+    #[test]
+    fn a_service_that_ran_at_the_deploy_and_exited_0_is_down_and_started_after_a_daemon_restart() {
+        // The daemon's stop ends it with 0; its policy (none) would leave it down.
+        let judged = vec![seen(
+            look(
+                "worker-1",
+                "worker",
+                Condition::Exited {
+                    code: 0,
+                    oom: false,
+                },
+                Policy::No,
+            ),
+            false,
+        )];
+        let deployed = BTreeMap::from([("worker".to_string(), "running".to_string())]);
+        let v = judge(&judged, &deployed, &BTreeMap::new(), true);
+        assert_eq!(v.down.len(), 1, "{v:?}");
+        assert_eq!(v.fixes[0].2, Fix::Start);
+        let v = judge(&judged, &deployed, &BTreeMap::new(), false);
+        assert_eq!(
+            v.fixes[0].2,
+            Fix::Never,
+            "without a daemon restart, its policy decides"
         );
     }
 
@@ -694,7 +731,7 @@ mod tests {
             false,
         )];
         let down = BTreeMap::from([("web-blue-1-id".to_string(), Duration::from_secs(30))]);
-        let v = judge(&judged, &BTreeSet::new(), &down, false);
+        let v = judge(&judged, &BTreeMap::new(), &down, false);
         assert_eq!(v.fixes[0].2, Fix::Wait);
         assert!(
             v.down[0].contains("not answering the proxy's health path"),
