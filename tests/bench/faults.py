@@ -92,7 +92,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import BenchError, die_with_parent, free_port
+from benchlib import BenchError, Load, die_with_parent, free_port
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MUSL = os.path.join(ROOT, "target", "x86_64-unknown-linux-musl", "release", "berth")
@@ -227,63 +227,6 @@ def wait_quiet():
 
 
 # --- traffic ------------------------------------------------------------------------------
-
-class Load:
-    """CLIENTS keep-alive connections sending GET /version until stopped. Each request is
-    recorded as (started, ended, ok, what); a failed connection is opened again (the failure
-    recorded), and so is one the server closed after its answer (not a failure)."""
-
-    def __init__(self, port):
-        self.port = port
-        self.samples = []  # list.append is atomic: the threads share it
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(CLIENTS)]
-        for t in self.threads:
-            t.start()
-
-    def client(self):
-        conn = None
-        while not self.stopping.is_set():
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
-            started = time.monotonic()
-            try:
-                conn.request("GET", "/version")
-                r = conn.getresponse()
-                body = r.read()
-                ok = 200 <= r.status < 300
-                what = body.decode(errors="replace").strip() if ok else f"{r.status} {body[:80]!r}"
-                if r.will_close:
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException) as e:
-                ok, what = False, f"{type(e).__name__}: {e}"
-                conn.close()
-                conn = None
-            self.samples.append((started, time.monotonic(), ok, what))
-            time.sleep(PAUSE)
-        if conn is not None:
-            conn.close()
-
-    def count(self):
-        return len(self.samples)
-
-    def wait_for(self, n, timeout=30):
-        """Until n more requests have ended."""
-        target = self.count() + n
-        deadline = time.monotonic() + timeout
-        while self.count() < target:
-            if time.monotonic() > deadline:
-                raise BenchError(f"the load made {self.count()} of {target} requests in {timeout} s")
-            time.sleep(0.01)
-
-    def stop(self, wait=25):
-        self.stopping.set()
-        deadline = time.monotonic() + wait
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return list(self.samples)
-
 
 class Poller:
     """Calls fn every POLL seconds on a thread, recording (time, value) when it returns."""
@@ -622,7 +565,7 @@ def run_round(fault, n, measure_memory, offset):
         events.wait_any(2.5)
         hpoll = Poller(HealthClient(stack.health))
         rpoll = Poller(stack.route)
-        load = Load(stack.port)
+        load = Load(stack.port, "/version", CLIENTS, PAUSE)
         load.wait_for(WARMUP)
         old_route = stack.route()
         if isinstance(old_route, str) or len(old_route) != fault["replicas"]:

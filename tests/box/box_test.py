@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from benchlib import die_with_parent, free_port  # noqa: E402  (shared with the benchmarks)
+import benchlib  # noqa: E402  (shared with the benchmarks)
+from benchlib import die_with_parent, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EMULATOR = ROOT / "tests" / "emulator" / "aws_emulator.py"
@@ -126,57 +127,25 @@ class Checker(threading.Thread):
         return [s for t, s in self.samples if start <= t <= end]
 
 
-class Load:
+class Load(benchlib.Load):
     """CLIENTS keep-alive clients on the traffic port, each GET / in a loop (2 ms apart, as the
     Rust tests' load), reconnecting when the server says Connection: close. Every request is
     recorded; a failure is an error (refused, reset, closed without an answer) or a non-2xx."""
 
     def __init__(self, port):
-        self.port = port
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.ok = 0
-        self.failures = []  # (monotonic time, what)
-        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(CLIENTS)]
-        for t in self.threads:
-            t.start()
+        super().__init__(port, "/", CLIENTS, 0.002)
 
-    def client(self):
-        conn = None
-        while not self.stopping.is_set():
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/")
-                r = conn.getresponse()
-                r.read()
-                result = None if 200 <= r.status < 300 else f"HTTP {r.status}"
-                if r.will_close:
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException) as e:
-                result = f"{type(e).__name__}: {e}"
-                if conn is not None:
-                    conn.close()
-                conn = None
-            with self.lock:
-                if result is None:
-                    self.ok += 1
-                else:
-                    self.failures.append((time.monotonic(), result))
-            time.sleep(0.002)
-        if conn is not None:
-            conn.close()
+    def served(self):
+        return sum(1 for s in list(self.samples) if s[2])
 
     def wait_served(self, n, limit=30):
-        start = self.ok
-        wait_for(f"{n} more requests served", limit, lambda: self.ok - start >= n, 0.05)
+        start = self.served()
+        wait_for(f"{n} more requests served", limit, lambda: self.served() - start >= n, 0.05)
 
     def finish(self):
-        self.stopping.set()
-        for t in self.threads:
-            t.join(timeout=15)
-        return self.ok, list(self.failures)
+        """(requests served, [(when, what) for each failed one])."""
+        samples = self.stop(15)
+        return sum(1 for s in samples if s[2]), [(s[1], s[3]) for s in samples if not s[2]]
 
 
 def summary_of(failures):
