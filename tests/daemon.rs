@@ -2,8 +2,8 @@
 //! restarted replica's new port and starts what the daemon stopped, creating nothing twice.
 //!
 //! It restarts the host's dockerd, which every other test needs, so it is `#[ignore]`d in the
-//! workspace's run and run on its own afterwards: `cargo test -p berth --test daemon --
-//! --ignored`, as tests/run.sh does.
+//! workspace's run and run on its own afterwards: `cargo test --workspace --test
+//! daemon -- --ignored`, as tests/run.sh does.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -20,6 +20,7 @@ use common::*;
 fn restart_dockerd() {
     let under_systemd = Command::new("systemctl")
         .args(["is-active", "--quiet", "docker"])
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if under_systemd {

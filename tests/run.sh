@@ -81,7 +81,8 @@ step "cargo test"
 cargo test --workspace "$@"
 
 step "the Docker daemon restarted under a holding agent (alone: it restarts dockerd)"
-cargo test -p berth --test daemon -- --ignored
+# --workspace: the same features as the run above, so nothing is built again.
+cargo test --workspace --test daemon -- --ignored
 
 step "packaging: static build, .deb installed and checked, .rpm listed and checked"
 bash "$root/packaging/test.sh"
