@@ -416,6 +416,29 @@ fn config_and_plan_mask_environment_values() {
 }
 
 #[test]
+fn config_masks_env_file_values_wherever_they_were_interpolated() {
+    let p = Project::new("config_masks_interpolated");
+    let token = "Tk-93-interpolated-hidden";
+    p.write(".env", &format!("CLI_TOKEN={token}\nSHORT=on\n"));
+    p.compose(&one_service(
+        "app",
+        TOOL,
+        "    command: [\"serve\", \"--token=${CLI_TOKEN}\", \"--verbose=${SHORT}\"]\n    labels:\n      auth: \"Bearer ${CLI_TOKEN}\"\n",
+    ));
+    let config = p.cmd("config").run();
+    config.ok();
+    assert!(
+        !config.stdout.contains(token) && !config.stderr.contains(token),
+        "config printed an interpolated .env value:\n{}",
+        config.stdout
+    );
+    assert_contains(&config.stdout, "--token=********");
+    assert_contains(&config.stdout, "Bearer ********");
+    // Too short to be a secret worth the name, and masking it would garble the output.
+    assert_contains(&config.stdout, "--verbose=on");
+}
+
+#[test]
 fn secrets_never_appear_in_labels() {
     let p = Project::new("secrets_labels");
     let secret = "Lb7-secret-in-env-file";

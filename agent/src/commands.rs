@@ -237,20 +237,58 @@ fn render_ps(rows: &[PsRow]) -> String {
     out
 }
 
-/// `berth config`: the resolved model as YAML, environment values masked.
+/// What a masked value reads as.
+const MASK: &str = "********";
+
+/// `berth config`: the resolved model as YAML, environment values masked, and so is every
+/// value a `.env` file gave interpolation, in whatever field it landed (`command:`, labels...).
 pub fn config(args: &ProjectArgs) -> Result<String, CommandError> {
     let mut project = load(args)?;
     for svc in project.services.values_mut() {
         for v in svc.environment.values_mut() {
-            *v = "********".to_string();
+            *v = MASK.to_string();
         }
     }
+    let mut tree =
+        serde_norway::to_value(&project).map_err(|e| CommandError::Output(e.to_string()))?;
+    mask_values(&mut tree, &project.env_file_values);
     let mut out = String::new();
     for w in &project.warnings {
         out.push_str(&format!("# warning: {w}\n"));
     }
-    out.push_str(
-        &serde_norway::to_string(&project).map_err(|e| CommandError::Output(e.to_string()))?,
-    );
+    out.push_str(&serde_norway::to_string(&tree).map_err(|e| CommandError::Output(e.to_string()))?);
     Ok(out)
+}
+
+/// Replaces each of `secrets` wherever it appears in a string of `tree`. Values shorter than 4
+/// characters are left: masking every `1` or `on` would garble the output, and they are no
+/// secret worth the name.
+fn mask_values(tree: &mut serde_norway::Value, secrets: &[String]) {
+    let mut secrets: Vec<&str> = secrets
+        .iter()
+        .map(String::as_str)
+        .filter(|s| s.chars().count() >= 4)
+        .collect();
+    // Longest first: a secret that contains another is masked whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    fn walk(v: &mut serde_norway::Value, secrets: &[&str]) {
+        match v {
+            serde_norway::Value::String(s) => {
+                for secret in secrets {
+                    if s.contains(secret) {
+                        *s = s.replace(secret, MASK);
+                    }
+                }
+            }
+            serde_norway::Value::Sequence(items) => {
+                items.iter_mut().for_each(|i| walk(i, secrets));
+            }
+            serde_norway::Value::Mapping(map) => {
+                map.iter_mut().for_each(|(_, i)| walk(i, secrets));
+            }
+            serde_norway::Value::Tagged(t) => walk(&mut t.value, secrets),
+            _ => {}
+        }
+    }
+    walk(tree, &secrets);
 }

@@ -194,7 +194,8 @@ enum Command {
         #[arg(long)]
         no_metrics: bool,
     },
-    /// Print the resolved project (environment values masked).
+    /// Print the resolved project (environment values, and .env values wherever interpolated,
+    /// masked).
     Config {
         #[command(flatten)]
         project: ProjectFlags,

@@ -10,11 +10,12 @@ use super::{dotenv, interpolate};
 use super::{ComposeError, LoadOptions};
 
 /// The variables interpolation sees: the `.env` file (or `--env-file`s) under the process
-/// environment, which wins, as in compose.
+/// environment, which wins, as in compose. Also the values that came from those files (and
+/// were not overridden): secrets, wherever they are interpolated.
 pub(super) fn interpolation_env(
     opts: &LoadOptions,
     project_dir: &Path,
-) -> Result<BTreeMap<String, String>, ComposeError> {
+) -> Result<(BTreeMap<String, String>, Vec<String>), ComposeError> {
     let files: Vec<PathBuf> = if opts.env_files.is_empty() {
         let default = project_dir.join(".env");
         if default.is_file() {
@@ -57,9 +58,14 @@ pub(super) fn interpolation_env(
             }
         }
     }
+    let from_files_only: Vec<String> = from_files
+        .iter()
+        .filter(|(k, _)| !opts.environment.contains_key(*k))
+        .map(|(_, v)| v.clone())
+        .collect();
     let mut env = from_files;
     env.extend(opts.environment.iter().map(|(k, v)| (k.clone(), v.clone())));
-    Ok(env)
+    Ok((env, from_files_only))
 }
 
 /// Parses a file into one interpolated YAML mapping.

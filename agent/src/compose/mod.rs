@@ -121,7 +121,7 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let env = files::interpolation_env(opts, &project_dir)?;
+    let (env, file_values) = files::interpolation_env(opts, &project_dir)?;
     let lookup = |name: &str| env.get(name).cloned();
 
     let mut merged = serde_norway::Value::Null;
@@ -137,14 +137,16 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
             profiles.extend(listed.map(String::from));
         }
     }
-    resolve::build_project(resolve::BuildInput {
+    let mut project = resolve::build_project(resolve::BuildInput {
         document: merged,
         files: &files,
         project_dir: &project_dir,
         name_flag: opts.project_name.clone(),
         env: &env,
         profiles: &profiles,
-    })
+    })?;
+    project.env_file_values = file_values;
+    Ok(project)
 }
 
 fn resolve_files(opts: &LoadOptions) -> Result<Vec<PathBuf>, ComposeError> {

@@ -23,6 +23,10 @@ pub struct Project {
     pub volumes: BTreeMap<String, VolumeSpec>,
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// The values interpolation took from `.env` files: secrets wherever they landed (`berth
+    /// config` masks them in any field, not only under `environment`).
+    #[serde(skip)]
+    pub env_file_values: Vec<String>,
 }
 
 /// A service's environment, name to value. Its `Debug` shows the names only: a value is as

@@ -106,6 +106,7 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         networks,
         volumes: top_volumes,
         warnings,
+        env_file_values: vec![],
     })
 }
 
