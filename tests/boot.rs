@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::aws::{self, Emulator, Moto, ACCOUNT_ID, ASG_NAME, INSTANCE_ID};
+use common::faulty::Faulty;
 use common::registry::{image_present, Registry, RemoveImage};
 use common::*;
 use serde_json::{json, Value};
@@ -903,6 +904,71 @@ fn assert_boot_failed(b: &Boot, out: &Output, code: i32, names: &[&str], abandon
     b.assert_no_secret("berth's stdout", &out.stdout);
     b.assert_no_secret("berth's stderr", &out.stderr);
     msg
+}
+
+/// `b.aws_env()` with S3 behind `faulty`.
+fn env_with_s3_at(b: &Boot, faulty: &Faulty) -> Vec<(String, String)> {
+    let mut env = b.aws_env();
+    env.push(("AWS_ENDPOINT_URL_S3".to_string(), faulty.url.clone()));
+    env
+}
+
+#[test]
+fn s3_answering_500_then_recovering_still_boots() {
+    let b = Boot::new("boot-s3-500");
+    let top = b.put_release(
+        &web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck()),
+        "1",
+    );
+    let config = b.config(&top, &lifecycle(""));
+    // Two 500s, then S3 answers: the SDK's retries (4 attempts, with backoff) carry the boot.
+    let faulty = Faulty::start(b.moto.port, 2, Duration::ZERO);
+    let out = run_with_limit(
+        b.agent_cmd(&config, true, &env_with_s3_at(&b, &faulty)),
+        RUN_LIMIT,
+    );
+    out.ok();
+    assert!(
+        faulty.count() >= 4,
+        "{} requests reached S3",
+        faulty.count()
+    );
+    assert_eq!(b.completions(), ["CONTINUE"]);
+    b.assert_no_secret("berth's stderr", &out.stderr);
+}
+
+#[test]
+fn s3_slower_than_fetch_secs_fails_naming_the_object_and_abandons() {
+    let b = Boot::new("boot-s3-slow");
+    let top = b.put_release(
+        &web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck()),
+        "1",
+    );
+    // fetch_secs = 2: each S3 answer takes 3 s.
+    let config = b.config(
+        &top,
+        &format!(
+            "{}[timeouts]\nimds_secs = 3\nfetch_secs = 2\nready_secs = 8\nin_service_secs = 8\n",
+            lifecycle("")
+        ),
+    );
+    let faulty = Faulty::start(b.moto.port, 0, Duration::from_secs(3));
+    let started = Instant::now();
+    let out = run_with_limit(
+        b.agent_cmd(&config, true, &env_with_s3_at(&b, &faulty)),
+        RUN_LIMIT,
+    );
+    let msg = assert_boot_failed(&b, &out, 6, &["s3://"], true);
+    assert!(
+        msg.contains("compose.yaml") || msg.contains("app.env"),
+        "the error names the object: {msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "fetch_secs bounds the wait: {:?}",
+        started.elapsed()
+    );
+    assert!(b.p.container_ids().is_empty(), "a container was created");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod faulty;
 pub mod registry;
 pub mod rig;
 pub mod traffic;
