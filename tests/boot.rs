@@ -1057,6 +1057,48 @@ fn imds_down_fails_naming_the_endpoint_without_any_aws_call() {
 }
 
 #[test]
+fn imds_throttling_then_answering_still_boots() {
+    // IMDS answers 429 (throttled) to the first 3 requests, then normally.
+    let b = Boot::with_state("boot-imds429", json!({"fail": "imds_429", "fail_times": 3}));
+    let top = b.put_release(
+        &web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck()),
+        "1",
+    );
+    let config = b.config(&top, &lifecycle(""));
+    let out = b.boot_once(&config);
+    out.ok();
+    let throttled = b
+        .emu
+        .imds_requests()
+        .iter()
+        .filter(|r| r["status"] == 429)
+        .count();
+    assert_eq!(throttled, 3, "{:?}", b.emu.imds_requests());
+    assert_eq!(b.completions(), ["CONTINUE"]);
+}
+
+#[test]
+fn imds_timing_out_fails_within_imds_secs_naming_the_endpoint() {
+    // Every IMDS answer takes 5 s, past the SDK's 1 s timeout; imds_secs = 3 bounds the retries.
+    let b = Boot::with_state("boot-imdsslow", json!({"fail": "imds_slow"}));
+    let top = b.put_release(
+        &web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck()),
+        "1",
+    );
+    let config = b.config(&top, &lifecycle(""));
+    let started = Instant::now();
+    let out = b.boot_once(&config);
+    let msg = assert_boot_failed(&b, &out, 6, &[&b.emu.url], false);
+    assert_contains(&msg, "instance metadata");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "imds_secs bounds the wait: {:?}",
+        started.elapsed()
+    );
+    assert!(b.p.container_ids().is_empty(), "a container was created");
+}
+
+#[test]
 fn invalid_config_fails_naming_the_key_before_any_aws_call() {
     let b = Boot::new("boot-badconfig");
     let top = b.put_release(

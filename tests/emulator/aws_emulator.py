@@ -42,7 +42,7 @@ ELB_NS = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"
 TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 
-FAIL_MODES = (None, "imds_down", "token_401", "token_403", "imds_slow")
+FAIL_MODES = (None, "imds_down", "token_401", "token_403", "imds_slow", "imds_429")
 IMDS_SLOW_SECONDS = 5.0
 
 # The reason AWS gives with each target health state (healthy has none).
@@ -71,6 +71,8 @@ def default_state():
         "target_health": ["healthy"],
         "target_port": 8080,
         "fail": None,
+        # How many IMDS requests `fail` applies to; None: all of them.
+        "fail_times": None,
         "asg_error": None,
         "lifecycle_schedule": [],
     }
@@ -438,6 +440,13 @@ class Handler(BaseHTTPRequestHandler):
         self.read_body()
         state = EMU.snapshot()
         fail = state.get("fail")
+        if fail is not None and state.get("fail_times") is not None:
+            with EMU.lock:
+                left = EMU.state["fail_times"]
+                if left > 0:
+                    EMU.state["fail_times"] = left - 1
+                else:
+                    fail = None
         token = self.header(TOKEN_HEADER)
         entry = {
             "method": self.command,
@@ -457,6 +466,10 @@ class Handler(BaseHTTPRequestHandler):
             return 0
         if fail == "imds_slow":
             time.sleep(IMDS_SLOW_SECONDS)
+        if fail == "imds_429":
+            # Throttled, as IMDS answers a client over its request rate.
+            self.send(429, "Too Many Requests")
+            return 429
         if path == "/latest/api/token":
             if self.command != "PUT":
                 self.send(405, "Method Not Allowed", headers={"Allow": "PUT"})
