@@ -1098,6 +1098,51 @@ fn imds_timing_out_fails_within_imds_secs_naming_the_endpoint() {
     assert!(b.p.container_ids().is_empty(), "a container was created");
 }
 
+/// A small tmpfs mounted at a directory for as long as it lives (unmounted even after a panic).
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    /// Mounts a 64 KiB tmpfs at `dir` and fills it.
+    fn full(dir: &Path) -> SmallTmpfs {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount tmpfs at {}: {status}",
+            dir.display()
+        );
+        let fill = std::fs::write(dir.join("filler"), vec![0u8; 1024 * 1024]);
+        assert!(fill.is_err(), "a 1 MiB file fitted in the 64 KiB tmpfs");
+        SmallTmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_run_dir_fails_the_boot_naming_the_file_and_abandons() {
+    let b = Boot::new("boot-runfull");
+    let top = b.put_release(
+        &web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck()),
+        "1",
+    );
+    let config = b.config(&top, &lifecycle(""));
+    let _full = SmallTmpfs::full(b.run_dir.path());
+    let out = b.boot_once(&config);
+    let run_dir = b.run_dir.path().display().to_string();
+    // 3: a setting (run_dir) cannot be used; no AWS call failed.
+    let msg = assert_boot_failed(&b, &out, 3, &[&run_dir], true);
+    assert!(msg.contains("No space left"), "{msg}");
+    assert!(b.p.container_ids().is_empty(), "a container was created");
+}
+
 #[test]
 fn invalid_config_fails_naming_the_key_before_any_aws_call() {
     let b = Boot::new("boot-badconfig");

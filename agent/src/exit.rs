@@ -124,9 +124,11 @@ impl Coded for IdentityError {
 impl Coded for ReleaseError {
     fn exit(&self) -> Exit {
         match self {
-            // The settings or the files at hand are wrong; no AWS call failed.
+            // The settings or the files at hand are wrong (run_dir unwritable or full, an
+            // object over max_object_bytes); no AWS call failed.
             ReleaseError::Local { .. }
             | ReleaseError::Write { .. }
+            | ReleaseError::TooLarge { .. }
             | ReleaseError::NameClash { .. }
             | ReleaseError::RemoteInLocalRun { .. } => Exit::Invalid,
             _ => Exit::Aws,
