@@ -972,6 +972,51 @@ fn s3_slower_than_fetch_secs_fails_naming_the_object_and_abandons() {
 }
 
 #[test]
+fn an_ecr_token_expiring_while_holding_is_renewed_before_the_next_pull() {
+    // ECR at the emulator: tokens that last 15 min and 3 s, so that berth's cache (renewing 15
+    // min before the expiry) holds one for 3 s.
+    let password = format!("emu-{}", random_hex());
+    let b = Boot::with_state(
+        "boot-ecr-expiry",
+        json!({"ecr_password": password, "ecr_token_secs": 15 * 60 + 3}),
+    );
+    let registry = Registry::start_with_password(&password);
+    let r1 = registry.push(WEB, "team/web", "r1");
+    let _rm1 = RemoveImage(r1.clone());
+    let image = format!("{}/team/web:${{RELEASE}}", registry.addr);
+    let top = b.put_release(&web_compose(&image, &[], &patient_healthcheck()), "r1");
+    let config = b.config(
+        &top,
+        &format!("{}{}", lifecycle(""), ecr_registry(&registry.addr)),
+    );
+    let mut env = b.aws_env();
+    env.push(("AWS_ENDPOINT_URL_ECR".to_string(), b.emu.url.clone()));
+    let mut agent = b.spawn(&config, false, &env);
+    agent.wait_phase("ready", 30);
+    let tokens = || b.emu.calls_of("GetAuthorizationToken").len();
+    assert_eq!(tokens(), 1, "the boot's pull asked for one token");
+
+    // The cached token runs out while the agent holds; then a release with a new image.
+    let issued = Instant::now();
+    let r2 = registry.push(WEB, "team/web", "r2");
+    let _rm2 = RemoveImage(r2.clone());
+    aws::block_on(aws::put_parameter(b.moto, &b.param("release"), "r2"));
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(issued.elapsed()));
+    let out = run_with_limit(
+        b.command(&["upgrade", "--config", config.to_str().unwrap()], &env),
+        RUN_LIMIT,
+    );
+    out.ok();
+    assert_eq!(
+        tokens(),
+        2,
+        "the expired token was renewed for the upgrade's pull"
+    );
+    assert!(image_present(&r2), "{r2} was not pulled");
+    agent.assert_running("after the upgrade");
+}
+
+#[test]
 fn missing_s3_key_fails_naming_it_and_abandons() {
     let b = Boot::new("boot-nokey");
     b.put("app.env", &b.env_file());

@@ -73,6 +73,10 @@ def default_state():
         "fail": None,
         # How many IMDS requests `fail` applies to; None: all of them.
         "fail_times": None,
+        # ECR's GetAuthorizationToken (with AWS_ENDPOINT_URL_ECR here): the password its token
+        # carries (user AWS), and how long the token lasts: short, to see it renewed.
+        "ecr_password": None,
+        "ecr_token_secs": 43200,
         "asg_error": None,
         "lifecycle_schedule": [],
     }
@@ -403,6 +407,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.control(path)
         if path == "/latest" or path.startswith("/latest/"):
             return self.imds(path)
+        target = self.header("X-Amz-Target") or ""
+        if path == "/" and target.endswith(".GetAuthorizationToken"):
+            return self.ecr_token()
         if path == "/" and self.command in ("POST", "GET"):
             return self.query_api()
         self.send(404, "Not Found")
@@ -525,6 +532,26 @@ class Handler(BaseHTTPRequestHandler):
         return None, False
 
     # ----- AWS query protocol (AutoScaling, ELBv2) -----
+
+    def ecr_token(self):
+        """ECR's GetAuthorizationToken (JSON protocol): a token for user AWS that lasts
+        `ecr_token_secs`, each call recorded."""
+        self.read_body()
+        state = EMU.snapshot()
+        EMU.record("ecr", "GetAuthorizationToken", {})
+        password = state.get("ecr_password") or "emulator-token"
+        token = base64.b64encode(("AWS:" + password).encode()).decode()
+        answer = {
+            "authorizationData": [
+                {
+                    "authorizationToken": token,
+                    "expiresAt": time.time() + float(state.get("ecr_token_secs") or 43200),
+                    "proxyEndpoint": "https://%s.dkr.ecr.%s.amazonaws.com"
+                    % (state["account_id"], state["region"]),
+                }
+            ]
+        }
+        self.send(200, json.dumps(answer), "application/x-amz-json-1.1")
 
     def query_api(self):
         body = self.read_body()
