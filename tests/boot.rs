@@ -982,7 +982,7 @@ fn an_ecr_token_expiring_while_holding_is_renewed_before_the_next_pull() {
     );
     let registry = Registry::start_with_password(&password);
     let r1 = registry.push(WEB, "team/web", "r1");
-    let _rm1 = RemoveImage(r1.clone());
+    let _rm1 = RemoveImage(r1);
     let image = format!("{}/team/web:${{RELEASE}}", registry.addr);
     let top = b.put_release(&web_compose(&image, &[], &patient_healthcheck()), "r1");
     let config = b.config(
