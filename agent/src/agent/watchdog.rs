@@ -31,11 +31,11 @@ use tokio::sync::Notify;
 use super::deployer::Deployer;
 use super::{notify, AgentError};
 use crate::config::Strategy;
-use crate::engine::docker::{label, labels, ContainerSummary, Engine};
+use crate::engine::docker::Engine;
 use crate::engine::events::{Condition, Look, Policy};
 use crate::engine::progress::{Mode, Progress};
 use crate::serve::{AgentState, Phase};
-use crate::upgrade::{sides_of, Routed, Side, UpgradeLock, ROUTED_LABEL};
+use crate::upgrade::{routed_in, sides_of, Side, UpgradeLock};
 
 /// How long Docker gets to restart a container by its own policy before berth starts it.
 pub const DOCKER_GRACE: Duration = Duration::from_secs(2);
@@ -233,8 +233,6 @@ struct Memory {
     gave_up: Option<u64>,
     /// The daemon restarted since the last look.
     daemon_restarted: bool,
-    /// The faults last reported, to log only changes.
-    reported: Vec<String>,
 }
 
 /// Runs until aborted (the agent leaving).
@@ -411,9 +409,12 @@ async fn report(
     now: Instant,
 ) {
     let budget = Duration::from_secs(deployer.config.watchdog.repair_secs);
-    state.update(|s| s.faults = verdict.faults.clone());
-    let changed = memory.reported != verdict.faults;
-    memory.reported = verdict.faults.clone();
+    // Logged and told to systemd only when they change.
+    let mut changed = false;
+    state.update(|s| {
+        changed = s.faults != verdict.faults;
+        s.faults = verdict.faults.clone();
+    });
     if verdict.clean() {
         if let Some(since) = memory.episode.take() {
             tracing::info!(
@@ -475,14 +476,17 @@ async fn observe(deployer: &Deployer, state: &AgentState) -> Result<Vec<Judged>,
     let mut skip: BTreeSet<String> = BTreeSet::new();
     let mut serving_backends: Option<(BTreeSet<String>, Vec<SocketAddr>, Side)> = None;
     if deployer.config.upgrade.strategy == Strategy::Proxy {
-        if let Some(routed) = routed_of(&containers) {
+        if let Some(routed) = routed_in(&containers) {
             let progress = Progress::new(Mode::Log);
             let upgrader = deployer.upgrader(engine, &progress, false);
-            let recovered = upgrader.recover(&routed).await?;
-            let sides = sides_of(&engine.project_containers(project).await?, &routed);
+            let recovered = upgrader.recover_serving(&routed).await?;
+            // Which container is which color does not change with the route: the list above
+            // serves.
+            let sides = sides_of(&containers, &routed);
             let release = state.snapshot().release;
             let active = recovered
-                .map(|s| s.color)
+                .as_ref()
+                .map(|(s, _)| s.color)
                 .or_else(|| {
                     sides
                         .values()
@@ -495,8 +499,9 @@ async fn observe(deployer: &Deployer, state: &AgentState) -> Result<Vec<Judged>,
                     skip.extend(side.ids().map(String::from));
                 }
             }
+            // Nothing passed when nothing serves: recover checked every running side.
+            let healthy = recovered.map(|(_, h)| h).unwrap_or_default();
             if let Some(side) = active.and_then(|c| sides.get(&c)) {
-                let healthy = upgrader.healthy_backends(side).await;
                 let ids = side.ids().map(String::from).collect();
                 serving_backends = Some((ids, healthy, side.clone()));
             }
@@ -537,18 +542,6 @@ async fn observe(deployer: &Deployer, state: &AgentState) -> Result<Vec<Judged>,
         }
     }
     Ok(judged)
-}
-
-/// The routed service, as its containers' labels name it.
-fn routed_of(containers: &[ContainerSummary]) -> Option<Routed> {
-    containers.iter().find_map(|c| {
-        let (service, port) = label(c, ROUTED_LABEL)?.rsplit_once(':')?;
-        let _ = label(c, labels::SERVICE)?;
-        Some(Routed {
-            service: service.to_string(),
-            port: port.parse().ok()?,
-        })
-    })
 }
 
 #[cfg(test)]

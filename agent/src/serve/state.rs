@@ -186,13 +186,9 @@ impl AgentState {
     /// Moves to `to` only from one of `from`; whether it did. The watchdog uses it so that it
     /// never undoes a drain or a failure it did not cause.
     pub fn set_phase_from(&self, from: &[Phase], to: Phase) -> bool {
-        let now = self.snapshot().phase;
-        if now == to || !from.contains(&now) {
-            return false;
-        }
         let mut moved = false;
         self.update(|s| {
-            if from.contains(&s.phase) {
+            if s.phase != to && from.contains(&s.phase) {
                 s.phase = to;
                 moved = true;
             }

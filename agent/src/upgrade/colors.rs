@@ -138,13 +138,18 @@ pub async fn routed_from_labels(
     project: &str,
 ) -> Result<Option<Routed>, UpgradeError> {
     let containers = engine.project_containers(project).await?;
-    Ok(containers.iter().find_map(|c| {
+    Ok(routed_in(&containers))
+}
+
+/// The routed service as the labels of some of `containers` name it.
+pub fn routed_in(containers: &[ContainerSummary]) -> Option<Routed> {
+    containers.iter().find_map(|c| {
         let (service, port) = label(c, ROUTED_LABEL)?.rsplit_once(':')?;
         Some(Routed {
             service: service.to_string(),
             port: port.parse().ok()?,
         })
-    }))
+    })
 }
 
 /// The project with the routed service as its `color` copy: renamed `<service>-<color>`

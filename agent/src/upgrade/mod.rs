@@ -39,7 +39,7 @@ use crate::instance::load_balancer::LoadBalancerError;
 use crate::proxy::ProxyError;
 use crate::serve::AgentState;
 
-pub use colors::{colorize, routed, routed_from_labels, sides_of, Color, Routed, Side};
+pub use colors::{colorize, routed, routed_from_labels, routed_in, sides_of, Color, Routed, Side};
 pub use colors::{COLOR_LABEL, RELEASE_LABEL, ROUTED_LABEL};
 pub use lock::UpgradeLock;
 pub use probe::{probe, ProbeError};

@@ -104,6 +104,15 @@ impl Upgrader<'_> {
     /// Looks at both colors and the proxy's route, decides ([`decide`]) and acts: returns the
     /// serving color's side, if any.
     pub async fn recover(&self, routed: &Routed) -> Result<Option<Side>, UpgradeError> {
+        Ok(self.recover_serving(routed).await?.map(|(side, _)| side))
+    }
+
+    /// As [`Upgrader::recover`], with the serving side's backends that passed their checks
+    /// (the watchdog judges its replicas by them, without checking again).
+    pub async fn recover_serving(
+        &self,
+        routed: &Routed,
+    ) -> Result<Option<(Side, Vec<SocketAddr>)>, UpgradeError> {
         let mut sides = self.sides(routed).await?;
         let (route, previous) = self.proxy_route().await?;
         let mut healthy = BTreeMap::new();
@@ -149,7 +158,8 @@ impl Upgrader<'_> {
                 }
             }
         }
-        Ok(Some(serving))
+        let passing = healthy.remove(&active).unwrap_or_default();
+        Ok(Some((serving, passing)))
     }
 
     /// The backends of a side's running replicas that pass their checks, looked at together.
