@@ -989,6 +989,39 @@ fn a_refusing_replica_is_skipped_and_counts_no_request_as_served() {
 }
 
 #[test]
+fn a_replica_dying_between_head_and_body_costs_a_retry_not_the_answer() {
+    let live = Backend::start("blue", Duration::ZERO);
+    // Answers each request's head and half its body, then closes: a replica killed mid-answer.
+    let dying = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut stream in l.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+            }
+        });
+        addr
+    };
+    let proxy = Proxy::start(None, &[]);
+    let routed = proxy.control(json!({"op": "route",
+        "backends": [dying.to_string(), live.addr.to_string()], "release": "v1"}));
+    assert_eq!(routed["ok"], true, "{routed}");
+    let mut conn = Conn::open(proxy.addr);
+    for _ in 0..10 {
+        let (code, body) = conn.get("/");
+        assert_eq!(
+            (code, body.split_whitespace().next().unwrap()),
+            (200, "blue")
+        );
+    }
+    let status = proxy.control(json!({"op": "status"}));
+    assert_eq!(stat(&status, live.addr, "served"), 10, "{status}");
+    assert_eq!(stat(&status, dying, "served"), 0, "{status}");
+}
+
+#[test]
 fn replicas_take_requests_least_in_flight_and_in_turn_when_tied() {
     let slow = Duration::from_millis(2000);
     let (a, b) = (Backend::start("blue", slow), Backend::start("green", slow));

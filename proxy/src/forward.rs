@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
@@ -66,7 +66,8 @@ pub(super) struct ProxyBody {
 
 enum Kind {
     Upstream(Incoming),
-    Local(Full<Bytes>),
+    /// The proxy's own answer, or a small upstream body read whole before answering.
+    Whole(Full<Bytes>),
 }
 
 impl ProxyBody {
@@ -74,6 +75,15 @@ impl ProxyBody {
     fn upstream(body: Incoming, inflight: InFlight, busy: Busy) -> ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
+            inflight: Some(inflight),
+            busy: Some(busy),
+        }
+    }
+
+    /// A backend's small response body, read whole, its request in flight until it is sent.
+    fn whole(body: Bytes, inflight: InFlight, busy: Busy) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Whole(Full::new(body)),
             inflight: Some(inflight),
             busy: Some(busy),
         }
@@ -98,7 +108,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
-            Kind::Local(full) => Pin::new(full)
+            Kind::Whole(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never: Infallible| match never {}),
         };
@@ -111,14 +121,14 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(body) => body.is_end_stream(),
-            Kind::Local(full) => full.is_end_stream(),
+            Kind::Whole(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
-            Kind::Local(full) => full.size_hint(),
+            Kind::Whole(full) => full.size_hint(),
         }
     }
 }
@@ -126,7 +136,7 @@ impl Body for ProxyBody {
 /// A response the proxy makes itself (503 without a route, 502 when the backend fails).
 fn local(code: StatusCode, text: &'static str, busy: Busy) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody {
-        kind: Kind::Local(Full::new(Bytes::from_static(text.as_bytes()))),
+        kind: Kind::Whole(Full::new(Bytes::from_static(text.as_bytes()))),
         inflight: None,
         busy: Some(busy),
     });
@@ -472,12 +482,34 @@ pub(super) async fn forward(
                 }
             }
             let inflight = InFlight::start(&backend.shared, started);
-            match client.upstream.send(&pool, backend.addr, req, limits).await {
-                Ok(resp) => {
-                    let (mut parts, body) = resp.into_parts();
+            let sent = client.upstream.send(&pool, backend.addr, req, limits).await;
+            // A small answer to a request that can go elsewhere is read whole first: a replica
+            // killed between its head and its body then costs a retry, not the client's answer.
+            let sent = match sent {
+                Ok(resp) if replay.is_some() && small(resp.headers()) => {
+                    let (parts, body) = resp.into_parts();
+                    match body.collect().await {
+                        Ok(whole) => Ok(Answer::Whole(parts, whole.to_bytes())),
+                        Err(e) => Err(Failed::sent(format!("the response body broke: {e}"))),
+                    }
+                }
+                Ok(resp) => Ok(Answer::Streamed(resp)),
+                Err(failed) => Err(failed),
+            };
+            match sent {
+                Ok(answer) => {
+                    let (mut parts, body) = match answer {
+                        Answer::Streamed(resp) => {
+                            let (parts, body) = resp.into_parts();
+                            (parts, ProxyBody::upstream(body, inflight, busy))
+                        }
+                        Answer::Whole(parts, bytes) => {
+                            (parts, ProxyBody::whole(bytes, inflight, busy))
+                        }
+                    };
                     strip_hop_by_hop(&mut parts.headers);
                     limits.count(&backend.shared, parts.status.as_u16());
-                    return Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy));
+                    return Response::from_parts(parts, body);
                 }
                 Err(mut failed) => {
                     inflight.abandon();
@@ -522,6 +554,26 @@ pub(super) async fn forward(
         }
         None => local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy),
     }
+}
+
+/// A backend's answer: streamed to the client as it comes, or already read whole.
+enum Answer {
+    Streamed(Response<Incoming>),
+    Whole(hyper::http::response::Parts, Bytes),
+}
+
+/// Response bodies up to this size (by `Content-Length`) are read whole before answering a
+/// request that could be sent again (see forward).
+const WHOLE_CAP: u64 = 64 * 1024;
+
+/// Whether a response declares a body small enough to read whole (streams and chunked bodies
+/// declare none, and flow through as they come).
+fn small(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= WHOLE_CAP)
 }
 
 /// The head of a bodiless idempotent request, to send it again; None for any other.
@@ -614,7 +666,7 @@ async fn tunnel(
     Response::from_parts(
         parts,
         ProxyBody {
-            kind: Kind::Local(Full::new(Bytes::new())),
+            kind: Kind::Whole(Full::new(Bytes::new())),
             inflight: None,
             busy: Some(busy),
         },
@@ -759,6 +811,21 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-port"], "8080");
+    }
+
+    #[test]
+    fn only_bodies_declared_small_are_read_whole() {
+        let with = |v: &'static str| {
+            let mut h = hyper::HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            h
+        };
+        assert!(small(&with("2")));
+        assert!(small(&with("65536")));
+        assert!(!small(&with("65537")));
+        assert!(!small(&with("many")));
+        // Chunked and streamed (SSE) bodies declare no length.
+        assert!(!small(&hyper::HeaderMap::new()));
     }
 
     #[test]
