@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# launch-template/rollout.sh: release RELEASE to the berth group of STACK, one canary first.
+# launch-template/rollout.sh: release RELEASE to the berth group of STACK, one canary first;
+# or upgrade berth itself on every instance of the group, one at a time.
 #
 #   rollout.sh STACK RELEASE
+#   rollout.sh --berth STACK s3://BUCKET/KEY.deb|.rpm SHA256
+#
+# --berth: sends the SSM document's self-upgrade action (download, sha256 check, install: the
+# agent and the proxy restart onto the new binary and the app keeps running) to one instance
+# at a time, stopping at the first failure (MaxConcurrency 1, MaxErrors 0), then checks every
+# target. Nothing to roll back: an instance whose install failed still runs its old berth.
 #
 # 1. writes RELEASE to the release parameter (instances that boot from now on run it);
 # 2. sends `berth upgrade --release RELEASE` (the stack's SSM document) to one InService
@@ -27,15 +34,34 @@ say() {
 	echo "rollout: $*" >&2
 }
 
-if (($# != 2)); then
-	echo "usage: rollout.sh STACK RELEASE" >&2
+usage() {
+	echo "usage: rollout.sh STACK RELEASE | rollout.sh --berth STACK s3://BUCKET/KEY.deb|.rpm SHA256" >&2
 	exit 2
-fi
-stack=$1
-release=$2
-if [[ ! $release =~ ^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$ ]]; then
-	say "'$release' is not a release id (letters, digits, . _ + -)"
-	exit 2
+}
+
+self_upgrade=no
+if [[ ${1:-} == --berth ]]; then
+	(($# == 4)) || usage
+	self_upgrade=yes
+	stack=$2
+	package=$3
+	sha256=$4
+	if [[ ! $package =~ ^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9._/+-]{1,900}[.](deb|rpm)$ ]]; then
+		say "'$package' is not s3://bucket/key.deb or .rpm"
+		exit 2
+	fi
+	if [[ ! $sha256 =~ ^[0-9a-f]{64}$ ]]; then
+		say "'$sha256' is not a sha256 (64 lowercase hex digits)"
+		exit 2
+	fi
+else
+	(($# == 2)) || usage
+	stack=$1
+	release=$2
+	if [[ ! $release =~ ^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$ ]]; then
+		say "'$release' is not a release id (letters, digits, . _ + -)"
+		exit 2
+	fi
 fi
 
 output() { # key
@@ -116,6 +142,20 @@ wait_healthy() { # instance ids...
 		sleep "$poll"
 	done
 }
+
+if [[ $self_upgrade == yes ]]; then
+	say "group $group: berth from $package, one instance at a time"
+	id=$(aws ssm send-command --document-name "$document" \
+		--parameters "action=self-upgrade,package=$package,sha256=$sha256" \
+		--comment "berth self-upgrade" --timeout-seconds 600 \
+		--targets "Key=tag:aws:autoscaling:groupName,Values=$group" \
+		--max-concurrency 1 --max-errors 0 \
+		--query Command.CommandId --output text)
+	wait_command "$id"
+	wait_healthy
+	say "every instance of $group runs berth from $package"
+	exit 0
+fi
 
 previous=$(aws ssm get-parameter --name "$parameter" --query Parameter.Value --output text)
 say "group $group: release $previous -> $release"

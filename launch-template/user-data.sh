@@ -144,6 +144,10 @@ if [[ $strategy == proxy ]]; then
 elif systemctl cat berth-proxy.service >/dev/null 2>&1; then
 	systemctl disable --now --no-block berth-proxy.socket berth-proxy.service
 fi
+# berth.socket holds the health port, so that the checker never finds it closed while the agent
+# restarts (a restart leaves the app running; the next agent resumes it). Enabled, not started
+# here: berth.service starts it (Wants=), and a check arriving before would start the agent early.
+systemctl enable berth.socket
 if [[ $changed == changed ]]; then
 	log "wrote /etc/berth/berth.toml; (re)starting berth.service"
 	systemctl enable berth.service

@@ -100,6 +100,7 @@ check_file /usr/bin/berth 755 root:root
 check_file /usr/lib/systemd/system/berth.service 644 root:root
 check_file /usr/lib/systemd/system/berth-proxy.service 644 root:root
 check_file /usr/lib/systemd/system/berth-proxy.socket 644 root:root
+check_file /usr/lib/systemd/system/berth.socket 644 root:root
 check_file /etc/berth/berth.toml 644 root:root
 check_file /usr/share/doc/berth/README.md 644 root:root
 
@@ -162,7 +163,8 @@ fi
 
 # Clean means nothing printed: systemd-analyze only warns (exit 0) about unknown keys.
 verify_out=$(systemd-analyze verify /usr/lib/systemd/system/berth.service \
-    /usr/lib/systemd/system/berth-proxy.service /usr/lib/systemd/system/berth-proxy.socket 2>&1) && verify_rc=0 || verify_rc=$?
+    /usr/lib/systemd/system/berth-proxy.service /usr/lib/systemd/system/berth-proxy.socket \
+    /usr/lib/systemd/system/berth.socket 2>&1) && verify_rc=0 || verify_rc=$?
 if [ "$verify_rc" -eq 0 ] && [ -z "$verify_out" ]; then
     ok "systemd-analyze verify: clean"
 else
@@ -189,6 +191,7 @@ expected_rpm_files="/etc/berth/berth.toml
 /usr/lib/systemd/system/berth-proxy.service
 /usr/lib/systemd/system/berth-proxy.socket
 /usr/lib/systemd/system/berth.service
+/usr/lib/systemd/system/berth.socket
 /usr/share/doc/berth/PACKAGING.md
 /usr/share/doc/berth/README.md"
 rpm_files=$(rpm -qlp "$rpm" 2>/dev/null | sort)
@@ -220,6 +223,7 @@ check_rpm_file /usr/bin/berth -rwxr-xr-x root:root ""
 check_rpm_file /usr/lib/systemd/system/berth.service -rw-r--r-- root:root ""
 check_rpm_file /usr/lib/systemd/system/berth-proxy.service -rw-r--r-- root:root ""
 check_rpm_file /usr/lib/systemd/system/berth-proxy.socket -rw-r--r-- root:root ""
+check_rpm_file /usr/lib/systemd/system/berth.socket -rw-r--r-- root:root ""
 check_rpm_file /etc/berth/berth.toml -rw-r--r-- root:root cn
 rpm_sha=$(grep '^/usr/bin/berth|' <<<"$rpm_meta" | cut -d'|' -f5)
 if [ "$rpm_sha" = "$(sha256sum /usr/bin/berth | cut -d' ' -f1)" ]; then
@@ -233,10 +237,20 @@ if [ "$rpm_arch" = "x86_64 $version" ]; then
 else
     fail "rpm arch and version: expected 'x86_64 $version', got '$rpm_arch'"
 fi
-if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'disable --now berth.service berth-proxy.service berth-proxy.socket'; then
+if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'disable --now berth.service berth.socket berth-proxy.service berth-proxy.socket'; then
     ok "rpm stops and disables the units on erase"
 else
-    fail "expected the rpm's preuninstall scriptlet to disable --now both units"
+    fail "expected the rpm's preuninstall scriptlet to disable --now all four units"
+fi
+if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'try-restart berth-proxy.service berth.service'; then
+    ok "rpm restarts the running agent and proxy on an upgrade"
+else
+    fail "expected the rpm's postinstall scriptlet to try-restart the agent and proxy on an upgrade"
+fi
+if dpkg-deb -I "$deb" postinst 2>/dev/null | grep -q 'try-restart berth-proxy.service berth.service'; then
+    ok "deb restarts the running agent and proxy on an upgrade"
+else
+    fail "expected the .deb's postinst to try-restart the agent and proxy on an upgrade"
 fi
 
 # --- removal -----------------------------------------------------------------------------------
@@ -245,7 +259,7 @@ dpkg --purge berth >/dev/null
 installed=no
 for path in /usr/bin/berth /etc/berth /usr/lib/systemd/system/berth.service \
     /usr/lib/systemd/system/berth-proxy.service /usr/lib/systemd/system/berth-proxy.socket \
-    /usr/share/doc/berth; do
+    /usr/lib/systemd/system/berth.socket /usr/share/doc/berth; do
     if [ -e "$path" ]; then fail "$path is still there after dpkg --purge"; fi
 done
 if dpkg-query -W -f='${Status}' berth 2>/dev/null | grep -q 'installed'; then

@@ -398,6 +398,17 @@ impl Agent {
         self.finish_with(limit, |_| {})
     }
 
+    /// Once the agent has left (phase `left`: it stays, 503, until stopped), its SIGTERM ends
+    /// it at once; what it printed.
+    #[track_caller]
+    fn leave_then_stop(&mut self) -> Output {
+        assert_eq!(self.wait_phase("left", 30), 503);
+        signal(self.child.id(), "TERM");
+        let out = self.finish(Duration::from_secs(5));
+        out.ok();
+        out
+    }
+
     /// `GET path` on the health listener: (status, body).
     fn get(&self, path: &str) -> Result<(u16, String), String> {
         self.get_with(path, &[])
@@ -1480,8 +1491,7 @@ fn scale_in_drains_stops_the_services_and_completes_the_terminate_hook() {
     let b = Boot::new("boot-scalein");
     let mut agent = boot_and_hold(&b);
     b.emu.set(json!({"lifecycle_state": "Terminated"}));
-    let out = agent.finish(Duration::from_secs(30));
-    out.ok();
+    let out = agent.leave_then_stop();
     assert!(
         out.stderr.contains("the group is scaling this instance in"),
         "{}",
@@ -1513,8 +1523,7 @@ fn a_spot_interruption_notice_drains_and_stops_the_services() {
     let b = Boot::new("boot-spot");
     let mut agent = boot_and_hold(&b);
     b.emu.set(json!({"spot_action": {"action": "terminate"}}));
-    let out = agent.finish(Duration::from_secs(30));
-    out.ok();
+    let out = agent.leave_then_stop();
     assert!(
         out.stderr.contains("spot interruption notice"),
         "{}",

@@ -250,11 +250,12 @@ fn after_a_reboot_the_stopped_release_is_started_again_not_recreated() {
     rig.start_agent();
     let before = running_of(&rig, "blue");
     assert_eq!(before.len(), 2);
-    // The shutdown of a reboot: SIGTERM, the agent drains and stops the stack.
+    // The shutdown of a reboot: the agent leaves (drains and stops the stack), as it does on
+    // the SIGTERM of a system shutdown.
+    rig.berth("leave", &[]).ok();
     let mut agent = rig.agent.take().unwrap();
-    let pid = agent.id().to_string();
-    signal(&pid, "TERM");
-    agent.wait().unwrap();
+    signal(agent.id(), "TERM");
+    assert!(agent.wait().unwrap().success());
     assert_eq!(running_of(&rig, "blue"), Vec::<String>::new(), "stopped");
     rig.start_agent();
     assert_eq!(running_of(&rig, "blue"), before, "the same containers");

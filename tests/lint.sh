@@ -130,8 +130,24 @@ EOF
 bash -n "$rendered"
 shellcheck --shell=bash "$rendered"
 
+step "the SSM document's script as Run Command renders it"
+ssm_script=$(mktemp)
+python3 - launch-template/ssm-berth-upgrade.yaml "$ssm_script" <<'EOF'
+import sys
+import yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+script = "\n".join(doc["mainSteps"][0]["inputs"]["runCommand"])
+for name in doc["parameters"]:
+    script = script.replace("{{ %s }}" % name, "x")
+if "{{" in script:
+    sys.exit("ssm-berth-upgrade.yaml: a {{ parameter }} that is not declared")
+open(sys.argv[2], "w").write(script + "\n")
+EOF
+shellcheck --shell=sh "$ssm_script"
+rm -f "$ssm_script"
+
 shopt -s nullglob
-scripts=(tests/*.sh tests/bench/*.sh tests/box/*.sh launch-template/*.sh packaging/*.sh .ci/run)
+scripts=(tests/*.sh tests/bench/*.sh tests/box/*.sh launch-template/*.sh packaging/*.sh packaging/systemd/postinst .ci/run)
 step "shellcheck $(shellcheck --version | sed -n 's/^version: //p') ${scripts[*]}"
 shellcheck --external-sources "${scripts[@]}"
 

@@ -234,37 +234,6 @@ fn an_agent_killed_mid_upgrade_finishes_it_when_it_comes_back() {
     );
 }
 
-#[test]
-fn sigterm_lets_slow_requests_in_flight_finish_then_stops_the_services() {
-    let mut rig = Rig::booted("upgrade-sigterm", "1");
-
-    let addr = rig.traffic;
-    let slow: Vec<_> = (0..3)
-        .map(|_| std::thread::spawn(move || Conn::open(addr).try_get("/cgi-bin/slow?3")))
-        .collect();
-    common::traffic::wait_inflight(&rig.proxy().control, 3);
-    let mut agent = rig.agent.take().unwrap();
-    let pid = agent.id().to_string();
-    signal(&pid, "TERM");
-    let status = eventually("the agent to exit", Duration::from_secs(30), || {
-        agent
-            .try_wait()
-            .unwrap()
-            .ok_or_else(|| "running".to_string())
-    });
-    assert!(
-        status.success(),
-        "agent exit: {status}\n{}",
-        rig.agent_log()
-    );
-    for t in slow {
-        assert_eq!(t.join().unwrap(), Ok((200, "slow 1\n".to_string())));
-    }
-    assert_eq!(rig.colors(), vec![("blue".into(), "1".into(), false)]);
-    let log = rig.agent_log();
-    assert!(log.contains("leaving: draining"), "{log}");
-}
-
 /// HAProxy (Debian) as the ALB's stand-in: round robin over the instances' web ports, active
 /// checks of each agent's `/healthz` as the ALB's checker sends them (its User-Agent), 2 fails
 /// out and 2 passes in. No retries or redispatch: a request sent to a stopped server fails.

@@ -192,6 +192,10 @@ pub struct Timeouts {
     pub fetch_secs: u64,
     pub ready_secs: u64,
     pub in_service_secs: u64,
+    /// The longest a drain (leaving, or an upgrade by the drain strategy) waits for the load
+    /// balancer to stop sending: its failed checks, or the target's state. The ALB's defaults
+    /// (two failed checks 30 s apart) need up to 90 s.
+    pub lb_drain_secs: u64,
 }
 
 impl Default for Timeouts {
@@ -201,6 +205,7 @@ impl Default for Timeouts {
             fetch_secs: 60,
             ready_secs: 600,
             in_service_secs: 600,
+            lb_drain_secs: 90,
         }
     }
 }
@@ -363,6 +368,7 @@ impl RawConfig {
             ("timeouts.fetch_secs", self.timeouts.fetch_secs),
             ("timeouts.ready_secs", self.timeouts.ready_secs),
             ("timeouts.in_service_secs", self.timeouts.in_service_secs),
+            ("timeouts.lb_drain_secs", self.timeouts.lb_drain_secs),
             ("watchdog.observe_secs", self.watchdog.observe_secs),
             ("watchdog.repair_secs", self.watchdog.repair_secs),
         ] {

@@ -6,9 +6,11 @@
 //! or local paths, pulls images (ECR tokens), converges, answers the load balancer's health
 //! checks, completes the launch lifecycle hook and waits until the load balancer marks it
 //! healthy; then it holds. Its settings: `/etc/berth/berth.toml` (`--config`; every key is in the
-//! README). `berth plan --config` shows what that boot would do here.
+//! README). `berth plan --config` shows what that boot would do here. A SIGTERM ends only the
+//! agent (the next one resumes what serves) unless the system is shutting down; leaving (drain,
+//! then stop the services) is for a scale-in, a spot notice, a shutdown or `berth leave`.
 //!
-//! `berth upgrade`, `rollback` and `status` (what an SSM Run Command runs) ask the resident
+//! `berth upgrade`, `rollback`, `status` and `leave` (what an SSM Run Command runs) ask the resident
 //! agent over its control socket, or act in-process when no agent runs. `berth proxy` is the
 //! traffic proxy of the proxy strategy, its own process.
 //!
@@ -221,6 +223,13 @@ enum Command {
         #[command(flatten)]
         agent: AgentFlags,
     },
+    /// Take this instance out: `/healthz` fails, the load balancer stops sending, requests in
+    /// flight finish, the services stop in dependency order (what a scale-in or a system
+    /// shutdown does; a restart of the agent leaves them running). Prints what it did as JSON.
+    Leave {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
 }
 
 #[derive(Debug, Args, Clone)]
@@ -253,6 +262,7 @@ fn main() -> ExitCode {
             | Command::Proxy { .. }
             | Command::Upgrade { .. }
             | Command::Rollback { .. }
+            | Command::Leave { .. }
     ));
     // The proxy serves traffic on threads of its own; its main runtime only answers the control
     // socket and waits for signals, so one thread does (and holds no memory for more).
@@ -414,6 +424,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         Command::Upgrade { agent, release } => agent.ask(Request::Upgrade { release }).await?,
         Command::Rollback { agent } => agent.ask(Request::Rollback).await?,
         Command::Status { agent } => agent.ask(Request::Status).await?,
+        Command::Leave { agent } => agent.ask(Request::Leave).await?,
     }
     Ok(())
 }

@@ -53,6 +53,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, request: Self::Request) -> impl Future<Output = Self::Answer> + Send;
     /// The answer to a line that is not a request (`error` says why).
     fn bad_request(&self, error: String) -> Self::Answer;
+    /// An answer has been written to its client (or could not be): a process about to end
+    /// after a request waits for this, so that the client gets its answer.
+    fn answered(&self) {}
 }
 
 /// Binds `path` (mode 0600, its directory created). A socket file left by a killed process is
@@ -128,7 +131,9 @@ pub async fn serve<H: Handler>(listener: UnixListener, handler: Arc<H>) {
                     break;
                 };
                 out.push('\n');
-                if write.write_all(out.as_bytes()).await.is_err() || H::ONE_REQUEST || too_long {
+                let written = write.write_all(out.as_bytes()).await;
+                handler.answered();
+                if written.is_err() || H::ONE_REQUEST || too_long {
                     break;
                 }
             }

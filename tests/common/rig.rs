@@ -40,6 +40,9 @@ pub struct Rig {
     pub health: SocketAddr,
     pub config: PathBuf,
     pub agent: Option<Child>,
+    /// The health endpoint's listening socket, held here as `berth.socket` holds it across
+    /// agent restarts, when the agents are started socket-activated ([`Rig::hold_health`]).
+    pub health_socket: Option<std::net::TcpListener>,
 }
 
 impl Rig {
@@ -99,7 +102,14 @@ impl Rig {
             health,
             config,
             agent: None,
+            health_socket: None,
         }
+    }
+
+    /// From now on the agents get the health endpoint's socket from this rig (fd 3,
+    /// `LISTEN_FDS=1`), as systemd passes berth.socket's: it stays open between agents.
+    pub fn hold_health(&mut self) {
+        self.health_socket = Some(std::net::TcpListener::bind(self.health).unwrap());
     }
 
     pub fn proxy(&self) -> &Proxy {
@@ -115,15 +125,37 @@ impl Rig {
         self.project.write("release", &format!("{release}\n"));
     }
 
-    /// Starts `berth agent` and waits until its `/healthz` answers 200.
+    /// Starts `berth agent` (its log appended to agent.log) and waits until it is ready:
+    /// `/healthz` 200 and its phase `ready`.
     pub fn start_agent(&mut self) {
-        let log = std::fs::File::create(self.project.path("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.project.path("agent.log"))
+            .unwrap();
+        let mut cmd = match &self.health_socket {
+            // The socket arrives as stdin; the shell moves it to fd 3 and execs berth in its
+            // own process, so that `$$` is berth's pid.
+            Some(listener) => {
+                let fd: std::os::fd::OwnedFd = listener.try_clone().unwrap().into();
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(r#"exec 3<&0 </dev/null; LISTEN_FDS=1 LISTEN_PID=$$ exec "$0" "$@""#)
+                    .arg(env!("CARGO_BIN_EXE_berth"))
+                    .stdin(Stdio::from(fd));
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+                cmd.stdin(Stdio::null());
+                cmd
+            }
+        };
+        let child = cmd
             .arg("agent")
             .arg("--config")
             .arg(&self.config)
             .env("BERTH_LOG", "info")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -138,9 +170,15 @@ impl Rig {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 );
             }
+            // Ready, not only 200: a resuming agent answers 200 through its boot.
             match status_of(health, "/healthz") {
-                Some(200) => Ok(()),
-                other => Err(format!("/healthz answered {other:?}")),
+                Some(200) => {}
+                other => return Err(format!("/healthz answered {other:?}")),
+            }
+            let (_, body) = Conn::try_open(health).and_then(|mut c| c.try_get("/status"))?;
+            match serde_json::from_str::<Value>(&body).map_err(|e| e.to_string())?["phase"] {
+                Value::String(ref p) if p == "ready" => Ok(()),
+                ref other => Err(format!("phase {other}")),
             }
         });
     }

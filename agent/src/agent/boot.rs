@@ -33,12 +33,15 @@ pub struct Booted {
 }
 
 /// The identity stage: who this instance is, its AWS clients and its launch hook. The hook is
-/// put in `hook_slot` as soon as it is known, so that a later failure can ABANDON it.
+/// put in `hook_slot` as soon as it is known, so that a later failure can ABANDON it. A
+/// `resumed` boot (a restarted agent, see [`super::resume`]) has no hook: the previous agent
+/// completed it.
 pub async fn boot(
     opts: &AgentOptions,
     state: &AgentState,
     hook_slot: &mut Option<Hook>,
     started: Instant,
+    resumed: bool,
 ) -> Result<Booted, AgentError> {
     let config = &opts.config;
     set_phase(state, Phase::Identity);
@@ -48,12 +51,15 @@ pub async fn boot(
     let identity = &instance.identity;
     tracing::info!(instance = %identity.instance_id, region = %identity.region, az = %identity.availability_zone, lifecycle = ?identity.lifecycle_state.as_ref().map(ToString::to_string), "identity");
     state.update(|s| s.instance_id = Some(identity.instance_id.clone()));
-    *hook_slot = Hook::for_instance(
-        config.lifecycle.hook.as_ref(),
-        config,
-        identity,
-        instance.aws.as_ref(),
-    )?;
+    *hook_slot = match resumed {
+        true => None,
+        false => Hook::for_instance(
+            config.lifecycle.hook.as_ref(),
+            config,
+            identity,
+            instance.aws.as_ref(),
+        )?,
+    };
     boot_steps(opts, state, instance, hook_slot.as_ref(), started).await
 }
 

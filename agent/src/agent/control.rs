@@ -1,4 +1,4 @@
-//! The resident agent's control socket. `berth upgrade`, `berth rollback` and `berth status`
+//! The resident agent's control socket. `berth upgrade`, `rollback`, `status` and `leave`
 //! (what an SSM Run Command runs on the instance) are its clients: one JSON request, one JSON
 //! answer, over [`crate::ipc`] (0600: whoever can upgrade can take the service down). With no
 //! agent listening, the commands act in-process instead.
@@ -7,19 +7,25 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::deployer::{AgentStatus, Deployer};
+use super::leave::Left;
 use crate::exit::{Coded, Exit};
 use crate::ipc::{self, Handler, IpcError};
-use crate::serve::AgentState;
+use crate::serve::{AgentState, Phase};
 use crate::upgrade::Deployed;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    Upgrade { release: Option<String> },
+    Upgrade {
+        release: Option<String>,
+    },
     Rollback,
     Status,
+    /// Drain this instance and stop its stack, as a scale-in does; answered once done.
+    Leave,
 }
 
 /// What a request produced.
@@ -28,6 +34,24 @@ pub enum Request {
 pub enum Reply {
     Deployed(Deployed),
     Status(Box<AgentStatus>),
+    Left(Left),
+}
+
+/// Where a leave's outcome goes: the `berth leave` client waiting on the socket.
+pub type Asker = oneshot::Sender<Answer<Reply>>;
+
+/// `berth leave` requests, for the holding agent to act on.
+#[derive(Debug)]
+pub struct LeaveRequests(mpsc::Receiver<Asker>);
+
+impl LeaveRequests {
+    /// The next request; pending for ever once the socket is gone.
+    pub async fn next(&mut self) -> Option<Asker> {
+        match self.0.recv().await {
+            Some(asker) => Some(asker),
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The agent's answer. `R` is [`Reply`] where the agent writes it; the client, which only
@@ -44,7 +68,7 @@ pub struct Answer<R> {
 }
 
 impl<R> Answer<R> {
-    fn ok(result: R) -> Answer<R> {
+    pub fn ok(result: R) -> Answer<R> {
         Answer {
             ok: true,
             result: Some(result),
@@ -53,7 +77,7 @@ impl<R> Answer<R> {
         }
     }
 
-    fn failed(error: String, code: Exit) -> Answer<R> {
+    pub fn failed(error: String, code: Exit) -> Answer<R> {
         Answer {
             ok: false,
             result: None,
@@ -70,12 +94,32 @@ impl<R> Answer<R> {
 pub struct Gate {
     state: AgentState,
     deployer: std::sync::OnceLock<Arc<Deployer>>,
+    leave: mpsc::Sender<Asker>,
+    /// A `berth leave` was asked; its answer written, [`Gate::leave_answered`] returns.
+    leave_asked: std::sync::atomic::AtomicBool,
+    leave_written: tokio::sync::Notify,
+    /// The instance has left: only `status` is answered.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Gate {
     /// From now on, requests go to `deployer`.
     pub fn open(&self, deployer: Arc<Deployer>) {
         let _ = self.deployer.set(deployer);
+    }
+
+    /// The instance has left: from now on only `status` is answered.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Once the answer to `berth leave` has been written (at most `limit`, in case its client
+    /// went away): the agent exits after leaving, and the client must get its answer first.
+    pub async fn leave_answered(&self, limit: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        if self.leave_asked.load(Ordering::SeqCst) {
+            let _ = tokio::time::timeout(limit, self.leave_written.notified()).await;
+        }
     }
 }
 
@@ -87,14 +131,34 @@ impl Handler for Gate {
     async fn handle(&self, request: Request) -> Answer<Reply> {
         let Some(deployer) = self.deployer.get() else {
             let phase = self.state.snapshot().phase;
+            let doing = match phase {
+                Phase::Ready => "waiting for the load balancer to mark it in service",
+                other => other.as_str(),
+            };
             return Answer::failed(
-                format!(
-                    "the agent is booting (phase {}); ask again once it is ready",
-                    phase.as_str()
-                ),
+                format!("the agent is booting ({doing}); ask again once it holds"),
                 Exit::Busy,
             );
         };
+        let closed = self.closed.load(std::sync::atomic::Ordering::SeqCst);
+        if closed && !matches!(request, Request::Status) {
+            return Answer::failed(
+                "this instance has left (its services are stopped): systemctl restart berth boots it again"
+                    .into(),
+                Exit::Busy,
+            );
+        }
+        if let Request::Leave = request {
+            self.leave_asked
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let (asker, answer) = oneshot::channel();
+            if self.leave.send(asker).await.is_err() {
+                return Answer::failed("the agent is stopping".into(), Exit::Busy);
+            }
+            return answer.await.unwrap_or_else(|_| {
+                Answer::failed("the agent stopped before it had left".into(), Exit::Failed)
+            });
+        }
         match deployer.handle_request(request).await {
             Ok(reply) => Answer::ok(reply),
             Err(e) => {
@@ -108,18 +172,34 @@ impl Handler for Gate {
     fn bad_request(&self, error: String) -> Answer<Reply> {
         Answer::failed(format!("bad request: {error}"), Exit::Usage)
     }
+
+    fn answered(&self) {
+        if self.leave_asked.load(std::sync::atomic::Ordering::SeqCst) {
+            // A permit: it counts even when nobody waits yet.
+            self.leave_written.notify_one();
+        }
+    }
 }
 
 /// Binds the control socket and answers it in the background: busy until [`Gate::open`].
-pub async fn listen(path: &Path, state: AgentState) -> Result<Arc<Gate>, IpcError> {
+/// `berth leave` requests come out of the second half.
+pub async fn listen(
+    path: &Path,
+    state: AgentState,
+) -> Result<(Arc<Gate>, LeaveRequests), IpcError> {
     let listener = ipc::bind(path).await?;
     tracing::info!(path = %path.display(), "control socket listening");
+    let (leave, asked) = mpsc::channel(4);
     let gate = Arc::new(Gate {
         state,
         deployer: std::sync::OnceLock::new(),
+        leave,
+        leave_asked: std::sync::atomic::AtomicBool::new(false),
+        leave_written: tokio::sync::Notify::new(),
+        closed: std::sync::atomic::AtomicBool::new(false),
     });
     tokio::spawn(ipc::serve(listener, gate.clone()));
-    Ok(gate)
+    Ok((gate, LeaveRequests(asked)))
 }
 
 /// Sends a request to the agent. `Ok(None)`: no agent listens there (act in-process).

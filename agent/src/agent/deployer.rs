@@ -46,6 +46,8 @@ pub struct Deployer {
 /// proxy's route and traffic, the containers.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentStatus {
+    /// The answering process's berth: the agent's, or this command's when none runs.
+    pub berth: crate::serve::Berth,
     pub project: String,
     pub strategy: Strategy,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -151,6 +153,19 @@ impl Deployer {
             Request::Upgrade { release } => Reply::Deployed(self.upgrade(release).await?),
             Request::Rollback => Reply::Deployed(self.rollback().await?),
             Request::Status => Reply::Status(Box::new(self.status().await?)),
+            // In-process (no agent holds this instance): nothing answers the load balancer
+            // already, so only the stack is left to drain and stop.
+            Request::Leave => {
+                let started = std::time::Instant::now();
+                let progress = Progress::new(Mode::Log);
+                let stopped = super::leave::stop_stack(self, &progress).await?;
+                super::resume::forget(&self.config.run_dir);
+                Reply::Left(super::leave::Left {
+                    reason: super::leave::Leave::Asked,
+                    stopped,
+                    seconds: started.elapsed().as_secs_f64(),
+                })
+            }
         })
     }
 
@@ -182,6 +197,7 @@ impl Deployer {
                 }
             });
             state.deployed(running(engine, &self.config.project).await);
+            super::resume::note(state, &self.config.run_dir);
         }
         Ok(deployed)
     }
@@ -219,6 +235,7 @@ impl Deployer {
         if let Some(state) = &self.state {
             state.update(|s| s.release = deployed.release.clone());
             state.deployed(running(engine, project).await);
+            super::resume::note(state, &self.config.run_dir);
         }
         tracing::info!(release = ?deployed.release, from = ?deployed.previous, "rolled back");
         Ok(deployed)
@@ -240,6 +257,7 @@ impl Deployer {
             }
         });
         let mut status = AgentStatus {
+            berth: crate::serve::BERTH,
             project: project.clone(),
             strategy: self.config.upgrade.strategy,
             agent,

@@ -1,7 +1,10 @@
 //! Holding: after the boot the agent stays resident. It answers the control socket, upgrades
 //! when the release pointer moves (`upgrade.watch_secs`), expires the kept previous release
-//! (`upgrade.keep_previous_secs`), keeps what serves serving ([`watchdog`]), and leaves on
-//! SIGTERM, a scale-in or a spot notice.
+//! (`upgrade.keep_previous_secs`), keeps what serves serving ([`watchdog`]), and leaves on a
+//! scale-in, a spot notice, a system shutdown or `berth leave`. A signal alone ends only the
+//! agent, recording what serves for the next one ([`resume`]).
+//!
+//! [`resume`]: super::resume
 //!
 //! [`watchdog`]: super::watchdog
 
@@ -11,22 +14,25 @@ use std::time::Duration;
 
 use super::boot::Booted;
 use super::deployer::Deployer;
-use super::leave::{leave, wait_for_leave};
-use super::{control, notify, watchdog, AgentError};
+use super::leave::{leave, wait_for_leave, wait_for_signal, Leave, Why};
+use super::{control, notify, resume, set_phase, watchdog, AgentError};
 use crate::config::Strategy;
 use crate::engine::progress::{Mode, Progress};
+use crate::exit::Coded;
 use crate::release;
-use crate::serve::AgentState;
+use crate::serve::{AgentState, Phase};
 use crate::upgrade::{self, UpgradeError, UpgradeLock};
 
 pub async fn hold(
     state: &AgentState,
     booted: &Booted,
     gate: &control::Gate,
+    mut asked: control::LeaveRequests,
 ) -> Result<(), AgentError> {
     let deployer = &booted.deployer;
     let config = &deployer.config;
     gate.open(deployer.clone());
+    resume::note(state, &config.run_dir);
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
     let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
         .then(|| tokio::spawn(watch(deployer.clone())));
@@ -41,14 +47,50 @@ pub async fn hold(
         .watchdog
         .enabled
         .then(|| tokio::spawn(watchdog::watch(deployer.clone(), state.clone())));
-    let reason = wait_for_leave(config.local).await;
+    let (why, asker) = wait_for_leave(config.local, &mut asked).await;
     // Before the drain: the watchdog would take the drain's 503 and stopped containers for
     // faults to repair.
     for task in [watcher, keeper, dog].into_iter().flatten() {
         task.abort();
     }
-    notify(&[sd_notify::NotifyState::Stopping]);
-    leave(state, booted, reason).await
+    let reason = match why {
+        Why::Exit(signal) => {
+            notify(&[sd_notify::NotifyState::Stopping]);
+            resume::note(state, &config.run_dir);
+            tracing::info!(
+                signal,
+                "exiting; the services, the proxy and its route keep serving (berth leave stops them)"
+            );
+            return Ok(());
+        }
+        Why::Leave(reason) => reason,
+    };
+    // STOPPING=1 only when this process is about to end: a service that says it is stopping
+    // is killed at TimeoutStopSec, and one that has left stays.
+    if reason == Leave::Shutdown {
+        notify(&[sd_notify::NotifyState::Stopping]);
+    }
+    let left = leave(state, booted, reason).await;
+    if left.is_ok() && reason != Leave::Shutdown {
+        // Left, and still here until stopped: an agent that exited would be started again by
+        // the next health check (berth.socket) and boot the services again.
+        set_phase(state, Phase::Left);
+        gate.close();
+    }
+    if let Some(asker) = asker {
+        let answer = match &left {
+            Ok(l) => control::Answer::ok(control::Reply::Left(l.clone())),
+            Err(e) => control::Answer::failed(crate::report::chain(e), e.exit()),
+        };
+        let _ = asker.send(answer);
+    }
+    left?;
+    if reason != Leave::Shutdown {
+        let signal = wait_for_signal().await;
+        notify(&[sd_notify::NotifyState::Stopping]);
+        tracing::info!(signal, "left; exiting");
+    }
+    Ok(())
 }
 
 /// Removes the stopped previous release after `keep` (checked every quarter of it).

@@ -1,12 +1,21 @@
-//! Leaving: on SIGTERM, a scale-in (IMDS lifecycle state `Terminated`) or a spot interruption
-//! notice, `/healthz` fails, the load balancer stops sending, requests in flight finish, the
-//! containers stop with their stop_grace_period, and on a scale-in the terminate hook is
-//! completed.
+//! Leaving, and only on real leaving: a scale-in (IMDS lifecycle state `Terminated`), a spot
+//! interruption notice, the whole system shutting down, or `berth leave`. Then `/healthz`
+//! fails, the load balancer stops sending (waited for up to `timeouts.leave_secs`), requests in
+//! flight finish, the containers stop in dependency order with their stop_grace_period, and on
+//! a scale-in the terminate hook is completed.
+//!
+//! A SIGTERM or SIGINT alone (`systemctl restart berth`, `systemctl stop berth`, a package
+//! upgrade, Ctrl-C) ends only the agent: the containers, the proxy and its route keep serving,
+//! and the next agent resumes them ([`super::resume`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
 
 use super::boot::Booted;
-use super::{set_phase, AgentError};
+use super::control::{Asker, LeaveRequests};
+use super::deployer::Deployer;
+use super::{resume, set_phase, AgentError};
 use crate::config::Strategy;
 use crate::engine::converge;
 use crate::engine::progress::{Mode, Progress};
@@ -17,16 +26,40 @@ use crate::serve::{AgentState, Phase};
 use crate::upgrade;
 
 /// Why the agent leaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Leave {
-    Signal(&'static str),
+    /// The system is shutting down or rebooting.
+    Shutdown,
+    /// `berth leave`.
+    Asked,
     ScaleIn,
     Spot,
 }
 
-/// Waits for a reason to leave: a signal, or (on EC2) IMDS saying the instance goes away.
-pub async fn wait_for_leave(local: bool) -> Leave {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Why the agent stops holding.
+#[derive(Debug)]
+pub enum Why {
+    /// Drain, then stop the stack.
+    Leave(Leave),
+    /// Only the agent ends, on this signal: what serves keeps serving.
+    Exit(&'static str),
+}
+
+/// What a leave did, for `berth leave`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Left {
+    pub reason: Leave,
+    /// Containers stopped.
+    pub stopped: usize,
+    pub seconds: f64,
+}
+
+/// Waits for a reason to stop holding: a signal, `berth leave` (its answer is sent once the
+/// leave is done), or (on EC2) IMDS saying the instance goes away.
+pub async fn wait_for_leave(local: bool, asked: &mut LeaveRequests) -> (Why, Option<Asker>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::error!(error = %e, "cannot watch SIGTERM");
@@ -48,9 +81,60 @@ pub async fn wait_for_leave(local: bool) -> Leave {
         watch_imds().await
     };
     tokio::select! {
-        _ = sigterm => Leave::Signal("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => Leave::Signal("SIGINT"),
-        why = imds => why,
+        _ = sigterm => {
+            if system_stopping().await {
+                tracing::info!("SIGTERM while the system shuts down: leaving");
+                (Why::Leave(Leave::Shutdown), None)
+            } else {
+                (Why::Exit("SIGTERM"), None)
+            }
+        }
+        _ = tokio::signal::ctrl_c() => (Why::Exit("SIGINT"), None),
+        asker = asked.next() => (Why::Leave(Leave::Asked), asker),
+        why = imds => (Why::Leave(why), None),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT; which one came.
+pub async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+/// Whether the whole system is shutting down (poweroff, reboot), as opposed to this unit being
+/// restarted or stopped: systemd's state is then `stopping`. Asked through systemctl, which
+/// reaches PID 1 over its private socket (no crate here speaks D-Bus). Without systemd: never.
+async fn system_stopping() -> bool {
+    let asked = tokio::process::Command::new("systemctl")
+        .arg("is-system-running")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    match tokio::time::timeout(Duration::from_secs(5), asked).await {
+        // It exits non-zero for any state but `running`, and prints the state either way.
+        Ok(Ok(out)) => {
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            tracing::info!(%state, "the system's state");
+            state == "stopping"
+        }
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "no systemctl: not a system shutdown");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("systemctl is-system-running did not answer within 5 s: not leaving");
+            false
+        }
     }
 }
 
@@ -70,10 +154,13 @@ async fn watch_imds() -> Leave {
     }
 }
 
-pub async fn leave(state: &AgentState, booted: &Booted, why: Leave) -> Result<(), AgentError> {
+/// Drains this instance and stops its stack (see the module's doc).
+pub async fn leave(state: &AgentState, booted: &Booted, why: Leave) -> Result<Left, AgentError> {
+    let started = Instant::now();
     let deployer = &booted.deployer;
     let config = &deployer.config;
     tracing::info!(reason = ?why, "leaving: draining, then stopping the services");
+    resume::forget(&config.run_dir);
     set_phase(state, Phase::Draining);
     let engine = deployer.engine().await?;
     let progress = Progress::new(Mode::Log);
@@ -81,13 +168,7 @@ pub async fn leave(state: &AgentState, booted: &Booted, why: Leave) -> Result<()
     if let Err(e) = upgrader.wait_lb(Wait::Out, state).await {
         tracing::warn!(error = %crate::report::chain(&e), "the load balancer did not confirm the drain; stopping anyway");
     }
-    if config.upgrade.strategy == Strategy::Proxy {
-        if let Some(routed) = upgrade::routed_from_labels(engine, &config.project).await? {
-            upgrader.drain_serving(&routed).await;
-        }
-    }
-    let stopped = converge::stop(engine, &config.project, &progress).await?;
-    tracing::info!(containers = stopped, "services stopped");
+    let stopped = stop_stack(deployer, &progress).await?;
     if why == Leave::ScaleIn {
         let hook = Hook::for_instance(
             config.lifecycle.terminate_hook.as_ref(),
@@ -100,5 +181,27 @@ pub async fn leave(state: &AgentState, booted: &Booted, why: Leave) -> Result<()
             tracing::info!(hook = %hook.hook, "terminate lifecycle action completed");
         }
     }
-    Ok(())
+    Ok(Left {
+        reason: why,
+        stopped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Lets requests in flight to the serving release finish (proxy strategy), then stops the
+/// project's containers in dependency order. Returns how many stopped.
+pub async fn stop_stack(deployer: &Deployer, progress: &Progress) -> Result<usize, AgentError> {
+    let config = &deployer.config;
+    let engine = deployer.engine().await?;
+    if config.upgrade.strategy == Strategy::Proxy {
+        if let Some(routed) = upgrade::routed_from_labels(engine, &config.project).await? {
+            deployer
+                .upgrader(engine, progress, true)
+                .drain_serving(&routed)
+                .await;
+        }
+    }
+    let stopped = converge::stop(engine, &config.project, progress).await?;
+    tracing::info!(containers = stopped, "services stopped");
+    Ok(stopped)
 }

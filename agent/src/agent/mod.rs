@@ -4,16 +4,19 @@
 //! [`boot`]: identity (IMDSv2) -> release (S3/SSM/local) -> converge (pulls with ECR tokens, by
 //! the upgrade strategy) -> serve (health endpoint 503 -> 200, lifecycle hook CONTINUE, the load
 //! balancer marks the target healthy). [`hold`]: the control socket ([`control`], served by the
-//! [`deployer`]), the release pointer's watch, the previous release's expiry. [`leave`]: drain
-//! and stop on SIGTERM, scale-in or a spot notice. A failure during the boot: `/healthz` says
-//! `failed`, the launch hook is ABANDONed (the group replaces the instance), and the error is
-//! returned. The same pipeline runs locally with `local = true`: no IMDS, no AWS calls.
+//! [`deployer`]), the release pointer's watch, the previous release's expiry, the [`watchdog`].
+//! [`leave`]: drain and stop on a scale-in, a spot notice, a system shutdown or `berth leave`;
+//! a signal alone ends only the agent, and the next one [`resume`]s what serves. A failure
+//! during the boot: `/healthz` says `failed`, the launch hook is ABANDONed (the group replaces
+//! the instance), and the error is returned. The same pipeline runs locally with
+//! `local = true`: no IMDS, no AWS calls.
 
 pub mod boot;
 pub mod control;
 pub mod deployer;
 pub mod hold;
 pub mod leave;
+pub mod resume;
 pub mod watchdog;
 
 use std::collections::BTreeMap;
@@ -115,6 +118,10 @@ fn set_phase(state: &AgentState, phase: Phase) {
 pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError> {
     let config = &opts.config;
     let state = AgentState::new(&config.project, started);
+    // Before the health endpoint answers: a restarted agent beside a serving stack answers 200
+    // from its first request.
+    let resumed = resuming(config).await;
+    state.update(|s| s.resuming = resumed);
     let endpoint = http::Endpoint {
         listen: config.health.listen,
         health_path: config.health.path.clone(),
@@ -125,16 +132,43 @@ pub async fn run(opts: AgentOptions, started: Instant) -> Result<(), AgentError>
     // From the start: until the boot is done it answers busy, so that an upgrade sent now
     // cannot run in-process beside the boot.
     let socket = config.control_socket();
-    let gate = control::listen(&socket, state.clone()).await?;
+    let (gate, asked) = control::listen(&socket, state.clone()).await?;
 
     let mut hook_slot: Option<Hook> = None;
-    let result = match boot::boot(&opts, &state, &mut hook_slot, started).await {
+    let result = match boot::boot(&opts, &state, &mut hook_slot, started, resumed).await {
         Ok(_) if opts.once => Ok(()),
-        Ok(booted) => hold::hold(&state, &booted, &gate).await,
+        Ok(booted) => {
+            let held = hold::hold(&state, &booted, &gate, asked).await;
+            gate.leave_answered(std::time::Duration::from_secs(2)).await;
+            held
+        }
         Err(e) => Err(boot_failed(&state, config, hook_slot.as_ref(), e).await),
     };
     let _ = std::fs::remove_file(&socket);
     result
+}
+
+/// Whether the previous agent left a stack serving here that still runs (see [`resume`]).
+async fn resuming(config: &AgentConfig) -> bool {
+    let Some(serving) = resume::read(&config.run_dir) else {
+        return false;
+    };
+    let look = async {
+        match Engine::connect().await {
+            Ok(engine) => resume::still_serving(&engine, &serving).await,
+            Err(_) => false,
+        }
+    };
+    let resumed = tokio::time::timeout(std::time::Duration::from_secs(3), look)
+        .await
+        .unwrap_or(false);
+    if resumed {
+        tracing::info!(release = ?serving.release, containers = serving.containers.len(), "resuming: the previous agent's release still serves");
+    } else {
+        tracing::info!(release = ?serving.release, "the previous agent's release no longer serves as it left it: booting afresh");
+        resume::forget(&config.run_dir);
+    }
+    resumed
 }
 
 /// A failed boot: said in `/status` and systemd's STATUS=, and with a lifecycle hook pending,
@@ -148,6 +182,7 @@ async fn boot_failed(
     let message = crate::report::chain(&e);
     tracing::error!(error = %message, "boot failed");
     state.fail(&message);
+    resume::forget(&config.run_dir);
     notify(&[sd_notify::NotifyState::Status(&format!(
         "failed: {}",
         first_line(&message)

@@ -61,7 +61,10 @@ pub async fn wait(
     way: Wait,
 ) -> Result<(), LoadBalancerError> {
     let lb = &config.load_balancer;
-    let timeout = Duration::from_secs(config.timeouts.in_service_secs);
+    let timeout = Duration::from_secs(match way {
+        Wait::In => config.timeouts.in_service_secs,
+        Wait::Out => config.timeouts.lb_drain_secs,
+    });
     match (aws, &lb.target_group_arn, way) {
         (Some(aws), Some(arn), Wait::In) => {
             wait_target_healthy(aws, arn, instance, lb.port, timeout).await

@@ -4,7 +4,7 @@
 //! version (S3 VersionId or ETag, SSM parameter version) goes into the deployment record.
 
 mod fetch;
-mod files;
+pub(crate) mod files;
 
 use std::path::PathBuf;
 

@@ -28,6 +28,35 @@ pub enum HttpError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot use the listening socket systemd passes (berth.socket)")]
+    Passed { source: std::io::Error },
+    #[error("systemd passes a health socket on {passed} (berth.socket) but health.listen is {listen}: make them the same (systemctl edit berth.socket)")]
+    Mismatch {
+        passed: SocketAddr,
+        listen: SocketAddr,
+    },
+}
+
+/// The health endpoint's listening socket: the one systemd passes (`berth.socket`, which holds
+/// it while the agent restarts, so that the load balancer's checker never finds the port
+/// closed), else a new one on `listen`.
+async fn listener(listen: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
+    let passed = |source| HttpError::Passed { source };
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Some(std_listener) = fds.take_tcp_listener(0).map_err(passed)? {
+        let at = std_listener.local_addr().map_err(passed)?;
+        if at != listen {
+            return Err(HttpError::Mismatch { passed: at, listen });
+        }
+        std_listener.set_nonblocking(true).map_err(passed)?;
+        return tokio::net::TcpListener::from_std(std_listener).map_err(passed);
+    }
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| HttpError::Bind {
+            addr: listen,
+            source,
+        })
 }
 
 /// What the endpoint is built with.
@@ -87,7 +116,7 @@ async fn answer(
     let status = state.snapshot();
     match path {
         p if p == endpoint.health_path => {
-            let ready = status.phase == Phase::Ready;
+            let ready = status.serves();
             if let Some(from) = checker {
                 state.record_lb_check(from, ready);
             }
@@ -129,9 +158,7 @@ async fn answer(
 /// Binds the endpoint now (so a taken port fails the boot at once), serves in the background.
 pub async fn serve(endpoint: Endpoint, state: AgentState) -> Result<SocketAddr, HttpError> {
     let addr = endpoint.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| HttpError::Bind { addr, source })?;
+    let listener = listener(addr).await?;
     let local = listener
         .local_addr()
         .map_err(|source| HttpError::Bind { addr, source })?;

@@ -8,4 +8,4 @@ pub mod metrics;
 pub mod state;
 pub mod traffic;
 
-pub use state::{AgentState, Phase, ServiceStatus};
+pub use state::{AgentState, Berth, Phase, ServiceStatus, BERTH};

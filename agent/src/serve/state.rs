@@ -28,12 +28,15 @@ pub enum Phase {
     /// While holding, a service stopped serving: 503 until the watchdog has repaired it.
     Repairing,
     Draining,
+    /// Left (`berth leave`, a scale-in, a spot notice): the services are stopped, the agent
+    /// stays until it is stopped, answering 503.
+    Left,
     Failed,
 }
 
 impl Phase {
     /// Every phase, in the order a boot goes through them.
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Phase::Identity,
         Phase::Fetching,
         Phase::Pulling,
@@ -43,6 +46,7 @@ impl Phase {
         Phase::Ready,
         Phase::Repairing,
         Phase::Draining,
+        Phase::Left,
         Phase::Failed,
     ];
 
@@ -57,8 +61,27 @@ impl Phase {
             Phase::Ready => "ready",
             Phase::Repairing => "repairing",
             Phase::Draining => "draining",
+            Phase::Left => "left",
             Phase::Failed => "failed",
         }
+    }
+}
+
+impl Phase {
+    /// A step of the boot, before the services are known to serve.
+    pub fn is_boot(self) -> bool {
+        matches!(
+            self,
+            Phase::Identity | Phase::Fetching | Phase::Pulling | Phase::Starting | Phase::Waiting
+        )
+    }
+}
+
+impl Status {
+    /// Whether the load balancer's health check passes: ready, or resuming a restarted agent's
+    /// boot beside what still serves.
+    pub fn serves(&self) -> bool {
+        self.phase == Phase::Ready || (self.resuming && self.phase.is_boot())
     }
 }
 
@@ -78,9 +101,24 @@ pub struct ServiceStatus {
     pub state: String,
 }
 
+/// Which berth runs: its version and the commit it was built from (`/status`, `berth status`),
+/// so that one can see which berth each instance of a fleet runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Berth {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+/// This process's berth.
+pub const BERTH: Berth = Berth {
+    version: env!("CARGO_PKG_VERSION"),
+    commit: env!("BERTH_GIT_COMMIT"),
+};
+
 /// What `/status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    pub berth: Berth,
     pub phase: Phase,
     pub project: String,
     pub instance_id: Option<String>,
@@ -91,6 +129,10 @@ pub struct Status {
     pub timings: BTreeMap<String, f64>,
     /// Whether the load balancer has marked this instance healthy.
     pub in_service: bool,
+    /// A restarted agent booting beside what the previous one left serving (see
+    /// `agent::resume`): the health path answers 200 through the boot's phases.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resuming: bool,
     pub last_error: Option<String>,
     /// What the watchdog finds wrong now (a service down, a replica out of rotation), one line
     /// each, naming the container and its exit code or health: never its output.
@@ -138,6 +180,7 @@ fn all_reached(checkers: &BTreeMap<IpAddr, Streak>, n: u32, of: fn(&Streak) -> u
 impl AgentState {
     pub fn new(project: &str, started: Instant) -> AgentState {
         let status = Status {
+            berth: BERTH,
             phase: Phase::Identity,
             project: project.to_string(),
             instance_id: None,
@@ -146,6 +189,7 @@ impl AgentState {
             services: vec![],
             timings: BTreeMap::from([("identity".to_string(), started.elapsed().as_secs_f64())]),
             in_service: false,
+            resuming: false,
             last_error: None,
             faults: vec![],
             expected: BTreeMap::new(),
@@ -179,6 +223,8 @@ impl AgentState {
                     .entry(phase.as_str().to_string())
                     .or_insert(elapsed);
             }
+            // Resuming ends with the boot, whichever way it ends.
+            s.resuming &= phase.is_boot();
         });
         tracing::info!(phase = phase.as_str(), "phase");
     }
