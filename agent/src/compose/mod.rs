@@ -121,7 +121,11 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let (env, file_values) = files::interpolation_env(opts, &project_dir)?;
+    let (mut env, file_values) = files::interpolation_env(opts, &project_dir)?;
+    // As compose: interpolation sees COMPOSE_PROJECT_NAME as the name the project ends up with,
+    // whether it came from -p, the environment, a file's `name:` or the directory.
+    let name = files::project_name(opts, &files, &project_dir, &env)?;
+    env.insert("COMPOSE_PROJECT_NAME".to_string(), name);
     let lookup = |name: &str| env.get(name).cloned();
 
     let mut merged = serde_norway::Value::Null;

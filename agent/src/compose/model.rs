@@ -183,6 +183,17 @@ pub struct MountSpec {
     pub create_host_path: bool,
     pub tmpfs_size: Option<i64>,
     pub nocopy: bool,
+    // Left out of the serialized form (and so of the config hash) when unset: containers made
+    // before these existed are not recreated for them.
+    /// A bind's propagation (`rprivate`, `shared`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<String>,
+    /// A bind's SELinux relabelling: `z` (shared) or `Z` (private).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<String>,
+    /// A tmpfs's mode bits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmpfs_mode: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

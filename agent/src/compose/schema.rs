@@ -75,7 +75,7 @@ pub(super) struct LongPort {
 #[serde(untagged)]
 pub(super) enum VolumeEntry {
     Short(String),
-    Long(LongVolume),
+    Long(Box<LongVolume>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,21 +99,32 @@ pub(super) struct LongVolume {
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LongBind {
     #[serde(default)]
     pub(super) create_host_path: Option<bool>,
+    #[serde(default)]
+    pub(super) propagation: Option<String>,
+    #[serde(default)]
+    pub(super) selinux: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LongVolumeOpts {
     #[serde(default)]
     pub(super) nocopy: Option<bool>,
+    #[serde(default)]
+    pub(super) subpath: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LongTmpfs {
     #[serde(default)]
     pub(super) size: Option<Scalar>,
+    #[serde(default)]
+    pub(super) mode: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -191,7 +202,15 @@ pub(super) struct RawLogging {
 #[serde(untagged)]
 pub(super) enum ExtraHosts {
     List(Vec<String>),
-    Map(IndexMap<String, Scalar>),
+    Map(IndexMap<String, Addresses>),
+}
+
+/// The addresses of one host in `extra_hosts`' map form: one, or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Addresses {
+    One(Scalar),
+    Many(Vec<Scalar>),
 }
 
 impl Default for ExtraHosts {

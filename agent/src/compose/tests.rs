@@ -197,6 +197,28 @@ fn compose_project_name_beats_top_level_name_and_may_come_from_dotenv() {
 }
 
 #[test]
+fn compose_project_name_interpolates_to_the_name_whatever_gave_it() {
+    let yaml = "name: fromfile\nservices:\n  web:\n    image: nginx\n    container_name: ${COMPOSE_PROJECT_NAME}-web\n";
+    let mut fx = Fx::with(yaml);
+    fx.opts.project_name = Some("flag".into());
+    assert_eq!(
+        fx.ok().services["web"].container_name.as_deref(),
+        Some("flag-web")
+    );
+    assert_eq!(
+        Fx::with(yaml).ok().services["web"]
+            .container_name
+            .as_deref(),
+        Some("fromfile-web")
+    );
+    let fx = Fx::with(&yaml.replace("name: fromfile\n", ""));
+    assert_eq!(
+        fx.ok().services["web"].container_name.as_deref(),
+        Some("proj-web")
+    );
+}
+
+#[test]
 fn top_level_name_is_interpolated_normalized_and_beats_directory() {
     let fx = Fx::with("name: ${STACK}\nservices: {web: {image: nginx}}\n").env("STACK", "My.Stack");
     assert_eq!(fx.ok().name, "mystack");
@@ -1425,4 +1447,36 @@ fn replicas_do_not_change_the_config_hash() {
     assert_eq!(a.config_hash(), b.config_hash());
     assert_eq!(a.config_hash(), c.config_hash());
     assert!(!a.field_digests().contains_key("replicas"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// extra_hosts and dns, as compose-go reads them.
+
+#[test]
+fn extra_hosts_give_one_entry_per_address_in_every_form() {
+    let fx = Fx::with(
+        "services:\n  web:\n    image: nginx\n    extra_hosts: [\"db=10.0.0.5,10.0.0.6\", \"cache:10.0.0.7\", \"v6:::1\"]\n  api:\n    image: nginx\n    extra_hosts:\n      db: [10.0.0.5, 10.0.0.6]\n      cache: 10.0.0.7\n",
+    );
+    let p = fx.ok();
+    assert_eq!(
+        p.services["web"].extra_hosts,
+        ["db:10.0.0.5", "db:10.0.0.6", "cache:10.0.0.7", "v6:::1"]
+    );
+    assert_eq!(
+        p.services["api"].extra_hosts,
+        ["db:10.0.0.5", "db:10.0.0.6", "cache:10.0.0.7"]
+    );
+}
+
+#[test]
+fn an_empty_dns_entry_is_no_nameserver() {
+    let fx = Fx::with("services:\n  web:\n    image: nginx\n    dns: ${UNSET_DNS}\n    dns_search: ${UNSET_SEARCH:-}\n");
+    let p = fx.ok();
+    assert!(
+        p.services["web"].dns.is_empty(),
+        "{:?}",
+        p.services["web"].dns
+    );
+    // compose keeps an empty search domain (Docker ignores it).
+    assert_eq!(p.services["web"].dns_search, [""]);
 }

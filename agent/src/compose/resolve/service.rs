@@ -12,7 +12,9 @@ use super::{
 };
 use crate::compose::fields::parse_duration;
 use crate::compose::model::{Logging, PullPolicy, Service};
-use crate::compose::schema::{ExtraHosts, RawLogging, RawService, RawUlimit, StringOrList};
+use crate::compose::schema::{
+    Addresses, ExtraHosts, RawLogging, RawService, RawUlimit, StringOrList,
+};
 use crate::compose::ComposeError;
 
 /// The service `name` as its containers will run it.
@@ -71,7 +73,8 @@ pub(super) fn resolve_service(
         hostname: raw.hostname,
         domainname: raw.domainname,
         extra_hosts: extra_hosts(raw.extra_hosts),
-        dns: raw.dns,
+        // As compose: an empty entry (`dns: ${UNSET}`) is no nameserver.
+        dns: raw.dns.into_iter().filter(|d| !d.is_empty()).collect(),
         dns_search: raw.dns_search,
         init: raw.init,
         stop_signal: raw.stop_signal,
@@ -147,15 +150,40 @@ fn grace_period_secs(p: &str, period: Option<String>) -> Result<Option<i64>, Com
         .transpose()
 }
 
-/// `host:ip` entries; the list form may also write `host=ip`.
+/// Docker's `host:ip` entries, one per address. As compose-go: a list entry is `host=ips` or
+/// `host:ips` (split at the first `=`, else the first `:`, so `host:::1` is IPv6), the map form
+/// gives one address or a list, and `ips` may hold several, comma-separated.
 fn extra_hosts(hosts: ExtraHosts) -> Vec<String> {
-    match hosts {
-        ExtraHosts::List(l) => l.into_iter().map(|h| h.replacen('=', ":", 1)).collect(),
-        ExtraHosts::Map(m) => m
-            .into_iter()
-            .map(|(h, ip)| format!("{h}:{}", ip.text()))
-            .collect(),
+    fn add(out: &mut Vec<String>, host: &str, ips: &str) {
+        for ip in ips.split(',').map(str::trim).filter(|ip| !ip.is_empty()) {
+            out.push(format!("{host}:{ip}"));
+        }
     }
+    let mut out = vec![];
+    match hosts {
+        ExtraHosts::List(entries) => {
+            for entry in entries {
+                match entry.split_once('=').or_else(|| entry.split_once(':')) {
+                    Some((host, ips)) => add(&mut out, host, ips),
+                    // No address: Docker says what is wrong with it.
+                    None => out.push(entry),
+                }
+            }
+        }
+        ExtraHosts::Map(hosts) => {
+            for (host, addresses) in hosts {
+                match addresses {
+                    Addresses::One(ip) => add(&mut out, &host, &ip.text()),
+                    Addresses::Many(ips) => {
+                        for ip in ips {
+                            add(&mut out, &host, &ip.text());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Each limit as (soft, hard); a single number sets both.

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 
 use super::{invalid, map_text, resolve_path, resource_name, Ctx};
-use crate::compose::fields::{parse_size, parse_volume};
+use crate::compose::fields::{parse_size, parse_volume, PROPAGATIONS};
 use crate::compose::model::{MountKind, MountSpec, VolumeSpec};
-use crate::compose::schema::{LongVolume, RawVolume, VolumeEntry};
+use crate::compose::schema::{LongVolume, RawVolume, Scalar, VolumeEntry};
 use crate::compose::ComposeError;
 
 /// The top-level `volumes`, by key.
@@ -46,7 +46,7 @@ pub(super) fn resolve_mounts(
         let field = format!("{p}.volumes[{i}]");
         let mut mount = match entry {
             VolumeEntry::Short(s) => short_mount(&field, &s)?,
-            VolumeEntry::Long(l) => long_mount(&field, l)?,
+            VolumeEntry::Long(l) => long_mount(&field, *l)?,
         };
         mount.source = mount_source(ctx, &field, mount.kind, mount.source)?;
         out.push(mount);
@@ -64,6 +64,12 @@ fn short_mount(field: &str, s: &str) -> Result<MountSpec, ComposeError> {
         Some(src) if is_path(src) => MountKind::Bind,
         _ => MountKind::Volume,
     };
+    if kind != MountKind::Bind && (sv.selinux.is_some() || sv.propagation.is_some()) {
+        return Err(invalid(
+            field,
+            format!("{s:?}: only a bind mount takes an SELinux label or a propagation mode"),
+        ));
+    }
     Ok(MountSpec {
         kind,
         source: sv.source,
@@ -71,7 +77,10 @@ fn short_mount(field: &str, s: &str) -> Result<MountSpec, ComposeError> {
         read_only: sv.read_only,
         create_host_path: kind == MountKind::Bind,
         tmpfs_size: None,
-        nocopy: false,
+        nocopy: sv.nocopy,
+        propagation: sv.propagation,
+        selinux: sv.selinux,
+        tmpfs_mode: None,
     })
 }
 
@@ -95,13 +104,42 @@ fn long_mount(field: &str, l: LongVolume) -> Result<MountSpec, ComposeError> {
             "must be an absolute path",
         ));
     }
-    let size = l
-        .tmpfs
-        .and_then(|t| t.size)
+    let tmpfs = l.tmpfs.unwrap_or_default();
+    let size = tmpfs
+        .size
         .map(|s| parse_size(&s.text()).map_err(|e| invalid(format!("{field}.tmpfs.size"), e)))
         .transpose()?;
-    let create = l.bind.and_then(|b| b.create_host_path).unwrap_or(false);
-    let nocopy = l.volume.and_then(|v| v.nocopy).unwrap_or(false);
+    let tmpfs_mode = tmpfs
+        .mode
+        .map(|m| mode_bits(&m).map_err(|e| invalid(format!("{field}.tmpfs.mode"), e)))
+        .transpose()?;
+    let bind = l.bind.unwrap_or_default();
+    let create = bind.create_host_path.unwrap_or(false);
+    if let Some(p) = &bind.propagation {
+        if !PROPAGATIONS.contains(&p.as_str()) {
+            return Err(invalid(
+                format!("{field}.bind.propagation"),
+                format!("{p:?} is none of {}", PROPAGATIONS.join(", ")),
+            ));
+        }
+    }
+    if let Some(z) = &bind.selinux {
+        if z != "z" && z != "Z" {
+            return Err(invalid(
+                format!("{field}.bind.selinux"),
+                format!("{z:?}: z (shared) or Z (private)"),
+            ));
+        }
+    }
+    let volume = l.volume.unwrap_or_default();
+    if volume.subpath.is_some() {
+        // Docker Engine 26 (API 1.45) mounts a subpath; older engines ignore the field and
+        // would mount the whole volume.
+        return Err(ComposeError::Unsupported {
+            field: format!("{field}.volume.subpath"),
+        });
+    }
+    let nocopy = volume.nocopy.unwrap_or(false);
     if kind == MountKind::Bind && l.source.is_none() {
         return Err(invalid(
             format!("{field}.source"),
@@ -116,6 +154,9 @@ fn long_mount(field: &str, l: LongVolume) -> Result<MountSpec, ComposeError> {
         create_host_path: create,
         tmpfs_size: size,
         nocopy,
+        propagation: bind.propagation,
+        selinux: bind.selinux,
+        tmpfs_mode,
     })
 }
 
@@ -146,7 +187,28 @@ fn mount_source(
     })
 }
 
-/// `tmpfs`: `target[:options]`; only `size` is kept (`mode`, `uid` and `gid` are accepted).
+/// Mode bits: a YAML number as written (`0o1777` is octal there), or text read as octal, as
+/// `chmod` takes it.
+fn mode_bits(m: &Scalar) -> Result<u32, String> {
+    let too_big = |n: i64| format!("{n:o} (octal) is not a file mode");
+    match m {
+        Scalar::Int(n) if (0..=0o7777).contains(n) => Ok(*n as u32),
+        Scalar::Int(n) => Err(too_big(*n)),
+        other => {
+            let text = other.text();
+            let digits = text.trim().trim_start_matches("0o");
+            let n = i64::from_str_radix(digits, 8)
+                .map_err(|_| format!("{text:?} is not an octal file mode"))?;
+            if n > 0o7777 {
+                return Err(too_big(n));
+            }
+            Ok(n as u32)
+        }
+    }
+}
+
+/// `tmpfs`: `target[:options]`, with `size` and `mode` (octal); `uid` and `gid` are refused:
+/// the Docker Engine API takes them only from version 1.46.
 fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeError> {
     let mut out = Vec::new();
     for (i, t) in tmpfs.iter().enumerate() {
@@ -158,13 +220,24 @@ fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeErro
             ));
         }
         let mut tmpfs_size = None;
+        let mut tmpfs_mode = None;
         for opt in options.split(',').filter(|o| !o.is_empty()) {
             match opt.split_once('=') {
                 Some(("size", v)) => {
                     let size = parse_size(v).map_err(|e| invalid(format!("{p}.tmpfs[{i}]"), e))?;
                     tmpfs_size = Some(size);
                 }
-                Some(("mode" | "uid" | "gid", _)) | None => {}
+                Some(("mode", v)) => {
+                    let mode = mode_bits(&Scalar::Str(v.to_string()))
+                        .map_err(|e| invalid(format!("{p}.tmpfs[{i}]"), e))?;
+                    tmpfs_mode = Some(mode);
+                }
+                // uid, gid and flags (noexec, ...) reach the Docker Engine API from 1.46 on.
+                Some(("uid" | "gid", _)) | None => {
+                    return Err(ComposeError::Unsupported {
+                        field: format!("{p}.tmpfs[{i}]: {opt}"),
+                    })
+                }
                 Some((k, _)) => {
                     let message = format!("unknown tmpfs option {k:?}");
                     return Err(invalid(format!("{p}.tmpfs[{i}]"), message));
@@ -179,6 +252,9 @@ fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeErro
             create_host_path: false,
             tmpfs_size,
             nocopy: false,
+            propagation: None,
+            selinux: None,
+            tmpfs_mode,
         });
     }
     Ok(out)

@@ -4,11 +4,12 @@ use std::collections::HashMap;
 
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, Mount,
-    MountTmpfsOptions, MountType, MountVolumeOptions, NetworkingConfig, PortBinding,
-    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    MountBindOptions, MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType,
+    MountVolumeOptions, NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 
-use crate::compose::{MountKind, Project, Service};
+use crate::compose::{MountKind, MountSpec, Project, Service};
 use crate::engine::docker::labels;
 
 /// One container berth wants to exist.
@@ -165,9 +166,42 @@ fn ports(svc: &Service) -> (Vec<String>, HashMap<String, Option<Vec<PortBinding>
     (exposed, bindings)
 }
 
+/// A bind with an SELinux label goes through the legacy `Binds` form (`src:dst:rw,z`): the
+/// Mount API cannot relabel.
+fn relabelled(m: &MountSpec) -> bool {
+    m.kind == MountKind::Bind && m.selinux.is_some()
+}
+
+fn binds(svc: &Service) -> Vec<String> {
+    svc.mounts
+        .iter()
+        .filter(|m| relabelled(m))
+        .map(|m| {
+            let mut opts = vec![if m.read_only { "ro" } else { "rw" }];
+            opts.extend(m.selinux.as_deref());
+            opts.extend(m.propagation.as_deref());
+            let source = m.source.as_deref().unwrap_or_default();
+            format!("{source}:{}:{}", m.target, opts.join(","))
+        })
+        .collect()
+}
+
+fn propagation(p: &str) -> MountBindOptionsPropagationEnum {
+    match p {
+        "private" => MountBindOptionsPropagationEnum::PRIVATE,
+        "rshared" => MountBindOptionsPropagationEnum::RSHARED,
+        "shared" => MountBindOptionsPropagationEnum::SHARED,
+        "rslave" => MountBindOptionsPropagationEnum::RSLAVE,
+        "slave" => MountBindOptionsPropagationEnum::SLAVE,
+        // The resolver accepts only these and rprivate, Docker's default.
+        _ => MountBindOptionsPropagationEnum::RPRIVATE,
+    }
+}
+
 fn mounts(svc: &Service) -> Vec<Mount> {
     svc.mounts
         .iter()
+        .filter(|m| !relabelled(m))
         .map(|m| Mount {
             target: Some(m.target.clone()),
             source: m.source.clone(),
@@ -181,9 +215,16 @@ fn mounts(svc: &Service) -> Vec<Mount> {
                 no_copy: Some(true),
                 ..Default::default()
             }),
-            tmpfs_options: m.tmpfs_size.map(|s| MountTmpfsOptions {
-                size_bytes: Some(s),
+            bind_options: m.propagation.as_deref().map(|p| MountBindOptions {
+                propagation: Some(propagation(p)),
                 ..Default::default()
+            }),
+            tmpfs_options: (m.tmpfs_size.is_some() || m.tmpfs_mode.is_some()).then(|| {
+                MountTmpfsOptions {
+                    size_bytes: m.tmpfs_size,
+                    mode: m.tmpfs_mode.map(i64::from),
+                    ..Default::default()
+                }
             }),
             ..Default::default()
         })
@@ -204,10 +245,12 @@ fn restart_policy(svc: &Service) -> Option<RestartPolicy> {
 
 fn host_config(svc: &Service, bindings: HashMap<String, Option<Vec<PortBinding>>>) -> HostConfig {
     let mounts = mounts(svc);
+    let binds = binds(svc);
     let restart_policy = restart_policy(svc);
     HostConfig {
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         mounts: (!mounts.is_empty()).then_some(mounts),
+        binds: (!binds.is_empty()).then_some(binds),
         restart_policy,
         memory: svc.memory,
         nano_cpus: svc.nano_cpus,
