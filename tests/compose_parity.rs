@@ -499,7 +499,43 @@ fn canonical_compose(config: &Value) -> Value {
             )
         })
         .collect();
-    json!({"name": config["name"], "services": services})
+    let resources = |section: &str, known: &[&str]| -> Map<String, Value> {
+        config
+            .get(section)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(key, r)| {
+                for field in r.as_object().unwrap().keys() {
+                    assert!(
+                        known.contains(&field.as_str())
+                            || (field == "ipam" && r["ipam"] == json!({})),
+                        "{section}.{key}: compose prints `{field}`, which this test does not compare yet"
+                    );
+                }
+                let mut out = json!({
+                    "name": r["name"],
+                    "external": r.get("external").cloned().unwrap_or(json!(false)),
+                    "driver": r.get("driver").cloned().unwrap_or(Value::Null),
+                    "driver_opts": map_or_empty(r.get("driver_opts")),
+                    "labels": map_or_empty(r.get("labels")),
+                });
+                if section == "networks" {
+                    for flag in ["internal", "attachable", "enable_ipv6"] {
+                        out[flag] = r.get(flag).cloned().unwrap_or(json!(false));
+                    }
+                }
+                (key.clone(), out)
+            })
+            .collect()
+    };
+    let common = ["name", "external", "driver", "driver_opts", "labels"];
+    let networks = resources(
+        "networks",
+        &[&common[..], &["internal", "attachable", "enable_ipv6"]].concat(),
+    );
+    let volumes = resources("volumes", &common);
+    json!({"name": config["name"], "services": services, "networks": networks, "volumes": volumes})
 }
 
 // ----- berth's model, made canonical ------------------------------------------------------
@@ -531,7 +567,8 @@ fn canonical_berth(model: &Value) -> Value {
             (n.clone(), Value::Object(s))
         })
         .collect();
-    json!({"name": model["name"], "services": services})
+    json!({"name": model["name"], "services": services,
+           "networks": model["networks"], "volumes": model["volumes"]})
 }
 
 /// Every path where the two differ, with both values.

@@ -1480,3 +1480,14 @@ fn an_empty_dns_entry_is_no_nameserver() {
     // compose keeps an empty search domain (Docker ignores it).
     assert_eq!(p.services["web"].dns_search, [""]);
 }
+
+#[test]
+fn only_mounted_volumes_are_the_projects_and_a_bind_device_is_made_absolute() {
+    let fx = Fx::with(
+        "services:\n  web:\n    image: nginx\n    volumes: [state:/state]\nvolumes:\n  state:\n    driver_opts: {type: none, o: bind, device: ./state}\n  unused: {}\n  gone:\n    external: true\n",
+    );
+    let p = fx.ok();
+    // compose creates only what a service mounts; an unused external one need not exist.
+    assert_eq!(p.volumes.keys().collect::<Vec<_>>(), ["state"]);
+    assert_eq!(p.volumes["state"].driver_opts["device"], fx.in_dir("state"));
+}

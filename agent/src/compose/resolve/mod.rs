@@ -78,7 +78,7 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
     let raw_volumes: IndexMap<String, Option<RawVolume>> =
         typed(take_section(&mut doc, "volumes"), "volumes")?;
     let top_networks = networks::resolve_networks(&name, raw_networks)?;
-    let top_volumes = volumes::resolve_volumes(&name, raw_volumes)?;
+    let top_volumes = volumes::resolve_volumes(&name, input.project_dir, input.env, raw_volumes)?;
 
     let Value::Mapping(services_map) = take_section(&mut doc, "services") else {
         return Err(invalid("services", "must be a mapping"));
@@ -95,8 +95,9 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
     dependencies::check_dependencies(&mut services, &disabled, &mut ctx.warnings)?;
     dependencies::check_cycles(&services)?;
 
-    let networks = networks::used_networks(&services, &top_networks, &name);
     let warnings = ctx.warnings;
+    let networks = networks::used_networks(&services, &top_networks, &name);
+    let volumes = volumes::used_volumes(&services, top_volumes);
     Ok(Project {
         name,
         working_dir: input.project_dir.to_path_buf(),
@@ -104,7 +105,7 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         services,
         disabled_services: disabled,
         networks,
-        volumes: top_volumes,
+        volumes,
         warnings,
         env_file_values: vec![],
     })

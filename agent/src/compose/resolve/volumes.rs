@@ -11,27 +11,58 @@ use crate::compose::model::{MountKind, MountSpec, VolumeSpec};
 use crate::compose::schema::{LongVolume, RawVolume, Scalar, VolumeEntry};
 use crate::compose::ComposeError;
 
-/// The top-level `volumes`, by key.
+/// The top-level `volumes`, by key. A local volume that binds a host directory
+/// (`driver_opts: {type: none, o: bind, device: ./data}`) gets its `device` made absolute, as
+/// compose does: the daemon would take a relative one from its own working directory.
 pub(super) fn resolve_volumes(
     project: &str,
+    project_dir: &std::path::Path,
+    env: &BTreeMap<String, String>,
     raw: IndexMap<String, Option<RawVolume>>,
 ) -> Result<BTreeMap<String, VolumeSpec>, ComposeError> {
     let mut out = BTreeMap::new();
     for (key, vol) in raw {
         let vol = vol.unwrap_or_default();
         let (name, external) = resource_name(project, &key, vol.name, &vol.external);
+        let mut driver_opts = map_text(vol.driver_opts);
+        let binds = driver_opts
+            .get("o")
+            .is_some_and(|o| o.split(',').any(|opt| opt == "bind"));
+        if let (true, Some(device)) = (binds, driver_opts.get_mut("device")) {
+            if device.starts_with('.') || device.starts_with('~') {
+                *device = resolve_path(project_dir, env, device)
+                    .to_string_lossy()
+                    .to_string();
+            }
+        }
         out.insert(
             key,
             VolumeSpec {
                 name,
                 external,
                 driver: vol.driver,
-                driver_opts: map_text(vol.driver_opts),
+                driver_opts,
                 labels: map_text(vol.labels),
             },
         );
     }
     Ok(out)
+}
+
+/// The top-level volumes some enabled service mounts, by key: compose creates only those, and
+/// an unused external volume need not exist.
+pub(super) fn used_volumes(
+    services: &IndexMap<String, crate::compose::model::Service>,
+    mut top: BTreeMap<String, VolumeSpec>,
+) -> BTreeMap<String, VolumeSpec> {
+    let mounted: std::collections::BTreeSet<&str> = services
+        .values()
+        .flat_map(|s| &s.mounts)
+        .filter(|m| m.kind == MountKind::Volume)
+        .filter_map(|m| m.source.as_deref())
+        .collect();
+    top.retain(|_, spec| mounted.contains(spec.name.as_str()));
+    top
 }
 
 /// The service's `volumes`, in order, then its `tmpfs` mounts.
