@@ -707,6 +707,54 @@ services:
 }
 
 #[test]
+fn memory_reservation_and_endpoint_options_reach_docker_and_a_mac_needs_a_newer_engine() {
+    let p = Project::new("reservations");
+    p.compose(&format!(
+        r#"
+services:
+  app:
+    image: {TOOL}
+    mem_reservation: 64m
+    networks:
+      front:
+        link_local_ips: ["169.254.10.10"]
+networks:
+  front: {{}}
+"#
+    ));
+    p.up();
+    let c = p.container("app");
+    assert_eq!(c["HostConfig"]["MemoryReservation"], 64 * 1024 * 1024);
+    let endpoint = &c["NetworkSettings"]["Networks"][format!("{}_front", p.name)];
+    assert_eq!(
+        endpoint["IPAMConfig"]["LinkLocalIPs"],
+        serde_json::json!(["169.254.10.10"]),
+        "{endpoint}"
+    );
+
+    // Docker Engines before 25 (API 1.44) would drop a MAC address given per network: refused
+    // before anything changes, naming the field and both versions.
+    let before = p.container_ids();
+    p.compose(&format!(
+        "services:\n  app:\n    image: {TOOL}\n    mac_address: 02:42:ac:11:00:42\n"
+    ));
+    let out = p.up_cmd().run();
+    let version = docker(&["version", "-f", "{{.Server.APIVersion}}"]);
+    let (major, minor) = version.trim().split_once('.').unwrap();
+    if (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap()) < (1, 44) {
+        out.expect_code(3);
+        let msg = out.error_message();
+        assert!(
+            msg.contains("service app: mac_address needs Docker Engine API 1.44"),
+            "{msg}"
+        );
+        assert_eq!(p.container_ids(), before, "nothing changed");
+    } else {
+        out.ok();
+    }
+}
+
+#[test]
 fn networks_custom_with_aliases_and_default() {
     let p = Project::new("networks");
     p.compose(&format!(

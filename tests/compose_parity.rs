@@ -7,6 +7,7 @@
 //! network keys mapped to their Docker names. A field compose prints that this file does not
 //! know fails the test, so nothing compose reads can be left uncompared.
 #![allow(clippy::unwrap_used)]
+#![recursion_limit = "256"]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -156,7 +157,7 @@ fn canonical_compose_service(
     volumes: &BTreeMap<String, String>,
     networks: &BTreeMap<String, String>,
 ) -> Value {
-    const KNOWN: [&str; 49] = [
+    const KNOWN: [&str; 50] = [
         "image",
         "command",
         "entrypoint",
@@ -202,6 +203,7 @@ fn canonical_compose_service(
         "pull_policy",
         "env_file",
         "mem_reservation",
+        "mac_address",
         "memswap_limit",
         "network_mode",
         "platform",
@@ -222,9 +224,21 @@ fn canonical_compose_service(
             );
         }
     }
-    let limits = deploy
-        .and_then(|d| d.get("resources"))
-        .and_then(|r| r.get("limits"));
+    let resources = deploy.and_then(|d| d.get("resources"));
+    let limits = resources.and_then(|r| r.get("limits"));
+    let reservations = resources.and_then(|r| r.get("reservations"));
+    let memory_reservation = svc
+        .get("mem_reservation")
+        .or_else(|| reservations.and_then(|r| r.get("memory")))
+        .map(bytes);
+    // Service-level, or its (first) network's.
+    let mac_address = svc.get("mac_address").cloned().or_else(|| {
+        svc.get("networks")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .find_map(|(_, n)| n.get("mac_address").cloned())
+    });
     let replicas = deploy
         .and_then(|d| d.get("replicas"))
         .or_else(|| svc.get("scale"))
@@ -299,6 +313,12 @@ fn canonical_compose_service(
             .iter()
             .map(|(key, n)| {
                 let aliases = strings(n.get("aliases"));
+                // berth leaves these out when empty.
+                let some = |k: &str| {
+                    n.get(k)
+                        .cloned()
+                        .filter(|v| v != &json!([]) && v != &json!({}))
+                };
                 (
                     key.clone(),
                     json!({
@@ -306,6 +326,8 @@ fn canonical_compose_service(
                         "aliases": aliases,
                         "ipv4_address": n.get("ipv4_address").cloned().unwrap_or(Value::Null),
                         "ipv6_address": n.get("ipv6_address").cloned().unwrap_or(Value::Null),
+                        "link_local_ips": some("link_local_ips"),
+                        "driver_opts": some("driver_opts"),
                     }),
                 )
             })
@@ -422,6 +444,8 @@ fn canonical_compose_service(
         "nano_cpus": nano_cpus,
         "pids_limit": field("pids_limit"),
         "shm_size": svc.get("shm_size").map(bytes).unwrap_or(Value::Null),
+        "memory_reservation": memory_reservation,
+        "mac_address": mac_address,
         "logging": logging,
         "cap_add": strings(svc.get("cap_add")),
         "cap_drop": strings(svc.get("cap_drop")),

@@ -109,7 +109,8 @@ impl Coded for ConvergeError {
             ConvergeError::NoHealthcheck { .. }
             | ConvergeError::PortTaken { .. }
             | ConvergeError::ExternalNetworkMissing { .. }
-            | ConvergeError::ExternalVolumeMissing { .. } => Exit::Invalid,
+            | ConvergeError::ExternalVolumeMissing { .. }
+            | ConvergeError::EngineTooOld { .. } => Exit::Invalid,
             _ => Exit::Failed,
         }
     }

@@ -104,6 +104,13 @@ pub struct Service {
     pub nano_cpus: Option<i64>,
     pub pids_limit: Option<i64>,
     pub shm_size: Option<i64>,
+    /// `mem_reservation` or `deploy.resources.reservations.memory`, in bytes. Left out of the
+    /// serialized form (so of the config hash) when unset, as every field added later is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<i64>,
+    /// The container's MAC address (`mac_address`, or its first network's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
     pub logging: Option<Logging>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
@@ -203,6 +210,10 @@ pub struct ServiceNetwork {
     pub aliases: Vec<String>,
     pub ipv4_address: Option<String>,
     pub ipv6_address: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -128,15 +128,22 @@ pub(super) struct LongTmpfs {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawServiceNetwork {
     pub(super) aliases: Vec<String>,
     pub(super) ipv4_address: Option<String>,
     pub(super) ipv6_address: Option<String>,
+    pub(super) mac_address: Option<String>,
+    pub(super) link_local_ips: Vec<String>,
+    pub(super) driver_opts: IndexMap<String, Option<Scalar>>,
+    /// Read to be refused by name: the Docker Engine API takes them from 1.48 on.
+    pub(super) priority: Option<Value>,
+    pub(super) gw_priority: Option<Value>,
+    pub(super) interface_name: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawDependency {
     pub(super) condition: Option<String>,
     pub(super) required: Option<bool>,
@@ -144,7 +151,7 @@ pub(super) struct RawDependency {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawHealthcheck {
     pub(super) test: Option<StringOrList>,
     pub(super) interval: Option<String>,
@@ -164,13 +171,24 @@ pub(super) struct RawDeploy {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawResources {
     pub(super) limits: Option<RawLimits>,
+    pub(super) reservations: Option<RawReservations>,
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawReservations {
+    pub(super) memory: Option<Scalar>,
+    /// Read to be refused by name: Docker has no CPU reservation, and berth no device requests.
+    pub(super) cpus: Option<Scalar>,
+    pub(super) devices: Option<Value>,
+    pub(super) generic_resources: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawLimits {
     pub(super) cpus: Option<Scalar>,
     pub(super) memory: Option<Scalar>,
@@ -178,10 +196,13 @@ pub(super) struct RawLimits {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawRestartPolicy {
     pub(super) condition: Option<String>,
     pub(super) max_attempts: Option<i64>,
+    /// Swarm's: Docker's restart policy has neither (a warning, as compose ignores them too).
+    pub(super) delay: Option<Value>,
+    pub(super) window: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,7 +213,7 @@ pub(super) enum RawUlimit {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawLogging {
     pub(super) driver: Option<String>,
     pub(super) options: IndexMap<String, Option<Scalar>>,
@@ -253,6 +274,8 @@ pub(super) struct RawService {
     pub(super) cpus: Option<Scalar>,
     pub(super) pids_limit: Option<i64>,
     pub(super) shm_size: Option<Scalar>,
+    pub(super) mem_reservation: Option<Scalar>,
+    pub(super) mac_address: Option<String>,
     pub(super) logging: Option<RawLogging>,
     pub(super) cap_add: Vec<String>,
     pub(super) cap_drop: Vec<String>,
@@ -328,6 +351,8 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "cpus",
     "pids_limit",
     "shm_size",
+    "mem_reservation",
+    "mac_address",
     "logging",
     "cap_add",
     "cap_drop",
@@ -366,11 +391,9 @@ pub(super) const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "storage_opt",
     "device_cgroup_rules",
     "credential_spec",
-    "mac_address",
     "oom_score_adj",
     "oom_kill_disable",
     "memswap_limit",
-    "mem_reservation",
     "mem_swappiness",
     "cpu_shares",
     "cpu_quota",

@@ -1491,3 +1491,53 @@ fn only_mounted_volumes_are_the_projects_and_a_bind_device_is_made_absolute() {
     assert_eq!(p.volumes.keys().collect::<Vec<_>>(), ["state"]);
     assert_eq!(p.volumes["state"].driver_opts["device"], fx.in_dir("state"));
 }
+
+#[test]
+fn what_docker_cannot_reserve_or_set_is_refused_by_name_never_dropped() {
+    let refused = |service_yaml: &str, field: &str| {
+        let fx = Fx::with(&format!(
+            "services:\n  web:\n    image: nginx\n{service_yaml}networks:\n  front: {{}}\n  back: {{}}\n"
+        ));
+        let text = crate::report::chain(&fx.err());
+        assert!(text.contains(field), "{field}: {text}");
+    };
+    refused(
+        "    deploy:\n      resources:\n        reservations:\n          cpus: '0.5'\n",
+        "deploy.resources.reservations.cpus",
+    );
+    refused(
+        "    deploy:\n      resources:\n        reservations:\n          devices: [{capabilities: [gpu]}]\n",
+        "deploy.resources.reservations.devices",
+    );
+    refused(
+        "    deploy:\n      resources:\n        reservations:\n          pids: 3\n",
+        "reservations",
+    );
+    refused(
+        "    networks:\n      front:\n        gw_priority: 1\n",
+        "networks.front.gw_priority",
+    );
+    refused(
+        "    networks:\n      front:\n        interface_name: eth9\n",
+        "networks.front.interface_name",
+    );
+    // berth creates the container on its first network: only that one may take a MAC address.
+    refused(
+        "    networks:\n      back: {}\n      front:\n        mac_address: 02:42:ac:11:00:42\n",
+        "networks.front.mac_address",
+    );
+    refused(
+        "    healthcheck:\n      test: [CMD, 'true']\n      intervall: 5s\n",
+        "intervall",
+    );
+}
+
+#[test]
+fn memory_reservations_are_kept_in_both_forms() {
+    let fx = Fx::with(
+        "services:\n  a:\n    image: nginx\n    mem_reservation: 64m\n  b:\n    image: nginx\n    deploy:\n      resources:\n        reservations:\n          memory: 32m\n",
+    );
+    let p = fx.ok();
+    assert_eq!(p.services["a"].memory_reservation, Some(64 * MIB));
+    assert_eq!(p.services["b"].memory_reservation, Some(32 * MIB));
+}

@@ -1,7 +1,7 @@
 //! What compose lets both a service and its `deploy:` section set: the replica count, the
 //! restart policy and resource limits. The service's own key wins over `deploy:`.
 
-use super::{invalid, size};
+use super::{invalid, size, Ctx};
 use crate::compose::schema::{RawResources, RawRestartPolicy, Scalar};
 use crate::compose::ComposeError;
 
@@ -24,6 +24,7 @@ pub(super) fn replicas(
 
 /// `restart:` as Docker's policy name and retry count, else `deploy.restart_policy`'s.
 pub(super) fn resolve_restart(
+    ctx: &mut Ctx<'_>,
     p: &str,
     restart: Option<String>,
     policy: Option<RawRestartPolicy>,
@@ -58,6 +59,16 @@ pub(super) fn resolve_restart(
     let Some(policy) = policy else {
         return Ok(None);
     };
+    for (field, set) in [
+        ("delay", policy.delay.is_some()),
+        ("window", policy.window.is_some()),
+    ] {
+        if set {
+            ctx.warnings.push(format!(
+                "{p}.deploy.restart_policy.{field} is Swarm's: Docker's restart policy has none (compose ignores it too)"
+            ));
+        }
+    }
     let name = match policy.condition.as_deref() {
         None | Some("any") => "always",
         Some("on-failure") => "on-failure",
@@ -72,23 +83,47 @@ pub(super) fn resolve_restart(
     Ok(Some((name.to_string(), policy.max_attempts.unwrap_or(0))))
 }
 
-/// Memory in bytes, CPUs in billionths, and the process count.
+/// Memory in bytes, CPUs in billionths, the process count, and the memory reservation.
 #[derive(Debug)]
 pub(super) struct Limits {
     pub memory: Option<i64>,
     pub nano_cpus: Option<i64>,
     pub pids: Option<i64>,
+    pub memory_reservation: Option<i64>,
 }
 
-/// `mem_limit`, `cpus` and `pids_limit`, each over its `deploy.resources.limits` counterpart.
+/// `mem_limit`, `cpus`, `pids_limit` and `mem_reservation`, each over its
+/// `deploy.resources.limits` or `.reservations` counterpart. A reservation Docker cannot make
+/// for a container (CPUs, devices such as GPUs) is refused by name.
 pub(super) fn limits(
     p: &str,
     mem_limit: Option<Scalar>,
     cpus: Option<Scalar>,
     pids_limit: Option<i64>,
+    mem_reservation: Option<Scalar>,
     resources: Option<RawResources>,
 ) -> Result<Limits, ComposeError> {
-    let limits = resources.and_then(|r| r.limits).unwrap_or_default();
+    let resources = resources.unwrap_or_default();
+    let limits = resources.limits.unwrap_or_default();
+    let reservations = resources.reservations.unwrap_or_default();
+    for (field, set) in [
+        ("cpus", reservations.cpus.is_some()),
+        ("devices", reservations.devices.is_some()),
+        (
+            "generic_resources",
+            reservations.generic_resources.is_some(),
+        ),
+    ] {
+        if set {
+            return Err(ComposeError::Unsupported {
+                field: format!("{p}.deploy.resources.reservations.{field}"),
+            });
+        }
+    }
+    let memory_reservation = size(
+        format!("{p}.mem_reservation"),
+        mem_reservation.or(reservations.memory),
+    )?;
     let memory = size(format!("{p}.mem_limit"), mem_limit.or(limits.memory))?;
     let nano_cpus = cpus
         .or(limits.cpus)
@@ -108,5 +143,6 @@ pub(super) fn limits(
         memory,
         nano_cpus,
         pids: pids_limit.or(limits.pids),
+        memory_reservation,
     })
 }

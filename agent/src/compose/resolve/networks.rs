@@ -41,17 +41,22 @@ pub(super) fn resolve_networks(
     Ok(out)
 }
 
-/// The networks a service joins; none listed means `default`.
+/// The networks a service joins (none listed means `default`), and the MAC address one of
+/// them asks for. berth creates a container on its first network (by key) and joins the others
+/// after; Docker Engines before 25 (API 1.44) set a MAC address only at create, so only the
+/// first network may have one.
 pub(super) fn resolve_service_networks(
     ctx: &Ctx<'_>,
     p: &str,
     raw: IndexMap<String, Option<RawServiceNetwork>>,
-) -> Result<BTreeMap<String, ServiceNetwork>, ComposeError> {
+) -> Result<(BTreeMap<String, ServiceNetwork>, Option<String>), ComposeError> {
     let raw = if raw.is_empty() {
         IndexMap::from([("default".to_string(), None)])
     } else {
         raw
     };
+    let first = raw.keys().min().cloned();
+    let mut mac = None;
     let mut out = BTreeMap::new();
     for (key, opts) in raw {
         let name = match ctx.top_networks.get(&key) {
@@ -65,6 +70,29 @@ pub(super) fn resolve_service_networks(
             }
         };
         let opts = opts.unwrap_or_default();
+        for (field, set) in [
+            ("priority", opts.priority.is_some()),
+            ("gw_priority", opts.gw_priority.is_some()),
+            ("interface_name", opts.interface_name.is_some()),
+        ] {
+            if set {
+                return Err(ComposeError::Unsupported {
+                    field: format!("{p}.networks.{key}.{field}"),
+                });
+            }
+        }
+        if let Some(m) = opts.mac_address {
+            if Some(&key) != first.as_ref() {
+                return Err(invalid(
+                    format!("{p}.networks.{key}.mac_address"),
+                    format!(
+                        "only the first network ({}) may set a MAC address: berth creates the container on it",
+                        first.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+            mac = Some(m);
+        }
         out.insert(
             key,
             ServiceNetwork {
@@ -72,10 +100,12 @@ pub(super) fn resolve_service_networks(
                 aliases: opts.aliases,
                 ipv4_address: opts.ipv4_address,
                 ipv6_address: opts.ipv6_address,
+                link_local_ips: opts.link_local_ips,
+                driver_opts: map_text(opts.driver_opts),
             },
         );
     }
-    Ok(out)
+    Ok((out, mac))
 }
 
 /// The networks the enabled services join, by key; `default` is created unless declared.

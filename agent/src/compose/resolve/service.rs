@@ -38,15 +38,25 @@ pub(super) fn resolve_service(
     let environment = environment::resolve_environment(ctx, name, raw.env_file, raw.environment)?;
     let ports = ports::resolve_ports(&p, raw.ports)?;
     let mounts = volumes::resolve_mounts(ctx, &p, raw.volumes, &raw.tmpfs)?;
-    let networks = networks::resolve_service_networks(ctx, &p, raw.networks)?;
+    let (networks, network_mac) = networks::resolve_service_networks(ctx, &p, raw.networks)?;
+    let mac_address = match (raw.mac_address, network_mac) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{p}.mac_address"),
+                "is also set on a network: set it in one place",
+            ))
+        }
+        (service, network) => service.or(network),
+    };
     let depends_on = dependencies::resolve_depends_on(&p, raw.depends_on)?;
     let healthcheck = healthcheck::resolve_healthcheck(&p, raw.healthcheck)?;
-    let restart = deploy::resolve_restart(&p, raw.restart, deploy.restart_policy)?;
+    let restart = deploy::resolve_restart(ctx, &p, raw.restart, deploy.restart_policy)?;
     let limits = deploy::limits(
         &p,
         raw.mem_limit,
         raw.cpus,
         raw.pids_limit,
+        raw.mem_reservation,
         deploy.resources,
     )?;
     let shm_size = size(format!("{p}.shm_size"), raw.shm_size)?;
@@ -84,6 +94,8 @@ pub(super) fn resolve_service(
         nano_cpus: limits.nano_cpus,
         pids_limit: limits.pids,
         shm_size,
+        memory_reservation: limits.memory_reservation,
+        mac_address,
         logging: raw.logging.map(logging),
         cap_add: raw.cap_add,
         cap_drop: raw.cap_drop,

@@ -9,6 +9,27 @@ use crate::compose::{DependencyCondition, MountKind, Project, Service};
 use crate::engine::docker::Engine;
 use crate::engine::plan::{Action, Observed, Plan};
 
+/// Fields an older engine would ignore without a word are refused on it, naming the field.
+pub(super) fn check_engine_features(
+    engine: &Engine,
+    project: &Project,
+) -> Result<(), ConvergeError> {
+    let has = engine.api.client_version();
+    let (major, minor) = (has.major_version, has.minor_version);
+    for svc in project.services.values() {
+        // A MAC address per endpoint: API 1.44 (Docker Engine 25).
+        if svc.mac_address.is_some() && (major, minor) < (1, 44) {
+            return Err(ConvergeError::EngineTooOld {
+                service: svc.name.clone(),
+                field: "mac_address",
+                needs: "1.44 (Docker Engine 25)",
+                has: format!("{major}.{minor}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `service_healthy` needs a healthcheck on the dependency: in the file or in its image.
 pub(super) async fn check_healthchecks(
     engine: &Engine,

@@ -42,6 +42,13 @@ pub enum ConvergeError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
+    #[error("service {service}: {field} needs Docker Engine API {needs} or newer; this daemon speaks {has}")]
+    EngineTooOld {
+        service: String,
+        field: &'static str,
+        needs: &'static str,
+        has: String,
+    },
     #[error("service {service}: image {image} is not present locally and pull_policy is never")]
     ImageMissing { service: String, image: String },
     /// `source` is the [`DockerError::Pull`], which names the image and carries the registry's
@@ -158,6 +165,7 @@ async fn prepare(
     )
     .instrument(tracing::info_span!("pull"))
     .await?;
+    checks::check_engine_features(engine, project)?;
     checks::check_healthchecks(engine, project).await?;
     let plan = plan::compute(project, &observed, opts.remove_orphans);
     checks::check_ports(project, &plan, &observed)?;

@@ -253,6 +253,7 @@ fn host_config(svc: &Service, bindings: HashMap<String, Option<Vec<PortBinding>>
         binds: (!binds.is_empty()).then_some(binds),
         restart_policy,
         memory: svc.memory,
+        memory_reservation: svc.memory_reservation,
         nano_cpus: svc.nano_cpus,
         pids_limit: svc.pids_limit,
         shm_size: svc.shm_size,
@@ -312,16 +313,28 @@ fn networks(svc: &Service) -> (Option<NetworkingConfig>, Vec<(String, EndpointSe
     let endpoint = |n: &crate::compose::ServiceNetwork| {
         let mut aliases = vec![svc.name.clone()];
         aliases.extend(n.aliases.iter().cloned());
-        let ipam = (n.ipv4_address.is_some() || n.ipv6_address.is_some()).then(|| {
-            bollard::models::EndpointIpamConfig {
-                ipv4_address: n.ipv4_address.clone(),
-                ipv6_address: n.ipv6_address.clone(),
-                ..Default::default()
-            }
+        let addressed =
+            n.ipv4_address.is_some() || n.ipv6_address.is_some() || !n.link_local_ips.is_empty();
+        let ipam = addressed.then(|| bollard::models::EndpointIpamConfig {
+            ipv4_address: n.ipv4_address.clone(),
+            ipv6_address: n.ipv6_address.clone(),
+            link_local_ips: (!n.link_local_ips.is_empty()).then(|| n.link_local_ips.clone()),
         });
         EndpointSettings {
             aliases: Some(aliases),
             ipam_config: ipam,
+            // Only the first network's (the resolver allows no other); an engine too old to
+            // read it here is refused before anything changes (checks.rs).
+            mac_address: svc
+                .mac_address
+                .clone()
+                .filter(|_| Some(&n.name) == svc.networks.values().next().map(|f| &f.name)),
+            driver_opts: (!n.driver_opts.is_empty()).then(|| {
+                n.driver_opts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
             ..Default::default()
         }
     };
