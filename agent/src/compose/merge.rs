@@ -1,7 +1,9 @@
 //! Folding several compose files into one, with compose's merge rules for the common fields:
 //! mappings merge key by key, list-or-map fields (`environment`, `labels`, `depends_on`, ...)
 //! merge by key, `ports` and friends append, `volumes` merge by mount target, and `command`,
-//! `entrypoint` and `healthcheck.test` are replaced whole.
+//! `entrypoint` and `healthcheck.test` are replaced whole. A value tagged `!reset` removes what
+//! the files before set; `!override` replaces it instead of merging. [`finish`] resolves the
+//! tags the merge did not meet (in the first file).
 
 use std::path::Path;
 
@@ -42,10 +44,17 @@ pub(super) fn merge_documents(
         _ => return Ok(Value::Mapping(over)),
     };
     for (key, value) in over {
+        let value = match overrides(&mut base, key.clone(), value) {
+            Some(v) => v,
+            None => continue,
+        };
         let merged = match (key.as_str(), base.remove(&key)) {
             (Some("services"), Some(Value::Mapping(mut services))) => {
                 if let Value::Mapping(over_services) = value {
                     for (name, svc) in over_services {
+                        let Some(svc) = overrides(&mut services, name.clone(), svc) else {
+                            continue;
+                        };
                         let svc = match services.remove(&name) {
                             Some(existing) => merge_service(existing, svc),
                             None => svc,
@@ -61,6 +70,61 @@ pub(super) fn merge_documents(
         base.insert(key, merged);
     }
     Ok(Value::Mapping(base))
+}
+
+/// A tagged value's effect on `base[key]`: `!reset` removes it, `!override` puts the value in
+/// its place; either way there is nothing left to merge (None). Any other value is handed back.
+fn overrides(base: &mut Mapping, key: Value, value: Value) -> Option<Value> {
+    match value {
+        Value::Tagged(t) if t.tag == "reset" => {
+            base.remove(&key);
+            None
+        }
+        Value::Tagged(t) if t.tag == "override" => {
+            base.insert(key, untagged(t.value));
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// `v` with the tags inside it resolved as if there were nothing before it: a `!reset` key
+/// goes, an `!override` value stays.
+fn untagged(v: Value) -> Value {
+    match v {
+        Value::Mapping(m) => Value::Mapping(
+            m.into_iter()
+                .filter_map(|(k, v)| match v {
+                    Value::Tagged(t) if t.tag == "reset" => None,
+                    other => Some((k, untagged(other))),
+                })
+                .collect(),
+        ),
+        Value::Sequence(items) => Value::Sequence(items.into_iter().map(untagged).collect()),
+        Value::Tagged(t) => untagged(t.value),
+        other => other,
+    }
+}
+
+/// The merged document with the tags no later file met resolved, and any other tag refused
+/// (compose knows only these two).
+pub(super) fn finish(doc: Value, path: &Path) -> Result<Value, ComposeError> {
+    fn unknown_tag(v: &Value) -> Option<String> {
+        match v {
+            Value::Tagged(t) if t.tag != "reset" && t.tag != "override" => Some(t.tag.to_string()),
+            Value::Tagged(t) => unknown_tag(&t.value),
+            Value::Mapping(m) => m.values().find_map(unknown_tag),
+            Value::Sequence(items) => items.iter().find_map(unknown_tag),
+            _ => None,
+        }
+    }
+    if let Some(tag) = unknown_tag(&doc) {
+        return Err(structure(
+            path,
+            &format!("unknown YAML tag {tag}: compose knows !reset and !override"),
+        ));
+    }
+    Ok(untagged(doc))
 }
 
 fn structure(path: &Path, message: &str) -> ComposeError {
@@ -84,6 +148,14 @@ fn normalize_resources(doc: &mut Mapping) {
     }
 }
 
+/// The value under a `!reset` or `!override` tag; any other value itself.
+fn inner(v: &mut Value) -> &mut Value {
+    match v {
+        Value::Tagged(t) => &mut t.value,
+        other => other,
+    }
+}
+
 /// Puts every service of one file into the shape merging expects.
 fn normalize_services(doc: &mut Mapping, path: &Path) -> Result<(), ComposeError> {
     let Some(services) = doc.get_mut("services") else {
@@ -94,6 +166,7 @@ fn normalize_services(doc: &mut Mapping, path: &Path) -> Result<(), ComposeError
     };
     for (name, svc) in services.iter_mut() {
         let name = name.as_str().unwrap_or("?").to_string();
+        let svc = inner(svc);
         if svc.is_null() {
             *svc = Value::Mapping(Mapping::new());
         }
@@ -104,11 +177,11 @@ fn normalize_services(doc: &mut Mapping, path: &Path) -> Result<(), ComposeError
             ));
         };
         for key in KEYED {
-            if let Some(v) = svc.get_mut(key) {
+            if let Some(v) = svc.get_mut(key).map(inner) {
                 list_to_map(v);
             }
         }
-        if let Some(v) = svc.get_mut("depends_on") {
+        if let Some(v) = svc.get_mut("depends_on").map(inner) {
             if let Value::Sequence(items) = v {
                 let mut m = Mapping::new();
                 for item in items.drain(..) {
@@ -119,14 +192,14 @@ fn normalize_services(doc: &mut Mapping, path: &Path) -> Result<(), ComposeError
                 *v = Value::Mapping(m);
             }
         }
-        if let Some(v) = svc.get_mut("networks") {
+        if let Some(v) = svc.get_mut("networks").map(inner) {
             if let Value::Sequence(items) = v {
                 let m: Mapping = items.drain(..).map(|i| (i, Value::Null)).collect();
                 *v = Value::Mapping(m);
             }
         }
         for key in APPENDED {
-            if let Some(v) = svc.get_mut(key) {
+            if let Some(v) = svc.get_mut(key).map(inner) {
                 if let Value::String(_) | Value::Number(_) = v {
                     *v = Value::Sequence(vec![v.clone()]);
                 }
@@ -168,6 +241,9 @@ fn merge_service(base: Value, over: Value) -> Value {
         return Value::Null;
     };
     for (key, value) in over {
+        let Some(value) = overrides(&mut base, key.clone(), value) else {
+            continue;
+        };
         let merged = match (key.as_str().unwrap_or(""), base.remove(&key)) {
             (_, None) => value,
             (k, Some(Value::Sequence(mut existing))) if APPENDED.contains(&k) => {
@@ -239,6 +315,9 @@ fn deep_merge(base: Value, over: Value) -> Value {
     match (base, over) {
         (Value::Mapping(mut b), Value::Mapping(o)) => {
             for (k, v) in o {
+                let Some(v) = overrides(&mut b, k.clone(), v) else {
+                    continue;
+                };
                 let merged = match b.remove(&k) {
                     Some(existing) => deep_merge(existing, v),
                     None => v,
@@ -347,5 +426,42 @@ mod tests {
     fn non_mapping_top_level_is_an_error() {
         let e = merge_documents(Value::Null, doc("[1, 2]"), Path::new("bad.yaml")).unwrap_err();
         assert!(e.to_string().contains("bad.yaml"), "{e}");
+    }
+
+    #[test]
+    fn reset_removes_and_override_replaces_what_earlier_files_set() {
+        let m = merged(
+            "services: {web: {ports: ['80:80'], environment: {A: '1'}, labels: {x: '1'}}}",
+            "services: {web: {ports: !reset [], environment: !override {B: '2'}, labels: {y: '2'}}}",
+        );
+        let m = finish(m, Path::new("o.yaml")).unwrap();
+        let web = &m["services"]["web"];
+        assert!(web.get("ports").is_none(), "{web:?}");
+        assert_eq!(web["environment"], doc("{B: '2'}"));
+        assert_eq!(web["labels"], doc("{x: '1', y: '2'}"), "no tag: merged");
+    }
+
+    #[test]
+    fn tags_in_the_first_file_resolve_and_unknown_tags_are_refused() {
+        let first = merge_documents(
+            Value::Null,
+            doc("services: {web: {image: a, dns: !reset [1.1.1.1], cap_add: !override [X]}}"),
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        let m = finish(first, Path::new("c.yaml")).unwrap();
+        assert!(m["services"]["web"].get("dns").is_none());
+        assert_eq!(m["services"]["web"]["cap_add"], doc("[X]"));
+        let odd = merge_documents(
+            Value::Null,
+            doc("services: {web: {image: !custom a}}"),
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        let e = finish(odd, Path::new("c.yaml")).unwrap_err();
+        assert!(
+            e.to_string().contains("c.yaml") && format!("{e:?}").contains("custom"),
+            "{e:?}"
+        );
     }
 }

@@ -61,6 +61,9 @@ pub enum ComposeError {
     Build { service: String },
     #[error("{field}: not supported by berth")]
     Unsupported { field: String },
+    /// Known and refused for a reason the user can act on.
+    #[error("{field}: not supported by berth: {why}")]
+    UnsupportedBecause { field: String, why: &'static str },
     #[error("service {service} depends on undefined service {dependency}")]
     UnknownDependency { service: String, dependency: String },
     #[error("service {service} depends on {dependency}, which is disabled by its profiles (enable it with --profile)")]
@@ -133,6 +136,7 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
         let doc = files::read_document(path, &lookup)?;
         merged = merge::merge_documents(merged, doc, path)?;
     }
+    let merged = merge::finish(merged, &files[files.len() - 1])?;
     // As compose: COMPOSE_PROFILES applies only when no --profile is given.
     let mut profiles: Vec<String> = opts.profiles.clone();
     if profiles.is_empty() {

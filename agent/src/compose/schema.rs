@@ -96,6 +96,9 @@ pub(super) struct LongVolume {
     pub(super) tmpfs: Option<LongTmpfs>,
     #[serde(default)]
     pub(super) consistency: Option<String>,
+    /// `type: image`'s options: read so that the type is refused by name, not by shape.
+    #[serde(default)]
+    pub(super) image: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -119,10 +119,18 @@ fn short_mount(field: &str, s: &str) -> Result<MountSpec, ComposeError> {
 fn long_mount(field: &str, l: LongVolume) -> Result<MountSpec, ComposeError> {
     // Accepted as compose does: it only ever mattered on Docker for Mac.
     let _ = &l.consistency;
+    // Only its presence matters: the type is refused below.
+    let _ = &l.image;
     let kind = match l.kind.as_str() {
         "bind" => MountKind::Bind,
         "volume" => MountKind::Volume,
         "tmpfs" => MountKind::Tmpfs,
+        "image" => {
+            return Err(ComposeError::UnsupportedBecause {
+                field: format!("{field}.type: image"),
+                why: "mounting an image needs Docker Engine 28 (API 1.48); use a volume filled from the image",
+            })
+        }
         other => {
             return Err(ComposeError::Unsupported {
                 field: format!("{field}.type: {other}"),
