@@ -236,7 +236,7 @@ fn scalar_text(v: &Value) -> String {
     }
 }
 
-fn merge_service(base: Value, over: Value) -> Value {
+pub(super) fn merge_service(base: Value, over: Value) -> Value {
     let (Value::Mapping(mut base), Value::Mapping(over)) = (base, over) else {
         return Value::Null;
     };

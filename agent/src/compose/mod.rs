@@ -3,10 +3,12 @@
 //! whose services are fully resolved and validated. Nothing here talks to Docker.
 //!
 //! Stages, in order: [`files`] parses and interpolates each file (with [`interpolate`]'s
-//! `${...}` rules), [`merge`] folds them into one document, [`resolve`] reads it through the
-//! [`schema`] into the typed, checked [`model`] ([`dotenv`] reads `env_file`s).
+//! `${...}` rules), [`merge`] folds them into one document, [`extends`] brings in `include`d
+//! files and `extends`, [`resolve`] reads it through the [`schema`] into the typed, checked
+//! [`model`] ([`dotenv`] reads `env_file`s).
 
 pub mod dotenv;
+mod extends;
 mod fields;
 mod files;
 pub mod interpolate;
@@ -136,6 +138,10 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
         let doc = files::read_document(path, &lookup)?;
         merged = merge::merge_documents(merged, doc, path)?;
     }
+    // `extends` without `file:` and relative `include` paths are read from the main file's
+    // directory, the project's.
+    extends::resolve_include(&mut merged, &files[0], &opts.environment, 0)?;
+    extends::resolve_extends(&mut merged, &files[0], &lookup)?;
     let merged = merge::finish(merged, &files[files.len() - 1])?;
     // As compose: COMPOSE_PROFILES applies only when no --profile is given.
     let mut profiles: Vec<String> = opts.profiles.clone();

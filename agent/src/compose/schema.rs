@@ -382,7 +382,6 @@ pub(super) const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "links",
     "external_links",
     "volumes_from",
-    "extends",
     "develop",
     "gpus",
     "platform",
@@ -419,5 +418,5 @@ pub(super) const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
 ];
 
 pub(super) const TOP_KEYS: &[&str] = &["version", "name", "services", "networks", "volumes"];
-pub(super) const UNSUPPORTED_TOP_KEYS: &[&str] = &["secrets", "configs", "include", "models"];
+pub(super) const UNSUPPORTED_TOP_KEYS: &[&str] = &["secrets", "configs", "models"];
 pub(super) const DEPLOY_KEYS: &[&str] = &["replicas", "resources", "restart_policy", "mode"];

@@ -1541,3 +1541,30 @@ fn memory_reservations_are_kept_in_both_forms() {
     assert_eq!(p.services["a"].memory_reservation, Some(64 * MIB));
     assert_eq!(p.services["b"].memory_reservation, Some(32 * MIB));
 }
+
+#[test]
+fn extends_in_a_circle_and_an_include_redefining_a_service_are_errors() {
+    let fx = Fx::with(
+        "services:\n  a:\n    image: nginx\n    extends: b\n  b:\n    image: nginx\n    extends: {service: a}\n",
+    );
+    let text = crate::report::chain(&fx.err());
+    assert!(
+        text.contains("circle") && text.contains("a (") && text.contains("b ("),
+        "{text}"
+    );
+
+    let fx = Fx::with("include: [lib/compose.yaml]\nservices:\n  db:\n    image: nginx\n");
+    fx.write(
+        "lib/compose.yaml",
+        "services:\n  db:\n    image: postgres\n",
+    );
+    let text = crate::report::chain(&fx.err());
+    assert!(
+        text.contains("services.db is defined both here and in"),
+        "{text}"
+    );
+
+    let fx = Fx::with("services:\n  a:\n    image: nginx\n    extends: missing\n");
+    let text = crate::report::chain(&fx.err());
+    assert!(text.contains("\"missing\""), "{text}");
+}
