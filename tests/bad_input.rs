@@ -376,9 +376,19 @@ fn docker_daemon_not_reachable() {
 fn unsupported_field_is_an_error() {
     rejects(
         "unsupported_field",
+        &web("    runtime: runsc\n"),
+        3,
+        &["services.web.runtime", "not supported"],
+    );
+}
+
+#[test]
+fn undeclared_secret_names_the_service_and_the_secret() {
+    rejects(
+        "undeclared_secret",
         &web("    secrets: [db_password]\n"),
         3,
-        &["services.web.secrets", "not supported"],
+        &["services.web.secrets[0]", "db_password", "not declared"],
     );
 }
 

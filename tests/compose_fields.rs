@@ -755,6 +755,84 @@ networks:
 }
 
 #[test]
+fn secrets_and_configs_are_files_with_their_owner_and_mode_and_a_change_recreates() {
+    let p = Project::new("secrets");
+    p.write("db_password.txt", "s3cr3t-from-file\n");
+    p.write("app.conf", "level=debug\n");
+    let compose = |inline: &str| {
+        format!(
+            r#"
+services:
+  app:
+    image: {TOOL}
+    environment:
+      ONLY_NAME: "true"
+    secrets:
+      - db_password
+      - source: api_key
+        target: api.key
+        uid: "1000"
+        gid: "1000"
+        mode: 0o440
+    configs:
+      - app_conf
+      - source: inline
+        target: /etc/app/inline.conf
+        mode: 0o644
+secrets:
+  db_password:
+    file: ./db_password.txt
+  api_key:
+    environment: API_KEY
+configs:
+  app_conf:
+    file: ./app.conf
+  inline:
+    content: "{inline}"
+"#
+        )
+    };
+    p.compose(&compose("answer=42"));
+    let out = p.up_cmd().env("API_KEY", "s3cr3t-from-env").run();
+    out.ok();
+    assert!(!out.stderr.contains("s3cr3t"), "{}", out.stderr);
+    let c = p.container("app");
+    let id = id_of(&c);
+    let stat = |path: &str| exec(&id, &["stat", "-c", "%a %u %g", path]).1;
+    assert_eq!(
+        exec(&id, &["cat", "/run/secrets/db_password"]).1,
+        "s3cr3t-from-file"
+    );
+    assert_eq!(stat("/run/secrets/db_password"), "400 0 0");
+    assert_eq!(
+        exec(&id, &["cat", "/run/secrets/api.key"]).1,
+        "s3cr3t-from-env"
+    );
+    assert_eq!(stat("/run/secrets/api.key"), "440 1000 1000");
+    assert_eq!(exec(&id, &["cat", "/app_conf"]).1, "level=debug");
+    assert_eq!(stat("/app_conf"), "444 0 0");
+    assert_eq!(exec(&id, &["cat", "/etc/app/inline.conf"]).1, "answer=42");
+    // Neither the values nor a digest of them reach the labels or `berth config`.
+    let labels = c["Config"]["Labels"].to_string();
+    assert!(!labels.contains("s3cr3t"), "{labels}");
+    let config = p.cmd("config").env("API_KEY", "s3cr3t-from-env").run();
+    config.ok();
+    assert!(!config.stdout.contains("s3cr3t"), "{}", config.stdout);
+
+    // A changed config recreates the container; the same content does not.
+    p.up_cmd().env("API_KEY", "s3cr3t-from-env").run().ok();
+    assert_eq!(id_of(&p.container("app")), id, "unchanged: kept");
+    p.compose(&compose("answer=43"));
+    p.up_cmd().env("API_KEY", "s3cr3t-from-env").run().ok();
+    let again = id_of(&p.container("app"));
+    assert_ne!(again, id, "a changed config recreates");
+    assert_eq!(
+        exec(&again, &["cat", "/etc/app/inline.conf"]).1,
+        "answer=43"
+    );
+}
+
+#[test]
 fn networks_custom_with_aliases_and_default() {
     let p = Project::new("networks");
     p.compose(&format!(

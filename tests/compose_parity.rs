@@ -157,7 +157,7 @@ fn canonical_compose_service(
     volumes: &BTreeMap<String, String>,
     networks: &BTreeMap<String, String>,
 ) -> Value {
-    const KNOWN: [&str; 50] = [
+    const KNOWN: [&str; 52] = [
         "image",
         "command",
         "entrypoint",
@@ -204,6 +204,8 @@ fn canonical_compose_service(
         "env_file",
         "mem_reservation",
         "mac_address",
+        "secrets",
+        "configs",
         "memswap_limit",
         "network_mode",
         "platform",
@@ -412,6 +414,42 @@ fn canonical_compose_service(
         json!({"driver": l.get("driver").cloned().unwrap_or(Value::Null),
                "options": map_or_empty(l.get("options"))})
     });
+    // Secrets and configs as files. berth's one deliberate difference: a secret is 0400 unless
+    // its mode says otherwise (compose's 0444 lets any user of the container read it).
+    let mut files = vec![];
+    for (section, kind, dir, default_mode) in [
+        ("secrets", "secret", "/run/secrets", 0o400),
+        ("configs", "config", "", 0o444),
+    ] {
+        for u in svc
+            .get(section)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let source = u["source"].as_str().unwrap();
+            let target = match u.get("target").and_then(Value::as_str) {
+                Some(t) if t.starts_with('/') => t.to_string(),
+                Some(t) => format!("{dir}/{t}"),
+                None => format!("{dir}/{source}"),
+            };
+            let id = |k: &str| match u.get(k) {
+                Some(Value::String(s)) => json!(s.parse::<u32>().unwrap()),
+                Some(n) => n.clone(),
+                None => json!(0),
+            };
+            files.push(json!({
+                "kind": kind, "source": source, "target": target,
+                "uid": id("uid"), "gid": id("gid"),
+                // compose prints a mode as octal text.
+                "mode": match u.get("mode") {
+                    Some(Value::String(m)) => json!(u32::from_str_radix(m, 8).unwrap()),
+                    Some(m) => m.clone(),
+                    None => json!(default_mode),
+                },
+            }));
+        }
+    }
     let field = |k: &str| svc.get(k).cloned().unwrap_or(Value::Null);
     let flag = |k: &str| svc.get(k).cloned().unwrap_or(json!(false));
     json!({
@@ -446,6 +484,8 @@ fn canonical_compose_service(
         "shm_size": svc.get("shm_size").map(bytes).unwrap_or(Value::Null),
         "memory_reservation": memory_reservation,
         "mac_address": mac_address,
+        // berth leaves the list out when empty.
+        "files": if files.is_empty() { Value::Null } else { json!(files) },
         "logging": logging,
         "cap_add": strings(svc.get("cap_add")),
         "cap_drop": strings(svc.get("cap_drop")),

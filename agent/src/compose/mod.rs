@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 
 pub use fields::{parse_duration, parse_size};
 pub use model::{
-    Dependency, DependencyCondition, Healthcheck, Logging, MountKind, MountSpec, NetworkSpec,
-    PortMapping, Project, PullPolicy, Service, ServiceNetwork, VolumeSpec,
+    Dependency, DependencyCondition, FileKind, Healthcheck, Logging, MountKind, MountSpec,
+    NetworkSpec, PortMapping, Project, PullPolicy, Service, ServiceFile, ServiceNetwork,
+    VolumeSpec,
 };
 
 /// Everything that can be wrong with a compose project. Each variant names the file and the path

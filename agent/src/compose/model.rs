@@ -112,6 +112,9 @@ pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
     pub logging: Option<Logging>,
+    /// Secrets and configs, copied into the container before it starts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ServiceFile>,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub security_opt: Vec<String>,
@@ -135,14 +138,20 @@ impl Service {
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
             return BTreeMap::new();
         };
-        fields
+        let mut digests: BTreeMap<String, String> = fields
             .into_iter()
             .filter(|(k, _)| !UNHASHED.contains(&k.as_str()))
             .map(|(k, v)| {
                 let digest = Sha256::digest(v.to_string().as_bytes());
                 (k, hex(&digest[..6]))
             })
-            .collect()
+            .collect();
+        if !self.files.is_empty() {
+            let all: Vec<&str> = self.files.iter().map(|f| f.digest.as_str()).collect();
+            let digest = Sha256::digest(all.join(",").as_bytes());
+            digests.insert("files_content".into(), hex(&digest[..6]));
+        }
+        digests
     }
 
     /// The hash compose's `com.docker.compose.config-hash` label carries.
@@ -160,6 +169,52 @@ impl Service {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a file comes from `secrets` or `configs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Secret,
+    Config,
+}
+
+/// A secret or config as a file in a service's container. Serialized (`berth config`) without
+/// its content or a digest of it (a short password's digest can be guessed); the content's
+/// digest enters the config hash only ([`Service::field_digests`]), so that a changed secret
+/// recreates the container without its value reaching a label.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceFile {
+    pub kind: FileKind,
+    /// The top-level entry's name.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    /// sha256 of the content, hex.
+    #[serde(skip)]
+    pub digest: String,
+    #[serde(skip)]
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServiceFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceFile")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .field("target", &self.target)
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field(
+                "content",
+                &format_args!("({} bytes, hidden)", self.content.len()),
+            )
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -279,6 +279,8 @@ pub(super) struct RawService {
     pub(super) shm_size: Option<Scalar>,
     pub(super) mem_reservation: Option<Scalar>,
     pub(super) mac_address: Option<String>,
+    pub(super) secrets: Vec<FileUse>,
+    pub(super) configs: Vec<FileUse>,
     pub(super) logging: Option<RawLogging>,
     pub(super) cap_add: Vec<String>,
     pub(super) cap_drop: Vec<String>,
@@ -306,6 +308,43 @@ pub(super) struct RawNetwork {
     pub(super) enable_ipv6: Option<bool>,
     pub(super) labels: IndexMap<String, Option<Scalar>>,
     pub(super) ipam: Option<Value>,
+}
+
+/// A top-level `secrets` or `configs` entry: where its content comes from.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawFileSource {
+    pub(super) file: Option<String>,
+    pub(super) environment: Option<String>,
+    pub(super) content: Option<String>,
+    /// Swarm's: read to be refused by name.
+    pub(super) external: Option<Value>,
+    pub(super) name: Option<String>,
+    pub(super) driver: Option<Value>,
+    pub(super) template_driver: Option<Value>,
+    pub(super) labels: Option<Value>,
+}
+
+/// A service's use of a secret or config: its name, or the long form.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum FileUse {
+    Name(String),
+    Long(LongFileUse),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LongFileUse {
+    pub(super) source: String,
+    #[serde(default)]
+    pub(super) target: Option<String>,
+    #[serde(default)]
+    pub(super) uid: Option<Scalar>,
+    #[serde(default)]
+    pub(super) gid: Option<Scalar>,
+    #[serde(default)]
+    pub(super) mode: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -356,6 +395,8 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "shm_size",
     "mem_reservation",
     "mac_address",
+    "secrets",
+    "configs",
     "logging",
     "cap_add",
     "cap_drop",
@@ -373,8 +414,6 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
 
 /// Compose fields berth knows and does not implement: an error, never a silent skip.
 pub(super) const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
-    "secrets",
-    "configs",
     "devices",
     "network_mode",
     "pid",
@@ -417,6 +456,8 @@ pub(super) const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "use_api_socket",
 ];
 
-pub(super) const TOP_KEYS: &[&str] = &["version", "name", "services", "networks", "volumes"];
-pub(super) const UNSUPPORTED_TOP_KEYS: &[&str] = &["secrets", "configs", "models"];
+pub(super) const TOP_KEYS: &[&str] = &[
+    "version", "name", "services", "networks", "volumes", "secrets", "configs",
+];
+pub(super) const UNSUPPORTED_TOP_KEYS: &[&str] = &["models"];
 pub(super) const DEPLOY_KEYS: &[&str] = &["replicas", "resources", "restart_policy", "mode"];

@@ -1234,14 +1234,14 @@ fn build_with_image_warns_and_loads() {
 
 #[test]
 fn unsupported_key_is_an_error_naming_the_field() {
-    let e = Fx::with("services: {x: {image: nginx, secrets: [s]}}\n").err();
+    let e = Fx::with("services: {x: {image: nginx, runtime: runc}}\n").err();
     match &e {
-        ComposeError::Unsupported { field } => assert_eq!(field, "services.x.secrets"),
+        ComposeError::Unsupported { field } => assert_eq!(field, "services.x.runtime"),
         other => panic!("expected Unsupported, got {other:?}"),
     }
-    assert!(e.to_string().contains("services.x.secrets"), "{e}");
-    let e = Fx::with("services: {x: {image: nginx}}\nsecrets: {s: {file: ./s}}\n").err();
-    assert!(matches!(e, ComposeError::Unsupported { field } if field == "secrets"));
+    assert!(e.to_string().contains("services.x.runtime"), "{e}");
+    let e = Fx::with("services: {x: {image: nginx}}\nmodels: {m: {model: x}}\n").err();
+    assert!(matches!(e, ComposeError::Unsupported { field } if field == "models"));
 }
 
 #[test]
@@ -1567,4 +1567,49 @@ fn extends_in_a_circle_and_an_include_redefining_a_service_are_errors() {
     let fx = Fx::with("services:\n  a:\n    image: nginx\n    extends: missing\n");
     let text = crate::report::chain(&fx.err());
     assert!(text.contains("\"missing\""), "{text}");
+}
+
+#[test]
+fn secrets_and_configs_resolve_to_files_and_their_values_stay_out_of_debug() {
+    let fx = Fx::with(
+        "services:\n  web:\n    image: nginx\n    secrets: [token]\n    configs: [{source: conf, target: /etc/x.conf, mode: 0o600, uid: '7'}]\nsecrets:\n  token:\n    environment: TOKEN\nconfigs:\n  conf:\n    content: key=value\n",
+    )
+    .env("TOKEN", "s3cr3t-token");
+    let p = fx.ok();
+    let files = &p.services["web"].files;
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[0].target, "/run/secrets/token");
+    assert_eq!((files[0].mode, files[0].uid), (0o400, 0));
+    assert_eq!(files[0].content, b"s3cr3t-token");
+    assert_eq!(
+        (files[1].target.as_str(), files[1].mode, files[1].uid),
+        ("/etc/x.conf", 0o600, 7)
+    );
+    let shown = format!("{:?} {}", files, serde_json::to_string(&p).unwrap());
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+
+    let refused = |yaml: &str, needle: &str| {
+        let text = crate::report::chain(&Fx::with(yaml).err());
+        assert!(text.contains(needle), "{needle}: {text}");
+    };
+    refused(
+        "services:\n  web:\n    image: nginx\n    secrets: [nope]\n",
+        "\"nope\" is not declared in the top-level `secrets`",
+    );
+    refused(
+        "services:\n  web:\n    image: nginx\nsecrets:\n  s:\n    environment: UNSET_TOKEN\n",
+        "UNSET_TOKEN is not set",
+    );
+    refused(
+        "services:\n  web:\n    image: nginx\nsecrets:\n  s:\n    external: true\n",
+        "secrets.s.external",
+    );
+    refused(
+        "services:\n  web:\n    image: nginx\nsecrets:\n  s:\n    content: inline\n",
+        "content is for configs",
+    );
+    refused(
+        "services:\n  web:\n    image: nginx\n    read_only: true\n    configs: [c]\nconfigs:\n  c:\n    content: x\n",
+        "read-only root file system",
+    );
 }

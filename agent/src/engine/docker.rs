@@ -236,6 +236,49 @@ impl Engine {
         }
     }
 
+    /// Writes `files` (secrets and configs) into the created container `id`, owners and modes
+    /// as given: one tar archive, extracted by the daemon at `/` (missing parent directories
+    /// are made 0755). The content never leaves this call but in that archive.
+    pub async fn copy_files(
+        &self,
+        id: &str,
+        files: &[crate::compose::ServiceFile],
+    ) -> Result<(), DockerError> {
+        let mut archive = tar::Builder::new(Vec::new());
+        for f in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(f.content.len() as u64);
+            header.set_mode(f.mode);
+            header.set_uid(u64::from(f.uid));
+            header.set_gid(u64::from(f.gid));
+            header.set_mtime(0);
+            archive
+                .append_data(
+                    &mut header,
+                    f.target.trim_start_matches('/'),
+                    f.content.as_slice(),
+                )
+                .map_err(|e| DockerError::Request {
+                    action: "archive a secret or config",
+                    target: f.target.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        let bytes = archive.into_inner().map_err(|e| DockerError::Request {
+            action: "archive secrets and configs",
+            target: id.to_string(),
+            message: e.to_string(),
+        })?;
+        let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::default()
+            .path("/")
+            .build();
+        self.api
+            .upload_to_container(id, Some(opts), bollard::body_full(bytes.into()))
+            .await
+            .map_err(request("copy secrets and configs into", id))
+    }
+
     pub async fn rename(&self, id: &str, name: &str) -> Result<(), DockerError> {
         let opts = bollard::query_parameters::RenameContainerOptionsBuilder::default()
             .name(name)

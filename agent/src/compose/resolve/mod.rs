@@ -8,6 +8,7 @@ mod healthcheck;
 mod keys;
 mod networks;
 mod ports;
+mod secrets;
 mod service;
 mod typed;
 mod volumes;
@@ -19,8 +20,8 @@ use indexmap::IndexMap;
 use serde_norway::{Mapping, Value};
 
 use super::fields::parse_size;
-use super::model::{NetworkSpec, Project, Service, VolumeSpec};
-use super::schema::{RawNetwork, RawVolume, Scalar};
+use super::model::{FileKind, NetworkSpec, Project, Service, VolumeSpec};
+use super::schema::{RawFileSource, RawNetwork, RawVolume, Scalar};
 use super::ComposeError;
 use typed::typed;
 
@@ -40,6 +41,9 @@ struct Ctx<'a> {
     env: &'a BTreeMap<String, String>,
     top_networks: &'a BTreeMap<String, NetworkSpec>,
     top_volumes: &'a BTreeMap<String, VolumeSpec>,
+    /// The top-level secrets' and configs' contents, by name.
+    secrets: &'a BTreeMap<String, Vec<u8>>,
+    configs: &'a BTreeMap<String, Vec<u8>>,
     warnings: Vec<String>,
 }
 
@@ -79,6 +83,14 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         typed(take_section(&mut doc, "volumes"), "volumes")?;
     let top_networks = networks::resolve_networks(&name, raw_networks)?;
     let top_volumes = volumes::resolve_volumes(&name, input.project_dir, input.env, raw_volumes)?;
+    let raw_secrets: IndexMap<String, Option<RawFileSource>> =
+        typed(take_section(&mut doc, "secrets"), "secrets")?;
+    let raw_configs: IndexMap<String, Option<RawFileSource>> =
+        typed(take_section(&mut doc, "configs"), "configs")?;
+    let secret_sources =
+        secrets::resolve_sources(FileKind::Secret, raw_secrets, input.project_dir, input.env)?;
+    let config_sources =
+        secrets::resolve_sources(FileKind::Config, raw_configs, input.project_dir, input.env)?;
 
     let Value::Mapping(services_map) = take_section(&mut doc, "services") else {
         return Err(invalid("services", "must be a mapping"));
@@ -89,6 +101,8 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         env: input.env,
         top_networks: &top_networks,
         top_volumes: &top_volumes,
+        secrets: &secret_sources,
+        configs: &config_sources,
         warnings,
     };
     let (mut services, disabled) = resolve_services(&mut ctx, services_map, input.profiles)?;

@@ -7,11 +7,11 @@ use indexmap::IndexMap;
 use serde_norway::Value;
 
 use super::{
-    dependencies, deploy, environment, healthcheck, invalid, keys, map_text, networks, ports, size,
-    typed, volumes, Ctx,
+    dependencies, deploy, environment, healthcheck, invalid, keys, map_text, networks, ports,
+    secrets, size, typed, volumes, Ctx,
 };
 use crate::compose::fields::parse_duration;
-use crate::compose::model::{Logging, PullPolicy, Service};
+use crate::compose::model::{FileKind, Logging, PullPolicy, Service};
 use crate::compose::schema::{
     Addresses, ExtraHosts, RawLogging, RawService, RawUlimit, StringOrList,
 };
@@ -60,6 +60,19 @@ pub(super) fn resolve_service(
         deploy.resources,
     )?;
     let shm_size = size(format!("{p}.shm_size"), raw.shm_size)?;
+    let mut files = secrets::resolve_uses(ctx, &p, FileKind::Secret, raw.secrets)?;
+    files.extend(secrets::resolve_uses(
+        ctx,
+        &p,
+        FileKind::Config,
+        raw.configs,
+    )?);
+    if !files.is_empty() && raw.read_only == Some(true) {
+        return Err(ComposeError::UnsupportedBecause {
+            field: format!("{p}.read_only with secrets or configs"),
+            why: "berth copies them into the container before it starts, which Docker refuses for a read-only root file system",
+        });
+    }
     let stop_grace_period_secs = grace_period_secs(&p, raw.stop_grace_period)?;
 
     Ok(Service {
@@ -96,6 +109,7 @@ pub(super) fn resolve_service(
         shm_size,
         memory_reservation: limits.memory_reservation,
         mac_address,
+        files,
         logging: raw.logging.map(logging),
         cap_add: raw.cap_add,
         cap_drop: raw.cap_drop,

@@ -250,5 +250,15 @@ async fn create(
             ));
         }
     }
+    if !svc.files.is_empty() {
+        if let Err(e) = engine.copy_files(&created.id, &svc.files).await {
+            let _ = engine.remove(&created.id, true).await;
+            let targets: Vec<&str> = svc.files.iter().map(|f| f.target.as_str()).collect();
+            return Err(failed(
+                "copy secrets and configs",
+                format!("{}: {}", targets.join(", "), crate::report::chain(&e)),
+            ));
+        }
+    }
     Ok(created.id)
 }
