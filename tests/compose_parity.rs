@@ -461,7 +461,7 @@ fn canonical_compose_service(
         "environment": map_or_empty(svc.get("environment")),
         "ports": ports,
         "expose": strings(svc.get("expose")),
-        "mounts": mounts,
+        "mounts": by_target(mounts),
         "networks": service_networks,
         "depends_on": depends_on,
         "healthcheck": healthcheck,
@@ -526,6 +526,13 @@ fn hosts(list: &Value) -> Value {
         .collect();
     out.sort();
     json!(out)
+}
+
+/// Mounts in target order: their order in the file means nothing (targets are unique), and
+/// compose prints `tmpfs:` entries apart from `volumes:`.
+fn by_target(mut mounts: Vec<Value>) -> Value {
+    mounts.sort_by(|a, b| a["target"].as_str().cmp(&b["target"].as_str()));
+    json!(mounts)
 }
 
 /// The Docker names of the top-level `volumes` or `networks` of compose's JSON, by key.
@@ -625,7 +632,7 @@ fn canonical_berth(model: &Value) -> Value {
                            "selinux": field("selinux")})
                 })
                 .collect();
-            s.insert("mounts".into(), json!(mounts));
+            s.insert("mounts".into(), by_target(mounts));
             let extra_hosts = hosts(&s["extra_hosts"]);
             s.insert("extra_hosts".into(), extra_hosts);
             (n.clone(), Value::Object(s))
@@ -687,6 +694,65 @@ fn every_fixture_resolves_as_compose_v2_resolves_it() {
     assert!(
         failed.is_empty(),
         "{} of {} fixtures differ from compose v2:\n{}",
+        failed.len(),
+        dirs.len(),
+        failed.join("\n")
+    );
+}
+
+/// `berth config --format json` of a fixture: berth's answer in compose's shape, as a user
+/// diffs it against `docker compose config`.
+fn berth_config(dir: &Path) -> Value {
+    let args = fixture_args(dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(fixture_env(dir))
+        .args(["config", "--format", "json"])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "berth config refused {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every environment value masked, as `berth config` prints them.
+fn masked(mut canonical: Value) -> Value {
+    for svc in canonical["services"].as_object_mut().unwrap().values_mut() {
+        if let Some(env) = svc["environment"].as_object_mut() {
+            env.values_mut().for_each(|v| *v = json!("********"));
+        }
+    }
+    canonical
+}
+
+#[test]
+fn berth_config_prints_what_compose_v2_prints_for_every_fixture() {
+    let dirs = fixtures();
+    let mut failed = vec![];
+    for dir in &dirs {
+        let dir = dir.canonicalize().unwrap();
+        let compose = masked(canonical_compose(&compose_config(&dir)));
+        let berth = masked(canonical_compose(&berth_config(&dir)));
+        let mut diffs = vec![];
+        differences("", &compose, &berth, &mut diffs);
+        if !diffs.is_empty() {
+            failed.push(format!(
+                "{}:\n  {}",
+                dir.file_name().unwrap().to_string_lossy(),
+                diffs.join("\n  ")
+            ));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} fixtures: `berth config --format json` differs from compose v2's:\n{}",
         failed.len(),
         dirs.len(),
         failed.join("\n")

@@ -19,7 +19,7 @@ berth_setup_label=berth-test.context-hash
 berth_setup_apt_packages=(
 	docker.io       # dockerd, the docker CLI
 	busybox-static  # /bin/busybox, the whole userland of the test images
-	docker-compose  # 1.29.2, the reference berth is compared with
+	docker-compose  # 1.29.2: a second column in the compose benchmark (compose v2 is the peer)
 	haproxy         # the ALB's stand-in
 	wrk             # load for the zero-downtime tests
 	nginx-light     # the reverse proxy berth's proxy is measured against

@@ -215,6 +215,7 @@ pub async fn ps(args: &ProjectArgs, json: bool) -> Result<String, CommandError> 
     Ok(render_ps(&rows))
 }
 
+/// The table `berth ps` prints; health as Docker reports it, said so when it may lag.
 fn render_ps(rows: &[PsRow]) -> String {
     let mut out = format!(
         "{:<32} {:<16} {:<24} {}\n",
@@ -234,36 +235,74 @@ fn render_ps(rows: &[PsRow]) -> String {
             r.ports.join(", ")
         ));
     }
+    if rows.iter().any(|r| r.health.as_deref() == Some("starting")) {
+        // berth's own probe makes `up` return as soon as the health test passes; Docker's
+        // status changes only at its own next check.
+        out.push_str(
+            "(health) is Docker's: `starting` until Docker's own next check, even after berth's probe passed and `up` returned\n",
+        );
+    }
     out
 }
 
 /// What a masked value reads as.
 const MASK: &str = "********";
 
-/// `berth config`: the resolved model as YAML, environment values masked, and so is every
-/// value a `.env` file gave interpolation, in whatever field it landed (`command:`, labels...).
-pub fn config(args: &ProjectArgs) -> Result<String, CommandError> {
+/// `berth config`'s output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigFormat {
+    Yaml,
+    Json,
+}
+
+/// `berth config`: the resolved project in compose's own shape (so that it can be diffed
+/// against `docker compose config`), environment values masked, and so is every value a
+/// `.env` file gave interpolation, in whatever field it landed (`command:`, labels...).
+/// Secrets and configs show where they go, never their content.
+pub fn config(args: &ProjectArgs, format: ConfigFormat) -> Result<String, CommandError> {
     let mut project = load(args)?;
     for svc in project.services.values_mut() {
         for v in svc.environment.values_mut() {
             *v = MASK.to_string();
         }
     }
-    let mut tree =
-        serde_norway::to_value(&project).map_err(|e| CommandError::Output(e.to_string()))?;
+    let mut tree = crate::compose::compose_shape(&project);
     mask_values(&mut tree, &project.env_file_values);
-    let mut out = String::new();
-    for w in &project.warnings {
-        out.push_str(&format!("# warning: {w}\n"));
+    // As compose: every `$` doubled, so that the output loads again to the same values.
+    fn escape(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(escape),
+            serde_json::Value::Object(map) => map.values_mut().for_each(escape),
+            _ => {}
+        }
     }
-    out.push_str(&serde_norway::to_string(&tree).map_err(|e| CommandError::Output(e.to_string()))?);
-    Ok(out)
+    escape(&mut tree);
+    let encode = |e: String| CommandError::Output(e);
+    Ok(match format {
+        ConfigFormat::Json => {
+            let mut out = serde_json::to_string_pretty(&tree).map_err(|e| encode(e.to_string()))?;
+            out.push('\n');
+            for w in &project.warnings {
+                tracing::warn!("{w}");
+            }
+            out
+        }
+        ConfigFormat::Yaml => {
+            let mut out = String::new();
+            for w in &project.warnings {
+                out.push_str(&format!("# warning: {w}\n"));
+            }
+            out.push_str(&serde_norway::to_string(&tree).map_err(|e| encode(e.to_string()))?);
+            out
+        }
+    })
 }
 
 /// Replaces each of `secrets` wherever it appears in a string of `tree`. Values shorter than 4
 /// characters are left: masking every `1` or `on` would garble the output, and they are no
 /// secret worth the name.
-fn mask_values(tree: &mut serde_norway::Value, secrets: &[String]) {
+fn mask_values(tree: &mut serde_json::Value, secrets: &[String]) {
     let mut secrets: Vec<&str> = secrets
         .iter()
         .map(String::as_str)
@@ -271,24 +310,46 @@ fn mask_values(tree: &mut serde_norway::Value, secrets: &[String]) {
         .collect();
     // Longest first: a secret that contains another is masked whole.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    fn walk(v: &mut serde_norway::Value, secrets: &[&str]) {
+    fn walk(v: &mut serde_json::Value, secrets: &[&str]) {
         match v {
-            serde_norway::Value::String(s) => {
+            serde_json::Value::String(s) => {
                 for secret in secrets {
                     if s.contains(secret) {
                         *s = s.replace(secret, MASK);
                     }
                 }
             }
-            serde_norway::Value::Sequence(items) => {
-                items.iter_mut().for_each(|i| walk(i, secrets));
-            }
-            serde_norway::Value::Mapping(map) => {
-                map.iter_mut().for_each(|(_, i)| walk(i, secrets));
-            }
-            serde_norway::Value::Tagged(t) => walk(&mut t.value, secrets),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(i, secrets)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|i| walk(i, secrets)),
             _ => {}
         }
     }
     walk(tree, &secrets);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn row(health: Option<&str>) -> PsRow {
+        PsRow {
+            name: "p-web-1".into(),
+            service: "web".into(),
+            state: "running".into(),
+            health: health.map(String::from),
+            exit_code: None,
+            image: "nginx".into(),
+            ports: vec![],
+        }
+    }
+
+    #[test]
+    fn ps_says_whose_health_it_shows_when_docker_may_lag() {
+        let starting = render_ps(&[row(Some("starting"))]);
+        assert!(starting.contains("running (starting)"), "{starting}");
+        assert!(starting.contains("is Docker's"), "{starting}");
+        let healthy = render_ps(&[row(Some("healthy"))]);
+        assert!(!healthy.contains("is Docker's"), "{healthy}");
+    }
 }

@@ -201,6 +201,9 @@ enum Command {
     Config {
         #[command(flatten)]
         project: ProjectFlags,
+        /// yaml or json, in compose's own shape (diff it against `docker compose config`).
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: commands::ConfigFormat,
     },
     /// Upgrade to a release (default: the one the release pointer names) with the configured
     /// strategy; through the running agent, or in-process when none runs. Prints the outcome
@@ -420,7 +423,9 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             commands::down(&project.into(), volumes, &progress).await?;
         }
         Command::Ps { project, json } => print!("{}", commands::ps(&project.into(), json).await?),
-        Command::Config { project } => print!("{}", commands::config(&project.into())?),
+        Command::Config { project, format } => {
+            print!("{}", commands::config(&project.into(), format)?)
+        }
         Command::Upgrade { agent, release } => agent.ask(Request::Upgrade { release }).await?,
         Command::Rollback { agent } => agent.ask(Request::Rollback).await?,
         Command::Status { agent } => agent.ask(Request::Status).await?,

@@ -14,6 +14,7 @@ mod files;
 pub mod interpolate;
 mod merge;
 mod model;
+mod render;
 mod resolve;
 mod schema;
 
@@ -26,6 +27,7 @@ pub use model::{
     NetworkSpec, PortMapping, Project, PullPolicy, Service, ServiceFile, ServiceNetwork,
     VolumeSpec,
 };
+pub use render::compose_shape;
 
 /// Everything that can be wrong with a compose project. Each variant names the file and the path
 /// inside it (`services.web.ports[0]`) that it is about; none carries an environment value.
