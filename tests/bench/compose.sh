@@ -222,7 +222,7 @@ big=$work/big/compose.yaml
 mkdir -p "$work/big/data"
 python3 - "$big" <<'PY'
 import sys
-out = ["name: berth-bench-config", "services:"]
+out = ["services:"]
 for i in range(30):
     out += [
         f"  svc{i}:",
