@@ -833,6 +833,30 @@ configs:
 }
 
 #[test]
+fn a_gpu_request_reaches_docker() {
+    let p = Project::new("gpus");
+    p.compose(&format!(
+        "services:\n  app:\n    image: {TOOL}\n    gpus: all\n"
+    ));
+    let out = p.up_cmd().run();
+    if out.code == 0 {
+        // A host with a GPU driver: the request is on the container.
+        let c = p.container("app");
+        let requests = &c["HostConfig"]["DeviceRequests"];
+        assert_eq!(requests[0]["Count"], -1, "{requests}");
+        assert_eq!(requests[0]["Capabilities"], serde_json::json!([["gpu"]]));
+    } else {
+        // None here: Docker refuses the request it was given (never a service without its GPU).
+        out.expect_code(1);
+        let msg = out.error_message();
+        assert!(
+            msg.contains("service app") && msg.contains("capabilities: [[gpu]]"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
 fn networks_custom_with_aliases_and_default() {
     let p = Project::new("networks");
     p.compose(&format!(

@@ -157,7 +157,7 @@ fn canonical_compose_service(
     volumes: &BTreeMap<String, String>,
     networks: &BTreeMap<String, String>,
 ) -> Value {
-    const KNOWN: [&str; 52] = [
+    const KNOWN: [&str; 53] = [
         "image",
         "command",
         "entrypoint",
@@ -206,6 +206,7 @@ fn canonical_compose_service(
         "mac_address",
         "secrets",
         "configs",
+        "gpus",
         "memswap_limit",
         "network_mode",
         "platform",
@@ -233,6 +234,38 @@ fn canonical_compose_service(
         .get("mem_reservation")
         .or_else(|| reservations.and_then(|r| r.get("memory")))
         .map(bytes);
+    // Device requests as compose makes them: `gpus:` always asks for the `gpu` capability;
+    // no count and no ids is all of them (-1).
+    let request = |d: &Value, gpu: bool| {
+        let ids = strings(d.get("device_ids"));
+        let count = match d.get("count") {
+            Some(c) => c.clone(),
+            None if ids == json!([]) => json!(-1),
+            None => json!(0),
+        };
+        let mut caps: Vec<Value> = strings(d.get("capabilities")).as_array().unwrap().clone();
+        if gpu && !caps.contains(&json!("gpu")) {
+            caps.push(json!("gpu"));
+        }
+        json!({"driver": d.get("driver").cloned().unwrap_or(Value::Null), "count": count,
+               "device_ids": ids, "capabilities": caps,
+               "options": map_or_empty(d.get("options"))})
+    };
+    let mut device_requests: Vec<Value> = svc
+        .get("gpus")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|d| request(d, true))
+        .collect();
+    device_requests.extend(
+        reservations
+            .and_then(|r| r.get("devices"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|d| request(d, false)),
+    );
     // Service-level, or its (first) network's.
     let mac_address = svc.get("mac_address").cloned().or_else(|| {
         svc.get("networks")
@@ -486,6 +519,7 @@ fn canonical_compose_service(
         "mac_address": mac_address,
         // berth leaves the list out when empty.
         "files": if files.is_empty() { Value::Null } else { json!(files) },
+        "device_requests": if device_requests.is_empty() { Value::Null } else { json!(device_requests) },
         "logging": logging,
         "cap_add": strings(svc.get("cap_add")),
         "cap_drop": strings(svc.get("cap_drop")),

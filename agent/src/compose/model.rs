@@ -112,6 +112,9 @@ pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
     pub logging: Option<Logging>,
+    /// Device requests (GPUs): `gpus:` and `deploy.resources.reservations.devices`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_requests: Vec<DeviceRequest>,
     /// Secrets and configs, copied into the container before it starts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ServiceFile>,
@@ -169,6 +172,16 @@ impl Service {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A request for devices of a driver (Docker's `DeviceRequests`): `count` -1 is all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRequest {
+    pub driver: Option<String>,
+    pub count: i64,
+    pub device_ids: Vec<String>,
+    pub capabilities: Vec<String>,
+    pub options: BTreeMap<String, String>,
 }
 
 /// Whether a file comes from `secrets` or `configs`.

@@ -189,9 +189,31 @@ fn service(svc: &Service, project: &Project) -> Value {
         };
         m.insert("restart".into(), json!(text));
     }
+    let mut deploy = Map::new();
     if svc.replicas != 1 {
-        m.insert("deploy".into(), json!({"replicas": svc.replicas}));
+        deploy.insert("replicas".into(), json!(svc.replicas));
     }
+    // `gpus:` entries too: a device request is one thing to Docker.
+    let devices: Vec<Value> = svc
+        .device_requests
+        .iter()
+        .map(|d| {
+            let mut o = Map::new();
+            put(&mut o, "driver", json!(d.driver));
+            o.insert("count".into(), json!(d.count));
+            put(&mut o, "device_ids", json!(d.device_ids));
+            put(&mut o, "capabilities", json!(d.capabilities));
+            put(&mut o, "options", json!(d.options));
+            Value::Object(o)
+        })
+        .collect();
+    if !devices.is_empty() {
+        deploy.insert(
+            "resources".into(),
+            json!({"reservations": {"devices": devices}}),
+        );
+    }
+    put(&mut m, "deploy", Value::Object(deploy));
     put(&mut m, "labels", json!(svc.labels));
     put(&mut m, "user", json!(svc.user));
     put(&mut m, "working_dir", json!(svc.working_dir));

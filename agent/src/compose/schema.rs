@@ -184,10 +184,30 @@ pub(super) struct RawResources {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawReservations {
     pub(super) memory: Option<Scalar>,
-    /// Read to be refused by name: Docker has no CPU reservation, and berth no device requests.
+    /// Read to be refused by name: Docker has no CPU reservation for a container.
     pub(super) cpus: Option<Scalar>,
-    pub(super) devices: Option<Value>,
+    pub(super) devices: Vec<RawDevice>,
     pub(super) generic_resources: Option<Value>,
+}
+
+/// A device request (a GPU, mostly): `gpus:` and `deploy.resources.reservations.devices`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawDevice {
+    pub(super) driver: Option<String>,
+    /// A number, or `all`.
+    pub(super) count: Option<Scalar>,
+    pub(super) device_ids: Vec<String>,
+    pub(super) capabilities: Vec<String>,
+    pub(super) options: IndexMap<String, Option<Scalar>>,
+}
+
+/// `gpus:`: `all`, or a list of requests.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawGpus {
+    All(String),
+    List(Vec<RawDevice>),
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -281,6 +301,7 @@ pub(super) struct RawService {
     pub(super) mac_address: Option<String>,
     pub(super) secrets: Vec<FileUse>,
     pub(super) configs: Vec<FileUse>,
+    pub(super) gpus: Option<RawGpus>,
     pub(super) logging: Option<RawLogging>,
     pub(super) cap_add: Vec<String>,
     pub(super) cap_drop: Vec<String>,
@@ -397,6 +418,7 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "mac_address",
     "secrets",
     "configs",
+    "gpus",
     "logging",
     "cap_add",
     "cap_drop",
@@ -422,7 +444,6 @@ pub(super) const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "external_links",
     "volumes_from",
     "develop",
-    "gpus",
     "platform",
     "runtime",
     "userns_mode",

@@ -1506,9 +1506,10 @@ fn what_docker_cannot_reserve_or_set_is_refused_by_name_never_dropped() {
         "deploy.resources.reservations.cpus",
     );
     refused(
-        "    deploy:\n      resources:\n        reservations:\n          devices: [{capabilities: [gpu]}]\n",
-        "deploy.resources.reservations.devices",
+        "    deploy:\n      resources:\n        reservations:\n          devices: [{capabilities: [gpu], count: some}]\n",
+        "deploy.resources.reservations.devices[0].count",
     );
+    refused("    gpus: most\n", "services.web.gpus");
     refused(
         "    deploy:\n      resources:\n        reservations:\n          pids: 3\n",
         "reservations",
@@ -1612,4 +1613,33 @@ fn secrets_and_configs_resolve_to_files_and_their_values_stay_out_of_debug() {
         "services:\n  web:\n    image: nginx\n    read_only: true\n    configs: [c]\nconfigs:\n  c:\n    content: x\n",
         "read-only root file system",
     );
+}
+
+#[test]
+fn gpus_and_reserved_devices_become_device_requests_as_compose_makes_them() {
+    let p = Fx::with(
+        "services:\n  web:\n    image: nginx\n    gpus: all\n    deploy:\n      resources:\n        reservations:\n          devices:\n            - {driver: nvidia, count: 2, capabilities: [gpu, utility]}\n            - {device_ids: ['0'], capabilities: [gpu]}\n",
+    )
+    .ok();
+    let r = &p.services["web"].device_requests;
+    assert_eq!(r.len(), 3);
+    assert_eq!(
+        (r[0].count, r[0].capabilities.clone()),
+        (-1, vec!["gpu".to_string()])
+    );
+    assert_eq!((r[1].driver.as_deref(), r[1].count), (Some("nvidia"), 2));
+    assert_eq!(
+        (r[2].count, r[2].device_ids.clone()),
+        (0, vec!["0".to_string()])
+    );
+}
+
+#[test]
+fn an_unset_volume_source_says_the_section_is_empty() {
+    let text = crate::report::chain(
+        &Fx::with("services:\n  web:\n    image: nginx\n    volumes: [\"${UNSET_FILE}:/x\"]\n")
+            .err(),
+    );
+    assert!(text.contains("empty section between colons"), "{text}");
+    assert!(!text.contains("is not declared"), "{text}");
 }

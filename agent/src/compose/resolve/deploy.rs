@@ -2,7 +2,8 @@
 //! restart policy and resource limits. The service's own key wins over `deploy:`.
 
 use super::{invalid, size, Ctx};
-use crate::compose::schema::{RawResources, RawRestartPolicy, Scalar};
+use crate::compose::model::DeviceRequest;
+use crate::compose::schema::{RawDevice, RawGpus, RawResources, RawRestartPolicy, Scalar};
 use crate::compose::ComposeError;
 
 /// `scale`, else `deploy.replicas`, else 1; a fixed `container_name` allows only one.
@@ -83,13 +84,65 @@ pub(super) fn resolve_restart(
     Ok(Some((name.to_string(), policy.max_attempts.unwrap_or(0))))
 }
 
-/// Memory in bytes, CPUs in billionths, the process count, and the memory reservation.
+/// Memory in bytes, CPUs in billionths, the process count, the memory reservation, and the
+/// devices reserved.
 #[derive(Debug)]
 pub(super) struct Limits {
     pub memory: Option<i64>,
     pub nano_cpus: Option<i64>,
     pub pids: Option<i64>,
     pub memory_reservation: Option<i64>,
+    pub devices: Vec<DeviceRequest>,
+}
+
+/// A device request as compose makes it: `count: all` is -1, and so is no count and no ids;
+/// `gpus:` entries always ask for the `gpu` capability.
+fn device_request(field: &str, d: RawDevice, gpu: bool) -> Result<DeviceRequest, ComposeError> {
+    let count = match d.count.map(|c| c.text()) {
+        Some(c) if c == "all" => -1,
+        Some(c) => c.parse::<i64>().map_err(|_| {
+            invalid(
+                format!("{field}.count"),
+                format!("{c:?} is not a number or all"),
+            )
+        })?,
+        None if d.device_ids.is_empty() => -1,
+        None => 0,
+    };
+    let mut capabilities = d.capabilities;
+    if gpu && !capabilities.iter().any(|c| c == "gpu") {
+        capabilities.push("gpu".into());
+    }
+    Ok(DeviceRequest {
+        driver: d.driver,
+        count,
+        device_ids: d.device_ids,
+        capabilities,
+        options: super::map_text(d.options),
+    })
+}
+
+/// `gpus:` (`all`, or a list) as device requests.
+pub(super) fn gpus(p: &str, raw: Option<RawGpus>) -> Result<Vec<DeviceRequest>, ComposeError> {
+    match raw {
+        None => Ok(vec![]),
+        Some(RawGpus::All(all)) if all == "all" => Ok(vec![DeviceRequest {
+            driver: None,
+            count: -1,
+            device_ids: vec![],
+            capabilities: vec!["gpu".into()],
+            options: Default::default(),
+        }]),
+        Some(RawGpus::All(other)) => Err(invalid(
+            format!("{p}.gpus"),
+            format!("{other:?}: `all`, or a list of requests"),
+        )),
+        Some(RawGpus::List(list)) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| device_request(&format!("{p}.gpus[{i}]"), d, true))
+            .collect(),
+    }
 }
 
 /// `mem_limit`, `cpus`, `pids_limit` and `mem_reservation`, each over its
@@ -108,7 +161,6 @@ pub(super) fn limits(
     let reservations = resources.reservations.unwrap_or_default();
     for (field, set) in [
         ("cpus", reservations.cpus.is_some()),
-        ("devices", reservations.devices.is_some()),
         (
             "generic_resources",
             reservations.generic_resources.is_some(),
@@ -124,6 +176,18 @@ pub(super) fn limits(
         format!("{p}.mem_reservation"),
         mem_reservation.or(reservations.memory),
     )?;
+    let devices = reservations
+        .devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            device_request(
+                &format!("{p}.deploy.resources.reservations.devices[{i}]"),
+                d,
+                false,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let memory = size(format!("{p}.mem_limit"), mem_limit.or(limits.memory))?;
     let nano_cpus = cpus
         .or(limits.cpus)
@@ -144,5 +208,6 @@ pub(super) fn limits(
         nano_cpus,
         pids: pids_limit.or(limits.pids),
         memory_reservation,
+        devices,
     })
 }

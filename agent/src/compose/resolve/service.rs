@@ -60,6 +60,8 @@ pub(super) fn resolve_service(
         deploy.resources,
     )?;
     let shm_size = size(format!("{p}.shm_size"), raw.shm_size)?;
+    let mut device_requests = deploy::gpus(&p, raw.gpus)?;
+    device_requests.extend(limits.devices);
     let mut files = secrets::resolve_uses(ctx, &p, FileKind::Secret, raw.secrets)?;
     files.extend(secrets::resolve_uses(
         ctx,
@@ -109,6 +111,7 @@ pub(super) fn resolve_service(
         shm_size,
         memory_reservation: limits.memory_reservation,
         mac_address,
+        device_requests,
         files,
         logging: raw.logging.map(logging),
         cap_add: raw.cap_add,

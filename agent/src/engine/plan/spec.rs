@@ -254,6 +254,23 @@ fn host_config(svc: &Service, bindings: HashMap<String, Option<Vec<PortBinding>>
         restart_policy,
         memory: svc.memory,
         memory_reservation: svc.memory_reservation,
+        device_requests: (!svc.device_requests.is_empty()).then(|| {
+            svc.device_requests
+                .iter()
+                .map(|d| bollard::models::DeviceRequest {
+                    driver: d.driver.clone(),
+                    count: Some(d.count),
+                    device_ids: (!d.device_ids.is_empty()).then(|| d.device_ids.clone()),
+                    capabilities: Some(vec![d.capabilities.clone()]),
+                    options: (!d.options.is_empty()).then(|| {
+                        d.options
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    }),
+                })
+                .collect()
+        }),
         nano_cpus: svc.nano_cpus,
         pids_limit: svc.pids_limit,
         shm_size: svc.shm_size,
