@@ -561,6 +561,78 @@ fn p_container(b: &Boot) -> Value {
     b.p.container("web")
 }
 
+#[test]
+fn secrets_and_configs_from_s3_and_an_ssm_secure_string_are_files_never_written_or_shown() {
+    let b = Boot::new("boot-secrets");
+    // Values of their own (the env file, written beside the compose file by design, holds
+    // b.secret).
+    let key = format!("tls-key-{}", random_hex());
+    let password = format!("pw-{}", random_hex());
+    b.put("tls.key", &key);
+    aws::block_on(aws::put_secure_parameter(
+        b.moto,
+        &b.param("db-password"),
+        &password,
+    ));
+    let mut compose = web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck());
+    compose.push_str(&format!(
+        "    secrets:\n      - db_password\n    configs:\n      - source: tls\n        target: /etc/tls.key\n        mode: 0o400\nsecrets:\n  db_password:\n    file: ssm:{}\nconfigs:\n  tls:\n    file: {}\n",
+        b.param("db-password"),
+        b.s3("tls.key")
+    ));
+    let top = b.put_release(&compose, "1");
+    let config = b.config(&top, "");
+    let mut agent = b.spawn(&config, true, &b.aws_env());
+    let out = agent.finish(RUN_LIMIT);
+    out.ok();
+
+    let id = p_container(&b)["Id"].as_str().unwrap().to_string();
+    assert_eq!(
+        exec(&id, &["cat", "/run/secrets/db_password"]),
+        (0, password.clone())
+    );
+    assert_eq!(exec(&id, &["cat", "/etc/tls.key"]), (0, key.clone()));
+    assert_eq!(exec(&id, &["stat", "-c", "%a", "/etc/tls.key"]).1, "400");
+    // Fetched into memory only: nothing of them under the run directory, in the output or in
+    // the labels; their locations and versions are in the record.
+    let labels = p_container(&b)["Config"]["Labels"].to_string();
+    let mut shown: Vec<(String, String)> = walkdir(b.run_dir.path())
+        .into_iter()
+        .map(|f| {
+            let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).to_string();
+            (f.display().to_string(), text)
+        })
+        .collect();
+    shown.push(("berth's stderr".into(), out.stderr.clone()));
+    shown.push(("berth's stdout".into(), out.stdout.clone()));
+    shown.push(("labels".into(), labels));
+    for (what, text) in &shown {
+        assert!(
+            !text.contains(&key) && !text.contains(&password),
+            "a secret's value is in {what}:\n{text}"
+        );
+    }
+    assert!(
+        out.stderr.contains("fetched a secret or config"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walkdir(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. /healthz and /status.
 

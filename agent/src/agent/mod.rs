@@ -233,6 +233,7 @@ fn load_project(config: &AgentConfig, release: &Release) -> Result<Project, Agen
         project_name: Some(config.project.clone()),
         working_dir,
         environment,
+        remote_sources: release.sources.clone(),
         ..LoadOptions::default()
     };
     compose::load(&opts).map_err(|source| AgentError::Compose {

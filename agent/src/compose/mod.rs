@@ -94,6 +94,24 @@ pub struct LoadOptions {
     pub working_dir: PathBuf,
     /// The process environment (passed in, so that callers decide what it holds).
     pub environment: BTreeMap<String, String>,
+    /// Contents of the secrets' and configs' sources at berth locations (`s3://...`,
+    /// `ssm:/...`), fetched by the agent; keyed by the location as the file writes it.
+    pub remote_sources: RemoteSources,
+}
+
+/// Fetched contents by location. Its `Debug` shows the locations only.
+#[derive(Clone, Default)]
+pub struct RemoteSources(pub BTreeMap<String, Vec<u8>>);
+
+impl std::fmt::Debug for RemoteSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// Whether a secret's or config's `file:` is a berth location rather than a path.
+pub fn is_remote_source(file: &str) -> bool {
+    file.starts_with("s3://") || file.starts_with("ssm:")
 }
 
 impl LoadOptions {
@@ -161,6 +179,7 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
         name_flag: opts.project_name.clone(),
         env: &env,
         profiles: &profiles,
+        remote_sources: &opts.remote_sources,
     })?;
     project.env_file_values = file_values;
     Ok(project)

@@ -1643,3 +1643,21 @@ fn an_unset_volume_source_says_the_section_is_empty() {
     assert!(text.contains("empty section between colons"), "{text}");
     assert!(!text.contains("is not declared"), "{text}");
 }
+
+#[test]
+fn a_secret_at_a_berth_location_comes_from_what_the_agent_fetched() {
+    let yaml = "services:\n  web:\n    image: nginx\n    secrets: [s]\nsecrets:\n  s:\n    file: s3://bucket/key\n";
+    let text = crate::report::chain(&Fx::with(yaml).err());
+    assert!(text.contains("berth up reads local files only"), "{text}");
+    let mut fx = Fx::with(yaml);
+    fx.opts
+        .remote_sources
+        .0
+        .insert("s3://bucket/key".into(), b"fetched".to_vec());
+    assert_eq!(fx.ok().services["web"].files[0].content, b"fetched");
+    assert!(
+        !format!("{:?}", fx.opts).contains("fetched\""),
+        "{:?}",
+        fx.opts
+    );
+}

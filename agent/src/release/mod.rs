@@ -63,6 +63,10 @@ pub struct Release {
     pub compose_file: PathBuf,
     pub release_id: Option<String>,
     pub objects: Vec<ObjectRecord>,
+    /// The contents of the compose file's secrets and configs at berth locations: in memory
+    /// only, never written under the run directory.
+    #[serde(skip)]
+    pub sources: crate::compose::RemoteSources,
 }
 
 /// Fetches the release: remote files into `run_dir/<project>/`, local ones used in place.
@@ -83,11 +87,57 @@ pub async fn fetch_release(
         Location::Local(path) => local_files(aws, config, path, &mut objects).await?,
         _ => remote_files(aws, config, &mut objects).await?,
     };
+    let sources = remote_sources(aws, config, &compose_file, &mut objects).await?;
     Ok(Release {
         compose_file,
         release_id,
         objects,
+        sources,
     })
+}
+
+/// The secrets' and configs' `file:` sources of the compose file that are berth locations
+/// (`s3://...`, `ssm:/...`), fetched. A file that does not parse is left to the loader, which
+/// says what is wrong with it.
+async fn remote_sources(
+    aws: Option<&Aws>,
+    config: &AgentConfig,
+    compose_file: &std::path::Path,
+    objects: &mut Vec<ObjectRecord>,
+) -> Result<crate::compose::RemoteSources, ReleaseError> {
+    let mut sources = crate::compose::RemoteSources::default();
+    let Ok(text) = std::fs::read_to_string(compose_file) else {
+        return Ok(sources);
+    };
+    let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(&text) else {
+        return Ok(sources);
+    };
+    let base = compose_file.parent().unwrap_or(std::path::Path::new("."));
+    for section in ["secrets", "configs"] {
+        let Some(serde_norway::Value::Mapping(entries)) = doc.get(section) else {
+            continue;
+        };
+        for entry in entries.values() {
+            let Some(file) = entry.get("file").and_then(serde_norway::Value::as_str) else {
+                continue;
+            };
+            if !crate::compose::is_remote_source(file) || sources.0.contains_key(file) {
+                continue;
+            }
+            let location = Location::parse(file, base).map_err(|message| ReleaseError::Local {
+                path: compose_file.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{section}: {message}"),
+                ),
+            })?;
+            let (bytes, version) = fetch(aws, &location, config.max_object_bytes).await?;
+            tracing::info!(location = %location, version = ?version, bytes = bytes.len(), "fetched a secret or config");
+            objects.push(record(&location, version, bytes.len()));
+            sources.0.insert(file.to_string(), bytes);
+        }
+    }
+    Ok(sources)
 }
 
 fn record(location: &Location, version: Option<String>, bytes: usize) -> ObjectRecord {

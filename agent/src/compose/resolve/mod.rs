@@ -32,6 +32,7 @@ pub(super) struct BuildInput<'a> {
     pub name_flag: Option<String>,
     pub env: &'a BTreeMap<String, String>,
     pub profiles: &'a [String],
+    pub remote_sources: &'a super::RemoteSources,
 }
 
 /// What resolving one service needs from the project, and where its warnings go.
@@ -87,10 +88,13 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         typed(take_section(&mut doc, "secrets"), "secrets")?;
     let raw_configs: IndexMap<String, Option<RawFileSource>> =
         typed(take_section(&mut doc, "configs"), "configs")?;
-    let secret_sources =
-        secrets::resolve_sources(FileKind::Secret, raw_secrets, input.project_dir, input.env)?;
-    let config_sources =
-        secrets::resolve_sources(FileKind::Config, raw_configs, input.project_dir, input.env)?;
+    let sources = secrets::Where {
+        project_dir: input.project_dir,
+        env: input.env,
+        remote: input.remote_sources,
+    };
+    let secret_sources = secrets::resolve_sources(FileKind::Secret, raw_secrets, &sources)?;
+    let config_sources = secrets::resolve_sources(FileKind::Config, raw_configs, &sources)?;
 
     let Value::Mapping(services_map) = take_section(&mut doc, "services") else {
         return Err(invalid("services", "must be a mapping"));

@@ -26,13 +26,23 @@ impl FileKind {
     }
 }
 
-/// The contents of the top-level `secrets` or `configs`, by name.
+/// Where sources are read from: files from the project directory, variables from the
+/// environment, berth locations from what the agent fetched.
+pub(super) struct Where<'a> {
+    pub project_dir: &'a std::path::Path,
+    pub env: &'a BTreeMap<String, String>,
+    pub remote: &'a crate::compose::RemoteSources,
+}
+
+/// The contents of the top-level `secrets` or `configs`, by name. Beyond compose, a `file:`
+/// may be a berth location (`s3://bucket/key`, `ssm:/name`, a SecureString decrypted with
+/// the instance role), which the agent fetches as it fetches env files.
 pub(super) fn resolve_sources(
     kind: FileKind,
     raw: IndexMap<String, Option<RawFileSource>>,
-    project_dir: &std::path::Path,
-    env: &BTreeMap<String, String>,
+    at: &Where<'_>,
 ) -> Result<BTreeMap<String, Vec<u8>>, ComposeError> {
+    let (project_dir, env) = (at.project_dir, at.env);
     let section = kind.section();
     let mut out = BTreeMap::new();
     for (name, source) in raw {
@@ -53,6 +63,17 @@ pub(super) fn resolve_sources(
         // `name` and `labels` name and label Swarm's object: nothing to apply without Swarm.
         let _ = (&source.name, &source.labels);
         let content = match (source.file, source.environment, source.content) {
+            (Some(file), None, None) if crate::compose::is_remote_source(&file) => {
+                match at.remote.0.get(&file) {
+                    Some(bytes) => bytes.clone(),
+                    None => {
+                        return Err(ComposeError::UnsupportedBecause {
+                            field: format!("{field}.file: {file}"),
+                            why: "berth agent fetches s3:// and ssm: sources; berth up reads local files only",
+                        })
+                    }
+                }
+            }
             (Some(file), None, None) => {
                 let path = resolve_path(project_dir, env, &file);
                 let read_err = |source| ComposeError::Read {
