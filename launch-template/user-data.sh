@@ -12,6 +12,8 @@
 #                         when the AMI has no /usr/bin/berth (default: none)
 #   BERTH_PACKAGE_SHA256  the package's sha256, checked before it is installed
 #   BERTH_REGION          the region, for the AWS CLI's download (default: from IMDS)
+#   BERTH_HEALTH_LISTEN   where berth.socket listens: health.listen of the config (default: the
+#                         unit's 0.0.0.0:8081)
 #
 # Run by hand (as root) with the same variables in the environment, for example:
 #   BERTH_CONFIG="$(cat berth.toml)" BERTH_STRATEGY=drain bash user-data.sh
@@ -38,6 +40,7 @@ strategy=${BERTH_STRATEGY:-proxy}
 package_uri=${BERTH_PACKAGE_URI:-}
 package_sha256=${BERTH_PACKAGE_SHA256:-}
 region=${BERTH_REGION:-}
+health_listen=${BERTH_HEALTH_LISTEN:-}
 
 [[ -n $config ]] || die "BERTH_CONFIG (the text of berth.toml) is empty"
 case $strategy in
@@ -147,6 +150,13 @@ fi
 # berth.socket holds the health port, so that the checker never finds it closed while the agent
 # restarts (a restart leaves the app running; the next agent resumes it). Enabled, not started
 # here: berth.service starts it (Wants=), and a check arriving before would start the agent early.
+# It must listen where health.listen says (BERTH_HEALTH_LISTEN); the unit's default is 0.0.0.0:8081.
+if [[ -n $health_listen ]]; then
+	mkdir -p /etc/systemd/system/berth.socket.d
+	printf '[Socket]\nListenStream=\nListenStream=%s\n' "$health_listen" \
+		>/etc/systemd/system/berth.socket.d/50-health-listen.conf
+	systemctl daemon-reload
+fi
 systemctl enable berth.socket
 if [[ $changed == changed ]]; then
 	log "wrote /etc/berth/berth.toml; (re)starting berth.service"

@@ -675,10 +675,13 @@ services:
           mode: 0o1777
     tmpfs:
       - /run/short:mode=700,size=1m
+      - /run/flags:rw,noexec,size=1m
 "#
     ));
     p.up();
     let c = p.container("app");
+    // Flags go to Docker's Tmpfs as written (the Mount API before 1.46 has no place for them).
+    assert_eq!(c["HostConfig"]["Tmpfs"]["/run/flags"], "rw,noexec,size=1m");
     // The SELinux label needs the legacy Binds form; the rest are Mounts.
     let binds = c["HostConfig"]["Binds"].to_string();
     assert!(binds.contains(":/labelled:rw,z"), "{binds}");
@@ -704,6 +707,11 @@ services:
         exec(id, &["sh", "-c", "echo v > /labelled/f && cat /private/f"]),
         (0, "v".into())
     );
+    let (_, mounts) = exec(id, &["cat", "/proc/mounts"]);
+    let flags = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some("/run/flags"));
+    assert!(flags.is_some_and(|l| l.contains("noexec")), "{mounts}");
 }
 
 #[test]

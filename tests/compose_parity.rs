@@ -304,6 +304,7 @@ fn canonical_compose_service(
             "tmpfs_mode": opt("tmpfs", "mode").unwrap_or(Value::Null),
             "propagation": opt("bind", "propagation").unwrap_or(Value::Null),
             "selinux": opt("bind", "selinux").unwrap_or(Value::Null),
+            "tmpfs_options": null,
         }));
     }
     // `tmpfs:` entries stay as written: `target[:size=...,mode=<octal>]`.
@@ -315,18 +316,25 @@ fn canonical_compose_service(
     {
         let t = t.as_str().unwrap();
         let (target, options) = t.split_once(':').unwrap_or((t, ""));
-        let (mut size, mut mode) = (Value::Null, Value::Null);
+        let (mut size, mut mode, mut verbatim) = (Value::Null, Value::Null, false);
         for o in options.split(',').filter(|o| !o.is_empty()) {
-            match o.split_once('=').unwrap() {
-                ("size", v) => size = json!(parse_size(v)),
-                ("mode", v) => mode = json!(i64::from_str_radix(v, 8).unwrap()),
-                other => panic!("tmpfs option {other:?} is not compared yet"),
+            match o.split_once('=') {
+                Some(("size", v)) => size = json!(parse_size(v)),
+                Some(("mode", v)) => mode = json!(i64::from_str_radix(v, 8).unwrap()),
+                // Flags and owners go to Docker as written.
+                Some(("uid" | "gid", _)) | None => verbatim = true,
+                Some(other) => panic!("tmpfs option {other:?} is not compared yet"),
             }
         }
+        let tmpfs_options = if verbatim {
+            json!(options)
+        } else {
+            Value::Null
+        };
         mounts.push(
             json!({"kind": "tmpfs", "source": null, "target": target, "read_only": false,
             "create_host_path": false, "nocopy": false, "tmpfs_size": size, "tmpfs_mode": mode,
-            "propagation": null, "selinux": null}),
+            "propagation": null, "selinux": null, "tmpfs_options": tmpfs_options}),
         );
     }
     let ports: Vec<Value> = svc
@@ -663,7 +671,7 @@ fn canonical_berth(model: &Value) -> Value {
                            "read_only": m["read_only"], "create_host_path": m["create_host_path"],
                            "nocopy": m["nocopy"], "tmpfs_size": m["tmpfs_size"],
                            "tmpfs_mode": field("tmpfs_mode"), "propagation": field("propagation"),
-                           "selinux": field("selinux")})
+                           "selinux": field("selinux"), "tmpfs_options": field("tmpfs_options")})
                 })
                 .collect();
             s.insert("mounts".into(), by_target(mounts));

@@ -82,7 +82,7 @@ impl Coded for ComposeError {
 
 impl Coded for HttpError {
     fn exit(&self) -> Exit {
-        // The health endpoint's port is taken, or berth.socket disagrees with health.listen.
+        // The health endpoint's port is taken.
         Exit::Invalid
     }
 }

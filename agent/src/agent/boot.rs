@@ -60,7 +60,7 @@ pub async fn boot(
             instance.aws.as_ref(),
         )?,
     };
-    boot_steps(opts, state, instance, hook_slot.as_ref(), started).await
+    boot_steps(opts, state, instance, hook_slot.as_ref(), started, resumed).await
 }
 
 async fn boot_steps(
@@ -69,6 +69,7 @@ async fn boot_steps(
     instance: Instance,
     hook: Option<&Hook>,
     started: Instant,
+    resumed: bool,
 ) -> Result<Booted, AgentError> {
     let config = &opts.config;
     // Heartbeats keep the hook open while slow steps (fetch, pulls, health) run.
@@ -99,8 +100,10 @@ async fn boot_steps(
         heartbeat = Heartbeat::start(hook, config.heartbeat());
     }
 
+    // A resumed boot serves already: anything to change is changed as an upgrade would (the
+    // drain strategy turns /healthz 503 first; the proxy strategy starts the new color beside).
     let deployed = deployer
-        .deploy(&release, &project, &progress, false)
+        .deploy(&release, &project, &progress, resumed)
         .instrument(tracing::info_span!("converge"))
         .await?;
     tracing::info!(how = deployed.how.as_str(), color = ?deployed.color, backends = ?deployed.backends, "converged");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::boot::Booted;
 use super::deployer::Deployer;
-use super::leave::{leave, wait_for_leave, wait_for_signal, Leave, Why};
+use super::leave::{leave, wait_for_leave, Leave, Signals, Why};
 use super::{control, notify, resume, set_phase, watchdog, AgentError};
 use crate::config::Strategy;
 use crate::engine::progress::{Mode, Progress};
@@ -47,7 +47,8 @@ pub async fn hold(
         .watchdog
         .enabled
         .then(|| tokio::spawn(watchdog::watch(deployer.clone(), state.clone())));
-    let (why, asker) = wait_for_leave(config.local, &mut asked).await;
+    let mut signals = Signals::watch();
+    let (why, asker) = wait_for_leave(config.local, &mut asked, &mut signals).await;
     // Before the drain: the watchdog would take the drain's 503 and stopped containers for
     // faults to repair.
     for task in [watcher, keeper, dog].into_iter().flatten() {
@@ -86,7 +87,7 @@ pub async fn hold(
     }
     left?;
     if reason != Leave::Shutdown {
-        let signal = wait_for_signal().await;
+        let signal = signals.next().await;
         notify(&[sd_notify::NotifyState::Stopping]);
         tracing::info!(signal, "left; exiting");
     }

@@ -23,7 +23,10 @@ use crate::instance::hook::{Hook, Outcome};
 use crate::instance::identity::{Imds, LifecycleState};
 use crate::instance::load_balancer::Wait;
 use crate::serve::{AgentState, Phase};
-use crate::upgrade;
+use crate::upgrade::{self, UpgradeLock};
+
+/// How long a leave waits for an upgrade under way to finish.
+const LOCK_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why the agent leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -55,25 +58,54 @@ pub struct Left {
     pub seconds: f64,
 }
 
+/// SIGTERM and SIGINT, watched once for the agent's whole hold: a signal that comes while it
+/// leaves is still there for the wait after.
+#[derive(Debug)]
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn watch() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind, name| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch {name}");
+                None
+            }
+        };
+        Signals {
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// The next SIGTERM or SIGINT, by name.
+    pub async fn next(&mut self) -> &'static str {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = one(&mut self.term) => "SIGTERM",
+            _ = one(&mut self.int) => "SIGINT",
+        }
+    }
+}
+
 /// Waits for a reason to stop holding: a signal, `berth leave` (its answer is sent once the
 /// leave is done), or (on EC2) IMDS saying the instance goes away.
-pub async fn wait_for_leave(local: bool, asked: &mut LeaveRequests) -> (Why, Option<Asker>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            None
-        }
-    };
-    let sigterm = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
+pub async fn wait_for_leave(
+    local: bool,
+    asked: &mut LeaveRequests,
+    signals: &mut Signals,
+) -> (Why, Option<Asker>) {
     let imds = async {
         if local {
             return std::future::pending::<Leave>().await;
@@ -81,33 +113,16 @@ pub async fn wait_for_leave(local: bool, asked: &mut LeaveRequests) -> (Why, Opt
         watch_imds().await
     };
     tokio::select! {
-        _ = sigterm => {
-            if system_stopping().await {
+        signal = signals.next() => {
+            if signal == "SIGTERM" && system_stopping().await {
                 tracing::info!("SIGTERM while the system shuts down: leaving");
                 (Why::Leave(Leave::Shutdown), None)
             } else {
-                (Why::Exit("SIGTERM"), None)
+                (Why::Exit(signal), None)
             }
         }
-        _ = tokio::signal::ctrl_c() => (Why::Exit("SIGINT"), None),
         asker = asked.next() => (Why::Leave(Leave::Asked), asker),
         why = imds => (Why::Leave(why), None),
-    }
-}
-
-/// Waits for SIGTERM or SIGINT; which one came.
-pub async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
     }
 }
 
@@ -161,6 +176,15 @@ pub async fn leave(state: &AgentState, booted: &Booted, why: Leave) -> Result<Le
     let config = &deployer.config;
     tracing::info!(reason = ?why, "leaving: draining, then stopping the services");
     resume::forget(&config.run_dir);
+    // Not beside an upgrade or rollback, which would start what this stops; one that does not
+    // finish within a minute is left to the stop (a shutdown does not wait).
+    let _lock = match UpgradeLock::acquire_within(&config.run_dir, "leaving", LOCK_PATIENCE).await {
+        Ok(lock) => Some(lock),
+        Err(e) => {
+            tracing::warn!(error = %crate::report::chain(&e), "leaving beside an upgrade that still runs");
+            None
+        }
+    };
     set_phase(state, Phase::Draining);
     let engine = deployer.engine().await?;
     let progress = Progress::new(Mode::Log);

@@ -138,6 +138,13 @@ impl Service {
     /// Short digests of each field that shapes the container, so that a plan can say which
     /// fields changed. Digests, not values: environment values must never reach a label.
     pub fn field_digests(&self) -> BTreeMap<String, String> {
+        self.field_digests_keyed("")
+    }
+
+    /// As [`Service::field_digests`]; the secrets' and configs' contents enter under `key`
+    /// (the engine's id: a short password's digest in a label could be guessed offline, a
+    /// keyed one not without the key, which labels shipped off the host do not carry).
+    pub fn field_digests_keyed(&self, key: &str) -> BTreeMap<String, String> {
         let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(self) else {
             return BTreeMap::new();
         };
@@ -151,7 +158,7 @@ impl Service {
             .collect();
         if !self.files.is_empty() {
             let all: Vec<&str> = self.files.iter().map(|f| f.digest.as_str()).collect();
-            let digest = Sha256::digest(all.join(",").as_bytes());
+            let digest = Sha256::digest(format!("{key}\0{}", all.join(",")).as_bytes());
             digests.insert("files_content".into(), hex(&digest[..6]));
         }
         digests
@@ -159,7 +166,13 @@ impl Service {
 
     /// The hash compose's `com.docker.compose.config-hash` label carries.
     pub fn config_hash(&self) -> String {
-        let digests = self.field_digests();
+        self.config_hash_keyed("")
+    }
+
+    /// As [`Service::config_hash`], the contents of files keyed as in
+    /// [`Service::field_digests_keyed`].
+    pub fn config_hash_keyed(&self, key: &str) -> String {
+        let digests = self.field_digests_keyed(key);
         let joined: Vec<String> = digests.iter().map(|(k, v)| format!("{k}={v}")).collect();
         hex(&Sha256::digest(joined.join(",").as_bytes()))
     }
@@ -269,6 +282,10 @@ pub struct MountSpec {
     /// A tmpfs's mode bits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tmpfs_mode: Option<u32>,
+    /// A `tmpfs:` entry's options as written, when they hold more than `size` and `mode`
+    /// (`noexec`, `uid=...`): Docker's `Tmpfs` takes them as they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tmpfs_options: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

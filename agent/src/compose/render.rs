@@ -115,22 +115,26 @@ fn service(svc: &Service, project: &Project) -> Value {
         json!(svc.ports.iter().map(port).collect::<Vec<_>>()),
     );
     put(&mut m, "expose", json!(svc.expose));
+    // A tmpfs with options only Docker's `Tmpfs` takes, or none, is a `tmpfs:` entry.
+    let short_tmpfs = |mt: &&MountSpec| {
+        mt.kind == MountKind::Tmpfs
+            && (mt.tmpfs_options.is_some() || (mt.tmpfs_size.is_none() && mt.tmpfs_mode.is_none()))
+    };
     let mounts: Vec<Value> = svc
         .mounts
         .iter()
-        .filter(|mt| {
-            mt.kind != MountKind::Tmpfs || mt.tmpfs_size.is_some() || mt.tmpfs_mode.is_some()
-        })
+        .filter(|mt| !short_tmpfs(mt))
         .map(|mt| mount(mt, project))
         .collect();
     put(&mut m, "volumes", json!(mounts));
-    let tmpfs: Vec<&str> = svc
+    let tmpfs: Vec<String> = svc
         .mounts
         .iter()
-        .filter(|mt| {
-            mt.kind == MountKind::Tmpfs && mt.tmpfs_size.is_none() && mt.tmpfs_mode.is_none()
+        .filter(short_tmpfs)
+        .map(|mt| match &mt.tmpfs_options {
+            Some(o) => format!("{}:{o}", mt.target),
+            None => mt.target.clone(),
         })
-        .map(|mt| mt.target.as_str())
         .collect();
     put(&mut m, "tmpfs", json!(tmpfs));
     let networks: Map<String, Value> = svc

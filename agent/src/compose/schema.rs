@@ -329,6 +329,9 @@ pub(super) struct RawNetwork {
     pub(super) enable_ipv6: Option<bool>,
     pub(super) labels: IndexMap<String, Option<Scalar>>,
     pub(super) ipam: Option<Value>,
+    /// Any other key: an `x-` extension, or a field berth refuses by name.
+    #[serde(flatten)]
+    pub(super) other: IndexMap<String, Value>,
 }
 
 /// A top-level `secrets` or `configs` entry: where its content comes from.
@@ -376,6 +379,9 @@ pub(super) struct RawVolume {
     pub(super) driver: Option<String>,
     pub(super) driver_opts: IndexMap<String, Option<Scalar>>,
     pub(super) labels: IndexMap<String, Option<Scalar>>,
+    /// Any other key: an `x-` extension, or a field berth refuses by name.
+    #[serde(flatten)]
+    pub(super) other: IndexMap<String, Value>,
 }
 
 // ---------------------------------------------------------------------------------------------

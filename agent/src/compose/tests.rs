@@ -1661,3 +1661,12 @@ fn a_secret_at_a_berth_location_comes_from_what_the_agent_fetched() {
         fx.opts
     );
 }
+
+#[test]
+fn x_extensions_are_allowed_inside_fields_too() {
+    let p = Fx::with(
+        "services:\n  web:\n    image: nginx\n    healthcheck:\n      test: [CMD, 'true']\n      x-note: checked by ops\n    logging:\n      driver: json-file\n      x-owner: me\n",
+    )
+    .ok();
+    assert!(p.services["web"].healthcheck.is_some());
+}

@@ -279,6 +279,17 @@ impl Engine {
             .map_err(request("copy secrets and configs into", id))
     }
 
+    /// The daemon's id (`docker info`'s ID): random per engine, known to whoever can reach its
+    /// socket.
+    pub async fn daemon_id(&self) -> Result<String, DockerError> {
+        let info = self
+            .api
+            .info()
+            .await
+            .map_err(request("read the engine's info", &self.endpoint))?;
+        Ok(info.id.unwrap_or_default())
+    }
+
     pub async fn rename(&self, id: &str, name: &str) -> Result<(), DockerError> {
         let opts = bollard::query_parameters::RenameContainerOptionsBuilder::default()
             .name(name)

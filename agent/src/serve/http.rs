@@ -30,26 +30,24 @@ pub enum HttpError {
     },
     #[error("cannot use the listening socket systemd passes (berth.socket)")]
     Passed { source: std::io::Error },
-    #[error("systemd passes a health socket on {passed} (berth.socket) but health.listen is {listen}: make them the same (systemctl edit berth.socket)")]
-    Mismatch {
-        passed: SocketAddr,
-        listen: SocketAddr,
-    },
 }
 
 /// The health endpoint's listening socket: the one systemd passes (`berth.socket`, which holds
 /// it while the agent restarts, so that the load balancer's checker never finds the port
-/// closed), else a new one on `listen`.
+/// closed), else a new one on `listen`. A passed socket on another address is let go with a
+/// warning: `health.listen` is what the load balancer checks, and an agent that refused to
+/// start would take the instance down for a setting that only shortens restarts.
 async fn listener(listen: SocketAddr) -> Result<tokio::net::TcpListener, HttpError> {
     let passed = |source| HttpError::Passed { source };
     let mut fds = listenfd::ListenFd::from_env();
     if let Some(std_listener) = fds.take_tcp_listener(0).map_err(passed)? {
         let at = std_listener.local_addr().map_err(passed)?;
-        if at != listen {
-            return Err(HttpError::Mismatch { passed: at, listen });
+        if at == listen {
+            std_listener.set_nonblocking(true).map_err(passed)?;
+            return tokio::net::TcpListener::from_std(std_listener).map_err(passed);
         }
-        std_listener.set_nonblocking(true).map_err(passed)?;
-        return tokio::net::TcpListener::from_std(std_listener).map_err(passed);
+        tracing::warn!(passed = %at, %listen, "berth.socket listens elsewhere than health.listen: listening on health.listen (make them the same: systemctl edit berth.socket)");
+        drop(std_listener);
     }
     tokio::net::TcpListener::bind(listen)
         .await

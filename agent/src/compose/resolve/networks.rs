@@ -18,6 +18,11 @@ pub(super) fn resolve_networks(
     let mut out = BTreeMap::new();
     for (key, net) in raw {
         let net = net.unwrap_or_default();
+        if let Some(other) = net.other.keys().find(|k| !k.starts_with("x-")) {
+            return Err(ComposeError::Unsupported {
+                field: format!("networks.{key}.{other}"),
+            });
+        }
         if net.ipam.is_some() {
             return Err(ComposeError::Unsupported {
                 field: format!("networks.{key}.ipam"),
@@ -70,14 +75,27 @@ pub(super) fn resolve_service_networks(
             }
         };
         let opts = opts.unwrap_or_default();
-        for (field, set) in [
-            ("priority", opts.priority.is_some()),
-            ("gw_priority", opts.gw_priority.is_some()),
-            ("interface_name", opts.interface_name.is_some()),
+        for (field, set, why) in [
+            (
+                "priority",
+                opts.priority.is_some(),
+                "berth joins a service's networks in the order of their names",
+            ),
+            (
+                "gw_priority",
+                opts.gw_priority.is_some(),
+                "it needs Docker Engine API 1.48",
+            ),
+            (
+                "interface_name",
+                opts.interface_name.is_some(),
+                "it needs Docker Engine API 1.49",
+            ),
         ] {
             if set {
-                return Err(ComposeError::Unsupported {
+                return Err(ComposeError::UnsupportedBecause {
                     field: format!("{p}.networks.{key}.{field}"),
+                    why,
                 });
             }
         }

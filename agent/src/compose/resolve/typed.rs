@@ -53,6 +53,8 @@ fn coerce_scalars(v: &mut Value) {
         }
         return;
     };
+    // `x-` extensions are the user's, wherever compose allows them: never a field to check.
+    m.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with("x-")));
     for (k, child) in m.iter_mut() {
         let key = k.as_str().unwrap_or_default();
         if FREE_MAPS.contains(&key) || key.starts_with("x-") {

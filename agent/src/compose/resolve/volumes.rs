@@ -23,6 +23,11 @@ pub(super) fn resolve_volumes(
     let mut out = BTreeMap::new();
     for (key, vol) in raw {
         let vol = vol.unwrap_or_default();
+        if let Some(other) = vol.other.keys().find(|k| !k.starts_with("x-")) {
+            return Err(ComposeError::Unsupported {
+                field: format!("volumes.{key}.{other}"),
+            });
+        }
         let (name, external) = resource_name(project, &key, vol.name, &vol.external);
         let mut driver_opts = map_text(vol.driver_opts);
         let binds = driver_opts
@@ -112,6 +117,7 @@ fn short_mount(field: &str, s: &str) -> Result<MountSpec, ComposeError> {
         propagation: sv.propagation,
         selinux: sv.selinux,
         tmpfs_mode: None,
+        tmpfs_options: None,
     })
 }
 
@@ -196,6 +202,7 @@ fn long_mount(field: &str, l: LongVolume) -> Result<MountSpec, ComposeError> {
         propagation: bind.propagation,
         selinux: bind.selinux,
         tmpfs_mode,
+        tmpfs_options: None,
     })
 }
 
@@ -246,8 +253,8 @@ fn mode_bits(m: &Scalar) -> Result<u32, String> {
     }
 }
 
-/// `tmpfs`: `target[:options]`, with `size` and `mode` (octal); `uid` and `gid` are refused:
-/// the Docker Engine API takes them only from version 1.46.
+/// `tmpfs`: `target[:options]`, with `size` and `mode` (octal), and flags (`noexec`, ...) and
+/// `uid`/`gid`, which go to Docker as written.
 fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeError> {
     let mut out = Vec::new();
     for (i, t) in tmpfs.iter().enumerate() {
@@ -260,6 +267,7 @@ fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeErro
         }
         let mut tmpfs_size = None;
         let mut tmpfs_mode = None;
+        let mut verbatim = false;
         for opt in options.split(',').filter(|o| !o.is_empty()) {
             match opt.split_once('=') {
                 Some(("size", v)) => {
@@ -271,12 +279,8 @@ fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeErro
                         .map_err(|e| invalid(format!("{p}.tmpfs[{i}]"), e))?;
                     tmpfs_mode = Some(mode);
                 }
-                // uid, gid and flags (noexec, ...) reach the Docker Engine API from 1.46 on.
-                Some(("uid" | "gid", _)) | None => {
-                    return Err(ComposeError::Unsupported {
-                        field: format!("{p}.tmpfs[{i}]: {opt}"),
-                    })
-                }
+                // Passed as written (Docker's `Tmpfs`), which the Mount API before 1.46 cannot.
+                Some(("uid" | "gid", _)) | None => verbatim = true,
                 Some((k, _)) => {
                     let message = format!("unknown tmpfs option {k:?}");
                     return Err(invalid(format!("{p}.tmpfs[{i}]"), message));
@@ -294,6 +298,7 @@ fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeErro
             propagation: None,
             selinux: None,
             tmpfs_mode,
+            tmpfs_options: verbatim.then(|| options.to_string()),
         });
     }
     Ok(out)

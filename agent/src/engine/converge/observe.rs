@@ -34,7 +34,14 @@ pub async fn observe(engine: &Engine, project: &Project) -> Result<Observed, Con
         network_lookups,
         volume_lookups
     );
+    // Only when secrets or configs are there to key: `info` costs a request.
+    let digest_key = if project.services.values().any(|s| !s.files.is_empty()) {
+        engine.daemon_id().await?
+    } else {
+        String::new()
+    };
     let mut observed = Observed {
+        digest_key,
         containers: containers?,
         ..Observed::default()
     };

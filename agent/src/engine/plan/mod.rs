@@ -107,6 +107,9 @@ pub struct Observed {
     pub networks: BTreeSet<String>,
     pub volumes: BTreeSet<String>,
     pub pulls: Vec<String>,
+    /// The engine's id, when a service has secrets or configs: the key their contents'
+    /// digests are taken under.
+    pub digest_key: String,
 }
 
 /// `Exited (3) 2 minutes ago` -> 3.
@@ -196,12 +199,19 @@ fn wanted_steps(project: &Project, observed: &Observed) -> Vec<ContainerStep> {
         let image_id = observed.image_ids.get(&svc.image).cloned().flatten();
         let one_shot = one_shots.contains(&svc.name);
         for number in 1..=svc.replicas {
-            let spec = spec::build(project, svc, number, image_id.as_deref());
+            let spec = spec::build(
+                project,
+                svc,
+                number,
+                image_id.as_deref(),
+                &observed.digest_key,
+            );
             let existing = existing_replica(observed, &svc.name, number, &spec.name);
             let action = match existing {
                 None => (Action::Create, vec![]),
                 Some(c) => {
-                    let reasons = recreate_reasons(c, svc, &spec, image_id.as_deref());
+                    let reasons =
+                        recreate_reasons(c, svc, &spec, image_id.as_deref(), &observed.digest_key);
                     (existing_action(c, &reasons, one_shot), reasons)
                 }
             };
@@ -250,11 +260,12 @@ fn recreate_reasons(
     svc: &Service,
     spec: &ContainerSpec,
     image_id: Option<&str>,
+    digest_key: &str,
 ) -> Vec<String> {
     let mut reasons = Vec::new();
     if label(c, labels::CONFIG_HASH) != Some(spec.config_hash.as_str()) {
         let before = parse_fields(label(c, labels::FIELDS).unwrap_or(""));
-        let changed = changed_fields(&before, &svc.field_digests());
+        let changed = changed_fields(&before, &svc.field_digests_keyed(digest_key));
         if changed.is_empty() {
             reasons.push("config changed".to_string());
         } else {
@@ -437,7 +448,7 @@ mod tests {
         number: u32,
         state: ContainerSummaryStateEnum,
     ) -> ContainerSummary {
-        let spec = spec::build(p, &p.services[service], number, Some(IMAGE_ID));
+        let spec = spec::build(p, &p.services[service], number, Some(IMAGE_ID), "");
         ContainerSummary {
             id: Some(format!("id-{}", spec.name)),
             names: Some(vec![format!("/{}", spec.name)]),
@@ -463,6 +474,7 @@ mod tests {
             networks: p.networks.values().map(|n| n.name.clone()).collect(),
             volumes: p.volumes.values().map(|v| v.name.clone()).collect(),
             pulls: vec![],
+            digest_key: String::new(),
         }
     }
 

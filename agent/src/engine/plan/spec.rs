@@ -45,9 +45,10 @@ pub fn build(
     svc: &Service,
     number: u32,
     image_id: Option<&str>,
+    digest_key: &str,
 ) -> ContainerSpec {
-    let config_hash = svc.config_hash();
-    let lbls = container_labels(project, svc, number, image_id, &config_hash);
+    let config_hash = svc.config_hash_keyed(digest_key);
+    let lbls = container_labels(project, svc, number, image_id, &config_hash, digest_key);
     let (exposed, bindings) = ports(svc);
     let host_config = host_config(svc, bindings);
     let (networking_config, extra_networks) = networks(svc);
@@ -93,9 +94,10 @@ fn container_labels(
     number: u32,
     image_id: Option<&str>,
     config_hash: &str,
+    digest_key: &str,
 ) -> HashMap<String, String> {
     let fields: Vec<String> = svc
-        .field_digests()
+        .field_digests_keyed(digest_key)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
@@ -198,10 +200,18 @@ fn propagation(p: &str) -> MountBindOptionsPropagationEnum {
     }
 }
 
+/// `tmpfs:` entries with options the Mount API cannot carry, as Docker's `Tmpfs` takes them.
+fn tmpfs(svc: &Service) -> HashMap<String, String> {
+    svc.mounts
+        .iter()
+        .filter_map(|m| Some((m.target.clone(), m.tmpfs_options.clone()?)))
+        .collect()
+}
+
 fn mounts(svc: &Service) -> Vec<Mount> {
     svc.mounts
         .iter()
-        .filter(|m| !relabelled(m))
+        .filter(|m| !relabelled(m) && m.tmpfs_options.is_none())
         .map(|m| Mount {
             target: Some(m.target.clone()),
             source: m.source.clone(),
@@ -246,8 +256,10 @@ fn restart_policy(svc: &Service) -> Option<RestartPolicy> {
 fn host_config(svc: &Service, bindings: HashMap<String, Option<Vec<PortBinding>>>) -> HostConfig {
     let mounts = mounts(svc);
     let binds = binds(svc);
+    let tmpfs = tmpfs(svc);
     let restart_policy = restart_policy(svc);
     HostConfig {
+        tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         mounts: (!mounts.is_empty()).then_some(mounts),
         binds: (!binds.is_empty()).then_some(binds),
