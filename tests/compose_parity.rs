@@ -718,11 +718,21 @@ fn fixtures() -> Vec<PathBuf> {
 fn every_fixture_resolves_as_compose_v2_resolves_it() {
     let dirs = fixtures();
     assert!(dirs.len() >= 5, "fixtures: {dirs:?}");
+    compare_every_fixture(&dirs, "berth's model", |dir| {
+        (
+            canonical_compose(&compose_config(dir)),
+            canonical_berth(&berth_model(dir)),
+        )
+    });
+}
+
+/// Asserts that, for every fixture, the two canonical forms `pair` gives (compose's, then
+/// berth's) are equal; the failure lists every difference of every fixture.
+fn compare_every_fixture(dirs: &[PathBuf], what: &str, pair: impl Fn(&Path) -> (Value, Value)) {
     let mut failed = vec![];
-    for dir in &dirs {
+    for dir in dirs {
         let dir = dir.canonicalize().unwrap();
-        let compose = canonical_compose(&compose_config(&dir));
-        let berth = canonical_berth(&berth_model(&dir));
+        let (compose, berth) = pair(&dir);
         let mut diffs = vec![];
         differences("", &compose, &berth, &mut diffs);
         if !diffs.is_empty() {
@@ -735,7 +745,7 @@ fn every_fixture_resolves_as_compose_v2_resolves_it() {
     }
     assert!(
         failed.is_empty(),
-        "{} of {} fixtures differ from compose v2:\n{}",
+        "{} of {} fixtures: {what} differs from compose v2's:\n{}",
         failed.len(),
         dirs.len(),
         failed.join("\n")
@@ -776,29 +786,12 @@ fn masked(mut canonical: Value) -> Value {
 
 #[test]
 fn berth_config_prints_what_compose_v2_prints_for_every_fixture() {
-    let dirs = fixtures();
-    let mut failed = vec![];
-    for dir in &dirs {
-        let dir = dir.canonicalize().unwrap();
-        let compose = masked(canonical_compose(&compose_config(&dir)));
-        let berth = masked(canonical_compose(&berth_config(&dir)));
-        let mut diffs = vec![];
-        differences("", &compose, &berth, &mut diffs);
-        if !diffs.is_empty() {
-            failed.push(format!(
-                "{}:\n  {}",
-                dir.file_name().unwrap().to_string_lossy(),
-                diffs.join("\n  ")
-            ));
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} fixtures: `berth config --format json` differs from compose v2's:\n{}",
-        failed.len(),
-        dirs.len(),
-        failed.join("\n")
-    );
+    compare_every_fixture(&fixtures(), "`berth config --format json`", |dir| {
+        (
+            masked(canonical_compose(&compose_config(dir))),
+            masked(canonical_compose(&berth_config(dir))),
+        )
+    });
 }
 
 #[test]

@@ -344,12 +344,18 @@ registry_id = "{ACCOUNT_ID}"
         user_data = doc["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
         separator, parts = user_data["Fn::Base64"]["Fn::Join"]
         values = {"Strategy": "proxy", "BerthPackageUri": package_uri, "BerthPackageSha256": sha256,
-                  "AWS::Region": REGION, "AWS::StackName": "berth-box"}
+                  "AWS::Region": REGION, "AWS::StackName": "berth-box", "HealthPort": str(self.health)}
 
         def sub(text):
             return re.sub(r"\$\{([^}!]+)\}", lambda m: values.get(m.group(1), f"<{m.group(1)}>"), text)
 
         out = separator.join(sub(p["Fn::Sub"]) if isinstance(p, dict) else p for p in parts)
+        # The box listens on loopback only (it shares the host's network): berth.socket's
+        # address follows the box's berth.toml, as the template's follows its own.
+        listen = f"BERTH_HEALTH_LISTEN='0.0.0.0:{self.health}'"
+        if out.count(listen) != 1:
+            raise RigError(f"the template's user-data sets no single {listen}")
+        out = out.replace(listen, f"BERTH_HEALTH_LISTEN='127.0.0.1:{self.health}'")
         heredoc = re.compile(r"(BERTH_CONFIG=\$\(cat <<'BERTH_TOML'\n)(.*?)(\nBERTH_TOML\n\))", re.S)
         if len(heredoc.findall(out)) != 1:
             raise RigError("the template's user-data has no single BERTH_CONFIG heredoc")

@@ -130,6 +130,32 @@ pub async fn wait_for_leave(
 /// restarted or stopped: systemd's state is then `stopping`. Asked through systemctl, which
 /// reaches PID 1 over its private socket (no crate here speaks D-Bus). Without systemd: never.
 async fn system_stopping() -> bool {
+    // The state turns `stopping` as systemd queues the shutdown, and a SIGTERM can come a
+    // moment before it reads so (seen once in ten shutdowns of the box): asked again for up
+    // to a second. A unit restart never reads so, and costs that second, while the health
+    // socket keeps answering.
+    let mut last = String::new();
+    for attempt in 0..6 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match system_state().await {
+            Some(state) if state == "stopping" => {
+                tracing::info!(%state, "the system's state: {state}");
+                return true;
+            }
+            // Not booted with systemd: nothing shuts down through it.
+            Some(state) if state == "offline" => return false,
+            Some(state) => last = state,
+            None => return false,
+        }
+    }
+    tracing::info!(state = %last, "the system's state: {last}, not a shutdown");
+    false
+}
+
+/// `systemctl is-system-running`'s answer; None without systemd.
+async fn system_state() -> Option<String> {
     let asked = tokio::process::Command::new("systemctl")
         .arg("is-system-running")
         .stdin(std::process::Stdio::null())
@@ -137,18 +163,14 @@ async fn system_stopping() -> bool {
         .output();
     match tokio::time::timeout(Duration::from_secs(5), asked).await {
         // It exits non-zero for any state but `running`, and prints the state either way.
-        Ok(Ok(out)) => {
-            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            tracing::info!(%state, "the system's state");
-            state == "stopping"
-        }
+        Ok(Ok(out)) => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
         Ok(Err(e)) => {
             tracing::info!(error = %e, "no systemctl: not a system shutdown");
-            false
+            None
         }
         Err(_) => {
-            tracing::warn!("systemctl is-system-running did not answer within 5 s: not leaving");
-            false
+            tracing::warn!("systemctl is-system-running did not answer within 5 s");
+            Some("unknown".into())
         }
     }
 }

@@ -5,8 +5,9 @@
 //! refused. `include` loads other compose files as projects of their own (their directory,
 //! their `.env`) and adds their services, networks and volumes; a name both define is an
 //! error, as in compose. Either way the relative paths of what comes from another directory
-//! (bind sources, `env_file`s, a local volume's bind `device`) are made absolute from that
-//! directory first, since the resolver reads the rest from the project's.
+//! (bind sources, `env_file`s, a local volume's bind `device`, a secret's or config's `file`)
+//! are made absolute from that directory first, since the resolver reads the rest from the
+//! project's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -182,6 +183,16 @@ fn relocate_service(svc: &mut Value, dir: &Path) {
     }
 }
 
+/// A secret's or config's `file:` read from `dir`'s file, made absolute from there (a berth
+/// location stays as it is).
+fn relocate_source(source: &mut Value, dir: &Path) {
+    if let Some(Value::String(file)) = source.get_mut("file") {
+        if !super::is_remote_source(file) {
+            *file = absolute(dir, file);
+        }
+    }
+}
+
 /// A top-level volume's bind `device` read from `dir`'s file, made absolute from there.
 fn relocate_volume(volume: &mut Value, dir: &Path) {
     if let Some(Value::String(device)) = volume
@@ -273,7 +284,7 @@ pub(super) fn resolve_include(
         let Value::Mapping(mut included) = included else {
             continue;
         };
-        for section in ["services", "networks", "volumes"] {
+        for section in ["services", "networks", "volumes", "secrets", "configs"] {
             let Some(Value::Mapping(from)) = included.remove(section) else {
                 continue;
             };
@@ -300,6 +311,7 @@ pub(super) fn resolve_include(
                 match section {
                     "services" => relocate_service(&mut value, &project_dir),
                     "volumes" => relocate_volume(&mut value, &project_dir),
+                    "secrets" | "configs" => relocate_source(&mut value, &project_dir),
                     _ => {}
                 }
                 into.insert(key, value);
