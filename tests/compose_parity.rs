@@ -414,8 +414,20 @@ fn canonical_compose_service(
     });
     let restart = svc.get("restart").and_then(Value::as_str).map(|r| {
         let (policy, max) = r.split_once(':').unwrap_or((r, "0"));
-        let policy = if policy == "no" { "no" } else { policy };
         json!([policy, max.parse::<i64>().unwrap()])
+    });
+    // Without `restart:`, deploy.restart_policy's condition in Docker's words.
+    let restart = restart.or_else(|| {
+        let p = deploy?.get("restart_policy")?;
+        let policy = match p.get("condition").and_then(Value::as_str) {
+            None | Some("any") => "always",
+            Some("none") => "no",
+            Some(other) => other,
+        };
+        Some(json!([
+            policy,
+            p.get("max_attempts").cloned().unwrap_or(json!(0))
+        ]))
     });
     let ulimits: Map<String, Value> = svc
         .get("ulimits")
@@ -521,7 +533,11 @@ fn canonical_compose_service(
         "ulimits": ulimits,
         "memory": memory,
         "nano_cpus": nano_cpus,
-        "pids_limit": field("pids_limit"),
+        "pids_limit": svc
+            .get("pids_limit")
+            .or_else(|| limits.and_then(|l| l.get("pids")))
+            .cloned()
+            .unwrap_or(Value::Null),
         "shm_size": svc.get("shm_size").map(bytes).unwrap_or(Value::Null),
         "memory_reservation": memory_reservation,
         "mac_address": mac_address,
