@@ -48,22 +48,31 @@ fn fixture_args(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn compose_config(dir: &Path) -> Value {
-    let mut cmd = Command::new(compose_v2());
-    cmd.current_dir(dir)
+/// `program ARGS` in the fixture `dir`, with only the fixture's environment (and PATH); its
+/// JSON output. `who` names it when it fails.
+fn config_json(program: &Path, args: &[String], dir: &Path, who: &str) -> Value {
+    let out = Command::new(program)
+        .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(fixture_env(dir))
-        .args(fixture_args(dir))
-        .args(["config", "--format", "json"]);
-    let out = cmd.output().unwrap();
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
-        "compose v2 refused {}: {}",
+        "{who} refused {}: {}",
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `docker compose [-p NAME] config --format json`: compose's flags go before the command.
+fn compose_config(dir: &Path) -> Value {
+    let mut args = fixture_args(dir);
+    args.extend(["config", "--format", "json"].map(String::from));
+    config_json(&compose_v2(), &args, dir, "compose v2")
 }
 
 fn berth_model(dir: &Path) -> Value {
@@ -771,23 +780,10 @@ fn compare_every_fixture(dirs: &[PathBuf], what: &str, pair: impl Fn(&Path) -> (
 /// `berth config --format json` of a fixture: berth's answer in compose's shape, as a user
 /// diffs it against `docker compose config`.
 fn berth_config(dir: &Path) -> Value {
-    let args = fixture_args(dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(fixture_env(dir))
-        .args(["config", "--format", "json"])
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "berth config refused {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut args = ["config", "--format", "json"].map(String::from).to_vec();
+    args.extend(fixture_args(dir));
+    let berth = Path::new(env!("CARGO_BIN_EXE_berth"));
+    config_json(berth, &args, dir, "berth config")
 }
 
 /// Every environment value masked, as `berth config` prints them.

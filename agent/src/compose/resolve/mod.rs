@@ -62,6 +62,26 @@ fn size(field: String, value: Option<Scalar>) -> Result<Option<i64>, ComposeErro
         .transpose()
 }
 
+/// Mode bits: a YAML number as written (`0o1777` is octal there), or text read as octal, as
+/// `chmod` takes it.
+pub(super) fn file_mode(m: &Scalar) -> Result<u32, String> {
+    let too_big = |n: i64| format!("{n:o} (octal) is not a file mode");
+    match m {
+        Scalar::Int(n) if (0..=0o7777).contains(n) => Ok(*n as u32),
+        Scalar::Int(n) => Err(too_big(*n)),
+        other => {
+            let text = other.text();
+            let digits = text.trim().trim_start_matches("0o");
+            let n = i64::from_str_radix(digits, 8)
+                .map_err(|_| format!("{text:?} is not an octal file mode"))?;
+            if n > 0o7777 {
+                return Err(too_big(n));
+            }
+            Ok(n as u32)
+        }
+    }
+}
+
 fn map_text(m: IndexMap<String, Option<Scalar>>) -> BTreeMap<String, String> {
     m.into_iter()
         .map(|(k, v)| (k, v.map(|s| s.text()).unwrap_or_default()))

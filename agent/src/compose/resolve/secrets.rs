@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
 
-use super::{invalid, resolve_path, Ctx};
+use super::{file_mode, invalid, resolve_path, Ctx};
 use crate::compose::model::{hex, FileKind, ServiceFile};
 use crate::compose::schema::{FileUse, RawFileSource, Scalar};
 use crate::compose::ComposeError;
@@ -115,21 +115,6 @@ pub(super) fn resolve_sources(
     Ok(out)
 }
 
-/// A number given as YAML wrote it (`0o440` is octal there), or as text read as octal.
-fn octal(v: &Scalar) -> Result<u32, String> {
-    match v {
-        Scalar::Int(n) if (0..=0o7777).contains(n) => Ok(*n as u32),
-        other => {
-            let text = other.text();
-            let digits = text.trim().trim_start_matches("0o");
-            u32::from_str_radix(digits, 8)
-                .ok()
-                .filter(|n| *n <= 0o7777)
-                .ok_or_else(|| format!("{text:?} is not a file mode"))
-        }
-    }
-}
-
 fn id(field: String, v: Option<Scalar>) -> Result<u32, ComposeError> {
     match v {
         None => Ok(0),
@@ -172,7 +157,7 @@ pub(super) fn resolve_uses(
             None => format!("{dir}/{source}"),
         };
         let mode = mode
-            .map(|m| octal(&m).map_err(|e| invalid(format!("{field}.mode"), e)))
+            .map(|m| file_mode(&m).map_err(|e| invalid(format!("{field}.mode"), e)))
             .transpose()?
             .unwrap_or(default_mode);
         out.push(ServiceFile {

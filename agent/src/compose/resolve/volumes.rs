@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 
-use super::{invalid, map_text, resolve_path, resource_name, Ctx};
+use super::{file_mode, invalid, map_text, resolve_path, resource_name, Ctx};
 use crate::compose::fields::{parse_size, parse_volume, PROPAGATIONS};
 use crate::compose::model::{MountKind, MountSpec, VolumeSpec};
 use crate::compose::schema::{LongVolume, RawVolume, Scalar, VolumeEntry};
@@ -156,7 +156,7 @@ fn long_mount(field: &str, l: LongVolume) -> Result<MountSpec, ComposeError> {
         .transpose()?;
     let tmpfs_mode = tmpfs
         .mode
-        .map(|m| mode_bits(&m).map_err(|e| invalid(format!("{field}.tmpfs.mode"), e)))
+        .map(|m| file_mode(&m).map_err(|e| invalid(format!("{field}.tmpfs.mode"), e)))
         .transpose()?;
     let bind = l.bind.unwrap_or_default();
     let create = bind.create_host_path.unwrap_or(false);
@@ -233,26 +233,6 @@ fn mount_source(
     })
 }
 
-/// Mode bits: a YAML number as written (`0o1777` is octal there), or text read as octal, as
-/// `chmod` takes it.
-fn mode_bits(m: &Scalar) -> Result<u32, String> {
-    let too_big = |n: i64| format!("{n:o} (octal) is not a file mode");
-    match m {
-        Scalar::Int(n) if (0..=0o7777).contains(n) => Ok(*n as u32),
-        Scalar::Int(n) => Err(too_big(*n)),
-        other => {
-            let text = other.text();
-            let digits = text.trim().trim_start_matches("0o");
-            let n = i64::from_str_radix(digits, 8)
-                .map_err(|_| format!("{text:?} is not an octal file mode"))?;
-            if n > 0o7777 {
-                return Err(too_big(n));
-            }
-            Ok(n as u32)
-        }
-    }
-}
-
 /// `tmpfs`: `target[:options]`, with `size` and `mode` (octal), and flags (`noexec`, ...) and
 /// `uid`/`gid`, which go to Docker as written.
 fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeError> {
@@ -275,7 +255,7 @@ fn tmpfs_mounts(p: &str, tmpfs: &[String]) -> Result<Vec<MountSpec>, ComposeErro
                     tmpfs_size = Some(size);
                 }
                 Some(("mode", v)) => {
-                    let mode = mode_bits(&Scalar::Str(v.to_string()))
+                    let mode = file_mode(&Scalar::Str(v.to_string()))
                         .map_err(|e| invalid(format!("{p}.tmpfs[{i}]"), e))?;
                     tmpfs_mode = Some(mode);
                 }
