@@ -532,3 +532,107 @@ fn three_replicas_upgrade_survive_a_killed_one_and_roll_back_under_load() {
     want.extend(vec![green("1", true); 2]);
     assert_eq!(rig.colors(), want);
 }
+
+/// A release answering every 20th request with 500 passes every health check: the analysis
+/// (its 5xx ratio since the switch against release 1's) catches it on this instance, rolls it
+/// back, and says so with the figures. Only its own 500s fail, and only while it was watched.
+#[test]
+fn a_release_answering_5xx_passes_its_health_but_not_its_numbers_and_is_rolled_back() {
+    let mut rig = Rig::new_analysed("upgrade-numbers", "", "bake_secs = 20\nmin_requests = 60\n");
+    rig.compose(RELEASED, &[]);
+    rig.pointer("1");
+    rig.start_agent();
+    let load = Load::start(rig.traffic, "/cgi-bin/api", 4);
+    // Release 1's baseline: enough requests to compare with.
+    load.run_for(200);
+
+    rig.compose(RELEASED, &[("ERROR_EVERY", "20")]);
+    let started = Instant::now();
+    let out = rig.berth("upgrade", &["--release", "2"]);
+    let took = started.elapsed();
+    load.run_for(100);
+    let samples = load.finish();
+    out.expect_code(1);
+    let msg = out.error_message();
+    assert!(
+        msg.contains("release 2 failed right after the switch, rolled back to 1")
+            && msg.contains("judged by its traffic: 5xx on")
+            && msg.contains("over the limit of 1.0 % (the previous release: 0.0 % of"),
+        "{msg}"
+    );
+    // Caught well inside the 3 s verify + 20 s bake: the analysis stops at the first failure.
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let failed = failures(&samples);
+    let bad: Vec<&String> = failed.iter().filter(|f| *f != "500 error 2").collect();
+    assert_eq!(
+        bad,
+        Vec::<&String>::new(),
+        "failures other than release 2's 500s"
+    );
+    assert!(
+        !failed.is_empty(),
+        "release 2 served (and failed) before the rollback"
+    );
+    let by_2 = answered(&samples, "api 2");
+    eprintln!(
+        "numbers: upgrade to rollback {:.2} s; {} requests, {} answered by release 2, {} of its 500s",
+        took.as_secs_f64(),
+        samples.len(),
+        by_2,
+        failed.len()
+    );
+    all_after_first(&samples[samples.len() - 100..], "api 1").unwrap();
+    assert_eq!(rig.colors(), vec![("blue".into(), "1".into(), true)]);
+    let analysis = &rig.status()["analysis"];
+    assert_eq!(analysis["release"], "2", "{analysis}");
+    assert_eq!(analysis["previous"], "1", "{analysis}");
+    assert!(
+        analysis["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("failed: 5xx on")),
+        "{analysis}"
+    );
+    assert!(
+        analysis["candidate"]["errors_5xx"].as_u64() > Some(0),
+        "{analysis}"
+    );
+    assert!(
+        analysis["baseline"]["requests"].as_u64() >= Some(60),
+        "{analysis}"
+    );
+    assert_eq!(analysis["baseline"]["errors_5xx"], 0, "{analysis}");
+}
+
+/// A good release under the same load passes its analysis and serves; `berth status` shows both
+/// releases' figures side by side, and the bake holds the old release until it has passed.
+#[test]
+fn a_good_release_passes_its_numbers_through_the_bake() {
+    let mut rig = Rig::new_analysed("upgrade-bake", "", "bake_secs = 2\nmin_requests = 30\n");
+    rig.compose(RELEASED, &[]);
+    rig.pointer("1");
+    rig.start_agent();
+    let load = Load::start(rig.traffic, "/cgi-bin/api", 4);
+    load.run_for(100);
+    let started = Instant::now();
+    let out = rig.berth("upgrade", &["--release", "2"]);
+    let took = started.elapsed();
+    load.run_for(50);
+    let samples = load.finish();
+    out.ok();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    // verify_secs 3 + bake_secs 2.
+    assert!(took >= Duration::from_secs(5), "took {took:?}");
+    all_after_first(&samples, "api 2").unwrap();
+    assert_eq!(rig.colors(), serving_2_keeping_1());
+    let analysis = &rig.status()["analysis"];
+    assert_eq!(analysis["verdict"], "passed", "{analysis}");
+    assert!(
+        analysis["candidate"]["requests"].as_u64() >= Some(30),
+        "{analysis}"
+    );
+    assert_eq!(analysis["candidate"]["errors_5xx"], 0, "{analysis}");
+    assert!(
+        analysis["baseline"]["requests"].as_u64() >= Some(100),
+        "{analysis}"
+    );
+}

@@ -237,6 +237,8 @@ pub struct UpgradeSettings {
     /// Proxy strategy: how long the stopped previous release is kept for `berth rollback`;
     /// None: until the next upgrade.
     pub keep_previous_secs: Option<u64>,
+    /// Proxy strategy: the new release judged by its traffic after the switch.
+    pub analysis: AnalysisSettings,
 }
 
 impl Default for UpgradeSettings {
@@ -248,7 +250,66 @@ impl Default for UpgradeSettings {
             drain_secs: 30,
             watch_secs: 0,
             keep_previous_secs: None,
+            analysis: AnalysisSettings::default(),
         }
+    }
+}
+
+/// The limits a new release is held to (`[upgrade.analysis]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalysisSettings {
+    /// Off: the new release is judged by its health checks only.
+    pub enabled: bool,
+    /// How long the new release is watched after `verify_secs`, before the old one stops.
+    pub bake_secs: u64,
+    /// Requests a release must have served before its figures are judged (the new one's, and
+    /// the previous one's for the relative limits).
+    pub min_requests: u64,
+    /// The new release's 5xx ratio may always reach this (percent).
+    pub max_5xx_percent: f64,
+    /// ...and this many times the previous release's ratio, when that is higher.
+    pub max_5xx_factor: f64,
+    /// The new release's p99 may reach this many times the previous release's...
+    pub max_p99_factor: f64,
+    /// ...and at least this (ms): below it, latency is not judged (the proxy's histogram has
+    /// buckets of 1, 2, 5, 10, 25, 50 ms: a fast app moving one bucket up is not a regression).
+    pub p99_floor_ms: u64,
+}
+
+impl Default for AnalysisSettings {
+    fn default() -> Self {
+        AnalysisSettings {
+            enabled: true,
+            bake_secs: 0,
+            min_requests: 100,
+            max_5xx_percent: 1.0,
+            max_5xx_factor: 2.0,
+            max_p99_factor: 1.5,
+            p99_floor_ms: 50,
+        }
+    }
+}
+
+impl AnalysisSettings {
+    /// A key and why it is wrong.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let key = |k: &str| format!("upgrade.analysis.{k}");
+        if !(0.0..=100.0).contains(&self.max_5xx_percent) {
+            return Err((key("max_5xx_percent"), "must be 0 to 100".into()));
+        }
+        for (k, v) in [
+            ("max_5xx_factor", self.max_5xx_factor),
+            ("max_p99_factor", self.max_p99_factor),
+        ] {
+            if !v.is_finite() || v < 1.0 {
+                return Err((key(k), "must be 1.0 or more".into()));
+            }
+        }
+        if self.min_requests == 0 {
+            return Err((key("min_requests"), "must be at least 1".into()));
+        }
+        Ok(())
     }
 }
 
@@ -376,6 +437,7 @@ impl RawConfig {
                 return Err((key.into(), "must be at least 1 second".into()));
             }
         }
+        self.upgrade.analysis.check()?;
         if self.upgrade.drain_secs == 0 {
             return Err((
                 "upgrade.drain_secs".into(),

@@ -253,7 +253,7 @@ mod tests {
         let rolled = UpgradeError::RolledBack {
             release: "2".into(),
             previous: "1".into(),
-            reason: crate::upgrade::ProbeError::Unhealthy,
+            reason: crate::upgrade::ProbeError::Unhealthy.into(),
         };
         assert_eq!(rolled.exit(), Exit::Failed);
     }

@@ -170,7 +170,7 @@ pub fn summarize(status: &Status) -> Vec<ReleaseSummary> {
 
 /// The upper bound (ms) of the bucket holding quantile `q`; the slowest bucket has no upper
 /// bound, so it reads as twice the last one.
-fn quantile_ms(hist: &[u64], q: f64) -> Option<u64> {
+pub fn quantile_ms(hist: &[u64], q: f64) -> Option<u64> {
     let total: u64 = hist.iter().sum();
     if total == 0 {
         return None;

@@ -53,9 +53,22 @@ impl Rig {
 
     /// The proxy strategy with more `[upgrade]` keys.
     pub fn new_with(test: &str, upgrade_keys: &str) -> Rig {
+        Rig::new_analysed(test, upgrade_keys, "")
+    }
+
+    /// The proxy strategy with more `[upgrade]` and `[upgrade.analysis]` keys. Latency is
+    /// judged only over 2 s by default: the rig shares the machine with the whole suite, so
+    /// its latency is the machine's noise, not the release's.
+    pub fn new_analysed(test: &str, upgrade_keys: &str, analysis_keys: &str) -> Rig {
         let proxy = Proxy::start(None, &[]);
+        let analysis = if analysis_keys.contains("p99_floor_ms") {
+            analysis_keys.to_string()
+        } else {
+            format!("p99_floor_ms = 2000\n{analysis_keys}")
+        };
         let settings = format!(
             "[upgrade]\nstrategy = \"proxy\"\nverify_secs = 3\ndrain_secs = 10\n{upgrade_keys}\
+             [upgrade.analysis]\n{analysis}\
              [proxy]\ncontrol = \"{}\"\nport = {}\nhealth_path = \"/healthz\"\n",
             proxy.control.display(),
             proxy.addr.port()

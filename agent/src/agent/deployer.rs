@@ -24,7 +24,7 @@ use crate::engine::registry::Registries;
 use crate::instance::Instance;
 use crate::proxy::metrics::{summarize, ReleaseSummary};
 use crate::release::{self, Release};
-use crate::serve::{traffic, AgentState, Phase, ServiceStatus};
+use crate::serve::{traffic, AgentState, Analysis, Phase, ServiceStatus};
 use crate::upgrade::{self, Deployed, Side, UpgradeError, UpgradeLock, Upgrader};
 
 /// How long an upgrade waits for a lock held for a moment before it refuses as busy.
@@ -84,6 +84,9 @@ pub struct AgentView {
     /// What the watchdog finds wrong now.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<String>,
+    /// The last upgrade's analysis: both releases' figures side by side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
 }
 
 impl Deployer {
@@ -254,6 +257,7 @@ impl Deployer {
                 services: s.services,
                 last_error: s.last_error,
                 faults: s.faults,
+                analysis: s.analysis,
             }
         });
         let mut status = AgentStatus {

@@ -8,4 +8,4 @@ pub mod metrics;
 pub mod state;
 pub mod traffic;
 
-pub use state::{AgentState, Berth, Phase, ServiceStatus, BERTH};
+pub use state::{AgentState, Analysis, Berth, Figures, Phase, ServiceStatus, BERTH};

@@ -115,6 +115,29 @@ pub const BERTH: Berth = Berth {
     commit: env!("BERTH_GIT_COMMIT"),
 };
 
+/// The last upgrade's analysis (see `upgrade::analysis`): the new release's traffic since the
+/// switch beside the previous release's, while it is watched and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct Analysis {
+    pub release: String,
+    pub previous: Option<String>,
+    /// The new release since the switch.
+    pub candidate: Figures,
+    /// The previous release before it.
+    pub baseline: Figures,
+    /// `watching`, `too few requests`, `passed`, or `failed: ` and why.
+    pub verdict: String,
+}
+
+/// A release's counts as the proxy counted them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub percent_5xx: f64,
+    pub p99_ms: Option<u64>,
+}
+
 /// What `/status` shows.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -137,6 +160,8 @@ pub struct Status {
     /// What the watchdog finds wrong now (a service down, a replica out of rotation), one line
     /// each, naming the container and its exit code or health: never its output.
     pub faults: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
     /// The containers the last deploy left running (id -> service, name): what the watchdog
     /// expects to find.
     #[serde(skip)]
@@ -192,6 +217,7 @@ impl AgentState {
             resuming: false,
             last_error: None,
             faults: vec![],
+            analysis: None,
             expected: BTreeMap::new(),
         };
         AgentState {

@@ -1,7 +1,8 @@
 //! The proxy strategy: the new release starts in the idle color beside the serving one (as
 //! many replicas as the routed service has), passes its health gate on every replica, takes
 //! the traffic at the proxy's switch (one route to all of its backends), is watched for
-//! `verify_secs` (failing: switched back), and the old color's backends drain together and it
+//! `verify_secs` and judged by its traffic through `bake_secs` ([`super::analysis`]; failing:
+//! switched back), and the old color's backends drain together and it
 //! stops, kept for `berth rollback`.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, try_join_all};
 
+use super::analysis::Before;
 use super::colors::{colorize, routed, sides_of, Color, Routed, Side};
 use super::{Deployed, How, UpgradeError, Upgrader};
 use crate::compose::Project;
@@ -48,6 +50,10 @@ impl Upgrader<'_> {
         let (new, services) = self
             .start_color(project, &routed, next, release, had_previous)
             .await?;
+        let before = match &serving {
+            Some(old) => self.before_switch(&new, old).await,
+            None => None,
+        };
         self.switch(&new.backends, release).await?;
         let to_switch = started.elapsed().as_secs_f64();
         tracing::info!(release = %release_name, color = %next, backends = ?new.backends, seconds = to_switch, "switched");
@@ -63,7 +69,8 @@ impl Upgrader<'_> {
         let Some(old) = serving else {
             return Ok(deployed);
         };
-        self.settle(&new, &old, &release_name).await?;
+        self.settle(&new, &old, &release_name, before.as_ref())
+            .await?;
         Ok(Deployed {
             previous: old.release.clone(),
             how: How::Switched,
@@ -168,10 +175,17 @@ impl Upgrader<'_> {
             })
     }
 
-    /// After the switch: the new side must stay healthy for `verify_secs`, else the old one
-    /// (which never stopped) takes the traffic back. Then the old side drains and stops.
-    async fn settle(&self, new: &Side, old: &Side, release_name: &str) -> Result<(), UpgradeError> {
-        if let Err(reason) = self.verify(new).await {
+    /// After the switch: the new side must stay healthy for `verify_secs` and pass its
+    /// analysis through the bake ([`Upgrader::watch`]), else the old one (which never stopped)
+    /// takes the traffic back. Then the old side drains and stops.
+    async fn settle(
+        &self,
+        new: &Side,
+        old: &Side,
+        release_name: &str,
+        before: Option<&Before>,
+    ) -> Result<(), UpgradeError> {
+        if let Err(reason) = self.watch(new, release_name, before).await {
             if !old.backends.is_empty() {
                 self.switch(&old.backends, old.release.as_deref()).await?;
             }

@@ -5,7 +5,8 @@
 //!   each replica published on an ephemeral 127.0.0.1 port. An upgrade converges the new
 //!   release into the color that is not serving (pulls first, one-shots such as migrations
 //!   before it, nothing old stops), waits for health on every replica ([`probe`]), switches the
-//!   proxy to all of them at once, watches the new color for `verify_secs` (failing: switch
+//!   proxy to all of them at once, watches the new color for `verify_secs` and judges its
+//!   traffic against the old one's through `bake_secs` ([`analysis`]; failing: switch
 //!   back), drains the old color's backends together and stops it. The stopped old color is
 //!   kept for `berth rollback` until the next upgrade.
 //! - **drain** ([`drain`]): `/healthz` turns 503, berth waits until the load balancer stops
@@ -15,6 +16,7 @@
 //! own: after a crash at any moment, [`recover`] finds both colors, keeps the healthy serving
 //! one, and finishes or undoes what was under way. One upgrade runs at a time ([`lock`]).
 
+pub mod analysis;
 pub mod blue_green;
 pub mod colors;
 pub mod drain;
@@ -39,6 +41,7 @@ use crate::instance::load_balancer::LoadBalancerError;
 use crate::proxy::ProxyError;
 use crate::serve::AgentState;
 
+pub use analysis::WatchFailure;
 pub use colors::{colorize, routed, routed_from_labels, routed_in, sides_of, Color, Routed, Side};
 pub use colors::{COLOR_LABEL, RELEASE_LABEL, ROUTED_LABEL};
 pub use lock::UpgradeLock;
@@ -74,7 +77,7 @@ pub enum UpgradeError {
         release: String,
         previous: String,
         #[source]
-        reason: ProbeError,
+        reason: WatchFailure,
     },
     #[error("nothing to roll back to: project {project} keeps no previous release")]
     NoPrevious { project: String },

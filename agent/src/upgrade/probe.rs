@@ -1,6 +1,6 @@
 //! Is a color healthy? One look at each of its containers (running, not unhealthy), and a GET on
 //! `proxy.health_path` when one is configured: before the switch (the gate) and while the
-//! new release is watched after it (verify).
+//! new release is watched after it ([`super::analysis`]).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,7 +10,6 @@ use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use super::colors::Side;
 use super::{UpgradeError, Upgrader};
 use crate::engine::docker::{DockerError, HealthStatusEnum};
 
@@ -135,18 +134,6 @@ impl Upgrader<'_> {
             secs,
             last,
         })
-    }
-
-    /// After the switch: every replica of the new side must stay healthy for `verify_secs`.
-    pub(super) async fn verify(&self, side: &Side) -> Result<(), ProbeError> {
-        let until = Instant::now() + Duration::from_secs(self.config.upgrade.verify_secs);
-        loop {
-            try_join_all(side.replicas.iter().map(|r| self.check(&r.id, r.backend))).await?;
-            if Instant::now() >= until {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 }
 

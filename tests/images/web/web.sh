@@ -5,8 +5,11 @@
 #   HEALTHY     0: no /healthz file, so GET /healthz answers 404 (default 1)
 #   SLOW_START  seconds to wait before serving anything (default 0)
 #   STOP_DELAY  seconds to keep serving after SIGTERM, with /healthz gone (default 0)
+#   ERROR_EVERY N: 1 in N requests to /cgi-bin/api (at random) answers 500 (default 0: none), while its
+#               health stays good, as a release with a bug in one code path would
 # Paths: /  (index.html)  /healthz  /version  /hostname
 #        /cgi-bin/slow?N  answers "slow VERSION" after N seconds (default 2): a request in flight
+#        /cgi-bin/api     answers "api VERSION", or 500 as ERROR_EVERY says
 # At runtime `rm /www/healthz` (docker exec) makes a running container unhealthy.
 port=${PORT:-8080}
 pid=
@@ -32,6 +35,18 @@ mkdir -p /www/cgi-bin
 # The version is written in: httpd runs CGI scripts with only the CGI variables.
 printf '#!/bin/sh\nsleep "${QUERY_STRING:-2}"\nprintf "Content-Type: text/plain\\r\\n\\r\\nslow %s\\n"\n' "${VERSION:-}" >/www/cgi-bin/slow
 chmod 0755 /www/cgi-bin/slow
+# /cgi-bin/api: httpd sends "200 OK" before a CGI's output unless it starts with a status line.
+cat >/www/cgi-bin/api <<EOF
+#!/bin/sh
+# At random (not by a counter, which requests at once would share): 1 in ERROR_EVERY.
+n=\$(od -An -N2 -tu2 /dev/urandom)
+if [ "${ERROR_EVERY:-0}" -gt 0 ] && [ \$((n % ${ERROR_EVERY:-1})) -eq 0 ]; then
+	printf "HTTP/1.1 500 Internal Server Error\\\\r\\\\nContent-Type: text/plain\\\\r\\\\n\\\\r\\\\nerror %s\\\\n" "${VERSION:-}"
+else
+	printf "Content-Type: text/plain\\\\r\\\\n\\\\r\\\\napi %s\\\\n" "${VERSION:-}"
+fi
+EOF
+chmod 0755 /www/cgi-bin/api
 if [ "${HEALTHY:-1}" = 0 ]; then
 	rm -f /www/healthz
 else
