@@ -636,3 +636,111 @@ fn a_good_release_passes_its_numbers_through_the_bake() {
         "{analysis}"
     );
 }
+
+/// `berth upgrade --preview`: release 2 starts beside release 1, and only requests naming it
+/// (the preview header or cookie) reach it, through the same port, while everyone else stays on
+/// 1 and the watchdog leaves it be; `berth promote` switches to it with nothing lost. A second
+/// preview ends with `berth rollback`, and its release goes.
+#[test]
+fn a_preview_reaches_only_the_requests_that_name_it_until_promoted() {
+    let mut rig = Rig::new_with("upgrade-preview", "[watchdog]\nobserve_secs = 1\n");
+    rig.compose(RELEASED, &[]);
+    rig.pointer("1");
+    rig.start_agent();
+    let load = Load::start(rig.traffic, "/version", 4);
+    load.run_for(100);
+
+    let out = rig.berth("upgrade", &["--release", "2", "--preview"]);
+    out.ok();
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["how"], "previewing", "{answer}");
+    let mut conn = Conn::open(rig.traffic);
+    let mut get = |headers: &[(&str, &str)]| conn.try_request("/version", headers).unwrap();
+    assert_eq!(get(&[("X-Berth-Preview", "2")]), (200, "2\n".into()));
+    assert_eq!(
+        get(&[("Cookie", "session=a; berth-preview=2")]),
+        (200, "2\n".into())
+    );
+    assert_eq!(
+        get(&[("X-Berth-Preview", "3")]),
+        (200, "1\n".into()),
+        "another release"
+    );
+    assert_eq!(get(&[]), (200, "1\n".into()));
+    // Two of the watchdog's looks (observe_secs = 1): an unswitched release it must keep. What
+    // is asserted is that nothing happens, so there is nothing to poll for.
+    std::thread::sleep(Duration::from_secs(2));
+    load.run_for(100);
+    assert_eq!(
+        rig.colors(),
+        vec![
+            ("blue".into(), "1".into(), true),
+            ("green".into(), "2".into(), true)
+        ]
+    );
+    assert_eq!(rig.status()["proxy"]["preview"]["release"], "2");
+    let before_promote = load.count();
+
+    rig.berth("promote", &[]).ok();
+    load.run_for(100);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    assert_eq!(
+        answered(&samples[..before_promote], "2"),
+        0,
+        "ordinary requests reached the preview"
+    );
+    all_after_first(&samples, "2").unwrap();
+    assert_eq!(rig.colors(), serving_2_keeping_1());
+    assert_eq!(rig.status()["proxy"].get("preview"), None);
+
+    // A preview of release 1 again, ended by a rollback: 2 keeps serving, 1 is gone.
+    rig.berth("upgrade", &["--release", "1", "--preview"]).ok();
+    assert_eq!(
+        Conn::open(rig.traffic)
+            .try_request("/version", &[("X-Berth-Preview", "1")])
+            .unwrap(),
+        (200, "1\n".into())
+    );
+    let out = rig.berth("rollback", &[]);
+    out.ok();
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["how"], "rolled back", "{answer}");
+    assert_eq!(rig.colors(), vec![("green".into(), "2".into(), true)]);
+    assert_eq!(
+        Conn::open(rig.traffic)
+            .try_request("/version", &[("X-Berth-Preview", "1")])
+            .unwrap(),
+        (200, "2\n".into())
+    );
+    assert!(
+        rig.berth("promote", &[])
+            .error_message()
+            .contains("no release of web is in preview"),
+        "promote without a preview"
+    );
+}
+
+/// A preview neither promoted nor rolled back ends by itself after `upgrade.preview_secs`.
+#[test]
+fn a_forgotten_preview_ends_by_itself() {
+    let mut rig = Rig::new_with("upgrade-preview-expires", "preview_secs = 2\n");
+    rig.compose(RELEASED, &[]);
+    rig.pointer("1");
+    rig.start_agent();
+    rig.berth("upgrade", &["--release", "2", "--preview"]).ok();
+    eventually(
+        "the preview to end",
+        Duration::from_secs(20),
+        || match rig.colors().as_slice() {
+            [(c, r, true)] if c == "blue" && r == "1" => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        rig.agent_log()
+            .contains("neither promoted nor rolled back in time"),
+        "{}",
+        rig.agent_log()
+    );
+}

@@ -239,6 +239,9 @@ pub struct UpgradeSettings {
     pub keep_previous_secs: Option<u64>,
     /// Proxy strategy: the new release judged by its traffic after the switch.
     pub analysis: AnalysisSettings,
+    /// Proxy strategy: a preview (`berth upgrade --preview`) neither promoted nor rolled back
+    /// within this ends as a rollback does.
+    pub preview_secs: u64,
 }
 
 impl Default for UpgradeSettings {
@@ -251,6 +254,7 @@ impl Default for UpgradeSettings {
             watch_secs: 0,
             keep_previous_secs: None,
             analysis: AnalysisSettings::default(),
+            preview_secs: 3600,
         }
     }
 }
@@ -438,6 +442,12 @@ impl RawConfig {
             }
         }
         self.upgrade.analysis.check()?;
+        if self.upgrade.preview_secs == 0 {
+            return Err((
+                "upgrade.preview_secs".into(),
+                "must be at least 1 second".into(),
+            ));
+        }
         if self.upgrade.drain_secs == 0 {
             return Err((
                 "upgrade.drain_secs".into(),

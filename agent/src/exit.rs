@@ -170,7 +170,11 @@ impl Coded for UpgradeError {
     fn exit(&self) -> Exit {
         match self {
             UpgradeError::Busy { .. } => Exit::Busy,
-            UpgradeError::Routed { .. } | UpgradeError::NoPrevious { .. } => Exit::Invalid,
+            UpgradeError::Routed { .. }
+            | UpgradeError::NoPrevious { .. }
+            | UpgradeError::PreviewOfNothing { .. }
+            | UpgradeError::PreviewUnnamed
+            | UpgradeError::NoPreview { .. } => Exit::Invalid,
             UpgradeError::Proxy(_) | UpgradeError::Docker(_) => Exit::Docker,
             UpgradeError::Converge(c) | UpgradeError::NewRelease { source: c, .. } => c.exit(),
             UpgradeError::LoadBalancer(_) => Exit::Aws,

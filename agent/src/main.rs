@@ -195,6 +195,13 @@ enum Command {
         /// Do not time requests or count them by status (in flight and served still are).
         #[arg(long)]
         no_metrics: bool,
+        /// A request whose header of this name names the release in preview (`berth upgrade
+        /// --preview`) goes to that release; everyone else stays on the route.
+        #[arg(long, default_value = "X-Berth-Preview", value_parser = clap::value_parser!(hyper::header::HeaderName))]
+        preview_header: hyper::header::HeaderName,
+        /// ...and so does one whose cookie of this name does.
+        #[arg(long, default_value = "berth-preview")]
+        preview_cookie: String,
     },
     /// Print the resolved project (environment values, and .env values wherever interpolated,
     /// masked).
@@ -214,8 +221,19 @@ enum Command {
         /// The release id (the compose file's `${RELEASE}`), instead of the release pointer.
         #[arg(long)]
         release: Option<String>,
+        /// Proxy strategy: stop before the switch. Only requests that name the release (the
+        /// proxy's preview header or cookie) reach it, until `berth promote` or `berth
+        /// rollback` (or `upgrade.preview_secs`, which rolls back).
+        #[arg(long)]
+        preview: bool,
     },
-    /// Serve the previous release again (proxy strategy; it is kept until the next upgrade).
+    /// The release in preview takes the traffic, watched and judged as any upgrade.
+    Promote {
+        #[command(flatten)]
+        agent: AgentFlags,
+    },
+    /// Serve the previous release again (proxy strategy; it is kept until the next upgrade),
+    /// or end a preview.
     Rollback {
         #[command(flatten)]
         agent: AgentFlags,
@@ -264,6 +282,7 @@ fn main() -> ExitCode {
         Command::Agent { .. }
             | Command::Proxy { .. }
             | Command::Upgrade { .. }
+            | Command::Promote { .. }
             | Command::Rollback { .. }
             | Command::Leave { .. }
     ));
@@ -376,6 +395,8 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             max_header_bytes,
             trust_forwarded,
             no_metrics,
+            preview_header,
+            preview_cookie,
         } => {
             berth::proxy::run(berth::proxy::Settings {
                 listen,
@@ -392,6 +413,8 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(65_536),
                 trusted: (!trust_forwarded.is_empty()).then_some(trust_forwarded),
                 metrics: !no_metrics,
+                preview_header,
+                preview_cookie,
             })
             .await?;
         }
@@ -426,7 +449,12 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         Command::Config { project, format } => {
             print!("{}", commands::config(&project.into(), format)?)
         }
-        Command::Upgrade { agent, release } => agent.ask(Request::Upgrade { release }).await?,
+        Command::Upgrade {
+            agent,
+            release,
+            preview,
+        } => agent.ask(Request::Upgrade { release, preview }).await?,
+        Command::Promote { agent } => agent.ask(Request::Promote).await?,
         Command::Rollback { agent } => agent.ask(Request::Rollback).await?,
         Command::Status { agent } => agent.ask(Request::Status).await?,
         Command::Leave { agent } => agent.ask(Request::Leave).await?,

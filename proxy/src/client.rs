@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::protocol::{Drained, Reply, Request, Routed, Status};
+use super::protocol::{Drained, PreviewSet, Reply, Request, Routed, Status};
 use super::ProxyError;
 use crate::ipc::{self, IpcError};
 
@@ -22,6 +22,20 @@ pub async fn route(
         return Err(refused(socket, &routed));
     }
     Ok(routed)
+}
+
+/// Requests naming `release` (preview header or cookie) go to `backends` until the next
+/// route; no backends end the preview.
+pub async fn preview(
+    socket: &Path,
+    backends: &[SocketAddr],
+    release: Option<&str>,
+) -> Result<PreviewSet, ProxyError> {
+    let request = Request::Preview {
+        backends: backends.to_vec(),
+        release: release.map(str::to_string),
+    };
+    ask(socket, &request).await
 }
 
 /// The route and the per-backend counters.
@@ -105,7 +119,7 @@ mod tests {
                     active: backends,
                     previous: vec![],
                 }),
-                Request::Status => Answer::Refused(Refused {
+                Request::Status | Request::Preview { .. } => Answer::Refused(Refused {
                     ok: false,
                     error: "no status here".into(),
                 }),

@@ -35,6 +35,9 @@ pub(super) struct Limits {
     pub(super) trusted: Option<Vec<ipnet::IpNet>>,
     /// Count responses by status class (`--no-metrics` turns it off).
     pub(super) metrics: bool,
+    /// The header, and the cookie, by which a request names the release in preview.
+    pub(super) preview_header: HeaderName,
+    pub(super) preview_cookie: String,
 }
 
 impl Limits {
@@ -43,6 +46,24 @@ impl Limits {
         if self.metrics {
             shared.counters.response(status);
         }
+    }
+
+    /// The release `headers` ask to preview: the preview header's value, else the preview
+    /// cookie's.
+    fn preview_of<'h>(&self, headers: &'h hyper::HeaderMap) -> Option<&'h [u8]> {
+        if let Some(v) = headers.get(&self.preview_header) {
+            return Some(v.as_bytes());
+        }
+        let name = self.preview_cookie.as_bytes();
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+                (k == name).then(|| &v[1..])
+            })
     }
 
     fn trusts(&self, peer: IpAddr) -> bool {
@@ -430,7 +451,12 @@ pub(super) async fn forward(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = routes.timed.then(Instant::now);
-    let Some(pool) = routes.current() else {
+    let pool = if routes.previewing() {
+        routes.for_request(limits.preview_of(req.headers()))
+    } else {
+        routes.current()
+    };
+    let Some(pool) = pool else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
     };
     // Origin-form (`/path?query`), as a server expects from a client; some (busybox httpd)
@@ -781,6 +807,33 @@ mod tests {
     }
 
     #[test]
+    fn a_preview_is_asked_for_by_header_or_cookie() {
+        let limits = Limits {
+            connect: Duration::from_secs(1),
+            hold: Duration::ZERO,
+            response: None,
+            trusted: None,
+            metrics: true,
+            preview_header: HeaderName::from_static("x-berth-preview"),
+            preview_cookie: "berth-preview".into(),
+        };
+        let mut h = hyper::HeaderMap::new();
+        assert_eq!(limits.preview_of(&h), None);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("session=1; berth-preview=v2 ;x=y"),
+        );
+        assert_eq!(limits.preview_of(&h), Some(&b"v2"[..]));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("not-berth-preview=v2; b"),
+        );
+        assert_eq!(limits.preview_of(&h), None, "a cookie of another name");
+        h.insert("x-berth-preview", HeaderValue::from_static("v3"));
+        assert_eq!(limits.preview_of(&h), Some(&b"v3"[..]), "the header first");
+    }
+
+    #[test]
     fn forwarded_headers_kept_from_the_trusted_and_replaced_from_others() {
         let peer: SocketAddr = "10.0.0.7:40000".parse().unwrap();
         let limits = Limits {
@@ -789,6 +842,8 @@ mod tests {
             response: None,
             trusted: Some(vec!["10.0.0.0/8".parse().unwrap()]),
             metrics: true,
+            preview_header: HeaderName::from_static("x-berth-preview"),
+            preview_cookie: "berth-preview".into(),
         };
         let trusted = Client::new(peer, 8080, &limits);
         let mut h = hyper::HeaderMap::new();

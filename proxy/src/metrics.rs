@@ -323,6 +323,7 @@ mod tests {
                 (b, Counters::default().snapshot(Some("v1".into()), true)),
                 (c, new.snapshot(Some("v2\"".into()), true)),
             ]),
+            preview: None,
         }
     }
 

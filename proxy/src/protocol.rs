@@ -24,6 +24,15 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         release: Option<String>,
     },
+    /// Until the next `route`: requests that ask for `release` by the preview header or cookie
+    /// go to `backends` (the new release before the switch); everyone else stays on the route.
+    /// No backends ends the preview.
+    Preview {
+        #[serde(default)]
+        backends: Vec<SocketAddr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        release: Option<String>,
+    },
     /// The route and the per-backend counters.
     Status,
     /// Wait until nothing is in flight to `backend` (requests and upgraded connections), up to
@@ -63,6 +72,24 @@ pub struct Status {
     pub previous: Vec<SocketAddr>,
     /// Every backend routed to since the proxy started (or its route was restored).
     pub backends: BTreeMap<SocketAddr, BackendStats>,
+    /// The preview's backends and the release a request names to reach them, while one is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Previewed>,
+}
+
+/// A preview as the proxy holds it (and answers `preview` with).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Previewed {
+    pub release: String,
+    pub backends: Vec<SocketAddr>,
+}
+
+/// The answer to `preview`: the preview now on, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewSet {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Previewed>,
 }
 
 /// One backend's counters, as the proxy counted them since it started.
@@ -119,6 +146,7 @@ pub enum Answer {
     Routed(Routed),
     Status(Status),
     Drained(Drained),
+    PreviewSet(PreviewSet),
     Refused(Refused),
 }
 
@@ -177,6 +205,25 @@ mod tests {
             }
         );
         assert!(serde_json::from_value::<Request>(json!({"op": "route", "backend": "x"})).is_err());
+        let preview: Request = serde_json::from_value(
+            json!({"op": "preview", "backends": ["127.0.0.1:2"], "release": "v2"}),
+        )
+        .unwrap();
+        assert_eq!(
+            preview,
+            Request::Preview {
+                backends: vec![addr("127.0.0.1:2")],
+                release: Some("v2".into())
+            }
+        );
+        let end: Request = serde_json::from_value(json!({"op": "preview"})).unwrap();
+        assert_eq!(
+            end,
+            Request::Preview {
+                backends: vec![],
+                release: None
+            }
+        );
         assert_eq!(
             serde_json::to_value(Request::Drain {
                 backend: addr("127.0.0.1:1"),
@@ -211,6 +258,7 @@ mod tests {
             active: vec![a],
             previous: vec![],
             backends: BTreeMap::from([(a, stats)]),
+            preview: None,
         };
         let wire = json!({"ok": true, "active": ["127.0.0.1:32769"], "previous": [],
             "backends": {"127.0.0.1:32769": {"release": "v1", "inflight": 2, "served": 7,

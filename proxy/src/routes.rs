@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{now_ms, Counters};
-use super::protocol::Status;
+use super::protocol::{Previewed, Status};
 
 /// What the proxy keeps per backend address, across routes.
 #[derive(Debug, Default)]
@@ -71,10 +71,21 @@ impl Pool {
     }
 }
 
+/// The new release's backends before the switch, for the requests that name it.
+#[derive(Debug)]
+struct Preview {
+    release: String,
+    pool: Arc<Pool>,
+}
+
 /// The routing table: the backends requests go to now, and the ones before them.
 #[derive(Debug, Default)]
 pub struct Routes {
     active: RwLock<Option<Arc<Pool>>>,
+    /// Not saved: a restarted proxy sends previews to the route until the agent previews again.
+    preview: RwLock<Option<Preview>>,
+    /// Whether `preview` is set: without one, no request's headers are looked at for it.
+    previewing: AtomicBool,
     previous: RwLock<Vec<SocketAddr>>,
     known: Mutex<BTreeMap<SocketAddr, Known>>,
     state_file: Option<PathBuf>,
@@ -165,9 +176,48 @@ impl Routes {
             .clone()
     }
 
-    /// Switches atomically to `addrs` (an empty list is refused: `None`); returns the
-    /// backends that were active.
-    pub fn route(&self, addrs: &[SocketAddr], release: Option<&str>) -> Option<Vec<SocketAddr>> {
+    pub(super) fn previewing(&self) -> bool {
+        self.previewing.load(Ordering::Acquire)
+    }
+
+    /// The backends for a request that names `wanted` as its preview (header or cookie): the
+    /// preview's when it is of that release, else the route's.
+    pub(super) fn for_request(&self, wanted: Option<&[u8]>) -> Option<Arc<Pool>> {
+        if let Some(wanted) = wanted {
+            let preview = self.preview.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = preview.as_ref().filter(|p| p.release.as_bytes() == wanted) {
+                return Some(p.pool.clone());
+            }
+        }
+        self.current()
+    }
+
+    /// Requests naming `release` go to `addrs` from now on, until the next route; no backends
+    /// (or no release) end the preview. Returns the preview now on.
+    pub fn preview(&self, addrs: &[SocketAddr], release: Option<&str>) -> Option<Previewed> {
+        let next = match (self.pool(addrs, release), release) {
+            (Some(pool), Some(release)) => Some(Preview {
+                release: release.to_string(),
+                pool,
+            }),
+            _ => None,
+        };
+        tracing::info!(backends = ?addrs, release = ?release, "preview");
+        self.previewing.store(next.is_some(), Ordering::Release);
+        *self.preview.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.previewed()
+    }
+
+    fn previewed(&self) -> Option<Previewed> {
+        let preview = self.preview.read().unwrap_or_else(|e| e.into_inner());
+        preview.as_ref().map(|p| Previewed {
+            release: p.release.clone(),
+            backends: p.pool.addrs(),
+        })
+    }
+
+    /// A pool of `addrs` (duplicates once), labelled `release`; None for no address.
+    fn pool(&self, addrs: &[SocketAddr], release: Option<&str>) -> Option<Arc<Pool>> {
         let mut backends = Vec::with_capacity(addrs.len());
         for addr in addrs {
             if backends.iter().any(|b: &Backend| b.addr == *addr) {
@@ -182,10 +232,21 @@ impl Routes {
         if backends.is_empty() {
             return None;
         }
-        let pool = Arc::new(Pool {
+        Some(Arc::new(Pool {
             backends,
             next: AtomicUsize::new(0),
-        });
+        }))
+    }
+
+    /// Switches atomically to `addrs` (an empty list is refused: `None`), ending any preview;
+    /// returns the backends that were active.
+    pub fn route(&self, addrs: &[SocketAddr], release: Option<&str>) -> Option<Vec<SocketAddr>> {
+        let pool = self.pool(addrs, release)?;
+        self.previewing.store(false, Ordering::Release);
+        self.preview
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let new = pool.addrs();
         let old = self
             .active
@@ -302,6 +363,7 @@ impl Routes {
                     )
                 })
                 .collect(),
+            preview: self.previewed(),
         }
     }
 }
@@ -370,6 +432,37 @@ mod tests {
         assert_eq!(r.previous(), vec![a]);
         assert_eq!(r.route(&[], None), None, "no backends: refused");
         assert_eq!(r.status().backends[&c].release.as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn a_preview_serves_only_requests_naming_its_release_until_the_next_route() {
+        let r = Routes::default();
+        let (a, b) = (addr("127.0.0.1:1001"), addr("127.0.0.1:1002"));
+        r.route(&[a], Some("v1"));
+        assert!(!r.previewing());
+        let on = r.preview(&[b], Some("v2"));
+        assert_eq!(
+            on,
+            Some(Previewed {
+                release: "v2".into(),
+                backends: vec![b]
+            })
+        );
+        assert!(r.previewing());
+        let to = |wanted: Option<&[u8]>| r.for_request(wanted).unwrap().addrs();
+        assert_eq!(to(Some(b"v2")), vec![b]);
+        assert_eq!(to(Some(b"v1")), vec![a], "another release: the route");
+        assert_eq!(to(None), vec![a]);
+        assert_eq!(r.status().preview, on);
+        assert_eq!(r.status().backends[&b].release.as_deref(), Some("v2"));
+        // The switch (promote) ends it; so does a preview of nothing.
+        r.route(&[b], Some("v2"));
+        assert!(!r.previewing());
+        assert_eq!(r.status().preview, None);
+        r.preview(&[a], Some("v1"));
+        assert_eq!(r.preview(&[], None), None);
+        assert!(!r.previewing());
+        assert_eq!(to(Some(b"v1")), vec![b]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::connection::{self, Timeouts};
 use super::forward::Limits;
-use super::protocol::{Answer, Drained, Refused, Request, Routed, DEFAULT_DRAIN_MS};
+use super::protocol::{Answer, Drained, PreviewSet, Refused, Request, Routed, DEFAULT_DRAIN_MS};
 use super::routes::Routes;
 use super::ProxyError;
 use crate::ipc;
@@ -42,6 +42,9 @@ pub struct Settings {
     pub trusted: Option<Vec<ipnet::IpNet>>,
     /// Time requests and count them by status (`--no-metrics` turns it off).
     pub metrics: bool,
+    /// The header, and the cookie, by which a request names the release in preview.
+    pub preview_header: hyper::header::HeaderName,
+    pub preview_cookie: String,
 }
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, answers the next request on each
@@ -93,6 +96,8 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             response: settings.response_timeout,
             trusted: settings.trusted.clone(),
             metrics: settings.metrics,
+            preview_header: settings.preview_header.clone(),
+            preview_cookie: settings.preview_cookie.clone(),
         },
         timeouts: Timeouts {
             header: settings.header_timeout,
@@ -333,6 +338,10 @@ impl ipc::Handler for Control {
                     }),
                 }
             }
+            Request::Preview { backends, release } => Answer::PreviewSet(PreviewSet {
+                ok: true,
+                preview: self.routes.preview(&backends, release.as_deref()),
+            }),
             Request::Status => Answer::Status(self.routes.status()),
             Request::Drain {
                 backend,

@@ -21,7 +21,12 @@ use crate::upgrade::Deployed;
 pub enum Request {
     Upgrade {
         release: Option<String>,
+        /// Stop before the switch: the new release in preview.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        preview: bool,
     },
+    /// The release in preview takes the traffic.
+    Promote,
     Rollback,
     Status,
     /// Drain this instance and stop its stack, as a scale-in does; answered once done.
@@ -222,9 +227,21 @@ mod tests {
     #[test]
     fn requests_are_one_json_object_with_an_op() {
         let r: Request = serde_json::from_str(r#"{"op":"upgrade","release":"v2"}"#).unwrap();
-        assert!(matches!(r, Request::Upgrade { release: Some(ref v) } if v == "v2"));
+        assert!(
+            matches!(r, Request::Upgrade { release: Some(ref v), preview: false } if v == "v2")
+        );
         let r: Request = serde_json::from_str(r#"{"op":"upgrade"}"#).unwrap();
-        assert!(matches!(r, Request::Upgrade { release: None }));
+        assert!(matches!(
+            r,
+            Request::Upgrade {
+                release: None,
+                preview: false
+            }
+        ));
+        let r: Request = serde_json::from_str(r#"{"op":"upgrade","preview":true}"#).unwrap();
+        assert!(matches!(r, Request::Upgrade { preview: true, .. }));
+        let r: Request = serde_json::from_str(r#"{"op":"promote"}"#).unwrap();
+        assert!(matches!(r, Request::Promote));
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
     }
 

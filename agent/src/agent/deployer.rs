@@ -4,8 +4,8 @@
 //! lock: one upgrade at a time.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::OnceCell;
@@ -40,7 +40,12 @@ pub struct Deployer {
     /// The agent's state (None in-process): the drain strategy turns its health 503.
     pub state: Option<AgentState>,
     pub registries: Arc<Registries>,
+    /// When the preview started by this agent ends by itself, and its release.
+    preview_until: Arc<Mutex<Option<PreviewDeadline>>>,
 }
+
+/// When a preview ends by itself (`upgrade.preview_secs`), and its release.
+type PreviewDeadline = (Instant, Option<String>);
 
 /// `berth status`: the agent's phase and release (when an agent answers), both colors, the
 /// proxy's route and traffic, the containers.
@@ -108,6 +113,7 @@ impl Deployer {
             instance_id: instance.identity.instance_id.clone(),
             state,
             registries,
+            preview_until: Arc::default(),
         }
     }
 
@@ -147,13 +153,17 @@ impl Deployer {
             state: self.state.as_ref().filter(|_| serving),
             aws: self.aws.as_ref(),
             instance_id: self.instance_id.clone(),
+            preview: false,
         }
     }
 
     /// One control-socket request.
     pub async fn handle_request(&self, request: Request) -> Result<Reply, AgentError> {
         Ok(match request {
-            Request::Upgrade { release } => Reply::Deployed(self.upgrade(release).await?),
+            Request::Upgrade { release, preview } => {
+                Reply::Deployed(self.upgrade_or_preview(release, preview).await?)
+            }
+            Request::Promote => Reply::Deployed(self.promote().await?),
             Request::Rollback => Reply::Deployed(self.rollback().await?),
             Request::Status => Reply::Status(Box::new(self.status().await?)),
             // In-process (no agent holds this instance): nothing answers the load balancer
@@ -207,13 +217,109 @@ impl Deployer {
 
     /// `berth upgrade`: the given release, or the one the release pointer names.
     pub async fn upgrade(&self, release: Option<String>) -> Result<Deployed, AgentError> {
+        self.upgrade_or_preview(release, false).await
+    }
+
+    /// An upgrade, or with `preview` one that stops before the switch (`berth upgrade
+    /// --preview`): the release in preview until `berth promote` or `berth rollback`, or
+    /// until `upgrade.preview_secs` passes.
+    pub async fn upgrade_or_preview(
+        &self,
+        release: Option<String>,
+        preview: bool,
+    ) -> Result<Deployed, AgentError> {
         let fetched =
             release::fetch_release(self.aws.as_ref(), &self.config, release.as_deref()).await?;
         let project = load_project(&self.config, &fetched)?;
         let progress = Progress::new(Mode::Log);
-        let deployed = self.deploy(&fetched, &project, &progress, true).await?;
+        let deployed = if preview {
+            self.preview(&fetched, &project, &progress).await?
+        } else {
+            self.deploy(&fetched, &project, &progress, true).await?
+        };
         tracing::info!(release = ?deployed.release, previous = ?deployed.previous, how = deployed.how.as_str(), to_switch_secs = ?deployed.to_switch_secs, "upgrade done");
         Ok(deployed)
+    }
+
+    /// The new release beside the serving one, in preview. Nothing of the agent's state moves:
+    /// the serving release is still the one `/status` names.
+    async fn preview(
+        &self,
+        release: &Release,
+        project: &Project,
+        progress: &Progress,
+    ) -> Result<Deployed, AgentError> {
+        let what = format!(
+            "preview of release {}",
+            release.release_id.as_deref().unwrap_or("(unnamed)")
+        );
+        let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
+        let engine = self.engine().await?;
+        let mut upgrader = self.upgrader(engine, progress, true);
+        upgrader.preview = true;
+        let deployed = upgrader
+            .deploy(project, release.release_id.as_deref())
+            .await?;
+        let until = Instant::now() + Duration::from_secs(self.config.upgrade.preview_secs);
+        *self.preview_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((until, deployed.release.clone()));
+        Ok(deployed)
+    }
+
+    /// `berth promote`: the release in preview takes the traffic (proxy strategy).
+    pub async fn promote(&self) -> Result<Deployed, AgentError> {
+        let _lock =
+            UpgradeLock::acquire_within(&self.config.run_dir, "promote", LOCK_PATIENCE).await?;
+        let engine = self.engine().await?;
+        let project = &self.config.project;
+        let routed = upgrade::routed_from_labels(engine, project)
+            .await?
+            .ok_or_else(|| UpgradeError::NoPreview {
+                service: project.clone(),
+            })?;
+        let progress = Progress::new(Mode::Log);
+        let deployed = self
+            .upgrader(engine, &progress, true)
+            .promote(&routed)
+            .await?;
+        self.preview_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(state) = &self.state {
+            state.update(|s| s.release = deployed.release.clone());
+            state.deployed(running(engine, project).await);
+        }
+        tracing::info!(release = ?deployed.release, previous = ?deployed.previous, "promoted");
+        Ok(deployed)
+    }
+
+    /// Ends a preview whose `upgrade.preview_secs` have passed, as `berth rollback` would.
+    pub async fn expire_preview(&self) {
+        let due = {
+            let until = self.preview_until.lock().unwrap_or_else(|e| e.into_inner());
+            until.as_ref().is_some_and(|(at, _)| Instant::now() >= *at)
+        };
+        if !due {
+            return;
+        }
+        let Some((_, release)) = self
+            .preview_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let secs = self.config.upgrade.preview_secs;
+        match self.rollback().await {
+            Ok(d) => {
+                tracing::warn!(release = ?release, serving = ?d.release, preview_secs = secs, "the preview was neither promoted nor rolled back in time: ended")
+            }
+            Err(e) => {
+                tracing::warn!(release = ?release, error = %crate::report::chain(&e), "ending the preview that timed out")
+            }
+        }
     }
 
     /// `berth rollback`: the kept previous release serves again (proxy strategy).
@@ -235,6 +341,10 @@ impl Deployer {
             .upgrader(engine, &progress, true)
             .rollback(project, &routed)
             .await?;
+        self.preview_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(state) = &self.state {
             state.update(|s| s.release = deployed.release.clone());
             state.deployed(running(engine, project).await);

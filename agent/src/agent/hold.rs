@@ -47,11 +47,13 @@ pub async fn hold(
         .watchdog
         .enabled
         .then(|| tokio::spawn(watchdog::watch(deployer.clone(), state.clone())));
+    let previews = (config.upgrade.strategy == Strategy::Proxy)
+        .then(|| tokio::spawn(expire_previews(deployer.clone())));
     let mut signals = Signals::watch();
     let (why, asker) = wait_for_leave(config.local, &mut asked, &mut signals).await;
     // Before the drain: the watchdog would take the drain's 503 and stopped containers for
     // faults to repair.
-    for task in [watcher, keeper, dog].into_iter().flatten() {
+    for task in [watcher, keeper, dog, previews].into_iter().flatten() {
         task.abort();
     }
     let reason = match why {
@@ -122,6 +124,14 @@ async fn expire_previous(deployer: Arc<Deployer>, keep: Duration) {
         if let Err(e) = result {
             tracing::warn!(error = %crate::report::chain(&e), "expiring the previous release");
         }
+    }
+}
+
+/// Ends a preview that has outlived `upgrade.preview_secs` (looked at every second).
+async fn expire_previews(deployer: Arc<Deployer>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        deployer.expire_preview().await;
     }
 }
 

@@ -246,6 +246,7 @@ mod tests {
                         active: vec![a, b],
                         previous: vec![],
                         backends: BTreeMap::from([(a, stats.clone()), (b, stats)]),
+                        preview: None,
                     })
                 }
                 _ => self.bad_request("not here".into()),

@@ -47,9 +47,19 @@ impl Upgrader<'_> {
         };
         let release_name = release.unwrap_or("(unnamed)").to_string();
         let had_previous = serving.is_some();
+        if self.preview && !had_previous {
+            return Err(UpgradeError::PreviewOfNothing {
+                project: project.name.clone(),
+            });
+        }
         let (new, services) = self
             .start_color(project, &routed, next, release, had_previous)
             .await?;
+        if self.preview {
+            return self
+                .start_preview(new, serving.as_ref(), release, services)
+                .await;
+        }
         let before = match &serving {
             Some(old) => self.before_switch(&new, old).await,
             None => None,
@@ -175,10 +185,24 @@ impl Upgrader<'_> {
             })
     }
 
+    /// Switches to `new` (from `old`, which keeps serving until then) and watches it: the
+    /// second half of an upgrade, and all of `berth promote`.
+    pub(super) async fn switch_and_settle(
+        &self,
+        new: &Side,
+        old: &Side,
+        release_name: &str,
+    ) -> Result<(), UpgradeError> {
+        let before = self.before_switch(new, old).await;
+        self.switch(&new.backends, new.release.as_deref()).await?;
+        tracing::info!(release = %release_name, color = %new.color, backends = ?new.backends, "switched");
+        self.settle(new, old, release_name, before.as_ref()).await
+    }
+
     /// After the switch: the new side must stay healthy for `verify_secs` and pass its
     /// analysis through the bake ([`Upgrader::watch`]), else the old one (which never stopped)
     /// takes the traffic back. Then the old side drains and stops.
-    async fn settle(
+    pub(super) async fn settle(
         &self,
         new: &Side,
         old: &Side,
@@ -206,6 +230,9 @@ impl Upgrader<'_> {
 
     /// `berth rollback`: the kept previous release serves again.
     pub async fn rollback(&self, project: &str, routed: &Routed) -> Result<Deployed, UpgradeError> {
+        if self.preview_on().await?.is_some() {
+            return self.end_preview(routed).await;
+        }
         let serving = self.recover(routed).await?;
         let mut sides = self.sides(routed).await?;
         let prev_color = serving
@@ -297,7 +324,7 @@ impl Upgrader<'_> {
     /// backend finish (up to `drain_secs`).
     pub async fn drain_serving(&self, routed: &Routed) {
         let drained = match self.proxy_route().await {
-            Ok((active, _)) => self.drain(&active).await,
+            Ok(route) => self.drain(&route.active).await,
             Err(e) => Err(e),
         };
         if let Err(e) = drained {
@@ -315,12 +342,15 @@ impl Upgrader<'_> {
         &self.config.proxy.control
     }
 
-    /// The proxy's route: the backends it sends to now, and the ones before them.
-    pub(super) async fn proxy_route(
-        &self,
-    ) -> Result<(Vec<SocketAddr>, Vec<SocketAddr>), UpgradeError> {
+    /// The proxy's route: the backends it sends to now, the ones before them, and those of a
+    /// preview.
+    pub(super) async fn proxy_route(&self) -> Result<ProxyRoute, UpgradeError> {
         let status = proxy::client::status(self.proxy_socket()).await?;
-        Ok((status.active, status.previous))
+        Ok(ProxyRoute {
+            active: status.active,
+            previous: status.previous,
+            preview: status.preview.map(|p| p.backends).unwrap_or_default(),
+        })
     }
 
     /// Routes new requests to `backends`, the replicas of `release` (the label the proxy's
@@ -378,6 +408,14 @@ impl Upgrader<'_> {
         }))
         .await;
     }
+}
+
+/// The proxy's backends, as its status names them.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ProxyRoute {
+    pub(super) active: Vec<SocketAddr>,
+    pub(super) previous: Vec<SocketAddr>,
+    pub(super) preview: Vec<SocketAddr>,
 }
 
 /// Every replica of a side that runs publishes the traffic port: the proxy can reach them all.

@@ -21,6 +21,7 @@ pub mod blue_green;
 pub mod colors;
 pub mod drain;
 pub mod lock;
+pub mod preview;
 pub mod probe;
 pub mod recover;
 
@@ -79,6 +80,14 @@ pub enum UpgradeError {
         #[source]
         reason: WatchFailure,
     },
+    #[error("nothing serves project {project} yet: a preview needs a serving release beside it (upgrade without --preview)")]
+    PreviewOfNothing { project: String },
+    #[error(
+        "a preview needs a release id (--release, or the release pointer) for requests to name"
+    )]
+    PreviewUnnamed,
+    #[error("no release of {service} is in preview (berth upgrade --preview starts one)")]
+    NoPreview { service: String },
     #[error("nothing to roll back to: project {project} keeps no previous release")]
     NoPrevious { project: String },
     #[error("previous release {release} did not come back up, and {current} keeps serving")]
@@ -119,6 +128,10 @@ pub enum How {
     UpToDate,
     #[serde(rename = "rolled back")]
     RolledBack,
+    /// Started beside the serving release, reached only by requests that name it, until
+    /// `berth promote` or `berth rollback`.
+    #[serde(rename = "previewing")]
+    Previewing,
 }
 
 impl How {
@@ -130,6 +143,7 @@ impl How {
             How::InPlace => "in place",
             How::UpToDate => "up to date",
             How::RolledBack => "rolled back",
+            How::Previewing => "previewing",
         }
     }
 
@@ -170,6 +184,8 @@ pub struct Upgrader<'a> {
     pub state: Option<&'a AgentState>,
     pub aws: Option<&'a Aws>,
     pub instance_id: String,
+    /// Proxy strategy: stop before the switch, the new release in preview.
+    pub preview: bool,
 }
 
 impl Upgrader<'_> {
@@ -182,6 +198,11 @@ impl Upgrader<'_> {
     ) -> Result<Deployed, UpgradeError> {
         match self.config.upgrade.strategy {
             Strategy::Proxy => self.deploy_proxy(project, release).await,
+            Strategy::Drain if self.preview => Err(UpgradeError::Routed {
+                project: project.name.clone(),
+                message: "a preview needs the proxy strategy ([upgrade] strategy = \"proxy\")"
+                    .into(),
+            }),
             Strategy::Drain => self.deploy_drain(project, release).await,
         }
     }
@@ -199,6 +220,7 @@ mod tests {
             How::InPlace,
             How::UpToDate,
             How::RolledBack,
+            How::Previewing,
         ] {
             let json = serde_json::to_value(how).unwrap_or_default();
             assert_eq!(json, how.as_str());

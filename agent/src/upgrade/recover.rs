@@ -114,7 +114,8 @@ impl Upgrader<'_> {
         routed: &Routed,
     ) -> Result<Option<(Side, Vec<SocketAddr>)>, UpgradeError> {
         let mut sides = self.sides(routed).await?;
-        let (route, previous) = self.proxy_route().await?;
+        let route = self.proxy_route().await?;
+        let (preview, previous, route) = (route.preview, route.previous, route.active);
         let mut healthy = BTreeMap::new();
         for s in sides.values().filter(|s| s.running) {
             let passing = self.healthy_backends(s).await;
@@ -139,8 +140,13 @@ impl Upgrader<'_> {
         }
         if let Some(other) = sides.remove(&active.other()) {
             let release = other.release.as_deref().unwrap_or("?");
+            // A release in preview (`berth upgrade --preview`) never switched either, and
+            // waits for `berth promote` or `rollback`.
+            let previewed =
+                recovery.other == OtherSide::Remove && overlap(&other.backends, &preview);
             match recovery.other {
                 OtherSide::Leave => {}
+                OtherSide::Remove if previewed => {}
                 OtherSide::Remove => {
                     self.progress.warn(&format!(
                         "removing release {release} ({}): an upgrade that never switched",
