@@ -19,6 +19,14 @@
 # 4. on any failure after step 1: writes the previous release back and sends
 #    `berth upgrade --release PREVIOUS` to the whole group, then exits 1.
 #
+# With BERTH_ROLLOUT_SMOKE (a shell command, e.g. a curl through the load balancer with the
+# header X-Berth-Preview: $BERTH_PREVIEW_RELEASE), step 2 is preceded by a preview: every
+# instance starts RELEASE beside the serving one (`berth upgrade --preview`; ordinary requests
+# stay on the serving release, only requests naming RELEASE reach it, on whichever instance the
+# load balancer picks), the command runs, and only if it succeeds does the canary take RELEASE
+# (`berth promote`), then the rest (their upgrade switches to the release they preview). A
+# preview left behind by a failure ends by itself after the agent's upgrade.preview_secs.
+#
 # berth rolls an instance back by itself when the new release fails its health there, so a
 # failed command leaves that instance on the previous release; step 4 brings back the ones
 # that had upgraded successfully. Needs the AWS CLI with credentials and a region (the deploy
@@ -80,13 +88,19 @@ for v in group document parameter target_group; do
 	fi
 done
 
-# Sends the document to the given targets; prints the command id.
+# Sends the document's upgrade to the given targets; prints the command id.
 send() { # release, then send-command's target arguments
-	local to=$1
-	shift
+	send_action upgrade "$@"
+}
+
+# Sends the document's ACTION (upgrade, preview, promote) to the given targets; prints the
+# command id.
+send_action() { # action, release, then send-command's target arguments
+	local action=$1 to=$2
+	shift 2
 	aws ssm send-command --document-name "$document" \
-		--parameters "action=upgrade,release=$to" \
-		--comment "berth upgrade --release $to" \
+		--parameters "action=$action,release=$to" \
+		--comment "berth $action --release $to" \
 		--timeout-seconds 600 "$@" \
 		--query Command.CommandId --output text
 }
@@ -191,8 +205,19 @@ if [[ -z $canary || $canary == None ]]; then
 	exit 1
 fi
 
-say "canary $canary: berth upgrade --release $release"
-id=$(send "$release" --instance-ids "$canary")
+if [[ -n ${BERTH_ROLLOUT_SMOKE:-} ]]; then
+	say "every instance of $group: $release in preview (ordinary requests stay on $previous)"
+	id=$(send_action preview "$release" --targets "Key=tag:aws:autoscaling:groupName,Values=$group" \
+		--max-errors 0)
+	wait_command "$id"
+	say "smoke test against the preview: $BERTH_ROLLOUT_SMOKE"
+	BERTH_PREVIEW_RELEASE=$release bash -c "$BERTH_ROLLOUT_SMOKE"
+	say "canary $canary: berth promote"
+	id=$(send_action promote "$release" --instance-ids "$canary")
+else
+	say "canary $canary: berth upgrade --release $release"
+	id=$(send "$release" --instance-ids "$canary")
+fi
 wait_command "$id"
 wait_healthy "$canary"
 say "canary $canary is healthy on $release"

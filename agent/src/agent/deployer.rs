@@ -47,6 +47,13 @@ pub struct Deployer {
 /// When a preview ends by itself (`upgrade.preview_secs`), and its release.
 type PreviewDeadline = (Instant, Option<String>);
 
+/// What [`Deployer::switch_routed`] does.
+#[derive(Debug, Clone, Copy)]
+enum Switch {
+    Promote,
+    Rollback,
+}
+
 /// `berth status`: the agent's phase and release (when an agent answers), both colors, the
 /// proxy's route and traffic, the containers.
 #[derive(Debug, Clone, Serialize)]
@@ -268,20 +275,41 @@ impl Deployer {
 
     /// `berth promote`: the release in preview takes the traffic (proxy strategy).
     pub async fn promote(&self) -> Result<Deployed, AgentError> {
-        let _lock =
-            UpgradeLock::acquire_within(&self.config.run_dir, "promote", LOCK_PATIENCE).await?;
+        let deployed = self.switch_routed(Switch::Promote).await?;
+        tracing::info!(release = ?deployed.release, previous = ?deployed.previous, "promoted");
+        Ok(deployed)
+    }
+
+    /// Promote or rollback: under the lock, on the routed service its labels name; then the
+    /// agent's state (and the record of what serves, for the next agent) follow.
+    async fn switch_routed(&self, switch: Switch) -> Result<Deployed, AgentError> {
+        if self.config.upgrade.strategy != Strategy::Proxy {
+            return Err(AgentError::RollbackNeedsProxy);
+        }
+        let what = match switch {
+            Switch::Promote => "promote",
+            Switch::Rollback => "rollback",
+        };
+        let _lock = UpgradeLock::acquire_within(&self.config.run_dir, what, LOCK_PATIENCE).await?;
         let engine = self.engine().await?;
         let project = &self.config.project;
-        let routed = upgrade::routed_from_labels(engine, project)
-            .await?
-            .ok_or_else(|| UpgradeError::NoPreview {
-                service: project.clone(),
-            })?;
+        let Some(routed) = upgrade::routed_from_labels(engine, project).await? else {
+            return Err(match switch {
+                Switch::Promote => UpgradeError::NoPreview {
+                    service: project.clone(),
+                },
+                Switch::Rollback => UpgradeError::NoPrevious {
+                    project: project.clone(),
+                },
+            }
+            .into());
+        };
         let progress = Progress::new(Mode::Log);
-        let deployed = self
-            .upgrader(engine, &progress, true)
-            .promote(&routed)
-            .await?;
+        let upgrader = self.upgrader(engine, &progress, true);
+        let deployed = match switch {
+            Switch::Promote => upgrader.promote(&routed).await?,
+            Switch::Rollback => upgrader.rollback(project, &routed).await?,
+        };
         self.preview_until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -289,8 +317,8 @@ impl Deployer {
         if let Some(state) = &self.state {
             state.update(|s| s.release = deployed.release.clone());
             state.deployed(running(engine, project).await);
+            super::resume::note(state, &self.config.run_dir);
         }
-        tracing::info!(release = ?deployed.release, previous = ?deployed.previous, "promoted");
         Ok(deployed)
     }
 
@@ -322,34 +350,10 @@ impl Deployer {
         }
     }
 
-    /// `berth rollback`: the kept previous release serves again (proxy strategy).
+    /// `berth rollback`: the kept previous release serves again, or a preview ends (proxy
+    /// strategy).
     pub async fn rollback(&self) -> Result<Deployed, AgentError> {
-        if self.config.upgrade.strategy != Strategy::Proxy {
-            return Err(AgentError::RollbackNeedsProxy);
-        }
-        let _lock =
-            UpgradeLock::acquire_within(&self.config.run_dir, "rollback", LOCK_PATIENCE).await?;
-        let engine = self.engine().await?;
-        let project = &self.config.project;
-        let routed = upgrade::routed_from_labels(engine, project)
-            .await?
-            .ok_or_else(|| UpgradeError::NoPrevious {
-                project: project.clone(),
-            })?;
-        let progress = Progress::new(Mode::Log);
-        let deployed = self
-            .upgrader(engine, &progress, true)
-            .rollback(project, &routed)
-            .await?;
-        self.preview_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(state) = &self.state {
-            state.update(|s| s.release = deployed.release.clone());
-            state.deployed(running(engine, project).await);
-            super::resume::note(state, &self.config.run_dir);
-        }
+        let deployed = self.switch_routed(Switch::Rollback).await?;
         tracing::info!(release = ?deployed.release, from = ?deployed.previous, "rolled back");
         Ok(deployed)
     }

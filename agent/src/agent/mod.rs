@@ -67,7 +67,7 @@ pub enum AgentError {
     Upgrade(#[from] UpgradeError),
     #[error("the agent's control socket")]
     Control(#[from] IpcError),
-    #[error("rollback needs the proxy strategy (upgrade.strategy = \"proxy\"); with drain, upgrade to the release you want: berth upgrade --release ID")]
+    #[error("rollback and promote need the proxy strategy (upgrade.strategy = \"proxy\"); with drain, upgrade to the release you want: berth upgrade --release ID")]
     RollbackNeedsProxy,
 }
 
