@@ -37,11 +37,12 @@ berth_setup_pip_packages=(
 )
 
 # Test images: tag, build context under tests/images, build args. Order matters:
-# berth-test/web-hc:1 is built FROM berth-test/web:1.
+# berth-test/web-hc:1 is built FROM berth-test/web:1, berth-test/web:bad FROM berth-test/web:2.
 berth_setup_images=(
 	"berth-test/web:1 web VERSION=1"
 	"berth-test/web:2 web VERSION=2"
 	"berth-test/web-hc:1 web-hc"
+	"berth-test/web:bad web-bad"
 	"berth-test/tool:1 tool"
 )
 

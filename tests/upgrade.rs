@@ -7,8 +7,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::rig::*;
@@ -232,63 +231,6 @@ fn an_agent_killed_mid_upgrade_finishes_it_when_it_comes_back() {
         load,
         "removing release 2 (green): an upgrade that never switched",
     );
-}
-
-/// HAProxy (Debian) as the ALB's stand-in: round robin over the instances' web ports, active
-/// checks of each agent's `/healthz` as the ALB's checker sends them (its User-Agent), 2 fails
-/// out and 2 passes in. No retries or redispatch: a request sent to a stopped server fails.
-struct Haproxy {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Haproxy {
-    fn start(instances: &[&Rig]) -> Haproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cfg = format!(
-            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
-             frontend web\n  bind {addr}\n  default_backend app\n\
-             backend app\n  balance roundrobin\n  option httpchk\n\
-             http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host instance hdr User-Agent ELB-HealthChecker/2.0\n\
-             http-check expect status 200\n"
-        );
-        for (i, rig) in instances.iter().enumerate() {
-            cfg.push_str(&format!(
-                "  server i{i} {} check port {} inter 500ms fall 2 rise 2\n",
-                rig.traffic,
-                rig.health.port()
-            ));
-        }
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("haproxy (tests/setup.sh installs it)");
-        let h = Haproxy {
-            child,
-            addr,
-            _dir: dir,
-        };
-        eventually("haproxy to listen", Duration::from_secs(10), || {
-            status_of(h.addr, "/version").ok_or_else(|| "no answer".to_string())
-        });
-        h
-    }
-}
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -713,9 +655,16 @@ fn a_preview_reaches_only_the_requests_that_name_it_until_promoted() {
             .unwrap(),
         (200, "2\n".into())
     );
+    // Upgrading to the serving release ends a preview too (a fleet rollout going back).
+    rig.berth("upgrade", &["--release", "1", "--preview"]).ok();
+    assert_eq!(rig.colors().len(), 2);
+    rig.berth("upgrade", &["--release", "2"]).ok();
+    assert_eq!(rig.colors(), vec![("green".into(), "2".into(), true)]);
+    assert_eq!(rig.status()["proxy"].get("preview"), None);
+    let out = rig.berth("promote", &[]);
+    out.expect_code(3);
     assert!(
-        rig.berth("promote", &[])
-            .error_message()
+        out.error_message()
             .contains("no release of web is in preview"),
         "promote without a preview"
     );

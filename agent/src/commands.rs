@@ -33,6 +33,15 @@ pub enum CommandError {
     Refused { message: String, code: Exit },
     #[error("the agent's control socket")]
     Control(#[from] crate::ipc::IpcError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+    /// A rollout that failed and went back (or tried to): its summary is on stdout.
+    #[error("the rollout of {release} failed ({error}): {outcome}")]
+    RolledBack {
+        release: String,
+        outcome: &'static str,
+        error: String,
+    },
 }
 
 /// Each cause's own code (see `exit.rs`).
@@ -48,6 +57,8 @@ impl Coded for CommandError {
             CommandError::Output(_) => Exit::Failed,
             CommandError::Refused { code, .. } => *code,
             CommandError::Control(e) => e.exit(),
+            CommandError::Fleet(e) => e.exit(),
+            CommandError::RolledBack { .. } => Exit::Failed,
         }
     }
 }
@@ -192,6 +203,25 @@ pub async fn control(
         serde_json::to_string_pretty(&value).map_err(|e| CommandError::Output(e.to_string()))?;
     text.push('\n');
     Ok(text)
+}
+
+/// `berth rollout`: the release across the group ([`crate::fleet`]); progress lines on
+/// stderr, the summary as JSON on stdout, exit 1 when it went back.
+pub async fn rollout(r: &crate::fleet::Rollout) -> Result<(), CommandError> {
+    let aws = crate::aws::Aws::load(None, false, std::time::Duration::from_secs(60)).await;
+    let say = |line: &str| eprintln!("rollout: {line}");
+    let summary = crate::fleet::rollout(&aws, r, &say).await?;
+    let text =
+        serde_json::to_string_pretty(&summary).map_err(|e| CommandError::Output(e.to_string()))?;
+    println!("{text}");
+    if summary.ok() {
+        return Ok(());
+    }
+    Err(CommandError::RolledBack {
+        release: summary.release.clone(),
+        outcome: summary.outcome,
+        error: summary.error.clone().unwrap_or_default(),
+    })
 }
 
 pub async fn down(

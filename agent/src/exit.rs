@@ -166,6 +166,18 @@ impl Coded for ProxyError {
     }
 }
 
+impl Coded for crate::fleet::FleetError {
+    fn exit(&self) -> Exit {
+        use crate::fleet::FleetError;
+        match self {
+            FleetError::Busy { .. } => Exit::Busy,
+            FleetError::Aws { .. } => Exit::Aws,
+            FleetError::NoInstances { .. } | FleetError::BadRelease { .. } => Exit::Invalid,
+            FleetError::Timeout { .. } | FleetError::Smoke { .. } => Exit::Failed,
+        }
+    }
+}
+
 impl Coded for UpgradeError {
     fn exit(&self) -> Exit {
         match self {

@@ -6,6 +6,7 @@
 //! - [`agent`]: boot -> hold -> leave, the deployer behind the control socket.
 //! - [`exit`]: every exit code, and which error gets which.
 //! - [`upgrade`]: the strategies (proxy colors, drain), crash recovery, the one-at-a-time lock.
+//! - [`fleet`]: `berth rollout`, the release across the group (SSM Run Command), from CI.
 //! - [`instance`]: IMDSv2 identity, the lifecycle hook, the load balancer's view.
 //! - [`serve`]: the agent's state and its health endpoint.
 //! - [`release`]: fetching the release (S3, SSM, local) into 0600 files; [`proxy`]:
@@ -22,6 +23,7 @@ pub mod compose;
 pub mod config;
 pub mod engine;
 pub mod exit;
+pub mod fleet;
 pub mod instance;
 pub use berth_proxy as proxy;
 pub use berth_proxy::ipc;
@@ -39,11 +41,12 @@ mod layering {
     use std::path::Path;
 
     /// Each module's rank: a module may use only modules of a lower rank.
-    const RANKS: [(&str, u8); 15] = [
+    const RANKS: [(&str, u8); 16] = [
         ("commands", 10),
         ("agent", 9),
         ("exit", 8),
         ("upgrade", 7),
+        ("fleet", 6),
         ("instance", 6),
         ("serve", 5),
         ("release", 4),

@@ -227,6 +227,40 @@ enum Command {
         #[arg(long)]
         preview: bool,
     },
+    /// Release to the whole AutoScaling group, from CI or a laptop: write the release
+    /// parameter, upgrade one InService instance (its agent judges the release), then the rest
+    /// through SSM Run Command; on any failure put the previous release back everywhere.
+    /// Progress on stderr, a JSON summary on stdout.
+    Rollout {
+        /// The release id (the compose file's `${RELEASE}`, e.g. the image tag).
+        release: String,
+        /// The AutoScaling group (the stack's AutoScalingGroupName output).
+        #[arg(long)]
+        group: String,
+        /// The SSM document (the stack's UpgradeDocumentName output).
+        #[arg(long)]
+        document: String,
+        /// The release parameter (the stack's ReleaseParameterName output).
+        #[arg(long)]
+        parameter: String,
+        /// After the canary: instances upgraded at once (a number or a percentage).
+        #[arg(long, default_value = "1")]
+        max_concurrency: String,
+        /// After the canary: failures tolerated before SSM stops sending.
+        #[arg(long, default_value = "0")]
+        max_errors: String,
+        /// The longest one SSM command (the canary's, the rest's) may take.
+        #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(30..))]
+        command_secs: u64,
+        /// How often to look at a command's progress.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        poll_secs: u64,
+        /// First preview the release on every instance and run this shell command against it
+        /// (BERTH_PREVIEW_RELEASE is set: send `X-Berth-Preview: $BERTH_PREVIEW_RELEASE`);
+        /// only if it succeeds does the canary switch.
+        #[arg(long)]
+        smoke: Option<String>,
+    },
     /// The release in preview takes the traffic, watched and judged as any upgrade.
     Promote {
         #[command(flatten)]
@@ -283,6 +317,7 @@ fn main() -> ExitCode {
             | Command::Proxy { .. }
             | Command::Upgrade { .. }
             | Command::Promote { .. }
+            | Command::Rollout { .. }
             | Command::Rollback { .. }
             | Command::Leave { .. }
     ));
@@ -455,6 +490,30 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             preview,
         } => agent.ask(Request::Upgrade { release, preview }).await?,
         Command::Promote { agent } => agent.ask(Request::Promote).await?,
+        Command::Rollout {
+            release,
+            group,
+            document,
+            parameter,
+            max_concurrency,
+            max_errors,
+            command_secs,
+            poll_secs,
+            smoke,
+        } => {
+            commands::rollout(&berth::fleet::Rollout {
+                release,
+                group,
+                document,
+                parameter,
+                max_concurrency,
+                max_errors,
+                command_limit: Duration::from_secs(command_secs),
+                poll: Duration::from_secs(poll_secs),
+                smoke,
+            })
+            .await?
+        }
         Command::Rollback { agent } => agent.ask(Request::Rollback).await?,
         Command::Status { agent } => agent.ask(Request::Status).await?,
         Command::Leave { agent } => agent.ask(Request::Leave).await?,

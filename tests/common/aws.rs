@@ -24,7 +24,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -377,6 +377,81 @@ fn array_of(v: Value) -> Vec<Value> {
 const MOTO_RUNNER: &str = include_str!("../emulator/moto_runner.py");
 
 /// moto in server mode on its own 127.0.0.1 port (S3, SSM, ECR, ELBv2...). Killed on drop.
+/// The stand-in for SSM Run Command (`tests/emulator/run_command.py`): SendCommand runs the
+/// document's script on the instances it has been told of; every other SSM call goes to moto.
+#[derive(Debug)]
+pub struct RunCommand {
+    /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL_SSM`.
+    pub url: String,
+    child: Child,
+}
+
+impl RunCommand {
+    /// Serving `documents` (name, path of the SSM document's YAML) in front of `moto`.
+    pub fn start(moto: &Moto, documents: &[(&str, &Path)]) -> RunCommand {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/emulator/run_command.py");
+        let mut cmd = Command::new(python());
+        cmd.arg(script)
+            .args([
+                "--port",
+                "0",
+                "--exit-with-stdin",
+                "--moto",
+                &moto.url,
+                "--documents",
+            ])
+            .args(
+                documents
+                    .iter()
+                    .map(|(name, path)| format!("{name}={}", path.display())),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+        let port = wait_ready(&mut child, "the Run Command stand-in");
+        RunCommand {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    /// Tells it of an instance: `berth` with `config` and `env` runs what is sent to `id`.
+    pub fn add_instance(&self, id: &str, config: &Path, env: &[(String, String)]) {
+        let env: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let body = serde_json::json!({ id: {
+            "berth": env!("CARGO_BIN_EXE_berth"),
+            "config": config,
+            "env": env,
+        }});
+        let (status, answer) = http(
+            "POST",
+            &format!("{}/_run_command/instances", self.url),
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// The SendCommand requests it got (CommandId, DocumentName, Parameters, InstanceIds,
+    /// MaxConcurrency, MaxErrors).
+    pub fn calls(&self) -> Vec<Value> {
+        let (status, body) = http("GET", &format!("{}/_run_command/calls", self.url), None);
+        array_of(json_of("calls", status, &body))
+    }
+}
+
+impl Drop for RunCommand {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
 /// moto keeps everything in memory, per server: tests sharing one ([`Moto::shared`]) isolate
 /// themselves by unique bucket and parameter names.
 #[derive(Debug)]

@@ -334,3 +334,67 @@ pub fn running_of(rig: &Rig, color: &str) -> Vec<String> {
     let color = format!("label=dev.berth.color={color}");
     container_ids(&[project, color, "status=running".to_string()])
 }
+
+/// HAProxy (Debian) as the ALB's stand-in: round robin over the instances' web ports, active
+/// checks of each agent's `/healthz` as the ALB's checker sends them (its User-Agent), 2 fails
+/// out and 2 passes in. No retries or redispatch: a request sent to a stopped server fails.
+pub struct Haproxy {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    pub fn start(instances: &[&Rig]) -> Haproxy {
+        let servers: Vec<(SocketAddr, SocketAddr)> =
+            instances.iter().map(|r| (r.traffic, r.health)).collect();
+        Haproxy::over(&servers)
+    }
+
+    /// Over instances given as (traffic port, health port); one not up yet is down until its
+    /// checks pass.
+    pub fn over(instances: &[(SocketAddr, SocketAddr)]) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cfg = format!(
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
+             frontend web\n  bind {addr}\n  default_backend app\n\
+             backend app\n  balance roundrobin\n  option httpchk\n\
+             http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host instance hdr User-Agent ELB-HealthChecker/2.0\n\
+             http-check expect status 200\n"
+        );
+        for (i, (traffic, health)) in instances.iter().enumerate() {
+            cfg.push_str(&format!(
+                "  server i{i} {traffic} check port {} inter 500ms fall 2 rise 2\n",
+                health.port()
+            ));
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (tests/setup.sh installs it)");
+        let h = Haproxy {
+            child,
+            addr,
+            _dir: dir,
+        };
+        eventually("haproxy to listen", Duration::from_secs(10), || {
+            status_of(h.addr, "/version").ok_or_else(|| "no answer".to_string())
+        });
+        h
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

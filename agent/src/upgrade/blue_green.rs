@@ -31,6 +31,10 @@ impl Upgrader<'_> {
         let serving = self.recover(&routed).await?;
         if let Some(serving) = &serving {
             if let Some(kept) = self.unchanged(project, &routed, serving, release).await? {
+                // "Serve this release" ends a preview of another one (a rollout going back).
+                if !self.preview && self.preview_on().await?.is_some() {
+                    self.end_preview(&routed).await?;
+                }
                 return Ok(kept);
             }
         }

@@ -1,0 +1,518 @@
+//! The release across a fleet, end to end: `berth rollout` as CI runs it, against instances on
+//! this machine. Each instance is a real `berth agent` (not local: IMDS from its own emulator,
+//! the release pointer in SSM) with its own `berth proxy`; HAProxy is the ALB in front of them,
+//! checking each agent's `/healthz`; moto is S3, SSM and the AutoScaling group (whose instance
+//! ids the instances carry); the Run Command stand-in runs the stack's own SSM document
+//! (launch-template/ssm-berth-upgrade.yaml) on the instance it names. The rollout reaches all
+//! of it through the standard endpoint variables only.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::aws::{self, Emulator, Moto, RunCommand};
+use common::rig::{answered, web_compose, Haproxy, RELEASED};
+use common::traffic::{failures, Load, Proxy};
+use common::*;
+use serde_json::{json, Value};
+
+const DOCUMENT: &str = "berth-upgrade";
+
+/// One instance: its agent, proxy, IMDS and config.
+struct Instance {
+    project: Project,
+    proxy: Proxy,
+    emulator: Emulator,
+    health: SocketAddr,
+    config: PathBuf,
+    agent: Option<Child>,
+}
+
+impl Instance {
+    fn new(test: &str, parameter: &str) -> Instance {
+        let project = Project::new(test);
+        let proxy = Proxy::start(None, &[]);
+        let emulator = Emulator::start();
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        project.compose(&web_compose(proxy.addr.port(), RELEASED, &[]));
+        let config = project.write(
+            "berth.toml",
+            &format!(
+                "project = \"{name}\"\ncompose = \"{compose}\"\nrelease = \"ssm:{parameter}\"\nrun_dir = \"{run}\"\n\
+                 [health]\nlisten = \"{health}\"\n\
+                 [timeouts]\nimds_secs = 10\nfetch_secs = 10\nready_secs = 30\nin_service_secs = 60\n\
+                 [load_balancer]\nhealthy_threshold = 2\nunhealthy_threshold = 2\n\
+                 [upgrade]\nstrategy = \"proxy\"\nverify_secs = 2\ndrain_secs = 5\n\
+                 [upgrade.analysis]\nbake_secs = 3\nmin_requests = 30\np99_floor_ms = 2000\n\
+                 [proxy]\ncontrol = \"{control}\"\nport = {port}\nhealth_path = \"/healthz\"\n",
+                name = project.name,
+                compose = project.path("compose.yaml").display(),
+                run = project.path("run").display(),
+                control = proxy.control.display(),
+                port = proxy.addr.port(),
+            ),
+        );
+        Instance {
+            project,
+            proxy,
+            emulator,
+            health,
+            config,
+            agent: None,
+        }
+    }
+
+    fn env(&self, moto: &Moto) -> Vec<(String, String)> {
+        aws::aws_env(moto, &self.emulator)
+    }
+
+    /// Boots the agent as instance `id` and waits until it serves (the load balancer's checks
+    /// counted, phase ready).
+    fn boot(&mut self, id: &str, moto: &Moto) {
+        self.emulator.set(json!({"instance_id": id}));
+        let log = std::fs::File::create(self.project.path("agent.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(&self.config)
+            .env("BERTH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        aws::apply_env(&mut cmd, &self.env(moto));
+        self.agent = Some(cmd.spawn().unwrap());
+        eventually(
+            &format!("{id} to serve"),
+            Duration::from_secs(90),
+            || match self.status()["phase"].as_str() {
+                Some("ready") => Ok(()),
+                other => Err(format!("phase {other:?}\n{}", self.log())),
+            },
+        );
+    }
+
+    fn status(&self) -> Value {
+        match std::net::TcpStream::connect(self.health) {
+            Ok(_) => {
+                let (_, body) = common::traffic::Conn::open(self.health).get("/status");
+                serde_json::from_str(&body).unwrap_or(Value::Null)
+            }
+            Err(_) => Value::Null,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.project.path("agent.log")).unwrap_or_default()
+    }
+
+    /// Every release any container of this instance has carried (its label), running or not.
+    fn releases_seen(&self) -> Vec<String> {
+        let filter = format!("label={PROJECT_LABEL}={}", self.project.name);
+        let mut seen: Vec<String> = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &filter,
+            "--format",
+            r#"{{.Label "dev.berth.release"}}"#,
+        ])
+        .lines()
+        .map(String::from)
+        .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+/// The fleet: moto with the group, the Run Command stand-in, instances, the load balancer.
+struct Fleet {
+    moto: Moto,
+    run_command: RunCommand,
+    group: String,
+    parameter: String,
+    instances: Vec<Instance>,
+    /// The group's instance ids, in the order of `instances` (booted ones).
+    ids: Vec<String>,
+    lb: Haproxy,
+    dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// `booted` instances of the group on `release`, and `spare` more known to the load
+    /// balancer but not started (for an instance that launches during a rollout).
+    fn new(test: &str, booted: usize, spare: usize, release: &str) -> Fleet {
+        let moto = Moto::start();
+        let name = unique_name(test);
+        let group = format!("{name}-asg");
+        let parameter = format!("/{name}/release");
+        let document = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../launch-template/ssm-berth-upgrade.yaml");
+        let run_command = RunCommand::start(&moto, &[(DOCUMENT, &document)]);
+        aws::block_on(aws::put_parameter(&moto, &parameter, release));
+        let ids = create_group(&moto, &name, &group, i32::try_from(booted).unwrap());
+        let instances: Vec<Instance> = (0..booted + spare)
+            .map(|_| Instance::new(test, &parameter))
+            .collect();
+        let lb = Haproxy::over(
+            &instances
+                .iter()
+                .map(|i| (i.proxy.addr, i.health))
+                .collect::<Vec<_>>(),
+        );
+        let mut fleet = Fleet {
+            moto,
+            run_command,
+            group,
+            parameter,
+            instances,
+            ids: vec![],
+            lb,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for id in ids {
+            fleet.boot(&id);
+        }
+        fleet
+    }
+
+    /// Boots the next instance as `id`, and tells Run Command of it.
+    fn boot(&mut self, id: &str) {
+        let n = self.ids.len();
+        let inst = &mut self.instances[n];
+        inst.boot(id, &self.moto);
+        self.run_command
+            .add_instance(id, &inst.config, &inst.env(&self.moto));
+        self.ids.push(id.to_string());
+    }
+
+    /// `berth rollout RELEASE`, as CI runs it.
+    fn rollout_cmd(&self, release: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args([
+            "rollout",
+            release,
+            "--group",
+            &self.group,
+            "--document",
+            DOCUMENT,
+            "--parameter",
+            &self.parameter,
+            "--poll-secs",
+            "1",
+            "--command-secs",
+            "300",
+        ])
+        .args(extra)
+        .env("BERTH_LOG", "info");
+        let env: Vec<(String, String)> = [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", aws::REGION),
+            ("AWS_ENDPOINT_URL", self.moto.url.as_str()),
+            ("AWS_ENDPOINT_URL_SSM", self.run_command.url.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+        aws::apply_env(&mut cmd, &env);
+        cmd
+    }
+
+    fn rollout(&self, release: &str, extra: &[&str]) -> Output {
+        run_with_limit(self.rollout_cmd(release, extra), Duration::from_secs(400))
+    }
+
+    fn pointer(&self) -> Option<String> {
+        parameter(&self.moto, &self.parameter)
+    }
+}
+
+/// A parameter's value in moto, if it exists.
+fn parameter(moto: &Moto, name: &str) -> Option<String> {
+    aws::block_on(async {
+        let ssm = moto.ssm().await;
+        ssm.get_parameter()
+            .name(name)
+            .send()
+            .await
+            .ok()
+            .and_then(|p| p.parameter().and_then(|p| p.value()).map(String::from))
+    })
+}
+
+/// An AutoScaling group of `n` instances in moto (a launch template first, as the stack has);
+/// their ids, sorted as the rollout sorts them.
+fn create_group(moto: &Moto, name: &str, group: &str, n: i32) -> Vec<String> {
+    let (status, body) = aws::http_with_headers(
+        "POST",
+        &format!("{}/", moto.url),
+        &[(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )],
+        Some(&format!(
+            "Action=CreateLaunchTemplate&Version=2016-11-15&LaunchTemplateName={name}\
+             &LaunchTemplateData.ImageId=ami-12c6146b&LaunchTemplateData.InstanceType=t3.micro"
+        )),
+    );
+    assert_eq!(status, 200, "CreateLaunchTemplate: {body}");
+    aws::block_on(async {
+        let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(group)
+            .launch_template(
+                aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                    .launch_template_name(name)
+                    .build(),
+            )
+            .min_size(n)
+            .max_size(n + 2)
+            .desired_capacity(n)
+            .availability_zones("us-east-1a")
+            .send()
+            .await
+            .unwrap();
+    });
+    group_ids(moto, group)
+}
+
+fn group_ids(moto: &Moto, group: &str) -> Vec<String> {
+    aws::block_on(async {
+        let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
+        let out = asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = out.auto_scaling_groups()[0]
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(String::from))
+            .collect();
+        ids.sort();
+        ids
+    })
+}
+
+fn scale_to(moto: &Moto, group: &str, n: i32) {
+    aws::block_on(async {
+        let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
+        asg.set_desired_capacity()
+            .auto_scaling_group_name(group)
+            .desired_capacity(n)
+            .send()
+            .await
+            .unwrap();
+    });
+}
+
+fn summary(out: &Output) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON summary ({e})\n--- stdout\n{}\n--- stderr\n{}",
+            out.stdout, out.stderr
+        )
+    })
+}
+
+fn write_smoke(dir: &Path, lb: SocketAddr) -> (String, PathBuf) {
+    let marker = dir.join("smoke-passed");
+    // Through the load balancer: a request naming the release reaches it on whichever instance
+    // it lands (six: every instance twice, round robin); one that does not stays on release 1.
+    let smoke = format!(
+        "set -e; for i in 1 2 3 4 5 6; do \
+           test \"$(curl -fsS -H \"X-Berth-Preview: $BERTH_PREVIEW_RELEASE\" http://{lb}/cgi-bin/api)\" = \"api $BERTH_PREVIEW_RELEASE\"; \
+           test \"$(curl -fsS http://{lb}/cgi-bin/api)\" = 'api 1'; \
+         done; touch {}",
+        marker.display()
+    );
+    (smoke, marker)
+}
+
+/// A good release: previewed on every instance and smoke-tested through the load balancer,
+/// then the canary, then the rest, under continuous load with 0 failed requests. Meanwhile a
+/// second rollout is refused naming the first, and an instance launched by the group after the
+/// pointer moved boots the new release.
+#[test]
+fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
+    let mut fleet = Fleet::new("fleet-good", 3, 1, "1");
+    let load = Load::start(fleet.lb.addr, "/cgi-bin/api", 4);
+    load.run_for(200);
+    let (smoke, marker) = write_smoke(fleet.dir.path(), fleet.lb.addr);
+
+    let started = Instant::now();
+    let first = fleet.rollout_cmd("2", &["--smoke", &smoke]);
+    let first = std::thread::spawn(move || run_with_limit(first, Duration::from_secs(400)));
+    let lock = format!("{}.rollout", fleet.parameter);
+    eventually("the first rollout's lock", Duration::from_secs(30), || {
+        parameter(&fleet.moto, &lock).ok_or_else(|| "none yet".to_string())
+    });
+    let second = fleet.rollout("2", &[]);
+    second.expect_code(7);
+    assert!(
+        second
+            .error_message()
+            .contains("another rollout runs (the rollout of 2 from"),
+        "{}",
+        second.stderr
+    );
+
+    // The group launches an instance once the pointer names 2 (and, so that the smoke test's
+    // ordinary requests all meet release 1, once that has passed): it boots 2.
+    eventually("the smoke test to pass", Duration::from_secs(120), || {
+        if marker.exists() {
+            Ok(())
+        } else {
+            Err(format!("pointer {:?}", fleet.pointer()))
+        }
+    });
+    assert_eq!(fleet.pointer().as_deref(), Some("2"));
+    let before: Vec<String> = fleet.ids.clone();
+    scale_to(&fleet.moto, &fleet.group, 4);
+    let new_id = group_ids(&fleet.moto, &fleet.group)
+        .into_iter()
+        .find(|i| !before.contains(i))
+        .unwrap();
+    fleet.boot(&new_id);
+    assert_eq!(fleet.instances[3].status()["release"], "2");
+
+    let out = first.join().unwrap();
+    let took = started.elapsed();
+    out.ok();
+    load.run_for(200);
+    let samples = load.finish();
+    let s = summary(&out);
+    eprintln!(
+        "fleet: rollout of 2 to 3 instances in {:.1}s (canary's verdict at {:.1}s), {} requests through the load balancer, {} failed",
+        took.as_secs_f64(),
+        s["canary_secs"].as_f64().unwrap_or(0.0),
+        samples.len(),
+        failures(&samples).len()
+    );
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    assert_eq!(s["outcome"], "released", "{s}");
+    assert_eq!(s["previous"], "1");
+    assert_eq!(s["canary"], before[0]);
+    let verdicts: Vec<(&str, &str)> = s["upgrades"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["instance"].as_str().unwrap(),
+                u["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        before
+            .iter()
+            .map(|i| (i.as_str(), "Success"))
+            .collect::<Vec<_>>()
+    );
+    assert!(marker.exists(), "the smoke test passed against the preview");
+    for inst in &fleet.instances {
+        assert_eq!(inst.status()["release"], "2", "{}", inst.log());
+    }
+    let tail = &samples[samples.len() - 100..];
+    assert_eq!(answered(tail, "api 2"), 100);
+    // Canary first: the first SendCommands are the preview to all, then the canary alone.
+    let calls = fleet.run_command.calls();
+    let actions: Vec<(String, usize)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["Parameters"]["action"][0]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                c["InstanceIds"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("preview".to_string(), 3),
+            ("promote".to_string(), 1),
+            ("upgrade".to_string(), 2)
+        ]
+    );
+    assert_eq!(fleet.pointer().as_deref(), Some("2"));
+    assert_eq!(
+        parameter(&fleet.moto, &lock),
+        None,
+        "the lock is given back"
+    );
+}
+
+/// A release that answers 1 in 20 API requests with 500 but passes every health check: the
+/// canary's agent catches it by its numbers and rolls it back there; the pointer goes back;
+/// the other instances never run it.
+#[test]
+fn a_release_failing_by_its_numbers_stops_at_the_canary() {
+    let fleet = Fleet::new("fleet-bad", 3, 0, "1");
+    let load = Load::start(fleet.lb.addr, "/cgi-bin/api", 4);
+    load.run_for(300);
+    let out = fleet.rollout("bad", &[]);
+    load.run_for(200);
+    let samples = load.finish();
+    out.expect_code(1);
+    let s = summary(&out);
+    eprintln!(
+        "fleet: the bad release caught and rolled back on the canary {:.1}s after the rollout started; {} requests, {} of them its 500s",
+        s["canary_secs"].as_f64().unwrap_or(0.0),
+        samples.len(),
+        failures(&samples).len()
+    );
+    assert_eq!(s["outcome"], "rolled back", "{s}");
+    let canary = &fleet.ids[0];
+    assert_eq!(s["canary"], canary.as_str());
+    assert_eq!(s["upgrades"].as_array().unwrap().len(), 1, "{s}");
+    assert_eq!(s["upgrades"][0]["status"], "Failed", "{s}");
+    assert!(
+        s["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("judged by its traffic: 5xx on")),
+        "{s}"
+    );
+    assert_eq!(fleet.pointer().as_deref(), Some("1"));
+    // Only the canary was ever sent the release; the others never ran it.
+    for c in fleet.run_command.calls() {
+        assert_eq!(c["InstanceIds"], json!([canary]), "{c}");
+    }
+    for inst in &fleet.instances[1..] {
+        assert_eq!(inst.releases_seen(), ["1"]);
+    }
+    for inst in &fleet.instances {
+        assert_eq!(inst.status()["release"], "1");
+    }
+    // What failed is the bad release's own 500s, on the canary, while it was judged.
+    let failed = failures(&samples);
+    assert!(!failed.is_empty());
+    let other: Vec<&String> = failed.iter().filter(|f| *f != "500 error bad").collect();
+    assert_eq!(other, Vec::<&String>::new());
+    assert_eq!(
+        answered(&samples[samples.len() - 100..], "api 1"),
+        100,
+        "release 1 everywhere at the end"
+    );
+}
