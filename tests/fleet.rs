@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::aws::{self, Emulator, Moto, RunCommand};
+use common::aws::{self, Emulator, Moto, RunCommand, TargetGroup};
 use common::rig::{answered, web_compose, Haproxy, RELEASED};
 use common::traffic::{failures, Load, Proxy};
 use common::*;
@@ -25,11 +25,16 @@ const DOCUMENT: &str = "berth-upgrade";
 /// One instance: its agent, proxy, IMDS and config.
 struct Instance {
     project: Project,
-    proxy: Proxy,
+    /// The proxy strategy's proxy (held: it stops with the instance); none with drain.
+    _proxy: Option<Proxy>,
+    /// Where the load balancer sends its traffic (the proxy, or the web service itself).
+    traffic: SocketAddr,
     emulator: Emulator,
     health: SocketAddr,
     config: PathBuf,
     agent: Option<Child>,
+    /// ELBv2's endpoint, when the target group is the stand-in's.
+    elb: Option<String>,
 }
 
 impl Instance {
@@ -48,6 +53,7 @@ impl Instance {
                  [load_balancer]\nhealthy_threshold = 2\nunhealthy_threshold = 2\n\
                  [upgrade]\nstrategy = \"proxy\"\nverify_secs = 2\ndrain_secs = 5\n\
                  [upgrade.analysis]\nbake_secs = 3\nmin_requests = 30\np99_floor_ms = 2000\n\
+                 [upgrade.canary]\nsteps = [25, 50]\nstep_secs = 5\n\
                  [proxy]\ncontrol = \"{control}\"\nport = {port}\nhealth_path = \"/healthz\"\n",
                 name = project.name,
                 compose = project.path("compose.yaml").display(),
@@ -58,16 +64,67 @@ impl Instance {
         );
         Instance {
             project,
-            proxy,
+            traffic: proxy.addr,
+            _proxy: Some(proxy),
             emulator,
             health,
             config,
             agent: None,
+            elb: None,
+        }
+    }
+
+    /// The drain strategy, in target group `arn` (its ELBv2 endpoint set in `elb` before it
+    /// boots): the web service published on the traffic port itself.
+    fn drained(test: &str, parameter: &str, arn: &str) -> Instance {
+        let project = Project::new(test);
+        let emulator = Emulator::start();
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let traffic: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        project.compose(&web_compose(traffic.port(), RELEASED, &[]));
+        let config = project.write(
+            "berth.toml",
+            &format!(
+                "project = \"{name}\"\ncompose = \"{compose}\"\nrelease = \"ssm:{parameter}\"\nrun_dir = \"{run}\"\n\
+                 [health]\nlisten = \"{health}\"\n\
+                 [timeouts]\nimds_secs = 10\nfetch_secs = 10\nready_secs = 30\nin_service_secs = 60\nlb_drain_secs = 8\n\
+                 [load_balancer]\ntarget_group_arn = \"{arn}\"\nport = {port}\n\
+                 [upgrade]\nstrategy = \"drain\"\n",
+                name = project.name,
+                compose = project.path("compose.yaml").display(),
+                run = project.path("run").display(),
+                port = traffic.port(),
+            ),
+        );
+        Instance {
+            project,
+            _proxy: None,
+            traffic,
+            emulator,
+            health,
+            config,
+            agent: None,
+            elb: None,
         }
     }
 
     fn env(&self, moto: &Moto) -> Vec<(String, String)> {
-        aws::aws_env(moto, &self.emulator)
+        let mut env = aws::aws_env(moto, &self.emulator);
+        if let Some(elb) = &self.elb {
+            env.push((
+                "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2".to_string(),
+                elb.clone(),
+            ));
+        }
+        env
+    }
+
+    /// `berth SUB ARGS` against this instance's agent.
+    fn berth(&self, sub: &str, args: &[&str], moto: &Moto) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.arg(sub).arg("--config").arg(&self.config).args(args);
+        aws::apply_env(&mut cmd, &self.env(moto));
+        run_with_limit(cmd, Duration::from_secs(120))
     }
 
     /// Boots the agent as instance `id` and waits until it serves (the load balancer's checks
@@ -170,7 +227,7 @@ impl Fleet {
         let lb = Haproxy::over(
             &instances
                 .iter()
-                .map(|i| (i.proxy.addr, i.health))
+                .map(|i| (i.traffic, i.health))
                 .collect::<Vec<_>>(),
         );
         let mut fleet = Fleet {
@@ -464,15 +521,16 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
     );
 }
 
-/// A release that answers 1 in 20 API requests with 500 but passes every health check: the
-/// canary's agent catches it by its numbers and rolls it back there; the pointer goes back;
-/// the other instances never run it.
+/// A release that answers 1 in 20 API requests with 500 but passes every health check, rolled
+/// out with `--weighted`: the canary instance's weighted canary gives it a quarter of that
+/// instance's sessions, its agent catches it by its numbers beside release 1 and sends them
+/// back; the pointer goes back; the other instances never run it.
 #[test]
 fn a_release_failing_by_its_numbers_stops_at_the_canary() {
     let fleet = Fleet::new("fleet-bad", 3, 0, "1");
     let load = Load::start(fleet.lb.addr, "/cgi-bin/api", 4);
     load.run_for(300);
-    let out = fleet.rollout("bad", &[]);
+    let out = fleet.rollout("bad", &["--weighted"]);
     load.run_for(200);
     let samples = load.finish();
     out.expect_code(1);
@@ -491,14 +549,25 @@ fn a_release_failing_by_its_numbers_stops_at_the_canary() {
     assert!(
         s["error"]
             .as_str()
-            .is_some_and(|e| e.contains("judged by its traffic: 5xx on")),
+            .is_some_and(|e| e.contains("failed its canary at 25 % of sessions")
+                && e.contains("judged by its traffic: 5xx on")),
         "{s}"
     );
     assert_eq!(fleet.pointer().as_deref(), Some("1"));
-    // Only the canary was ever sent the release; the others never ran it.
+    // Only the canary was ever sent the release (through its weighted canary); the others
+    // never ran it.
     for c in fleet.run_command.calls() {
         assert_eq!(c["InstanceIds"], json!([canary]), "{c}");
     }
+    assert!(
+        fleet
+            .run_command
+            .calls()
+            .iter()
+            .any(|c| c["Parameters"]["action"] == json!(["canary"])),
+        "{:?}",
+        fleet.run_command.calls()
+    );
     for inst in &fleet.instances[1..] {
         assert_eq!(inst.releases_seen(), ["1"]);
     }
@@ -515,4 +584,165 @@ fn a_release_failing_by_its_numbers_stops_at_the_canary() {
         100,
         "release 1 everywhere at the end"
     );
+}
+
+/// The drain strategy with a target group, behind a load balancer that would fail open: each
+/// instance leaves by DeregisterTargets (the stand-in puts its HAProxy server in maintenance)
+/// only while another target is healthy, waits for `unused`, recreates, registers again and
+/// waits for `healthy`. Two upgrades started together therefore run one after the other, and
+/// nothing is lost; with the other target unhealthy, an upgrade is refused and the instance
+/// keeps serving.
+#[test]
+fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
+    let moto = Moto::start();
+    let name = unique_name("fleet-deregister");
+    let parameter = format!("/{name}/release");
+    aws::block_on(aws::put_parameter(&moto, &parameter, "1"));
+    let arn = format!(
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/{name}/0123456789abcdef"
+    );
+    let ids = ["i-0aaaaaaaaaaaaaaa1", "i-0bbbbbbbbbbbbbbb2"];
+    let mut instances = vec![
+        Instance::drained("fleet-deregister-a", &parameter, &arn),
+        Instance::drained("fleet-deregister-b", &parameter, &arn),
+    ];
+    let lb = Haproxy::over(
+        &instances
+            .iter()
+            .map(|i| (i.traffic, i.health))
+            .collect::<Vec<_>>(),
+    );
+    let tg = TargetGroup::start(&lb.admin, "app", &arn);
+    tg.add(&[
+        (ids[0], "i0", instances[0].traffic.port()),
+        (ids[1], "i1", instances[1].traffic.port()),
+    ]);
+    for (inst, id) in instances.iter_mut().zip(ids) {
+        inst.elb = Some(tg.url.clone());
+        inst.boot(id, &moto);
+    }
+    eventually("both targets healthy", Duration::from_secs(30), || {
+        let both = (0..4).all(|_| common::rig::status_of(lb.addr, "/version") == Some(200));
+        if both {
+            Ok(())
+        } else {
+            Err("a request failed".into())
+        }
+    });
+    // Holding: each agent saw its target healthy (and answers upgrades).
+    for inst in &instances {
+        eventually(
+            "the agent in service",
+            Duration::from_secs(30),
+            || match inst.status()["in_service"].as_bool() {
+                Some(true) => Ok(()),
+                _ => Err(inst.log()),
+            },
+        );
+    }
+    let load = Load::start(lb.addr, "/version", 4);
+    load.run_for(200);
+
+    // Both upgrades asked for at once: the second waits for the first to come back.
+    let started = Instant::now();
+    let (a, b) = (&instances[0], &instances[1]);
+    let (out_a, out_b) = std::thread::scope(|s| {
+        let first = s.spawn(|| a.berth("upgrade", &["--release", "2"], &moto));
+        eventually("instance a deregistered", Duration::from_secs(30), || {
+            let calls = tg.calls();
+            let out = calls.iter().any(|c| c["action"] == "DeregisterTargets");
+            // Done already (failed: its output says why, below).
+            match out || first.is_finished() {
+                true => Ok(()),
+                false => Err(format!("{calls:?}\n{}", a.log())),
+            }
+        });
+        let second = s.spawn(|| b.berth("upgrade", &["--release", "2"], &moto));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let took = started.elapsed();
+    out_a.ok();
+    out_b.ok();
+    load.run_for(200);
+    for inst in &instances {
+        assert_eq!(inst.status()["release"], "2", "{}", inst.log());
+    }
+    assert!(
+        b.log().contains("no other healthy target yet"),
+        "b waited for a: {}",
+        b.log()
+    );
+    // Each target's way out and back, in order, and never both out at once.
+    let events = tg.events();
+    let span = |id: &str| -> Vec<(String, f64)> {
+        events
+            .iter()
+            .filter(|e| e["target"] == id)
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_string(),
+                    e["time"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (sa, sb) = (span(ids[0]), span(ids[1]));
+    for s in [&sa, &sb] {
+        let order: Vec<&str> = s.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(
+            order,
+            ["deregistered", "unused", "registered", "healthy"],
+            "{events:?}"
+        );
+    }
+    assert!(
+        sa[3].1 <= sb[0].1,
+        "b left before a was healthy again: {events:?}"
+    );
+
+    // The other target unhealthy (its agent gone, so its health checks fail): an upgrade of a
+    // is refused, a stays registered and serves.
+    let mut b = instances.pop().unwrap();
+    if let Some(mut agent) = b.agent.take() {
+        agent.kill().unwrap();
+        agent.wait().unwrap();
+    }
+    eventually("b unhealthy", Duration::from_secs(20), || {
+        match tg.state_of(ids[1]).as_str() {
+            "unhealthy" => Ok(()),
+            other => Err(other.to_string()),
+        }
+    });
+    let a = &instances[0];
+    let refused = a.berth("upgrade", &["--release", "1"], &moto);
+    refused.expect_code(1);
+    let msg = refused.error_message();
+    assert!(
+        msg.contains(&format!(
+            "no other target of target group {arn} became healthy within 8s"
+        )) && msg.contains(&format!("{} unhealthy", ids[1]))
+            && msg.contains(&format!(
+                "instance {} stays registered and keeps serving",
+                ids[0]
+            )),
+        "{msg}"
+    );
+    load.run_for(200);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    assert_eq!(a.status()["release"], "2");
+    assert_eq!(
+        tg.calls()
+            .iter()
+            .filter(|c| c["action"] == "DeregisterTargets")
+            .count(),
+        2,
+        "the refused upgrade deregistered nothing"
+    );
+    eprintln!(
+        "deregistration: two upgrades asked for together done one after the other in {:.1} s; 0 of {} requests failed",
+        took.as_secs_f64(),
+        samples.len()
+    );
+    drop(b);
 }

@@ -25,10 +25,16 @@ fn serving_2_keeping_1() -> Vec<(String, String, bool)> {
 
 /// `berth upgrade` (to the release pointer's release) in a thread, as SSM would run it.
 fn upgrade_in_background(rig: &Rig) -> std::thread::JoinHandle<Output> {
+    upgrade_in_background_with(rig, &[])
+}
+
+/// `berth upgrade` with `args` in a thread.
+fn upgrade_in_background_with(rig: &Rig, args: &[&str]) -> std::thread::JoinHandle<Output> {
     let config = rig.config.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     std::thread::spawn(move || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(["upgrade", "--config"]).arg(config);
+        cmd.args(["upgrade", "--config"]).arg(config).args(args);
         run_with_limit(cmd, Duration::from_secs(90))
     })
 }
@@ -689,6 +695,208 @@ fn a_forgotten_preview_ends_by_itself() {
     assert!(
         rig.agent_log()
             .contains("neither promoted nor rolled back in time"),
+        "{}",
+        rig.agent_log()
+    );
+}
+
+/// A proxy-strategy rig with `[upgrade.canary]` and `[upgrade.analysis]` keys, serving release 1.
+fn canary_rig(test: &str, canary_keys: &str, analysis_keys: &str) -> Rig {
+    let upgrade_keys = format!("[upgrade.canary]\n{canary_keys}");
+    let mut rig = Rig::new_analysed(test, &upgrade_keys, analysis_keys);
+    rig.compose(RELEASED, &[]);
+    rig.pointer("1");
+    rig.start_agent();
+    rig
+}
+
+/// `berth upgrade --canary`: before the switch, 20 % and then 50 % of new sessions reach
+/// release 2, each session kept on its side by the proxy's cookie, while the analysis compares
+/// both releases over the same seconds; then the switch. Nothing is lost.
+#[test]
+fn a_weighted_canary_steps_up_sticky_sessions_then_switches() {
+    let rig = canary_rig("upgrade-canary", "step_secs = 3\n", "min_requests = 30\n");
+    let load = Load::start(rig.traffic, "/cgi-bin/api", 4);
+    load.run_for(100);
+    let started = Instant::now();
+    let upgrade = upgrade_in_background_with(&rig, &["--release", "2", "--canary", "20,50"]);
+    let at = |percent: u64| {
+        eventually(
+            &format!("the canary at {percent} %"),
+            Duration::from_secs(60),
+            || {
+                let analysis = rig.status()["analysis"].clone();
+                match analysis["canary_percent"].as_u64() {
+                    Some(p) if p == percent => Ok(()),
+                    _ => Err(format!("{analysis}")),
+                }
+            },
+        )
+    };
+    at(20);
+    // 40 new sessions: each given a bucket by cookie; about a fifth on release 2.
+    let mut sessions = Vec::new();
+    for _ in 0..40 {
+        let mut c = Conn::open(rig.traffic);
+        let (code, body) = c.try_request("/version", &[]).unwrap();
+        assert_eq!(code, 200);
+        let cookie = c.header("set-cookie").expect("a new session's cookie");
+        assert!(
+            cookie.starts_with("berth-canary=") && cookie.contains("HttpOnly"),
+            "{cookie}"
+        );
+        let cookie = cookie.split(';').next().unwrap().to_string();
+        sessions.push((cookie, body));
+    }
+    let to_2 = sessions.iter().filter(|(_, body)| body == "2\n").count();
+    assert!(
+        (1..=20).contains(&to_2),
+        "{to_2} of 40 new sessions on the 20 % canary"
+    );
+    // Each session stays where it was sent, and is given no new cookie.
+    for (cookie, body) in &sessions {
+        let mut c = Conn::open(rig.traffic);
+        for _ in 0..3 {
+            let answer = c.try_request("/version", &[("Cookie", cookie)]).unwrap();
+            assert_eq!(&answer, &(200, body.clone()), "{cookie}");
+            assert_eq!(c.header("set-cookie"), None);
+        }
+    }
+    at(50);
+    let grown = sessions
+        .iter()
+        .filter(|(cookie, _)| {
+            let mut c = Conn::open(rig.traffic);
+            c.try_request("/version", &[("Cookie", cookie)]).unwrap().1 == "2\n"
+        })
+        .count();
+    assert!(
+        grown >= to_2,
+        "stepping up moved sessions back: {grown} < {to_2}"
+    );
+    let out = upgrade.join().unwrap();
+    let took = started.elapsed();
+    load.run_for(100);
+    let samples = load.finish();
+    out.ok();
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(answer["how"], "switched", "{answer}");
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    // Two 3 s steps, then the 3 s verify.
+    assert!(took >= Duration::from_secs(9), "took {took:?}");
+    all_after_first(&samples[samples.len() - 100..], "api 2").unwrap();
+    assert_eq!(rig.colors(), serving_2_keeping_1());
+    let log = rig.agent_log();
+    assert!(
+        log.contains("percent=20") && log.contains("percent=50"),
+        "{log}"
+    );
+    assert_eq!(rig.status()["proxy"].get("preview"), None);
+    eprintln!(
+        "canary: 20 % then 50 % of sessions, then the switch in {:.1} s; {} requests, {} sessions of 40 on the 20 % canary",
+        took.as_secs_f64(),
+        samples.len(),
+        to_2
+    );
+}
+
+/// A release answering every 20th request with 500, through a canary: the analysis compares
+/// it with release 1 over the same seconds, fails it at its first step, sends its sessions
+/// back, and it never takes the traffic. Only its own 500s fail.
+#[test]
+fn a_canary_failing_its_numbers_sends_its_sessions_back_and_never_switches() {
+    let rig = canary_rig(
+        "upgrade-canary-bad",
+        "steps = [25, 50]\nstep_secs = 20\n",
+        "min_requests = 40\n",
+    );
+    let load = Load::start(rig.traffic, "/cgi-bin/api", 4);
+    load.run_for(200);
+    rig.compose(RELEASED, &[("ERROR_EVERY", "20")]);
+    let started = Instant::now();
+    let out = rig.berth("upgrade", &["--release", "2", "--canary"]);
+    let took = started.elapsed();
+    load.run_for(100);
+    let samples = load.finish();
+    out.expect_code(1);
+    let msg = out.error_message();
+    assert!(
+        msg.contains("release 2 failed its canary at 25 % of sessions, so 1 serves them all again")
+            && msg.contains("judged by its traffic: 5xx on"),
+        "{msg}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let failed = failures(&samples);
+    let bad: Vec<&String> = failed.iter().filter(|f| *f != "500 error 2").collect();
+    assert_eq!(
+        bad,
+        Vec::<&String>::new(),
+        "failures other than release 2's 500s"
+    );
+    all_after_first(&samples[samples.len() - 100..], "api 1").unwrap();
+    assert_eq!(rig.colors(), vec![("blue".into(), "1".into(), true)]);
+    let status = rig.status();
+    assert_eq!(status["proxy"].get("preview"), None, "{status}");
+    let analysis = &status["analysis"];
+    assert_eq!(analysis["canary_percent"], 25, "{analysis}");
+    assert!(
+        analysis["verdict"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("failed: 5xx on")),
+        "{analysis}"
+    );
+    eprintln!(
+        "canary: the 5 %-500s release failed at 25 % in {:.2} s; {} of its 500s in {} requests",
+        took.as_secs_f64(),
+        failed.len(),
+        samples.len()
+    );
+}
+
+/// An agent killed mid-canary leaves a weighted preview in the proxy that nobody steps up or
+/// judges: the next agent sends its sessions back to the serving release and removes the
+/// canary's side, losing no request.
+#[test]
+fn an_agent_killed_mid_canary_ends_the_canary_when_it_comes_back() {
+    let mut rig = canary_rig(
+        "upgrade-canary-killed",
+        "steps = [50]\nstep_secs = 120\n",
+        "",
+    );
+    let load = Load::start(rig.traffic, "/version", 4);
+    load_for(&load, 100);
+    let client = upgrade_in_background_with(&rig, &["--release", "2", "--canary"]);
+    eventually(
+        "the canary at 50 %",
+        Duration::from_secs(60),
+        || match rig.status()["proxy"]["preview"]["percent"].as_u64() {
+            Some(50) => Ok(()),
+            _ => Err(format!("{}", rig.status()["proxy"])),
+        },
+    );
+    load_for(&load, 100);
+    kill_agent(&mut rig, client);
+    rig.start_agent();
+    eventually("the canary ended", Duration::from_secs(60), || {
+        match rig.colors().as_slice() {
+            [(color, release, true)] if color == "blue" && release == "1" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let before = load.count();
+    load_for(&load, 100);
+    let samples = load.finish();
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    assert!(answered(&samples, "2") > 0, "the canary served its share");
+    assert_eq!(
+        answered(&samples[before..], "2"),
+        0,
+        "a session still on the canary"
+    );
+    assert_eq!(rig.status()["proxy"].get("preview"), None);
+    assert!(
+        rig.agent_log()
+            .contains("removing release 2 (green): an upgrade that never switched"),
         "{}",
         rig.agent_log()
     );

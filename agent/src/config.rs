@@ -242,6 +242,42 @@ pub struct UpgradeSettings {
     /// Proxy strategy: a preview (`berth upgrade --preview`) neither promoted nor rolled back
     /// within this ends as a rollback does.
     pub preview_secs: u64,
+    /// Proxy strategy: the weighted canary of `berth upgrade --canary`.
+    pub canary: CanarySettings,
+}
+
+/// The weighted canary's schedule (`[upgrade.canary]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanarySettings {
+    /// The shares of new sessions (percent, rising, below 100) the new release gets in turn
+    /// before the switch.
+    pub steps: Vec<u8>,
+    /// How long each step holds while the analysis watches it.
+    pub step_secs: u64,
+}
+
+impl Default for CanarySettings {
+    fn default() -> Self {
+        CanarySettings {
+            steps: vec![10, 25, 50],
+            step_secs: 60,
+        }
+    }
+}
+
+/// Why a canary schedule cannot run, if it cannot: shares rising, each 1 to 99.
+pub fn check_canary_steps(steps: &[u8]) -> Result<(), String> {
+    if steps.is_empty() {
+        return Err("needs at least one step".into());
+    }
+    if let Some(bad) = steps.iter().find(|p| !(1..=99).contains(*p)) {
+        return Err(format!("{bad} is not a share from 1 to 99 percent"));
+    }
+    if let Some(w) = steps.windows(2).find(|w| w[0] >= w[1]) {
+        return Err(format!("must rise: {} then {}", w[0], w[1]));
+    }
+    Ok(())
 }
 
 impl Default for UpgradeSettings {
@@ -255,6 +291,7 @@ impl Default for UpgradeSettings {
             keep_previous_secs: None,
             analysis: AnalysisSettings::default(),
             preview_secs: 3600,
+            canary: CanarySettings::default(),
         }
     }
 }
@@ -442,6 +479,15 @@ impl RawConfig {
             }
         }
         self.upgrade.analysis.check()?;
+        if let Err(why) = check_canary_steps(&self.upgrade.canary.steps) {
+            return Err(("upgrade.canary.steps".into(), why));
+        }
+        if self.upgrade.canary.step_secs == 0 {
+            return Err((
+                "upgrade.canary.step_secs".into(),
+                "must be at least 1 second".into(),
+            ));
+        }
         if self.upgrade.preview_secs == 0 {
             return Err((
                 "upgrade.preview_secs".into(),
@@ -700,6 +746,17 @@ registry_id = "123456789012"
         assert!(e.contains("load_balancer.target_group_arn"), "{e}");
         let e = error_of(&format!("{base}[timeouts]\nready_secs = 0\n"));
         assert!(e.contains("timeouts.ready_secs"), "{e}");
+        for (steps, why) in [
+            ("[]", "at least one"),
+            ("[10, 100]", "100 is not a share"),
+            ("[0, 10]", "0 is not a share"),
+            ("[50, 25]", "must rise: 50 then 25"),
+        ] {
+            let e = error_of(&format!("{base}[upgrade.canary]\nsteps = {steps}\n"));
+            assert!(e.contains("upgrade.canary.steps") && e.contains(why), "{e}");
+        }
+        let e = error_of(&format!("{base}[upgrade.canary]\nstep_secs = 0\n"));
+        assert!(e.contains("upgrade.canary.step_secs"), "{e}");
         let e = error_of(&format!("{base}release_var = \"1X\"\n"));
         assert!(e.contains("release_var"), "{e}");
         let e = error_of(&format!(

@@ -145,7 +145,11 @@ impl Coded for HookError {
 
 impl Coded for LoadBalancerError {
     fn exit(&self) -> Exit {
-        Exit::Aws
+        match self {
+            // A refusal, not an AWS fault: nothing else in the group could serve.
+            LoadBalancerError::Alone { .. } => Exit::Failed,
+            _ => Exit::Aws,
+        }
     }
 }
 
@@ -189,10 +193,11 @@ impl Coded for UpgradeError {
             | UpgradeError::NoPreview { .. } => Exit::Invalid,
             UpgradeError::Proxy(_) | UpgradeError::Docker(_) => Exit::Docker,
             UpgradeError::Converge(c) | UpgradeError::NewRelease { source: c, .. } => c.exit(),
-            UpgradeError::LoadBalancer(_) => Exit::Aws,
+            UpgradeError::LoadBalancer(e) => e.exit(),
             UpgradeError::Lock { .. }
             | UpgradeError::Probe { .. }
             | UpgradeError::RolledBack { .. }
+            | UpgradeError::CanaryFailed { .. }
             | UpgradeError::Previous { .. }
             | UpgradeError::NoBackend { .. } => Exit::Failed,
         }

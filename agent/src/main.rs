@@ -202,6 +202,10 @@ enum Command {
         /// ...and so does one whose cookie of this name does.
         #[arg(long, default_value = "berth-preview")]
         preview_cookie: String,
+        /// During a weighted canary (`berth upgrade --canary`), the cookie that keeps each
+        /// session on the side it was given.
+        #[arg(long, default_value = "berth-canary")]
+        canary_cookie: String,
     },
     /// Print the resolved project (environment values, and .env values wherever interpolated,
     /// masked).
@@ -224,8 +228,13 @@ enum Command {
         /// Proxy strategy: stop before the switch. Only requests that name the release (the
         /// proxy's preview header or cookie) reach it, until `berth promote` or `berth
         /// rollback` (or `upgrade.preview_secs`, which rolls back).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "canary")]
         preview: bool,
+        /// Proxy strategy: before the switch, a weighted canary: these shares of new sessions
+        /// (percent, rising; default `upgrade.canary.steps`) in turn, each sticky by cookie and
+        /// held for `upgrade.canary.step_secs` while the analysis compares both releases.
+        #[arg(long, value_name = "PERCENT,...", value_delimiter = ',', num_args = 0..=1)]
+        canary: Option<Vec<u8>>,
     },
     /// Release to the whole AutoScaling group, from CI or a laptop: write the release
     /// parameter, upgrade one InService instance (its agent judges the release), then the rest
@@ -258,8 +267,13 @@ enum Command {
         /// First preview the release on every instance and run this shell command against it
         /// (BERTH_PREVIEW_RELEASE is set: send `X-Berth-Preview: $BERTH_PREVIEW_RELEASE`);
         /// only if it succeeds does the canary switch.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "weighted")]
         smoke: Option<String>,
+        /// The canary instance takes the release through its weighted canary (`berth upgrade
+        /// --canary`: shares of its sessions, judged beside the serving release) before the
+        /// rest are sent it.
+        #[arg(long)]
+        weighted: bool,
     },
     /// The release in preview takes the traffic, watched and judged as any upgrade.
     Promote {
@@ -432,6 +446,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             no_metrics,
             preview_header,
             preview_cookie,
+            canary_cookie,
         } => {
             berth::proxy::run(berth::proxy::Settings {
                 listen,
@@ -450,6 +465,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 metrics: !no_metrics,
                 preview_header,
                 preview_cookie,
+                canary_cookie,
             })
             .await?;
         }
@@ -488,7 +504,16 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             agent,
             release,
             preview,
-        } => agent.ask(Request::Upgrade { release, preview }).await?,
+            canary,
+        } => {
+            agent
+                .ask(Request::Upgrade {
+                    release,
+                    preview,
+                    canary,
+                })
+                .await?
+        }
         Command::Promote { agent } => agent.ask(Request::Promote).await?,
         Command::Rollout {
             release,
@@ -500,6 +525,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             command_secs,
             poll_secs,
             smoke,
+            weighted,
         } => {
             commands::rollout(&berth::fleet::Rollout {
                 release,
@@ -511,6 +537,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 command_limit: Duration::from_secs(command_secs),
                 poll: Duration::from_secs(poll_secs),
                 smoke,
+                weighted,
             })
             .await?
         }

@@ -25,15 +25,17 @@ pub async fn route(
 }
 
 /// Requests naming `release` (preview header or cookie) go to `backends` until the next
-/// route; no backends end the preview.
+/// route, and so do `percent` of the sessions (a weighted canary); no backends end the preview.
 pub async fn preview(
     socket: &Path,
     backends: &[SocketAddr],
     release: Option<&str>,
+    percent: u8,
 ) -> Result<PreviewSet, ProxyError> {
     let request = Request::Preview {
         backends: backends.to_vec(),
         release: release.map(str::to_string),
+        percent,
     };
     ask(socket, &request).await
 }

@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 use super::connection::Busy;
-use super::routes::{Backend, InFlight, Pool, Routes, Shared};
+use super::routes::{Backend, InFlight, Pool, Routes, Shared, BUCKETS};
 
 /// What one request needs to know of the proxy's settings.
 #[derive(Debug, Clone)]
@@ -38,6 +38,8 @@ pub(super) struct Limits {
     /// The header, and the cookie, by which a request names the release in preview.
     pub(super) preview_header: HeaderName,
     pub(super) preview_cookie: String,
+    /// The cookie that holds a session's canary bucket while a weighted canary runs.
+    pub(super) canary_cookie: String,
 }
 
 impl Limits {
@@ -54,16 +56,24 @@ impl Limits {
         if let Some(v) = headers.get(&self.preview_header) {
             return Some(v.as_bytes());
         }
-        let name = self.preview_cookie.as_bytes();
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-            .find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
-                (k == name).then(|| &v[1..])
-            })
+        cookie(headers, &self.preview_cookie)
+    }
+
+    /// The session's canary bucket, from its cookie; a value that is not one is none.
+    fn bucket_of(&self, headers: &hyper::HeaderMap) -> Option<u8> {
+        let v = cookie(headers, &self.canary_cookie)?;
+        let b: u8 = std::str::from_utf8(v).ok()?.parse().ok()?;
+        (b < BUCKETS).then_some(b)
+    }
+
+    /// The response's cookie that keeps a new session in `bucket`: for the browser's
+    /// session, on every path, not for scripts.
+    fn bucket_cookie(&self, bucket: u8) -> Option<HeaderValue> {
+        let cookie = format!(
+            "{}={bucket}; Path=/; HttpOnly; SameSite=Lax",
+            self.canary_cookie
+        );
+        HeaderValue::from_str(&cookie).ok()
     }
 
     fn trusts(&self, peer: IpAddr) -> bool {
@@ -71,6 +81,20 @@ impl Limits {
             .as_ref()
             .is_none_or(|nets| nets.iter().any(|n| n.contains(&peer)))
     }
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h [u8]> {
+    let name = name.as_bytes();
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (k == name).then(|| &v[1..])
+        })
 }
 
 /// A request body as sent upstream: the client's, or none (a bodiless request is rebuilt with
@@ -451,10 +475,11 @@ pub(super) async fn forward(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = routes.timed.then(Instant::now);
-    let pool = if routes.previewing() {
-        routes.for_request(limits.preview_of(req.headers()))
+    let (pool, bucket) = if routes.previewing() {
+        let headers = req.headers();
+        routes.for_request(limits.preview_of(headers), limits.bucket_of(headers))
     } else {
-        routes.current()
+        (routes.current(), None)
     };
     let Some(pool) = pool else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
@@ -534,6 +559,9 @@ pub(super) async fn forward(
                         }
                     };
                     strip_hop_by_hop(&mut parts.headers);
+                    if let Some(cookie) = bucket.and_then(|b| limits.bucket_cookie(b)) {
+                        parts.headers.append(header::SET_COOKIE, cookie);
+                    }
                     limits.count(&backend.shared, parts.status.as_u16());
                     return Response::from_parts(parts, body);
                 }
@@ -816,6 +844,7 @@ mod tests {
             metrics: true,
             preview_header: HeaderName::from_static("x-berth-preview"),
             preview_cookie: "berth-preview".into(),
+            canary_cookie: "berth-canary".into(),
         };
         let mut h = hyper::HeaderMap::new();
         assert_eq!(limits.preview_of(&h), None);
@@ -831,6 +860,21 @@ mod tests {
         assert_eq!(limits.preview_of(&h), None, "a cookie of another name");
         h.insert("x-berth-preview", HeaderValue::from_static("v3"));
         assert_eq!(limits.preview_of(&h), Some(&b"v3"[..]), "the header first");
+        // The canary's bucket: a number below 100 in its own cookie, else none.
+        for (cookie, bucket) in [
+            ("a=1; berth-canary=37", Some(37)),
+            ("berth-canary=0", Some(0)),
+            ("berth-canary=100", None),
+            ("berth-canary=x", None),
+            ("berth-preview=37", None),
+        ] {
+            h.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+            assert_eq!(limits.bucket_of(&h), bucket, "{cookie}");
+        }
+        assert_eq!(
+            limits.bucket_cookie(7).unwrap(),
+            "berth-canary=7; Path=/; HttpOnly; SameSite=Lax"
+        );
     }
 
     #[test]
@@ -844,6 +888,7 @@ mod tests {
             metrics: true,
             preview_header: HeaderName::from_static("x-berth-preview"),
             preview_cookie: "berth-preview".into(),
+            canary_cookie: "berth-canary".into(),
         };
         let trusted = Client::new(peer, 8080, &limits);
         let mut h = hyper::HeaderMap::new();

@@ -26,12 +26,15 @@ pub enum Request {
     },
     /// Until the next `route`: requests that ask for `release` by the preview header or cookie
     /// go to `backends` (the new release before the switch); everyone else stays on the route.
-    /// No backends ends the preview.
+    /// With `percent` (a weighted canary), that share of sessions goes there too, each session
+    /// sticky by the canary cookie. No backends ends the preview.
     Preview {
         #[serde(default)]
         backends: Vec<SocketAddr>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         release: Option<String>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        percent: u8,
     },
     /// The route and the per-backend counters.
     Status,
@@ -82,6 +85,13 @@ pub struct Status {
 pub struct Previewed {
     pub release: String,
     pub backends: Vec<SocketAddr>,
+    /// The share of sessions sent there besides the requests that name it (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub percent: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// The answer to `preview`: the preview now on, if any.
@@ -213,15 +223,22 @@ mod tests {
             preview,
             Request::Preview {
                 backends: vec![addr("127.0.0.1:2")],
-                release: Some("v2".into())
+                release: Some("v2".into()),
+                percent: 0,
             }
         );
+        let canary: Request = serde_json::from_value(
+            json!({"op": "preview", "backends": ["127.0.0.1:2"], "release": "v2", "percent": 10}),
+        )
+        .unwrap();
+        assert!(matches!(canary, Request::Preview { percent: 10, .. }));
         let end: Request = serde_json::from_value(json!({"op": "preview"})).unwrap();
         assert_eq!(
             end,
             Request::Preview {
                 backends: vec![],
-                release: None
+                release: None,
+                percent: 0,
             }
         );
         assert_eq!(

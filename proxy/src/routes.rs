@@ -71,12 +71,18 @@ impl Pool {
     }
 }
 
-/// The new release's backends before the switch, for the requests that name it.
+/// The new release's backends before the switch, for the requests that name it and, as a
+/// weighted canary, for `percent` of the sessions.
 #[derive(Debug)]
 struct Preview {
     release: String,
     pool: Arc<Pool>,
+    percent: u8,
 }
+
+/// The canary buckets there are: a session's bucket below the canary's percent sends it to
+/// the canary.
+pub(super) const BUCKETS: u8 = 100;
 
 /// The routing table: the backends requests go to now, and the ones before them.
 #[derive(Debug, Default)]
@@ -86,6 +92,8 @@ pub struct Routes {
     preview: RwLock<Option<Preview>>,
     /// Whether `preview` is set: without one, no request's headers are looked at for it.
     previewing: AtomicBool,
+    /// New sessions so far, for their canary buckets.
+    sessions: AtomicUsize,
     previous: RwLock<Vec<SocketAddr>>,
     known: Mutex<BTreeMap<SocketAddr, Known>>,
     state_file: Option<PathBuf>,
@@ -180,29 +188,68 @@ impl Routes {
         self.previewing.load(Ordering::Acquire)
     }
 
-    /// The backends for a request that names `wanted` as its preview (header or cookie): the
-    /// preview's when it is of that release, else the route's.
-    pub(super) fn for_request(&self, wanted: Option<&[u8]>) -> Option<Arc<Pool>> {
-        if let Some(wanted) = wanted {
-            let preview = self.preview.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(p) = preview.as_ref().filter(|p| p.release.as_bytes() == wanted) {
-                return Some(p.pool.clone());
-            }
+    /// The backends for a request that names `wanted` as its preview (header or cookie) or
+    /// carries canary `bucket`: the preview's when it is of that release or the bucket is
+    /// within the canary's share, else the route's. A request with no bucket while a canary
+    /// runs is a new session: it is given one, returned for the response's cookie.
+    pub(super) fn for_request(
+        &self,
+        wanted: Option<&[u8]>,
+        bucket: Option<u8>,
+    ) -> (Option<Arc<Pool>>, Option<u8>) {
+        let preview = self.preview.read().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = preview.as_ref() else {
+            drop(preview);
+            return (self.current(), None);
+        };
+        if wanted == Some(p.release.as_bytes()) {
+            return (Some(p.pool.clone()), None);
         }
-        self.current()
+        if p.percent == 0 {
+            drop(preview);
+            return (self.current(), None);
+        }
+        let (bucket, given) = match bucket {
+            Some(b) => (b, None),
+            None => {
+                let b = self.new_bucket();
+                (b, Some(b))
+            }
+        };
+        if bucket < p.percent {
+            return (Some(p.pool.clone()), given);
+        }
+        drop(preview);
+        (self.current(), given)
     }
 
-    /// Requests naming `release` go to `addrs` from now on, until the next route; no backends
-    /// (or no release) end the preview. Returns the preview now on.
-    pub fn preview(&self, addrs: &[SocketAddr], release: Option<&str>) -> Option<Previewed> {
+    /// The next new session's bucket. Stepping by 37 (prime to 100) visits every bucket once
+    /// in any 100 sessions, so a 10 % canary gets 10 of every 100 new sessions, evenly spread;
+    /// raising the percent moves sessions to the canary and never back.
+    fn new_bucket(&self) -> u8 {
+        let n = self.sessions.fetch_add(1, Ordering::Relaxed);
+        // Below 100, so the cast is exact.
+        ((n % usize::from(BUCKETS)) * 37 % usize::from(BUCKETS)) as u8
+    }
+
+    /// Requests naming `release` go to `addrs` from now on, until the next route, and so do
+    /// `percent` of the sessions (a weighted canary; 0: none); no backends (or no release) end
+    /// the preview. Returns the preview now on.
+    pub fn preview(
+        &self,
+        addrs: &[SocketAddr],
+        release: Option<&str>,
+        percent: u8,
+    ) -> Option<Previewed> {
         let next = match (self.pool(addrs, release), release) {
             (Some(pool), Some(release)) => Some(Preview {
                 release: release.to_string(),
                 pool,
+                percent: percent.min(BUCKETS),
             }),
             _ => None,
         };
-        tracing::info!(backends = ?addrs, release = ?release, "preview");
+        tracing::info!(backends = ?addrs, release = ?release, percent, "preview");
         self.previewing.store(next.is_some(), Ordering::Release);
         *self.preview.write().unwrap_or_else(|e| e.into_inner()) = next;
         self.previewed()
@@ -213,6 +260,7 @@ impl Routes {
         preview.as_ref().map(|p| Previewed {
             release: p.release.clone(),
             backends: p.pool.addrs(),
+            percent: p.percent,
         })
     }
 
@@ -440,16 +488,21 @@ mod tests {
         let (a, b) = (addr("127.0.0.1:1001"), addr("127.0.0.1:1002"));
         r.route(&[a], Some("v1"));
         assert!(!r.previewing());
-        let on = r.preview(&[b], Some("v2"));
+        let on = r.preview(&[b], Some("v2"), 0);
         assert_eq!(
             on,
             Some(Previewed {
                 release: "v2".into(),
-                backends: vec![b]
+                backends: vec![b],
+                percent: 0,
             })
         );
         assert!(r.previewing());
-        let to = |wanted: Option<&[u8]>| r.for_request(wanted).unwrap().addrs();
+        let to = |wanted: Option<&[u8]>| {
+            let (pool, given) = r.for_request(wanted, None);
+            assert_eq!(given, None, "no canary: no bucket given");
+            pool.unwrap().addrs()
+        };
         assert_eq!(to(Some(b"v2")), vec![b]);
         assert_eq!(to(Some(b"v1")), vec![a], "another release: the route");
         assert_eq!(to(None), vec![a]);
@@ -459,10 +512,53 @@ mod tests {
         r.route(&[b], Some("v2"));
         assert!(!r.previewing());
         assert_eq!(r.status().preview, None);
-        r.preview(&[a], Some("v1"));
-        assert_eq!(r.preview(&[], None), None);
+        r.preview(&[a], Some("v1"), 0);
+        assert_eq!(r.preview(&[], None, 0), None);
         assert!(!r.previewing());
         assert_eq!(to(Some(b"v1")), vec![b]);
+    }
+
+    #[test]
+    fn a_canary_takes_its_share_of_new_sessions_and_each_session_stays() {
+        let r = Routes::default();
+        let (a, b) = (addr("127.0.0.1:1001"), addr("127.0.0.1:1002"));
+        r.route(&[a], Some("v1"));
+        r.preview(&[b], Some("v2"), 10);
+        assert_eq!(r.status().preview.unwrap().percent, 10);
+        // 200 new sessions: each given a bucket, 20 of them (10 of each 100) to the canary.
+        let mut sessions = Vec::new();
+        for _ in 0..200 {
+            let (pool, given) = r.for_request(None, None);
+            let bucket = given.expect("a new session gets a bucket");
+            assert!(bucket < BUCKETS);
+            sessions.push((bucket, pool.unwrap().addrs()));
+        }
+        let to_canary = sessions.iter().filter(|(_, to)| *to == vec![b]).count();
+        assert_eq!(to_canary, 20);
+        // Each session, back with its bucket, goes where it went, and is given nothing new.
+        for (bucket, to) in &sessions {
+            let (pool, given) = r.for_request(None, Some(*bucket));
+            assert_eq!((pool.unwrap().addrs(), given), (to.clone(), None));
+        }
+        // Stepped up: the canary's sessions stay on it, and more join.
+        r.preview(&[b], Some("v2"), 50);
+        let now: Vec<Vec<SocketAddr>> = sessions
+            .iter()
+            .map(|(bucket, _)| r.for_request(None, Some(*bucket)).0.unwrap().addrs())
+            .collect();
+        assert!(sessions
+            .iter()
+            .zip(&now)
+            .all(|((_, before), after)| *before != vec![b] || *after == vec![b]));
+        assert_eq!(now.iter().filter(|to| **to == vec![b]).count(), 100);
+        // Naming the release still reaches it; the switch ends the canary.
+        assert_eq!(
+            r.for_request(Some(b"v2"), Some(99)).0.unwrap().addrs(),
+            vec![b]
+        );
+        r.route(&[b], Some("v2"));
+        let (pool, given) = r.for_request(None, None);
+        assert_eq!((pool.unwrap().addrs(), given), (vec![b], None));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::connection::{self, Timeouts};
 use super::forward::Limits;
 use super::protocol::{Answer, Drained, PreviewSet, Refused, Request, Routed, DEFAULT_DRAIN_MS};
-use super::routes::Routes;
+use super::routes::{Routes, BUCKETS};
 use super::ProxyError;
 use crate::ipc;
 
@@ -45,6 +45,8 @@ pub struct Settings {
     /// The header, and the cookie, by which a request names the release in preview.
     pub preview_header: hyper::header::HeaderName,
     pub preview_cookie: String,
+    /// The cookie that keeps a session on its side of a weighted canary.
+    pub canary_cookie: String,
 }
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, answers the next request on each
@@ -98,6 +100,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             metrics: settings.metrics,
             preview_header: settings.preview_header.clone(),
             preview_cookie: settings.preview_cookie.clone(),
+            canary_cookie: settings.canary_cookie.clone(),
         },
         timeouts: Timeouts {
             header: settings.header_timeout,
@@ -338,9 +341,22 @@ impl ipc::Handler for Control {
                     }),
                 }
             }
-            Request::Preview { backends, release } => Answer::PreviewSet(PreviewSet {
+            Request::Preview {
+                release, percent, ..
+            } if percent > BUCKETS => Answer::Refused(Refused {
+                ok: false,
+                error: format!(
+                    "preview of {}: percent {percent} is over 100",
+                    release.as_deref().unwrap_or("nothing")
+                ),
+            }),
+            Request::Preview {
+                backends,
+                release,
+                percent,
+            } => Answer::PreviewSet(PreviewSet {
                 ok: true,
-                preview: self.routes.preview(&backends, release.as_deref()),
+                preview: self.routes.preview(&backends, release.as_deref(), percent),
             }),
             Request::Status => Answer::Status(self.routes.status()),
             Request::Drain {

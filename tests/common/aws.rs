@@ -377,6 +377,25 @@ fn array_of(v: Value) -> Vec<Value> {
 const MOTO_RUNNER: &str = include_str!("../emulator/moto_runner.py");
 
 /// moto in server mode on its own 127.0.0.1 port (S3, SSM, ECR, ELBv2...). Killed on drop.
+/// Starts stand-in `script` of tests/emulator/ with `args` on a free port, exiting with this
+/// process: the child and its `http://127.0.0.1:<port>`.
+fn stand_in(script: &str, args: &[String], what: &str) -> (Child, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/emulator")
+        .join(script);
+    let mut child = Command::new(python())
+        .arg(script)
+        .args(["--port", "0", "--exit-with-stdin"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
+    let port = wait_ready(&mut child, what);
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
 /// The stand-in for SSM Run Command (`tests/emulator/run_command.py`): SendCommand runs the
 /// document's script on the instances it has been told of; every other SSM call goes to moto.
 #[derive(Debug)]
@@ -389,34 +408,14 @@ pub struct RunCommand {
 impl RunCommand {
     /// Serving `documents` (name, path of the SSM document's YAML) in front of `moto`.
     pub fn start(moto: &Moto, documents: &[(&str, &Path)]) -> RunCommand {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/emulator/run_command.py");
-        let mut cmd = Command::new(python());
-        cmd.arg(script)
-            .args([
-                "--port",
-                "0",
-                "--exit-with-stdin",
-                "--moto",
-                &moto.url,
-                "--documents",
-            ])
-            .args(
-                documents
-                    .iter()
-                    .map(|(name, path)| format!("{name}={}", path.display())),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python()));
-        let port = wait_ready(&mut child, "the Run Command stand-in");
-        RunCommand {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-        }
+        let mut args = vec!["--moto".to_string(), moto.url.clone(), "--documents".into()];
+        args.extend(
+            documents
+                .iter()
+                .map(|(name, path)| format!("{name}={}", path.display())),
+        );
+        let (child, url) = stand_in("run_command.py", &args, "the Run Command stand-in");
+        RunCommand { url, child }
     }
 
     /// Tells it of an instance: `berth` with `config` and `env` runs what is sent to `id`.
@@ -447,6 +446,91 @@ impl RunCommand {
 }
 
 impl Drop for RunCommand {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// The stand-in for an ELBv2 target group (`tests/emulator/target_group.py`) over HAProxy's
+/// backend: RegisterTargets, DeregisterTargets and DescribeTargetHealth drive and read HAProxy's
+/// servers through its runtime API, so that registration is what the load balancer does.
+#[derive(Debug)]
+pub struct TargetGroup {
+    /// `http://127.0.0.1:<port>`, for `AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2`.
+    pub url: String,
+    pub arn: String,
+    child: Child,
+}
+
+impl TargetGroup {
+    /// Target group `arn` as HAProxy's `backend`, driven through its admin socket `admin`.
+    pub fn start(admin: &Path, backend: &str, arn: &str) -> TargetGroup {
+        let args = [
+            "--haproxy-socket".to_string(),
+            admin.display().to_string(),
+            "--backend".into(),
+            backend.into(),
+            "--target-group-arn".into(),
+            arn.into(),
+        ];
+        let (child, url) = stand_in("target_group.py", &args, "the target group stand-in");
+        TargetGroup {
+            url,
+            arn: arn.to_string(),
+            child,
+        }
+    }
+
+    /// Registers `targets` (instance id, HAProxy server, port), as an ASG registers its
+    /// instances.
+    pub fn add(&self, targets: &[(&str, &str, u16)]) {
+        let body: serde_json::Map<String, Value> = targets
+            .iter()
+            .map(|(id, server, port)| {
+                (
+                    (*id).to_string(),
+                    serde_json::json!({"server": server, "port": port}),
+                )
+            })
+            .collect();
+        let (status, answer) = http(
+            "POST",
+            &format!("{}/_target_group/targets", self.url),
+            Some(&Value::Object(body).to_string()),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    /// Each target's registration changes: `{"target", "event", "time"}`, `event` one of
+    /// deregistered, unused, registered, healthy.
+    pub fn events(&self) -> Vec<Value> {
+        let (status, body) = http("GET", &format!("{}/_target_group/events", self.url), None);
+        array_of(json_of("events", status, &body))
+    }
+
+    /// DescribeTargetHealth's state for target `id`, as berth would read it.
+    pub fn state_of(&self, id: &str) -> String {
+        let query = format!(
+            "Action=DescribeTargetHealth&Version=2015-12-01&TargetGroupArn={}&Targets.member.1.Id={id}",
+            self.arn
+        );
+        let (status, body) = http("POST", &format!("{}/", self.url), Some(&query));
+        assert_eq!(status, 200, "{body}");
+        let state = body
+            .split_once("<State>")
+            .and_then(|(_, rest)| rest.split_once("</State>"))
+            .map(|(state, _)| state.to_string());
+        state.unwrap_or_else(|| panic!("no state in {body}"))
+    }
+
+    /// The ELBv2 calls received: `{"action", "targets", "time"}`.
+    pub fn calls(&self) -> Vec<Value> {
+        let (status, body) = http("GET", &format!("{}/_target_group/calls", self.url), None);
+        array_of(json_of("calls", status, &body))
+    }
+}
+
+impl Drop for TargetGroup {
     fn drop(&mut self) {
         stop(&mut self.child);
     }

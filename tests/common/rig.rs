@@ -338,9 +338,12 @@ pub fn running_of(rig: &Rig, color: &str) -> Vec<String> {
 /// HAProxy (Debian) as the ALB's stand-in: round robin over the instances' web ports, active
 /// checks of each agent's `/healthz` as the ALB's checker sends them (its User-Agent), 2 fails
 /// out and 2 passes in. No retries or redispatch: a request sent to a stopped server fails.
+/// Its servers are `i0`, `i1`, ... of backend `app`, in the order given.
 pub struct Haproxy {
     child: Child,
     pub addr: SocketAddr,
+    /// Its runtime API (admin level): the target group stand-in drives the servers through it.
+    pub admin: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -356,12 +359,15 @@ impl Haproxy {
     pub fn over(instances: &[(SocketAddr, SocketAddr)]) -> Haproxy {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = dir.path().join("admin.sock");
         let mut cfg = format!(
-            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
+            "global\n  stats socket {} level admin\n\
+             defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n  retries 0\n\
              frontend web\n  bind {addr}\n  default_backend app\n\
              backend app\n  balance roundrobin\n  option httpchk\n\
              http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host instance hdr User-Agent ELB-HealthChecker/2.0\n\
-             http-check expect status 200\n"
+             http-check expect status 200\n",
+            admin.display()
         );
         for (i, (traffic, health)) in instances.iter().enumerate() {
             cfg.push_str(&format!(
@@ -383,6 +389,7 @@ impl Haproxy {
         let h = Haproxy {
             child,
             addr,
+            admin,
             _dir: dir,
         };
         eventually("haproxy to listen", Duration::from_secs(10), || {

@@ -234,6 +234,8 @@ pub struct Conn {
     writer: TcpStream,
     /// The last response said `Connection: close`: the server closes this connection.
     pub closed: bool,
+    /// The last response's headers: (lowercased name, value).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Conn {
@@ -249,7 +251,16 @@ impl Conn {
             reader: BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
             writer: s,
             closed: false,
+            headers: Vec::new(),
         })
+    }
+
+    /// The last response's header `name` (lowercase), the first of them.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The socket itself (to peek at, or to set timeouts on).
@@ -298,6 +309,7 @@ impl Conn {
             .ok_or_else(|| format!("bad status line {status:?}"))?;
         let mut len = 0;
         let mut chunked = false;
+        self.headers.clear();
         loop {
             let mut h = String::new();
             if self
@@ -310,6 +322,10 @@ impl Conn {
             }
             if h == "\r\n" {
                 break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                self.headers
+                    .push((k.to_ascii_lowercase(), v.trim().to_string()));
             }
             let h = h.to_ascii_lowercase();
             if let Some(v) = h.strip_prefix("content-length:") {

@@ -24,7 +24,6 @@ import argparse
 import base64
 import copy
 import json
-import os
 import re
 import secrets
 import sys
@@ -35,6 +34,8 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
+
+import serving  # tests/emulator/serving.py, beside this script
 
 ASG_NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
 ELB_NS = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"
@@ -742,21 +743,7 @@ def main():
         with open(args.state_file, encoding="utf-8") as f:
             EMU.merge(json.load(f))
     server = Server((args.host, args.port), Handler)
-    if args.exit_with_stdin:
-
-        def watch():
-            try:
-                while sys.stdin.buffer.read(4096):
-                    pass
-            finally:
-                os._exit(0)
-
-        threading.Thread(target=watch, daemon=True).start()
-    print("ready %d" % server.server_address[1], flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    serving.serve(server, args.exit_with_stdin)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +34,8 @@ import urllib.error
 import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import serving  # tests/emulator/serving.py, beside this script
 
 import yaml
 
@@ -330,15 +331,7 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     server.daemon_threads = True
     server.state = State(a.moto.rstrip("/"), documents)
-    print("ready %d" % server.server_address[1], flush=True)
-    if a.exit_with_stdin:
-
-        def watch():
-            sys.stdin.read()
-            os._exit(0)
-
-        threading.Thread(target=watch, daemon=True).start()
-    server.serve_forever()
+    serving.serve(server, a.exit_with_stdin)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ use crate::instance::load_balancer::{self, Wait};
 use crate::instance::{self, Instance};
 use crate::release::{self, Release};
 use crate::serve::{AgentState, Phase};
+use crate::upgrade::Entry;
 
 /// Everything a boot found out, for holding afterwards.
 #[derive(Debug)]
@@ -103,7 +104,7 @@ async fn boot_steps(
     // A resumed boot serves already: anything to change is changed as an upgrade would (the
     // drain strategy turns /healthz 503 first; the proxy strategy starts the new color beside).
     let deployed = deployer
-        .deploy(&release, &project, &progress, resumed)
+        .deploy(&release, &project, &progress, resumed, Entry::Switch)
         .instrument(tracing::info_span!("converge"))
         .await?;
     tracing::info!(how = deployed.how.as_str(), color = ?deployed.color, backends = ?deployed.backends, "converged");

@@ -24,6 +24,10 @@ pub enum Request {
         /// Stop before the switch: the new release in preview.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         preview: bool,
+        /// Through a weighted canary before the switch: these shares of sessions (percent);
+        /// empty: `upgrade.canary.steps`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary: Option<Vec<u8>>,
     },
     /// The release in preview takes the traffic.
     Promote,
@@ -228,16 +232,19 @@ mod tests {
     fn requests_are_one_json_object_with_an_op() {
         let r: Request = serde_json::from_str(r#"{"op":"upgrade","release":"v2"}"#).unwrap();
         assert!(
-            matches!(r, Request::Upgrade { release: Some(ref v), preview: false } if v == "v2")
+            matches!(r, Request::Upgrade { release: Some(ref v), preview: false, canary: None } if v == "v2")
         );
         let r: Request = serde_json::from_str(r#"{"op":"upgrade"}"#).unwrap();
         assert!(matches!(
             r,
             Request::Upgrade {
                 release: None,
-                preview: false
+                preview: false,
+                canary: None,
             }
         ));
+        let r: Request = serde_json::from_str(r#"{"op":"upgrade","canary":[5,50]}"#).unwrap();
+        assert!(matches!(r, Request::Upgrade { canary: Some(ref s), .. } if s == &[5, 50]));
         let r: Request = serde_json::from_str(r#"{"op":"upgrade","preview":true}"#).unwrap();
         assert!(matches!(r, Request::Upgrade { preview: true, .. }));
         let r: Request = serde_json::from_str(r#"{"op":"promote"}"#).unwrap();

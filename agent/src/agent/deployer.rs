@@ -25,7 +25,7 @@ use crate::instance::Instance;
 use crate::proxy::metrics::{summarize, ReleaseSummary};
 use crate::release::{self, Release};
 use crate::serve::{traffic, AgentState, Analysis, Phase, ServiceStatus};
-use crate::upgrade::{self, Deployed, Side, UpgradeError, UpgradeLock, Upgrader};
+use crate::upgrade::{self, Deployed, Entry, Side, UpgradeError, UpgradeLock, Upgrader};
 
 /// How long an upgrade waits for a lock held for a moment before it refuses as busy.
 const LOCK_PATIENCE: Duration = Duration::from_secs(3);
@@ -160,15 +160,33 @@ impl Deployer {
             state: self.state.as_ref().filter(|_| serving),
             aws: self.aws.as_ref(),
             instance_id: self.instance_id.clone(),
-            preview: false,
+            entry: Entry::Switch,
         }
     }
 
     /// One control-socket request.
     pub async fn handle_request(&self, request: Request) -> Result<Reply, AgentError> {
         Ok(match request {
-            Request::Upgrade { release, preview } => {
-                Reply::Deployed(self.upgrade_or_preview(release, preview).await?)
+            Request::Upgrade {
+                release,
+                preview,
+                canary,
+            } => {
+                let entry = match (preview, canary) {
+                    (true, Some(_)) => return Err(AgentError::PreviewAndCanary),
+                    (true, None) => Entry::Preview,
+                    (false, Some(steps)) if steps.is_empty() => {
+                        Entry::Canary(self.config.upgrade.canary.steps.clone())
+                    }
+                    (false, Some(steps)) => {
+                        if let Err(why) = crate::config::check_canary_steps(&steps) {
+                            return Err(AgentError::CanarySteps { steps, why });
+                        }
+                        Entry::Canary(steps)
+                    }
+                    (false, None) => Entry::Switch,
+                };
+                Reply::Deployed(self.upgrade_as(release, entry).await?)
             }
             Request::Promote => Reply::Deployed(self.promote().await?),
             Request::Rollback => Reply::Deployed(self.rollback().await?),
@@ -196,6 +214,7 @@ impl Deployer {
         project: &Project,
         progress: &Progress,
         serving: bool,
+        entry: Entry,
     ) -> Result<Deployed, AgentError> {
         let what = format!(
             "{} release {}",
@@ -204,8 +223,9 @@ impl Deployer {
         );
         let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
         let engine = self.engine().await?;
-        let deployed = self
-            .upgrader(engine, progress, serving)
+        let mut upgrader = self.upgrader(engine, progress, serving);
+        upgrader.entry = entry;
+        let deployed = upgrader
             .deploy(project, release.release_id.as_deref())
             .await?;
         if let Some(state) = &self.state {
@@ -224,25 +244,26 @@ impl Deployer {
 
     /// `berth upgrade`: the given release, or the one the release pointer names.
     pub async fn upgrade(&self, release: Option<String>) -> Result<Deployed, AgentError> {
-        self.upgrade_or_preview(release, false).await
+        self.upgrade_as(release, Entry::Switch).await
     }
 
-    /// An upgrade, or with `preview` one that stops before the switch (`berth upgrade
-    /// --preview`): the release in preview until `berth promote` or `berth rollback`, or
-    /// until `upgrade.preview_secs` passes.
-    pub async fn upgrade_or_preview(
+    /// An upgrade that takes the traffic by `entry`: at the switch, through a canary, or not
+    /// yet (`berth upgrade --preview`: the release in preview until `berth promote` or `berth
+    /// rollback`, or until `upgrade.preview_secs` passes).
+    pub async fn upgrade_as(
         &self,
         release: Option<String>,
-        preview: bool,
+        entry: Entry,
     ) -> Result<Deployed, AgentError> {
         let fetched =
             release::fetch_release(self.aws.as_ref(), &self.config, release.as_deref()).await?;
         let project = load_project(&self.config, &fetched)?;
         let progress = Progress::new(Mode::Log);
-        let deployed = if preview {
+        let deployed = if entry == Entry::Preview {
             self.preview(&fetched, &project, &progress).await?
         } else {
-            self.deploy(&fetched, &project, &progress, true).await?
+            self.deploy(&fetched, &project, &progress, true, entry)
+                .await?
         };
         tracing::info!(release = ?deployed.release, previous = ?deployed.previous, how = deployed.how.as_str(), to_switch_secs = ?deployed.to_switch_secs, "upgrade done");
         Ok(deployed)
@@ -263,7 +284,7 @@ impl Deployer {
         let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
         let engine = self.engine().await?;
         let mut upgrader = self.upgrader(engine, progress, true);
-        upgrader.preview = true;
+        upgrader.entry = Entry::Preview;
         let deployed = upgrader
             .deploy(project, release.release_id.as_deref())
             .await?;

@@ -69,6 +69,10 @@ pub enum AgentError {
     Control(#[from] IpcError),
     #[error("rollback and promote need the proxy strategy (upgrade.strategy = \"proxy\"); with drain, upgrade to the release you want: berth upgrade --release ID")]
     RollbackNeedsProxy,
+    #[error("berth upgrade: --preview and --canary are two ways before the switch; choose one")]
+    PreviewAndCanary,
+    #[error("berth upgrade --canary {}: {why}", steps.iter().map(u8::to_string).collect::<Vec<_>>().join(","))]
+    CanarySteps { steps: Vec<u8>, why: String },
 }
 
 /// Each cause's own code (see `exit.rs`).
@@ -86,7 +90,9 @@ impl Coded for AgentError {
             AgentError::LoadBalancer(e) => e.exit(),
             AgentError::Upgrade(e) => e.exit(),
             AgentError::Control(e) => e.exit(),
-            AgentError::RollbackNeedsProxy => Exit::Invalid,
+            AgentError::RollbackNeedsProxy
+            | AgentError::PreviewAndCanary
+            | AgentError::CanarySteps { .. } => Exit::Invalid,
         }
     }
 }

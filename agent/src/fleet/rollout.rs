@@ -30,6 +30,9 @@ pub struct Rollout {
     /// A shell command run against the release in preview on every instance, before any
     /// switches (`BERTH_PREVIEW_RELEASE` set to the release); None: no preview.
     pub smoke: Option<String>,
+    /// The canary instance upgrades through its weighted canary (`berth upgrade --canary`:
+    /// shares of its sessions, judged beside its serving release) before the switch.
+    pub weighted: bool,
 }
 
 /// What a rollout did, printed as JSON at the end.
@@ -179,7 +182,7 @@ async fn steps(
     say: &dyn Fn(&str),
 ) -> Result<(), String> {
     let canary = &instances[..1];
-    let mut canary_action = "upgrade";
+    let mut canary_action = if r.weighted { "canary" } else { "upgrade" };
     if let Some(smoke) = &r.smoke {
         say(&format!(
             "every instance: {} in preview (ordinary requests stay on {})",

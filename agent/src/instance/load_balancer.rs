@@ -33,6 +33,27 @@ pub enum LoadBalancerError {
         secs: u64,
         last: String,
     },
+    #[error("{call} (target group {target_group}, instance {instance}): {message}")]
+    TargetGroupCall {
+        call: &'static str,
+        target_group: String,
+        instance: String,
+        message: String,
+    },
+    #[error("no other target of target group {target_group} became healthy within {secs}s (others: {others}), so instance {instance} stays registered and keeps serving: leaving would give the load balancer nothing to send to (a group of one upgrades without a gap with upgrade.strategy = \"proxy\")")]
+    Alone {
+        target_group: String,
+        instance: String,
+        secs: u64,
+        others: String,
+    },
+    #[error("target group {target_group}: instance {instance} did not reach the state awaited within {secs}s (last state: {last})")]
+    TargetState {
+        target_group: String,
+        instance: String,
+        secs: u64,
+        last: String,
+    },
 }
 
 /// Whether [`wait`] has anything to wait for when the load balancer should send here.

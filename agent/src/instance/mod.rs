@@ -1,11 +1,12 @@
 //! The instance berth runs on: who it is ([`identity`], IMDSv2), what its AutoScaling group
 //! waits for ([`hook`]) and hears about its health ([`group`]), and what the [`load_balancer`]
-//! sees of it.
+//! sees of it, and its place in the [`target_group`].
 
 pub mod group;
 pub mod hook;
 pub mod identity;
 pub mod load_balancer;
+pub mod target_group;
 
 use std::time::Duration;
 

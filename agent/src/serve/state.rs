@@ -121,12 +121,15 @@ pub const BERTH: Berth = Berth {
 pub struct Analysis {
     pub release: String,
     pub previous: Option<String>,
-    /// The new release since the switch.
+    /// The new release since the switch (or since its canary began).
     pub candidate: Figures,
-    /// The previous release before it.
+    /// The previous release before it (or beside it, through the canary).
     pub baseline: Figures,
     /// `watching`, `too few requests`, `passed`, or `failed: ` and why.
     pub verdict: String,
+    /// During a weighted canary: the share of sessions the new release has now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_percent: Option<u8>,
 }
 
 /// A release's counts as the proxy counted them.

@@ -245,7 +245,7 @@ impl Upgrader<'_> {
                 if let Ok(status) = traffic::ask(self.proxy_socket(), traffic::ASK_TIMEOUT).await {
                     let candidate = Counts::of(&status, &new.backends).since(&before.candidate);
                     let verdict = judge(&before.baseline, &candidate, limits);
-                    self.record(release, before, &candidate, &verdict, false);
+                    self.record(release, before, &candidate, &verdict, false, None);
                     if let Verdict::Fail(failed) = verdict {
                         return Err(WatchFailure::Numbers(failed));
                     }
@@ -258,7 +258,7 @@ impl Upgrader<'_> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         if let (Some(before), Some((candidate, verdict))) = (before, last) {
-            self.record(release, before, &candidate, &verdict, true);
+            self.record(release, before, &candidate, &verdict, true, None);
             if let Verdict::TooFew { requests } = verdict {
                 tracing::warn!(release, requests, min_requests = limits.min_requests, "too little traffic to judge the release by its numbers: judged by its health checks");
             } else {
@@ -268,14 +268,15 @@ impl Upgrader<'_> {
         Ok(())
     }
 
-    /// Puts the judgement so far into `/status`.
-    fn record(
+    /// Puts the judgement so far into `/status` (with the canary's share, during one).
+    pub(super) fn record(
         &self,
         release: &str,
         before: &Before,
         candidate: &Counts,
         verdict: &Verdict,
         done: bool,
+        canary_percent: Option<u8>,
     ) {
         let Some(state) = self.state else {
             return;
@@ -292,6 +293,7 @@ impl Upgrader<'_> {
             candidate: candidate.figures(),
             baseline: before.baseline.figures(),
             verdict,
+            canary_percent,
         };
         state.update(|s| s.analysis = Some(analysis));
     }

@@ -14,7 +14,7 @@ use futures_util::future::{join_all, try_join_all};
 
 use super::analysis::Before;
 use super::colors::{colorize, routed, sides_of, Color, Routed, Side};
-use super::{Deployed, How, UpgradeError, Upgrader};
+use super::{Deployed, Entry, How, UpgradeError, Upgrader};
 use crate::compose::Project;
 use crate::engine::converge::{self, ConvergeError};
 use crate::engine::plan::Action;
@@ -32,7 +32,7 @@ impl Upgrader<'_> {
         if let Some(serving) = &serving {
             if let Some(kept) = self.unchanged(project, &routed, serving, release).await? {
                 // "Serve this release" ends a preview of another one (a rollout going back).
-                if !self.preview && self.preview_on().await?.is_some() {
+                if self.entry != Entry::Preview && self.preview_on().await?.is_some() {
                     self.end_preview(&routed).await?;
                 }
                 return Ok(kept);
@@ -51,7 +51,7 @@ impl Upgrader<'_> {
         };
         let release_name = release.unwrap_or("(unnamed)").to_string();
         let had_previous = serving.is_some();
-        if self.preview && !had_previous {
+        if self.entry == Entry::Preview && !had_previous {
             return Err(UpgradeError::PreviewOfNothing {
                 project: project.name.clone(),
             });
@@ -59,10 +59,13 @@ impl Upgrader<'_> {
         let (new, services) = self
             .start_color(project, &routed, next, release, had_previous)
             .await?;
-        if self.preview {
+        if self.entry == Entry::Preview {
             return self
                 .start_preview(new, serving.as_ref(), release, services)
                 .await;
+        }
+        if let (Entry::Canary(steps), Some(old)) = (&self.entry, &serving) {
+            self.canary(&new, old, &release_name, steps).await?;
         }
         let before = match &serving {
             Some(old) => self.before_switch(&new, old).await,
@@ -353,6 +356,7 @@ impl Upgrader<'_> {
         Ok(ProxyRoute {
             active: status.active,
             previous: status.previous,
+            canary: status.preview.as_ref().is_some_and(|p| p.percent > 0),
             preview: status.preview.map(|p| p.backends).unwrap_or_default(),
         })
     }
@@ -420,6 +424,8 @@ pub(super) struct ProxyRoute {
     pub(super) active: Vec<SocketAddr>,
     pub(super) previous: Vec<SocketAddr>,
     pub(super) preview: Vec<SocketAddr>,
+    /// The preview is a weighted canary's (sessions go there by share, not by name).
+    pub(super) canary: bool,
 }
 
 /// Every replica of a side that runs publishes the traffic port: the proxy can reach them all.

@@ -1,12 +1,15 @@
-//! The drain strategy, without a proxy: pull while still in service, turn `/healthz` 503 and
-//! wait until the load balancer stops sending, converge in place (a failed recreate puts the
-//! old containers back), then wait until the load balancer sends again.
+//! The drain strategy, without a proxy: pull while still in service, leave the load balancer,
+//! converge in place (a failed recreate puts the old containers back), then come back in.
+//! With a target group ARN, leaving is deregistering the target (once another is healthy) and
+//! waiting for `unused`, and coming back is registering and waiting for `healthy`; without
+//! one, `/healthz` turns 503 until the checker's failures take the instance out.
 
 use super::{Deployed, How, UpgradeError, Upgrader};
 use crate::compose::Project;
 use crate::engine::converge;
 use crate::engine::plan::Action;
 use crate::instance::load_balancer::{self, Wait};
+use crate::instance::target_group::TargetGroup;
 use crate::serve::Phase;
 
 impl Upgrader<'_> {
@@ -40,24 +43,51 @@ impl Upgrader<'_> {
             return self.converge_in_place(project, release, None).await;
         }
         let previous = state.snapshot().release;
-        state.set_phase(Phase::Draining);
-        if let Err(e) = self.wait_lb(Wait::Out, state).await {
-            state.set_phase(Phase::Ready);
-            return Err(e);
+        let group = self.target_group();
+        if let Some(group) = &group {
+            let timeout = std::time::Duration::from_secs(self.config.timeouts.lb_drain_secs);
+            group.leave(timeout).await?;
+            state.set_phase(Phase::Draining);
+        } else {
+            state.set_phase(Phase::Draining);
+            if let Err(e) = self.wait_lb(Wait::Out, state).await {
+                state.set_phase(Phase::Ready);
+                return Err(e);
+            }
         }
         let result = self.converge_in_place(project, release, previous).await;
         // Either the new release or (restored by converge) the old one serves now.
         state.reset_lb_streak();
         state.set_phase(Phase::Ready);
-        let deployed = result.map_err(|e| match e {
+        if let Some(group) = &group {
+            let timeout = std::time::Duration::from_secs(self.config.timeouts.in_service_secs);
+            let back = group.rejoin(timeout).await;
+            let deployed = result.map_err(|e| self.new_release_failed(release, e))?;
+            back?;
+            return Ok(deployed);
+        }
+        let deployed = result.map_err(|e| self.new_release_failed(release, e))?;
+        self.wait_lb(Wait::In, state).await?;
+        Ok(deployed)
+    }
+
+    /// The target group the drain strategy deregisters from, when one is configured.
+    fn target_group(&self) -> Option<TargetGroup<'_>> {
+        let lb = &self.config.load_balancer;
+        match (self.aws, &lb.target_group_arn) {
+            (Some(aws), Some(arn)) => Some(TargetGroup::new(aws, arn, &self.instance_id, lb.port)),
+            _ => None,
+        }
+    }
+
+    fn new_release_failed(&self, release: Option<&str>, e: UpgradeError) -> UpgradeError {
+        match e {
             UpgradeError::Converge(source) => UpgradeError::NewRelease {
                 release: release.unwrap_or("(unnamed)").into(),
                 source,
             },
             other => other,
-        })?;
-        self.wait_lb(Wait::In, state).await?;
-        Ok(deployed)
+        }
     }
 
     pub(super) async fn converge_in_place(

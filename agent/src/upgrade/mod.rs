@@ -8,9 +8,11 @@
 //!   proxy to all of them at once, watches the new color for `verify_secs` and judges its
 //!   traffic against the old one's through `bake_secs` ([`analysis`]; failing: switch
 //!   back), drains the old color's backends together and stops it. The stopped old color is
-//!   kept for `berth rollback` until the next upgrade.
-//! - **drain** ([`drain`]): `/healthz` turns 503, berth waits until the load balancer stops
-//!   sending, then converges in place, waits for health and for the load balancer to send again.
+//!   kept for `berth rollback` until the next upgrade. Before the switch, an upgrade may stop
+//!   in [`preview`], or run a weighted [`canary`] (a growing share of sessions, judged).
+//! - **drain** ([`drain`]): the instance leaves the load balancer (deregistered from its
+//!   target group, or by failing `/healthz`), converges in place, waits for health and comes
+//!   back in.
 //!
 //! State is in Docker's labels (color, release) and the proxy's route, never in a file of our
 //! own: after a crash at any moment, [`recover`] finds both colors, keeps the healthy serving
@@ -18,6 +20,7 @@
 
 pub mod analysis;
 pub mod blue_green;
+pub mod canary;
 pub mod colors;
 pub mod drain;
 pub mod lock;
@@ -76,6 +79,14 @@ pub enum UpgradeError {
     #[error("release {release} failed right after the switch, rolled back to {previous}, which serves again")]
     RolledBack {
         release: String,
+        previous: String,
+        #[source]
+        reason: WatchFailure,
+    },
+    #[error("release {release} failed its canary at {percent} % of sessions, so {previous} serves them all again")]
+    CanaryFailed {
+        release: String,
+        percent: u8,
         previous: String,
         #[source]
         reason: WatchFailure,
@@ -184,8 +195,21 @@ pub struct Upgrader<'a> {
     pub state: Option<&'a AgentState>,
     pub aws: Option<&'a Aws>,
     pub instance_id: String,
-    /// Proxy strategy: stop before the switch, the new release in preview.
-    pub preview: bool,
+    /// How the new release comes to take the traffic (proxy strategy).
+    pub entry: Entry,
+}
+
+/// How a new release comes to take the traffic under the proxy strategy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Entry {
+    /// At once, at the switch (then watched and judged).
+    #[default]
+    Switch,
+    /// Not yet: in preview, for the requests that name it, until `berth promote`.
+    Preview,
+    /// Through a weighted canary: these shares of sessions (percent, rising), each held for
+    /// `upgrade.canary.step_secs` while the analysis stays green, then the switch.
+    Canary(Vec<u8>),
 }
 
 impl Upgrader<'_> {
@@ -198,9 +222,9 @@ impl Upgrader<'_> {
     ) -> Result<Deployed, UpgradeError> {
         match self.config.upgrade.strategy {
             Strategy::Proxy => self.deploy_proxy(project, release).await,
-            Strategy::Drain if self.preview => Err(UpgradeError::Routed {
+            Strategy::Drain if self.entry != Entry::Switch => Err(UpgradeError::Routed {
                 project: project.name.clone(),
-                message: "a preview needs the proxy strategy ([upgrade] strategy = \"proxy\")"
+                message: "a preview or a canary needs the proxy strategy ([upgrade] strategy = \"proxy\")"
                     .into(),
             }),
             Strategy::Drain => self.deploy_drain(project, release).await,

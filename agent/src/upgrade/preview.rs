@@ -29,7 +29,7 @@ impl Upgrader<'_> {
             return Err(UpgradeError::PreviewUnnamed);
         };
         if let Err(e) =
-            proxy::client::preview(self.proxy_socket(), &new.backends, Some(release)).await
+            proxy::client::preview(self.proxy_socket(), &new.backends, Some(release), 0).await
         {
             self.remove_side(&new).await;
             return Err(e.into());
@@ -90,7 +90,7 @@ impl Upgrader<'_> {
     /// it goes; the serving one never stopped serving.
     pub async fn end_preview(&self, routed: &Routed) -> Result<Deployed, UpgradeError> {
         let (serving, new) = self.previewed(routed).await?;
-        proxy::client::preview(self.proxy_socket(), &[], None).await?;
+        proxy::client::preview(self.proxy_socket(), &[], None, 0).await?;
         // Requests already sent to it finish first.
         self.drain(&new.backends).await?;
         self.remove_side(&new).await;

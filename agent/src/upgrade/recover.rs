@@ -10,6 +10,7 @@ use futures_util::future::join_all;
 
 use super::colors::{Color, Routed, Side};
 use super::{UpgradeError, Upgrader};
+use crate::proxy;
 
 /// What to do about the color that does not serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +116,8 @@ impl Upgrader<'_> {
     ) -> Result<Option<(Side, Vec<SocketAddr>)>, UpgradeError> {
         let mut sides = self.sides(routed).await?;
         let route = self.proxy_route().await?;
-        let (preview, previous, route) = (route.preview, route.previous, route.active);
+        let (preview, canary) = (route.preview, route.canary);
+        let (previous, route) = (route.previous, route.active);
         let mut healthy = BTreeMap::new();
         for s in sides.values().filter(|s| s.running) {
             let passing = self.healthy_backends(s).await;
@@ -141,13 +143,18 @@ impl Upgrader<'_> {
         if let Some(other) = sides.remove(&active.other()) {
             let release = other.release.as_deref().unwrap_or("?");
             // A release in preview (`berth upgrade --preview`) never switched either, and
-            // waits for `berth promote` or `rollback`.
+            // waits for `berth promote` or `rollback`. A canary's has nobody left to step it
+            // up or judge it: it goes, its sessions back on the serving release first.
             let previewed =
                 recovery.other == OtherSide::Remove && overlap(&other.backends, &preview);
             match recovery.other {
                 OtherSide::Leave => {}
-                OtherSide::Remove if previewed => {}
+                OtherSide::Remove if previewed && !canary => {}
                 OtherSide::Remove => {
+                    if previewed {
+                        proxy::client::preview(self.proxy_socket(), &[], None, 0).await?;
+                        self.drain(&other.backends).await?;
+                    }
                     self.progress.warn(&format!(
                         "removing release {release} ({}): an upgrade that never switched",
                         other.color
