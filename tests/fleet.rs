@@ -87,7 +87,7 @@ impl Instance {
             &format!(
                 "project = \"{name}\"\ncompose = \"{compose}\"\nrelease = \"ssm:{parameter}\"\nrun_dir = \"{run}\"\n\
                  [health]\nlisten = \"{health}\"\n\
-                 [timeouts]\nimds_secs = 10\nfetch_secs = 10\nready_secs = 30\nin_service_secs = 60\nlb_drain_secs = 8\n\
+                 [timeouts]\nimds_secs = 10\nfetch_secs = 10\nready_secs = 30\nin_service_secs = 60\nlb_drain_secs = 15\n\
                  [load_balancer]\ntarget_group_arn = \"{arn}\"\nport = {port}\n\
                  [upgrade]\nstrategy = \"drain\"\n",
                 name = project.name,
@@ -121,10 +121,14 @@ impl Instance {
 
     /// `berth SUB ARGS` against this instance's agent.
     fn berth(&self, sub: &str, args: &[&str], moto: &Moto) -> Output {
+        run_with_limit(self.berth_cmd(sub, args, moto), Duration::from_secs(120))
+    }
+
+    fn berth_cmd(&self, sub: &str, args: &[&str], moto: &Moto) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
         cmd.arg(sub).arg("--config").arg(&self.config).args(args);
         aws::apply_env(&mut cmd, &self.env(moto));
-        run_with_limit(cmd, Duration::from_secs(120))
+        cmd
     }
 
     /// Boots the agent as instance `id` and waits until it serves (the load balancer's checks
@@ -700,6 +704,51 @@ fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
         "b left before a was healthy again: {events:?}"
     );
 
+    // An agent killed while its instance is deregistered (before its recreate): the next one,
+    // finding release 2 serving as the pointer now says, changes nothing, yet registers the
+    // instance again by the mark the first one left.
+    let deregistrations = |tg: &TargetGroup| {
+        tg.calls()
+            .iter()
+            .filter(|c| c["action"] == "DeregisterTargets")
+            .count()
+    };
+    let cmd = instances[0].berth_cmd("upgrade", &["--release", "1"], &moto);
+    let cut = std::thread::spawn(move || run_with_limit(cmd, Duration::from_secs(120)));
+    eventually(
+        "a deregistered again",
+        Duration::from_secs(30),
+        || match deregistrations(&tg) {
+            3 => Ok(()),
+            n => Err(format!("{n} deregistrations")),
+        },
+    );
+    let mut killed = instances[0].agent.take().unwrap();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_ne!(cut.join().unwrap().code, 0, "the upgrade was cut short");
+    aws::block_on(aws::put_parameter(&moto, &parameter, "2"));
+    instances[0].boot(ids[0], &moto);
+    eventually("a back in the group", Duration::from_secs(60), || {
+        let a = &instances[0];
+        match (
+            tg.state_of(ids[0]).as_str(),
+            a.status()["in_service"].as_bool(),
+        ) {
+            ("healthy", Some(true)) => Ok(()),
+            other => Err(format!("{other:?}\n{}", a.log())),
+        }
+    });
+    assert!(
+        !instances[0].project.path("run/deregistered").exists(),
+        "the mark is gone once registered"
+    );
+    assert_eq!(
+        instances[0].status()["release"],
+        "2",
+        "the pointer's release"
+    );
+
     // The other target unhealthy (its agent gone, so its health checks fail): an upgrade of a
     // is refused, a stays registered and serves.
     let mut b = instances.pop().unwrap();
@@ -714,12 +763,13 @@ fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
         }
     });
     let a = &instances[0];
+    let before_refusal = deregistrations(&tg);
     let refused = a.berth("upgrade", &["--release", "1"], &moto);
     refused.expect_code(1);
     let msg = refused.error_message();
     assert!(
         msg.contains(&format!(
-            "no other target of target group {arn} became healthy within 8s"
+            "no other target of target group {arn} became healthy within 15s"
         )) && msg.contains(&format!("{} unhealthy", ids[1]))
             && msg.contains(&format!(
                 "instance {} stays registered and keeps serving",
@@ -732,11 +782,8 @@ fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
     assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
     assert_eq!(a.status()["release"], "2");
     assert_eq!(
-        tg.calls()
-            .iter()
-            .filter(|c| c["action"] == "DeregisterTargets")
-            .count(),
-        2,
+        deregistrations(&tg),
+        before_refusal,
         "the refused upgrade deregistered nothing"
     );
     eprintln!(

@@ -715,7 +715,8 @@ fn canary_rig(test: &str, canary_keys: &str, analysis_keys: &str) -> Rig {
 /// both releases over the same seconds; then the switch. Nothing is lost.
 #[test]
 fn a_weighted_canary_steps_up_sticky_sessions_then_switches() {
-    let rig = canary_rig("upgrade-canary", "step_secs = 3\n", "min_requests = 30\n");
+    // Steps long enough for the 40 sessions' checks to fit in the first one on a busy machine.
+    let rig = canary_rig("upgrade-canary", "step_secs = 8\n", "min_requests = 30\n");
     let load = Load::start(rig.traffic, "/cgi-bin/api", 4);
     load.run_for(100);
     let started = Instant::now();
@@ -748,6 +749,11 @@ fn a_weighted_canary_steps_up_sticky_sessions_then_switches() {
         let cookie = cookie.split(';').next().unwrap().to_string();
         sessions.push((cookie, body));
     }
+    assert_eq!(
+        rig.status()["analysis"]["canary_percent"],
+        20,
+        "the sessions were made within the 20 % step"
+    );
     let to_2 = sessions.iter().filter(|(_, body)| body == "2\n").count();
     assert!(
         (1..=20).contains(&to_2),
@@ -762,6 +768,11 @@ fn a_weighted_canary_steps_up_sticky_sessions_then_switches() {
             assert_eq!(c.header("set-cookie"), None);
         }
     }
+    assert_eq!(
+        rig.status()["analysis"]["canary_percent"],
+        20,
+        "checked within the step"
+    );
     at(50);
     let grown = sessions
         .iter()
@@ -782,8 +793,8 @@ fn a_weighted_canary_steps_up_sticky_sessions_then_switches() {
     let answer: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(answer["how"], "switched", "{answer}");
     assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
-    // Two 3 s steps, then the 3 s verify.
-    assert!(took >= Duration::from_secs(9), "took {took:?}");
+    // Two 8 s steps, then the 3 s verify.
+    assert!(took >= Duration::from_secs(19), "took {took:?}");
     all_after_first(&samples[samples.len() - 100..], "api 2").unwrap();
     assert_eq!(rig.colors(), serving_2_keeping_1());
     let log = rig.agent_log();

@@ -200,11 +200,11 @@ enum Command {
         #[arg(long, default_value = "X-Berth-Preview", value_parser = clap::value_parser!(hyper::header::HeaderName))]
         preview_header: hyper::header::HeaderName,
         /// ...and so does one whose cookie of this name does.
-        #[arg(long, default_value = "berth-preview")]
+        #[arg(long, default_value = "berth-preview", value_parser = cookie_name)]
         preview_cookie: String,
         /// During a weighted canary (`berth upgrade --canary`), the cookie that keeps each
         /// session on the side it was given.
-        #[arg(long, default_value = "berth-canary")]
+        #[arg(long, default_value = "berth-canary", value_parser = cookie_name)]
         canary_cookie: String,
     },
     /// Print the resolved project (environment values, and .env values wherever interpolated,
@@ -546,4 +546,31 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         Command::Leave { agent } => agent.ask(Request::Leave).await?,
     }
     Ok(())
+}
+
+/// A cookie name as RFC 6265 has it (a token): one with `=`, `;` or a space would never match,
+/// and no request would ever be seen to carry it.
+fn cookie_name(name: &str) -> Result<String, String> {
+    let separator = |c: char| "()<>@,;:\\\"/[]?={} \t".contains(c);
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_graphic() && !separator(c)) {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{name:?} is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cookie_names_are_tokens() {
+        assert_eq!(
+            super::cookie_name("berth-canary").as_deref(),
+            Ok("berth-canary")
+        );
+        for bad in ["", "a=b", "a;b", "a b", "ä"] {
+            assert!(super::cookie_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -440,6 +440,17 @@ mod tests {
             matches!(&refused, Answer::Refused(r) if r.error.contains("no backend")),
             "{refused:?}"
         );
+        let over = control
+            .handle(Request::Preview {
+                backends: vec![a],
+                release: Some("v2".into()),
+                percent: 101,
+            })
+            .await;
+        assert!(
+            matches!(&over, Answer::Refused(r) if r.error == "preview of v2: percent 101 is over 100"),
+            "{over:?}"
+        );
         let drained = control
             .handle(Request::Drain {
                 backend: a,

@@ -55,9 +55,23 @@ pub fn unique_name(test: &str) -> String {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A port free on 127.0.0.1 now, for a test to bind soon. Taken below Linux's ephemeral range
+/// (32768-60999), where no bind to port 0 and no outgoing connection's source port lands: an
+/// ephemeral port found free could be taken by the load clients' own connections before the
+/// agent bound it. Each process walks its own stride from an offset of its pid, so parallel
+/// tests and test binaries rarely try the same port (and a taken one is skipped).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(BASE + (start + n.wrapping_mul(7)) % SPAN).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `n` consecutive free TCP ports on 127.0.0.1, for range mappings.

@@ -19,6 +19,7 @@ use crate::engine::progress::{Mode, Progress, Stage};
 use crate::instance::hook::{Heartbeat, Hook};
 use crate::instance::identity::{Identity, Imds, LifecycleState};
 use crate::instance::load_balancer::{self, Wait};
+use crate::instance::target_group;
 use crate::instance::{self, Instance};
 use crate::release::{self, Release};
 use crate::serve::{AgentState, Phase};
@@ -122,6 +123,9 @@ async fn boot_steps(
         if !load_balancer::watches_in(config, aws) {
             tracing::info!("no load balancer configured: not waiting for it");
         }
+        let lb = &config.load_balancer;
+        let arn = lb.target_group_arn.as_deref();
+        target_group::rejoin_if_left(aws, arn, id, lb.port, &config.run_dir).await?;
         load_balancer::wait(config, aws, id, state, Wait::In).await?;
         Ok::<(), AgentError>(())
     }

@@ -205,8 +205,12 @@ async fn steps(
             .map_err(|e| e.to_string())?;
         canary_action = "promote";
     }
+    let command = match canary_action {
+        "canary" => "upgrade --canary",
+        other => other,
+    };
     say(&format!(
-        "canary {}: berth {canary_action} ({})",
+        "canary {}: berth {command} ({})",
         canary[0], r.release
     ));
     let verdict = upgrade(aws, r, canary, &r.release, canary_action, "1", "0")

@@ -47,10 +47,11 @@ pub enum LoadBalancerError {
         secs: u64,
         others: String,
     },
-    #[error("target group {target_group}: instance {instance} did not reach the state awaited within {secs}s (last state: {last})")]
+    #[error("target group {target_group}: instance {instance} was not {wanted} within {secs}s (last state: {last})")]
     TargetState {
         target_group: String,
         instance: String,
+        wanted: &'static str,
         secs: u64,
         last: String,
     },

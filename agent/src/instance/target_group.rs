@@ -5,12 +5,20 @@
 //! containers are recreated. A deregistered target gets no new requests whatever the others'
 //! health, and the ALB ends its deregistration delay early once nothing is in flight.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
 
 use super::load_balancer::LoadBalancerError;
 use crate::aws::{describe, Aws};
+
+/// How long after deregistering the second look waits: an instance that left in the same
+/// seconds shows by then (the ELBv2 API is eventually consistent).
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// RegisterTargets attempts before an instance gives up on coming back in.
+const REGISTER_TRIES: u32 = 4;
 
 /// This instance's place in one target group.
 #[derive(Debug)]
@@ -19,6 +27,38 @@ pub struct TargetGroup<'a> {
     arn: &'a str,
     instance: &'a str,
     port: Option<u16>,
+    /// Written before DeregisterTargets and removed after RegisterTargets: an agent killed in
+    /// between leaves it, and the next one registers the instance again ([`rejoin_if_left`]).
+    marker: PathBuf,
+}
+
+/// The file that says this instance deregistered itself and has not registered again.
+fn marker(run_dir: &Path) -> PathBuf {
+    run_dir.join("deregistered")
+}
+
+/// After a restart: an instance a killed agent left deregistered registers again (once its
+/// services are up: the caller converges first). Nothing to do without the marker.
+pub async fn rejoin_if_left(
+    aws: Option<&Aws>,
+    arn: Option<&str>,
+    instance: &str,
+    port: Option<u16>,
+    run_dir: &Path,
+) -> Result<(), LoadBalancerError> {
+    let (Some(aws), Some(arn)) = (aws, arn) else {
+        return Ok(());
+    };
+    if !marker(run_dir).exists() {
+        return Ok(());
+    }
+    tracing::warn!(
+        target_group = arn,
+        "an earlier agent stopped while this instance was deregistered: registering it again"
+    );
+    TargetGroup::new(aws, arn, instance, port, run_dir)
+        .register()
+        .await
 }
 
 /// One target's id and health state, as DescribeTargetHealth answers.
@@ -40,9 +80,10 @@ pub enum Leave {
 }
 
 /// Judges leaving for `me` among `targets` (which may include `me`). `already_out` says
-/// whether `me` has deregistered: two instances that looked at the same moment both saw the
-/// other healthy and both left; the one whose id sorts later goes back in, so the group is
-/// never empty for longer than one look.
+/// whether `me` has deregistered: two instances that looked in the same seconds both saw the
+/// other healthy and both left; the one whose id sorts later goes back in and waits for the
+/// other. (Until the load balancer has checked it healthy again the group is short of both:
+/// the drain strategy still wants one instance at a time; this keeps a slip from lasting.)
 pub fn judge(me: &str, targets: &[Target], already_out: bool) -> Leave {
     let others = targets.iter().filter(|t| t.id != me);
     let mut leaving = Vec::new();
@@ -64,12 +105,19 @@ pub fn judge(me: &str, targets: &[Target], already_out: bool) -> Leave {
 }
 
 impl<'a> TargetGroup<'a> {
-    pub fn new(aws: &'a Aws, arn: &'a str, instance: &'a str, port: Option<u16>) -> Self {
+    pub fn new(
+        aws: &'a Aws,
+        arn: &'a str,
+        instance: &'a str,
+        port: Option<u16>,
+        run_dir: &Path,
+    ) -> Self {
         TargetGroup {
             aws,
             arn,
             instance,
             port,
+            marker: marker(run_dir),
         }
     }
 
@@ -113,63 +161,103 @@ impl<'a> TargetGroup<'a> {
 
     /// Waits until leaving would leave another healthy target, then deregisters; returns
     /// once the load balancer sends nothing here (`unused`: the requests in flight done).
-    /// Fails, still registered, when no other target is healthy within `timeout`.
+    /// Fails registered (the old release serving) when no other target is healthy within
+    /// `timeout`, or when anything fails while out.
     pub async fn leave(&self, timeout: Duration) -> Result<(), LoadBalancerError> {
         let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(500);
-        let mut out = false;
         loop {
-            let targets = self.targets().await?;
-            match judge(self.instance, &targets, out) {
-                Leave::Safe if out => break,
-                Leave::Safe => {
-                    self.deregister().await?;
-                    out = true;
-                    // Look once more: another instance may have left at the same moment.
-                    continue;
+            let before = self.targets().await?;
+            if judge(self.instance, &before, false) == Leave::Safe {
+                self.deregister().await?;
+                match self.settled(&before).await {
+                    Ok(Leave::Yield { other }) => {
+                        tracing::info!(%other, "another target left at the same moment: back in until it returns");
+                        self.register_retrying().await?;
+                    }
+                    Ok(_) => break,
+                    Err(e) => return Err(self.back_in(e).await),
                 }
-                Leave::Yield { other } => {
-                    tracing::info!(%other, "another target left at the same moment: back in until it returns");
-                    self.register().await?;
-                    out = false;
-                }
-                Leave::Wait if out => break,
-                Leave::Wait => {}
             }
             if Instant::now() + delay > deadline {
-                if out {
-                    self.register().await?;
-                }
                 return Err(LoadBalancerError::Alone {
                     target_group: self.arn.into(),
                     instance: self.instance.into(),
                     secs: timeout.as_secs(),
-                    others: summary(self.instance, &targets),
+                    others: summary(self.instance, &before),
                 });
             }
             tracing::info!("no other healthy target yet: staying registered");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        let unused = self.wait_state(deadline, timeout, |s| *s == TargetHealthStateEnum::Unused);
-        if let Err(e) = unused.await {
-            // Still sending here after the drain's time: back in, the old release serving.
-            self.register().await?;
-            return Err(e);
+        // Its own time: waiting for another target may have used most of `timeout`.
+        let unused = |s: &TargetHealthStateEnum| *s == TargetHealthStateEnum::Unused;
+        if let Err(e) = self.wait_state("unused", timeout, unused).await {
+            return Err(self.back_in(e).await);
         }
         Ok(())
     }
 
+    /// The second look, after [`SETTLE`]: whether another instance left at the same moment.
+    /// A target healthy at the first look and missing now has finished leaving (an ALB lists
+    /// deregistered targets only while they drain).
+    async fn settled(&self, before: &[Target]) -> Result<Leave, LoadBalancerError> {
+        tokio::time::sleep(SETTLE).await;
+        let mut now = self.targets().await?;
+        for t in before {
+            if !now.iter().any(|n| n.id == t.id) {
+                now.push(Target {
+                    id: t.id.clone(),
+                    state: TargetHealthStateEnum::Unused,
+                });
+            }
+        }
+        Ok(judge(self.instance, &now, true))
+    }
+
+    /// After a failure while deregistered: registered again (the old release still serves),
+    /// and the failure to report.
+    async fn back_in(&self, failure: LoadBalancerError) -> LoadBalancerError {
+        match self.register_retrying().await {
+            Ok(()) => failure,
+            Err(e) => {
+                tracing::error!(error = %failure, "left the target group and failed");
+                e
+            }
+        }
+    }
+
     /// Registers again and waits until the target is `healthy`.
     pub async fn rejoin(&self, timeout: Duration) -> Result<(), LoadBalancerError> {
-        self.register().await?;
+        self.register_retrying().await?;
         let healthy = |s: &TargetHealthStateEnum| *s == TargetHealthStateEnum::Healthy;
-        self.wait_state(Instant::now() + timeout, timeout, healthy)
-            .await
+        self.wait_state("healthy", timeout, healthy).await
+    }
+
+    /// RegisterTargets, tried a few times: an instance left out of its group serves nobody.
+    async fn register_retrying(&self) -> Result<(), LoadBalancerError> {
+        let mut delay = Duration::from_secs(1);
+        let mut tries = 1;
+        loop {
+            match self.register().await {
+                Err(e) if tries < REGISTER_TRIES => {
+                    tracing::warn!(error = %e, "registering again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    tries += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn deregister(&self) -> Result<(), LoadBalancerError> {
         tracing::info!(target_group = self.arn, "deregistering this instance");
+        // Not fatal: without the marker only a crash in the next seconds would go unrepaired.
+        if let Err(e) = std::fs::write(&self.marker, self.arn) {
+            tracing::warn!(path = %self.marker.display(), error = %e, "cannot mark this instance deregistered");
+        }
         self.aws
             .elb
             .deregister_targets()
@@ -191,15 +279,24 @@ impl<'a> TargetGroup<'a> {
             .send()
             .await
             .map_err(|e| self.failed("RegisterTargets", describe(&e)))?;
+        match std::fs::remove_file(&self.marker) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.marker.display(), error = %e, "cannot remove the deregistered mark")
+            }
+        }
         Ok(())
     }
 
+    /// Polls this target's state until `wanted` (named `what`), for `timeout` from now.
     async fn wait_state(
         &self,
-        deadline: Instant,
+        what: &'static str,
         timeout: Duration,
         wanted: impl Fn(&TargetHealthStateEnum) -> bool,
     ) -> Result<(), LoadBalancerError> {
+        let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(250);
         loop {
             let targets = self.targets().await?;
@@ -213,11 +310,16 @@ impl<'a> TargetGroup<'a> {
                 return Err(LoadBalancerError::TargetState {
                     target_group: self.arn.into(),
                     instance: self.instance.into(),
+                    wanted: what,
                     secs: timeout.as_secs(),
                     last: state.as_str().to_string(),
                 });
             }
-            tracing::debug!(state = state.as_str(), "waiting for the target group");
+            tracing::debug!(
+                state = state.as_str(),
+                wanted = what,
+                "waiting for the target group"
+            );
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }

@@ -51,7 +51,7 @@ impl Upgrader<'_> {
         };
         let release_name = release.unwrap_or("(unnamed)").to_string();
         let had_previous = serving.is_some();
-        if self.entry == Entry::Preview && !had_previous {
+        if matches!(self.entry, Entry::Preview | Entry::Canary(_)) && !had_previous {
             return Err(UpgradeError::PreviewOfNothing {
                 project: project.name.clone(),
             });

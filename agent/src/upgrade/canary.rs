@@ -36,8 +36,19 @@ impl Upgrader<'_> {
             );
             for &step in steps {
                 percent = step;
-                proxy::client::preview(self.proxy_socket(), &new.backends, Some(release), step)
-                    .await?;
+                let set =
+                    proxy::client::preview(self.proxy_socket(), &new.backends, Some(release), step)
+                        .await?;
+                // An older proxy ignores the share: it would send no session, and the steps
+                // would judge nothing.
+                if set.preview.map(|p| p.percent) != Some(step) {
+                    return Err(Stop::Error(UpgradeError::Routed {
+                        project: self.config.project.clone(),
+                        message: format!(
+                            "the proxy did not take the canary's {step} % (a berth-proxy older than this berth?)"
+                        ),
+                    }));
+                }
                 tracing::info!(
                     release,
                     percent = step,
@@ -52,11 +63,11 @@ impl Upgrader<'_> {
             Ok(()) => return Ok(()),
             Err(Stop::Failed(reason)) => reason,
             Err(Stop::Error(e)) => {
-                self.end_canary(new).await;
+                self.end_canary(new).await?;
                 return Err(e);
             }
         };
-        self.end_canary(new).await;
+        self.end_canary(new).await?;
         let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
         tracing::error!(release, percent, reason = %crate::report::chain(&reason), previous = %previous, "canary failed: its sessions are back on the serving release");
         Err(UpgradeError::CanaryFailed {
@@ -105,16 +116,24 @@ impl Upgrader<'_> {
         }
     }
 
-    /// Every session back on the serving release, then the new one goes. Best effort: a
-    /// proxy that cannot be told keeps the canary until the next look removes the new side.
-    async fn end_canary(&self, new: &Side) {
-        if let Err(e) = proxy::client::preview(self.proxy_socket(), &[], None, 0).await {
+    /// Every session back on the serving release, then the new one goes. A proxy that cannot
+    /// be told keeps the canary's share, so its side stays up for them: the next look
+    /// ([`super::recover`]) ends the canary and removes it.
+    async fn end_canary(&self, new: &Side) -> Result<(), UpgradeError> {
+        let mut tries = 0;
+        while let Err(e) = proxy::client::preview(self.proxy_socket(), &[], None, 0).await {
+            tries += 1;
+            if tries == 3 {
+                return Err(e.into());
+            }
             tracing::warn!(error = %crate::report::chain(&e), "ending the canary");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         if let Err(e) = self.drain(&new.backends).await {
             tracing::warn!(error = %crate::report::chain(&e), "draining the canary");
         }
         self.remove_side(new).await;
+        Ok(())
     }
 }
 

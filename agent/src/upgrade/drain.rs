@@ -75,7 +75,13 @@ impl Upgrader<'_> {
     fn target_group(&self) -> Option<TargetGroup<'_>> {
         let lb = &self.config.load_balancer;
         match (self.aws, &lb.target_group_arn) {
-            (Some(aws), Some(arn)) => Some(TargetGroup::new(aws, arn, &self.instance_id, lb.port)),
+            (Some(aws), Some(arn)) => Some(TargetGroup::new(
+                aws,
+                arn,
+                &self.instance_id,
+                lb.port,
+                &self.config.run_dir,
+            )),
             _ => None,
         }
     }

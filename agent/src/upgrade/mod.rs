@@ -14,9 +14,11 @@
 //!   target group, or by failing `/healthz`), converges in place, waits for health and comes
 //!   back in.
 //!
-//! State is in Docker's labels (color, release) and the proxy's route, never in a file of our
-//! own: after a crash at any moment, [`recover`] finds both colors, keeps the healthy serving
-//! one, and finishes or undoes what was under way. One upgrade runs at a time ([`lock`]).
+//! The proxy strategy's state is in Docker's labels (color, release) and the proxy's route,
+//! never in a file of our own: after a crash at any moment, [`recover`] finds both colors,
+//! keeps the healthy serving one, and finishes or undoes what was under way. The drain
+//! strategy's one fact no API keeps (this instance deregistered itself) is a mark in
+//! `run_dir` (see `instance::target_group`). One upgrade runs at a time ([`lock`]).
 
 pub mod analysis;
 pub mod blue_green;
@@ -91,7 +93,7 @@ pub enum UpgradeError {
         #[source]
         reason: WatchFailure,
     },
-    #[error("nothing serves project {project} yet: a preview needs a serving release beside it (upgrade without --preview)")]
+    #[error("nothing serves project {project} yet: a preview or a canary needs a serving release beside it (upgrade without --preview or --canary)")]
     PreviewOfNothing { project: String },
     #[error(
         "a preview needs a release id (--release, or the release pointer) for requests to name"
