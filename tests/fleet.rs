@@ -787,7 +787,7 @@ fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
         "the refused upgrade deregistered nothing"
     );
     eprintln!(
-        "deregistration: two upgrades asked for together done one after the other in {:.1} s; 0 of {} requests failed",
+        "deregistration: two upgrades, the second asked while the first was out, done one after the other in {:.1} s; 0 of {} requests failed",
         took.as_secs_f64(),
         samples.len()
     );

@@ -57,7 +57,7 @@ pub async fn rejoin_if_left(
         "an earlier agent stopped while this instance was deregistered: registering it again"
     );
     TargetGroup::new(aws, arn, instance, port, run_dir)
-        .register()
+        .register_retrying()
         .await
 }
 
