@@ -319,18 +319,12 @@ fn parameter(moto: &Moto, name: &str) -> Option<String> {
 /// An AutoScaling group of `n` instances in moto (a launch template first, as the stack has);
 /// their ids, sorted as the rollout sorts them.
 fn create_group(moto: &Moto, name: &str, group: &str, n: i32) -> Vec<String> {
-    let (status, body) = aws::http_with_headers(
-        "POST",
-        &format!("{}/", moto.url),
-        &[(
-            "Authorization",
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, \
-             SignedHeaders=host, Signature=0",
-        )],
-        Some(&format!(
+    let (status, body) = aws::ec2_query(
+        moto,
+        &format!(
             "Action=CreateLaunchTemplate&Version=2016-11-15&LaunchTemplateName={name}\
              &LaunchTemplateData.ImageId=ami-12c6146b&LaunchTemplateData.InstanceType=t3.micro"
-        )),
+        ),
     );
     assert_eq!(status, 200, "CreateLaunchTemplate: {body}");
     aws::block_on(async {

@@ -800,9 +800,19 @@ pub async fn ecr_token(moto: &Moto) -> (String, String) {
 }
 
 /// The id of moto's default VPC (ELBv2 target groups need one). berth has no EC2 client, so
-/// this is a plain query-protocol call; moto does not check signatures.
+/// this is a plain query-protocol call ([`ec2_query`]).
 pub fn default_vpc(moto: &Moto) -> String {
-    let (status, body) = http_with_headers(
+    let (status, body) = ec2_query(moto, "Action=DescribeVpcs&Version=2016-11-15");
+    assert_eq!(status, 200, "DescribeVpcs: {body}");
+    let start = body.find("<vpcId>").expect("a VPC in DescribeVpcs") + "<vpcId>".len();
+    let end = body[start..].find("</vpcId>").expect("</vpcId>") + start;
+    body[start..end].to_string()
+}
+
+/// An EC2 query-protocol call to moto (berth has no EC2 client to build one with); moto reads
+/// the region from the credential scope and checks no signature.
+pub fn ec2_query(moto: &Moto, query: &str) -> (u16, String) {
+    http_with_headers(
         "POST",
         &format!("{}/", moto.url),
         &[(
@@ -810,12 +820,8 @@ pub fn default_vpc(moto: &Moto) -> String {
             "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, \
              SignedHeaders=host, Signature=0",
         )],
-        Some("Action=DescribeVpcs&Version=2016-11-15"),
-    );
-    assert_eq!(status, 200, "DescribeVpcs: {body}");
-    let start = body.find("<vpcId>").expect("a VPC in DescribeVpcs") + "<vpcId>".len();
-    let end = body[start..].find("</vpcId>").expect("</vpcId>") + start;
-    body[start..end].to_string()
+        Some(query),
+    )
 }
 
 /// Creates an HTTP target group `name` in moto (health check `/healthz`) with

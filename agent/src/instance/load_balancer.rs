@@ -158,7 +158,8 @@ async fn wait_target_out(
         })
 }
 
-async fn wait_target_state(
+/// Polls DescribeTargetHealth for this target until its state is `wanted`, for `timeout`.
+pub(super) async fn wait_target_state(
     aws: &Aws,
     target_group: &str,
     instance: &str,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
 
-use super::load_balancer::LoadBalancerError;
+use super::load_balancer::{wait_target_state, LoadBalancerError};
 use crate::aws::{describe, Aws};
 
 /// How long after deregistering the second look waits: an instance that left in the same
@@ -169,7 +169,10 @@ impl<'a> TargetGroup<'a> {
         loop {
             let before = self.targets().await?;
             if judge(self.instance, &before, false) == Leave::Safe {
-                self.deregister().await?;
+                // A call that failed may still have taken effect: back in either way.
+                if let Err(e) = self.deregister().await {
+                    return Err(self.back_in(e).await);
+                }
                 match self.settled(&before).await {
                     Ok(Leave::Yield { other }) => {
                         tracing::info!(%other, "another target left at the same moment: back in until it returns");
@@ -296,33 +299,24 @@ impl<'a> TargetGroup<'a> {
         timeout: Duration,
         wanted: impl Fn(&TargetHealthStateEnum) -> bool,
     ) -> Result<(), LoadBalancerError> {
-        let deadline = Instant::now() + timeout;
-        let mut delay = Duration::from_millis(250);
-        loop {
-            let targets = self.targets().await?;
-            let mine = targets.iter().find(|t| t.id == self.instance);
-            // A target the group no longer lists is as out as `unused`.
-            let state = mine.map_or(TargetHealthStateEnum::Unused, |t| t.state.clone());
-            if wanted(&state) {
-                return Ok(());
-            }
-            if Instant::now() + delay > deadline {
-                return Err(LoadBalancerError::TargetState {
-                    target_group: self.arn.into(),
-                    instance: self.instance.into(),
-                    wanted: what,
-                    secs: timeout.as_secs(),
-                    last: state.as_str().to_string(),
-                });
-            }
-            tracing::debug!(
-                state = state.as_str(),
-                wanted = what,
-                "waiting for the target group"
-            );
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
+        let waited = wait_target_state(
+            self.aws,
+            self.arn,
+            self.instance,
+            self.port,
+            timeout,
+            wanted,
+        );
+        waited.await.map_err(|e| match e {
+            LoadBalancerError::NotInService { secs, last, .. } => LoadBalancerError::TargetState {
+                target_group: self.arn.into(),
+                instance: self.instance.into(),
+                wanted: what,
+                secs,
+                last,
+            },
+            other => other,
+        })
     }
 }
 
