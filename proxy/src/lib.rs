@@ -23,7 +23,7 @@
 //! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
 //! its backends and the pick per request), `forward` (one request to a backend, retries,
 //! tunnels), `connection` (a client connection's timeouts and polite close), `metrics`
-//! (counters and their readings), `server` (`run`: listeners, workers, signals, the control
+//! (counters and their readings), `pages` (start-up code handed back to the kernel), `server` (`run`: listeners, workers, signals, the control
 //! socket), `client` (what the agent calls).
 
 use std::net::SocketAddr;
@@ -36,6 +36,7 @@ mod connection;
 mod forward;
 pub mod ipc;
 pub mod metrics;
+pub mod pages;
 pub mod protocol;
 mod routes;
 mod server;

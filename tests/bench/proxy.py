@@ -30,7 +30,8 @@ The load is the same wrk invocation for each (keep-alive, bounded in time):
 `wrk -t BENCH_THREADS -c BENCH_CONNECTIONS -d BENCH_SECONDS --latency`. During each run:
 
   memory   VmRSS and VmHWM (/proc/PID/status) of the proxy, sampled every 0.25 s while wrk
-           runs; the last sample (the end of the run) is reported. For nginx the worker (the
+           runs; the last sample (the end of the run) is reported (BENCH_SMAPS=DIR keeps
+           its /proc/PID/smaps there). For nginx the worker (the
            master's children), and master+worker on a line of its own; and PSS summed over
            all the server's processes (shared pages counted once), for a like-for-like total.
   CPU      the proxy's CPU time (utime+stime of all its processes) over the run: per request
@@ -244,6 +245,20 @@ def memory(proc):
             "pss_kib": sum(pss), "nworkers": len(workers)}
 
 
+def keep_smaps(name, proc):
+    """With BENCH_SMAPS=DIR, the serving processes' /proc/PID/smaps under load, as
+    DIR/NAME-PID.smaps (the last sample of the run): where the memory is, mapping by mapping."""
+    where = os.environ.get("BENCH_SMAPS")
+    if not where:
+        return
+    for pid in proc.workers():
+        try:
+            with open(f"/proc/{pid}/smaps") as f, open(os.path.join(where, f"{name}-{pid}.smaps"), "w") as out:
+                out.write(f.read())
+        except OSError:
+            pass
+
+
 def pss_kib(pid):
     """The process's proportional set size (/proc/PID/smaps_rollup), in KiB: its share of
     the pages it shares (an nginx worker's with its master), so that summed over a server's
@@ -414,6 +429,7 @@ def run_wrk(name, port, proc, proxy_cpus, load_cpus):
             return {"name": name, "failure": f"wrk did not finish within {SECONDS + 60} s"}
         if proc:
             mem = memory(proc) or mem
+            keep_smaps(name, proc)
         time.sleep(0.25)
     out, err = w.communicate()
     wall = time.monotonic() - t0

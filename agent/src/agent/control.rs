@@ -168,14 +168,23 @@ impl Handler for Gate {
                 Answer::failed("the agent stopped before it had left".into(), Exit::Failed)
             });
         }
-        match deployer.handle_request(request).await {
+        let acts = !matches!(request, Request::Status);
+        if acts {
+            super::hold::expect_code();
+        }
+        let answer = match deployer.handle_request(request).await {
             Ok(reply) => Answer::ok(reply),
             Err(e) => {
                 let message = crate::report::chain(&e);
                 tracing::error!(error = %message, "control request failed");
                 Answer::failed(message, e.exit())
             }
+        };
+        if acts {
+            // An upgrade or rollback ran code holding does not: hand it back, as after the boot.
+            super::hold::release_code();
         }
+        answer
     }
 
     fn bad_request(&self, error: String) -> Answer<Reply> {

@@ -34,6 +34,7 @@ pub async fn hold(
     gate.open(deployer.clone());
     resume::note(state, &config.run_dir);
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
+    release_code();
     let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
         .then(|| tokio::spawn(watch(deployer.clone())));
     let keeper = match (config.upgrade.strategy, config.upgrade.keep_previous_secs) {
@@ -94,6 +95,23 @@ pub async fn hold(
         tracing::info!(signal, "left; exiting");
     }
     Ok(())
+}
+
+/// Hands the code the boot (or an upgrade) ran back to the kernel: holding refaults only what
+/// it runs ([`crate::proxy::pages`]; measured 12.1 MiB resident while holding before, see the
+/// README's figures).
+pub(super) fn release_code() {
+    match crate::proxy::pages::release_code() {
+        Ok(bytes) => tracing::debug!(bytes, "boot code paged out"),
+        Err(e) => tracing::debug!(error = %e, "boot code not paged out"),
+    }
+}
+
+/// Before an upgrade or rollback: its code comes back with readahead, not a read per page.
+pub(super) fn expect_code() {
+    if let Err(e) = crate::proxy::pages::expect_code() {
+        tracing::debug!(error = %e, "readahead not restored");
+    }
 }
 
 /// Removes the stopped previous release after `keep` (checked every quarter of it).
@@ -166,6 +184,7 @@ async fn watch(deployer: Arc<Deployer>) {
             continue;
         }
         tracing::info!(release = %wanted, previous = ?current, "watch: the release pointer moved");
+        expect_code();
         match deployer.upgrade(Some(wanted.clone())).await {
             Ok(_) => failed = None,
             Err(AgentError::Upgrade(UpgradeError::Busy { .. })) => {}
@@ -174,5 +193,6 @@ async fn watch(deployer: Arc<Deployer>) {
                 failed = Some(wanted);
             }
         }
+        release_code();
     }
 }
