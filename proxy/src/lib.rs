@@ -23,8 +23,8 @@
 //! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
 //! its backends and the pick per request), `forward` (one request to a backend, retries,
 //! tunnels), `connection` (a client connection's timeouts and polite close), `metrics`
-//! (counters and their readings), `pages` (start-up code handed back to the kernel), `server` (`run`: listeners, workers, signals, the control
-//! socket), `client` (what the agent calls).
+//! (counters and their readings), `pages` (start-up code handed back to the kernel), `server`
+//! (`run`: listeners, workers, signals, the control socket), `client` (what the agent calls).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
