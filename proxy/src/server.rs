@@ -118,6 +118,11 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         listen.to_string()
     };
     tracing::info!(listen = %address, control = %settings.control.display(), workers, "proxy listening");
+    // The code that got here is handed back: serving faults in only what it runs.
+    match crate::pages::release_code() {
+        Ok(bytes) => tracing::debug!(bytes, "start-up code paged out"),
+        Err(e) => tracing::debug!(error = %e, "start-up code not paged out"),
+    }
     notify_ready();
 
     wait_for_signal().await.map_err(listen_err)?;
@@ -225,13 +230,8 @@ fn spawn_workers(
         .collect()
 }
 
-/// Under systemd (Type=notify): ready once the port and the control socket accept. The code
-/// that got it there is handed back ([`crate::pages`]): serving faults in only what it runs.
+/// Under systemd (Type=notify): ready once the port and the control socket accept.
 fn notify_ready() {
-    match crate::pages::release_code() {
-        Ok(bytes) => tracing::debug!(bytes, "start-up code paged out"),
-        Err(e) => tracing::debug!(error = %e, "start-up code not paged out"),
-    }
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             tracing::warn!(error = %e, "sd_notify failed");
