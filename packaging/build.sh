@@ -28,7 +28,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 max_bytes=${BERTH_MAX_BYTES:-15000000}
 
-# aws-lc-sys and ring (TLS for the AWS SDK) compile C, so each target needs a C compiler for
+# aws-lc-sys (TLS for the AWS SDK) compiles C, so each target needs a C compiler for
 # musl. cc-rs picks musl-gcc by itself for x86_64; the aarch64 cross tools are set here.
 case "$target" in
     x86_64-unknown-linux-musl)

@@ -458,6 +458,47 @@ fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
     assert_eq!(values(&head, "x-forwarded-port"), ["443"], "{head}");
 }
 
+#[test]
+fn the_backend_gets_the_origin_form_and_no_hop_by_hop_headers() {
+    let backend = echo_head_backend();
+    let proxy = Proxy::start(Some(backend), &[]);
+    let mut conn = Conn::open(proxy.addr);
+    let hops = [
+        ("Connection", "keep-alive, X-Hop"),
+        ("X-Hop", "1"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("TE", "trailers"),
+        ("X-End", "kept"),
+    ];
+
+    // The absolute form (what a client configured for a proxy sends) becomes the origin form.
+    let (code, head) = conn.try_request("http://app.example/p?q=1", &hops).unwrap();
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(head.lines().next(), Some("GET /p?q=1 HTTP/1.1"), "{head}");
+    for hop in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+    ] {
+        assert_eq!(values(&head, hop), Vec::<String>::new(), "{hop}: {head}");
+    }
+    assert_eq!(values(&head, "x-end"), ["kept"], "{head}");
+    assert_eq!(values(&head, "host"), ["app.example"], "{head}");
+
+    // The origin form passes as it came, and so does a request with nothing to strip.
+    let (code, head) = conn.try_request("/a/b?c=d&e", &[]).unwrap();
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(
+        head.lines().next(),
+        Some("GET /a/b?c=d&e HTTP/1.1"),
+        "{head}"
+    );
+    assert_eq!(values(&head, "x-forwarded-for"), ["127.0.0.1"], "{head}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebSocket.
 

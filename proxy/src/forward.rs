@@ -200,21 +200,74 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Which of the headers the proxy rewrites a message has, found in one pass over its names.
+/// A lookup per header name instead hashes the name each time: about twenty per request,
+/// measurable against nginx on this, the hot path.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Present {
+    /// A bit per [`HOP_BY_HOP`] entry.
+    hop: u8,
+    /// X-Forwarded-For, -Proto, -Port, Forwarded.
+    forwarded: [bool; 4],
+}
+
+impl Present {
+    fn of(headers: &hyper::HeaderMap) -> Present {
+        let mut p = Present::default();
+        for name in headers.keys() {
+            match name.as_str() {
+                "x-forwarded-for" => p.forwarded[0] = true,
+                "x-forwarded-proto" => p.forwarded[1] = true,
+                "x-forwarded-port" => p.forwarded[2] = true,
+                "forwarded" => p.forwarded[3] = true,
+                _ => {
+                    if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                        p.hop |= 1 << i;
+                    }
+                }
+            }
+        }
+        p
+    }
+
+    fn connection(&self) -> bool {
+        self.hop & 1 != 0
+    }
+}
+
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
-    if let Some(value) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = value
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+    strip_present(headers, Present::of(headers));
+}
+
+/// Removes the hop-by-hop headers `present` found, and those the Connection header names.
+fn strip_present(headers: &mut hyper::HeaderMap, present: Present) {
+    if present.hop == 0 {
+        return;
+    }
+    if present.connection() {
+        // Mostly `keep-alive`: only names not removed below anyway are made and looked up.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| {
+                !n.is_empty()
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for h in named {
             headers.remove(h);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present.hop & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
@@ -232,26 +285,34 @@ fn upgrade_of(headers: &hyper::HeaderMap) -> Option<HeaderValue> {
 
 /// X-Forwarded-For gets the peer appended; X-Forwarded-Proto and -Port are kept when a
 /// trusted peer (the load balancer: its HTTPS listener sends `https`) set them, and set to
-/// this hop's otherwise. From an untrusted peer, none of them is believed.
-fn forwarded_headers(headers: &mut hyper::HeaderMap, client: &Client) {
+/// this hop's otherwise. From an untrusted peer, none of them is believed. `present` says
+/// which of them (and Forwarded) `headers` has ([`Present`]).
+fn set_forwarded(headers: &mut hyper::HeaderMap, client: &Client, mut present: [bool; 4]) {
     const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
     const XFPORT: HeaderName = HeaderName::from_static("x-forwarded-port");
     if !client.trusted {
-        for h in [&XFF, &XFP, &XFPORT, &header::FORWARDED] {
-            headers.remove(h);
+        for (h, there) in [&XFF, &XFP, &XFPORT, &header::FORWARDED]
+            .into_iter()
+            .zip(&mut present)
+        {
+            if std::mem::take(there) {
+                headers.remove(h);
+            }
         }
     }
-    let appended = headers
-        .get(&XFF)
+    let [xff, xfp, xfport, _] = present;
+    let appended = xff
+        .then(|| headers.get(&XFF))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .map(|prior| format!("{prior}, {}", client.peer.ip()))
         .and_then(|v| HeaderValue::from_str(&v).ok());
     headers.insert(&XFF, appended.unwrap_or_else(|| client.peer_value.clone()));
-    if !headers.contains_key(&XFP) {
+    if !xfp {
         headers.insert(&XFP, HeaderValue::from_static("http"));
     }
-    if !headers.contains_key(&XFPORT) {
+    if !xfport {
         headers.insert(&XFPORT, client.port_value.clone());
     }
 }
@@ -486,16 +547,22 @@ pub(super) async fn forward(
     };
     // Origin-form (`/path?query`), as a server expects from a client; some (busybox httpd)
     // refuse the absolute form.
-    let path = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
-    *req.uri_mut() = Uri::from(path);
-    let upgrade = upgrade_of(req.headers());
+    let uri = req.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() || uri.path_and_query().is_none() {
+        let path = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+    }
+    let present = Present::of(req.headers());
+    let upgrade = present
+        .connection()
+        .then(|| upgrade_of(req.headers()))
+        .flatten();
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    forwarded_headers(headers, client);
+    strip_present(headers, present);
+    set_forwarded(headers, client, present.forwarded);
     if let Some(protocol) = upgrade {
         let Some(backend) = pool.pick(None) else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
@@ -786,6 +853,11 @@ async fn join(
 mod tests {
     use super::*;
 
+    fn forwarded_headers(headers: &mut hyper::HeaderMap, client: &Client) {
+        let present = Present::of(headers);
+        set_forwarded(headers, client, present.forwarded);
+    }
+
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
         let mut h = hyper::HeaderMap::new();
@@ -831,6 +903,40 @@ mod tests {
             backend.read(&mut buf).await.unwrap(),
             0,
             "the backend saw the close"
+        );
+    }
+
+    #[test]
+    fn one_pass_finds_the_hop_by_hop_and_forwarded_headers() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("app.example"));
+        h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+        assert_eq!(Present::of(&h), Present::default());
+        // Nothing to strip: the headers are left as they are.
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+
+        h.insert("Upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        let p = Present::of(&h);
+        assert_eq!(p.hop, 1 << 6, "upgrade is the seventh");
+        assert!(!p.connection());
+        assert_eq!(p.forwarded, [false, true, false, true]);
+
+        // A Connection header naming a hop-by-hop header that is absent, and one that is not.
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Upgrade, TE, X-Gone"),
+        );
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        assert!(Present::of(&h).connection());
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["forwarded", "host", "x-end-to-end", "x-forwarded-proto"]
         );
     }
 
