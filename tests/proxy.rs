@@ -333,39 +333,42 @@ fn the_control_socket_is_root_only_and_a_restart_resumes_the_saved_route() {
 // ---------------------------------------------------------------------------------------------
 // Forwarded headers.
 
-/// A keep-alive backend whose body is the request head it received (request line and headers).
-fn echo_head_backend() -> SocketAddr {
+/// A backend on a port of its own that runs `serve` on each connection (its reader and
+/// writer), a thread each.
+fn backend_serving(serve: fn(BufReader<TcpStream>, TcpStream)) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut out = stream;
-                loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        head.push_str(&line);
-                    }
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
-                        head.len()
-                    );
-                    if out.write_all(resp.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+            let reader = BufReader::new(stream.try_clone().unwrap());
+            std::thread::spawn(move || serve(reader, stream));
         }
     });
     addr
+}
+
+/// A keep-alive backend whose body is the request head it received (request line and headers).
+fn echo_head_backend() -> SocketAddr {
+    backend_serving(|mut reader, mut out| loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
+            head.len()
+        );
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    })
 }
 
 /// Every value of header `name` in a request head, in order.
@@ -497,6 +500,168 @@ fn the_backend_gets_the_origin_form_and_no_hop_by_hop_headers() {
         "{head}"
     );
     assert_eq!(values(&head, "x-forwarded-for"), ["127.0.0.1"], "{head}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies.
+
+/// Reads one HTTP/1.1 message's head and body (by Content-Length or chunked) from `r`: the
+/// head's lowercased lines, the body; `None` at the end of the stream.
+fn read_message(r: &mut impl BufRead) -> Option<(Vec<String>, Vec<u8>)> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim_end().to_ascii_lowercase());
+    }
+    let value = |name: &str| {
+        head.iter()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    let mut body = Vec::new();
+    if let Some(n) = value("content-length:") {
+        body.resize(n.parse().unwrap(), 0);
+        r.read_exact(&mut body).unwrap();
+    } else if value("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Some((head, body))
+}
+
+/// A keep-alive backend that answers each request with its body, and says in `x-framing` how
+/// the body came (`length` or `chunked`). `GET /big/N` answers N bytes, chunked.
+fn echo_body_backend() -> SocketAddr {
+    backend_serving(|mut reader, mut out| {
+        while let Some((head, body)) = read_message(&mut reader) {
+            if let Some(n) = head[0]
+                .strip_prefix("get /big/")
+                .and_then(|r| r.split(' ').next())
+            {
+                let n: usize = n.parse().unwrap();
+                let data = pattern(n);
+                let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                for part in data.chunks(100_000) {
+                    resp.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                    resp.extend_from_slice(part);
+                    resp.extend_from_slice(b"\r\n");
+                }
+                resp.extend_from_slice(b"0\r\n\r\n");
+                if out.write_all(&resp).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let framing = if head.iter().any(|l| l.starts_with("content-length:")) {
+                "length"
+            } else {
+                "chunked"
+            };
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Framing: {framing}\r\n\r\n",
+                body.len()
+            );
+            if out.write_all(resp.as_bytes()).is_err() || out.write_all(&body).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// `n` bytes that are not all alike.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn request_and_response_bodies_pass_whole_both_ways() {
+    let backend = echo_body_backend();
+    let proxy = Proxy::start(Some(backend), &[]);
+    let stream = TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+
+    // A 1 MiB body with a Content-Length, on one kept-alive connection twice.
+    let big = pattern(1 << 20);
+    for _ in 0..2 {
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: app.example\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        );
+        w.write_all(head.as_bytes()).unwrap();
+        w.write_all(&big).unwrap();
+        let (head, body) = read_message(&mut reader).expect("an answer");
+        assert_eq!(head[0], "http/1.1 200 ok", "{head:?}");
+        assert!(head.contains(&"x-framing: length".to_string()), "{head:?}");
+        assert!(
+            body == big,
+            "the body came back changed ({} bytes)",
+            body.len()
+        );
+    }
+
+    // A chunked body: the backend gets it whole (chunked again), and answers it.
+    let mut req =
+        b"POST /up HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in ["hello, ", "chunked ", "world"] {
+        req.extend_from_slice(format!("{:x}\r\n{part}\r\n", part.len()).as_bytes());
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    w.write_all(&req).unwrap();
+    let (head, body) = read_message(&mut reader).expect("an answer");
+    assert!(head.contains(&"x-framing: chunked".to_string()), "{head:?}");
+    assert_eq!(body, b"hello, chunked world");
+
+    // A bodiless POST, then a 3 MB chunked answer.
+    w.write_all(b"POST /up HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_message(&mut reader).expect("an answer");
+    assert!(head.contains(&"content-length: 0".to_string()), "{head:?}");
+    assert!(body.is_empty());
+    w.write_all(b"GET /big/3000000 HTTP/1.1\r\nHost: app.example\r\n\r\n")
+        .unwrap();
+    let (head, body) = read_message(&mut reader).expect("an answer");
+    assert_eq!(head[0], "http/1.1 200 ok", "{head:?}");
+    assert!(
+        body == pattern(3_000_000),
+        "the answer came changed ({} bytes)",
+        body.len()
+    );
+
+    // HEAD: the head only, and the connection still serves.
+    w.write_all(b"HEAD /up HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    w.write_all(b"POST /up HTTP/1.1\r\nHost: app.example\r\nContent-Length: 2\r\n\r\nok")
+        .unwrap();
+    let (_, body) = read_message(&mut reader).expect("an answer after the HEAD");
+    assert_eq!(body, b"ok");
 }
 
 // ---------------------------------------------------------------------------------------------

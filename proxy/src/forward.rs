@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 use super::connection::Busy;
 use super::routes::{Backend, InFlight, Pool, Routes, Shared, BUCKETS};
+use super::upstream::{self, idempotent, SendError, UpBody, UpstreamBody};
 
 /// What one request needs to know of the proxy's settings.
 #[derive(Debug, Clone)]
@@ -97,10 +98,6 @@ fn cookie<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h [u8]> {
         })
 }
 
-/// A request body as sent upstream: the client's, or none (a bodiless request is rebuilt with
-/// an empty one, so that it can be sent again to another backend).
-type UpBody = Either<Incoming, Empty<Bytes>>;
-
 /// A response body that keeps its request in flight (and its connection busy) until it is
 /// fully sent, or dropped.
 pub(super) struct ProxyBody {
@@ -110,16 +107,30 @@ pub(super) struct ProxyBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
+    /// An answer to an upgrade request that did not switch (hyper's client, forward's tunnel).
+    Declined(Incoming),
     /// The proxy's own answer, or a small upstream body read whole before answering.
     Whole(Full<Bytes>),
 }
 
+/// A response body's error, as hyper's server takes it.
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
 impl ProxyBody {
     /// A backend's response body, its request in flight until it is sent.
-    fn upstream(body: Incoming, inflight: InFlight, busy: Busy) -> ProxyBody {
+    fn upstream(body: UpstreamBody, inflight: InFlight, busy: Busy) -> ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
+            inflight: Some(inflight),
+            busy: Some(busy),
+        }
+    }
+
+    /// The answer to an upgrade request that did not switch protocols.
+    fn declined(body: Incoming, inflight: InFlight, busy: Busy) -> ProxyBody {
+        ProxyBody {
+            kind: Kind::Declined(body),
             inflight: Some(inflight),
             busy: Some(busy),
         }
@@ -144,15 +155,16 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.kind {
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Declined(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Kind::Whole(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never: Infallible| match never {}),
@@ -166,6 +178,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Declined(body) => body.is_end_stream(),
             Kind::Whole(full) => full.is_end_stream(),
         }
     }
@@ -173,6 +186,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
+            Kind::Declined(body) => body.size_hint(),
             Kind::Whole(full) => full.size_hint(),
         }
     }
@@ -323,16 +337,11 @@ const IDLE_REUSE: Duration = Duration::from_secs(2);
 
 /// One client connection's upstream connections, one per backend it has used (as nginx's
 /// upstream keep-alive does), so no request waits on a shared pool. Reopened when the route
-/// changes, or after they idled.
+/// changes, or after they idled. A request takes its backend's connection while it is
+/// answered, and the response body gives it back (upstream.rs).
 #[derive(Default)]
 pub(super) struct Upstream {
-    links: tokio::sync::Mutex<Vec<Link>>,
-}
-
-struct Link {
-    backend: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<UpBody>,
-    last_used: Instant,
+    idle: upstream::Idle,
 }
 
 /// Why a request got no response from a backend.
@@ -379,18 +388,6 @@ async fn open(
         .map_err(|e| e.to_string())
 }
 
-async fn connect(backend: SocketAddr, limit: Duration) -> Result<Link, String> {
-    let (sender, conn) = open(backend, limit).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Link {
-        backend,
-        sender,
-        last_used: Instant::now(),
-    })
-}
-
 /// `fut` within `limit`, when there is one.
 async fn within<T>(
     limit: Option<Duration>,
@@ -409,73 +406,53 @@ impl Upstream {
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
-    ) -> Result<Response<Incoming>, Failed> {
-        let mut links = self.links.lock().await;
-        // Links to backends no longer routed to (after a switch) are let go.
-        if links.len() > 1 && links.len() >= pool.len() {
-            links.retain(|l| pool.backends.iter().any(|b| b.addr == l.backend));
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        // Connections to backends no longer routed to (after a switch) are let go.
+        if pool.len() > 0 {
+            self.idle
+                .retain(|addr| pool.backends.iter().any(|b| b.addr == addr));
         }
         let mut req = req;
-        // A kept-alive connection the backend has just closed (busybox httpd closes after every
-        // response) hands the request back unsent: it is retried once on a new connection, so
-        // that race never becomes a 502.
+        let mut why = String::new();
+        // A kept-alive connection the backend has just closed hands the request back unsent:
+        // it is retried once on a new connection, so that race never becomes a 502.
         for attempt in 0..2 {
-            let found = links.iter().position(|l| l.backend == backend);
-            let reusable = found.filter(|i| {
-                let l = &links[*i];
-                !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE && attempt == 0
-            });
-            let fresh = reusable.is_none();
-            let i = match reusable {
-                Some(i) => i,
-                None => {
-                    if let Some(i) = found {
-                        links.swap_remove(i);
+            let reused = self
+                .idle
+                .take(backend)
+                .filter(|c| attempt == 0 && c.last_used.elapsed() < IDLE_REUSE);
+            let reused = reused.and_then(|mut c| (!c.closed()).then_some(c));
+            let fresh = reused.is_none();
+            let conn = match reused {
+                Some(c) => c,
+                None => match upstream::connect(backend, limits.connect).await {
+                    Ok(c) => c,
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            connect: true,
+                            timeout: false,
+                            unsent: Some(req),
+                        })
                     }
-                    match connect(backend, limits.connect).await {
-                        Ok(link) => links.push(link),
-                        Err(error) => {
-                            return Err(Failed {
-                                error,
-                                connect: true,
-                                timeout: false,
-                                unsent: Some(req),
-                            })
-                        }
-                    }
-                    links.len() - 1
-                }
+                },
             };
-            let link = &mut links[i];
-            if link.sender.ready().await.is_err() {
-                continue;
-            }
             // A new connection that breaks before any answer is a backend going away (a killed
             // container's published port still accepts for a moment): a bodiless idempotent
             // request is kept to go elsewhere. Only on new connections, which cost a connect
             // anyway.
             let again = if fresh { replayable(&req) } else { None };
-            let result = within(limits.response, link.sender.try_send_request(req)).await;
-            link.last_used = Instant::now();
-            match result {
+            match within(limits.response, conn.send(req, self.idle.clone(), !fresh)).await {
                 Some(Ok(resp)) => return Ok(resp),
-                Some(Err(mut e)) => {
-                    links.swap_remove(i);
-                    match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        // A new connection that breaks before any answer: the backend is going
-                        // (a killed container's port still accepts for a moment).
-                        None => {
-                            return Err(Failed {
-                                connect: fresh,
-                                unsent: again.as_ref().map(rebuild),
-                                ..Failed::sent(e.into_error())
-                            })
-                        }
-                    }
+                Some(Err(SendError::Unsent(unsent, error))) => (req, why) = (*unsent, error),
+                Some(Err(SendError::Sent(error))) => {
+                    return Err(Failed {
+                        connect: fresh,
+                        unsent: again.as_ref().map(rebuild),
+                        ..Failed::sent(error)
+                    })
                 }
                 None => {
-                    links.swap_remove(i);
                     return Err(Failed {
                         timeout: true,
                         ..Failed::sent("no response head in time")
@@ -486,7 +463,7 @@ impl Upstream {
         // Closed at once on a new connection too: the backend is going away (a container being
         // killed). The request never left: it may wait for, or go to, another backend.
         Err(Failed {
-            error: "the backend closed the connection twice".into(),
+            error: format!("the backend closed the connection twice ({why})"),
             connect: true,
             timeout: false,
             unsent: Some(req),
@@ -516,15 +493,6 @@ impl Client {
             upstream: Upstream::default(),
         }
     }
-}
-
-/// Requests that may be sent again once sent (RFC 9110 section 9.2.2): only those are
-/// retried on another backend after their connection failed.
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 /// Sends `req` from `client` to a backend of the route and returns its response.
@@ -679,7 +647,7 @@ pub(super) async fn forward(
 
 /// A backend's answer: streamed to the client as it comes, or already read whole.
 enum Answer {
-    Streamed(Response<Incoming>),
+    Streamed(Response<UpstreamBody>),
     Whole(hyper::http::response::Parts, Bytes),
 }
 
@@ -774,7 +742,7 @@ async fn tunnel(
     strip_hop_by_hop(&mut parts.headers);
     let Some(backend_side) = backend_side else {
         // Not switching: an ordinary response on this connection.
-        return Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy));
+        return Response::from_parts(parts, ProxyBody::declined(body, inflight, busy));
     };
     parts
         .headers
