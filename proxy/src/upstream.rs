@@ -7,8 +7,8 @@
 //! to it and the response head and each body chunk back through channels, and keeps two
 //! fixed 8 KiB buffers per connection; no client crate drives a connection from the caller's
 //! task. With this one the proxy's RSS under the benchmark's load (`tests/bench/proxy.sh`, 64
-//! connections) went from 7.3 to 5.6 MiB, below nginx's worker; its CPU per request did not
-//! move beyond the machine's noise. The parsing is httparse's (hyper's own parser); upgrades
+//! connections) went from 7.3 to 7.8 MiB down to 5.6 to 6.0 MiB, below nginx's worker (6.3 to
+//! 6.4); its CPU per request moved from 1.30x nginx's to 1.25x, within the machine's noise. The parsing is httparse's (hyper's own parser); upgrades
 //! (WebSocket) still go through hyper's client (forward.rs), which hands the connection over
 //! after a 101.
 
