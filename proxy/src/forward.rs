@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use super::connection::Busy;
 use super::routes::{Backend, InFlight, Pool, Routes, Shared, BUCKETS};
-use super::upstream::{self, idempotent, SendError, UpBody, UpstreamBody};
+use super::upstream::{self, idempotent, SendError, UpstreamBody};
 
 /// What one request needs to know of the proxy's settings.
 #[derive(Debug, Clone)]
@@ -98,6 +98,10 @@ fn cookie<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h [u8]> {
         })
 }
 
+/// A request body as sent upstream: the client's, or none (a bodiless request is rebuilt with
+/// an empty one, so that it can be sent again to another backend).
+type UpBody = Either<Incoming, Empty<Bytes>>;
+
 /// A response body that keeps its request in flight (and its connection busy) until it is
 /// fully sent, or dropped.
 pub(super) struct ProxyBody {
@@ -108,8 +112,8 @@ pub(super) struct ProxyBody {
 
 enum Kind {
     Upstream(UpstreamBody),
-    /// An answer to an upgrade request that did not switch (hyper's client, forward's tunnel).
-    Declined(Incoming),
+    /// hyper's client's answer: to a request with a body, or to an upgrade that did not switch.
+    Hyper(Incoming),
     /// The proxy's own answer, or a small upstream body read whole before answering.
     Whole(Full<Bytes>),
 }
@@ -127,10 +131,11 @@ impl ProxyBody {
         }
     }
 
-    /// The answer to an upgrade request that did not switch protocols.
-    fn declined(body: Incoming, inflight: InFlight, busy: Busy) -> ProxyBody {
+    /// hyper's client's response body (to a request with a body, or to an upgrade request that
+    /// did not switch), its request in flight until it is sent.
+    fn hyper(body: Incoming, inflight: InFlight, busy: Busy) -> ProxyBody {
         ProxyBody {
-            kind: Kind::Declined(body),
+            kind: Kind::Hyper(body),
             inflight: Some(inflight),
             busy: Some(busy),
         }
@@ -164,7 +169,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::Declined(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Kind::Whole(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never: Infallible| match never {}),
@@ -178,7 +183,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(body) => body.is_end_stream(),
-            Kind::Declined(body) => body.is_end_stream(),
+            Kind::Hyper(body) => body.is_end_stream(),
             Kind::Whole(full) => full.is_end_stream(),
         }
     }
@@ -186,7 +191,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
-            Kind::Declined(body) => body.size_hint(),
+            Kind::Hyper(body) => body.size_hint(),
             Kind::Whole(full) => full.size_hint(),
         }
     }
@@ -339,9 +344,33 @@ const IDLE_REUSE: Duration = Duration::from_secs(2);
 /// upstream keep-alive does), so no request waits on a shared pool. Reopened when the route
 /// changes, or after they idled. A request takes its backend's connection while it is
 /// answered, and the response body gives it back (upstream.rs).
+///
+/// Requests with a body go through hyper's client instead, on links of their own: it sends
+/// the body while it reads the answer, which a backend may send (or stream) before it has
+/// read all of it.
 #[derive(Default)]
 pub(super) struct Upstream {
     idle: upstream::Idle,
+    links: tokio::sync::Mutex<Vec<Link>>,
+}
+
+struct Link {
+    backend: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<UpBody>,
+    last_used: Instant,
+}
+
+/// A hyper client connection to `backend`, driven by a task of its own.
+async fn connect(backend: SocketAddr, limit: Duration) -> Result<Link, String> {
+    let (sender, conn) = open(backend, limit).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Link {
+        backend,
+        sender,
+        last_used: Instant::now(),
+    })
 }
 
 /// Why a request got no response from a backend.
@@ -356,6 +385,16 @@ struct Failed {
 }
 
 impl Failed {
+    /// No connection: the request never left, and may go to (or wait for) another backend.
+    fn unreachable(error: String, req: Request<UpBody>) -> Failed {
+        Failed {
+            error,
+            connect: true,
+            timeout: false,
+            unsent: Some(req),
+        }
+    }
+
     fn sent(error: impl std::fmt::Display) -> Failed {
         Failed {
             error: error.to_string(),
@@ -406,12 +445,29 @@ impl Upstream {
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
+    ) -> Result<Answer, Failed> {
+        if matches!(req.body(), Either::Left(_)) {
+            return self
+                .send_with_body(pool, backend, req, limits)
+                .await
+                .map(Answer::Hyper);
+        }
+        self.send_bodiless(pool, backend, req, limits)
+            .await
+            .map(Answer::Streamed)
+    }
+
+    /// A request without a body, through berth's own client (upstream.rs).
+    async fn send_bodiless(
+        &self,
+        pool: &Pool,
+        backend: SocketAddr,
+        req: Request<UpBody>,
+        limits: &Limits,
     ) -> Result<Response<UpstreamBody>, Failed> {
         // Connections to backends no longer routed to (after a switch) are let go.
-        if pool.len() > 0 {
-            self.idle
-                .retain(|addr| pool.backends.iter().any(|b| b.addr == addr));
-        }
+        self.idle
+            .retain(|addr| pool.backends.iter().any(|b| b.addr == addr));
         let mut req = req;
         let mut why = String::new();
         // A kept-alive connection the backend has just closed hands the request back unsent:
@@ -427,14 +483,7 @@ impl Upstream {
                 Some(c) => c,
                 None => match upstream::connect(backend, limits.connect).await {
                     Ok(c) => c,
-                    Err(error) => {
-                        return Err(Failed {
-                            error,
-                            connect: true,
-                            timeout: false,
-                            unsent: Some(req),
-                        })
-                    }
+                    Err(error) => return Err(Failed::unreachable(error, req)),
                 },
             };
             // A new connection that breaks before any answer is a backend going away (a killed
@@ -442,9 +491,12 @@ impl Upstream {
             // request is kept to go elsewhere. Only on new connections, which cost a connect
             // anyway.
             let again = if fresh { replayable(&req) } else { None };
-            match within(limits.response, conn.send(req, self.idle.clone(), !fresh)).await {
+            let (parts, empty) = req.into_parts();
+            match within(limits.response, conn.send(parts, self.idle.clone(), !fresh)).await {
                 Some(Ok(resp)) => return Ok(resp),
-                Some(Err(SendError::Unsent(unsent, error))) => (req, why) = (*unsent, error),
+                Some(Err(SendError::Unsent(parts, error))) => {
+                    (req, why) = (Request::from_parts(*parts, empty), error);
+                }
                 Some(Err(SendError::Sent(error))) => {
                     return Err(Failed {
                         connect: fresh,
@@ -462,12 +514,92 @@ impl Upstream {
         }
         // Closed at once on a new connection too: the backend is going away (a container being
         // killed). The request never left: it may wait for, or go to, another backend.
-        Err(Failed {
-            error: format!("the backend closed the connection twice ({why})"),
-            connect: true,
-            timeout: false,
-            unsent: Some(req),
-        })
+        Err(Failed::unreachable(
+            format!("the backend closed the connection twice ({why})"),
+            req,
+        ))
+    }
+
+    /// A request with a body, through hyper's client.
+    async fn send_with_body(
+        &self,
+        pool: &Pool,
+        backend: SocketAddr,
+        req: Request<UpBody>,
+        limits: &Limits,
+    ) -> Result<Response<Incoming>, Failed> {
+        let mut links = self.links.lock().await;
+        // Links to backends no longer routed to (after a switch) are let go.
+        if links.len() > 1 && links.len() >= pool.len() {
+            links.retain(|l| pool.backends.iter().any(|b| b.addr == l.backend));
+        }
+        let mut req = req;
+        // A kept-alive connection the backend has just closed (busybox httpd closes after every
+        // response) hands the request back unsent: it is retried once on a new connection, so
+        // that race never becomes a 502.
+        for attempt in 0..2 {
+            let found = links.iter().position(|l| l.backend == backend);
+            let reusable = found.filter(|i| {
+                let l = &links[*i];
+                !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE && attempt == 0
+            });
+            let fresh = reusable.is_none();
+            let i = match reusable {
+                Some(i) => i,
+                None => {
+                    if let Some(i) = found {
+                        links.swap_remove(i);
+                    }
+                    match connect(backend, limits.connect).await {
+                        Ok(link) => links.push(link),
+                        Err(error) => return Err(Failed::unreachable(error, req)),
+                    }
+                    links.len() - 1
+                }
+            };
+            let link = &mut links[i];
+            if link.sender.ready().await.is_err() {
+                continue;
+            }
+            // A new connection that breaks before any answer is a backend going away (a killed
+            // container's published port still accepts for a moment): a bodiless idempotent
+            // request is kept to go elsewhere. Only on new connections, which cost a connect
+            // anyway.
+            let again = if fresh { replayable(&req) } else { None };
+            let result = within(limits.response, link.sender.try_send_request(req)).await;
+            link.last_used = Instant::now();
+            match result {
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(mut e)) => {
+                    links.swap_remove(i);
+                    match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        // A new connection that breaks before any answer: the backend is going
+                        // (a killed container's port still accepts for a moment).
+                        None => {
+                            return Err(Failed {
+                                connect: fresh,
+                                unsent: again.as_ref().map(rebuild),
+                                ..Failed::sent(e.into_error())
+                            })
+                        }
+                    }
+                }
+                None => {
+                    links.swap_remove(i);
+                    return Err(Failed {
+                        timeout: true,
+                        ..Failed::sent("no response head in time")
+                    });
+                }
+            }
+        }
+        // Closed at once on a new connection too: the backend is going away (a container being
+        // killed). The request never left: it may wait for, or go to, another backend.
+        Err(Failed::unreachable(
+            "the backend closed the connection twice".into(),
+            req,
+        ))
     }
 }
 
@@ -572,15 +704,14 @@ pub(super) async fn forward(
             // A small answer to a request that can go elsewhere is read whole first: a replica
             // killed between its head and its body then costs a retry, not the client's answer.
             let sent = match sent {
-                Ok(resp) if replay.is_some() && small(resp.headers()) => {
+                Ok(Answer::Streamed(resp)) if replay.is_some() && small(resp.headers()) => {
                     let (parts, body) = resp.into_parts();
                     match body.collect().await {
                         Ok(whole) => Ok(Answer::Whole(parts, whole.to_bytes())),
                         Err(e) => Err(Failed::sent(format!("the response body broke: {e}"))),
                     }
                 }
-                Ok(resp) => Ok(Answer::Streamed(resp)),
-                Err(failed) => Err(failed),
+                other => other,
             };
             match sent {
                 Ok(answer) => {
@@ -591,6 +722,10 @@ pub(super) async fn forward(
                         }
                         Answer::Whole(parts, bytes) => {
                             (parts, ProxyBody::whole(bytes, inflight, busy))
+                        }
+                        Answer::Hyper(resp) => {
+                            let (parts, body) = resp.into_parts();
+                            (parts, ProxyBody::hyper(body, inflight, busy))
                         }
                     };
                     strip_hop_by_hop(&mut parts.headers);
@@ -648,6 +783,8 @@ pub(super) async fn forward(
 /// A backend's answer: streamed to the client as it comes, or already read whole.
 enum Answer {
     Streamed(Response<UpstreamBody>),
+    /// hyper's client's answer (to a request with a body).
+    Hyper(Response<Incoming>),
     Whole(hyper::http::response::Parts, Bytes),
 }
 
@@ -742,7 +879,7 @@ async fn tunnel(
     strip_hop_by_hop(&mut parts.headers);
     let Some(backend_side) = backend_side else {
         // Not switching: an ordinary response on this connection.
-        return Response::from_parts(parts, ProxyBody::declined(body, inflight, busy));
+        return Response::from_parts(parts, ProxyBody::hyper(body, inflight, busy));
     };
     parts
         .headers

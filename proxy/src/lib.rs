@@ -22,8 +22,8 @@
 //!
 //! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
 //! its backends and the pick per request), `forward` (one request to a backend, retries,
-//! tunnels), `upstream` (the HTTP/1.1 client on the backend side, driven from the request's
-//! own task), `connection` (a client connection's timeouts and polite close), `metrics`
+//! tunnels), `upstream` (the HTTP/1.1 client on the backend side for requests without a
+//! body, driven from the request's own task), `connection` (a client connection's timeouts and polite close), `metrics`
 //! (counters and their readings), `pages` (start-up code handed back to the kernel), `server`
 //! (`run`: listeners, workers, signals, the control socket), `client` (what the agent calls).
 

@@ -1,5 +1,5 @@
-//! The backend side of a proxied request: berth's own HTTP/1.1 client on one kept-alive
-//! connection. The request's future writes the request and reads the response head on the
+//! The backend side of a proxied request without a body (most are): berth's own HTTP/1.1
+//! client on one kept-alive connection. The request's future writes the request and reads the response head on the
 //! socket, and the response body reads the socket when hyper's server polls it, so a request
 //! and its answer never leave the client connection's task.
 //!
@@ -10,9 +10,10 @@
 //! connections) went from 7.3 to 7.8 MiB down to 5.6 to 6.0 MiB, below nginx's worker (6.3 to
 //! 6.4); its CPU per request moved from 1.30x nginx's to 1.25x, within the machine's noise. The parsing is httparse's (hyper's own parser); upgrades
 //! (WebSocket) still go through hyper's client (forward.rs), which hands the connection over
-//! after a 101.
+//! after a 101, and so do requests with a body: hyper's client sends a body while it reads
+//! the answer, which a backend may send (or stream) before it has read all of it.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,15 +21,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::Either;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::io::{AsyncWriteExt, Interest};
+use hyper::http::request::Parts;
+use hyper::{Method, Response, StatusCode, Version};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-/// A request body as sent upstream: the client's, or none.
-pub(super) type UpBody = Either<Incoming, http_body_util::Empty<Bytes>>;
 
 /// A response head bigger than this is refused (hyper's client allowed the same).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
@@ -41,8 +39,8 @@ const READ_SIZE: usize = 4096;
 #[derive(Debug)]
 pub(super) enum SendError {
     /// The request did not reach the backend (its connection was closed under it): it may be
-    /// sent again, on another connection.
-    Unsent(Box<Request<UpBody>>, String),
+    /// sent again, on another connection. Its head comes back.
+    Unsent(Box<Parts>, String),
     /// It may have reached the backend.
     Sent(String),
 }
@@ -130,84 +128,50 @@ enum Chunk {
     Done,
 }
 
-/// How a request body is written.
-enum Sending {
-    Nothing,
-    /// As it comes (its Content-Length is in the head).
-    Raw(Incoming),
-    Chunked(Incoming),
-}
-
 impl Conn {
-    /// Whether the backend closed this idle connection (a kept-alive connection it timed out),
-    /// from the readiness the runtime keeps for the socket: no system call.
+    /// Whether this idle connection is no use: the backend closed it (a kept-alive connection
+    /// it timed out), or sent something while it was idle (which would be read as the next
+    /// answer). A read without waiting tells; with the socket's readiness already cleared by
+    /// the last read it makes no system call.
     pub(super) fn closed(&mut self) -> bool {
         if !self.buf.is_empty() {
             return true;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let ready = std::pin::pin!(self.stream.ready(Interest::READABLE));
-        match ready.poll(&mut cx) {
-            Poll::Ready(Ok(r)) => r.is_read_closed() || r.is_error(),
-            Poll::Ready(Err(_)) => true,
-            Poll::Pending => false,
-        }
+        !matches!(self.poll_read_more(&mut cx), Poll::Pending)
     }
 
-    /// Sends `req` and reads the response head; the body reads the rest and gives the
-    /// connection back to `idle` at its end when it can carry another request. `reused`: the
-    /// connection served a request before (so a close before any answer means it had timed
-    /// out, not that the backend failed).
+    /// Sends the bodiless request `parts` and reads the response head; the body reads the
+    /// rest and gives the connection back to `idle` at its end when it can carry another
+    /// request. `reused`: the connection served a request before (so a close before any
+    /// answer means it had timed out, not that the backend failed).
     pub(super) async fn send(
         mut self,
-        req: Request<UpBody>,
+        parts: Parts,
         idle: Idle,
         reused: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let (parts, body) = req.into_parts();
-        let sending = self.write_head(&parts, body);
+        self.write_head(&parts);
         if let Err(e) = self.stream.write_all(&self.out).await {
-            // None of the body was read yet, and a head cut short is no request: it can be
-            // sent again whole.
+            // A head cut short is no request: it can be sent again.
             return Err(SendError::Unsent(
-                Box::new(Request::from_parts(parts, sending.into_body())),
+                Box::new(parts),
                 format!("sending the request: {e}"),
             ));
         }
-        let bodiless = matches!(sending, Sending::Nothing);
-        let copied = match sending {
-            Sending::Nothing => Ok(()),
-            Sending::Raw(body) => self.write_body(body, false).await,
-            Sending::Chunked(body) => self.write_body(body, true).await,
-        };
-        // The copy's error, when the backend may still have answered.
-        let copy_failed = match copied {
-            Ok(()) => None,
-            Err(CopyError::Client(e)) => return Err(SendError::Sent(e)),
-            Err(CopyError::Backend(e)) => Some(e),
-        };
         let (head, framing, keep) = match self.read_head(&parts.method).await {
             Ok(h) => h,
-            Err(Closed::Before(e)) if reused && bodiless && idempotent(&parts.method) => {
+            Err(Closed::Before(e)) if reused && idempotent(&parts.method) => {
                 // A kept-alive connection the backend closed as the request went out: an
-                // idempotent request without a body is sent again on a new one.
-                return Err(SendError::Unsent(
-                    Box::new(Request::from_parts(
-                        parts,
-                        Either::Right(http_body_util::Empty::new()),
-                    )),
-                    e,
-                ));
+                // idempotent request (without a body, as all here are) is sent again.
+                return Err(SendError::Unsent(Box::new(parts), e));
             }
-            // The copy's failure is what went wrong first.
-            Err(Closed::Before(e) | Closed::After(e)) => {
-                return Err(SendError::Sent(copy_failed.unwrap_or(e)))
-            }
+            Err(Closed::Before(e) | Closed::After(e)) => return Err(SendError::Sent(e)),
         };
         let body = UpstreamBody {
             conn: Some(self),
             framing,
-            keep: keep && copy_failed.is_none(),
+            keep,
             idle,
         };
         let mut resp = Response::from_parts(head, body);
@@ -217,8 +181,8 @@ impl Conn {
         Ok(resp)
     }
 
-    /// The request head into `self.out`, and how its body goes.
-    fn write_head(&mut self, parts: &hyper::http::request::Parts, body: UpBody) -> Sending {
+    /// The request head into `self.out`.
+    fn write_head(&mut self, parts: &Parts) {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -232,59 +196,13 @@ impl Conn {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
-        let sending = match body {
-            Either::Left(incoming) if !incoming.is_end_stream() => {
-                if has_length {
-                    Sending::Raw(incoming)
-                } else {
-                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                    Sending::Chunked(incoming)
-                }
-            }
-            _ => {
-                // A bodiless POST, PUT or PATCH says so, as hyper's client did.
-                if !has_length && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
-                {
-                    out.extend_from_slice(b"content-length: 0\r\n");
-                }
-                Sending::Nothing
-            }
-        };
+        // A bodiless POST, PUT or PATCH says so, as hyper's client did.
+        if !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         out.extend_from_slice(b"\r\n");
-        sending
-    }
-
-    /// Copies the request body to the backend. A failed write is not the end: a backend that
-    /// answers early (a 413, say) and closes fails the copy, and its answer is still to be
-    /// read. A client's body that breaks is the end (the backend waits for the rest).
-    async fn write_body(&mut self, mut body: Incoming, chunked: bool) -> Result<(), CopyError> {
-        let wr = &mut self.stream;
-        let send_err =
-            |e: std::io::Error| CopyError::Backend(format!("sending the request body: {e}"));
-        while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            let frame = frame.map_err(|e| {
-                CopyError::Client(format!("reading the client's request body: {e}"))
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers are not forwarded
-            };
-            if data.is_empty() {
-                continue;
-            }
-            if chunked {
-                let size = format!("{:x}\r\n", data.len());
-                wr.write_all(size.as_bytes()).await.map_err(send_err)?;
-                wr.write_all(&data).await.map_err(send_err)?;
-                wr.write_all(b"\r\n").await.map_err(send_err)?;
-            } else {
-                wr.write_all(&data).await.map_err(send_err)?;
-            }
-        }
-        if chunked {
-            wr.write_all(b"0\r\n\r\n").await.map_err(send_err)?;
-        }
-        Ok(())
     }
 
     /// Reads the response head (skipping 1xx interim responses), and how its body ends.
@@ -363,8 +281,11 @@ impl Conn {
             map.append(name, value);
         }
         self.buf.advance(len);
+        // A Transfer-Encoding on HTTP/1.0 is faulty framing: the connection ends after it
+        // (RFC 9112 section 6.1).
+        let faulty = !http11 && map.contains_key(header::TRANSFER_ENCODING);
         let framing = framing(method, status, &mut map)?;
-        let keep = framing != Framing::Close && keeps_alive(&map, http11);
+        let keep = framing != Framing::Close && !faulty && keeps_alive(&map, http11);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = if http11 {
@@ -385,15 +306,9 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < READ_SIZE {
             self.buf.reserve(READ_SIZE);
         }
-        loop {
-            if let Err(e) = std::task::ready!(self.stream.poll_read_ready(cx)) {
-                return Poll::Ready(Err(e));
-            }
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                done => return Poll::Ready(done),
-            }
-        }
+        // tokio's own read: a short read clears the readiness, so the next wait costs no
+        // system call that only finds the socket empty.
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 }
 
@@ -401,23 +316,6 @@ impl Conn {
 enum Closed {
     Before(String),
     After(String),
-}
-
-/// Why a request body's copy stopped.
-enum CopyError {
-    /// The client's body broke: the backend waits for the rest, so there is no answer.
-    Client(String),
-    /// The write to the backend failed: it may have answered early.
-    Backend(String),
-}
-
-impl Sending {
-    fn into_body(self) -> UpBody {
-        match self {
-            Sending::Nothing => Either::Right(http_body_util::Empty::new()),
-            Sending::Raw(b) | Sending::Chunked(b) => Either::Left(b),
-        }
-    }
 }
 
 /// Requests that may be sent again once sent (RFC 9110 section 9.2.2): only those are
@@ -436,6 +334,9 @@ fn framing(
     status: StatusCode,
     headers: &mut HeaderMap,
 ) -> Result<Framing, String> {
+    if method == Method::CONNECT {
+        return Err("a CONNECT tunnel is not proxied".into());
+    }
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -461,10 +362,14 @@ fn framing(
     let mut length: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().unwrap_or("").split(',') {
+            let part = part.trim();
+            // Digits only (RFC 9112 section 6.3): `+5` parses as a u64 but is not one.
             let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| format!("a bad Content-Length {v:?}"))?;
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse().ok())
+                .flatten()
+                .ok_or_else(|| format!("a bad Content-Length {v:?}"))?;
             if length.is_some_and(|l| l != n) {
                 return Err("Content-Length headers that disagree".into());
             }
@@ -785,24 +690,26 @@ mod tests {
         (addr, rx)
     }
 
-    fn get(method: Method) -> Request<UpBody> {
-        let mut req = Request::new(Either::Right(http_body_util::Empty::new()));
+    fn get(method: Method) -> Parts {
+        let mut req = hyper::Request::new(());
         *req.method_mut() = method;
         *req.uri_mut() = "/p?q=1".parse().unwrap();
         req.headers_mut()
             .insert(header::HOST, HeaderValue::from_static("app.example"));
-        req
+        req.into_parts().0
+    }
+
+    /// `method`'s answer from `addr`, on a new connection.
+    async fn fetch(addr: SocketAddr, method: Method, idle: &Idle) -> Response<UpstreamBody> {
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        conn.send(get(method), idle.clone(), false).await.unwrap()
     }
 
     /// A backend answering one request with `answer`, and that answer read by a new
     /// connection to it.
     async fn answered(answer: &'static [u8], idle: &Idle) -> (SocketAddr, Response<UpstreamBody>) {
         let (addr, _heads) = backend(vec![vec![answer]]).await;
-        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-        let resp = conn
-            .send(get(Method::GET), idle.clone(), false)
-            .await
-            .unwrap();
+        let resp = fetch(addr, Method::GET, idle).await;
         (addr, resp)
     }
 
@@ -825,11 +732,7 @@ mod tests {
         ])
         .await;
         let idle = Idle::default();
-        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-        let resp = conn
-            .send(get(Method::GET), idle.clone(), false)
-            .await
-            .unwrap();
+        let resp = fetch(addr, Method::GET, &idle).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(body_of(resp).await.unwrap(), "Wikipedia");
         let head = heads.recv().await.unwrap();
@@ -892,7 +795,7 @@ mod tests {
         // Sent anyway (the race a check cannot close): an idempotent bodiless request comes
         // back unsent, a POST does not.
         match conn.send(get(Method::GET), idle.clone(), true).await {
-            Err(SendError::Unsent(req, _)) => assert_eq!(req.method(), Method::GET),
+            Err(SendError::Unsent(parts, _)) => assert_eq!(parts.method, Method::GET),
             other => panic!("{other:?}"),
         }
         let (addr, resp) = answered(OK, &idle).await;
@@ -903,6 +806,63 @@ mod tests {
             conn.send(get(Method::POST), idle.clone(), true).await,
             Err(SendError::Sent(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn bytes_after_an_answer_keep_its_connection_from_carrying_another() {
+        // More than its Content-Length, sent a moment after the answer; the backend keeps
+        // the connection open (it waits for a second request), so only the bytes tell.
+        let (addr, _heads) = backend(vec![
+            vec![
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                b"HTTP/1.1 200 OK\r\n",
+            ],
+            vec![],
+        ])
+        .await;
+        let idle = Idle::default();
+        let resp = fetch(addr, Method::GET, &idle).await;
+        assert_eq!(body_of(resp).await.unwrap(), "ok");
+        let mut conn = idle.take(addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !conn.closed() {
+            assert!(Instant::now() < deadline, "the stray bytes were never seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // A body to a HEAD: the answer has none, and the connection is not kept.
+        let (addr, _heads) = backend(vec![vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        ]])
+        .await;
+        let resp = fetch(addr, Method::HEAD, &idle).await;
+        assert_eq!(resp.headers()["content-length"], "5");
+        assert_eq!(body_of(resp).await.unwrap(), "");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(idle.take(addr).is_none_or(|mut c| c.closed()));
+
+        // Chunked on HTTP/1.0 is faulty framing: read, then the connection ends.
+        let (addr, _heads) = backend(vec![vec![
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ]])
+        .await;
+        let resp = fetch(addr, Method::GET, &idle).await;
+        assert_eq!(body_of(resp).await.unwrap(), "ok");
+        assert!(idle.take(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connect_request_is_not_tunnelled() {
+        let (addr, _heads) =
+            backend(vec![vec![b"HTTP/1.1 200 Connection established\r\n\r\n"]]).await;
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        match conn
+            .send(get(Method::CONNECT), Idle::default(), false)
+            .await
+        {
+            Err(SendError::Sent(e)) => assert!(e.contains("CONNECT"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -917,6 +877,10 @@ mod tests {
             (
                 &b"HTTP/1.1 200 OK\r\nContent-Le"[..],
                 "before the response head's end",
+            ),
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"[..],
+                "Content-Length",
             ),
         ] {
             let (addr, _heads) = backend(vec![vec![answer]]).await;
