@@ -416,12 +416,7 @@ async fn open(
     ),
     String,
 > {
-    let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(backend)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err(format!("no connection within {} ms", limit.as_millis())),
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = upstream::dial(backend, limit).await?;
     hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())
@@ -465,19 +460,18 @@ impl Upstream {
         req: Request<UpBody>,
         limits: &Limits,
     ) -> Result<Response<UpstreamBody>, Failed> {
-        // Connections to backends no longer routed to (after a switch) are let go.
-        self.idle
-            .retain(|addr| pool.backends.iter().any(|b| b.addr == addr));
         let mut req = req;
         let mut why = String::new();
         // A kept-alive connection the backend has just closed hands the request back unsent:
         // it is retried once on a new connection, so that race never becomes a 502.
         for attempt in 0..2 {
+            // Connections to backends no longer routed to (after a switch) are let go.
+            let routed = |addr| pool.backends.iter().any(|b| b.addr == addr);
             let reused = self
                 .idle
-                .take(backend)
-                .filter(|c| attempt == 0 && c.last_used.elapsed() < IDLE_REUSE);
-            let reused = reused.and_then(|mut c| (!c.closed()).then_some(c));
+                .take(backend, routed)
+                .filter(|c| attempt == 0 && c.last_used.elapsed() < IDLE_REUSE)
+                .and_then(|mut c| (!c.closed()).then_some(c));
             let fresh = reused.is_none();
             let conn = match reused {
                 Some(c) => c,

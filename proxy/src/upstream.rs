@@ -68,9 +68,15 @@ impl Idle {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The idle connection to `backend`, if there is one.
-    pub(super) fn take(&self, backend: SocketAddr) -> Option<Conn> {
+    /// The idle connection to `backend`, if there is one; those to backends `routed` refuses
+    /// (no longer routed to, after a switch) are let go on the way.
+    pub(super) fn take(
+        &self,
+        backend: SocketAddr,
+        routed: impl Fn(SocketAddr) -> bool,
+    ) -> Option<Conn> {
         let mut idle = self.lock();
+        idle.retain(|c| routed(c.backend));
         let i = idle.iter().position(|c| c.backend == backend)?;
         Some(idle.swap_remove(i))
     }
@@ -80,21 +86,23 @@ impl Idle {
         idle.retain(|c| c.backend != conn.backend);
         idle.push(conn);
     }
-
-    /// Lets go of the idle connections to backends `keep` refuses.
-    pub(super) fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
-        self.lock().retain(|c| keep(c.backend));
-    }
 }
 
-/// A TCP connection to `backend`, within `limit`.
-pub(super) async fn connect(backend: SocketAddr, limit: Duration) -> Result<Conn, String> {
+/// A TCP connection to `backend` (no Nagle delay), within `limit`; hyper's client links
+/// (forward.rs) dial with it too.
+pub(super) async fn dial(backend: SocketAddr, limit: Duration) -> Result<TcpStream, String> {
     let stream = match tokio::time::timeout(limit, TcpStream::connect(backend)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err(format!("no connection within {} ms", limit.as_millis())),
     };
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A connection to `backend` for [`Conn::send`], within `limit`.
+pub(super) async fn connect(backend: SocketAddr, limit: Duration) -> Result<Conn, String> {
+    let stream = dial(backend, limit).await?;
     Ok(Conn {
         stream,
         backend,
@@ -113,6 +121,9 @@ enum Framing {
     /// Until the backend closes the connection.
     Close,
 }
+
+/// A response head, how its body ends, and whether its connection can carry another request.
+type Head = (hyper::http::response::Parts, Framing, bool);
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,10 +217,7 @@ impl Conn {
     }
 
     /// Reads the response head (skipping 1xx interim responses), and how its body ends.
-    async fn read_head(
-        &mut self,
-        method: &Method,
-    ) -> Result<(hyper::http::response::Parts, Framing, bool), Closed> {
+    async fn read_head(&mut self, method: &Method) -> Result<Head, Closed> {
         let mut received = false;
         loop {
             if let Some(parsed) = self.parse_head(method).map_err(Closed::After)? {
@@ -245,11 +253,7 @@ impl Conn {
 
     /// Parses a response head from the buffer: `None` when it is incomplete, `Some(None)` for
     /// an interim (1xx) response, consumed.
-    #[allow(clippy::type_complexity)]
-    fn parse_head(
-        &mut self,
-        method: &Method,
-    ) -> Result<Option<Option<(hyper::http::response::Parts, Framing, bool)>>, String> {
+    fn parse_head(&mut self, method: &Method) -> Result<Option<Option<Head>>, String> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let len = match resp.parse(&self.buf) {
@@ -699,6 +703,15 @@ mod tests {
         req.into_parts().0
     }
 
+    /// Polls `conn` until it turns unusable; `what` makes it so.
+    async fn until_closed(conn: &mut Conn, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !conn.closed() {
+            assert!(Instant::now() < deadline, "{what} was never seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// `method`'s answer from `addr`, on a new connection.
     async fn fetch(addr: SocketAddr, method: Method, idle: &Idle) -> Response<UpstreamBody> {
         let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
@@ -740,7 +753,9 @@ mod tests {
         assert!(head.contains("host: app.example\r\n"), "{head}");
 
         // Read to its end, the connection went back, and carries the next request.
-        let mut conn = idle.take(addr).expect("the connection is idle again");
+        let mut conn = idle
+            .take(addr, |_| true)
+            .expect("the connection is idle again");
         assert!(!conn.closed());
         let resp = conn
             .send(get(Method::POST), idle.clone(), true)
@@ -754,13 +769,13 @@ mod tests {
         assert!(head.contains("content-length: 0\r\n"), "{head}");
 
         // `Connection: close`: not kept.
-        let conn = idle.take(addr).unwrap();
+        let conn = idle.take(addr, |_| true).unwrap();
         let resp = conn
             .send(get(Method::GET), idle.clone(), true)
             .await
             .unwrap();
         assert_eq!(body_of(resp).await.unwrap(), "bye");
-        assert!(idle.take(addr).is_none());
+        assert!(idle.take(addr, |_| true).is_none());
     }
 
     #[tokio::test]
@@ -769,7 +784,7 @@ mod tests {
         let (addr, resp) = answered(b"HTTP/1.0 200 OK\r\n\r\nall of it", &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "all of it");
         assert!(
-            idle.take(addr).is_none(),
+            idle.take(addr, |_| true).is_none(),
             "a body until close ends its connection"
         );
 
@@ -786,12 +801,8 @@ mod tests {
         let (addr, resp) = answered(OK, &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "ok");
         // The backend closes after its one answer: the idle connection turns closed.
-        let mut conn = idle.take(addr).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !conn.closed() {
-            assert!(Instant::now() < deadline, "the close was never seen");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut conn = idle.take(addr, |_| true).unwrap();
+        until_closed(&mut conn, "the close").await;
         // Sent anyway (the race a check cannot close): an idempotent bodiless request comes
         // back unsent, a POST does not.
         match conn.send(get(Method::GET), idle.clone(), true).await {
@@ -800,8 +811,8 @@ mod tests {
         }
         let (addr, resp) = answered(OK, &idle).await;
         body_of(resp).await.unwrap();
-        let conn = idle.take(addr).unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut conn = idle.take(addr, |_| true).unwrap();
+        until_closed(&mut conn, "the close").await;
         assert!(matches!(
             conn.send(get(Method::POST), idle.clone(), true).await,
             Err(SendError::Sent(_))
@@ -823,12 +834,8 @@ mod tests {
         let idle = Idle::default();
         let resp = fetch(addr, Method::GET, &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "ok");
-        let mut conn = idle.take(addr).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !conn.closed() {
-            assert!(Instant::now() < deadline, "the stray bytes were never seen");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut conn = idle.take(addr, |_| true).unwrap();
+        until_closed(&mut conn, "the stray bytes").await;
 
         // A body to a HEAD: the answer has none, and the connection is not kept.
         let (addr, _heads) = backend(vec![vec![
@@ -838,8 +845,9 @@ mod tests {
         let resp = fetch(addr, Method::HEAD, &idle).await;
         assert_eq!(resp.headers()["content-length"], "5");
         assert_eq!(body_of(resp).await.unwrap(), "");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(idle.take(addr).is_none_or(|mut c| c.closed()));
+        if let Some(mut conn) = idle.take(addr, |_| true) {
+            until_closed(&mut conn, "the body to the HEAD").await;
+        }
 
         // Chunked on HTTP/1.0 is faulty framing: read, then the connection ends.
         let (addr, _heads) = backend(vec![vec![
@@ -848,7 +856,7 @@ mod tests {
         .await;
         let resp = fetch(addr, Method::GET, &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "ok");
-        assert!(idle.take(addr).is_none());
+        assert!(idle.take(addr, |_| true).is_none());
     }
 
     #[tokio::test]
