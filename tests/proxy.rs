@@ -664,6 +664,71 @@ fn request_and_response_bodies_pass_whole_both_ways() {
     assert_eq!(body, b"ok");
 }
 
+#[test]
+fn pipelined_requests_and_a_hand_over_to_hypers_server_are_answered_in_order() {
+    // Bodiless requests are berth's own server's; the POST hands the connection to hyper's,
+    // with the bytes already read: all four answers come back whole and in order.
+    let backend = echo_body_backend();
+    let proxy = Proxy::start(Some(backend), &[]);
+    let stream = TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    w.write_all(
+        b"GET /big/10 HTTP/1.1\r\nHost: a\r\n\r\nGET /big/300000 HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /big/7 HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    for want in [pattern(10), pattern(300_000), b"hello".to_vec(), pattern(7)] {
+        let (head, body) = read_message(&mut reader).expect("an answer");
+        assert_eq!(head[0], "http/1.1 200 ok", "{head:?}");
+        assert_eq!(body.len(), want.len(), "{head:?}");
+        assert!(body == want, "{head:?}");
+    }
+}
+
+#[test]
+fn http_10_clients_get_keep_alive_when_asked_and_a_close_delimited_body_otherwise() {
+    let backend = echo_body_backend();
+    let proxy = Proxy::start(Some(backend), &[]);
+    let connect = || {
+        let s = TcpStream::connect(proxy.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    // Asked to keep it, with a length known: kept, and said so.
+    let mut s = connect();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for _ in 0..2 {
+        s.write_all(b"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let (head, body) = read_message(&mut reader).expect("an answer");
+        assert!(
+            head.contains(&"connection: keep-alive".to_string()),
+            "{head:?}"
+        );
+        assert!(body.is_empty());
+    }
+    // A streamed (chunked) answer to an HTTP/1.0 client: no chunked coding, which it does not
+    // know; the body ends where the connection does.
+    let mut s = connect();
+    s.write_all(b"GET /big/5000 HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&all[..at]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert!(
+        all[at..] == pattern(5000)[..],
+        "{} body bytes",
+        all.len() - at
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // WebSocket.
 

@@ -1,5 +1,6 @@
-//! One client connection's life: served by hyper, watched for the header and idle timeouts,
-//! and closed politely when the proxy stops.
+//! One client connection's life: served by berth's own HTTP/1.1 server (downstream.rs) while
+//! its requests have no body, by hyper's from the first one that has one (or upgrades), and
+//! closed at its header and idle timeouts, and politely when the proxy stops.
 //!
 //! hyper's own `header_read_timeout` also runs while a kept-alive connection waits for its
 //! next request, so it would close idle connections at 30 s: before the ALB's 60 s idle
@@ -10,15 +11,21 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
+use http_body_util::Either;
 use hyper::header::{self, HeaderValue};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::downstream::{self, End};
 use super::forward::{forward, Client, Limits};
 use super::metrics::now_ms;
 use super::routes::Routes;
@@ -36,7 +43,7 @@ pub(super) struct Timeouts {
 
 /// After a stop began, an idle kept-alive connection gets this long to send its next request
 /// (answered with `Connection: close`) before it is closed.
-const LINGER: Duration = Duration::from_secs(1);
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 
 /// What every connection of the process shares.
 pub(super) struct Shared {
@@ -72,7 +79,7 @@ impl Activity {
         })
     }
 
-    fn begin(self: &Arc<Self>) -> Busy {
+    pub(super) fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
@@ -128,7 +135,7 @@ fn verdict(
 
 /// Serves one accepted connection until it closes.
 pub(super) async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -138,12 +145,93 @@ pub(super) async fn serve(
     shared.open.fetch_add(1, Ordering::AcqRel);
     let activity = Activity::new();
     let client = Arc::new(Client::new(peer, port, &shared.limits));
+    let mut buf = BytesMut::new();
+    let end = downstream::serve(
+        &mut stream,
+        &mut buf,
+        &shared,
+        &client,
+        &activity,
+        &mut stop,
+    )
+    .await;
+    if end == End::HandOver {
+        let io = Prefixed { read: buf, stream };
+        serve_with_hyper(io, peer, &shared, client, activity, stop).await;
+    }
+    shared.open.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// The client connection with what was read of it and not yet served in front, so that
+/// hyper's server starts from the request downstream.rs handed over.
+struct Prefixed {
+    read: BytesMut,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves the rest of the connection with hyper's server, watched for the timeouts.
+async fn serve_with_hyper(
+    io: Prefixed,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    client: Arc<Client>,
+    activity: Arc<Activity>,
+    mut stop: watch::Receiver<bool>,
+) {
     let svc = {
         let (shared, activity) = (shared.clone(), activity.clone());
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let busy = activity.begin();
             let (shared, client) = (shared.clone(), client.clone());
             async move {
+                let req = req.map(Either::Left);
                 let mut resp = forward(&shared.routes, &shared.limits, &client, busy, req).await;
                 if shared.stopping.load(Ordering::Relaxed) {
                     resp.headers_mut()
@@ -156,7 +244,7 @@ pub(super) async fn serve(
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .max_buf_size(shared.timeouts.max_header_bytes)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     // The watcher looks at least this often: a connection may turn idle (or busy) between
@@ -200,7 +288,6 @@ pub(super) async fn serve(
             }
         }
     }
-    shared.open.fetch_sub(1, Ordering::AcqRel);
 }
 
 #[cfg(test)]

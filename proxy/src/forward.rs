@@ -100,7 +100,7 @@ fn cookie<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h [u8]> {
 
 /// A request body as sent upstream: the client's, or none (a bodiless request is rebuilt with
 /// an empty one, so that it can be sent again to another backend).
-type UpBody = Either<Incoming, Empty<Bytes>>;
+pub(super) type UpBody = Either<Incoming, Empty<Bytes>>;
 
 /// A response body that keeps its request in flight (and its connection busy) until it is
 /// fully sent, or dropped.
@@ -627,7 +627,7 @@ pub(super) async fn forward(
     limits: &Limits,
     client: &Client,
     busy: Busy,
-    mut req: Request<Incoming>,
+    mut req: Request<UpBody>,
 ) -> Response<ProxyBody> {
     let started = routes.timed.then(Instant::now);
     let (pool, bucket) = if routes.previewing() {
@@ -668,12 +668,13 @@ pub(super) async fn forward(
     // request without one gets the backend's.
     let no_host = !req.headers().contains_key(header::HOST);
     // A bodiless idempotent request can go to another replica if its backend fails.
-    let bodiless = req.body().is_end_stream();
-    let req: Request<UpBody> = if bodiless {
-        req.map(|_| Either::Right(Empty::new()))
-    } else {
-        req.map(Either::Left)
+    let bodiless = match req.body() {
+        Either::Left(body) => body.is_end_stream(),
+        Either::Right(_) => true,
     };
+    if bodiless {
+        *req.body_mut() = Either::Right(Empty::new());
+    }
     let replay = (pool.len() > 1).then(|| replayable(&req)).flatten();
     let mut pending = Some(req);
     let mut last: Option<(Failed, Arc<Shared>)> = None;
@@ -826,7 +827,7 @@ async fn tunnel(
     backend: &Backend,
     limits: &Limits,
     busy: Busy,
-    mut req: Request<Incoming>,
+    mut req: Request<UpBody>,
     protocol: HeaderValue,
 ) -> Response<ProxyBody> {
     let client_side = hyper::upgrade::on(&mut req);
@@ -852,7 +853,7 @@ async fn tunnel(
         let _ = conn.with_upgrades().await;
     });
     let inflight = InFlight::start(&shared, None);
-    let resp = match within(limits.response, sender.send_request(req.map(Either::Left))).await {
+    let resp = match within(limits.response, sender.send_request(req)).await {
         Some(Ok(resp)) => resp,
         other => {
             limits.count(&shared, 502);

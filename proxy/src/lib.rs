@@ -23,7 +23,9 @@
 //! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
 //! its backends and the pick per request), `forward` (one request to a backend, retries,
 //! tunnels), `upstream` (the HTTP/1.1 client on the backend side for requests without a
-//! body, driven from the request's own task), `connection` (a client connection's timeouts and polite close), `metrics`
+//! body, driven from the request's own task), `downstream` (the client side of requests without
+//! a body: berth's own HTTP/1.1 server, in the connection's task), `connection` (a client
+//! connection's timeouts and polite close, and hyper's server for the rest), `metrics`
 //! (counters and their readings), `pages` (start-up code handed back to the kernel), `server`
 //! (`run`: listeners, workers, signals, the control socket), `client` (what the agent calls).
 
@@ -34,6 +36,7 @@ use crate::ipc::IpcError;
 
 pub mod client;
 mod connection;
+mod downstream;
 mod forward;
 pub mod ipc;
 pub mod metrics;

@@ -54,6 +54,11 @@ pub(super) struct Conn {
     buf: BytesMut,
     /// The request head being written (kept for its capacity).
     out: Vec<u8>,
+    /// The last request's header map, emptied: the next response's headers go in it. With
+    /// the client side's own spare, no header map is allocated per request; musl's
+    /// allocator otherwise maps and unmaps their memory every few dozen requests. Boxed (once
+    /// per connection), as the connection travels inside every response body.
+    spare: Box<HeaderMap>,
     pub(super) last_used: Instant,
 }
 
@@ -108,6 +113,7 @@ pub(super) async fn connect(backend: SocketAddr, limit: Duration) -> Result<Conn
         backend,
         buf: BytesMut::new(),
         out: Vec::new(),
+        spare: Box::default(),
         last_used: Instant::now(),
     })
 }
@@ -179,6 +185,8 @@ impl Conn {
             }
             Err(Closed::Before(e) | Closed::After(e)) => return Err(SendError::Sent(e)),
         };
+        *self.spare = parts.headers;
+        self.spare.clear();
         let body = UpstreamBody {
             conn: Some(self),
             framing,
@@ -275,7 +283,8 @@ impl Conn {
         // is reused without a new allocation.
         let head = Bytes::copy_from_slice(&self.buf[..len]);
         let base = self.buf.as_ptr() as usize;
-        let mut map = HeaderMap::with_capacity(resp.headers.len());
+        let mut map = std::mem::take(&mut *self.spare);
+        map.reserve(resp.headers.len());
         for h in resp.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|e| format!("response header {:?}: {e}", h.name))?;

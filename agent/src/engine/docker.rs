@@ -165,6 +165,18 @@ impl Engine {
             .map_err(request("inspect container", id))
     }
 
+    /// The container, or None when it is gone (removed since it was listed).
+    pub async fn inspect_present(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self.api.inspect_container(id, None).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(request("inspect container", id)(e)),
+        }
+    }
+
     /// The local image, or None when it is not there.
     pub async fn local_image(&self, image: &str) -> Result<Option<ImageInspect>, DockerError> {
         match self.api.inspect_image(image).await {

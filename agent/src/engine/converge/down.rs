@@ -145,8 +145,11 @@ pub async fn ps(engine: &Engine, project: &str) -> Result<Vec<PsRow>, ConvergeEr
     let mut rows = Vec::new();
     for c in engine.project_containers(project).await? {
         let id = c.id.clone().unwrap_or_default();
-        let info = engine.inspect_container(&id).await?;
-        rows.push(ps_row(&c, &info));
+        // One removed between the listing and this look (a release being stopped) is
+        // gone, not an error.
+        if let Some(info) = engine.inspect_present(&id).await? {
+            rows.push(ps_row(&c, &info));
+        }
     }
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
