@@ -228,7 +228,12 @@ impl Conn {
     async fn read_head(&mut self, method: &Method) -> Result<Head, Closed> {
         let mut received = false;
         loop {
-            if let Some(parsed) = self.parse_head(method).map_err(Closed::After)? {
+            let parsed = if self.buf.is_empty() {
+                None
+            } else {
+                self.parse_head(method).map_err(Closed::After)?
+            };
+            if let Some(parsed) = parsed {
                 match parsed {
                     Some(head) => return Ok(head),
                     None => continue, // an interim response: the final one follows
@@ -262,9 +267,14 @@ impl Conn {
     /// Parses a response head from the buffer: `None` when it is incomplete, `Some(None)` for
     /// an interim (1xx) response, consumed.
     fn parse_head(&mut self, method: &Method) -> Result<Option<Option<Head>>, String> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(&self.buf) {
+        // Uninitialized, as in downstream.rs's parse.
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            &self.buf,
+            &mut headers,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(format!("a bad response head: {e}")),
