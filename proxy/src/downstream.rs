@@ -5,15 +5,15 @@
 //!
 //! Why by hand: hyper's server runs its dispatcher and its encoder between the socket and
 //! the service, and keeps its own buffers per connection. Under tests/bench/proxy.py's load
-//! this path (with the header maps reused and httparse's header array left uninitialized)
-//! took the proxy's RSS from 6.0 to 3.2-4.6 MiB (nginx's worker: 6.4) and its CPU per request
-//! from 1.20x nginx's to 1.08-1.12x; under callgrind, 28.7k user-space instructions per
-//! request against 31.7k with hyper's server (nginx: 19.0k). The parsing is httparse's
-//! (hyper's own parser). A request this path does not take (a body, an upgrade, `Expect`, CONNECT) hands
+//! this path (with the header maps reused, httparse's header array left uninitialized and
+//! upstream.rs leaving the hop-by-hop headers out) took the proxy's RSS from 6.0 to 3.2-4.7
+//! MiB (nginx's worker: 6.3) and its CPU per request from 1.20x nginx's to 1.02x; under
+//! callgrind, 24.3k user-space instructions per request against 31.7k with hyper's server
+//! (nginx: 19.0k). The parsing is httparse's (hyper's own parser). A request this path does not take (a body, an upgrade, `Expect`, CONNECT) hands
 //! the connection, with what was read of it, to hyper's server for the rest of its life
 //! (connection.rs): those are rare, and hyper already does them well.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -27,7 +27,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::connection::{Activity, Shared, LINGER};
 use super::forward::{forward, Client, ProxyBody, UpBody};
@@ -102,17 +102,37 @@ pub(super) async fn serve(
 ) -> End {
     let mut scratch = Scratch::default();
     let mut requests = 0u64;
+    // One timer and one stop watch for the connection's life, reset rather than made and
+    // dropped per request: an armed timer that is dropped takes the timer wheel's lock.
+    let sleep = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(sleep);
+    let stopped = *stop.borrow();
+    let stop = stop.wait_for(|s| *s);
+    tokio::pin!(stop);
+    let mut waits = Waits {
+        sleep,
+        stop,
+        stopped,
+    };
     loop {
-        let parsed =
-            match next_head(stream, buf, &mut scratch.headers, shared, stop, requests).await {
-                Ok(Head::Plain(p)) => p,
-                Ok(Head::Other) => return End::HandOver,
-                Ok(Head::Refused(code)) => {
-                    let _ = refuse(stream, &mut scratch.out, code).await;
-                    return End::Closed;
-                }
-                Err(()) => return End::Closed,
-            };
+        let parsed = match next_head(
+            stream,
+            buf,
+            &mut scratch.headers,
+            shared,
+            &mut waits,
+            requests,
+        )
+        .await
+        {
+            Ok(Head::Plain(p)) => p,
+            Ok(Head::Other) => return End::HandOver,
+            Ok(Head::Refused(code)) => {
+                let _ = refuse(stream, &mut scratch.out, code).await;
+                return End::Closed;
+            }
+            Err(()) => return End::Closed,
+        };
         requests += 1;
         let busy = activity.begin();
         let Parsed { req, asked } = parsed;
@@ -143,24 +163,33 @@ pub(super) async fn serve(
     }
 }
 
+/// What a connection waits on between its requests, besides the client.
+struct Waits<'a, S> {
+    /// The deadline of the request head being waited for.
+    sleep: Pin<&'a mut Sleep>,
+    /// The proxy's stop; not polled again once it came (`stopped`).
+    stop: Pin<&'a mut S>,
+    stopped: bool,
+}
+
 /// Waits for the next complete request head within the connection's timeout: the header
 /// timeout on a new connection, the idle one between requests, the linger once the proxy
 /// stops. `Err` when the connection ends first.
-async fn next_head(
+async fn next_head<S: Future>(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     spare: &mut HeaderMap,
     shared: &Shared,
-    stop: &mut watch::Receiver<bool>,
+    waits: &mut Waits<'_, S>,
     requests: u64,
 ) -> Result<Head, ()> {
     let t = &shared.timeouts;
     let now = Instant::now();
     let mut deadline = now + if requests == 0 { t.header } else { t.idle };
-    let mut stopped = *stop.borrow();
-    if stopped {
+    if waits.stopped {
         deadline = deadline.min(now + LINGER);
     }
+    waits.sleep.as_mut().reset(deadline);
     loop {
         if !buf.is_empty() {
             match parse(buf, t.max_header_bytes, spare) {
@@ -177,15 +206,16 @@ async fn next_head(
                 Ok(n) if n > 0 => {}
                 _ => return Err(()),
             },
-            () = tokio::time::sleep_until(deadline) => {
-                if requests == 0 && !stopped {
+            () = waits.sleep.as_mut() => {
+                if requests == 0 && !waits.stopped {
                     tracing::debug!("no request head in time: closed");
                 }
                 return Err(());
             }
-            _ = stop.wait_for(|s| *s), if !stopped => {
-                stopped = true;
+            _ = waits.stop.as_mut(), if !waits.stopped => {
+                waits.stopped = true;
                 deadline = deadline.min(Instant::now() + LINGER);
+                waits.sleep.as_mut().reset(deadline);
             }
         }
     }
@@ -315,7 +345,7 @@ impl Framing {
     fn of(req: Asked, status: StatusCode, headers: &HeaderMap, length: Option<u64>) -> Framing {
         if req.head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
             Framing::None
-        } else if headers.contains_key(header::CONTENT_LENGTH) || length.is_some() {
+        } else if length.is_some() || headers.contains_key(header::CONTENT_LENGTH) {
             Framing::Length
         } else if req.http10 {
             Framing::Close

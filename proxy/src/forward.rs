@@ -710,20 +710,24 @@ pub(super) async fn forward(
             };
             match sent {
                 Ok(answer) => {
-                    let (mut parts, body) = match answer {
+                    let (mut parts, body, hop_free) = match answer {
                         Answer::Streamed(resp) => {
                             let (parts, body) = resp.into_parts();
-                            (parts, ProxyBody::upstream(body, inflight, busy))
+                            let hop_free = body.hop_free();
+                            (parts, ProxyBody::upstream(body, inflight, busy), hop_free)
                         }
                         Answer::Whole(parts, bytes) => {
-                            (parts, ProxyBody::whole(bytes, inflight, busy))
+                            (parts, ProxyBody::whole(bytes, inflight, busy), false)
                         }
                         Answer::Hyper(resp) => {
                             let (parts, body) = resp.into_parts();
-                            (parts, ProxyBody::hyper(body, inflight, busy))
+                            (parts, ProxyBody::hyper(body, inflight, busy), false)
                         }
                     };
-                    strip_hop_by_hop(&mut parts.headers);
+                    // upstream.rs leaves out what it can (see its `Head`).
+                    if !hop_free {
+                        strip_hop_by_hop(&mut parts.headers);
+                    }
                     if let Some(cookie) = bucket.and_then(|b| limits.bucket_cookie(b)) {
                         parts.headers.append(header::SET_COOKIE, cookie);
                     }

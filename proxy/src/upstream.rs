@@ -129,7 +129,14 @@ enum Framing {
 }
 
 /// A response head, how its body ends, and whether its connection can carry another request.
-type Head = (hyper::http::response::Parts, Framing, bool);
+/// The head holds no hop-by-hop header but a Connection that names others (`hop_free`
+/// false), which forward.rs removes with the headers it names.
+struct Head {
+    parts: hyper::http::response::Parts,
+    framing: Framing,
+    keep: bool,
+    hop_free: bool,
+}
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +183,7 @@ impl Conn {
                 format!("sending the request: {e}"),
             ));
         }
-        let (head, framing, keep) = match self.read_head(&parts.method).await {
+        let head = match self.read_head(&parts.method).await {
             Ok(h) => h,
             Err(Closed::Before(e)) if reused && idempotent(&parts.method) => {
                 // A kept-alive connection the backend closed as the request went out: an
@@ -189,11 +196,12 @@ impl Conn {
         self.spare.clear();
         let body = UpstreamBody {
             conn: Some(self),
-            framing,
-            keep,
+            framing: head.framing,
+            keep: head.keep,
+            hop_free: head.hop_free,
             idle,
         };
-        let mut resp = Response::from_parts(head, body);
+        let mut resp = Response::from_parts(head.parts, body);
         if resp.body().finished() {
             resp.body_mut().done();
         }
@@ -216,8 +224,8 @@ impl Conn {
             out.extend_from_slice(b"\r\n");
         }
         // A bodiless POST, PUT or PATCH says so, as hyper's client did.
-        if !parts.headers.contains_key(header::CONTENT_LENGTH)
-            && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
         {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
@@ -295,7 +303,24 @@ impl Conn {
         let base = self.buf.as_ptr() as usize;
         let mut map = std::mem::take(&mut *self.spare);
         map.reserve(resp.headers.len());
+        let mut connection = Tokens::default();
+        let mut hop_free = true;
+        let mut chunked_or_coded = false;
         for h in resp.headers.iter() {
+            // The hop-by-hop headers are this hop's: read here (Transfer-Encoding below, by
+            // framing) and not passed on. A Connection that names other headers stays, for
+            // forward.rs to remove those.
+            let n = h.name.as_bytes();
+            if n.eq_ignore_ascii_case(b"connection") {
+                if connection.read(h.value) {
+                    continue;
+                }
+                hop_free = false;
+            } else if HOP_ONLY.iter().any(|o| n.eq_ignore_ascii_case(o)) {
+                continue;
+            } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
+                chunked_or_coded = true;
+            }
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|e| format!("response header {:?}: {e}", h.name))?;
             let at = h.value.as_ptr() as usize - base;
@@ -306,9 +331,13 @@ impl Conn {
         self.buf.advance(len);
         // A Transfer-Encoding on HTTP/1.0 is faulty framing: the connection ends after it
         // (RFC 9112 section 6.1).
-        let faulty = !http11 && map.contains_key(header::TRANSFER_ENCODING);
+        let faulty = !http11 && chunked_or_coded;
         let framing = framing(method, status, &mut map)?;
-        let keep = framing != Framing::Close && !faulty && keeps_alive(&map, http11);
+        if chunked_or_coded {
+            // Read by `framing`; the body leaves this hop framed anew.
+            map.remove(header::TRANSFER_ENCODING);
+        }
+        let keep = framing != Framing::Close && !faulty && connection.keeps_alive(http11);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = if http11 {
@@ -317,7 +346,12 @@ impl Conn {
             Version::HTTP_10
         };
         parts.headers = map;
-        Ok(Some(Some((parts, framing, keep))))
+        Ok(Some(Some(Head {
+            parts,
+            framing,
+            keep,
+            hop_free,
+        })))
     }
 
     /// Reads what the backend sent next into the buffer; 0 at its end.
@@ -402,20 +436,43 @@ fn framing(
     Ok(length.map_or(Framing::Close, Framing::Length))
 }
 
-/// Whether the connection may carry another request after this response.
-fn keeps_alive(headers: &HeaderMap, http11: bool) -> bool {
-    let mut close = !http11;
-    for v in headers.get_all(header::CONNECTION) {
-        for t in v.to_str().unwrap_or("").split(',').map(str::trim) {
-            if t.eq_ignore_ascii_case("close") {
-                return false;
-            }
-            if t.eq_ignore_ascii_case("keep-alive") {
-                close = false;
+/// The hop-by-hop headers of a response besides Connection and Transfer-Encoding (RFC 9110
+/// section 7.6.1, and the old Proxy-Connection).
+const HOP_ONLY: [&[u8]; 5] = [
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"upgrade",
+];
+
+/// What a response's Connection headers say.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tokens {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Tokens {
+    /// Reads one Connection header's value; `false` when it names other headers too.
+    fn read(&mut self, value: &[u8]) -> bool {
+        let mut only_ours = true;
+        for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !t.is_empty() {
+                only_ours = false;
             }
         }
+        only_ours
     }
-    !close
+
+    /// Whether the connection may carry another request after this response.
+    fn keeps_alive(self, http11: bool) -> bool {
+        !self.close && (http11 || self.keep_alive)
+    }
 }
 
 /// A backend's response body, read from its connection as hyper's server asks for it.
@@ -425,6 +482,8 @@ pub(super) struct UpstreamBody {
     framing: Framing,
     /// The connection can carry another request once this body has been read.
     keep: bool,
+    /// Its head has no hop-by-hop header left to remove (see [`Head`]).
+    hop_free: bool,
     idle: Idle,
 }
 
@@ -434,6 +493,10 @@ pub(super) struct UpstreamBody {
 pub(super) struct BodyError(String);
 
 impl UpstreamBody {
+    pub(super) fn hop_free(&self) -> bool {
+        self.hop_free
+    }
+
     fn finished(&self) -> bool {
         matches!(
             self.framing,
@@ -669,15 +732,21 @@ mod tests {
 
     #[test]
     fn keep_alive_by_version_and_connection_header() {
-        let with = |v: &'static str| {
-            let mut m = HeaderMap::new();
-            m.insert(header::CONNECTION, HeaderValue::from_static(v));
-            m
+        let with = |values: &[&str]| {
+            let mut t = Tokens::default();
+            let ours = values.iter().all(|v| t.read(v.as_bytes()));
+            (t, ours)
         };
-        assert!(keeps_alive(&HeaderMap::new(), true));
-        assert!(!keeps_alive(&with("close"), true));
-        assert!(!keeps_alive(&HeaderMap::new(), false));
-        assert!(keeps_alive(&with("Keep-Alive"), false));
+        assert!(Tokens::default().keeps_alive(true));
+        assert!(!Tokens::default().keeps_alive(false));
+        assert!(!with(&["close"]).0.keeps_alive(true));
+        assert!(with(&["Keep-Alive"]).0.keeps_alive(false));
+        assert!(!with(&["keep-alive", " Close "]).0.keeps_alive(true));
+        assert!(!with(&["keep-alive", "close"]).0.keeps_alive(false));
+        // Only a Connection that names other headers is kept, for them to be removed.
+        assert!(with(&["keep-alive", "close", ""]).1);
+        let (t, ours) = with(&["keep-alive, x-trace"]);
+        assert!(!ours && t.keeps_alive(false));
     }
 
     /// A backend that answers each request it reads with the next of `answers` (written in
@@ -795,6 +864,32 @@ mod tests {
             .unwrap();
         assert_eq!(body_of(resp).await.unwrap(), "bye");
         assert!(idle.take(addr, |_| true).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_answers_hop_by_hop_headers_are_left_out_but_a_connection_naming_others() {
+        let idle = Idle::default();
+        let (_, resp) = answered(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+              Transfer-Encoding: chunked\r\nTrailer: x-sum\r\nUpgrade: h2c\r\nTE: trailers\r\n\
+              Proxy-Connection: keep-alive\r\nX-End: kept\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            &idle,
+        )
+        .await;
+        let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-end"]);
+        assert!(resp.body().hop_free());
+        assert_eq!(body_of(resp).await.unwrap(), "ok");
+
+        // A Connection that names a header stays, for forward.rs to remove both.
+        let (_, resp) = answered(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: 1\r\n\
+              Content-Length: 0\r\n\r\n",
+            &idle,
+        )
+        .await;
+        assert!(!resp.body().hop_free());
+        assert_eq!(resp.headers()["connection"], "keep-alive, x-hop");
     }
 
     #[tokio::test]
