@@ -582,6 +582,15 @@ fn echo_body_backend() -> SocketAddr {
     })
 }
 
+/// A client connection to `proxy` (reads give up after 10 s): a reader and a writer.
+fn connected(proxy: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
+    let stream = TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (BufReader::new(stream.try_clone().unwrap()), stream)
+}
+
 /// `n` bytes that are not all alike.
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
@@ -591,12 +600,7 @@ fn pattern(n: usize) -> Vec<u8> {
 fn request_and_response_bodies_pass_whole_both_ways() {
     let backend = echo_body_backend();
     let proxy = Proxy::start(Some(backend), &[]);
-    let stream = TcpStream::connect(proxy.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
+    let (mut reader, mut w) = connected(proxy.addr);
 
     // A 1 MiB body with a Content-Length, on one kept-alive connection twice.
     let big = pattern(1 << 20);
@@ -670,12 +674,7 @@ fn pipelined_requests_and_a_hand_over_to_hypers_server_are_answered_in_order() {
     // with the bytes already read: all four answers come back whole and in order.
     let backend = echo_body_backend();
     let proxy = Proxy::start(Some(backend), &[]);
-    let stream = TcpStream::connect(proxy.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
+    let (mut reader, mut w) = connected(proxy.addr);
     w.write_all(
         b"GET /big/10 HTTP/1.1\r\nHost: a\r\n\r\nGET /big/300000 HTTP/1.1\r\nHost: a\r\n\r\n\
           POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET /big/7 HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -693,14 +692,8 @@ fn pipelined_requests_and_a_hand_over_to_hypers_server_are_answered_in_order() {
 fn http_10_clients_get_keep_alive_when_asked_and_a_close_delimited_body_otherwise() {
     let backend = echo_body_backend();
     let proxy = Proxy::start(Some(backend), &[]);
-    let connect = || {
-        let s = TcpStream::connect(proxy.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    };
     // Asked to keep it, with a length known: kept, and said so.
-    let mut s = connect();
-    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let (mut reader, mut s) = connected(proxy.addr);
     for _ in 0..2 {
         s.write_all(b"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
             .unwrap();
@@ -713,7 +706,7 @@ fn http_10_clients_get_keep_alive_when_asked_and_a_close_delimited_body_otherwis
     }
     // A streamed (chunked) answer to an HTTP/1.0 client: no chunked coding, which it does not
     // know; the body ends where the connection does.
-    let mut s = connect();
+    let (_, mut s) = connected(proxy.addr);
     s.write_all(b"GET /big/5000 HTTP/1.0\r\n\r\n").unwrap();
     let mut all = Vec::new();
     s.read_to_end(&mut all).unwrap();

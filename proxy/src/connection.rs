@@ -163,7 +163,8 @@ pub(super) async fn serve(
 }
 
 /// The client connection with what was read of it and not yet served in front, so that
-/// hyper's server starts from the request downstream.rs handed over.
+/// hyper's server starts from the request downstream.rs handed over. By hand: hyper's own
+/// (`Rewind`) is private, and tokio's `chain` reads only.
 struct Prefixed {
     read: BytesMut,
     stream: TcpStream,

@@ -14,6 +14,7 @@
 //! (connection.rs): those are rare, and hyper already does them well.
 
 use std::future::{poll_fn, Future};
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -31,6 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::connection::{Activity, Shared, LINGER};
 use super::forward::{forward, Client, ProxyBody, UpBody};
+use super::upstream::Tokens;
 
 /// Request headers past this many get a 431 (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -253,7 +255,7 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
         return Some(Head::Refused(StatusCode::BAD_REQUEST));
     };
     let http10 = minor == 0;
-    let mut close = http10;
+    let mut connection = Tokens::default();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -267,17 +269,13 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
         {
             return Some(Head::Other);
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && http10 {
-                    close = false;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    return Some(Head::Other);
-                }
-            }
+            connection.read(h.value);
         }
     }
+    if connection.upgrade {
+        return Some(Head::Other);
+    }
+    let close = !connection.keeps_alive(!http10);
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Some(Head::Refused(StatusCode::BAD_REQUEST));
     };
@@ -467,7 +465,8 @@ fn write_head(
     match framing {
         Framing::Length if !headers.contains_key(header::CONTENT_LENGTH) => {
             let n = length.unwrap_or(0);
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}
@@ -492,7 +491,7 @@ fn put_data(out: &mut Vec<u8>, framing: Framing, data: &[u8]) {
         Framing::Length | Framing::Close => out.extend_from_slice(data),
         Framing::Chunked if data.is_empty() => {}
         Framing::Chunked => {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            let _ = write!(out, "{:x}\r\n", data.len());
             out.extend_from_slice(data);
             out.extend_from_slice(b"\r\n");
         }
@@ -603,6 +602,12 @@ mod tests {
         );
         assert!(
             !plain("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n")
+                .asked
+                .close
+        );
+        // `close` wins, wherever it stands.
+        assert!(
+            plain("GET / HTTP/1.0\r\nConnection: close, keep-alive\r\n\r\n")
                 .asked
                 .close
         );

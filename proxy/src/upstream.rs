@@ -446,16 +446,19 @@ const HOP_ONLY: [&[u8]; 5] = [
     b"upgrade",
 ];
 
-/// What a response's Connection headers say.
+/// What a message's Connection headers say (downstream.rs reads the requests' with it).
 #[derive(Debug, Default, Clone, Copy)]
-struct Tokens {
+pub(super) struct Tokens {
     close: bool,
     keep_alive: bool,
+    /// `upgrade`: the message asks to switch protocols (with its Upgrade header).
+    pub(super) upgrade: bool,
 }
 
 impl Tokens {
-    /// Reads one Connection header's value; `false` when it names other headers too.
-    fn read(&mut self, value: &[u8]) -> bool {
+    /// Reads one Connection header's value; `false` when it names other headers too
+    /// (`upgrade` among them).
+    pub(super) fn read(&mut self, value: &[u8]) -> bool {
         let mut only_ours = true;
         for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
             if t.eq_ignore_ascii_case(b"close") {
@@ -463,14 +466,16 @@ impl Tokens {
             } else if t.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
             } else if !t.is_empty() {
+                self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
                 only_ours = false;
             }
         }
         only_ours
     }
 
-    /// Whether the connection may carry another request after this response.
-    fn keeps_alive(self, http11: bool) -> bool {
+    /// Whether the connection may carry another message after this one: `close` wins, and
+    /// HTTP/1.0 keeps it only when asked to.
+    pub(super) fn keeps_alive(self, http11: bool) -> bool {
         !self.close && (http11 || self.keep_alive)
     }
 }

@@ -10,7 +10,7 @@ use bollard::models::{
 use bollard::query_parameters::{EventsOptions, RestartContainerOptionsBuilder};
 use futures_util::{Stream, StreamExt};
 
-use super::docker::{api_message, is_not_found, labels, DockerError, Engine};
+use super::docker::{api_message, labels, DockerError, Engine};
 
 /// One container event of the project: what happened (`die`, `start`, `health_status:
 /// unhealthy`, ...) to which container.
@@ -181,15 +181,7 @@ impl Engine {
 
     /// One look at a container; None when it is gone.
     pub async fn look(&self, id: &str) -> Result<Option<Look>, DockerError> {
-        match self.api.inspect_container(id, None).await {
-            Ok(info) => Ok(Some(Look::from_inspect(info))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(DockerError::Request {
-                action: "inspect container",
-                target: id.to_string(),
-                message: api_message(&e),
-            }),
-        }
+        Ok(self.inspect_present(id).await?.map(Look::from_inspect))
     }
 
     /// Restarts a container, giving it `grace_secs` to stop.
