@@ -95,6 +95,7 @@ struct Boot {
     moto: &'static Moto,
     bucket: String,
     run_dir: tempfile::TempDir,
+    state_dir: tempfile::TempDir,
     /// An empty Docker client config: no credentials but what berth gets itself.
     docker_config: tempfile::TempDir,
     health_port: u16,
@@ -117,6 +118,7 @@ impl Boot {
             moto: Moto::shared(),
             bucket: format!("berth-boot-{}", random_hex()),
             run_dir: tempfile::tempdir().unwrap(),
+            state_dir: tempfile::tempdir().unwrap(),
             docker_config: tempfile::tempdir().unwrap(),
             health_port: free_port(),
             secret: format!("s3cr3t-{}", random_hex()),
@@ -202,9 +204,10 @@ impl Boot {
             TIMEOUTS
         };
         let text = format!(
-            "project = \"{}\"\nrun_dir = \"{}\"\n{top}\n[health]\nlisten = \"127.0.0.1:{}\"\n\n{tables}\n{timeouts}",
+            "project = \"{}\"\nrun_dir = \"{}\"\nstate_dir = \"{}\"\n{top}\n[health]\nlisten = \"127.0.0.1:{}\"\n\n{tables}\n{timeouts}",
             self.p.name,
             self.run_dir.path().display(),
+            self.state_dir.path().display(),
             self.health_port
         );
         self.p.write("berth.toml", &text)
@@ -527,13 +530,21 @@ fn boots_from_s3_ssm_and_ecr_and_continues_the_hook_once_the_target_is_healthy()
     // The hook: one CONTINUE for this instance, its group and the hook.
     assert_eq!(b.completions(), ["CONTINUE"]);
 
-    // The fetched files: 0700 directory, 0600 files, the env file's content.
+    // The fetched files: the env file 0600 in a 0700 directory of the run directory (tmpfs
+    // under systemd), the compose file in the project directory on disk (where relative binds
+    // land), with a link to the env file beside it.
     let dir = b.run_dir.path().join(&b.p.name);
+    let project_dir = b.state_dir.path().join("projects").join(&b.p.name);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "{}", dir.display());
-    for f in ["compose.yaml", "app.env"] {
-        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
-    }
+    assert_eq!(mode(&project_dir), 0o700, "{}", project_dir.display());
+    assert_eq!(mode(&dir.join("app.env")), 0o600);
+    assert_eq!(mode(&project_dir.join("compose.yaml")), 0o600);
+    assert!(!dir.join("compose.yaml").exists());
+    assert_eq!(
+        std::fs::read_link(project_dir.join("app.env")).unwrap(),
+        dir.join("app.env")
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("app.env")).unwrap(),
         b.env_file()
@@ -598,6 +609,7 @@ fn secrets_and_configs_from_s3_and_an_ssm_secure_string_are_files_never_written_
     let labels = p_container(&b)["Config"]["Labels"].to_string();
     let mut shown: Vec<(String, String)> = walkdir(b.run_dir.path())
         .into_iter()
+        .chain(walkdir(b.state_dir.path()))
         .map(|f| {
             let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap_or_default()).to_string();
             (f.display().to_string(), text)
@@ -1477,9 +1489,10 @@ fn local_run_plans_then_boots_from_local_files_without_imds_or_aws() {
     let config = b.p.write(
         "berth.toml",
         &format!(
-            "project = \"{}\"\nlocal = true\nrun_dir = \"{}\"\ncompose = \"{}\"\nenv_files = [\"{}\"]\n\n[health]\nlisten = \"127.0.0.1:{}\"\n\n{TIMEOUTS}",
+            "project = \"{}\"\nlocal = true\nrun_dir = \"{}\"\nstate_dir = \"{}\"\ncompose = \"{}\"\nenv_files = [\"{}\"]\n\n[health]\nlisten = \"127.0.0.1:{}\"\n\n{TIMEOUTS}",
             b.p.name,
             b.run_dir.path().display(),
+            b.state_dir.path().display(),
             compose.display(),
             envf.display(),
             b.health_port

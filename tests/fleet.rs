@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::aws::{self, Emulator, Moto, RunCommand, TargetGroup};
+use common::aws::{self, Emulator, Moto, RunCommand, TargetGroup, ACCOUNT_ID};
+use common::registry::Registry;
 use common::rig::{answered, web_compose, Haproxy, RELEASED};
 use common::traffic::{failures, Load, Proxy};
 use common::*;
@@ -35,19 +36,69 @@ struct Instance {
     agent: Option<Child>,
     /// ELBv2's endpoint, when the target group is the stand-in's.
     elb: Option<String>,
+    /// An empty Docker client config: registry credentials come from ECR's tokens only.
+    docker_config: tempfile::TempDir,
+}
+
+/// Where a pinned fleet's releases are: a versioned bucket's prefix (the release store) and
+/// the registry holding berth-test/web:1, :2 and :bad (ECR's stand-in, tokens from moto).
+struct Store {
+    registry: Registry,
+    bucket: String,
+    prefix: String,
+}
+
+impl Store {
+    fn new(moto: &Moto, name: &str) -> Store {
+        let bucket = aws::bucket_name("berth", name);
+        aws::block_on(aws::create_versioned_bucket(moto, &bucket));
+        let registry = Registry::start();
+        for tag in ["1", "2", "bad"] {
+            registry.push(&format!("berth-test/web:{tag}"), "berth-test/web", tag);
+        }
+        Store {
+            registry,
+            bucket,
+            prefix: "releases-of-the-fleet".into(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("s3://{}/{}/", self.bucket, self.prefix)
+    }
 }
 
 impl Instance {
-    fn new(test: &str, parameter: &str) -> Instance {
+    /// An instance on its own berth-test/web images (releases float), or, with `store`,
+    /// on releases pinned there (images from its registry by digest).
+    fn new(test: &str, parameter: &str, store: Option<&Store>) -> Instance {
         let project = Project::new(test);
         let proxy = Proxy::start(None, &[]);
         let emulator = Emulator::start();
         let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        project.compose(&web_compose(proxy.addr.port(), RELEASED, &[]));
+        // The release's compose file is every instance's: it publishes one nominal traffic port
+        // (proxy.port names it; each instance's proxy listens where it does).
+        let nominal = if store.is_some() {
+            8080
+        } else {
+            proxy.addr.port()
+        };
+        let (image, pinned) = match store {
+            Some(st) => (
+                format!("{}/{RELEASED}", st.registry.addr),
+                format!(
+                    "manifests = \"{}\"\n\n[registries.\"{}\"]\nauth = \"ecr\"\nregistry_id = \"{ACCOUNT_ID}\"\n",
+                    st.url(),
+                    st.registry.addr
+                ),
+            ),
+            None => (RELEASED.to_string(), String::new()),
+        };
+        project.compose(&web_compose(nominal, &image, &[]));
         let config = project.write(
             "berth.toml",
             &format!(
-                "project = \"{name}\"\ncompose = \"{compose}\"\nrelease = \"ssm:{parameter}\"\nrun_dir = \"{run}\"\n\
+                "project = \"{name}\"\ncompose = \"{compose}\"\nrelease = \"ssm:{parameter}\"\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\n{pinned}\
                  [health]\nlisten = \"{health}\"\n\
                  [timeouts]\nimds_secs = 10\nfetch_secs = 10\nready_secs = 30\nin_service_secs = 60\n\
                  [load_balancer]\nhealthy_threshold = 2\nunhealthy_threshold = 2\n\
@@ -58,8 +109,9 @@ impl Instance {
                 name = project.name,
                 compose = project.path("compose.yaml").display(),
                 run = project.path("run").display(),
+                state = project.path("state").display(),
                 control = proxy.control.display(),
-                port = proxy.addr.port(),
+                port = nominal,
             ),
         );
         Instance {
@@ -71,6 +123,7 @@ impl Instance {
             config,
             agent: None,
             elb: None,
+            docker_config: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -85,7 +138,7 @@ impl Instance {
         let config = project.write(
             "berth.toml",
             &format!(
-                "project = \"{name}\"\ncompose = \"{compose}\"\nrelease = \"ssm:{parameter}\"\nrun_dir = \"{run}\"\n\
+                "project = \"{name}\"\ncompose = \"{compose}\"\nrelease = \"ssm:{parameter}\"\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\n\
                  [health]\nlisten = \"{health}\"\n\
                  [timeouts]\nimds_secs = 10\nfetch_secs = 10\nready_secs = 30\nin_service_secs = 60\nlb_drain_secs = 15\n\
                  [load_balancer]\ntarget_group_arn = \"{arn}\"\nport = {port}\n\
@@ -93,6 +146,7 @@ impl Instance {
                 name = project.name,
                 compose = project.path("compose.yaml").display(),
                 run = project.path("run").display(),
+                state = project.path("state").display(),
                 port = traffic.port(),
             ),
         );
@@ -105,11 +159,16 @@ impl Instance {
             config,
             agent: None,
             elb: None,
+            docker_config: tempfile::tempdir().unwrap(),
         }
     }
 
     fn env(&self, moto: &Moto) -> Vec<(String, String)> {
         let mut env = aws::aws_env(moto, &self.emulator);
+        env.push((
+            "DOCKER_CONFIG".to_string(),
+            self.docker_config.path().display().to_string(),
+        ));
         if let Some(elb) = &self.elb {
             env.push((
                 "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2".to_string(),
@@ -210,23 +269,38 @@ struct Fleet {
     ids: Vec<String>,
     lb: Haproxy,
     dir: tempfile::TempDir,
+    /// A pinned fleet's release store and registry.
+    store: Option<Store>,
 }
 
 impl Fleet {
     /// `booted` instances of the group on `release`, and `spare` more known to the load
-    /// balancer but not started (for an instance that launches during a rollout).
+    /// balancer but not started (for an instance that launches during a rollout). Releases
+    /// float (no store): the compose file and the image tag are the release.
     fn new(test: &str, booted: usize, spare: usize, release: &str) -> Fleet {
+        Fleet::build(test, booted, spare, release, false)
+    }
+
+    /// As [`Fleet::new`], each release made with `berth release create` into a store, its
+    /// images from the registry by digest; `release` is made before the instances boot.
+    fn pinned(test: &str, booted: usize, spare: usize, release: &str) -> Fleet {
+        Fleet::build(test, booted, spare, release, true)
+    }
+
+    fn build(test: &str, booted: usize, spare: usize, release: &str, pinned: bool) -> Fleet {
         let moto = Moto::start();
         let name = unique_name(test);
         let group = format!("{name}-asg");
         let parameter = format!("/{name}/release");
         let document = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../launch-template/ssm-berth-upgrade.yaml");
-        let run_command = RunCommand::start(&moto, &[(DOCUMENT, &document)]);
+        // Pages of 2: every send of 3 or more instances takes ListCommandInvocations' paging.
+        let run_command = RunCommand::start_paged(&moto, &[(DOCUMENT, &document)], 2);
         aws::block_on(aws::put_parameter(&moto, &parameter, release));
+        let store = pinned.then(|| Store::new(&moto, &name));
         let ids = create_group(&moto, &name, &group, i32::try_from(booted).unwrap());
         let instances: Vec<Instance> = (0..booted + spare)
-            .map(|_| Instance::new(test, &parameter))
+            .map(|_| Instance::new(test, &parameter, store.as_ref()))
             .collect();
         let lb = Haproxy::over(
             &instances
@@ -243,11 +317,30 @@ impl Fleet {
             ids: vec![],
             lb,
             dir: tempfile::tempdir().unwrap(),
+            store,
         };
+        if fleet.store.is_some() {
+            fleet.create(release);
+        }
         for id in ids {
             fleet.boot(&id);
         }
         fleet
+    }
+
+    /// `berth release create RELEASE` as CI runs it (with an instance's berth.toml: the store,
+    /// the compose file, the registry); the seconds it took.
+    fn create(&self, release: &str) -> f64 {
+        let inst = &self.instances[0];
+        let started = Instant::now();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args([
+            "release", "create", release, "--commit", "f1ee7", "--config",
+        ])
+        .arg(&inst.config);
+        aws::apply_env(&mut cmd, &inst.env(&self.moto));
+        run_with_limit(cmd, Duration::from_secs(120)).ok();
+        started.elapsed().as_secs_f64()
     }
 
     /// Boots the next instance as `id`, and tells Run Command of it.
@@ -279,6 +372,9 @@ impl Fleet {
         ])
         .args(extra)
         .env("BERTH_LOG", "info");
+        if let Some(store) = &self.store {
+            cmd.args(["--store".to_string(), store.url()]);
+        }
         let env: Vec<(String, String)> = [
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -291,6 +387,16 @@ impl Fleet {
         .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
         .collect();
         aws::apply_env(&mut cmd, &env);
+        if let Some(store) = &self.store {
+            // As CI logs in to its registries: the way back's images are looked up there.
+            let creds = common::registry::docker_config(
+                &store.registry.addr,
+                common::registry::USER,
+                &store.registry.password,
+            );
+            cmd.env("DOCKER_CONFIG", creds.path());
+            std::mem::forget(creds);
+        }
         cmd
     }
 
@@ -378,6 +484,40 @@ fn scale_to(moto: &Moto, group: &str, n: i32) {
     });
 }
 
+/// Sets a server of the load balancer's backend to `state` (ready, drain, maint) over its
+/// runtime API.
+fn lb_server(lb: &Haproxy, server: &str, state: &str) {
+    use std::io::{Read, Write};
+    let mut conn = std::os::unix::net::UnixStream::connect(&lb.admin).unwrap();
+    writeln!(conn, "set server app/{server} state {state}").unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.trim().is_empty(), "haproxy: {answer}");
+}
+
+/// Puts an instance into Standby (out of service, the group's capacity one less) or back.
+fn standby(moto: &Moto, group: &str, id: &str, enter: bool) {
+    aws::block_on(async {
+        let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
+        if enter {
+            asg.enter_standby()
+                .auto_scaling_group_name(group)
+                .instance_ids(id)
+                .should_decrement_desired_capacity(true)
+                .send()
+                .await
+                .unwrap();
+        } else {
+            asg.exit_standby()
+                .auto_scaling_group_name(group)
+                .instance_ids(id)
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+}
+
 fn summary(out: &Output) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -401,13 +541,28 @@ fn write_smoke(dir: &Path, lb: SocketAddr) -> (String, PathBuf) {
     (smoke, marker)
 }
 
-/// A good release: previewed on every instance and smoke-tested through the load balancer,
-/// then the canary, then the rest, under continuous load with 0 failed requests. Meanwhile a
-/// second rollout is refused naming the first, and an instance launched by the group after the
-/// pointer moved boots the new release.
+/// A good release, pinned (made by `berth release create`), checked for its way back, then
+/// previewed on every instance and smoke-tested through the load balancer, then the canary,
+/// then the rest, under continuous load with 0 failed requests. Meanwhile a second rollout is
+/// refused naming the first; an instance that was booting (on release 1) when the rollout
+/// listed the group reaches service during it and is sent the release afterwards; and every
+/// send to three instances or more reads its verdicts over pages (the stand-in pages by 2).
 #[test]
 fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
-    let mut fleet = Fleet::new("fleet-good", 3, 1, "1");
+    let mut fleet = Fleet::pinned("fleet-good", 3, 1, "1");
+    // A fourth instance boots on release 1 and waits out of service (Standby stands in for
+    // Pending:Wait, which moto does not model): the rollout lists the group without it, and
+    // the load balancer sends it nothing but health checks until it is in service.
+    lb_server(&fleet.lb, "i3", "drain");
+    scale_to(&fleet.moto, &fleet.group, 4);
+    let late_id = group_ids(&fleet.moto, &fleet.group)
+        .into_iter()
+        .find(|i| !fleet.ids.contains(i))
+        .unwrap();
+    standby(&fleet.moto, &fleet.group, &late_id, true);
+    fleet.boot(&late_id);
+    assert_eq!(fleet.instances[3].status()["release"], "1");
+    let create_secs = fleet.create("2");
     let load = Load::start(fleet.lb.addr, "/cgi-bin/api", 4);
     load.run_for(200);
     let (smoke, marker) = write_smoke(fleet.dir.path(), fleet.lb.addr);
@@ -429,8 +584,8 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
         second.stderr
     );
 
-    // The group launches an instance once the pointer names 2 (and, so that the smoke test's
-    // ordinary requests all meet release 1, once that has passed): it boots 2.
+    // Once the smoke test passed (its ordinary requests all met release 1), the booting
+    // instance reaches service, still on release 1: the rollout never sent it anything.
     eventually("the smoke test to pass", Duration::from_secs(120), || {
         if marker.exists() {
             Ok(())
@@ -439,14 +594,8 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
         }
     });
     assert_eq!(fleet.pointer().as_deref(), Some("2"));
-    let before: Vec<String> = fleet.ids.clone();
-    scale_to(&fleet.moto, &fleet.group, 4);
-    let new_id = group_ids(&fleet.moto, &fleet.group)
-        .into_iter()
-        .find(|i| !before.contains(i))
-        .unwrap();
-    fleet.boot(&new_id);
-    assert_eq!(fleet.instances[3].status()["release"], "2");
+    standby(&fleet.moto, &fleet.group, &late_id, false);
+    lb_server(&fleet.lb, "i3", "ready");
 
     let out = first.join().unwrap();
     let took = started.elapsed();
@@ -454,8 +603,9 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
     load.run_for(200);
     let samples = load.finish();
     let s = summary(&out);
+    let readiness = s["readiness_secs"].as_f64().unwrap_or(-1.0);
     eprintln!(
-        "fleet: rollout of 2 to 3 instances in {:.1}s (canary's verdict at {:.1}s), {} requests through the load balancer, {} failed",
+        "fleet: rollout of 2 to 3 instances (+1 that reached service meanwhile) in {:.1}s (canary's verdict at {:.1}s; the way back checked in {readiness:.2}s; `berth release create` {create_secs:.2}s), {} requests through the load balancer, {} failed",
         took.as_secs_f64(),
         s["canary_secs"].as_f64().unwrap_or(0.0),
         samples.len(),
@@ -464,7 +614,9 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
     assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
     assert_eq!(s["outcome"], "released", "{s}");
     assert_eq!(s["previous"], "1");
+    let before: Vec<String> = fleet.ids[..3].to_vec();
     assert_eq!(s["canary"], before[0]);
+    assert!(readiness >= 0.0, "the way back was checked: {s}");
     let verdicts: Vec<(&str, &str)> = s["upgrades"]
         .as_array()
         .unwrap()
@@ -483,13 +635,16 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
             .map(|i| (i.as_str(), "Success"))
             .collect::<Vec<_>>()
     );
+    assert_eq!(s["late"][0]["instance"], late_id.as_str(), "{s}");
+    assert_eq!(s["late"][0]["status"], "Success", "{s}");
     assert!(marker.exists(), "the smoke test passed against the preview");
     for inst in &fleet.instances {
         assert_eq!(inst.status()["release"], "2", "{}", inst.log());
     }
     let tail = &samples[samples.len() - 100..];
     assert_eq!(answered(tail, "api 2"), 100);
-    // Canary first: the first SendCommands are the preview to all, then the canary alone.
+    // Canary first: the first SendCommands are the preview to all, then the canary alone,
+    // then the rest, then the one that came late.
     let calls = fleet.run_command.calls();
     let actions: Vec<(String, usize)> = calls
         .iter()
@@ -508,7 +663,8 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
         [
             ("preview".to_string(), 3),
             ("promote".to_string(), 1),
-            ("upgrade".to_string(), 2)
+            ("upgrade".to_string(), 2),
+            ("upgrade".to_string(), 1)
         ]
     );
     assert_eq!(fleet.pointer().as_deref(), Some("2"));
@@ -517,6 +673,37 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
         None,
         "the lock is given back"
     );
+    // What the rollout and every instance said of release 2.
+    let inst = &fleet.instances[0];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["releases", "--json", "--config"])
+        .arg(&inst.config);
+    aws::apply_env(&mut cmd, &inst.env(&fleet.moto));
+    let listed = run_with_limit(cmd, Duration::from_secs(60));
+    listed.ok();
+    let listed: Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["release"], "2", "{listed:#}");
+    let said: Vec<(String, String)> = listed[0]["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["by"].as_str().unwrap().to_string(),
+                r["event"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        said.contains(&("rollout".into(), "released".into())),
+        "{said:?}"
+    );
+    for id in &fleet.ids {
+        assert!(
+            said.contains(&(id.clone(), "deployed".into())),
+            "{id}: {said:?}"
+        );
+    }
 }
 
 /// A release that answers 1 in 20 API requests with 500 but passes every health check, rolled
@@ -734,7 +921,7 @@ fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
         }
     });
     assert!(
-        !instances[0].project.path("run/deregistered").exists(),
+        !instances[0].project.path("state/deregistered").exists(),
         "the mark is gone once registered"
     );
     assert_eq!(

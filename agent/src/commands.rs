@@ -35,6 +35,12 @@ pub enum CommandError {
     Control(#[from] crate::ipc::IpcError),
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    Release(#[from] crate::release::ReleaseError),
+    #[error("{message}")]
+    Usage { message: String },
+    #[error("{what}")]
+    NotFound { what: String },
     /// A rollout that failed and went back (or tried to): its summary is on stdout.
     #[error("the rollout of {release} failed ({error}): {outcome}")]
     RolledBack {
@@ -58,6 +64,9 @@ impl Coded for CommandError {
             CommandError::Refused { code, .. } => *code,
             CommandError::Control(e) => e.exit(),
             CommandError::Fleet(e) => e.exit(),
+            CommandError::Release(e) => e.exit(),
+            CommandError::Usage { .. } => Exit::Usage,
+            CommandError::NotFound { .. } => Exit::Invalid,
             CommandError::RolledBack { .. } => Exit::Failed,
         }
     }
@@ -203,6 +212,179 @@ pub async fn control(
         serde_json::to_string_pretty(&value).map_err(|e| CommandError::Output(e.to_string()))?;
     text.push('\n');
     Ok(text)
+}
+
+/// Where `berth release` and `berth releases` find the store: `--store`, else the config's
+/// `manifests`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreArgs {
+    pub store: Option<String>,
+    pub config: Option<PathBuf>,
+}
+
+/// What `berth release create` makes a release of (unset: from `--config`).
+#[derive(Debug, Clone, Default)]
+pub struct CreateArgs {
+    pub release: String,
+    pub compose: Option<String>,
+    pub env_files: Vec<String>,
+    pub commit: Option<String>,
+    pub by: Option<String>,
+}
+
+/// The store and the settings that go with it, and AWS when anything is remote.
+async fn store_of(
+    args: &StoreArgs,
+) -> Result<
+    (
+        crate::config::Store,
+        Option<crate::config::AgentConfig>,
+        Option<crate::aws::Aws>,
+    ),
+    CommandError,
+> {
+    let config = args
+        .config
+        .as_deref()
+        .map(crate::config::AgentConfig::load)
+        .transpose()?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let store = match (&args.store, config.as_ref().and_then(|c| c.manifests.clone())) {
+        (Some(s), _) => crate::config::Store::parse(s, &cwd).map_err(|message| {
+            CommandError::Usage {
+                message: format!("--store: {message}"),
+            }
+        })?,
+        (None, Some(s)) => s,
+        (None, None) => {
+            return Err(CommandError::Usage {
+                message: "no release store: give --store s3://bucket/prefix/ (or a directory), or --config with `manifests`".into(),
+            })
+        }
+    };
+    let remote = matches!(store, crate::config::Store::S3 { .. })
+        || config.as_ref().is_some_and(|c| !c.compose.is_local());
+    let aws = if remote {
+        let path_style = config.as_ref().is_some_and(|c| c.s3_path_style);
+        Some(crate::aws::Aws::load(None, path_style, Duration::from_secs(60)).await)
+    } else {
+        None
+    };
+    Ok((store, config, aws))
+}
+
+/// `berth release create`: the manifest as written, on stdout.
+pub async fn release_create(store: &StoreArgs, args: &CreateArgs) -> Result<String, CommandError> {
+    let (store_location, config, mut aws) = store_of(store).await?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let parse = |flag: &str, text: &str| {
+        crate::config::Location::parse(text, &cwd).map_err(|message| CommandError::Usage {
+            message: format!("{flag}: {message}"),
+        })
+    };
+    let compose = match (&args.compose, &config) {
+        (Some(c), _) => parse("--compose", c)?,
+        (None, Some(c)) => c.compose.clone(),
+        (None, None) => {
+            return Err(CommandError::Usage {
+                message:
+                    "no compose file: give --compose (a path, s3://... or ssm:/...) or --config"
+                        .into(),
+            })
+        }
+    };
+    let env_files = if args.env_files.is_empty() && args.compose.is_none() {
+        config
+            .as_ref()
+            .map(|c| c.env_files.clone())
+            .unwrap_or_default()
+    } else {
+        args.env_files
+            .iter()
+            .map(|e| parse("--env-file", e))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if aws.is_none() && (!compose.is_local() || env_files.iter().any(|e| !e.is_local())) {
+        aws = Some(crate::aws::Aws::load(None, false, Duration::from_secs(60)).await);
+    }
+    let registries = crate::engine::registry::Registries::new(
+        config
+            .as_ref()
+            .map(|c| c.registries.clone())
+            .unwrap_or_default(),
+        aws.as_ref().map(|a| a.ecr.clone()),
+    );
+    let opts = crate::release::create::CreateOptions {
+        release: args.release.clone(),
+        store: store_location,
+        compose,
+        env_files,
+        commit: args.commit.clone(),
+        by: args.by.clone(),
+        release_var: config
+            .as_ref()
+            .map_or_else(|| "RELEASE".to_string(), |c| c.release_var.clone()),
+        max_object_bytes: config
+            .as_ref()
+            .map_or(crate::config::DEFAULT_MAX_OBJECT_BYTES, |c| {
+                c.max_object_bytes
+            }),
+    };
+    let (manifest, version) =
+        crate::release::create::create(aws.as_ref(), &registries, &opts).await?;
+    eprintln!(
+        "release {} created: {}{}",
+        manifest.release,
+        crate::release::store::display(
+            &opts.store,
+            &crate::release::store::manifest_key(&manifest.release)
+        ),
+        version
+            .map(|v| format!(" (version {v})"))
+            .unwrap_or_default()
+    );
+    Ok(String::from_utf8_lossy(&manifest.to_bytes()).into_owned())
+}
+
+/// `berth release show ID`: the manifest, as stored.
+pub async fn release_show(store: &StoreArgs, id: &str) -> Result<String, CommandError> {
+    let (store_location, config, aws) = store_of(store).await?;
+    let cap = config
+        .as_ref()
+        .map_or(crate::config::DEFAULT_MAX_OBJECT_BYTES, |c| {
+            c.max_object_bytes
+        });
+    if !crate::release::manifest::is_release_id(id) {
+        return Err(crate::release::ReleaseError::BadId(id.into()).into());
+    }
+    let key = crate::release::store::manifest_key(id);
+    let location = crate::release::store::display(&store_location, &key);
+    let read = crate::release::store::get(aws.as_ref(), &store_location, &key, cap)
+        .await?
+        .ok_or_else(|| CommandError::NotFound {
+            what: format!("release {id}: no manifest at {location}"),
+        })?;
+    let manifest = crate::release::Manifest::parse(&read.bytes, &location, id)
+        .map_err(crate::release::ReleaseError::from)?;
+    Ok(String::from_utf8_lossy(&manifest.to_bytes()).into_owned())
+}
+
+/// `berth releases`: the recent releases with what instances and rollouts said of them.
+pub async fn releases(store: &StoreArgs, limit: usize, json: bool) -> Result<String, CommandError> {
+    let (store_location, config, aws) = store_of(store).await?;
+    let cap = config
+        .as_ref()
+        .map_or(crate::config::DEFAULT_MAX_OBJECT_BYTES, |c| {
+            c.max_object_bytes
+        });
+    let listed = crate::release::history::recent(aws.as_ref(), &store_location, limit, cap).await?;
+    if json {
+        let mut out = serde_json::to_string_pretty(&listed)
+            .map_err(|e| CommandError::Output(e.to_string()))?;
+        out.push('\n');
+        return Ok(out);
+    }
+    Ok(crate::release::history::render(&listed))
 }
 
 /// `berth rollout`: the release across the group ([`crate::fleet`]); progress lines on

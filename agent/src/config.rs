@@ -84,6 +84,53 @@ impl Location {
     }
 }
 
+/// Where release manifests (and what they pin) are kept: a prefix of a versioned S3 bucket, or
+/// a local directory (a laptop's releases).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// `prefix` is empty or ends with `/`.
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Local(PathBuf),
+}
+
+impl std::fmt::Display for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Store::Local(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Store {
+    /// `s3://bucket[/prefix[/]]`, or a directory (relative to `base`).
+    pub fn parse(text: &str, base: &Path) -> Result<Store, String> {
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() || prefix.starts_with('/') || prefix.contains("//") {
+                return Err(format!("{text:?} is not s3://bucket/prefix/"));
+            }
+            let mut prefix = prefix.to_string();
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            return Ok(Store::S3 {
+                bucket: bucket.into(),
+                prefix,
+            });
+        }
+        if text.is_empty() || text.contains("://") || text.starts_with("ssm:") {
+            return Err(format!(
+                "{text:?} is not s3://bucket/prefix/ or a directory"
+            ));
+        }
+        Ok(Store::Local(base.join(text)))
+    }
+}
+
 /// Compose's rule for project names: lowercase letters, digits, dashes and underscores, starting
 /// with a letter or digit. Here because the settings name a project too.
 pub fn is_project_name(name: &str) -> bool {
@@ -411,9 +458,11 @@ struct RawConfig {
     env_files: Vec<String>,
     release: Option<String>,
     release_var: Option<String>,
+    manifests: Option<String>,
     #[serde(default)]
     local: bool,
     run_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     #[serde(default)]
     s3_path_style: bool,
     pull_concurrency: Option<usize>,
@@ -561,10 +610,17 @@ pub struct AgentConfig {
     pub release: Option<Location>,
     /// The interpolation variable that carries the release id (default `RELEASE`).
     pub release_var: String,
+    /// Where release manifests are (`berth release create` writes them): a release id the
+    /// pointer names runs exactly what its manifest pins. None: every release floats (its
+    /// files are read as they are now).
+    pub manifests: Option<Store>,
     /// No IMDS, no lifecycle or load-balancer calls: the laptop mode.
     pub local: bool,
-    /// Where fetched files are written (0700 directory, 0600 files).
+    /// Where fetched files are written (0700 directory, 0600 files): a tmpfs under systemd.
     pub run_dir: PathBuf,
+    /// What must outlive a reboot: the project directory (relative binds), the deployed
+    /// manifests, the drain strategy's mark. On disk.
+    pub state_dir: PathBuf,
     pub s3_path_style: bool,
     /// Images pulled at once (default 4).
     pub pull_concurrency: usize,
@@ -627,6 +683,35 @@ impl AgentConfig {
             .as_deref()
             .map(|r| location("release", r))
             .transpose()?;
+        let manifests = raw
+            .manifests
+            .as_deref()
+            .map(|m| Store::parse(m, base).map_err(|message| invalid("manifests", message)))
+            .transpose()?;
+        if let (Some(Store::Local(_)), false) = (&manifests, compose.is_local()) {
+            return Err(invalid(
+                "manifests",
+                "a local directory of manifests goes with a local `compose`; with a remote one, use s3://bucket/prefix/".into(),
+            ));
+        }
+        let run_dir = raw
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/berth"));
+        let state_dir = raw
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/berth"));
+        if state_dir.starts_with(&run_dir) || run_dir.starts_with(&state_dir) {
+            return Err(invalid(
+                "state_dir",
+                format!(
+                    "{} and run_dir {} must not contain one another: the state outlives a reboot, the run directory (secrets) must not",
+                    state_dir.display(),
+                    run_dir.display()
+                ),
+            ));
+        }
         let release_var = raw.release_var.clone().unwrap_or_else(|| "RELEASE".into());
         check_release_var(&release_var).map_err(|(k, m)| invalid(k, m))?;
         raw.check().map_err(|(k, m)| invalid(&k, m))?;
@@ -637,8 +722,10 @@ impl AgentConfig {
             env_files,
             release,
             release_var,
+            manifests,
             local: raw.local,
-            run_dir: raw.run_dir.unwrap_or_else(|| PathBuf::from("/run/berth")),
+            run_dir,
+            state_dir,
             s3_path_style: raw.s3_path_style,
             pull_concurrency: raw.pull_concurrency.unwrap_or(DEFAULT_PULL_CONCURRENCY),
             max_object_bytes: raw.max_object_bytes.unwrap_or(DEFAULT_MAX_OBJECT_BYTES),

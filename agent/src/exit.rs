@@ -8,7 +8,7 @@
 //! | 0 | done |
 //! | 1 | a service failed to start, become healthy or complete; for `upgrade` and `rollback`, the new release failed and the previous one serves |
 //! | 2 | bad command line (or a bad request on the control socket) |
-//! | 3 | bad input: compose file, env file, interpolation, settings, a port already taken; nothing was changed |
+//! | 3 | bad input: compose file, env file, interpolation, settings, a port already taken, a release manifest that cannot run or a way back that is gone; nothing was changed |
 //! | 4 | the Docker daemon, `berth proxy` or the agent's control socket is unreachable or refused |
 //! | 5 | an image is missing or cannot be pulled; nothing was changed |
 //! | 6 | an AWS call failed: instance metadata, S3, SSM, the lifecycle hook, the load balancer |
@@ -89,7 +89,11 @@ impl Coded for HttpError {
 
 impl Coded for DockerError {
     fn exit(&self) -> Exit {
-        Exit::Docker
+        match self {
+            // The daemon answered; the registry has no such image (or refused us).
+            DockerError::Registry { .. } => Exit::Image,
+            _ => Exit::Docker,
+        }
     }
 }
 
@@ -132,7 +136,24 @@ impl Coded for ReleaseError {
             | ReleaseError::TooLarge { .. }
             | ReleaseError::NameClash { .. }
             | ReleaseError::RemoteInLocalRun { .. } => Exit::Invalid,
-            _ => Exit::Aws,
+            // What the store holds is not a release that can run (or be made): nothing was
+            // changed.
+            ReleaseError::Manifest(_)
+            | ReleaseError::Tampered { .. }
+            | ReleaseError::Changed { .. }
+            | ReleaseError::Exists { .. }
+            | ReleaseError::Unversioned { .. }
+            | ReleaseError::BadId(_)
+            | ReleaseError::Bind(_)
+            | ReleaseError::NotReady { .. } => Exit::Invalid,
+            ReleaseError::Create(e) => match e {
+                crate::release::create::CreateError::Compose { .. } => Exit::Invalid,
+                crate::release::create::CreateError::Images { .. } => Exit::Image,
+                crate::release::create::CreateError::Docker { source, .. } => source.exit(),
+            },
+            ReleaseError::S3 { .. }
+            | ReleaseError::Ssm { .. }
+            | ReleaseError::EmptyRelease { .. } => Exit::Aws,
         }
     }
 }
@@ -176,7 +197,9 @@ impl Coded for crate::fleet::FleetError {
         match self {
             FleetError::Busy { .. } => Exit::Busy,
             FleetError::Aws { .. } => Exit::Aws,
-            FleetError::NoInstances { .. } | FleetError::BadRelease { .. } => Exit::Invalid,
+            FleetError::NoInstances { .. }
+            | FleetError::BadRelease { .. }
+            | FleetError::NoWayBack { .. } => Exit::Invalid,
             FleetError::Timeout { .. } | FleetError::Smoke { .. } => Exit::Failed,
         }
     }

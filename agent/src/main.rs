@@ -235,6 +235,27 @@ enum Command {
         /// held for `upgrade.canary.step_secs` while the analysis compares both releases.
         #[arg(long, value_name = "PERCENT,...", value_delimiter = ',', num_args = 0..=1)]
         canary: Option<Vec<u8>>,
+        /// Go on when the release it would go back to is no longer complete (an image or an
+        /// object of it deleted): said in the answer and in `/status`.
+        #[arg(long)]
+        allow_no_rollback: bool,
+    },
+    /// Make a release (`create`), or show one (`show`): one pinned, immutable manifest of the
+    /// compose file, its env files, secrets' sources and every image by digest.
+    Release {
+        #[command(subcommand)]
+        action: ReleaseCommand,
+    },
+    /// The recent releases of the store, newest first, with what each instance and rollout
+    /// said of them.
+    Releases {
+        #[command(flatten)]
+        store: StoreFlags,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Release to the whole AutoScaling group, from CI or a laptop: write the release
     /// parameter, upgrade one InService instance (its agent judges the release), then the rest
@@ -274,6 +295,14 @@ enum Command {
         /// rest are sent it.
         #[arg(long)]
         weighted: bool,
+        /// The release store (the instances' `manifests`, s3://bucket/prefix/): the way back
+        /// is checked complete before anything moves, and the outcome is recorded with the
+        /// release.
+        #[arg(long)]
+        store: Option<String>,
+        /// Go on when the way back (the release serving now) is no longer complete.
+        #[arg(long)]
+        allow_no_rollback: bool,
     },
     /// The release in preview takes the traffic, watched and judged as any upgrade.
     Promote {
@@ -301,6 +330,57 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Make release ID: upload what is local (under the store's releases/ID/), pin what is in
+    /// S3 or SSM at its version, resolve every image to its digest at its registry, and write
+    /// the manifest, once. Prints the manifest.
+    Create {
+        /// The release id (what the release pointer will name).
+        release: String,
+        #[command(flatten)]
+        store: StoreFlags,
+        /// The compose file: a path, s3://bucket/key or ssm:/name (default: --config's).
+        #[arg(short = 'f', long = "compose")]
+        compose: Option<String>,
+        /// An env file, repeated for several (default: --config's, unless --compose is given).
+        #[arg(long = "env-file")]
+        env_files: Vec<String>,
+        /// The source commit, recorded in the manifest.
+        #[arg(long)]
+        commit: Option<String>,
+        /// Who makes it (default: user@host).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Print release ID's manifest.
+    Show {
+        release: String,
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+struct StoreFlags {
+    /// The release store: s3://bucket/prefix/ or a directory (default: `manifests` of --config).
+    #[arg(long)]
+    store: Option<String>,
+    /// berth.toml: its `manifests` store, and for `create` its compose file, env files,
+    /// release variable and registries.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl From<StoreFlags> for commands::StoreArgs {
+    fn from(f: StoreFlags) -> Self {
+        commands::StoreArgs {
+            store: f.store,
+            config: f.config,
+        }
+    }
+}
+
 #[derive(Debug, Args, Clone)]
 struct AgentFlags {
     /// The agent's settings.
@@ -325,6 +405,15 @@ impl AgentFlags {
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
     let cli = Cli::parse();
+    // Run by SSM Run Command, whose output keeps stdout first: a failure's verdict goes there
+    // too, one line of JSON, so that `berth rollout` reads it however long stderr grew.
+    let verdict_on_stdout = matches!(
+        cli.command,
+        Command::Upgrade { .. }
+            | Command::Promote { .. }
+            | Command::Rollback { .. }
+            | Command::Leave { .. }
+    );
     init_logging(matches!(
         cli.command,
         Command::Agent { .. }
@@ -352,7 +441,13 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli, started)) {
         Ok(()) => berth::exit::Exit::Ok.into(),
         Err(e) => {
-            eprintln!("error: {}", berth::report::chain(&e));
+            let message = berth::report::chain(&e);
+            eprintln!("error: {message}");
+            if verdict_on_stdout {
+                let verdict =
+                    serde_json::json!({"ok": false, "code": e.exit() as u8, "error": message});
+                println!("{verdict}");
+            }
             e.exit().into()
         }
     }
@@ -505,14 +600,42 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             release,
             preview,
             canary,
+            allow_no_rollback,
         } => {
             agent
                 .ask(Request::Upgrade {
                     release,
                     preview,
                     canary,
+                    allow_no_rollback,
                 })
                 .await?
+        }
+        Command::Release {
+            action:
+                ReleaseCommand::Create {
+                    release,
+                    store,
+                    compose,
+                    env_files,
+                    commit,
+                    by,
+                },
+        } => {
+            let args = commands::CreateArgs {
+                release,
+                compose,
+                env_files,
+                commit,
+                by,
+            };
+            print!("{}", commands::release_create(&store.into(), &args).await?);
+        }
+        Command::Release {
+            action: ReleaseCommand::Show { release, store },
+        } => print!("{}", commands::release_show(&store.into(), &release).await?),
+        Command::Releases { store, limit, json } => {
+            print!("{}", commands::releases(&store.into(), limit, json).await?)
         }
         Command::Promote { agent } => agent.ask(Request::Promote).await?,
         Command::Rollout {
@@ -526,7 +649,18 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             poll_secs,
             smoke,
             weighted,
+            store,
+            allow_no_rollback,
         } => {
+            let store = store
+                .map(|s| {
+                    berth::config::Store::parse(&s, std::path::Path::new(".")).map_err(|message| {
+                        CommandError::Usage {
+                            message: format!("--store: {message}"),
+                        }
+                    })
+                })
+                .transpose()?;
             commands::rollout(&berth::fleet::Rollout {
                 release,
                 group,
@@ -538,6 +672,8 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 poll: Duration::from_secs(poll_secs),
                 smoke,
                 weighted,
+                store,
+                allow_no_rollback,
             })
             .await?
         }

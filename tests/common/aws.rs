@@ -408,7 +408,19 @@ pub struct RunCommand {
 impl RunCommand {
     /// Serving `documents` (name, path of the SSM document's YAML) in front of `moto`.
     pub fn start(moto: &Moto, documents: &[(&str, &Path)]) -> RunCommand {
-        let mut args = vec!["--moto".to_string(), moto.url.clone(), "--documents".into()];
+        RunCommand::start_paged(moto, documents, 50)
+    }
+
+    /// [`RunCommand::start`], answering ListCommandInvocations `page` invocations at a time
+    /// (SSM's page is 50: a smaller one tries the paging on a small fleet).
+    pub fn start_paged(moto: &Moto, documents: &[(&str, &Path)], page: usize) -> RunCommand {
+        let mut args = vec![
+            "--page-size".to_string(),
+            page.to_string(),
+            "--moto".to_string(),
+            moto.url.clone(),
+            "--documents".into(),
+        ];
         args.extend(
             documents
                 .iter()
@@ -707,6 +719,32 @@ pub async fn create_bucket(moto: &Moto, bucket: &str) {
             .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
         assert!(exists, "CreateBucket {bucket}: {e:?}");
     }
+}
+
+/// Creates `bucket` with versioning on (a release store's, or one holding what releases pin).
+pub async fn create_versioned_bucket(moto: &Moto, bucket: &str) {
+    create_bucket(moto, bucket).await;
+    moto.s3()
+        .await
+        .put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutBucketVersioning {bucket}: {e:?}"));
+}
+
+/// A bucket name of `test`'s unique name: lowercase, dashes, 63 characters at most.
+pub fn bucket_name(prefix: &str, name: &str) -> String {
+    format!("{prefix}-{}", name.replace('_', "-"))
+        .to_lowercase()
+        .chars()
+        .take(63)
+        .collect()
 }
 
 /// Puts an object into moto's S3, creating the bucket if it is missing.

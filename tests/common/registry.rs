@@ -54,7 +54,7 @@ impl Registry {
         std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: berth-test\n    path: {root}/htpasswd\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: berth-test\n    path: {root}/htpasswd\n",
             root = dir.path().display()
         );
         let config_path = dir.path().join("config.yml");
@@ -110,6 +110,22 @@ impl Registry {
         docker(&["--config", &cfg, "push", &reference]);
         docker(&["rmi", &reference]);
         reference
+    }
+}
+
+impl Registry {
+    /// Deletes `repo@digest` from the registry, as an ECR lifecycle policy expires an image:
+    /// its manifest is gone, a pull or a look by that digest finds nothing.
+    pub fn delete(&self, repo: &str, digest: &str) {
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{}", self.password));
+        let (status, body) = super::aws::http_with_headers(
+            "DELETE",
+            &format!("http://{}/v2/{repo}/manifests/{digest}", self.addr),
+            &[("Authorization", &format!("Basic {auth}"))],
+            None,
+        );
+        assert_eq!(status, 202, "DELETE {repo}@{digest}: {body}");
     }
 }
 

@@ -101,11 +101,12 @@ impl Rig {
         let config = project.write(
             "berth.toml",
             &format!(
-                "project = \"{name}\"\ncompose = \"compose.yaml\"\nrelease = \"release\"\nlocal = true\nrun_dir = \"{run}\"\n\
+                "project = \"{name}\"\ncompose = \"compose.yaml\"\nrelease = \"release\"\nlocal = true\nrun_dir = \"{run}\"\nstate_dir = \"{state}\"\n\
                  [health]\nlisten = \"{health}\"\n\
                  [timeouts]\nready_secs = 15\nin_service_secs = 30\n{settings}",
                 name = project.name,
                 run = project.path("run").display(),
+                state = project.path("state").display(),
             ),
         );
         Rig {

@@ -13,9 +13,16 @@ endpoints), and `/usr/bin/berth` in the script runs that binary with that config
 and MaxErrors are applied as SSM applies them: at most N invocations at once, and once more than
 MaxErrors have failed no new invocation starts (those read Cancelled).
 
+Output as amazon-ssm-agent reports it (agent/framework/processor/executer/iohandler): stdout and
+stderr kept apart; a non-zero exit appends "failed to run commands: exit status N" to stderr; a
+plugin's Output in ListCommandInvocations is stdout, "\n----------ERROR-------\n" and stderr
+cut to 2,500 characters by the agent's TruncateOutput (each kept from its start); and
+GetCommandInvocation gives the first 24,000 characters of stdout and 8,000 of stderr.
+ListCommandInvocations answers at most --page-size invocations (SSM: 50) with a NextToken.
+
 Standard library, and PyYAML for the document (moto brings it). Usage:
 
-    python3 run_command.py --port 0 --moto URL --documents NAME=PATH ... [--exit-with-stdin]
+    python3 run_command.py --port 0 --moto URL --documents NAME=PATH ... [--page-size N] [--exit-with-stdin]
 
 It prints "ready <port>" once it listens. Control API (JSON) under /_run_command/:
 POST instances {"i-...": {"berth": PATH, "config": PATH, "env": {...}}} adds instances;
@@ -41,9 +48,34 @@ import yaml
 
 TERMINAL = ("Success", "Failed", "TimedOut", "Cancelled")
 
+# amazon-ssm-agent's limits and markers (iohandler.go, appconfig/constants.go).
+MAX_PLUGIN_OUTPUT = 2500
+MAX_STDOUT = 24000
+MAX_STDERR = 8000
+ERR_TITLE = "\n----------ERROR-------\n"
+TRUNCATE_OUT = "\n---Output truncated---"
+TRUNCATE_ERR = "\n---Error truncated----"
+
+
+def truncate_output(stdout, stderr, capacity=MAX_PLUGIN_OUTPUT):
+    """The agent's TruncateOutput: stdout, the error title and stderr in `capacity`."""
+    title = ERR_TITLE if stderr else ""
+    available = capacity - len(title)
+    if len(stdout) + len(stderr) < available:
+        return stdout + title + stderr
+    if len(stdout) > available // 2 and len(stderr) > available // 2:
+        size = available - len(TRUNCATE_ERR) - len(TRUNCATE_OUT)
+        return stdout[: size // 2] + TRUNCATE_OUT + title + stderr[: size // 2] + TRUNCATE_ERR
+    if len(stdout) <= available // 2:
+        size = available - len(TRUNCATE_ERR)
+        return stdout + title + stderr[: size - len(stdout)] + TRUNCATE_ERR
+    size = available - len(TRUNCATE_OUT)
+    return stdout[: size - len(stderr)] + TRUNCATE_OUT + title + stderr
+
 
 class State:
-    def __init__(self, moto, documents):
+    def __init__(self, moto, documents, page_size=50):
+        self.page_size = page_size
         self.lock = threading.Lock()
         self.moto = moto
         self.documents = documents
@@ -107,7 +139,8 @@ def run_command(state, command):
         inv = command["invocations"][iid]
         spec = state.instances.get(iid)
         if spec is None:
-            inv.update(Status="Failed", Output="no such instance on this machine", ResponseCode=-1)
+            # SSM would not deliver it: Undeliverable, with nothing run.
+            inv.update(Status="Failed", Stdout="", Stderr="no such instance on this machine", ResponseCode=-1)
             return
         inv["Status"] = "InProgress"
         env = dict(os.environ)
@@ -119,15 +152,20 @@ def run_command(state, command):
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.PIPE,
                 timeout=command["TimeoutSeconds"],
             )
-            code, output = done.returncode, done.stdout.decode(errors="replace")
+            code = done.returncode
+            out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
             status = "Success" if code == 0 else "Failed"
         except subprocess.TimeoutExpired as e:
-            code, output, status = -1, (e.stdout or b"").decode(errors="replace"), "TimedOut"
-        # SSM keeps the last 2500 characters of the output.
-        inv.update(Status=status, Output=output[-2500:], ResponseCode=code)
+            code, status = -1, "TimedOut"
+            out = (e.stdout or b"").decode(errors="replace")
+            err = (e.stderr or b"").decode(errors="replace")
+        if code != 0:
+            # The runscript plugin's MarkAsFailed: appended as a line of its own.
+            err = (err + "\n" if err else "") + "failed to run commands: exit status %d" % code
+        inv.update(Status=status, Stdout=out, Stderr=err, ResponseCode=code)
 
     while pending or running:
         running = [t for t in running if t.is_alive()]
@@ -232,7 +270,7 @@ class Handler(BaseHTTPRequestHandler):
             "RequestedDateTime": now,
             "Status": "InProgress",
             "invocations": {
-                iid: {"InstanceId": iid, "Status": "Pending", "Output": "", "ResponseCode": -1}
+                iid: {"InstanceId": iid, "Status": "Pending", "Stdout": "", "Stderr": "", "ResponseCode": -1}
                 for iid in ids
             },
         }
@@ -259,8 +297,11 @@ class Handler(BaseHTTPRequestHandler):
         if c is None:
             return self.error("InvalidCommandId", "no such command")
         details = req.get("Details", False)
+        page = min(int(req.get("MaxResults") or 50), self.server.state.page_size)
+        start = int(req.get("NextToken") or 0)
+        everyone = list(c["invocations"].items())
         out = []
-        for iid, inv in c["invocations"].items():
+        for iid, inv in everyone[start : start + page]:
             entry = {
                 "CommandId": c["CommandId"],
                 "InstanceId": iid,
@@ -275,11 +316,14 @@ class Handler(BaseHTTPRequestHandler):
                         "Name": "berth",
                         "Status": inv["Status"],
                         "ResponseCode": inv["ResponseCode"],
-                        "Output": inv["Output"],
+                        "Output": truncate_output(inv.get("Stdout", ""), inv.get("Stderr", "")),
                     }
                 ]
             out.append(entry)
-        self.send(200, {"CommandInvocations": out})
+        answer = {"CommandInvocations": out}
+        if start + page < len(everyone):
+            answer["NextToken"] = str(start + page)
+        self.send(200, answer)
 
     def get_invocation(self, req):
         c = self.command_of(req)
@@ -294,8 +338,8 @@ class Handler(BaseHTTPRequestHandler):
                 "Status": inv["Status"],
                 "StatusDetails": inv["Status"],
                 "ResponseCode": inv["ResponseCode"],
-                "StandardOutputContent": inv["Output"],
-                "StandardErrorContent": "",
+                "StandardOutputContent": inv.get("Stdout", "")[:MAX_STDOUT],
+                "StandardErrorContent": inv.get("Stderr", "")[:MAX_STDERR],
             },
         )
 
@@ -326,11 +370,12 @@ def main():
     p.add_argument("--moto", required=True)
     p.add_argument("--documents", nargs="*", default=[], help="NAME=PATH")
     p.add_argument("--exit-with-stdin", action="store_true")
+    p.add_argument("--page-size", type=int, default=50, help="ListCommandInvocations' page (SSM: 50)")
     a = p.parse_args()
     documents = dict(d.split("=", 1) for d in a.documents)
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     server.daemon_threads = True
-    server.state = State(a.moto.rstrip("/"), documents)
+    server.state = State(a.moto.rstrip("/"), documents, a.page_size)
     serving.serve(server, a.exit_with_stdin)
 
 

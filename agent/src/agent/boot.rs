@@ -32,6 +32,8 @@ pub struct Booted {
     pub project: Project,
     pub release: Release,
     pub deployer: Arc<Deployer>,
+    /// The release came from `--release`, not the pointer.
+    pub release_flag: bool,
 }
 
 /// The identity stage: who this instance is, its AWS clients and its launch hook. The hook is
@@ -76,9 +78,24 @@ async fn boot_steps(
     let config = &opts.config;
     // Heartbeats keep the hook open while slow steps (fetch, pulls, health) run.
     let mut heartbeat = Heartbeat::start(hook, config.heartbeat());
+    // A resumed agent serves a release already: if the pointer moved meanwhile, the boot is an
+    // upgrade, whose way back is that release (loaded first: both are laid out in the project
+    // directory, the new one's files last).
+    let serving = resumed
+        .then(|| super::resume::read(&config.run_dir).and_then(|s| s.release))
+        .flatten();
+    let back = super::deployer::way_back(instance.aws.as_ref(), config, serving.as_deref())
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(release = ?serving, error = %crate::report::chain(&e), "no way back to the release that served");
+            None
+        });
     let (release, project) = fetch(opts, state, instance.aws.as_ref())
         .instrument(tracing::info_span!("fetch"))
         .await?;
+    let back = back
+        .map(|(w, _)| w)
+        .filter(|w| Some(&w.release) != release.release_id.as_ref());
     let engine = Engine::connect().await?;
     let deployer = Arc::new(Deployer::new(
         config.clone(),
@@ -105,7 +122,14 @@ async fn boot_steps(
     // A resumed boot serves already: anything to change is changed as an upgrade would (the
     // drain strategy turns /healthz 503 first; the proxy strategy starts the new color beside).
     let deployed = deployer
-        .deploy(&release, &project, &progress, resumed, Entry::Switch)
+        .deploy(
+            &release,
+            &project,
+            &progress,
+            resumed,
+            Entry::Switch,
+            back.as_ref(),
+        )
         .instrument(tracing::info_span!("converge"))
         .await?;
     tracing::info!(how = deployed.how.as_str(), color = ?deployed.color, backends = ?deployed.backends, "converged");
@@ -125,7 +149,7 @@ async fn boot_steps(
         }
         let lb = &config.load_balancer;
         let arn = lb.target_group_arn.as_deref();
-        target_group::rejoin_if_left(aws, arn, id, lb.port, &config.run_dir).await?;
+        target_group::rejoin_if_left(aws, arn, id, lb.port, &config.state_dir).await?;
         load_balancer::wait(config, aws, id, state, Wait::In).await?;
         Ok::<(), AgentError>(())
     }
@@ -138,6 +162,7 @@ async fn boot_steps(
         project,
         release,
         deployer,
+        release_flag: opts.release.is_some(),
     })
 }
 
@@ -155,6 +180,7 @@ async fn fetch(
     state.update(|s| {
         s.release = release.release_id.clone();
         s.objects = release.objects.clone();
+        s.floating = release.floating.clone();
     });
     let project = load_project(&opts.config, &release)?;
     Ok((release, project))

@@ -28,6 +28,9 @@ pub enum Request {
         /// empty: `upgrade.canary.steps`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         canary: Option<Vec<u8>>,
+        /// Go on when the release it would go back to is no longer complete.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_no_rollback: bool,
     },
     /// The release in preview takes the traffic.
     Promote,
@@ -241,7 +244,7 @@ mod tests {
     fn requests_are_one_json_object_with_an_op() {
         let r: Request = serde_json::from_str(r#"{"op":"upgrade","release":"v2"}"#).unwrap();
         assert!(
-            matches!(r, Request::Upgrade { release: Some(ref v), preview: false, canary: None } if v == "v2")
+            matches!(r, Request::Upgrade { release: Some(ref v), preview: false, canary: None, allow_no_rollback: false } if v == "v2")
         );
         let r: Request = serde_json::from_str(r#"{"op":"upgrade"}"#).unwrap();
         assert!(matches!(
@@ -250,6 +253,16 @@ mod tests {
                 release: None,
                 preview: false,
                 canary: None,
+                allow_no_rollback: false,
+            }
+        ));
+        let r: Request =
+            serde_json::from_str(r#"{"op":"upgrade","allow_no_rollback":true}"#).unwrap();
+        assert!(matches!(
+            r,
+            Request::Upgrade {
+                allow_no_rollback: true,
+                ..
             }
         ));
         let r: Request = serde_json::from_str(r#"{"op":"upgrade","canary":[5,50]}"#).unwrap();

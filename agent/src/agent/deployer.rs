@@ -23,9 +23,11 @@ use crate::engine::progress::{Mode, Progress};
 use crate::engine::registry::Registries;
 use crate::instance::Instance;
 use crate::proxy::metrics::{summarize, ReleaseSummary};
-use crate::release::{self, Release};
+use crate::release::{self, history, Manifest, Release};
 use crate::serve::{traffic, AgentState, Analysis, Phase, ServiceStatus};
-use crate::upgrade::{self, Deployed, Entry, Side, UpgradeError, UpgradeLock, Upgrader};
+use crate::upgrade::{
+    self, Color, Deployed, Entry, How, Side, UpgradeError, UpgradeLock, Upgrader, WayBack,
+};
 
 /// How long an upgrade waits for a lock held for a moment before it refuses as busy.
 const LOCK_PATIENCE: Duration = Duration::from_secs(3);
@@ -161,6 +163,7 @@ impl Deployer {
             aws: self.aws.as_ref(),
             instance_id: self.instance_id.clone(),
             entry: Entry::Switch,
+            way_back: None,
         }
     }
 
@@ -171,6 +174,7 @@ impl Deployer {
                 release,
                 preview,
                 canary,
+                allow_no_rollback,
             } => {
                 let entry = match (preview, canary) {
                     (true, Some(_)) => return Err(AgentError::PreviewAndCanary),
@@ -186,7 +190,7 @@ impl Deployer {
                     }
                     (false, None) => Entry::Switch,
                 };
-                Reply::Deployed(self.upgrade_as(release, entry).await?)
+                Reply::Deployed(self.upgrade_as(release, entry, allow_no_rollback).await?)
             }
             Request::Promote => Reply::Deployed(self.promote().await?),
             Request::Rollback => Reply::Deployed(self.rollback().await?),
@@ -207,7 +211,9 @@ impl Deployer {
         })
     }
 
-    /// Converges a fetched release by the configured strategy, under the upgrade lock.
+    /// Converges a fetched release by the configured strategy, under the upgrade lock; the
+    /// services go back to `way_back` when it fails. What happened is said of the release (its
+    /// history), when there is a release store.
     pub(super) async fn deploy(
         &self,
         release: &Release,
@@ -215,6 +221,7 @@ impl Deployer {
         progress: &Progress,
         serving: bool,
         entry: Entry,
+        way_back: Option<&WayBack>,
     ) -> Result<Deployed, AgentError> {
         let what = format!(
             "{} release {}",
@@ -225,13 +232,24 @@ impl Deployer {
         let engine = self.engine().await?;
         let mut upgrader = self.upgrader(engine, progress, serving);
         upgrader.entry = entry;
-        let deployed = upgrader
+        upgrader.way_back = way_back;
+        let result = upgrader
             .deploy(project, release.release_id.as_deref())
-            .await?;
+            .await;
+        let previous = way_back.map(|w| w.release.clone());
+        let deployed = match result {
+            Ok(d) => d,
+            Err(e) => {
+                self.tell(release.release_id.as_deref(), &Err(&e), previous)
+                    .await;
+                return Err(e.into());
+            }
+        };
         if let Some(state) = &self.state {
             state.update(|s| {
                 s.release = release.release_id.clone();
                 s.objects = release.objects.clone();
+                s.floating = release.floating.clone();
                 if !deployed.services.is_empty() {
                     s.services = service_statuses(&deployed.services);
                 }
@@ -239,34 +257,155 @@ impl Deployer {
             state.deployed(running(engine, &self.config.project).await);
             super::resume::note(state, &self.config.run_dir);
         }
+        if deployed.how != How::UpToDate && deployed.how != How::Previewing {
+            let previous = deployed.previous.clone().or(previous);
+            self.tell(release.release_id.as_deref(), &Ok(&deployed), previous)
+                .await;
+        }
         Ok(deployed)
+    }
+
+    /// Says of `release` in its history what this instance did with it.
+    async fn tell(
+        &self,
+        release: Option<&str>,
+        outcome: &Result<&Deployed, &UpgradeError>,
+        previous: Option<String>,
+    ) {
+        let (Some(store), Some(release)) = (&self.config.manifests, release) else {
+            return;
+        };
+        let (event, detail) = match outcome {
+            Ok(d) if d.how == How::RolledBack => ("rolled back", None),
+            Ok(_) => ("deployed", None),
+            Err(e @ (UpgradeError::RolledBack { .. } | UpgradeError::CanaryFailed { .. })) => {
+                ("rolled back", Some(crate::report::chain(*e)))
+            }
+            Err(e) => ("failed", Some(crate::report::chain(*e))),
+        };
+        let report = history::Report {
+            release: release.to_string(),
+            by: self.instance_id.clone(),
+            event: event.to_string(),
+            at: history::now(),
+            previous,
+            detail,
+        };
+        history::say(self.aws.as_ref(), store, &report).await;
     }
 
     /// `berth upgrade`: the given release, or the one the release pointer names.
     pub async fn upgrade(&self, release: Option<String>) -> Result<Deployed, AgentError> {
-        self.upgrade_as(release, Entry::Switch).await
+        self.upgrade_as(release, Entry::Switch, false).await
     }
 
     /// An upgrade that takes the traffic by `entry`: at the switch, through a canary, or not
     /// yet (`berth upgrade --preview`: the release in preview until `berth promote` or `berth
-    /// rollback`, or until `upgrade.preview_secs` passes).
+    /// rollback`, or until `upgrade.preview_secs` passes). First the way back: the serving
+    /// release, which must still be complete (`allow_no_rollback`: go on without it, said in
+    /// the answer and `/status`).
     pub async fn upgrade_as(
         &self,
         release: Option<String>,
         entry: Entry,
+        allow_no_rollback: bool,
     ) -> Result<Deployed, AgentError> {
+        let serving = self.serving_release().await;
+        // Loaded before the new release is fetched: both are laid out in the project
+        // directory, and the new one's files are the ones left there.
+        let back = self.way_back(serving.as_deref()).await;
         let fetched =
             release::fetch_release(self.aws.as_ref(), &self.config, release.as_deref()).await?;
         let project = load_project(&self.config, &fetched)?;
+        let moving = serving.is_some() && serving != fetched.release_id;
+        let (way_back, no_way_back) = self.ready(back, moving, allow_no_rollback).await?;
         let progress = Progress::new(Mode::Log);
-        let deployed = if entry == Entry::Preview {
-            self.preview(&fetched, &project, &progress).await?
-        } else {
-            self.deploy(&fetched, &project, &progress, true, entry)
+        let mut deployed = if entry == Entry::Preview {
+            self.preview(&fetched, &project, &progress, way_back.as_ref())
                 .await?
+        } else {
+            self.deploy(
+                &fetched,
+                &project,
+                &progress,
+                true,
+                entry,
+                way_back.as_ref(),
+            )
+            .await?
         };
+        if let (Some(why), Some(state)) = (&no_way_back, &self.state) {
+            state.update(|s| s.no_rollback = Some(why.clone()));
+        } else if let Some(state) = &self.state {
+            state.update(|s| s.no_rollback = None);
+        }
+        deployed.no_way_back = no_way_back;
         tracing::info!(release = ?deployed.release, previous = ?deployed.previous, how = deployed.how.as_str(), to_switch_secs = ?deployed.to_switch_secs, "upgrade done");
         Ok(deployed)
+    }
+
+    /// The release serving now: the agent's, or (in-process) the routed service's serving color.
+    async fn serving_release(&self) -> Option<String> {
+        if let Some(state) = &self.state {
+            return state.snapshot().release;
+        }
+        let engine = self.engine().await.ok()?;
+        let routed = upgrade::routed_from_labels(engine, &self.config.project)
+            .await
+            .ok()??;
+        let progress = Progress::new(Mode::Quiet);
+        let serving = self
+            .upgrader(engine, &progress, false)
+            .recover(&routed)
+            .await
+            .ok()??;
+        serving.release
+    }
+
+    /// The release `id` as its manifest pins it, loaded (its files fetched at their versions):
+    /// what the services go back to. None with no release store, or for a floating release;
+    /// an error when its manifest names what is gone.
+    async fn way_back(&self, id: Option<&str>) -> Result<Option<(WayBack, Manifest)>, AgentError> {
+        way_back(self.aws.as_ref(), &self.config, id).await
+    }
+
+    /// Rollback readiness: when the upgrade moves away from the serving release (`moving`), the
+    /// way back must be whole, its images still at their registries by digest. Missing pieces
+    /// refuse the upgrade before anything changes, unless `allow` (then they are said).
+    async fn ready(
+        &self,
+        back: Result<Option<(WayBack, Manifest)>, AgentError>,
+        moving: bool,
+        allow: bool,
+    ) -> Result<(Option<WayBack>, Option<String>), AgentError> {
+        let refused = |e: AgentError| -> Result<(Option<WayBack>, Option<String>), AgentError> {
+            let why = crate::report::chain(&e);
+            if allow {
+                tracing::warn!(reason = %why, "NO WAY BACK: upgrading anyway (--allow-no-rollback)");
+                Ok((None, Some(why)))
+            } else {
+                Err(e)
+            }
+        };
+        let (back, manifest) = match back {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok((None, None)),
+            Err(e) if moving => return refused(e),
+            // Deploying the serving release again: its way back is itself.
+            Err(_) => return Ok((None, None)),
+        };
+        if !moving {
+            return Ok((Some(back), None));
+        }
+        let engine = self.engine().await?;
+        let started = Instant::now();
+        let checked =
+            release::ready::check(self.aws.as_ref(), engine, &self.registries, &manifest).await;
+        tracing::info!(release = %back.release, seconds = started.elapsed().as_secs_f64(), ok = checked.is_ok(), "rollback readiness checked");
+        match checked {
+            Ok(()) => Ok((Some(back), None)),
+            Err(e) => refused(e.into()).map(|(_, why)| (Some(back), why)),
+        }
     }
 
     /// The new release beside the serving one, in preview. Nothing of the agent's state moves:
@@ -276,6 +415,7 @@ impl Deployer {
         release: &Release,
         project: &Project,
         progress: &Progress,
+        way_back: Option<&WayBack>,
     ) -> Result<Deployed, AgentError> {
         let what = format!(
             "preview of release {}",
@@ -285,6 +425,7 @@ impl Deployer {
         let engine = self.engine().await?;
         let mut upgrader = self.upgrader(engine, progress, true);
         upgrader.entry = Entry::Preview;
+        upgrader.way_back = way_back;
         let deployed = upgrader
             .deploy(project, release.release_id.as_deref())
             .await?;
@@ -326,11 +467,57 @@ impl Deployer {
             .into());
         };
         let progress = Progress::new(Mode::Log);
-        let upgrader = self.upgrader(engine, &progress, true);
-        let deployed = match switch {
-            Switch::Promote => upgrader.promote(&routed).await?,
-            Switch::Rollback => upgrader.rollback(project, &routed).await?,
+        // The release whose services run once this is done: the serving one after a promote
+        // that fails or a preview that ends, the previous one after a rollback.
+        let quiet = Progress::new(Mode::Quiet);
+        let sides = self.upgrader(engine, &quiet, false).sides(&routed).await?;
+        let serving = self
+            .upgrader(engine, &quiet, false)
+            .recover(&routed)
+            .await?;
+        let in_preview = self.upgrader(engine, &quiet, false).preview_on().await?;
+        let back_to = match (switch, &serving, in_preview) {
+            (Switch::Rollback, _, None) => {
+                let prev = serving.as_ref().map_or(Color::Blue, |s| s.color.other());
+                sides.get(&prev).and_then(|s| s.release.clone())
+            }
+            (_, Some(s), _) => s.release.clone(),
+            (_, None, _) => None,
         };
+        let back = match self.way_back(back_to.as_deref()).await {
+            Ok(b) => b.map(|(w, _)| w),
+            Err(e) => {
+                // The routed service still goes back as it was; the rest cannot be had whole.
+                tracing::warn!(release = ?back_to, error = %crate::report::chain(&e), "the other services stay as they are");
+                None
+            }
+        };
+        let mut upgrader = self.upgrader(engine, &progress, true);
+        upgrader.way_back = back.as_ref();
+        let result = match switch {
+            Switch::Promote => upgrader.promote(&routed).await,
+            Switch::Rollback => upgrader.rollback(project, &routed).await,
+        };
+        let deployed = match result {
+            Ok(d) => d,
+            Err(e) => {
+                if let Switch::Promote = switch {
+                    let promoted = sides
+                        .values()
+                        .find(|s| Some(s.color) != serving.as_ref().map(|v| v.color))
+                        .and_then(|s| s.release.clone());
+                    self.tell(promoted.as_deref(), &Err(&e), back_to.clone())
+                        .await;
+                }
+                return Err(e.into());
+            }
+        };
+        self.tell(
+            deployed.release.as_deref(),
+            &Ok(&deployed),
+            deployed.previous.clone(),
+        )
+        .await;
         self.preview_until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -430,6 +617,32 @@ impl Deployer {
         status.containers = converge::ps(engine, project).await?;
         Ok(status)
     }
+}
+
+/// The release `id` as its manifest pins it, loaded (its files fetched at their versions):
+/// what the services go back to. None with no release store, or for a floating release; an
+/// error when its manifest names what is gone.
+pub(super) async fn way_back(
+    aws: Option<&Aws>,
+    config: &AgentConfig,
+    id: Option<&str>,
+) -> Result<Option<(WayBack, Manifest)>, AgentError> {
+    let (Some(id), Some(_)) = (id, &config.manifests) else {
+        return Ok(None);
+    };
+    let fetched = release::fetch_release(aws, config, Some(id)).await?;
+    let Some(manifest) = fetched.manifest.clone() else {
+        tracing::warn!(release = %id, "the way back floats (no manifest): only the routed service can go back as it was");
+        return Ok(None);
+    };
+    let project = load_project(config, &fetched)?;
+    Ok(Some((
+        WayBack {
+            release: id.to_string(),
+            project,
+        },
+        manifest,
+    )))
 }
 
 /// The project's running containers (id -> service, name), as a deploy leaves them: the

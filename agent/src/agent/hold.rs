@@ -34,6 +34,9 @@ pub async fn hold(
     gate.open(deployer.clone());
     resume::note(state, &config.run_dir);
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
+    if !booted.release_flag {
+        pointer_once_more(deployer).await;
+    }
     release_code();
     let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
         .then(|| tokio::spawn(watch(deployer.clone())));
@@ -153,6 +156,46 @@ async fn expire_previews(deployer: Arc<Deployer>) {
     }
 }
 
+/// Once in service: the pointer once more. A rollout that listed the group while this
+/// instance was booting did not send it the release, and the pointer may have moved after the
+/// boot read it: the release it names now is deployed, as an upgrade.
+async fn pointer_once_more(deployer: &Deployer) {
+    let Some(pointer) = &deployer.config.release else {
+        return;
+    };
+    let Some((wanted, current)) = moved(deployer, pointer, "once more").await else {
+        return;
+    };
+    tracing::info!(release = %wanted, booted = ?current, "the release pointer moved while this instance booted: upgrading");
+    if let Err(e) = deployer.upgrade(Some(wanted.clone())).await {
+        tracing::error!(release = %wanted, error = %crate::report::chain(&e), "upgrading to the release the pointer names now failed");
+    }
+}
+
+/// The release the pointer names, when it is not the serving one (with the serving one);
+/// None when it is, or when the pointer cannot be read (said, with `why` it was read).
+async fn moved(
+    deployer: &Deployer,
+    pointer: &release::Location,
+    why: &str,
+) -> Option<(String, Option<String>)> {
+    let read = release::fetch(
+        deployer.aws.as_ref(),
+        pointer,
+        deployer.config.max_object_bytes,
+    )
+    .await;
+    let wanted = match read {
+        Ok((bytes, _)) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(e) => {
+            tracing::warn!(error = %crate::report::chain(&e), "{why}: cannot read the release pointer");
+            return None;
+        }
+    };
+    let current = deployer.state.as_ref().and_then(|s| s.snapshot().release);
+    (!wanted.is_empty() && Some(&wanted) != current.as_ref()).then_some((wanted, current))
+}
+
 /// Upgrades when the release pointer names another release.
 async fn watch(deployer: Arc<Deployer>) {
     let every = Duration::from_secs(deployer.config.upgrade.watch_secs);
@@ -162,25 +205,11 @@ async fn watch(deployer: Arc<Deployer>) {
     let mut failed: Option<String> = None;
     loop {
         tokio::time::sleep(every).await;
-        let wanted = match release::fetch(
-            deployer.aws.as_ref(),
-            &pointer,
-            deployer.config.max_object_bytes,
-        )
-        .await
-        {
-            Ok((bytes, _)) => String::from_utf8_lossy(&bytes).trim().to_string(),
-            Err(e) => {
-                tracing::warn!(error = %crate::report::chain(&e), "watch: cannot read the release pointer");
-                continue;
-            }
+        let Some((wanted, current)) = moved(&deployer, &pointer, "watch").await else {
+            continue;
         };
-        let current = deployer.state.as_ref().and_then(|s| s.snapshot().release);
         // A release that failed is not retried until the pointer moves on.
-        if wanted.is_empty()
-            || Some(&wanted) == current.as_ref()
-            || Some(&wanted) == failed.as_ref()
-        {
+        if Some(&wanted) == failed.as_ref() {
             continue;
         }
         tracing::info!(release = %wanted, previous = ?current, "watch: the release pointer moved");

@@ -223,7 +223,8 @@ async fn stop_project(project: &str) {
     }
 }
 
-/// The project a release describes, with the release id exposed to interpolation.
+/// The project a release describes, with the release id exposed to interpolation, pinned as
+/// its manifest says (images by digest), and kept out of berth's own directories.
 fn load_project(config: &AgentConfig, release: &Release) -> Result<Project, AgentError> {
     let mut environment: BTreeMap<String, String> = std::env::vars().collect();
     if let Some(id) = &release.release_id {
@@ -242,8 +243,10 @@ fn load_project(config: &AgentConfig, release: &Release) -> Result<Project, Agen
         remote_sources: release.sources.clone(),
         ..LoadOptions::default()
     };
-    compose::load(&opts).map_err(|source| AgentError::Compose {
+    let mut project = compose::load(&opts).map_err(|source| AgentError::Compose {
         compose_file: release.compose_file.display().to_string(),
         source,
-    })
+    })?;
+    release.pin(&mut project, config)?;
+    Ok(project)
 }

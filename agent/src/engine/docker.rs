@@ -51,6 +51,8 @@ pub enum DockerError {
     },
     #[error("pull {image}: {message}")]
     Pull { image: String, message: String },
+    #[error("{image} at its registry: {message}")]
+    Registry { image: String, message: String },
 }
 
 /// The daemon's message for an API error, without bollard's wrapping.
@@ -209,6 +211,32 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The digest the registry has for `image` (a tag, or a digest it must still hold),
+    /// asked through the daemon's distribution endpoint: the daemon does the registry's
+    /// authentication dance (basic, token, ECR) with `credentials`, as a pull would.
+    pub async fn registry_digest(
+        &self,
+        image: &str,
+        credentials: Option<bollard::auth::DockerCredentials>,
+    ) -> Result<String, DockerError> {
+        let found = self
+            .api
+            .inspect_registry_image(image, credentials)
+            .await
+            .map_err(|e| DockerError::Registry {
+                image: image.to_string(),
+                message: api_message(&e),
+            })?;
+        found
+            .descriptor
+            .digest
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| DockerError::Registry {
+                image: image.to_string(),
+                message: "the registry's answer has no digest".into(),
+            })
     }
 
     pub async fn stop(&self, id: &str, grace_secs: Option<i64>) -> Result<(), DockerError> {

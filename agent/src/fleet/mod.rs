@@ -13,8 +13,8 @@
 //! sure nothing runs (`aws ssm delete-parameter --name <parameter>.rollout`).
 //!
 //! Exit codes: 0 released; 1 failed and rolled back (or the rollback failed: the summary says
-//! which instances run what); 3 not a release id, or nothing to release to (no InService
-//! instance); 6 an AWS call
+//! which instances run what); 3 not a release id, nothing to release to (no InService
+//! instance), or no way back (the previous release is no longer complete); 6 an AWS call
 //! failed; 7 another rollout runs.
 
 pub mod rollout;
@@ -46,6 +46,8 @@ pub enum FleetError {
     },
     #[error("the smoke test `{command}` failed ({status}); no instance switched")]
     Smoke { command: String, status: String },
+    #[error("no way back: release {previous}, which serves now, cannot be restored whole ({why}); nothing was changed (--allow-no-rollback goes on without one)")]
+    NoWayBack { previous: String, why: String },
 }
 
 impl FleetError {

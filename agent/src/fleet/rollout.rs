@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_sdk_autoscaling::types::LifecycleState;
 use aws_sdk_ssm::types::ParameterType;
 use serde::Serialize;
 
 use super::run_command::{self, Invocation, Send};
 use super::FleetError;
 use crate::aws::{code_of, Aws};
+use crate::config::Store;
+use crate::release::history::{self, Report};
+use crate::release::manifest::is_release_id;
 
 /// What to release where.
 #[derive(Debug, Clone)]
@@ -33,6 +35,12 @@ pub struct Rollout {
     /// The canary instance upgrades through its weighted canary (`berth upgrade --canary`:
     /// shares of its sessions, judged beside its serving release) before the switch.
     pub weighted: bool,
+    /// The release store (the instances' `manifests`): the new release's manifest is looked
+    /// for, the way back (the previous release) checked complete once for the fleet, and what
+    /// the rollout did said of the release. None: releases float, nothing is checked.
+    pub store: Option<Store>,
+    /// Go on when the way back is not complete (and tell the instances so).
+    pub allow_no_rollback: bool,
 }
 
 /// What a rollout did, printed as JSON at the end.
@@ -55,6 +63,17 @@ pub struct Summary {
     pub reverted: Vec<Invocation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Instances that reached service while the rollout ran (booting when it listed the
+    /// group) and were sent the release afterwards, with their verdicts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub late: Vec<Invocation>,
+    /// Released without a way back (`--allow-no-rollback`): what of the previous release is
+    /// gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_way_back: Option<String>,
+    /// Seconds the way back's check took (its manifest, objects and images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_secs: Option<f64>,
     /// Seconds from the start to the canary's verdict, and to the end.
     pub canary_secs: f64,
     pub seconds: f64,
@@ -79,7 +98,81 @@ pub async fn rollout(aws: &Aws, r: &Rollout, say: &dyn Fn(&str)) -> Result<Summa
     let lock = Lock::take(aws, &r.parameter, &r.release).await?;
     let result = release(aws, r, &instances, started, say).await;
     lock.give_back(aws).await;
+    if let (Ok(summary), Some(store)) = (&result, &r.store) {
+        let report = Report {
+            release: summary.release.clone(),
+            by: "rollout".into(),
+            event: summary.outcome.to_string(),
+            at: history::now(),
+            previous: Some(summary.previous.clone()),
+            detail: summary.error.clone(),
+        };
+        history::say(Some(aws), store, &report).await;
+    }
     result
+}
+
+/// The way back, once for the fleet: the previous release's manifest, its objects at their
+/// versions and its images at their registries by digest. An error names what is gone; a
+/// floating previous release pins nothing to check.
+async fn way_back(
+    aws: &Aws,
+    r: &Rollout,
+    previous: &str,
+    say: &dyn Fn(&str),
+) -> Result<(), String> {
+    let Some(store) = &r.store else {
+        return Ok(());
+    };
+    let key = crate::release::store::manifest_key(&r.release);
+    match crate::release::store::get(
+        Some(aws),
+        store,
+        &key,
+        crate::config::DEFAULT_MAX_OBJECT_BYTES,
+    )
+    .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => say(&format!(
+            "warning: release {} has no manifest ({}): its files float",
+            r.release,
+            crate::release::store::display(store, &key)
+        )),
+        Err(e) => return Err(crate::report::chain(&e)),
+    }
+    if previous == r.release || !is_release_id(previous) {
+        return Ok(());
+    }
+    let key = crate::release::store::manifest_key(previous);
+    let location = crate::release::store::display(store, &key);
+    let read = crate::release::store::get(
+        Some(aws),
+        store,
+        &key,
+        crate::config::DEFAULT_MAX_OBJECT_BYTES,
+    )
+    .await
+    .map_err(|e| crate::report::chain(&e))?;
+    let Some(read) = read else {
+        say(&format!("warning: the way back, release {previous}, has no manifest ({location}): it floats, and is not checked"));
+        return Ok(());
+    };
+    let manifest = crate::release::Manifest::parse(&read.bytes, &location, previous)
+        .map_err(|e| e.to_string())?;
+    let engine = crate::engine::docker::Engine::connect()
+        .await
+        .map_err(|e| {
+            format!(
+                "the way back's images are checked at their registries through a Docker daemon: {}",
+                crate::report::chain(&e)
+            )
+        })?;
+    let registries =
+        crate::engine::registry::Registries::new(Default::default(), Some(aws.ecr.clone()));
+    crate::release::ready::check(Some(aws), &engine, &registries, &manifest)
+        .await
+        .map_err(|e| crate::report::chain(&e))
 }
 
 async fn release(
@@ -96,6 +189,25 @@ async fn release(
         r.release,
         instances.join(", ")
     ));
+    // Before anything moves: the way back must be whole.
+    let checked = Instant::now();
+    let mut no_way_back = None;
+    if let Err(why) = way_back(aws, r, &previous, say).await {
+        if !r.allow_no_rollback {
+            return Err(FleetError::NoWayBack {
+                previous: previous.clone(),
+                why,
+            });
+        }
+        say(&format!(
+            "WARNING: NO WAY BACK to {previous} ({why}); going on (--allow-no-rollback)"
+        ));
+        no_way_back = Some(why);
+    }
+    let readiness_secs = r.store.as_ref().map(|_| checked.elapsed().as_secs_f64());
+    if let Some(secs) = readiness_secs {
+        say(&format!("the way back to {previous} checked in {secs:.2}s"));
+    }
     put_parameter(aws, &r.parameter, &r.release).await?;
     let canary = instances[0].clone();
     let mut summary = Summary {
@@ -108,6 +220,9 @@ async fn release(
         previewed: vec![],
         reverted: vec![],
         error: None,
+        late: vec![],
+        no_way_back,
+        readiness_secs,
         canary_secs: 0.0,
         seconds: 0.0,
     };
@@ -128,12 +243,22 @@ async fn release(
         // The canary rolls itself back when it fails there; the ones that took the release
         // go back, and so do those with it in preview (upgrading to the serving release ends
         // a preview). Every one of them even if some cannot (MaxErrors 100%).
+        // And those that reached service meanwhile: they may have booted the new release.
+        let joined: Vec<String> = match in_service(aws, &r.group).await {
+            Ok(now) => now.into_iter().filter(|i| !instances.contains(i)).collect(),
+            Err(e) => {
+                say(&format!("listing the group again: {e}"));
+                vec![]
+            }
+        };
         let upgraded: Vec<String> = instances
             .iter()
             .filter(|i| {
                 summary.previewed.contains(*i)
                     || summary.upgrades.iter().any(|u| u.ok() && &u.instance == *i)
+                    || summary.late.iter().any(|u| &u.instance == *i)
             })
+            .chain(joined.iter())
             .cloned()
             .collect();
         if !upgraded.is_empty() {
@@ -235,30 +360,89 @@ async fn steps(
         r.max_concurrency,
         r.max_errors
     ));
-    let verdicts = upgrade(
+    let verdicts = upgrade_rest(aws, r, rest).await?;
+    summary.upgrades.extend(verdicts.iter().cloned());
+    if let Some(bad) = verdicts.iter().find(|i| !i.ok()) {
+        return Err(verdict_error(bad, "instance"));
+    }
+    late(aws, r, instances, summary, say).await
+}
+
+/// The release to `instances` after the canary: MaxConcurrency and MaxErrors as asked.
+async fn upgrade_rest(
+    aws: &Aws,
+    r: &Rollout,
+    instances: &[String],
+) -> Result<Vec<Invocation>, String> {
+    upgrade(
         aws,
         r,
-        rest,
+        instances,
         &r.release,
         "upgrade",
         &r.max_concurrency,
         &r.max_errors,
     )
     .await
-    .map_err(|e| e.to_string())?;
-    summary.upgrades.extend(verdicts.iter().cloned());
-    match verdicts.iter().find(|i| !i.ok()) {
-        Some(bad) => Err(verdict_error(bad, "instance")),
-        None => Ok(()),
-    }
+    .map_err(|e| e.to_string())
 }
 
-/// What the SSM document's `release` parameter allows (its allowedPattern).
-fn is_release_id(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && s.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'))
+/// After the rest: instances that were booting when the rollout listed the group (or
+/// launched since) may have read the pointer before it moved. Looks again until every
+/// InService instance was sent the release (an instance on it already answers `up to date`)
+/// and none is still on its way in, for at most the command limit.
+async fn late(
+    aws: &Aws,
+    r: &Rollout,
+    listed: &[String],
+    summary: &mut Summary,
+    say: &dyn Fn(&str),
+) -> Result<(), String> {
+    let deadline = Instant::now() + r.command_limit;
+    loop {
+        let group = group_instances(aws, &r.group)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sent = |i: &String| listed.contains(i) || summary.late.iter().any(|l| &l.instance == i);
+        let new: Vec<String> = group
+            .iter()
+            .filter(|(i, state)| state == "InService" && !sent(i))
+            .map(|(i, _)| i.clone())
+            .collect();
+        let coming: Vec<&String> = group
+            .iter()
+            .filter(|(_, state)| state.starts_with("Pending"))
+            .map(|(i, _)| i)
+            .collect();
+        if !new.is_empty() {
+            say(&format!(
+                "reached service meanwhile: {}: berth upgrade ({})",
+                new.join(", "),
+                r.release
+            ));
+            let verdicts = upgrade_rest(aws, r, &new).await?;
+            summary.late.extend(verdicts.iter().cloned());
+            if let Some(bad) = verdicts.iter().find(|i| !i.ok()) {
+                return Err(verdict_error(bad, "instance"));
+            }
+            continue;
+        }
+        if coming.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "instances still on their way into service after {}s: {}",
+                r.command_limit.as_secs(),
+                coming
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        tokio::time::sleep(r.poll).await;
+    }
 }
 
 fn verdict_error(bad: &Invocation, role: &str) -> String {
@@ -285,10 +469,17 @@ async fn upgrade(
 ) -> Result<Vec<Invocation>, FleetError> {
     let send = Send {
         document: &r.document,
-        parameters: BTreeMap::from([
-            ("action", action.to_string()),
-            ("release", release.to_string()),
-        ]),
+        parameters: {
+            let mut p = BTreeMap::from([
+                ("action", action.to_string()),
+                ("release", release.to_string()),
+            ]);
+            // Only when asked: a document older than this parameter still takes the rest.
+            if r.allow_no_rollback {
+                p.insert("allowNoRollback", "true".to_string());
+            }
+            p
+        },
         instances,
         max_concurrency,
         max_errors,
@@ -321,25 +512,11 @@ async fn smoke_test(command: &str, release: &str) -> Result<(), FleetError> {
 
 /// The group's InService instances, sorted (the first is the canary).
 async fn in_service(aws: &Aws, group: &str) -> Result<Vec<String>, FleetError> {
-    let answer = aws
-        .autoscaling
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await
-        .map_err(|e| FleetError::aws("AutoScaling DescribeAutoScalingGroups", group, &e))?;
-    let Some(g) = answer.auto_scaling_groups().first() else {
-        return Err(FleetError::Aws {
-            step: "AutoScaling DescribeAutoScalingGroups",
-            what: group.into(),
-            message: "no such group".into(),
-        });
-    };
-    let mut ids: Vec<String> = g
-        .instances()
-        .iter()
-        .filter(|i| i.lifecycle_state() == Some(&LifecycleState::InService))
-        .filter_map(|i| i.instance_id().map(String::from))
+    let mut ids: Vec<String> = group_instances(aws, group)
+        .await?
+        .into_iter()
+        .filter(|(_, state)| state == "InService")
+        .map(|(id, _)| id)
         .collect();
     ids.sort();
     if ids.is_empty() {
@@ -348,6 +525,38 @@ async fn in_service(aws: &Aws, group: &str) -> Result<Vec<String>, FleetError> {
         });
     }
     Ok(ids)
+}
+
+/// Every instance of the group with its lifecycle state, every page.
+async fn group_instances(aws: &Aws, group: &str) -> Result<Vec<(String, String)>, FleetError> {
+    let mut pages = aws
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(group)
+        .into_paginator()
+        .send();
+    let mut found = false;
+    let mut out = vec![];
+    while let Some(page) = pages.next().await {
+        let page =
+            page.map_err(|e| FleetError::aws("AutoScaling DescribeAutoScalingGroups", group, &e))?;
+        for g in page.auto_scaling_groups() {
+            found = true;
+            for i in g.instances() {
+                if let (Some(id), Some(state)) = (i.instance_id(), i.lifecycle_state()) {
+                    out.push((id.to_string(), state.as_str().to_string()));
+                }
+            }
+        }
+    }
+    if !found {
+        return Err(FleetError::Aws {
+            step: "AutoScaling DescribeAutoScalingGroups",
+            what: group.into(),
+            message: "no such group".into(),
+        });
+    }
+    Ok(out)
 }
 
 async fn get_parameter(aws: &Aws, name: &str) -> Result<String, FleetError> {
@@ -431,20 +640,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn release_ids_are_what_the_document_takes() {
-        for ok in ["2", "v1.2.3", "abc_def+1-x", &"a".repeat(128)] {
-            assert!(is_release_id(ok), "{ok}");
-        }
-        for bad in ["", "-x", ".x", "a b", "a;rm", "a'b", &"a".repeat(129)] {
-            assert!(!is_release_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
     fn a_failed_instance_is_named_with_its_status_and_last_line() {
         let bad = Invocation {
             instance: "i-1".into(),
             status: "Failed".into(),
+            code: Some(1),
             error: Some("error: release 2 failed right after the switch".into()),
         };
         assert_eq!(

@@ -29,8 +29,11 @@ pub struct Invocation {
     pub instance: String,
     /// SSM's status: Success, Failed, TimedOut, Cancelled...
     pub status: String,
-    /// The last line berth printed on stderr (its error), for a failure; berth's output names
-    /// releases, services and codes, never an environment value.
+    /// The command's exit code (SSM's ResponseCode): berth's own, named in `exit.rs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// Why it failed: berth's verdict line (see [`verdict`]); berth's output names releases,
+    /// services and codes, never an environment value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -119,40 +122,46 @@ pub async fn run(
         }
         tokio::time::sleep(poll).await;
     }
-    let invocations = ssm
+    // Every page: SSM answers at most 50 invocations at a time.
+    let mut pages = ssm
         .list_command_invocations()
         .command_id(&id)
         .details(true)
-        .send()
-        .await
-        .map_err(|e| FleetError::aws("SSM ListCommandInvocations", &id, &e))?;
+        .into_paginator()
+        .send();
     let mut by_instance: BTreeMap<String, Invocation> = BTreeMap::new();
-    for inv in invocations.command_invocations() {
-        let Some(instance) = inv.instance_id() else {
-            continue;
-        };
-        let status = inv
-            .status()
-            .cloned()
-            .unwrap_or(CommandInvocationStatus::Pending);
-        let error = (status != CommandInvocationStatus::Success)
-            .then(|| {
-                inv.command_plugins()
-                    .iter()
-                    .filter_map(|p| p.output())
-                    .flat_map(str::lines)
-                    .rfind(|l| !l.trim().is_empty())
-                    .map(|l| l.trim().to_string())
-            })
-            .flatten();
-        by_instance.insert(
-            instance.to_string(),
-            Invocation {
-                instance: instance.to_string(),
-                status: status.as_str().to_string(),
-                error,
-            },
-        );
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| FleetError::aws("SSM ListCommandInvocations", &id, &e))?;
+        for inv in page.command_invocations() {
+            let Some(instance) = inv.instance_id() else {
+                continue;
+            };
+            let status = inv
+                .status()
+                .cloned()
+                .unwrap_or(CommandInvocationStatus::Pending);
+            let plugin = inv.command_plugins().first();
+            let code = plugin.map(|p| p.response_code()).filter(|c| *c >= 0);
+            let error = (status != CommandInvocationStatus::Success)
+                .then(|| {
+                    let output: String = inv
+                        .command_plugins()
+                        .iter()
+                        .filter_map(|p| p.output())
+                        .collect();
+                    verdict(&output)
+                })
+                .flatten();
+            by_instance.insert(
+                instance.to_string(),
+                Invocation {
+                    instance: instance.to_string(),
+                    status: status.as_str().to_string(),
+                    code,
+                    error,
+                },
+            );
+        }
     }
     Ok(send
         .instances
@@ -161,8 +170,71 @@ pub async fn run(
             by_instance.remove(i).unwrap_or_else(|| Invocation {
                 instance: i.clone(),
                 status: "Cancelled".into(),
+                code: None,
                 error: None,
             })
         })
         .collect())
+}
+
+/// What SSM puts between a plugin's stdout and its stderr in its output.
+const ERROR_TITLE: &str = "\n----------ERROR-------\n";
+
+/// Why an invocation failed, from its plugin output as SSM keeps it: stdout, then (when there
+/// is any) `----------ERROR-------` and stderr, each cut to fit 2,500 characters from its
+/// start, and on a non-zero exit SSM's own `failed to run commands: exit status N` last. berth
+/// prints a failed command's verdict on stdout as one line of JSON (`{"ok":false,"code":N,
+/// "error":"..."}`), which comes first and so survives the cut; without one (an older berth,
+/// the document's own checks), the last line of stderr that is not SSM's.
+pub fn verdict(output: &str) -> Option<String> {
+    let (stdout, stderr) = output.split_once(ERROR_TITLE).unwrap_or((output, ""));
+    let from_berth = stdout.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        (v.get("ok")? == false).then(|| v.get("error")?.as_str().map(String::from))?
+    });
+    from_berth.or_else(|| {
+        stdout
+            .lines()
+            .chain(stderr.lines())
+            .map(str::trim)
+            .rfind(|l| {
+                !l.is_empty()
+                    && !l.starts_with("failed to run commands:")
+                    && !l.starts_with("---Output truncated---")
+                    && !l.starts_with("---Error truncated----")
+            })
+            .map(String::from)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verdict;
+
+    #[test]
+    fn the_verdict_comes_from_berths_line_on_stdout_before_ssms_cut() {
+        let long_log = "INFO upgrading\n".repeat(400);
+        let output = format!(
+            "{{\"ok\":false,\"code\":1,\"error\":\"release 2 failed right after the switch\"}}\n\n----------ERROR-------\n{}\n---Error truncated----",
+            &long_log[..2000]
+        );
+        assert_eq!(
+            verdict(&output).as_deref(),
+            Some("release 2 failed right after the switch")
+        );
+    }
+
+    #[test]
+    fn without_a_verdict_line_the_last_line_of_stderr_that_is_not_ssms() {
+        let output = "\n----------ERROR-------\nself-upgrade needs package and sha256\nfailed to run commands: exit status 2";
+        assert_eq!(
+            verdict(output).as_deref(),
+            Some("self-upgrade needs package and sha256")
+        );
+        assert_eq!(verdict(""), None);
+        assert_eq!(
+            verdict("{\"ok\":true}\nplain words").as_deref(),
+            Some("plain words")
+        );
+    }
 }

@@ -32,9 +32,10 @@ pub struct TargetGroup<'a> {
     marker: PathBuf,
 }
 
-/// The file that says this instance deregistered itself and has not registered again.
-fn marker(run_dir: &Path) -> PathBuf {
-    run_dir.join("deregistered")
+/// The file that says this instance deregistered itself and has not registered again. In the
+/// state directory, on disk: a reboot while deregistered must come back registered.
+fn marker(state_dir: &Path) -> PathBuf {
+    state_dir.join("deregistered")
 }
 
 /// After a restart: an instance a killed agent left deregistered registers again (once its
@@ -44,19 +45,19 @@ pub async fn rejoin_if_left(
     arn: Option<&str>,
     instance: &str,
     port: Option<u16>,
-    run_dir: &Path,
+    state_dir: &Path,
 ) -> Result<(), LoadBalancerError> {
     let (Some(aws), Some(arn)) = (aws, arn) else {
         return Ok(());
     };
-    if !marker(run_dir).exists() {
+    if !marker(state_dir).exists() {
         return Ok(());
     }
     tracing::warn!(
         target_group = arn,
         "an earlier agent stopped while this instance was deregistered: registering it again"
     );
-    TargetGroup::new(aws, arn, instance, port, run_dir)
+    TargetGroup::new(aws, arn, instance, port, state_dir)
         .register_retrying()
         .await
 }
@@ -110,14 +111,14 @@ impl<'a> TargetGroup<'a> {
         arn: &'a str,
         instance: &'a str,
         port: Option<u16>,
-        run_dir: &Path,
+        state_dir: &Path,
     ) -> Self {
         TargetGroup {
             aws,
             arn,
             instance,
             port,
-            marker: marker(run_dir),
+            marker: marker(state_dir),
         }
     }
 
@@ -257,9 +258,16 @@ impl<'a> TargetGroup<'a> {
 
     async fn deregister(&self) -> Result<(), LoadBalancerError> {
         tracing::info!(target_group = self.arn, "deregistering this instance");
-        // Not fatal: without the marker only a crash in the next seconds would go unrepaired.
-        if let Err(e) = std::fs::write(&self.marker, self.arn) {
-            tracing::warn!(path = %self.marker.display(), error = %e, "cannot mark this instance deregistered");
+        // Not fatal: without the marker only a crash or a reboot in the next seconds would go
+        // unrepaired. Synced to disk before the call, directory included.
+        let marked = self
+            .marker
+            .parent()
+            .map_or(Ok(()), crate::release::files::private_dir)
+            .and_then(|()| crate::release::files::write_private(&self.marker, self.arn.as_bytes()))
+            .map(|()| crate::release::files::sync_dir(&self.marker));
+        if let Err(e) = marked {
+            tracing::warn!(path = %self.marker.display(), error = %crate::report::chain(&e), "cannot mark this instance deregistered");
         }
         self.aws
             .elb

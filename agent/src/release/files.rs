@@ -37,3 +37,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ReleaseError> {
     f.sync_all().map_err(werr)?;
     std::fs::rename(&tmp, path).map_err(werr)
 }
+
+/// Makes a rename or a removal in `path`'s directory durable (best effort).
+pub fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}

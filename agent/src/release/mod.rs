@@ -1,19 +1,36 @@
-//! The release: what to run. A compose file, the env files that go beside it, and a release id,
-//! each at a location (`s3://bucket/key`, `ssm:/parameter/name`, or a local path). Remote files
-//! are written under the run directory, 0700, each file 0600, never logged; each object's
-//! version (S3 VersionId or ETag, SSM parameter version) goes into the deployment record.
+//! The release: what to run. With a release store (`manifests` in berth.toml), a release id
+//! names an immutable [`manifest`]: the compose file and env files at their object versions,
+//! checked by sha256, the secrets' and configs' sources at theirs, every image by digest. Every
+//! deploy of that id (a boot, a restarted agent, an upgrade, a rollback, a repair) runs exactly
+//! that, so that every instance runs the same release and going back restores all of it.
+//! Without a manifest, a release *floats*: its files are read as they are now, and each
+//! deploy says so.
+//!
+//! The compose file goes into the project directory on disk, the env files onto the run
+//! directory (tmpfs), 0600, never logged ([`layout`]); each object's version goes into the
+//! deployment record. `berth release create` ([`create`]) makes a release;
+//! [`history`] keeps what instances and rollouts said of each; [`ready`] tells whether a
+//! release can still be deployed whole (the way back of an upgrade).
 
+pub mod create;
 mod fetch;
 pub(crate) mod files;
+pub mod history;
+pub mod layout;
+pub mod manifest;
+pub mod ready;
+pub mod store;
 
 use std::path::PathBuf;
 
+use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::aws::Aws;
-use crate::config::AgentConfig;
 pub use crate::config::Location;
-pub use fetch::fetch;
+use crate::config::{AgentConfig, Store};
+pub use fetch::{exists_at, fetch, fetch_at};
+pub use manifest::{Manifest, ManifestError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
@@ -47,6 +64,37 @@ pub enum ReleaseError {
     EmptyRelease { location: String },
     #[error("{location} is remote, and this is a local run: use local paths")]
     RemoteInLocalRun { location: String },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("release {release}: {location} (version {version}) does not have the sha256 the release pinned: it is not the object that was released; nothing of it was used")]
+    Tampered {
+        release: String,
+        location: String,
+        version: String,
+    },
+    #[error("release {release}: its manifest {location} is not the one this instance deployed before ({cached}): a release never changes; make a new one with `berth release create`")]
+    Changed {
+        release: String,
+        location: String,
+        cached: String,
+    },
+    #[error("{location} exists: a release is written once and never replaced; choose another release id")]
+    Exists { location: String },
+    #[error("bucket {bucket} keeps no versions ({status}): a release pins its objects by VersionId, which only a versioned bucket gives; turn versioning on (aws s3api put-bucket-versioning --bucket {bucket} --versioning-configuration Status=Enabled)")]
+    Unversioned { bucket: String, status: String },
+    #[error(
+        "{0:?} is not a release id: a letter or digit, then letters, digits, . _ + - (128 at most)"
+    )]
+    BadId(String),
+    #[error(transparent)]
+    Bind(#[from] layout::BindRefused),
+    #[error("release {release} cannot be restored whole, so it is no way back: {}; deploy it again or make a new release of what serves; --allow-no-rollback goes on without one", missing.join("; "))]
+    NotReady {
+        release: String,
+        missing: Vec<String>,
+    },
+    #[error(transparent)]
+    Create(#[from] create::CreateError),
 }
 
 /// What was fetched, for the deployment record and `/status`. No contents.
@@ -67,9 +115,31 @@ pub struct Release {
     /// only, never written under the run directory.
     #[serde(skip)]
     pub sources: crate::compose::RemoteSources,
+    /// What the release pins; None when it floats.
+    #[serde(skip)]
+    pub manifest: Option<Manifest>,
+    /// Why the release floats (no store, or no manifest for its id); None when pinned.
+    pub floating: Option<String>,
 }
 
-/// Fetches the release: remote files into `run_dir/<project>/`, local ones used in place.
+impl Release {
+    /// The release's project, pinned: each image by its digest (a floating release's as they
+    /// are), and no bind into berth's own directories.
+    pub fn pin(
+        &self,
+        project: &mut crate::compose::Project,
+        config: &AgentConfig,
+    ) -> Result<(), ReleaseError> {
+        if let Some(m) = &self.manifest {
+            m.pin(project)?;
+        }
+        layout::check_binds(project, config)?;
+        Ok(())
+    }
+}
+
+/// Fetches the release: the pointer's id (or `release_override`), then what its manifest
+/// pins, or the files as they are now when it has none.
 pub async fn fetch_release(
     aws: Option<&Aws>,
     config: &AgentConfig,
@@ -83,6 +153,21 @@ pub async fn fetch_release(
         }
         (None, None) => None,
     };
+    let floating = match (&config.manifests, &release_id) {
+        (Some(store), Some(id)) => match manifest_of(aws, config, store, id).await? {
+            Some((manifest, record)) => {
+                objects.push(record);
+                return pinned(aws, config, manifest, objects).await;
+            }
+            None => format!(
+                "release {id} has no manifest ({}): its compose file and env files float, read as they are now rather than as released; make releases with `berth release create`",
+                store::display(store, &store::manifest_key(id))
+            ),
+        },
+        (None, _) => "no `manifests` store in berth.toml: every release floats, its compose file and env files read as they are now; see `berth release create`".to_string(),
+        (Some(_), None) => "no release id (no `release` pointer): the files float, read as they are now".to_string(),
+    };
+    tracing::warn!(release = ?release_id, "{floating}");
     let compose_file = match &config.compose {
         Location::Local(path) => local_files(aws, config, path, &mut objects).await?,
         _ => remote_files(aws, config, &mut objects).await?,
@@ -93,24 +178,151 @@ pub async fn fetch_release(
         release_id,
         objects,
         sources,
+        manifest: None,
+        floating: Some(floating),
     })
 }
 
-/// The secrets' and configs' `file:` sources of the compose file that are berth locations
-/// (`s3://...`, `ssm:/...`), fetched. A file that does not parse is left to the loader, which
-/// says what is wrong with it.
-async fn remote_sources(
+/// The manifest of release `id` in `store`, checked against the copy this instance kept when
+/// it first deployed it (a release never changes); None when the store has none.
+pub async fn manifest_of(
     aws: Option<&Aws>,
     config: &AgentConfig,
-    compose_file: &std::path::Path,
-    objects: &mut Vec<ObjectRecord>,
-) -> Result<crate::compose::RemoteSources, ReleaseError> {
+    store: &Store,
+    id: &str,
+) -> Result<Option<(Manifest, ObjectRecord)>, ReleaseError> {
+    if !manifest::is_release_id(id) {
+        return Err(ReleaseError::BadId(id.to_string()));
+    }
+    let key = store::manifest_key(id);
+    let location = store::display(store, &key);
+    let Some(read) = store::get(aws, store, &key, config.max_object_bytes).await? else {
+        return Ok(None);
+    };
+    let manifest = Manifest::parse(&read.bytes, &location, id)?;
+    let kept = config.state_dir.join("releases").join(format!("{id}.json"));
+    match std::fs::read(&kept) {
+        Ok(before) if before == read.bytes => {}
+        Ok(_) => {
+            return Err(ReleaseError::Changed {
+                release: id.to_string(),
+                location,
+                cached: kept.display().to_string(),
+            })
+        }
+        Err(_) => {
+            if let Some(dir) = kept.parent() {
+                files::private_dir(dir)?;
+            }
+            files::write_private(&kept, &read.bytes)?;
+        }
+    }
+    let record = ObjectRecord {
+        location,
+        version: read.version,
+        bytes: read.bytes.len(),
+    };
+    Ok(Some((manifest, record)))
+}
+
+/// Everything a manifest pins, fetched at its version and checked against its sha256, then
+/// written where the release runs from.
+async fn pinned(
+    aws: Option<&Aws>,
+    config: &AgentConfig,
+    manifest: Manifest,
+    mut objects: Vec<ObjectRecord>,
+) -> Result<Release, ReleaseError> {
+    let cap = config.max_object_bytes;
+    let wanted: Vec<&manifest::Pinned> = manifest.objects().collect();
+    // Fetched together: a deploy waits on the slowest object, not on their sum.
+    let fetched = join_all(
+        wanted
+            .iter()
+            .map(|pin| fetch_pinned(aws, &manifest.release, pin, cap)),
+    )
+    .await;
+    let mut contents = Vec::with_capacity(wanted.len());
+    for (pin, result) in wanted.iter().zip(fetched) {
+        let (location, bytes) = result?;
+        objects.push(ObjectRecord {
+            location: pin.location.clone(),
+            version: pin.version.clone(),
+            bytes: bytes.len(),
+        });
+        contents.push((location, bytes));
+    }
+    // In the order of `objects()`: the compose file, the env files, the sources.
+    let sources_at = 1 + manifest.env_files.len();
+    let source_contents = contents.split_off(sources_at.min(contents.len()));
+    let mut files = contents.into_iter();
+    let Some((compose_location, compose_bytes)) = files.next() else {
+        return Err(ReleaseError::Manifest(ManifestError::Parse {
+            location: format!("release {}", manifest.release),
+            message: "no compose file".into(),
+        }));
+    };
+    let mut names = Names::default();
+    let compose_name = names.take(&compose_location)?;
+    let mut env_files = Vec::new();
+    for (location, bytes) in files {
+        env_files.push((names.take(&location)?, bytes));
+    }
     let mut sources = crate::compose::RemoteSources::default();
+    for (pin, (_, bytes)) in manifest.sources.iter().zip(source_contents) {
+        sources.0.insert(pin.location.clone(), bytes);
+    }
+    let compose_file = layout::materialize(config, (&compose_name, &compose_bytes), &env_files)?;
+    tracing::info!(release = %manifest.release, objects = objects.len(), images = manifest.images.len(), "the release's manifest pins every object and image");
+    Ok(Release {
+        compose_file,
+        release_id: Some(manifest.release.clone()),
+        objects,
+        sources,
+        manifest: Some(manifest),
+        floating: None,
+    })
+}
+
+/// One pinned object: read at its version, its sha256 checked when the manifest has one.
+async fn fetch_pinned(
+    aws: Option<&Aws>,
+    release: &str,
+    pin: &manifest::Pinned,
+    cap: u64,
+) -> Result<(Location, Vec<u8>), ReleaseError> {
+    let location =
+        Location::parse(&pin.location, std::path::Path::new("/")).map_err(|message| {
+            ReleaseError::Manifest(ManifestError::Parse {
+                location: format!("release {release}"),
+                message,
+            })
+        })?;
+    let (bytes, _) = fetch_at(aws, &location, pin.version.as_deref(), cap).await?;
+    if let Some(want) = &pin.sha256 {
+        if manifest::sha256_hex(&bytes) != *want {
+            return Err(ReleaseError::Tampered {
+                release: release.to_string(),
+                location: pin.location.clone(),
+                version: pin.version.clone().unwrap_or_else(|| "local".into()),
+            });
+        }
+    }
+    Ok((location, bytes))
+}
+
+/// The secrets' and configs' `file:` sources of the compose file that are berth locations
+/// (`s3://...`, `ssm:/...`), as written, in the order the file has them. A file that does not
+/// parse is left to the loader, which says what is wrong with it.
+pub fn remote_source_locations(
+    compose_file: &std::path::Path,
+) -> Result<Vec<(String, Location)>, ReleaseError> {
+    let mut out: Vec<(String, Location)> = Vec::new();
     let Ok(text) = std::fs::read_to_string(compose_file) else {
-        return Ok(sources);
+        return Ok(out);
     };
     let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(&text) else {
-        return Ok(sources);
+        return Ok(out);
     };
     let base = compose_file.parent().unwrap_or(std::path::Path::new("."));
     for section in ["secrets", "configs"] {
@@ -121,7 +333,7 @@ async fn remote_sources(
             let Some(file) = entry.get("file").and_then(serde_norway::Value::as_str) else {
                 continue;
             };
-            if !crate::compose::is_remote_source(file) || sources.0.contains_key(file) {
+            if !crate::compose::is_remote_source(file) || out.iter().any(|(f, _)| f == file) {
                 continue;
             }
             let location = Location::parse(file, base).map_err(|message| ReleaseError::Local {
@@ -131,13 +343,47 @@ async fn remote_sources(
                     format!("{section}: {message}"),
                 ),
             })?;
-            let (bytes, version) = fetch(aws, &location, config.max_object_bytes).await?;
-            tracing::info!(location = %location, version = ?version, bytes = bytes.len(), "fetched a secret or config");
-            objects.push(record(&location, version, bytes.len()));
-            sources.0.insert(file.to_string(), bytes);
+            out.push((file.to_string(), location));
         }
     }
+    Ok(out)
+}
+
+/// A floating release's remote sources, fetched as they are now.
+async fn remote_sources(
+    aws: Option<&Aws>,
+    config: &AgentConfig,
+    compose_file: &std::path::Path,
+    objects: &mut Vec<ObjectRecord>,
+) -> Result<crate::compose::RemoteSources, ReleaseError> {
+    let mut sources = crate::compose::RemoteSources::default();
+    for (file, location) in remote_source_locations(compose_file)? {
+        let (bytes, version) = fetch(aws, &location, config.max_object_bytes).await?;
+        tracing::info!(location = %location, version = ?version, bytes = bytes.len(), "fetched a secret or config");
+        objects.push(record(&location, version, bytes.len()));
+        sources.0.insert(file, bytes);
+    }
     Ok(sources)
+}
+
+/// The file names a release's files take beside each other: two of one name clash.
+#[derive(Default)]
+struct Names(Vec<(String, String)>);
+
+impl Names {
+    /// The name `location` takes, unless another file took it.
+    fn take(&mut self, location: &Location) -> Result<String, ReleaseError> {
+        let name = location.file_name();
+        if let Some((first, _)) = self.0.iter().find(|(_, n)| *n == name) {
+            return Err(ReleaseError::NameClash {
+                first: first.clone(),
+                second: location.to_string(),
+                name,
+            });
+        }
+        self.0.push((location.to_string(), name.clone()));
+        Ok(name)
+    }
 }
 
 fn record(location: &Location, version: Option<String>, bytes: usize) -> ObjectRecord {
@@ -187,45 +433,34 @@ async fn local_files(
     Ok(path.to_path_buf())
 }
 
-/// Remote files are written beside each other under `run_dir/<project>/`: the compose file's
-/// path is returned.
+/// A floating release's remote files, as they are now, laid out as a pinned one's are: the
+/// compose file's path is returned.
 async fn remote_files(
     aws: Option<&Aws>,
     config: &AgentConfig,
     objects: &mut Vec<ObjectRecord>,
 ) -> Result<PathBuf, ReleaseError> {
-    let dir = config.run_dir.join(&config.project);
-    files::private_dir(&dir)?;
-    let mut names: Vec<(String, String)> = Vec::new();
+    let mut names = Names::default();
     let mut wanted = vec![&config.compose];
     wanted.extend(config.env_files.iter());
     // Fetched together: a boot waits on the slowest object, not on their sum.
-    let fetched = futures_util::future::join_all(
+    let fetched = join_all(
         wanted
             .iter()
             .map(|loc| fetch(aws, loc, config.max_object_bytes)),
     )
     .await;
-    let mut compose_file = PathBuf::new();
+    let mut contents = Vec::new();
     for (loc, result) in wanted.iter().zip(fetched) {
         let (bytes, version) = result?;
-        let name = loc.file_name();
-        if let Some((first, _)) = names.iter().find(|(_, n)| *n == name) {
-            return Err(ReleaseError::NameClash {
-                first: first.clone(),
-                second: loc.to_string(),
-                name,
-            });
-        }
-        names.push((loc.to_string(), name.clone()));
-        let path = dir.join(&name);
-        files::write_private(&path, &bytes)?;
-        if compose_file.as_os_str().is_empty() {
-            compose_file = path;
-        }
+        let name = names.take(loc)?;
         objects.push(record(loc, version, bytes.len()));
+        contents.push((name, bytes));
     }
-    Ok(compose_file)
+    let mut contents = contents.into_iter();
+    let (compose_name, compose_bytes) = contents.next().unwrap_or_default();
+    let env_files: Vec<(String, Vec<u8>)> = contents.collect();
+    layout::materialize(config, (&compose_name, &compose_bytes), &env_files)
 }
 
 #[cfg(test)]

@@ -150,6 +150,12 @@ pub struct Status {
     pub instance_id: Option<String>,
     pub release: Option<String>,
     pub objects: Vec<ObjectRecord>,
+    /// Why the serving release floats (no manifest pins its files); absent when pinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floating: Option<String>,
+    /// The release was deployed without a way back (`--allow-no-rollback`): why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_rollback: Option<String>,
     pub services: Vec<ServiceStatus>,
     /// Seconds from process start to the start of each phase.
     pub timings: BTreeMap<String, f64>,
@@ -214,6 +220,8 @@ impl AgentState {
             instance_id: None,
             release: None,
             objects: vec![],
+            floating: None,
+            no_rollback: None,
             services: vec![],
             timings: BTreeMap::from([("identity".to_string(), started.elapsed().as_secs_f64())]),
             in_service: false,

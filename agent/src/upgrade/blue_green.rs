@@ -65,7 +65,10 @@ impl Upgrader<'_> {
                 .await;
         }
         if let (Entry::Canary(steps), Some(old)) = (&self.entry, &serving) {
-            self.canary(&new, old, &release_name, steps).await?;
+            if let Err(e) = self.canary(&new, old, &release_name, steps).await {
+                self.restore_rest(&routed, old.color).await;
+                return Err(e);
+            }
         }
         let before = match &serving {
             Some(old) => self.before_switch(&new, old).await,
@@ -82,11 +85,12 @@ impl Upgrader<'_> {
             backends: new.backends.clone(),
             to_switch_secs: Some(to_switch),
             services,
+            no_way_back: None,
         };
         let Some(old) = serving else {
             return Ok(deployed);
         };
-        self.settle(&new, &old, &release_name, before.as_ref())
+        self.settle(&routed, &new, &old, &release_name, before.as_ref())
             .await?;
         Ok(Deployed {
             previous: old.release.clone(),
@@ -128,6 +132,7 @@ impl Upgrader<'_> {
             backends: serving.backends.clone(),
             to_switch_secs: None,
             services: report.services,
+            no_way_back: None,
         }))
     }
 
@@ -158,6 +163,9 @@ impl Upgrader<'_> {
                 if let Some(new) = self.sides(routed).await?.remove(&next) {
                     self.remove_side(&new).await;
                 }
+                if had_previous {
+                    self.restore_rest(routed, next.other()).await;
+                }
                 if !had_previous {
                     // A first start: there is no previous release to speak of.
                     return Err(UpgradeError::Converge(source));
@@ -175,6 +183,9 @@ impl Upgrader<'_> {
         };
         if let Err(e) = ready {
             self.remove_side(&new).await;
+            if had_previous {
+                self.restore_rest(routed, next.other()).await;
+            }
             return Err(e);
         }
         Ok((new, report.services))
@@ -196,6 +207,7 @@ impl Upgrader<'_> {
     /// second half of an upgrade, and all of `berth promote`.
     pub(super) async fn switch_and_settle(
         &self,
+        routed: &Routed,
         new: &Side,
         old: &Side,
         release_name: &str,
@@ -203,7 +215,8 @@ impl Upgrader<'_> {
         let before = self.before_switch(new, old).await;
         self.switch(&new.backends, new.release.as_deref()).await?;
         tracing::info!(release = %release_name, color = %new.color, backends = ?new.backends, "switched");
-        self.settle(new, old, release_name, before.as_ref()).await
+        self.settle(routed, new, old, release_name, before.as_ref())
+            .await
     }
 
     /// After the switch: the new side must stay healthy for `verify_secs` and pass its
@@ -211,6 +224,7 @@ impl Upgrader<'_> {
     /// takes the traffic back. Then the old side drains and stops.
     pub(super) async fn settle(
         &self,
+        routed: &Routed,
         new: &Side,
         old: &Side,
         release_name: &str,
@@ -222,6 +236,7 @@ impl Upgrader<'_> {
             }
             self.drain(&new.backends).await?;
             self.remove_side(new).await;
+            self.restore_rest(routed, old.color).await;
             let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
             tracing::error!(release = %release_name, reason = %crate::report::chain(&reason), previous = %previous, "rolled back");
             return Err(UpgradeError::RolledBack {
@@ -286,6 +301,8 @@ impl Upgrader<'_> {
             return Err(e);
         }
         self.switch(&prev.backends, prev.release.as_deref()).await?;
+        // The other services as the release that serves again had them.
+        self.restore_rest(routed, prev_color).await;
         if let Some(old) = &serving {
             self.drain(&old.backends).await?;
             self.stop_side(old).await;
@@ -298,6 +315,7 @@ impl Upgrader<'_> {
             backends: prev.backends,
             to_switch_secs: None,
             services: BTreeMap::new(),
+            no_way_back: None,
         })
     }
 
@@ -325,6 +343,36 @@ impl Upgrader<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The services besides the routed one, converged back to [`Upgrader::way_back`]'s
+    /// release, which serves (again) in `color`: so that after a failed upgrade, an ended
+    /// preview or a rollback, the release that serves runs whole (its env files, secrets and
+    /// images), not its routed service alone. The routed service is left out: its color serves
+    /// already. A failure here is logged: the routed service serves either way.
+    pub(super) async fn restore_rest(&self, routed: &Routed, color: Color) {
+        let Some(back) = self.way_back else {
+            return;
+        };
+        let mut project = colorize(
+            &back.project,
+            routed,
+            color,
+            Some(&back.release),
+            self.config.proxy.port,
+        );
+        let colored = routed.colored(color);
+        project.services.shift_remove(&colored);
+        project.disabled_services.push(colored);
+        match converge::up(self.engine, &project, &self.up, self.progress).await {
+            Ok(report) if report.plan.is_noop() => {}
+            Ok(_) => {
+                tracing::info!(release = %back.release, "the other services are back on the release that serves")
+            }
+            Err(e) => {
+                tracing::error!(release = %back.release, error = %crate::report::chain(&e), "could not bring the other services back to the release that serves")
+            }
+        }
     }
 
     /// Before the services stop for good: the proxy lets requests in flight to every serving

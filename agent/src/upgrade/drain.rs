@@ -56,6 +56,17 @@ impl Upgrader<'_> {
             }
         }
         let result = self.converge_in_place(project, release, previous).await;
+        if let (Err(e), Some(back)) = (&result, self.way_back) {
+            // What the failed converge changed goes back too: the release that serves again
+            // runs whole.
+            tracing::error!(release = ?release, error = %crate::report::chain(e), back = %back.release, "the new release failed; converging the previous one back");
+            if let Err(back_err) = self
+                .converge_in_place(&back.project, Some(&back.release), None)
+                .await
+            {
+                tracing::error!(error = %crate::report::chain(&back_err), "could not converge the previous release back");
+            }
+        }
         // Either the new release or (restored by converge) the old one serves now.
         state.reset_lb_streak();
         state.set_phase(Phase::Ready);
@@ -80,7 +91,7 @@ impl Upgrader<'_> {
                 arn,
                 &self.instance_id,
                 lb.port,
-                &self.config.run_dir,
+                &self.config.state_dir,
             )),
             _ => None,
         }
@@ -111,6 +122,7 @@ impl Upgrader<'_> {
             backends: vec![],
             to_switch_secs: None,
             services: report.services,
+            no_way_back: None,
         })
     }
 

@@ -183,6 +183,10 @@ pub struct Deployed {
     pub to_switch_secs: Option<f64>,
     /// Each service's state after the converge (`healthy`, `running`, `completed`).
     pub services: BTreeMap<String, String>,
+    /// Deployed without a way back (`--allow-no-rollback`): what of the previous release is
+    /// gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_way_back: Option<String>,
 }
 
 /// What an upgrade needs; built by the agent (and by in-process commands).
@@ -199,6 +203,17 @@ pub struct Upgrader<'a> {
     pub instance_id: String,
     /// How the new release comes to take the traffic (proxy strategy).
     pub entry: Entry,
+    /// The release that runs again when this one fails (or that a rollback goes to), whole:
+    /// its services besides the routed one are converged back to it. None: the routed service
+    /// alone goes back (a floating release, whose files cannot be had as they were).
+    pub way_back: Option<&'a WayBack>,
+}
+
+/// A release to go back to, loaded as its manifest pins it.
+#[derive(Debug, Clone)]
+pub struct WayBack {
+    pub release: String,
+    pub project: Project,
 }
 
 /// How a new release comes to take the traffic under the proxy strategy.

@@ -43,6 +43,7 @@ impl Upgrader<'_> {
             backends: new.backends,
             to_switch_secs: None,
             services,
+            no_way_back: None,
         })
     }
 
@@ -74,7 +75,7 @@ impl Upgrader<'_> {
     pub async fn promote(&self, routed: &Routed) -> Result<Deployed, UpgradeError> {
         let (old, new) = self.previewed(routed).await?;
         let name = new.release.clone().unwrap_or_else(|| "(unnamed)".into());
-        self.switch_and_settle(&new, &old, &name).await?;
+        self.switch_and_settle(routed, &new, &old, &name).await?;
         Ok(Deployed {
             release: new.release.clone(),
             previous: old.release.clone(),
@@ -83,6 +84,7 @@ impl Upgrader<'_> {
             backends: new.backends.clone(),
             to_switch_secs: None,
             services: BTreeMap::new(),
+            no_way_back: None,
         })
     }
 
@@ -94,6 +96,7 @@ impl Upgrader<'_> {
         // Requests already sent to it finish first.
         self.drain(&new.backends).await?;
         self.remove_side(&new).await;
+        self.restore_rest(routed, serving.color).await;
         tracing::info!(release = ?new.release, serving = ?serving.release, "preview ended: its release removed");
         Ok(Deployed {
             release: serving.release.clone(),
@@ -103,6 +106,7 @@ impl Upgrader<'_> {
             backends: serving.backends.clone(),
             to_switch_secs: None,
             services: BTreeMap::new(),
+            no_way_back: None,
         })
     }
 }
