@@ -27,10 +27,19 @@
 # (`berth promote`), then the rest (their upgrade switches to the release they preview). A
 # preview left behind by a failure ends by itself after the agent's upgrade.preview_secs.
 #
+# Releases (berth release create, into the stack's ReleaseStore) are used as berth rollout uses
+# them: before step 1, the release's manifest is looked for (without one it floats: its files
+# are read as they are on each instance, said loudly), and the way back, the release serving
+# now, is checked whole: each object its manifest pins still at its version (S3, SSM) and each
+# image still in ECR by digest. A missing piece stops the rollout before anything moves,
+# unless BERTH_ROLLOUT_ALLOW_NO_ROLLBACK=1 (then the instances are told so too). What the
+# rollout did is recorded beside the release (<store>/reports/RELEASE/), as berth's does.
+#
 # berth rolls an instance back by itself when the new release fails its health there, so a
 # failed command leaves that instance on the previous release; step 4 brings back the ones
 # that had upgraded successfully. Needs the AWS CLI with credentials and a region (the deploy
-# role of berth.yaml allows exactly these calls). Prints what it does; never a secret.
+# role of berth.yaml allows exactly these calls), and jq to read manifests. Prints what it
+# does; never a secret.
 set -euo pipefail
 
 # How long one instance's upgrade may take, and how long a target may take to turn healthy.
@@ -81,12 +90,71 @@ group=$(output AutoScalingGroupName)
 document=$(output UpgradeDocumentName)
 parameter=$(output ReleaseParameterName)
 target_group=$(output TargetGroupArn)
-for v in group document parameter target_group; do
+store=$(output ReleaseStore)
+for v in group document parameter target_group store; do
 	if [[ -z ${!v} || ${!v} == None ]]; then
 		say "stack $stack has no output for $v"
 		exit 1
 	fi
 done
+store_bucket=${store#s3://}
+store_bucket=${store_bucket%%/*}
+store_prefix=${store#s3://"$store_bucket"/}
+allow_no_rollback=${BERTH_ROLLOUT_ALLOW_NO_ROLLBACK:-0}
+
+# Prints release ID's manifest, or nothing when the store has none.
+manifest_of() { # id
+	local key="${store_prefix}releases/$1.json"
+	if aws s3api head-object --bucket "$store_bucket" --key "$key" >/dev/null 2>&1; then
+		aws s3 cp --only-show-errors "s3://$store_bucket/$key" -
+	fi
+}
+
+# Prints one line per piece of the release whose manifest is on stdin that is gone (nothing:
+# it can still be deployed whole).
+missing_of() {
+	local manifest location version image digest host registry repository
+	manifest=$(cat)
+	while IFS=$'\t' read -r location version; do
+		case $location in
+		s3://*)
+			local bucket=${location#s3://} key
+			key=${bucket#*/}
+			bucket=${bucket%%/*}
+			aws s3api head-object --bucket "$bucket" --key "$key" --version-id "$version" \
+				>/dev/null 2>&1 || echo "$location version $version"
+			;;
+		ssm:*)
+			aws ssm get-parameter --name "${location#ssm:}:$version" >/dev/null 2>&1 ||
+				echo "$location version $version"
+			;;
+		esac
+	done < <(jq -r '([.compose] + .env_files + .sources)[] | [.location, (.version // "")] | @tsv' <<<"$manifest")
+	while IFS=$'\t' read -r image digest; do
+		host=${image%%/*}
+		# ECR: <account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag]
+		if [[ $host =~ ^([0-9]{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$ ]]; then
+			registry=${BASH_REMATCH[1]}
+			repository=${image#*/}
+			repository=${repository%%[:@]*}
+			aws ecr describe-images --registry-id "$registry" --repository-name "$repository" \
+				--image-ids "imageDigest=$digest" >/dev/null 2>&1 || echo "image $image ($digest)"
+		else
+			say "not checked (not in ECR): image $image"
+		fi
+	done < <(jq -r '.images[] | [.image, .digest] | @tsv' <<<"$manifest")
+}
+
+# Adds what the rollout did beside the release, as berth rollout does.
+report() { # release, event, previous
+	local at
+	at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+	printf '{"release":"%s","by":"rollout","event":"%s","at":"%s","previous":"%s"}\n' \
+		"$1" "$2" "$at" "$3" |
+		aws s3 cp --only-show-errors - \
+			"s3://$store_bucket/${store_prefix}reports/$1/$(date +%s%N)-rollout-${2// /-}.json" ||
+		say "could not record the outcome beside release $1"
+}
 
 # Sends the document's upgrade to the given targets; prints the command id.
 send() { # release, then send-command's target arguments
@@ -96,10 +164,13 @@ send() { # release, then send-command's target arguments
 # Sends the document's ACTION (upgrade, preview, promote) to the given targets; prints the
 # command id.
 send_action() { # action, release, then send-command's target arguments
-	local action=$1 to=$2
+	local action=$1 to=$2 extra=""
 	shift 2
+	if [[ $allow_no_rollback == 1 ]]; then
+		extra=",allowNoRollback=true"
+	fi
 	aws ssm send-command --document-name "$document" \
-		--parameters "action=$action,release=$to" \
+		--parameters "action=$action,release=$to$extra" \
 		--comment "berth $action --release $to" \
 		--timeout-seconds 600 "$@" \
 		--query Command.CommandId --output text
@@ -174,6 +245,31 @@ fi
 previous=$(aws ssm get-parameter --name "$parameter" --query Parameter.Value --output text)
 say "group $group: release $previous -> $release"
 
+# Releases and their way back, before anything moves.
+command -v jq >/dev/null 2>&1 || {
+	say "jq is needed to read release manifests"
+	exit 1
+}
+if [[ -z $(manifest_of "$release") ]]; then
+	say "WARNING: release $release has no manifest in $store: its files float (berth release create makes one)"
+fi
+back=$(manifest_of "$previous")
+if [[ -z $back ]]; then
+	say "the way back, release $previous, has no manifest: it floats, and is not checked"
+else
+	gone=$(missing_of <<<"$back")
+	if [[ -n $gone ]]; then
+		if [[ $allow_no_rollback != 1 ]]; then
+			say "no way back: release $previous cannot be restored whole; gone:"
+			echo "$gone" >&2
+			say "nothing was changed (BERTH_ROLLOUT_ALLOW_NO_ROLLBACK=1 goes on without one)"
+			exit 3
+		fi
+		say "WARNING: NO WAY BACK to $previous (going on: BERTH_ROLLOUT_ALLOW_NO_ROLLBACK=1); gone:"
+		echo "$gone" >&2
+	fi
+fi
+
 # Any failure from here on (set -e ends the script, wherever it happens) rolls back.
 finish() {
 	local rc=$? id
@@ -188,8 +284,10 @@ finish() {
 	if id=$(send "$previous" --targets "Key=tag:aws:autoscaling:groupName,Values=$group" \
 		--max-concurrency 1 --max-errors 100%) && wait_command "$id" && wait_healthy; then
 		say "rolled back to $previous"
+		report "$release" "rolled back" "$previous"
 	else
 		say "the rollback to $previous did not finish cleanly; see the command output above"
+		report "$release" "rollback incomplete" "$previous"
 	fi
 	exit 1
 }
@@ -228,3 +326,4 @@ id=$(send "$release" --targets "Key=tag:aws:autoscaling:groupName,Values=$group"
 wait_command "$id"
 wait_healthy
 say "every instance of $group runs $release"
+report "$release" released "$previous"

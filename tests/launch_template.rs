@@ -368,6 +368,15 @@ fn user_data_carries_a_berth_config_that_matches_the_stack() {
             name: "/shop/release".into()
         })
     );
+    // Releases: manifests under the config prefix, the store the stack names in its outputs.
+    assert_eq!(
+        config.manifests,
+        Some(berth::config::Store::S3 {
+            bucket: "shop-config".into(),
+            prefix: "prod/shop/".into()
+        })
+    );
+    assert_eq!(stack.outputs["ReleaseStore"], "s3://shop-config/prod/shop/");
 
     // The release parameter the config names exists, with the initial release.
     let ssm = aws::block_on(async { moto.ssm().await });
@@ -479,24 +488,19 @@ fn user_data_carries_a_berth_config_that_matches_the_stack() {
     let doc = aws::block_on(ssm.get_document().name(document).send()).unwrap();
     assert_eq!(doc.document_type().map(|t| t.as_str()), Some("Command"));
     let content = doc.content().unwrap();
-    assert!(
-        content.contains("/usr/bin/berth upgrade --release"),
-        "{content}"
-    );
+    assert!(content.contains("/usr/bin/berth upgrade"), "{content}");
+    assert!(content.contains("allowNoRollback"), "{content}");
     assert!(content.contains("aws:runShellScript"), "{content}");
 }
 
 #[test]
 fn containers_reach_imds_only_when_asked() {
     let moto = Moto::start();
+    // No ConfigBucket: the stack makes one, with versions (what a release pins needs them).
     let stack = deploy(
         &moto,
         "imds",
-        &[
-            ("ConfigBucket", "imds-config"),
-            ("InitialRelease", "1"),
-            ("ContainersReachImds", "true"),
-        ],
+        &[("InitialRelease", "1"), ("ContainersReachImds", "true")],
     );
     let version = launch_template_version(&moto, stack.resource("LaunchTemplate"));
     assert_eq!(xml_one(&version, "httpTokens"), "required");
@@ -522,4 +526,26 @@ fn containers_reach_imds_only_when_asked() {
         Some("berth-terminate")
     );
     assert_eq!(config.lifecycle.group.as_deref(), Some("imds"));
+    let bucket = stack.resource("ConfigStore").to_string();
+    assert_eq!(
+        config.manifests,
+        Some(berth::config::Store::S3 {
+            bucket: bucket.clone(),
+            prefix: "api/".into()
+        })
+    );
+    assert_eq!(stack.outputs["ReleaseStore"], format!("s3://{bucket}/api/"));
+    // moto's CloudFormation makes the bucket but leaves its VersioningConfiguration out, so
+    // the template itself is read for it.
+    let template: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(launch_template_dir().join("berth.yaml")).unwrap(),
+    )
+    .unwrap();
+    let store = &template["Resources"]["ConfigStore"];
+    assert_eq!(
+        store["Properties"]["VersioningConfiguration"]["Status"].as_str(),
+        Some("Enabled"),
+        "{store:?}"
+    );
+    assert_eq!(store["DeletionPolicy"].as_str(), Some("Retain"));
 }

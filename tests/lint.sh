@@ -114,8 +114,13 @@ values.update({
 })
 user_data = doc["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
 separator, parts = user_data["Fn::Base64"]["Fn::Join"]
-def sub(text):
+def sub(form):
+    # Fn::Sub's two forms: a string, or [string, {name: value}] (the bucket: ConfigBucket's).
+    text, names = (form, {}) if isinstance(form, str) else form
+    local = {name: values["ConfigBucket"] for name in names}
     def one(m):
+        if m.group(1) in local:
+            return local[m.group(1)]
         if m.group(1) not in values:
             sys.exit(f"user-data: no sample value for ${{{m.group(1)}}}")
         return values[m.group(1)]

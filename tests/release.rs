@@ -636,3 +636,53 @@ fn a_release_in_a_bucket_without_versions_is_refused() {
     });
     assert_eq!(listed, Some(0), "no manifest written");
 }
+
+/// An instance whose boot read the pointer before a rollout moved it (it was on its way into
+/// service) reads it once more when it gets there, and deploys the release it names now.
+#[test]
+fn an_instance_that_reaches_service_after_the_pointer_moved_deploys_the_new_release() {
+    let world = World::new("rel-late");
+    let mut a = Node::new("rel-late", &world, None);
+    world.compose(&world.image("1"), a.proxy.addr.port());
+    world.put("app.env", "VERSION=a\n");
+    a.create(&world, "r1");
+    world.put("app.env", "VERSION=b\n");
+    a.create(&world, "r2");
+    world.point("r1");
+    // In service only once the load balancer's checker has seen two 200s.
+    let mut config = std::fs::read_to_string(&a.config).unwrap();
+    config.push_str("[load_balancer]\nhealthy_threshold = 2\n");
+    std::fs::write(&a.config, config).unwrap();
+    a.start(&world);
+    assert_eq!(a.status()["release"], "r1");
+    assert_eq!(a.status()["in_service"], false);
+
+    world.point("r2");
+    for _ in 0..2 {
+        let (code, _) = aws::http_with_headers(
+            "GET",
+            &format!("http://{}/healthz", a.health),
+            &[("User-Agent", "ELB-HealthChecker/2.0")],
+            None,
+        );
+        assert_eq!(code, 200);
+    }
+    eventually(
+        "the release the pointer names now",
+        Duration::from_secs(60),
+        || {
+            let s = a.status();
+            match (s["release"].as_str(), s["in_service"].as_bool()) {
+                (Some("r2"), Some(true)) => Ok(()),
+                _ => Err(format!("{s}")),
+            }
+        },
+    );
+    assert!(
+        a.log()
+            .contains("the release pointer moved while this instance booted"),
+        "{}",
+        a.log()
+    );
+    assert_eq!(a.env_of("web"), env(&[("VERSION", "b")]));
+}

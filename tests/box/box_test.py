@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -285,7 +286,10 @@ class Rig:
         return (
             "# The box's release: a database stand-in and the API, both berth-test/web.\n"
             "services:\n"
-            f"  db:\n    image: {image}\n    restart: unless-stopped\n{hc}"
+            f"  db:\n    image: {image}\n    restart: unless-stopped\n"
+            # A relative bind: the project directory is on disk (/var/lib/berth), not on /run.
+            "    volumes: [\"./data:/data\"]\n"
+            f"{hc}"
             f"  api:\n    image: {image}\n    env_file: [app.env]\n"
             f"    ports: [\"127.0.0.1:{self.traffic}:8080\"]\n"
             "    depends_on:\n      db:\n        condition: service_healthy\n"
@@ -295,13 +299,15 @@ class Rig:
     def berth_toml(self):
         """The launch template's berth.toml, with what the box needs instead: its own ports on
         127.0.0.1 (the box shares the host's network), the registry's auth (not an ECR host
-        name), and no target group ARN: the checker above plays the ALB's health checks."""
+        name), and a target group of moto's (which calls any registered target healthy), while
+        the checker above plays the ALB's health checks."""
         return f"""# /etc/berth/berth.toml, written by the launch template's user-data (tests/box).
 project = "{self.project}"
 compose = "s3://{self.bucket}/{self.project}/compose.yaml"
 env_files = ["s3://{self.bucket}/{self.project}/app.env"]
 release = "ssm:/{self.project}/release"
 release_var = "RELEASE"
+manifests = "s3://{self.bucket}/{self.project}/"
 
 [health]
 listen = "127.0.0.1:{self.health}"
@@ -314,6 +320,7 @@ group = "{ASG_NAME}"
 heartbeat_secs = 60
 
 [load_balancer]
+target_group_arn = "{self.target_group}"
 port = {self.traffic}
 healthy_threshold = 2
 unhealthy_threshold = 2
@@ -346,8 +353,12 @@ registry_id = "{ACCOUNT_ID}"
         values = {"Strategy": "proxy", "BerthPackageUri": package_uri, "BerthPackageSha256": sha256,
                   "AWS::Region": REGION, "AWS::StackName": "berth-box", "HealthPort": str(self.health)}
 
-        def sub(text):
-            return re.sub(r"\$\{([^}!]+)\}", lambda m: values.get(m.group(1), f"<{m.group(1)}>"), text)
+        def sub(form):
+            # Fn::Sub's two forms: a string, or [string, {name: value}] (the config bucket).
+            text, names = (form, {}) if isinstance(form, str) else form
+            local = {name: self.bucket for name in names}
+            return re.sub(r"\$\{([^}!]+)\}",
+                          lambda m: local.get(m.group(1), values.get(m.group(1), f"<{m.group(1)}>")), text)
 
         out = separator.join(sub(p["Fn::Sub"]) if isinstance(p, dict) else p for p in parts)
         # The box listens on loopback only (it shares the host's network): berth.socket's
@@ -368,10 +379,19 @@ registry_id = "{ACCOUNT_ID}"
     def put_release(self):
         s3, ssm = self.aws("s3"), self.aws("ssm")
         s3.create_bucket(Bucket=self.bucket)
+        s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
         s3.put_object(Bucket=self.bucket, Key=f"{self.project}/compose.yaml", Body=self.compose().encode())
         s3.put_object(Bucket=self.bucket, Key=f"{self.project}/app.env",
                       Body=f"DB_PASSWORD={self.secret}\nGREETING=hello-from-s3\n".encode())
         ssm.put_parameter(Name=f"/{self.project}/release", Value="1", Type="String")
+        elb = self.aws("elbv2")
+        vpc = self.aws("ec2").describe_vpcs()["Vpcs"][0]["VpcId"]
+        self.target_group = elb.create_target_group(
+            Name=f"berth-box-{self.run_id}"[:32], Protocol="HTTP", Port=self.traffic, VpcId=vpc,
+            TargetType="instance", HealthCheckPath="/healthz")["TargetGroups"][0]["TargetGroupArn"]
+        elb.register_targets(TargetGroupArn=self.target_group,
+                             Targets=[{"Id": INSTANCE_ID, "Port": self.traffic}])
+        self.make_release("1")
         deb = Path(self.args.deb)
         data = deb.read_bytes()
         key = f"artifacts/{deb.name}"
@@ -380,6 +400,27 @@ registry_id = "{ACCOUNT_ID}"
         self.package_uri = f"s3://{self.bucket}/{key}"
         log(f"release in moto: s3://{self.bucket}/{self.project}/{{compose.yaml,app.env}}, "
             f"ssm:/{self.project}/release = 1, {self.package_uri} (sha256 {self.deb_sha256[:12]}...)")
+
+    def make_release(self, release):
+        """`berth release create` with the berth the .deb carries, as CI runs it: the compose
+        file and env file pinned in the versioned bucket, the image by digest at the registry."""
+        root = self.work / "berth-from-deb"
+        if not root.exists():
+            run("dpkg-deb", "-x", self.args.deb, str(root))
+        store = f"s3://{self.bucket}/{self.project}/"
+        env = dict(os.environ, AWS_ENDPOINT_URL=self.moto, AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_REGION=REGION, AWS_EC2_METADATA_DISABLED="true",
+                   DOCKER_CONFIG=str(self.work / "docker-config"))
+        p = subprocess.run(
+            [str(root / "usr/bin/berth"), "release", "create", release, "--store", store,
+             "--compose", f"{store}compose.yaml", "--env-file", f"{store}app.env", "--commit", "box"],
+            capture_output=True, text=True, timeout=120, env=env)
+        if p.returncode != 0:
+            raise RigError(f"berth release create {release} exited {p.returncode}: {p.stderr.strip()}")
+        manifest = json.loads(p.stdout)
+        self.digest = manifest["images"]["api"]["digest"]
+        log(f"release {release} made by the packaged berth: {store}releases/{release}.json "
+            f"(api at {self.digest[:19]}...)")
 
     # --- the box ---
 
@@ -631,6 +672,8 @@ registry_id = "{ACCOUNT_ID}"
 
     def cleanup(self):
         run("docker", "rm", "-f", self.box, check_rc=False)
+        # The relative bind's directory: the host's dockerd made it (the box shares its socket).
+        shutil.rmtree(f"/var/lib/berth/projects/{self.project}", ignore_errors=True)
         ids = docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}", check_rc=False).split()
         if ids:
             run("docker", "rm", "-fv", *ids, check_rc=False)
@@ -999,6 +1042,19 @@ def reboot(rig, checker):
     before = rig.containers()
     check(len(before) == 2, f"expected 2 app containers before the reboot, got {before}")
     states = rig.container_states()
+    # The db's data, written through its relative bind: on disk under the state directory.
+    db = states["db"]["id"]
+    kept = f"kept-{secrets.token_hex(4)}"
+    docker("exec", db, "sh", "-c", f"echo {kept} > /data/kept")
+    source = docker("inspect", "-f", '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Source}}{{end}}{{end}}',
+                    db).strip()
+    check(source == f"/var/lib/berth/projects/{rig.project}/data",
+          f"the db's ./data is bound from {source!r}, not the project directory on disk")
+    # A drain was under way: the instance deregistered itself (berth's mark on disk says so)
+    # when the machine went down.
+    elb = rig.aws("elbv2")
+    elb.deregister_targets(TargetGroupArn=rig.target_group, Targets=[{"Id": INSTANCE_ID, "Port": rig.traffic}])
+    rig.sh(f"printf %s '{rig.target_group}' > /var/lib/berth/deregistered")
     start = time.monotonic()
     wall_start = time.time_ns()
     docker("stop", "-t", "120", rig.box, timeout=180)
@@ -1036,6 +1092,15 @@ def reboot(rig, checker):
     check(runs == "1", f"the user-data ran {runs} times; cloud-init runs it once per instance")
     code, _ = http_get(rig.traffic, "/")
     check(code == 200, f"the traffic port answered {code} after the reboot")
+    back = docker("exec", states_after["db"]["id"], "cat", "/data/kept").strip()
+    check(back == kept, f"the db's data through its relative bind: {back!r} after the reboot, {kept!r} before")
+    targets = elb.describe_target_health(TargetGroupArn=rig.target_group)["TargetHealthDescriptions"]
+    check([t["Target"]["Id"] for t in targets] == [INSTANCE_ID],
+          f"after a reboot while deregistered the instance is not registered again: {targets}")
+    mark = rig.sh("test -e /var/lib/berth/deregistered && echo there || echo gone").strip()
+    check(mark == "gone", "berth's deregistered mark is still there after it registered again")
+    log(f"f. the db's data through ./data kept ({source}); deregistered when it went down, registered again "
+        "after the boot, the mark gone")
     log(f"f. reboot: shutdown {down - start:.1f} s (checks meanwhile: {tally(checks)}; api stopped "
         f"{(db - api) / 1e9:.2f} s before db), /healthz 200 {took:.1f} s after the start; {len(after)} container "
         f"ids kept, all started again and running; user-data not run again; GET / {code}")

@@ -313,7 +313,11 @@ impl Deployer {
         let serving = self.serving_release().await;
         // Loaded before the new release is fetched: both are laid out in the project
         // directory, and the new one's files are the ones left there.
+        let loading = Instant::now();
         let back = self.way_back(serving.as_deref()).await;
+        if let Ok(Some((w, _))) = &back {
+            tracing::info!(release = %w.release, seconds = loading.elapsed().as_secs_f64(), "the way back loaded as its manifest pins it");
+        }
         let fetched =
             release::fetch_release(self.aws.as_ref(), &self.config, release.as_deref()).await?;
         let project = load_project(&self.config, &fetched)?;

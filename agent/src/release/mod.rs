@@ -470,6 +470,94 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// A local release store holding release `7` of a compose file and an env file, and a
+    /// config that deploys from it; the directory, and the manifest as written.
+    fn local_release() -> (tempfile::TempDir, AgentConfig, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("store/releases/7")).unwrap();
+        let compose = b"services:\n  web:\n    image: r/web:7\n    env_file: [app.env]\n";
+        std::fs::write(d.join("store/releases/7/compose.yaml"), compose).unwrap();
+        std::fs::write(d.join("store/releases/7/app.env"), b"A=1\n").unwrap();
+        let pin = |name: &str, bytes: &[u8]| {
+            serde_json::json!({
+                "location": d.join("store/releases/7").join(name).display().to_string(),
+                "sha256": manifest::sha256_hex(bytes),
+                "bytes": bytes.len(),
+            })
+        };
+        let m = serde_json::json!({
+            "format": 1, "release": "7", "created": "2026-12-07T00:00:00Z",
+            "compose": pin("compose.yaml", compose),
+            "env_files": [pin("app.env", b"A=1\n")],
+            "images": {"web": {"image": "r/web:7", "digest": format!("sha256:{}", "b".repeat(64))}},
+        });
+        std::fs::write(d.join("store/releases/7.json"), m.to_string()).unwrap();
+        std::fs::write(d.join("compose.yaml"), b"services: {}\n").unwrap();
+        std::fs::write(d.join("release"), b"7\n").unwrap();
+        let text = format!(
+            "project = \"api\"\nlocal = true\ncompose = \"compose.yaml\"\nrelease = \"release\"\nmanifests = \"store\"\nrun_dir = \"{}\"\nstate_dir = \"{}\"\n",
+            d.join("run").display(),
+            d.join("state").display()
+        );
+        let config = AgentConfig::parse(&d.join("berth.toml"), &text).unwrap();
+        (dir, config, m)
+    }
+
+    #[tokio::test]
+    async fn a_pinned_release_is_what_its_manifest_says_laid_out_and_pinned_by_digest() {
+        let (dir, config, _) = local_release();
+        let release = fetch_release(None, &config, None).await.unwrap();
+        assert_eq!(release.release_id.as_deref(), Some("7"));
+        assert!(release.floating.is_none());
+        let project_dir = dir.path().join("state/projects/api");
+        assert_eq!(release.compose_file, project_dir.join("compose.yaml"));
+        assert_eq!(
+            std::fs::read(project_dir.join("app.env")).unwrap(),
+            b"A=1\n",
+            "through the link to the run directory"
+        );
+        let mut project = crate::compose::load(&crate::compose::LoadOptions {
+            files: vec![release.compose_file.clone()],
+            project_name: Some("api".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        release.pin(&mut project, &config).unwrap();
+        let web = &project.services["web"];
+        assert_eq!(web.image, format!("r/web@sha256:{}", "b".repeat(64)));
+        assert_eq!(web.labels[manifest::IMAGE_LABEL], "r/web:7");
+        // Kept for later: the same release fetched again must be the same.
+        assert!(dir.path().join("state/releases/7.json").exists());
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_what_was_released_is_refused_and_so_is_a_changed_manifest() {
+        let (dir, config, mut m) = local_release();
+        fetch_release(None, &config, None).await.unwrap();
+        std::fs::write(dir.path().join("store/releases/7/app.env"), b"A=2\n").unwrap();
+        let e = fetch_release(None, &config, None).await.unwrap_err();
+        assert!(matches!(e, ReleaseError::Tampered { .. }), "{e}");
+        assert!(!e.to_string().contains("A=2"), "{e}");
+        // The manifest rewritten (to match the new file): refused, it is not the one deployed.
+        m["env_files"][0]["sha256"] = manifest::sha256_hex(b"A=2\n").into();
+        std::fs::write(dir.path().join("store/releases/7.json"), m.to_string()).unwrap();
+        let e = fetch_release(None, &config, None).await.unwrap_err();
+        assert!(matches!(e, ReleaseError::Changed { .. }), "{e}");
+        assert!(e.to_string().contains("a release never changes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_id_without_a_manifest_floats_and_says_so() {
+        let (dir, config, _) = local_release();
+        std::fs::write(dir.path().join("release"), b"8\n").unwrap();
+        let release = fetch_release(None, &config, None).await.unwrap();
+        assert!(release.manifest.is_none());
+        let why = release.floating.unwrap();
+        assert!(why.contains("release 8 has no manifest"), "{why}");
+        assert_eq!(release.compose_file, dir.path().join("compose.yaml"));
+    }
+
     #[test]
     fn locations_parse() {
         let base = Path::new("/etc/berth");
