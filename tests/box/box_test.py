@@ -51,6 +51,7 @@ LOCAL_IMAGE = "berth-test/web:1"  # built by tests/setup.sh
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 BOX_LABEL = "dev.berth.box"
+HOST_STATE = "/var/lib/berth"  # the box's /var/lib/berth, shared with the host (see create_box)
 ELB_CHECKER = "ELB-HealthChecker/2.0"
 CLIENTS = 4
 
@@ -433,11 +434,16 @@ registry_id = "{ACCOUNT_ID}"
     def create_box(self):
         """The box, created but not started: the NoCloud seed and the stand-ins' environment go
         in first, as an AMI's cloud-init finds its user-data at the first boot."""
+        Path(HOST_STATE).mkdir(mode=0o700, parents=True, exist_ok=True)
         docker(
             "create", "--name", self.box, "--label", f"{BOX_LABEL}={self.run_id}",
             "-e", "container=docker", "--cgroupns=host",
             "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
             "--network", "host", "-v", "/var/run/docker.sock:/run/docker.sock",
+            # berth's state directory at the same path as the host's: the containers it starts
+            # run on the host's dockerd, which finds a relative bind's source (the project
+            # directory, which berth makes) by that path, as it finds the socket.
+            "-v", f"{HOST_STATE}:/var/lib/berth",
             # Without it systemd cannot set up the units' namespaces (ProtectSystem=, PrivateTmp=
             # ...) and runs them without, so the hardening would go untested.
             "--cap-add", "SYS_ADMIN",
@@ -672,8 +678,10 @@ registry_id = "{ACCOUNT_ID}"
 
     def cleanup(self):
         run("docker", "rm", "-f", self.box, check_rc=False)
-        # The relative bind's directory: the host's dockerd made it (the box shares its socket).
-        shutil.rmtree(f"/var/lib/berth/projects/{self.project}", ignore_errors=True)
+        # What the box's berth kept in the state directory it shares with the host.
+        shutil.rmtree(f"{HOST_STATE}/projects/{self.project}", ignore_errors=True)
+        shutil.rmtree(f"{HOST_STATE}/releases", ignore_errors=True)
+        Path(f"{HOST_STATE}/deregistered").unlink(missing_ok=True)
         ids = docker("ps", "-aq", "--filter", f"label={PROJECT_LABEL}={self.project}", check_rc=False).split()
         if ids:
             run("docker", "rm", "-fv", *ids, check_rc=False)
@@ -1032,6 +1040,17 @@ def self_upgrade(rig, checker):
         f"checks {tally(checks)}; container ids unchanged; berth and berth-proxy restarted")
 
 
+def alb_stops_sending(rig, checker, start):
+    """The ALB's part, which moto's target group does not play: once the checker has seen two
+    failed checks since `start`, the target leaves (moto has no unhealthy state; a deregistered
+    target reads as unused), as the ALB stops sending to an unhealthy one."""
+    def leave():
+        wait_for("two failed checks", 120, lambda: checker.between(start, time.monotonic())[-2:] == [503, 503])
+        rig.aws("elbv2").deregister_targets(TargetGroupArn=rig.target_group,
+                                            Targets=[{"Id": INSTANCE_ID, "Port": rig.traffic}])
+    threading.Thread(target=leave, daemon=True).start()
+
+
 def reboot(rig, checker):
     """f. A reboot (`docker stop` of the box: SIGRTMIN+3, a clean shutdown; then `docker start`: a
     boot). The app's containers run on the host's dockerd, so only berth stops them: during the
@@ -1050,12 +1069,13 @@ def reboot(rig, checker):
                     db).strip()
     check(source == f"/var/lib/berth/projects/{rig.project}/data",
           f"the db's ./data is bound from {source!r}, not the project directory on disk")
-    # A drain was under way: the instance deregistered itself (berth's mark on disk says so)
-    # when the machine went down.
+    # A drain was under way: the instance had deregistered itself (berth's mark on disk says
+    # so) when the machine went down; the load balancer stops sending once the shutdown's
+    # drain fails its checks.
     elb = rig.aws("elbv2")
-    elb.deregister_targets(TargetGroupArn=rig.target_group, Targets=[{"Id": INSTANCE_ID, "Port": rig.traffic}])
     rig.sh(f"printf %s '{rig.target_group}' > /var/lib/berth/deregistered")
     start = time.monotonic()
+    alb_stops_sending(rig, checker, start)
     wall_start = time.time_ns()
     docker("stop", "-t", "120", rig.box, timeout=180)
     down = time.monotonic()
@@ -1118,6 +1138,7 @@ def leave(rig, checker):
     pid = rig.unit("berth", "MainPID")["MainPID"]
     start = time.monotonic()
     wall_start = time.time_ns()
+    alb_stops_sending(rig, checker, start)
     try:
         p = rig.box_exec("berth", "leave", check_rc=False, timeout=300)
     except subprocess.TimeoutExpired:
