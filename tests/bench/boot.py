@@ -10,7 +10,10 @@
    completed. It measures the wall time of `berth agent --once` and the CPU time of the
    berth process, on a cold boot (containers created) and a warm reboot (berth restarted
    over a running stack, which only checks). CPU time is berth's own work; wall time also
-   holds Docker's create/start and moto's answers. Target: <= 100 ms.
+   holds Docker's create/start and moto's answers. Target: <= 100 ms. The same boots of a
+   pinned release (`berth release create` into a versioned bucket, the images in a local
+   registry, run by digest) beside the floating ones, with the time `berth release create`
+   takes: what pinning costs a boot.
 2. Resident memory (VmRSS) while holding after boot. Target: <= 10 MiB (issue 11; CodeDeploy's
    agent idles at about 45 MiB). BENCH_HOLD_SECS (2) of holding first; BENCH_SMAPS=FILE
    keeps the holding agent's /proc/PID/smaps.
@@ -157,20 +160,55 @@ hook = "launch"
 """)
             return path
 
-        cold, warm = [], []
-        for i in range(RUNS):
-            project = f"berth-bench-boot-{os.getpid()}-{i}"
-            cfg = config(project, free_port())
-            try:
-                cold.append(run_timed([BERTH, "agent", "--config", cfg, "--once"], env))
-                warm.append(run_timed([BERTH, "agent", "--config", cfg, "--once"], env))
-            finally:
-                cleanup(project)
-        for name, runs in (("cold", cold), ("warm", warm)):
-            bad = [r for r in runs if r[2] != 0]
-            if bad:
-                print(f"boot: a {name} run failed (exit {bad[0][2]}):\n{bad[0][3][-2000:]}")
-                return None
+        # The pinned release: the same stack from a registry, made with berth release create.
+        registry, reg_proc = start_registry(work)
+        pinned_bucket = "berth-bench-pinned"
+        s3.create_bucket(Bucket=pinned_bucket)
+        s3.put_bucket_versioning(Bucket=pinned_bucket, VersioningConfiguration={"Status": "Enabled"})
+        docker("tag", "berth-test/web:1", f"{registry}/bench/web:1")
+        docker("push", f"{registry}/bench/web:1")
+        s3.put_object(Bucket=pinned_bucket, Key="boot/compose.yaml",
+                      Body=compose.replace("berth-test/web:", f"{registry}/bench/web:").encode())
+        s3.put_object(Bucket=pinned_bucket, Key="boot/app.env", Body=b"GREETING=bench\n")
+        store = f"s3://{pinned_bucket}/boot/"
+        create = run_timed([BERTH, "release", "create", "1", "--store", store, "--compose", f"{store}compose.yaml",
+                            "--env-file", f"{store}app.env"], dict(env, AWS_EC2_METADATA_DISABLED="true"))
+        if create[2] != 0:
+            print(f"boot: berth release create failed (exit {create[2]}):\n{create[3][-2000:]}")
+            return None
+
+        def pinned_config(project, port):
+            path = config(project, port)
+            with open(path) as f:
+                text = f.read().replace("s3://berth-bench/", f"s3://{pinned_bucket}/")
+            with open(path, "w") as f:
+                f.write(text.replace('release = "ssm:/bench/release"\n',
+                                     f'release = "ssm:/bench/release"\nmanifests = "{store}"\nstate_dir = "{work}/state"\n'))
+            return path
+
+        runs = {}
+        try:
+            for kind, make in (("floating", config), ("pinned", pinned_config)):
+                cold, warm = [], []
+                for i in range(RUNS):
+                    project = f"berth-bench-boot-{os.getpid()}-{kind}-{i}"
+                    cfg = make(project, free_port())
+                    try:
+                        cold.append(run_timed([BERTH, "agent", "--config", cfg, "--once"], env))
+                        warm.append(run_timed([BERTH, "agent", "--config", cfg, "--once"], env))
+                    finally:
+                        cleanup(project)
+                for name, done in (("cold", cold), ("warm", warm)):
+                    bad = [r for r in done if r[2] != 0]
+                    if bad:
+                        print(f"boot: a {kind} {name} run failed (exit {bad[0][2]}):\n{bad[0][3][-2000:]}")
+                        return None
+                runs[kind] = (cold, warm)
+        finally:
+            reg_proc.terminate()
+            reg_proc.wait(timeout=10)
+            docker("rmi", f"{registry}/bench/web:1", check=False)
+        cold, warm = runs["floating"]
 
         # Resident memory while holding after boot.
         project = f"berth-bench-rss-{os.getpid()}"
@@ -205,28 +243,35 @@ hook = "launch"
             p.terminate()
             p.wait(timeout=10)
             cleanup(project)
-        return cold, warm, rss, hwm
+        return cold, warm, rss, hwm, runs["pinned"], create[0]
     finally:
         emu_proc.stdin.close()
         emu_proc.wait(timeout=10)
         moto_server.stop()
 
 
-def bench_pulls(work):
+def start_registry(work):
+    """A local registry without auth (Docker trusts plain HTTP on 127.0.0.0/8): its address
+    and process."""
     port = free_port()
-    regdir = os.path.join(work, "registry")
+    regdir = os.path.join(work, f"registry-{port}")
     os.makedirs(regdir)
     with open(os.path.join(regdir, "config.yml"), "w") as f:
         f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {regdir}\nhttp:\n  addr: 127.0.0.1:{port}\n")
     reg = subprocess.Popen(["docker-registry", "serve", os.path.join(regdir, "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    images = [f"127.0.0.1:{port}/bench/pull{i}:1" for i in range(3)]
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return f"127.0.0.1:{port}", reg
+
+
+def bench_pulls(work):
+    registry, reg = start_registry(work)
+    images = [f"{registry}/bench/pull{i}:1" for i in range(3)]
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         for i, ref in enumerate(images):
             ctx = os.path.join(work, f"img{i}")
             os.makedirs(ctx)
@@ -285,11 +330,17 @@ def main():
     failed = boot is None or pulls is None
     print(f"\nberth boot path ({RUNS} runs; binary {os.path.relpath(BERTH, ROOT)})")
     if boot:
-        cold, warm, rss, hwm = boot
-        for name, runs in (("cold boot (3 containers created)", cold), ("warm reboot (stack already up)", warm)):
+        cold, warm, rss, hwm, (pcold, pwarm), create = boot
+        for name, runs in (("cold boot (3 containers created)", cold), ("warm reboot (stack already up)", warm),
+                           ("pinned release, cold boot", pcold), ("pinned release, warm reboot", pwarm)):
             walls = [r[0] * 1000 for r in runs]
             cpus = [r[1] * 1000 for r in runs]
             print(f"  {name:<36} wall {median(walls):7.1f} ms (min {min(walls):6.1f})   berth CPU {median(cpus):6.1f} ms (min {min(cpus):5.1f})")
+        for name, a, b in (("cold", cold, pcold), ("warm", warm, pwarm)):
+            wall = median([r[0] for r in b]) / median([r[0] for r in a])
+            cpu = median([r[1] for r in b]) / median([r[1] for r in a])
+            print(f"  pinned/floating, {name}: wall {wall:.2f}x, berth CPU {cpu:.2f}x")
+        print(f"  berth release create (S3 versions and sha256, 3 digests from the registry) {create * 1000:.0f} ms wall")
         own = median([r[1] * 1000 for r in cold])
         print(f"  berth's own time (CPU, cold boot)   {own:.1f} ms   target <= 100 ms   {verdict(own <= 100)}")
         print(f"  resident memory while holding       VmRSS {rss:.1f} MiB (peak {hwm:.1f} MiB)   target <= 10 MiB   {verdict(rss <= 10)}")
