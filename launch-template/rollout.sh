@@ -102,11 +102,15 @@ store_bucket=${store_bucket%%/*}
 store_prefix=${store#s3://"$store_bucket"/}
 allow_no_rollback=${BERTH_ROLLOUT_ALLOW_NO_ROLLBACK:-0}
 
-# Prints release ID's manifest, or nothing when the store has none.
+# Prints release ID's manifest, or nothing when the store has none; any other failure to
+# look is an error (a missing manifest and a refused call must not read the same).
 manifest_of() { # id
-	local key="${store_prefix}releases/$1.json"
-	if aws s3api head-object --bucket "$store_bucket" --key "$key" >/dev/null 2>&1; then
+	local key="${store_prefix}releases/$1.json" err
+	if err=$(aws s3api head-object --bucket "$store_bucket" --key "$key" 2>&1 >/dev/null); then
 		aws s3 cp --only-show-errors "s3://$store_bucket/$key" -
+	elif ! grep -qE '404|Not Found' <<<"$err"; then
+		say "cannot look for s3://$store_bucket/$key: $err"
+		return 1
 	fi
 }
 
@@ -137,7 +141,8 @@ missing_of() {
 			registry=${BASH_REMATCH[1]}
 			repository=${image#*/}
 			repository=${repository%%[:@]*}
-			aws ecr describe-images --registry-id "$registry" --repository-name "$repository" \
+			aws ecr describe-images --region "${BASH_REMATCH[2]}" --registry-id "$registry" \
+				--repository-name "$repository" \
 				--image-ids "imageDigest=$digest" >/dev/null 2>&1 || echo "image $image ($digest)"
 		else
 			say "not checked (not in ECR): image $image"
@@ -250,11 +255,17 @@ command -v jq >/dev/null 2>&1 || {
 	say "jq is needed to read release manifests"
 	exit 1
 }
-if [[ -z $(manifest_of "$release") ]]; then
+new=$(manifest_of "$release")
+if [[ -z $new ]]; then
 	say "WARNING: release $release has no manifest in $store: its files float (berth release create makes one)"
 fi
-back=$(manifest_of "$previous")
-if [[ -z $back ]]; then
+back=""
+if [[ $previous != "$release" ]]; then
+	back=$(manifest_of "$previous")
+fi
+if [[ $previous == "$release" ]]; then
+	:
+elif [[ -z $back ]]; then
 	say "the way back, release $previous, has no manifest: it floats, and is not checked"
 else
 	gone=$(missing_of <<<"$back")

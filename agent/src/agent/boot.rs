@@ -149,6 +149,15 @@ async fn boot_steps(
         }
         let lb = &config.load_balancer;
         let arn = lb.target_group_arn.as_deref();
+        // An earlier berth kept the mark on the run directory: honoured too, moved to disk.
+        let legacy = config.run_dir.join("deregistered");
+        if legacy.exists() {
+            let _ = crate::release::files::private_dir(&config.state_dir);
+            if let Err(e) = std::fs::copy(&legacy, config.state_dir.join("deregistered")) {
+                tracing::warn!(error = %e, "cannot move the deregistered mark to the state directory");
+            }
+            let _ = std::fs::remove_file(&legacy);
+        }
         target_group::rejoin_if_left(aws, arn, id, lb.port, &config.state_dir).await?;
         load_balancer::wait(config, aws, id, state, Wait::In).await?;
         Ok::<(), AgentError>(())
@@ -229,6 +238,20 @@ async fn wait_in_service() {
 /// unreachable IMDS only leaves the region to the environment.
 pub async fn plan_boot(opts: &AgentOptions) -> Result<Plan, AgentError> {
     let config = &opts.config;
+    // A release from a store or S3 is laid out where a boot lays it (relative paths resolve
+    // there, so the plan compares what a boot would run): not while an upgrade lays out
+    // another. A local compose file is read in place.
+    let _lock = match config.manifests.is_some() || !config.compose.is_local() {
+        true => Some(
+            crate::upgrade::UpgradeLock::acquire_within(
+                &config.run_dir,
+                "berth plan --config",
+                Duration::from_secs(3),
+            )
+            .await?,
+        ),
+        false => None,
+    };
     let region = if config.local {
         None
     } else {

@@ -229,6 +229,20 @@ impl Deployer {
             release.release_id.as_deref().unwrap_or("(unnamed)")
         );
         let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
+        self.deploy_locked(release, project, progress, serving, entry, way_back)
+            .await
+    }
+
+    /// [`Deployer::deploy`] for a caller that holds the upgrade lock.
+    async fn deploy_locked(
+        &self,
+        release: &Release,
+        project: &Project,
+        progress: &Progress,
+        serving: bool,
+        entry: Entry,
+        way_back: Option<&WayBack>,
+    ) -> Result<Deployed, AgentError> {
         let engine = self.engine().await?;
         let mut upgrader = self.upgrader(engine, progress, serving);
         upgrader.entry = entry;
@@ -310,6 +324,19 @@ impl Deployer {
         entry: Entry,
         allow_no_rollback: bool,
     ) -> Result<Deployed, AgentError> {
+        // Held from before the first fetch: two upgrades would lay their files out in the one
+        // project directory, each loading the other's.
+        let what = match (&entry, &release) {
+            (Entry::Preview, r) => format!(
+                "preview of release {}",
+                r.as_deref().unwrap_or("(the pointer's)")
+            ),
+            (_, r) => format!(
+                "upgrade to release {}",
+                r.as_deref().unwrap_or("(the pointer's)")
+            ),
+        };
+        let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
         let serving = self.serving_release().await;
         // Loaded before the new release is fetched: both are laid out in the project
         // directory, and the new one's files are the ones left there.
@@ -412,8 +439,9 @@ impl Deployer {
         }
     }
 
-    /// The new release beside the serving one, in preview. Nothing of the agent's state moves:
-    /// the serving release is still the one `/status` names.
+    /// The new release beside the serving one, in preview (the caller holds the upgrade
+    /// lock). Nothing of the agent's state moves: the serving release is still the one
+    /// `/status` names.
     async fn preview(
         &self,
         release: &Release,
@@ -421,11 +449,6 @@ impl Deployer {
         progress: &Progress,
         way_back: Option<&WayBack>,
     ) -> Result<Deployed, AgentError> {
-        let what = format!(
-            "preview of release {}",
-            release.release_id.as_deref().unwrap_or("(unnamed)")
-        );
-        let _lock = UpgradeLock::acquire_within(&self.config.run_dir, &what, LOCK_PATIENCE).await?;
         let engine = self.engine().await?;
         let mut upgrader = self.upgrader(engine, progress, true);
         upgrader.entry = Entry::Preview;
@@ -631,9 +654,17 @@ pub(super) async fn way_back(
     config: &AgentConfig,
     id: Option<&str>,
 ) -> Result<Option<(WayBack, Manifest)>, AgentError> {
-    let (Some(id), Some(_)) = (id, &config.manifests) else {
+    let (Some(id), Some(store)) = (id, &config.manifests) else {
         return Ok(None);
     };
+    // A floating release pins nothing to go back to: its files are not fetched for nothing.
+    if release::manifest_of(aws, config, store, id)
+        .await?
+        .is_none()
+    {
+        tracing::warn!(release = %id, "the way back floats (no manifest): only the routed service can go back as it was");
+        return Ok(None);
+    }
     let fetched = release::fetch_release(aws, config, Some(id)).await?;
     let Some(manifest) = fetched.manifest.clone() else {
         tracing::warn!(release = %id, "the way back floats (no manifest): only the routed service can go back as it was");

@@ -34,9 +34,6 @@ pub async fn hold(
     gate.open(deployer.clone());
     resume::note(state, &config.run_dir);
     tracing::info!(project = %booted.project.name, instance = %booted.identity.instance_id, "holding");
-    if !booted.release_flag {
-        pointer_once_more(deployer).await;
-    }
     release_code();
     let watcher = (config.upgrade.watch_secs > 0 && config.release.is_some())
         .then(|| tokio::spawn(watch(deployer.clone())));
@@ -53,11 +50,20 @@ pub async fn hold(
         .then(|| tokio::spawn(watchdog::watch(deployer.clone(), state.clone())));
     let previews = (config.upgrade.strategy == Strategy::Proxy)
         .then(|| tokio::spawn(expire_previews(deployer.clone())));
+    // A task of its own, like the others: signals, a leave and the watchdog are heeded while
+    // it upgrades.
+    let once_more = (!booted.release_flag).then(|| {
+        let deployer = deployer.clone();
+        tokio::spawn(async move { pointer_once_more(&deployer).await })
+    });
     let mut signals = Signals::watch();
     let (why, asker) = wait_for_leave(config.local, &mut asked, &mut signals).await;
     // Before the drain: the watchdog would take the drain's 503 and stopped containers for
     // faults to repair.
-    for task in [watcher, keeper, dog, previews].into_iter().flatten() {
+    for task in [watcher, keeper, dog, previews, once_more]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     let reason = match why {

@@ -158,6 +158,7 @@ async fn pin_file(
         Location::Local(_) => {
             let key = format!("releases/{}/{}", opts.release, location.file_name());
             let version = store::put(aws, &opts.store, &key, bytes.clone(), false).await?;
+            let version = version.filter(|v| v != "null");
             if let (Store::S3 { bucket, .. }, None) = (&opts.store, &version) {
                 return Err(ReleaseError::Unversioned {
                     bucket: bucket.clone(),

@@ -208,7 +208,8 @@ pub async fn version_now(
                     message: s3_message(&e, None),
                 })?;
             let size = u64::try_from(head.content_length().unwrap_or(0)).unwrap_or(0);
-            match head.version_id() {
+            // "null": written while versioning was off (or suspended): a later write replaces it.
+            match head.version_id().filter(|v| *v != "null") {
                 Some(v) => Ok((v.to_string(), size)),
                 None => Err(ReleaseError::Unversioned {
                     bucket: bucket.clone(),

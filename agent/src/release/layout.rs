@@ -109,21 +109,25 @@ pub fn check_binds(project: &Project, config: &AgentConfig) -> Result<(), BindRe
                 .collect()
         })
         .unwrap_or_default();
+    // Judged as written (`..` folded) and as the host resolves it (links followed as far as
+    // the path exists: /var/run is /run, a link an app left under its data directory): both
+    // must pass.
+    let as_written = Guard {
+        run: normalize(&config.run_dir),
+        state: normalize(&config.state_dir),
+        project: normalize(&dir),
+        own: own_files.iter().map(|p| normalize(p)).collect(),
+    };
+    let as_resolved = Guard {
+        run: resolve(&config.run_dir),
+        state: resolve(&config.state_dir),
+        project: resolve(&dir),
+        own: own_files.iter().map(|p| resolve(p)).collect(),
+    };
     let judge = |source: &Path| -> Option<&'static str> {
-        let source = normalize(source);
-        if source.starts_with(&config.run_dir) {
-            return Some("berth's run directory, which holds the release's secrets");
-        }
-        if source == dir || own_files.contains(&source) {
-            return Some("the project directory's own files (the compose file, the env files)");
-        }
-        if source.starts_with(&config.state_dir) && !source.starts_with(&dir) {
-            return Some("berth's state directory, outside the project's own");
-        }
-        if config.state_dir.starts_with(&source) || config.run_dir.starts_with(&source) {
-            return Some("a directory holding berth's own");
-        }
-        None
+        as_written
+            .judge(&normalize(source))
+            .or_else(|| as_resolved.judge(&resolve(source)))
     };
     let refused = |service: &str, source: &str, why| BindRefused {
         service: service.to_string(),
@@ -142,10 +146,10 @@ pub fn check_binds(project: &Project, config: &AgentConfig) -> Result<(), BindRe
         }
     }
     for (key, volume) in &project.volumes {
-        let is_bind = volume
-            .driver_opts
-            .get("o")
-            .is_some_and(|o| o.split(',').any(|opt| opt.trim() == "bind"));
+        let is_bind = volume.driver_opts.get("o").is_some_and(|o| {
+            o.split(',')
+                .any(|opt| matches!(opt.trim(), "bind" | "rbind"))
+        });
         if let (true, Some(device)) = (is_bind, volume.driver_opts.get("device")) {
             if let Some(why) = judge(Path::new(device)) {
                 return Err(refused(&format!("(volume {key})"), device, why));
@@ -153,6 +157,60 @@ pub fn check_binds(project: &Project, config: &AgentConfig) -> Result<(), BindRe
         }
     }
     Ok(())
+}
+
+/// berth's own directories, and the files berth writes in the project directory.
+struct Guard {
+    run: PathBuf,
+    state: PathBuf,
+    project: PathBuf,
+    own: BTreeSet<PathBuf>,
+}
+
+impl Guard {
+    /// Why a bind of `source` may not be, if it may not.
+    fn judge(&self, source: &Path) -> Option<&'static str> {
+        if source.starts_with(&self.run) {
+            return Some("berth's run directory, which holds the release's secrets");
+        }
+        if *source == self.project || self.own.contains(source) {
+            return Some("the project directory's own files (the compose file, the env files)");
+        }
+        if source.starts_with(&self.state) && !source.starts_with(&self.project) {
+            return Some("berth's state directory, outside the project's own");
+        }
+        if self.state.starts_with(source) || self.run.starts_with(source) {
+            return Some("a directory holding berth's own");
+        }
+        None
+    }
+}
+
+/// The path as the host resolves it: its longest existing ancestor with links followed, then
+/// the rest as written (`..` folded).
+fn resolve(path: &Path) -> PathBuf {
+    let path = normalize(path);
+    let mut existing = path.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return normalize(&out);
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path,
+        }
+    }
 }
 
 /// `..` and `.` folded away, without touching the file system (a source may not exist yet).
@@ -278,6 +336,20 @@ mod tests {
             ),
             (tmp.path().to_path_buf(), "holding berth's own"),
         ];
+        // Through links: a link to the run directory (as /var/run is /run), and one an app
+        // left in its own data directory.
+        let via = tmp.path().join("via");
+        std::os::unix::fs::symlink(tmp.path().join("run"), &via).unwrap();
+        std::fs::create_dir_all(state.join("projects/api/data")).unwrap();
+        std::os::unix::fs::symlink(
+            tmp.path().join("run/api"),
+            state.join("projects/api/data/x"),
+        )
+        .unwrap();
+        let refused = refused.into_iter().chain([
+            (via.join("api/app.env"), "run directory"),
+            (state.join("projects/api/data/x/app.env"), "run directory"),
+        ]);
         for (source, why) in refused {
             let p = project_with_bind(&source.display().to_string());
             let e = check_binds(&p, &c).unwrap_err().to_string();

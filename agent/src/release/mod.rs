@@ -196,11 +196,19 @@ pub async fn manifest_of(
     }
     let key = store::manifest_key(id);
     let location = store::display(store, &key);
+    let kept = config.state_dir.join("releases").join(format!("{id}.json"));
     let Some(read) = store::get(aws, store, &key, config.max_object_bytes).await? else {
+        // This instance ran the release pinned: its manifest gone is not a floating release.
+        if kept.exists() {
+            return Err(ReleaseError::Changed {
+                release: id.to_string(),
+                location: format!("{location} (gone from the store)"),
+                cached: kept.display().to_string(),
+            });
+        }
         return Ok(None);
     };
     let manifest = Manifest::parse(&read.bytes, &location, id)?;
-    let kept = config.state_dir.join("releases").join(format!("{id}.json"));
     match std::fs::read(&kept) {
         Ok(before) if before == read.bytes => {}
         Ok(_) => {
