@@ -1088,6 +1088,19 @@ fn an_ecr_token_expiring_while_holding_is_renewed_before_the_next_pull() {
     env.push(("AWS_ENDPOINT_URL_ECR".to_string(), b.emu.url.clone()));
     let mut agent = b.spawn(&config, false, &env);
     agent.wait_phase("ready", 30);
+    // Holding, the pointer read once more (a moved one would be upgraded to by the agent
+    // itself, and this test's upgrade refused as busy).
+    eventually(
+        "the agent to read the pointer once more",
+        Duration::from_secs(30),
+        || {
+            let log = agent.stderr();
+            match log.contains("read once more") {
+                true => Ok(()),
+                false => Err(log),
+            }
+        },
+    );
     let tokens = || b.emu.calls_of("GetAuthorizationToken").len();
     assert_eq!(tokens(), 1, "the boot's pull asked for one token");
 
@@ -1101,7 +1114,13 @@ fn an_ecr_token_expiring_while_holding_is_renewed_before_the_next_pull() {
         b.command(&["upgrade", "--config", config.to_str().unwrap()], &env),
         RUN_LIMIT,
     );
-    out.ok();
+    assert_eq!(
+        out.code,
+        0,
+        "{}\n--- the agent's log\n{}",
+        out.stderr,
+        agent.stderr()
+    );
     assert_eq!(
         tokens(),
         2,

@@ -325,6 +325,14 @@ fn an_env_file_edited_in_s3_changes_nothing_until_a_release_names_it() {
     let shown = a.berth(&world, &["release", "show", "r1"]);
     shown.ok();
     assert_eq!(serde_json::from_str::<Value>(&shown.stdout).unwrap(), m);
+    // Written over with a plain PUT (what the conditional write of `create` refuses): the
+    // release still reads as it was made, its first version.
+    let mut forged = m.clone();
+    forged["images"]["web"]["image"] = Value::String(world.image("2"));
+    world.put("releases/r1.json", &forged.to_string());
+    let shown = a.berth(&world, &["release", "show", "r1"]);
+    shown.ok();
+    assert_eq!(serde_json::from_str::<Value>(&shown.stdout).unwrap(), m);
 
     world.point("r1");
     let up = a.berth(&world, &["upgrade"]);

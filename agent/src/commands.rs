@@ -359,7 +359,7 @@ pub async fn release_show(store: &StoreArgs, id: &str) -> Result<String, Command
     }
     let key = crate::release::store::manifest_key(id);
     let location = crate::release::store::display(&store_location, &key);
-    let read = crate::release::store::get(aws.as_ref(), &store_location, &key, cap)
+    let read = crate::release::store::get_first(aws.as_ref(), &store_location, &key, cap)
         .await?
         .ok_or_else(|| CommandError::NotFound {
             what: format!("release {id}: no manifest at {location}"),

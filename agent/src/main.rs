@@ -444,8 +444,10 @@ fn main() -> ExitCode {
             let message = berth::report::chain(&e);
             eprintln!("error: {message}");
             if verdict_on_stdout {
+                // Within SSM's 2,500 characters of output, where it is read.
+                let error: String = message.chars().take(2000).collect();
                 let verdict =
-                    serde_json::json!({"ok": false, "code": e.exit() as u8, "error": message});
+                    serde_json::json!({"ok": false, "code": e.exit() as u8, "error": error});
                 println!("{verdict}");
             }
             e.exit().into()

@@ -355,7 +355,7 @@ impl Deployer {
             self.preview(&fetched, &project, &progress, way_back.as_ref())
                 .await?
         } else {
-            self.deploy(
+            self.deploy_locked(
                 &fetched,
                 &project,
                 &progress,
@@ -456,9 +456,13 @@ impl Deployer {
         let deployed = upgrader
             .deploy(project, release.release_id.as_deref())
             .await?;
-        let until = Instant::now() + Duration::from_secs(self.config.upgrade.preview_secs);
-        *self.preview_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((until, deployed.release.clone()));
+        // Only a release really in preview ends by itself: one whose routed service did not
+        // change was converged in place, and there is no preview to end.
+        if deployed.how == How::Previewing {
+            let until = Instant::now() + Duration::from_secs(self.config.upgrade.preview_secs);
+            *self.preview_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((until, deployed.release.clone()));
+        }
         Ok(deployed)
     }
 

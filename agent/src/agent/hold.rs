@@ -169,8 +169,13 @@ async fn pointer_once_more(deployer: &Deployer) {
     let Some(pointer) = &deployer.config.release else {
         return;
     };
-    let Some((wanted, current)) = moved(deployer, pointer, "once more").await else {
-        return;
+    let (wanted, current) = match moved(deployer, pointer, "once more").await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            tracing::info!("in service: the release pointer, read once more, names the release this instance runs");
+            return;
+        }
+        Err(()) => return,
     };
     tracing::info!(release = %wanted, booted = ?current, "the release pointer moved while this instance booted: upgrading");
     if let Err(e) = deployer.upgrade(Some(wanted.clone())).await {
@@ -179,12 +184,12 @@ async fn pointer_once_more(deployer: &Deployer) {
 }
 
 /// The release the pointer names, when it is not the serving one (with the serving one);
-/// None when it is, or when the pointer cannot be read (said, with `why` it was read).
+/// None when it is; an error when the pointer cannot be read (said, with `why` it was read).
 async fn moved(
     deployer: &Deployer,
     pointer: &release::Location,
     why: &str,
-) -> Option<(String, Option<String>)> {
+) -> Result<Option<(String, Option<String>)>, ()> {
     let read = release::fetch(
         deployer.aws.as_ref(),
         pointer,
@@ -195,11 +200,11 @@ async fn moved(
         Ok((bytes, _)) => String::from_utf8_lossy(&bytes).trim().to_string(),
         Err(e) => {
             tracing::warn!(error = %crate::report::chain(&e), "{why}: cannot read the release pointer");
-            return None;
+            return Err(());
         }
     };
     let current = deployer.state.as_ref().and_then(|s| s.snapshot().release);
-    (!wanted.is_empty() && Some(&wanted) != current.as_ref()).then_some((wanted, current))
+    Ok((!wanted.is_empty() && Some(&wanted) != current.as_ref()).then_some((wanted, current)))
 }
 
 /// Upgrades when the release pointer names another release.
@@ -211,7 +216,7 @@ async fn watch(deployer: Arc<Deployer>) {
     let mut failed: Option<String> = None;
     loop {
         tokio::time::sleep(every).await;
-        let Some((wanted, current)) = moved(&deployer, &pointer, "watch").await else {
+        let Ok(Some((wanted, current))) = moved(&deployer, &pointer, "watch").await else {
             continue;
         };
         // A release that failed is not retried until the pointer moves on.

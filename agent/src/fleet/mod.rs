@@ -46,7 +46,7 @@ pub enum FleetError {
     },
     #[error("the smoke test `{command}` failed ({status}); no instance switched")]
     Smoke { command: String, status: String },
-    #[error("no way back: release {previous}, which serves now, cannot be restored whole ({why}); nothing was changed (--allow-no-rollback goes on without one)")]
+    #[error("the way back, release {previous} (which serves now), is not known to be whole ({why}); nothing was changed (--allow-no-rollback goes on without one)")]
     NoWayBack { previous: String, why: String },
 }
 

@@ -125,7 +125,7 @@ async fn way_back(
         return Ok(());
     };
     let key = crate::release::store::manifest_key(&r.release);
-    match crate::release::store::get(
+    match crate::release::store::get_first(
         Some(aws),
         store,
         &key,
@@ -146,7 +146,7 @@ async fn way_back(
     }
     let key = crate::release::store::manifest_key(previous);
     let location = crate::release::store::display(store, &key);
-    let read = crate::release::store::get(
+    let read = crate::release::store::get_first(
         Some(aws),
         store,
         &key,

@@ -63,7 +63,7 @@ pub async fn create(
         return Err(ReleaseError::BadId(id.clone()));
     }
     let key = store::manifest_key(id);
-    if store::get(aws, &opts.store, &key, opts.max_object_bytes)
+    if store::get_first(aws, &opts.store, &key, opts.max_object_bytes)
         .await?
         .is_some()
     {
@@ -72,6 +72,11 @@ pub async fn create(
         });
     }
 
+    // Before anything is uploaded: two files of one name would overwrite each other.
+    let mut names = super::Names::default();
+    for loc in std::iter::once(&opts.compose).chain(&opts.env_files) {
+        names.take(loc)?;
+    }
     let compose = pin_file(aws, opts, &opts.compose).await?;
     let env_files = join_all(opts.env_files.iter().map(|loc| pin_file(aws, opts, loc)))
         .await

@@ -102,7 +102,7 @@ pub async fn recent(
             .trim_start_matches("releases/")
             .trim_end_matches(".json")
             .to_string();
-        let Some(read) = store::get(aws, store, key, cap).await? else {
+        let Some(read) = store::get_first(aws, store, key, cap).await? else {
             continue;
         };
         match Manifest::parse(&read.bytes, &store::display(store, key), &id) {

@@ -37,6 +37,7 @@ pub fn materialize(
     let secrets = secrets_dir(config);
     private_dir(&project)?;
     private_dir(&secrets)?;
+    warn_of_earlier_data(&secrets, &project);
     let compose_file = project.join(compose.0);
     write_private(&compose_file, compose.1)?;
     let mut linked = BTreeSet::new();
@@ -48,6 +49,21 @@ pub fn materialize(
     }
     forget_other_links(&project, &secrets, &linked);
     Ok(compose_file)
+}
+
+/// An earlier berth kept the project directory on the run directory: relative binds' data
+/// left there (directories) is lost at the next reboot, and services are now recreated onto
+/// the project directory on disk. Said, for an operator to copy it over; nothing is moved.
+fn warn_of_earlier_data(secrets: &Path, project: &Path) {
+    let Ok(entries) = std::fs::read_dir(secrets) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && !project.join(entry.file_name()).exists()
+        {
+            tracing::warn!(found = %entry.path().display(), project_dir = %project.display(), "data an earlier berth kept on the run directory (a relative bind's): copy it into the project directory, where the services now bind it from");
+        }
+    }
 }
 
 /// `at` -> `target`, replacing whatever is at `at` in one step.

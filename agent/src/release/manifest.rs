@@ -156,6 +156,16 @@ impl Manifest {
                 found: manifest.release,
             });
         }
+        // A remote object without a version would be read as it is now: it pins nothing.
+        if let Some(unpinned) = manifest.objects().find(|o| {
+            o.version.is_none()
+                && (o.location.starts_with("s3://") || o.location.starts_with("ssm:"))
+        }) {
+            return Err(ManifestError::Parse {
+                location: location.to_string(),
+                message: format!("{} has no version", unpinned.location),
+            });
+        }
         for (service, pin) in &manifest.images {
             if !is_digest(&pin.digest) {
                 return Err(ManifestError::BadDigest {

@@ -197,7 +197,7 @@ pub async fn manifest_of(
     let key = store::manifest_key(id);
     let location = store::display(store, &key);
     let kept = config.state_dir.join("releases").join(format!("{id}.json"));
-    let Some(read) = store::get(aws, store, &key, config.max_object_bytes).await? else {
+    let Some(read) = store::get_first(aws, store, &key, config.max_object_bytes).await? else {
         // This instance ran the release pinned: its manifest gone is not a floating release.
         if kept.exists() {
             return Err(ReleaseError::Changed {
@@ -376,11 +376,11 @@ async fn remote_sources(
 
 /// The file names a release's files take beside each other: two of one name clash.
 #[derive(Default)]
-struct Names(Vec<(String, String)>);
+pub(crate) struct Names(Vec<(String, String)>);
 
 impl Names {
     /// The name `location` takes, unless another file took it.
-    fn take(&mut self, location: &Location) -> Result<String, ReleaseError> {
+    pub(crate) fn take(&mut self, location: &Location) -> Result<String, ReleaseError> {
         let name = location.file_name();
         if let Some((first, _)) = self.0.iter().find(|(_, n)| *n == name) {
             return Err(ReleaseError::NameClash {

@@ -110,6 +110,61 @@ pub async fn get(
     }
 }
 
+/// Reads `key` as it was first written (at most `cap` bytes); None when there is no such
+/// object. In a versioned bucket a manifest written over, or deleted, still reads as the
+/// release was made: its oldest version is the one that counts.
+pub async fn get_first(
+    aws: Option<&Aws>,
+    store: &Store,
+    key: &str,
+    cap: u64,
+) -> Result<Option<Read>, ReleaseError> {
+    let Store::S3 { bucket, prefix } = store else {
+        return get(aws, store, key, cap).await;
+    };
+    let aws = need_aws(aws, store)?;
+    let full = format!("{prefix}{key}");
+    // Every page of the key's versions (ListObjectVersions pages by key and version markers).
+    let mut first: Option<(aws_sdk_s3::primitives::DateTime, String)> = None;
+    let (mut key_marker, mut version_marker) = (None, None);
+    loop {
+        let page = aws
+            .s3
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(&full)
+            .set_key_marker(key_marker.take())
+            .set_version_id_marker(version_marker.take())
+            .send()
+            .await
+            .map_err(|e| s3_err(bucket, &full, describe(&e)))?;
+        for v in page.versions() {
+            if v.key() != Some(full.as_str()) {
+                continue;
+            }
+            if let (Some(at), Some(id)) = (v.last_modified(), v.version_id()) {
+                if first.as_ref().is_none_or(|(t, _)| at < t) {
+                    first = Some((*at, id.to_string()));
+                }
+            }
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(String::from);
+        version_marker = page.next_version_id_marker().map(String::from);
+    }
+    let Some((_, version)) = first else {
+        return Ok(None);
+    };
+    let location = super::Location::S3 {
+        bucket: bucket.clone(),
+        key: full,
+    };
+    let (bytes, version) = super::fetch_at(Some(aws), &location, Some(&version), cap).await?;
+    Ok(Some(Read { bytes, version }))
+}
+
 /// Writes `key`, and returns the version S3 gave it. `new_only`: refused with
 /// [`ReleaseError::Exists`] when something is there already (S3's conditional write, or
 /// `O_EXCL` locally), so that nothing written once is ever replaced.

@@ -123,7 +123,14 @@ impl Upgrader<'_> {
         if !keep {
             return Ok(None);
         }
-        let report = converge::up(self.engine, &same, &self.up, self.progress).await?;
+        let report = match converge::up(self.engine, &same, &self.up, self.progress).await {
+            Ok(r) => r,
+            Err(e) => {
+                // What the failed converge changed goes back too.
+                self.restore_rest(routed, serving.color).await;
+                return Err(e.into());
+            }
+        };
         Ok(Some(Deployed {
             release: release.map(String::from),
             previous: serving.release.clone(),
