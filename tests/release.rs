@@ -491,6 +491,19 @@ fn a_config_only_release_is_judged_like_an_image_and_goes_back_whole() {
     let back = a.berth(&world, &["rollback"]);
     back.ok();
     assert_eq!(a.status()["release"], "r1");
+    // /status shows r1's objects again: its env file at r1's version.
+    let objects = a.status()["objects"].clone();
+    let env_version = objects
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["location"] == world.s3("app.env"))
+        .map(|o| o["version"].clone());
+    assert_eq!(
+        env_version,
+        Some(r1["env_files"][0]["version"].clone()),
+        "{objects}"
+    );
     let r1_env = env(&[("VERSION", "a")]);
     assert_eq!(a.env_of("web"), r1_env);
     assert_eq!(a.env_of("worker"), r1_env);

@@ -554,7 +554,17 @@ impl Deployer {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(state) = &self.state {
-            state.update(|s| s.release = deployed.release.clone());
+            state.update(|s| {
+                s.release = deployed.release.clone();
+                // Gone back to a pinned release: its objects are what `/status` shows now.
+                if let Some(b) = back
+                    .as_ref()
+                    .filter(|b| Some(&b.release) == s.release.as_ref())
+                {
+                    s.objects = b.objects.clone();
+                    s.floating = None;
+                }
+            });
             state.deployed(running(engine, project).await);
             super::resume::note(state, &self.config.run_dir);
         }
@@ -679,6 +689,7 @@ pub(super) async fn way_back(
         WayBack {
             release: id.to_string(),
             project,
+            objects: fetched.objects,
         },
         manifest,
     )))

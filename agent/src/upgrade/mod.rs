@@ -214,6 +214,8 @@ pub struct Upgrader<'a> {
 pub struct WayBack {
     pub release: String,
     pub project: Project,
+    /// Its objects as fetched (for `/status` once it serves again).
+    pub objects: Vec<crate::release::ObjectRecord>,
 }
 
 /// How a new release comes to take the traffic under the proxy strategy.
