@@ -142,8 +142,10 @@ pub async fn get_first(
             if v.key() != Some(full.as_str()) {
                 continue;
             }
+            // S3 lists a key's versions newest first, and its times are in whole seconds: on a
+            // tie the later one listed is the older.
             if let (Some(at), Some(id)) = (v.last_modified(), v.version_id()) {
-                if first.as_ref().is_none_or(|(t, _)| at < t) {
+                if first.as_ref().is_none_or(|(t, _)| at <= t) {
                     first = Some((*at, id.to_string()));
                 }
             }
