@@ -632,3 +632,63 @@ fn missing_env_file_flag_names_the_path() {
     let msg = rejected(&p, &before, &out, 3);
     assert_contains(&msg, "nowhere/interp.env");
 }
+
+// The host policy: `berth up`, `plan` and `config` judge as the agent does.
+
+#[test]
+fn the_host_policy_refuses_in_up_plan_and_config_and_reads_no_refused_file() {
+    // /etc/shadow is read by nothing: the refusal names it, never a line of it (nor a parse
+    // error about it, which reading it first would give).
+    let compose = web(
+        "    privileged: true\n    env_file: [/etc/shadow]\n    volumes: [\"/etc:/host-etc\"]\n",
+    );
+    let (p, msg) = rejects(
+        "policy",
+        &compose,
+        3,
+        &[
+            "the host policy (the default policy",
+            "services.web.env_file: /etc/shadow reaches /etc, the host's own",
+        ],
+    );
+    assert!(!msg.contains("root:"), "{msg}");
+    for sub in ["plan", "config"] {
+        let msg = message(&p.cmd(sub).run(), 3);
+        assert_names(&msg, &["services.web.env_file", "/etc/shadow"]);
+    }
+    // Once the file is read no more, every other refusal is named in one message.
+    p.compose(&web(
+        "    privileged: true\n    volumes: [\"/etc:/host-etc\"]\n",
+    ));
+    let msg = message(&p.cmd("config").run(), 3);
+    assert_names(
+        &msg,
+        &[
+            "services.web.privileged: true gives the container the whole host (allow with `privileged = true` under [policy])",
+            "services.web.volumes: the bind of /etc reaches /etc, the host's own",
+        ],
+    );
+    // A policy file allows what it names, and names itself in what it still refuses.
+    let policy = p.policy("privileged = true");
+    let msg = message(&p.cmd("config").arg("--policy").arg(&policy).run(), 3);
+    assert_names(
+        &msg,
+        &[
+            &format!("[policy] of {}", policy.display()),
+            "the bind of /etc",
+        ],
+    );
+    assert!(!msg.contains("privileged"), "{msg}");
+    p.compose(&web("    privileged: true\n"));
+    p.cmd("config").arg("--policy").arg(&policy).run().ok();
+    // A policy file that is wrong is an error naming its key, not a silent default.
+    let bad = p.write("bad.toml", "[policy]\nbind_prefixes = [\"/var\"]\n");
+    let msg = message(&p.cmd("config").arg("--policy").arg(&bad).run(), 3);
+    assert_names(
+        &msg,
+        &[
+            "policy.bind_prefixes[0]",
+            "/var reaches /var/run/docker.sock",
+        ],
+    );
+}

@@ -1566,6 +1566,131 @@ fn local_run_plans_then_boots_from_local_files_without_imds_or_aws() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The host policy: a compose file from S3 is input, berth.toml's [policy] decides.
+
+#[test]
+fn a_hostile_compose_file_from_s3_is_refused_before_anything_runs_naming_field_and_key() {
+    let b = Boot::new("boot-hostile");
+    // Each asks the host for something the default policy refuses: the field it names and
+    // the key that would allow it (or that none does).
+    let other_param = format!("/{}-other/db", b.p.name);
+    aws::block_on(aws::put_secure_parameter(b.moto, &other_param, "pw-other"));
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "    privileged: true\n".into(),
+            "services.web.privileged",
+            "`privileged = true`",
+        ),
+        (
+            "    cap_add: [SYS_ADMIN]\n".into(),
+            "services.web.cap_add",
+            "`cap_add = [\"SYS_ADMIN\"]`",
+        ),
+        (
+            "    security_opt: [\"seccomp:unconfined\"]\n".into(),
+            "services.web.security_opt",
+            "security_opt = ",
+        ),
+        (
+            "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n".into(),
+            "services.web.volumes",
+            "no policy allows it",
+        ),
+        (
+            "    volumes: [\"/:/host\"]\n".into(),
+            "services.web.volumes",
+            "no policy allows it",
+        ),
+        (
+            "    env_file: [app.env, /etc/shadow]\n".into(),
+            "services.web.env_file",
+            "no policy allows it",
+        ),
+        (
+            format!("    secrets: [pw]\nsecrets:\n  pw:\n    file: ssm:{other_param}\n"),
+            "secrets/configs file",
+            "`sources = [\"ssm:/",
+        ),
+    ];
+    for (i, (extra, field, allow)) in cases.into_iter().enumerate() {
+        let mut compose = web_compose(WEB, &[], &patient_healthcheck());
+        // An env_file line of its own replaces the one web_compose writes.
+        if extra.contains("env_file") {
+            compose = compose.replace("    env_file: [app.env]\n", "");
+        }
+        compose.push_str(&extra);
+        let top = b.put_release(&compose, "1");
+        let config = b.config(&top, &lifecycle(""));
+        let out = b.boot_once(&config);
+        out.expect_code(3);
+        let msg = error_line(&out);
+        for name in [field, allow, "the host policy ([policy] of "] {
+            assert!(msg.contains(name), "the error should name {name:?}:\n{msg}");
+        }
+        assert!(!out.stderr.contains("pw-other"), "{}", out.stderr);
+        b.assert_no_secret("berth's stderr", &out.stderr);
+        // Each boot gave the instance up (one ABANDON each), and created nothing.
+        assert_eq!(b.completions(), vec!["ABANDON"; i + 1], "{field}");
+        assert!(
+            b.p.container_ids().is_empty(),
+            "{field}: a container was created"
+        );
+    }
+    // A registry the policy does not name.
+    let top = b.put_release(&web_compose(WEB, &[], &patient_healthcheck()), "1");
+    let config = b.config(
+        &top,
+        &format!(
+            "{}\n[policy]\nregistries = [\"*.dkr.ecr.us-east-1.amazonaws.com\"]\n",
+            lifecycle("")
+        ),
+    );
+    let out = b.boot_once(&config);
+    out.expect_code(3);
+    let msg = error_line(&out);
+    for name in ["services.web.image", "`registries = [\"docker.io\"]`"] {
+        assert!(msg.contains(name), "the error should name {name:?}:\n{msg}");
+    }
+    assert!(b.p.container_ids().is_empty());
+}
+
+#[test]
+fn what_the_policy_allows_runs() {
+    let b = Boot::new("boot-allowed");
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello"), "from the host").unwrap();
+    let mut compose = web_compose(WEB, &[], &patient_healthcheck());
+    compose.push_str(&format!(
+        "    cap_add: [NET_ADMIN]\n    volumes: [\"{}:/shared:ro\", \"./data:/data\"]\n",
+        shared.path().display()
+    ));
+    let top = b.put_release(&compose, "1");
+    let policy = format!(
+        "\n[policy]\ncap_add = [\"NET_ADMIN\"]\nbind_prefixes = [\"{}\"]\nregistries = [\"docker.io\"]\n",
+        shared.path().display()
+    );
+    let config = b.config(&top, &format!("{}{policy}", lifecycle("")));
+    let out = b.boot_once(&config);
+    out.ok();
+    assert_eq!(b.completions(), ["CONTINUE"]);
+    let c = p_container(&b);
+    assert_eq!(c["HostConfig"]["CapAdd"], json!(["NET_ADMIN"]));
+    let id = c["Id"].as_str().unwrap();
+    assert_eq!(
+        docker(&["exec", id, "cat", "/shared/hello"]).trim(),
+        "from the host"
+    );
+    // The data directory landed in the project directory, under the state directory.
+    let data = b
+        .state_dir
+        .path()
+        .join("projects")
+        .join(&b.p.name)
+        .join("data");
+    assert!(data.is_dir(), "{}", data.display());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Leaving: scale-in and spot interruptions, as IMDS announces them.
 
 const TERMINATE_HOOK: &str = "berth-terminate";

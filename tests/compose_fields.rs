@@ -846,7 +846,12 @@ fn a_gpu_request_reaches_docker() {
     p.compose(&format!(
         "services:\n  app:\n    image: {TOOL}\n    gpus: all\n"
     ));
-    let out = p.up_cmd().run();
+    p.refused_by_policy(
+        "services.app.deploy.resources.reservations.devices",
+        "`devices = true`",
+    );
+    let policy = p.policy("devices = true");
+    let out = p.up_cmd().arg("--policy").arg(&policy).run();
     if out.code == 0 {
         // A host with a GPU driver: the request is on the container.
         let c = p.container("app");
@@ -1213,7 +1218,13 @@ services:
     sysctls: ["net.ipv4.tcp_syncookies=0"]
 "#
     ));
-    p.up();
+    p.refused_by_policy(
+        "services.locked.cap_add: NET_ADMIN",
+        "`cap_add = [\"NET_ADMIN\"]`",
+    );
+    let policy =
+        p.policy("cap_add = [\"NET_ADMIN\"]\nsysctls = [\"net.core.somaxconn\", \"net.ipv4.*\"]");
+    p.up_cmd().arg("--policy").arg(&policy).run().ok();
     let c = p.container("locked");
     let hc = &c["HostConfig"];
     assert_eq!(hc["LogConfig"]["Type"], "json-file");
@@ -1263,13 +1274,16 @@ services:
     privileged: true
 "#
     ));
+    p.refused_by_policy("services.app.privileged", "`privileged = true`");
+    let policy = p.policy("privileged = true");
+    let up = || p.up_cmd().arg("--policy").arg(&policy).run();
     if daemon_allows {
-        p.up();
+        up().ok();
         let c = p.container("app");
         assert_eq!(c["HostConfig"]["Privileged"], true);
         assert_eq!(c["State"]["Running"], true);
     } else {
-        let out = p.up_cmd().run();
+        let out = up();
         out.expect_code(1);
         let msg = out.error_message();
         assert!(

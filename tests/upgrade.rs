@@ -162,6 +162,34 @@ fn a_release_that_never_gets_healthy_is_rolled_back_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_release_the_host_policy_refuses_changes_nothing_and_the_previous_one_keeps_serving() {
+    let rig = Rig::booted("upgrade-policy", "2");
+    // Release 3 asks for the Docker socket: refused before anything of it is created.
+    let mut yaml = web_compose(rig.traffic.port(), "berth-test/web:3", &[]);
+    yaml.push_str("    volumes: [\"/run/docker.sock:/var/run/docker.sock\"]\n");
+    rig.project.compose(&yaml);
+    let (out, samples) = under_load(rig.traffic, 200, || {
+        rig.berth("upgrade", &["--release", "3"])
+    });
+    out.expect_code(3);
+    let msg = out.error_message();
+    for part in [
+        "the host policy ([policy] of ",
+        "services.web.volumes: the bind of /run/docker.sock",
+        "no policy allows it",
+    ] {
+        assert!(msg.contains(part), "{part:?}: {msg}");
+    }
+    assert_eq!(failures(&samples), Vec::<String>::new(), "failed requests");
+    assert_eq!(
+        answered(&samples, "2"),
+        samples.len(),
+        "release 2 answered everything"
+    );
+    assert_eq!(rig.colors(), vec![("blue".into(), "2".into(), true)]);
+}
+
+#[test]
 fn a_release_failing_right_after_the_switch_goes_back_to_the_previous_one() {
     let rig = Rig::booted("upgrade-verify", "1");
 

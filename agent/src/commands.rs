@@ -37,6 +37,8 @@ pub enum CommandError {
     Fleet(#[from] crate::fleet::FleetError),
     #[error(transparent)]
     Release(#[from] crate::release::ReleaseError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("{message}")]
     Usage { message: String },
     #[error("{what}")]
@@ -65,6 +67,7 @@ impl Coded for CommandError {
             CommandError::Control(e) => e.exit(),
             CommandError::Fleet(e) => e.exit(),
             CommandError::Release(e) => e.exit(),
+            CommandError::Policy(_) => Exit::Invalid,
             CommandError::Usage { .. } => Exit::Usage,
             CommandError::NotFound { .. } => Exit::Invalid,
             CommandError::RolledBack { .. } => Exit::Failed,
@@ -79,13 +82,68 @@ pub struct ProjectArgs {
     pub project_name: Option<String>,
     pub env_files: Vec<PathBuf>,
     pub profiles: Vec<String>,
+    /// A berth.toml whose `[policy]` judges the project (default: /etc/berth/berth.toml when
+    /// it exists).
+    pub policy: Option<PathBuf>,
 }
 
+/// The project, judged by the host policy (`berth up`, `plan`, `config` refuse what the agent
+/// would refuse).
 pub fn load(args: &ProjectArgs) -> Result<Project, CommandError> {
+    let default = PathBuf::from(crate::config::DEFAULT_PATH);
+    let file = args
+        .policy
+        .clone()
+        .or_else(|| default.exists().then_some(default));
+    let (policy, origin) = match &file {
+        Some(path) => (
+            crate::config::PolicySettings::load(path)?,
+            format!("[policy] of {}", path.display()),
+        ),
+        None => (
+            crate::config::PolicySettings::default(),
+            format!(
+                "the default policy: no {} and no --policy",
+                crate::config::DEFAULT_PATH
+            ),
+        ),
+    };
+    // The loader's own choice of project directory: the first file's, else this one.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let project_dir = match args.files.first() {
+        Some(f) => cwd.join(f).parent().map_or(cwd.clone(), PathBuf::from),
+        None => cwd,
+    };
+    let mut host = crate::policy::Host {
+        project_dir,
+        own_files: vec![],
+        run_dir: PathBuf::from("/run/berth"),
+        state_dir: PathBuf::from("/var/lib/berth"),
+        compose_location: None,
+        origin,
+    };
+    let mut opts = options(args);
+    opts.read_gate = crate::policy::read_gate(&policy, &host);
+    let mut project = compose::load(&opts)?;
+    host.project_dir = project.working_dir.clone();
+    let warnings = crate::policy::check(&project, &policy, &host)?;
+    // A local run names no registries by default: not worth a warning on every command.
+    if file.is_some() {
+        project.warnings.extend(warnings);
+    }
+    Ok(project)
+}
+
+/// The project as the files say, unjudged: for `down` and `ps`, which ask nothing of the host.
+fn read(args: &ProjectArgs) -> Result<Project, CommandError> {
+    Ok(compose::load(&options(args))?)
+}
+
+fn options(args: &ProjectArgs) -> LoadOptions {
     let mut opts = LoadOptions::from_process(args.files.clone(), args.project_name.clone());
     opts.env_files = args.env_files.clone();
     opts.profiles = args.profiles.clone();
-    Ok(compose::load(&opts)?)
+    opts
 }
 
 /// The project name without reading compose files (for `down` and `ps`): `-p`, else
@@ -99,7 +157,7 @@ pub fn project_name(args: &ProjectArgs) -> Result<String, CommandError> {
         compose::validate_project_name(&name)?;
         return Ok(name);
     }
-    Ok(load(args)?.name)
+    Ok(read(args)?.name)
 }
 
 pub async fn up(

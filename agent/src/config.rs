@@ -152,6 +152,16 @@ pub fn ecr_registry_id(host: &str) -> Option<String> {
         .then(|| account.to_string())
 }
 
+/// The registry host an image reference names (`docker.io` when it names none).
+pub fn registry_of(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
@@ -449,6 +459,130 @@ impl Default for ProxySettings {
     }
 }
 
+/// What a release's compose file may ask of the host: the root-owned config decides, never the
+/// file (it comes from S3, whoever can write there would otherwise be root on every instance).
+/// Every default refuses; each key allows one thing. The `policy` module checks a resolved
+/// project against it before any pull.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    /// `privileged: true`.
+    pub privileged: bool,
+    /// Capabilities `cap_add` may name beyond Docker's default set (`NET_ADMIN`, ...).
+    pub cap_add: Vec<String>,
+    /// `security_opt` entries allowed beyond `no-new-privileges` (e.g. `seccomp=unconfined`).
+    pub security_opt: Vec<String>,
+    /// `sysctls` names allowed; `net.core.*` allows a prefix.
+    pub sysctls: Vec<String>,
+    /// Host directories binds (and local secret, config and env files) may reach beyond the
+    /// project's own directory.
+    pub bind_prefixes: Vec<PathBuf>,
+    /// Bind propagation other than private (`shared`, `slave` and their `r` forms).
+    pub bind_propagation: bool,
+    /// Local volumes that bind a host path (`driver_opts: {o: bind, device: ...}`), judged
+    /// against `bind_prefixes` too.
+    pub bind_volumes: bool,
+    /// Device requests (`gpus:`, `deploy.resources.reservations.devices`).
+    pub devices: bool,
+    /// A network named `host` (the host's network namespace).
+    pub host_network: bool,
+    /// Where secrets' and configs' `s3://` and `ssm:/` sources may be, as prefixes; besides
+    /// these, the compose file's own S3 directory and `ssm:/<project>/`.
+    pub sources: Vec<String>,
+    /// Registries images may come from (`host[:port]`, `*.example.com`, `docker.io`); unset:
+    /// any (warned at every deploy).
+    pub registries: Option<Vec<String>>,
+}
+
+/// Host paths no bind or file of a release may reach, whatever `policy.bind_prefixes` says:
+/// each is the host itself (or Docker's control of it).
+pub const NEVER_BOUND: [&str; 13] = [
+    "/",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/root",
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/containerd",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/run/docker",
+];
+
+impl PolicySettings {
+    /// Only the `[policy]` table of a berth.toml (`berth up --policy`): the rest of the file
+    /// is the agent's and need not be complete for a local command.
+    pub fn load(path: &Path) -> Result<PolicySettings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parse = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().replace('\n', " ").replace("  ", " "),
+        };
+        let mut table: toml::Table = toml::from_str(&text).map_err(parse)?;
+        let policy: PolicySettings = match table.remove("policy") {
+            Some(v) => v.try_into().map_err(parse)?,
+            None => PolicySettings::default(),
+        };
+        policy
+            .check()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(policy)
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        for (i, p) in self.bind_prefixes.iter().enumerate() {
+            let key = format!("policy.bind_prefixes[{i}]");
+            if !p.is_absolute() {
+                return Err((key, format!("{} must be an absolute path", p.display())));
+            }
+            let p = p.components().collect::<PathBuf>();
+            if let Some(never) = NEVER_BOUND.iter().find(|n| never_reaches(Path::new(n), &p)) {
+                return Err((
+                    key,
+                    format!("{} reaches {never}, which no release may bind", p.display()),
+                ));
+            }
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            let ok = s
+                .strip_prefix("s3://")
+                .is_some_and(|r| r.split('/').next().is_some_and(|b| !b.is_empty()))
+                || s.starts_with("ssm:/");
+            if !ok {
+                return Err((
+                    format!("policy.sources[{i}]"),
+                    format!("{s:?} is not an s3://bucket/prefix or ssm:/prefix"),
+                ));
+            }
+        }
+        for (i, s) in self.sysctls.iter().enumerate() {
+            if s.is_empty() || s == "*" {
+                return Err((
+                    format!("policy.sysctls[{i}]"),
+                    format!("{s:?} names no sysctl; list names or prefixes such as net.core.*"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` reaches `never`: is it, lies under it, or holds it (a bind of /var holds
+/// /var/lib/docker). Under `/` lies everything, so `/` reaches only itself that way.
+pub fn never_reaches(never: &Path, path: &Path) -> bool {
+    never.starts_with(path) || (path.starts_with(never) && never != Path::new("/"))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -483,6 +617,8 @@ struct RawConfig {
     watchdog: WatchdogSettings,
     #[serde(default)]
     registries: BTreeMap<String, RegistrySettings>,
+    #[serde(default)]
+    policy: PolicySettings,
 }
 
 impl RawConfig {
@@ -528,6 +664,7 @@ impl RawConfig {
             }
         }
         self.upgrade.analysis.check()?;
+        self.policy.check()?;
         if let Err(why) = check_canary_steps(&self.upgrade.canary.steps) {
             return Err(("upgrade.canary.steps".into(), why));
         }
@@ -634,6 +771,8 @@ pub struct AgentConfig {
     pub proxy: ProxySettings,
     pub watchdog: WatchdogSettings,
     pub registries: BTreeMap<String, RegistrySettings>,
+    /// What a release may ask of the host.
+    pub policy: PolicySettings,
 }
 
 impl AgentConfig {
@@ -737,6 +876,7 @@ impl AgentConfig {
             proxy: raw.proxy,
             watchdog: raw.watchdog,
             registries: raw.registries,
+            policy: raw.policy,
         })
     }
 

@@ -144,7 +144,7 @@ impl Coded for ReleaseError {
             | ReleaseError::Exists { .. }
             | ReleaseError::Unversioned { .. }
             | ReleaseError::BadId(_)
-            | ReleaseError::Bind(_)
+            | ReleaseError::Policy(_)
             | ReleaseError::NotReady { .. } => Exit::Invalid,
             ReleaseError::Create(e) => match e {
                 crate::release::create::CreateError::Compose { .. } => Exit::Invalid,

@@ -11,7 +11,8 @@
 //! - [`serve`]: the agent's state and its health endpoint.
 //! - [`release`]: fetching the release (S3, SSM, local) into 0600 files; [`proxy`]:
 //!   `berth proxy`, its own process, standing alone.
-//! - [`engine`]: Docker (the only bollard user), registries, plan, converge, progress.
+//! - [`engine`]: Docker (the only bollard user), registries, plan, converge, progress;
+//!   [`policy`]: what a project may ask of the host (berth.toml's `[policy]`).
 //! - [`compose`]: compose files into a resolved, validated project.
 //! - At the bottom: [`aws`] (SDK clients), [`ipc`] (JSON lines over a 0600 socket), [`config`]
 //!   (plain settings), [`report`] (errors with their causes).
@@ -28,6 +29,7 @@ pub mod instance;
 pub use berth_proxy as proxy;
 pub use berth_proxy::ipc;
 pub mod logging;
+pub mod policy;
 pub mod release;
 pub mod report;
 pub mod serve;
@@ -41,7 +43,7 @@ mod layering {
     use std::path::Path;
 
     /// Each module's rank: a module may use only modules of a lower rank.
-    const RANKS: [(&str, u8); 16] = [
+    const RANKS: [(&str, u8); 17] = [
         ("commands", 10),
         ("agent", 9),
         ("exit", 8),
@@ -52,6 +54,7 @@ mod layering {
         ("release", 4),
         ("proxy", 4),
         ("engine", 3),
+        ("policy", 3),
         ("compose", 2),
         ("aws", 1),
         ("ipc", 1),

@@ -69,6 +69,10 @@ struct ProjectFlags {
     /// Enable services of this profile (also COMPOSE_PROFILES).
     #[arg(long = "profile")]
     profiles: Vec<String>,
+    /// The host policy: a berth.toml whose `[policy]` is read (default: /etc/berth/berth.toml
+    /// when it exists, else the default policy, which refuses what reaches the host).
+    #[arg(long = "policy")]
+    policy: Option<PathBuf>,
 }
 
 impl From<ProjectFlags> for ProjectArgs {
@@ -78,6 +82,7 @@ impl From<ProjectFlags> for ProjectArgs {
             project_name: f.project_name,
             env_files: f.env_files,
             profiles: f.profiles,
+            policy: f.policy,
         }
     }
 }
@@ -103,7 +108,7 @@ enum Command {
         #[command(flatten)]
         project: ProjectFlags,
         /// Plan the agent's boot from its config instead of compose files.
-        #[arg(long, conflicts_with_all = ["files", "env_files", "profiles"])]
+        #[arg(long, conflicts_with_all = ["files", "env_files", "profiles", "policy"])]
         config: Option<PathBuf>,
         /// With --config: a local run (no IMDS, no AWS).
         #[arg(long, requires = "config")]

@@ -341,6 +341,10 @@ health_path = "/healthz"
 [registries."{self.registry}"]
 auth = "ecr"
 registry_id = "{ACCOUNT_ID}"
+
+[policy]
+# As the launch template's: images from the one registry only.
+registries = ["{self.registry}"]
 """
 
     def user_data(self, package_uri, sha256):

@@ -366,6 +366,27 @@ impl Project {
         self.cmd_file("up", file).args(&["--wait-timeout", "60"])
     }
 
+    /// Writes `policy.toml` with `[policy]` holding `keys` (TOML lines): pass it as `--policy`.
+    pub fn policy(&self, keys: &str) -> PathBuf {
+        self.write("policy.toml", &format!("[policy]\n{keys}\n"))
+    }
+
+    /// `berth up` under the default policy must refuse: exit 3, one error naming `field`
+    /// and the policy key `allow` that would allow it, and nothing created.
+    #[track_caller]
+    pub fn refused_by_policy(&self, field: &str, allow: &str) {
+        let out = self.up_cmd().run();
+        out.expect_code(3);
+        let msg = out.error_message();
+        assert!(
+            msg.contains("the host policy (the default policy")
+                && msg.contains(field)
+                && msg.contains(allow),
+            "{msg}"
+        );
+        assert!(self.container_ids().is_empty(), "refused, yet created");
+    }
+
     /// `berth up` that must succeed.
     #[track_caller]
     pub fn up(&self) -> Output {

@@ -224,7 +224,8 @@ async fn stop_project(project: &str) {
 }
 
 /// The project a release describes, with the release id exposed to interpolation, pinned as
-/// its manifest says (images by digest), and kept out of berth's own directories.
+/// its manifest says (images by digest), and judged by the host policy (a host file it may
+/// not read is not read).
 fn load_project(config: &AgentConfig, release: &Release) -> Result<Project, AgentError> {
     let mut environment: BTreeMap<String, String> = std::env::vars().collect();
     if let Some(id) = &release.release_id {
@@ -241,6 +242,10 @@ fn load_project(config: &AgentConfig, release: &Release) -> Result<Project, Agen
         working_dir,
         environment,
         remote_sources: release.sources.clone(),
+        read_gate: crate::policy::read_gate(
+            &config.policy,
+            &crate::release::layout::host(config, &release.compose_file),
+        ),
         ..LoadOptions::default()
     };
     let mut project = compose::load(&opts).map_err(|source| AgentError::Compose {

@@ -62,6 +62,9 @@ pub enum ComposeError {
     EnvFileMissing { service: String, path: PathBuf },
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// The host policy refused a host file before it was read.
+    #[error("{field}: {message}")]
+    Refused { field: String, message: String },
     #[error("services.{service}.build: berth runs images from a registry and cannot build; push the image and set `image:` instead")]
     Build { service: String },
     #[error("{field}: not supported by berth")]
@@ -97,6 +100,46 @@ pub struct LoadOptions {
     /// Contents of the secrets' and configs' sources at berth locations (`s3://...`,
     /// `ssm:/...`), fetched by the agent; keyed by the location as the file writes it.
     pub remote_sources: RemoteSources,
+    /// Asked before any host file is read (`env_file`, a secret's or config's `file`): the
+    /// host policy refuses a path before its content is read, so that neither its content
+    /// nor an error about it leaves the host file.
+    pub read_gate: ReadGate,
+}
+
+/// A judge of host paths a project reads: given the field and the path, why it may not be
+/// read, if it may not. The default lets every path be read.
+#[derive(Clone, Default)]
+pub struct ReadGate(Option<std::sync::Arc<ReadJudge>>);
+
+type ReadJudge = dyn Fn(&str, &std::path::Path) -> Option<String> + Send + Sync;
+
+impl ReadGate {
+    pub fn new(
+        judge: impl Fn(&str, &std::path::Path) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        ReadGate(Some(std::sync::Arc::new(judge)))
+    }
+
+    /// Ok when `path` may be read for `field`; else the refusal, as the field's error.
+    pub(crate) fn check(&self, field: &str, path: &std::path::Path) -> Result<(), ComposeError> {
+        match self.0.as_ref().and_then(|judge| judge(field, path)) {
+            None => Ok(()),
+            Some(message) => Err(ComposeError::Refused {
+                field: field.to_string(),
+                message,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for ReadGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ReadGate(judged)"
+        } else {
+            "ReadGate(open)"
+        })
+    }
 }
 
 /// Fetched contents by location. Its `Debug` shows the locations only.
@@ -180,6 +223,7 @@ pub fn load(opts: &LoadOptions) -> Result<Project, ComposeError> {
         env: &env,
         profiles: &profiles,
         remote_sources: &opts.remote_sources,
+        read_gate: &opts.read_gate,
     })?;
     project.env_file_values = file_values;
     Ok(project)

@@ -27,6 +27,13 @@ pub struct Project {
     /// config` masks them in any field, not only under `environment`).
     #[serde(skip)]
     pub env_file_values: Vec<String>,
+    /// The host files the project reads (`env_file`s, local secret and config files), each
+    /// with the field that names it: what the host policy judges, beside the binds.
+    #[serde(skip)]
+    pub host_files: Vec<(String, PathBuf)>,
+    /// The berth locations (`s3://`, `ssm:/`) secrets and configs come from, by field.
+    #[serde(skip)]
+    pub remote_files: Vec<(String, String)>,
 }
 
 /// A service's environment, name to value. Its `Debug` shows the names only: a value is as

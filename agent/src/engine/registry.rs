@@ -165,15 +165,7 @@ impl Registries {
     }
 }
 
-/// The registry host an image reference names (`docker.io` when it names none).
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
-}
+pub use crate::config::registry_of;
 
 #[derive(Debug, Deserialize, Default)]
 struct DockerConfig {

@@ -3,16 +3,16 @@
 //! the state directory, so that an app's data outlives a reboot: it holds the compose file
 //! and, for each env file, a link to it. The env files themselves, which hold secrets, are
 //! under the run directory (a tmpfs under systemd), 0600. A bind into either directory of
-//! berth's own is refused (see [`check_binds`]), but into the project directory's own
-//! subdirectories, which are the app's.
+//! berth's own is refused (the host policy judges it, with what [`host`] says of this
+//! host), but into the project directory's own subdirectories, which are the app's.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::files::{private_dir, write_private};
 use super::ReleaseError;
-use crate::compose::{MountKind, Project};
 use crate::config::AgentConfig;
+use crate::policy::Host;
 
 /// The project directory on disk: `<state_dir>/projects/<project>`.
 pub fn project_dir(config: &AgentConfig) -> PathBuf {
@@ -99,24 +99,21 @@ fn forget_other_links(project: &Path, secrets: &Path, keep: &BTreeSet<String>) {
     }
 }
 
-/// A bind of the project that reaches into berth's own directories, and why it may not.
-#[derive(Debug, thiserror::Error)]
-#[error("services.{service}: the bind of {source_path} reaches into {why}; bind a directory of its own under the project directory ({project_dir}) instead")]
-pub struct BindRefused {
-    pub service: String,
-    pub source_path: String,
-    pub why: &'static str,
-    pub project_dir: String,
-}
-
-/// Refuses binds into the run directory (secrets, sockets), into the state directory outside
-/// the project directory (marks, manifests, other projects), and of the project directory
-/// itself or the files berth writes there (the compose file, the env files' links): a
-/// container may keep data under the project directory, never read or change berth's own
-/// files. Local bind volumes (`driver_opts: {o: bind, device: ...}`) are held to the same.
-pub fn check_binds(project: &Project, config: &AgentConfig) -> Result<(), BindRefused> {
-    let dir = project_dir(config);
-    let own_files: BTreeSet<PathBuf> = std::fs::read_dir(&dir)
+/// The host as the policy sees this agent's project, whose compose file is `compose_file`:
+/// the project directory (the compose file's), the files berth writes there when it is
+/// berth's own (the compose file, the env files' links: every file at its top, as the app's
+/// data lives in its subdirectories; a local compose file's directory is the user's), and
+/// berth's own directories.
+pub fn host(config: &AgentConfig, compose_file: &Path) -> Host {
+    let dir = compose_file
+        .parent()
+        .map_or_else(|| project_dir(config), Path::to_path_buf);
+    let listed = if dir == project_dir(config) {
+        std::fs::read_dir(&dir).ok()
+    } else {
+        None
+    };
+    let own_files: Vec<PathBuf> = listed
         .map(|entries| {
             entries
                 .flatten()
@@ -125,129 +122,33 @@ pub fn check_binds(project: &Project, config: &AgentConfig) -> Result<(), BindRe
                 .collect()
         })
         .unwrap_or_default();
-    // Judged as written (`..` folded) and as the host resolves it (links followed as far as
-    // the path exists: /var/run is /run, a link an app left under its data directory): both
-    // must pass.
-    let as_written = Guard {
-        run: normalize(&config.run_dir),
-        state: normalize(&config.state_dir),
-        project: normalize(&dir),
-        own: own_files.iter().map(|p| normalize(p)).collect(),
-    };
-    let as_resolved = Guard {
-        run: resolve(&config.run_dir),
-        state: resolve(&config.state_dir),
-        project: resolve(&dir),
-        own: own_files.iter().map(|p| resolve(p)).collect(),
-    };
-    let judge = |source: &Path| -> Option<&'static str> {
-        as_written
-            .judge(&normalize(source))
-            .or_else(|| as_resolved.judge(&resolve(source)))
-    };
-    let refused = |service: &str, source: &str, why| BindRefused {
-        service: service.to_string(),
-        source_path: source.to_string(),
-        why,
-        project_dir: dir.display().to_string(),
-    };
-    for svc in project.services.values() {
-        for m in &svc.mounts {
-            let (MountKind::Bind, Some(source)) = (&m.kind, &m.source) else {
-                continue;
-            };
-            if let Some(why) = judge(Path::new(source)) {
-                return Err(refused(&svc.name, source, why));
-            }
-        }
-    }
-    for (key, volume) in &project.volumes {
-        let is_bind = volume.driver_opts.get("o").is_some_and(|o| {
-            o.split(',')
-                .any(|opt| matches!(opt.trim(), "bind" | "rbind"))
-        });
-        if let (true, Some(device)) = (is_bind, volume.driver_opts.get("device")) {
-            if let Some(why) = judge(Path::new(device)) {
-                return Err(refused(&format!("(volume {key})"), device, why));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// berth's own directories, and the files berth writes in the project directory.
-struct Guard {
-    run: PathBuf,
-    state: PathBuf,
-    project: PathBuf,
-    own: BTreeSet<PathBuf>,
-}
-
-impl Guard {
-    /// Why a bind of `source` may not be, if it may not.
-    fn judge(&self, source: &Path) -> Option<&'static str> {
-        if source.starts_with(&self.run) {
-            return Some("berth's run directory, which holds the release's secrets");
-        }
-        if *source == self.project || self.own.contains(source) {
-            return Some("the project directory's own files (the compose file, the env files)");
-        }
-        if source.starts_with(&self.state) && !source.starts_with(&self.project) {
-            return Some("berth's state directory, outside the project's own");
-        }
-        if self.state.starts_with(source) || self.run.starts_with(source) {
-            return Some("a directory holding berth's own");
-        }
-        None
+    Host {
+        project_dir: dir,
+        own_files,
+        run_dir: config.run_dir.clone(),
+        state_dir: config.state_dir.clone(),
+        compose_location: (!config.compose.is_local()).then(|| config.compose.to_string()),
+        origin: policy_origin(config),
     }
 }
 
-/// The path as the host resolves it: its longest existing ancestor with links followed, then
-/// the rest as written (`..` folded).
-fn resolve(path: &Path) -> PathBuf {
-    let path = normalize(path);
-    let mut existing = path.clone();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(&existing) {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                out.push(part);
-            }
-            return normalize(&out);
-        }
-        match (
-            existing.file_name().map(|n| n.to_os_string()),
-            existing.parent(),
-        ) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
-            }
-            _ => return path,
-        }
-    }
-}
-
-/// `..` and `.` folded away, without touching the file system (a source may not exist yet).
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            std::path::Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
+/// Where the agent's policy comes from, as refusals name it.
+pub fn policy_origin(config: &AgentConfig) -> String {
+    format!("[policy] of {}", config.path.display())
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::compose::Project;
+
+    fn check_binds(p: &Project, c: &AgentConfig) -> Result<(), crate::policy::PolicyError> {
+        let mut policy = c.policy.clone();
+        policy.bind_prefixes = vec![PathBuf::from("/srv")];
+        let compose = project_dir(c).join("compose.yaml");
+        crate::policy::check(p, &policy, &host(c, &compose)).map(|_| ())
+    }
 
     fn config(dir: &Path) -> AgentConfig {
         let text = format!(
@@ -351,6 +252,9 @@ mod tests {
                 "state directory",
             ),
             (tmp.path().to_path_buf(), "holding berth's own"),
+            (PathBuf::from("/srv/../etc"), "/etc, the host's own"),
+            (PathBuf::from("/var/run/docker.sock"), "the host's own"),
+            (PathBuf::from("/home/x"), "outside the project directory"),
         ];
         // Through links: a link to the run directory (as /var/run is /run), and one an app
         // left in its own data directory.
@@ -370,7 +274,7 @@ mod tests {
             let p = project_with_bind(&source.display().to_string());
             let e = check_binds(&p, &c).unwrap_err().to_string();
             assert!(
-                e.starts_with("services.db: the bind of") && e.contains(why),
+                e.contains("services.db.volumes: the bind of") && e.contains(why),
                 "{}: {e}",
                 source.display()
             );

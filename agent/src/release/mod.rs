@@ -87,7 +87,7 @@ pub enum ReleaseError {
     )]
     BadId(String),
     #[error(transparent)]
-    Bind(#[from] layout::BindRefused),
+    Policy(#[from] crate::policy::PolicyError),
     #[error("release {release} cannot be restored whole, so it is no way back: {}; deploy it again or make a new release of what serves; --allow-no-rollback goes on without one", missing.join("; "))]
     NotReady {
         release: String,
@@ -124,7 +124,7 @@ pub struct Release {
 
 impl Release {
     /// The release's project, pinned: each image by its digest (a floating release's as they
-    /// are), and no bind into berth's own directories.
+    /// are), and judged by the host policy (no bind into berth's own directories among it).
     pub fn pin(
         &self,
         project: &mut crate::compose::Project,
@@ -133,7 +133,13 @@ impl Release {
         if let Some(m) = &self.manifest {
             m.pin(project)?;
         }
-        layout::check_binds(project, config)?;
+        for warning in crate::policy::check(
+            project,
+            &config.policy,
+            &layout::host(config, &self.compose_file),
+        )? {
+            tracing::warn!("{warning}");
+        }
         Ok(())
     }
 }
@@ -242,6 +248,9 @@ async fn pinned(
     mut objects: Vec<ObjectRecord>,
 ) -> Result<Release, ReleaseError> {
     let cap = config.max_object_bytes;
+    for pin in &manifest.sources {
+        source_allowed(config, &pin.location)?;
+    }
     let wanted: Vec<&manifest::Pinned> = manifest.objects().collect();
     // Fetched together: a deploy waits on the slowest object, not on their sum.
     let fetched = join_all(
@@ -366,12 +375,32 @@ async fn remote_sources(
 ) -> Result<crate::compose::RemoteSources, ReleaseError> {
     let mut sources = crate::compose::RemoteSources::default();
     for (file, location) in remote_source_locations(compose_file)? {
+        source_allowed(config, &file)?;
         let (bytes, version) = fetch(aws, &location, config.max_object_bytes).await?;
         tracing::info!(location = %location, version = ?version, bytes = bytes.len(), "fetched a secret or config");
         objects.push(record(&location, version, bytes.len()));
         sources.0.insert(file, bytes);
     }
     Ok(sources)
+}
+
+/// A secret's or config's berth location, judged by the host policy before the instance role
+/// reads it: a refused source is never fetched.
+fn source_allowed(config: &AgentConfig, location: &str) -> Result<(), ReleaseError> {
+    let compose = (!config.compose.is_local()).then(|| config.compose.to_string());
+    match crate::policy::check_source(
+        "secrets/configs file",
+        location,
+        &config.policy,
+        compose.as_deref(),
+        &config.project,
+    ) {
+        None => Ok(()),
+        Some(refusal) => Err(ReleaseError::Policy(crate::policy::PolicyError {
+            origin: layout::policy_origin(config),
+            refusals: vec![refusal],
+        })),
+    }
 }
 
 /// The file names a release's files take beside each other: two of one name clash.

@@ -46,6 +46,9 @@ fn read_env_file(
 ) -> Result<Option<Vec<dotenv::Entry>>, ComposeError> {
     let (path, required, raw_format) = env_file_options(service, entry)?;
     let full = resolve_path(ctx.project_dir, ctx.env, &path);
+    let field = format!("services.{service}.env_file");
+    ctx.read_gate.check(&field, &full)?;
+    ctx.host_files.borrow_mut().push((field, full.clone()));
     let content = match std::fs::read_to_string(&full) {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),

@@ -33,6 +33,7 @@ pub(super) struct BuildInput<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub profiles: &'a [String],
     pub remote_sources: &'a super::RemoteSources,
+    pub read_gate: &'a super::ReadGate,
 }
 
 /// What resolving one service needs from the project, and where its warnings go.
@@ -46,6 +47,9 @@ struct Ctx<'a> {
     secrets: &'a BTreeMap<String, Vec<u8>>,
     configs: &'a BTreeMap<String, Vec<u8>>,
     warnings: Vec<String>,
+    /// Host files read (`env_file`s), by field: the host policy judges them.
+    host_files: std::cell::RefCell<Vec<(String, PathBuf)>>,
+    read_gate: &'a super::ReadGate,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ComposeError {
@@ -112,6 +116,9 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         project_dir: input.project_dir,
         env: input.env,
         remote: input.remote_sources,
+        read_gate: input.read_gate,
+        host_files: Default::default(),
+        remote_files: Default::default(),
     };
     let secret_sources = secrets::resolve_sources(FileKind::Secret, raw_secrets, &sources)?;
     let config_sources = secrets::resolve_sources(FileKind::Config, raw_configs, &sources)?;
@@ -128,12 +135,16 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         secrets: &secret_sources,
         configs: &config_sources,
         warnings,
+        host_files: sources.host_files,
+        read_gate: input.read_gate,
     };
     let (mut services, disabled) = resolve_services(&mut ctx, services_map, input.profiles)?;
     dependencies::check_dependencies(&mut services, &disabled, &mut ctx.warnings)?;
     dependencies::check_cycles(&services)?;
 
     let warnings = ctx.warnings;
+    let host_files = ctx.host_files.into_inner();
+    let remote_files = sources.remote_files.into_inner();
     let networks = networks::used_networks(&services, &top_networks, &name);
     let volumes = volumes::used_volumes(&services, top_volumes);
     Ok(Project {
@@ -146,6 +157,8 @@ pub(super) fn build_project(input: BuildInput<'_>) -> Result<Project, ComposeErr
         volumes,
         warnings,
         env_file_values: vec![],
+        host_files,
+        remote_files,
     })
 }
 

@@ -32,6 +32,10 @@ pub(super) struct Where<'a> {
     pub project_dir: &'a std::path::Path,
     pub env: &'a BTreeMap<String, String>,
     pub remote: &'a crate::compose::RemoteSources,
+    pub read_gate: &'a crate::compose::ReadGate,
+    /// What was read from the host, and from berth locations, by field (for the policy).
+    pub host_files: std::cell::RefCell<Vec<(String, std::path::PathBuf)>>,
+    pub remote_files: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 /// The contents of the top-level `secrets` or `configs`, by name. Beyond compose, a `file:`
@@ -64,6 +68,9 @@ pub(super) fn resolve_sources(
         let _ = (&source.name, &source.labels);
         let content = match (source.file, source.environment, source.content) {
             (Some(file), None, None) if crate::compose::is_remote_source(&file) => {
+                at.remote_files
+                    .borrow_mut()
+                    .push((format!("{field}.file"), file.clone()));
                 match at.remote.0.get(&file) {
                     Some(bytes) => bytes.clone(),
                     None => {
@@ -76,6 +83,10 @@ pub(super) fn resolve_sources(
             }
             (Some(file), None, None) => {
                 let path = resolve_path(project_dir, env, &file);
+                at.read_gate.check(&format!("{field}.file"), &path)?;
+                at.host_files
+                    .borrow_mut()
+                    .push((format!("{field}.file"), path.clone()));
                 let read_err = |source| ComposeError::Read {
                     path: path.clone(),
                     source,
