@@ -1691,6 +1691,114 @@ fn what_the_policy_allows_runs() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The health port under abuse: an app container (or anything in the VPC) holding connections.
+
+/// The Docker bridge's gateway: the host as a container on the default network reaches it.
+fn bridge_gateway() -> String {
+    let net = inspect_network("bridge");
+    net["IPAM"]["Config"][0]["Gateway"]
+        .as_str()
+        .unwrap_or("172.17.0.1")
+        .to_string()
+}
+
+/// The agent's open descriptors.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn the_health_port_answers_within_a_second_while_a_container_holds_2000_connections() {
+    let b = Boot::new("boot-abuse");
+    let top = b.put_release(&web_compose(WEB, &[], &patient_healthcheck()), "1");
+    let config = b.config(&top, "");
+    // On every address, as on an instance: the container reaches it through the bridge.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let local = format!("listen = \"127.0.0.1:{}\"", b.health_port);
+    assert!(text.contains(&local), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(&local, &format!("listen = \"0.0.0.0:{}\"", b.health_port)),
+    )
+    .unwrap();
+    let mut agent = b.spawn(&config, false, &b.aws_env());
+    agent.wait_phase("ready", 30);
+    let pid = agent.child.id();
+    let gateway = bridge_gateway();
+    let port = b.health_port;
+
+    // Another container, before: /healthz answers it, /status and /metrics do not.
+    // (busybox's static wget crashes on a bridge address here; nc speaks HTTP/1.0 enough.)
+    let probe = |path: &str| {
+        let request = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc {gateway} {port}");
+        let out = docker_try(&["run", "--rm", TOOL, "sh", "-c", &request]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout
+    };
+    let health = probe("/healthz");
+    assert!(health.starts_with("HTTP/1.0 200"), "{health}");
+    assert_contains(&health, "\"phase\":\"ready\"");
+    for path in ["/status", "/metrics"] {
+        let answer = probe(path);
+        assert!(
+            answer.starts_with("HTTP/1.0 403"),
+            "{path} answered a container: {answer}"
+        );
+        assert!(!answer.contains(&b.p.name), "{answer}");
+    }
+    let fds_before = open_fds(pid);
+
+    // 2,000 clients that connect, send nothing, and connect again whenever closed.
+    let script = format!(
+        "i=0; while [ $i -lt 2000 ]; do (while true; do sleep 60 | nc {gateway} {port}; sleep 1; done) & i=$((i+1)); done; wait"
+    );
+    let name = format!("{}-abuser", b.p.name);
+    docker(&[
+        "run", "-d", "--rm", "--name", &name, TOOL, "sh", "-c", &script,
+    ]);
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = docker_try(&["rm", "-f", &self.0]);
+        }
+    }
+    let _kill = Kill(name);
+
+    // 12 s: through two header timeouts of the held ones, with the rest reconnecting.
+    let start = Instant::now();
+    let (mut slowest, mut looks, mut max_fds) = (Duration::ZERO, 0, 0);
+    while start.elapsed() < Duration::from_secs(12) {
+        let t = Instant::now();
+        let (code, body) = agent.get("/healthz").unwrap();
+        let took = t.elapsed();
+        assert_eq!(code, 200, "{body}");
+        slowest = slowest.max(took);
+        looks += 1;
+        max_fds = max_fds.max(open_fds(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let held = docker(&["exec", &_kill.0, "sh", "-c", "ps | grep -c '[n]c '"]);
+    eprintln!(
+        "health port under abuse: {looks} looks, slowest {slowest:?}, agent fds {fds_before} before, at most {max_fds} during; nc processes in the container: {}",
+        held.trim()
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a /healthz took {slowest:?}"
+    );
+    assert!(
+        held.trim().parse::<usize>().unwrap_or(0) >= 1000,
+        "the container did not hold its connections open: {held}"
+    );
+    // The source's share, not its 2,000: the cap (16 from one source) holds the descriptors.
+    assert!(
+        max_fds < fds_before + 64,
+        "the agent held {max_fds} descriptors ({fds_before} before)"
+    );
+    agent.assert_running("after the abuse");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Leaving: scale-in and spot interruptions, as IMDS announces them.
 
 const TERMINATE_HOOK: &str = "berth-terminate";

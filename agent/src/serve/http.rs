@@ -4,6 +4,11 @@
 //! (User-Agent `ELB-HealthChecker/2.0`), which is how berth knows what the ALB sees when no
 //! target group ARN is configured. `GET /status`: release, services, timings, last error, and
 //! with the proxy strategy the proxy's traffic per release. `GET /metrics`: see [`metrics`].
+//! Those two answer this host only (loopback): they name the instance, its objects and
+//! versions, secret names and the last error, which are nobody else's business; the health
+//! path answers anyone. Every connection is bounded: its request head must arrive within
+//! [`HEADER_TIMEOUT`], it lives at most [`CONNECTION_LIFETIME`], and [`super::admit`] caps
+//! how many one source and all sources may hold.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +22,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
+use super::admit::{self, Admission};
 use super::metrics;
 use super::state::{AgentState, Phase, Status};
 use super::traffic::{Traffic, ASK_TIMEOUT};
@@ -56,6 +62,11 @@ async fn listener(listen: SocketAddr) -> Result<tokio::net::TcpListener, HttpErr
             source,
         })
 }
+
+/// A request head (or the next one on a kept-alive connection) must arrive within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is asked to close (after the answer in flight) once it is this old.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// What the endpoint is built with.
 #[derive(Debug, Clone)]
@@ -104,19 +115,27 @@ impl Reply {
     }
 }
 
-/// `checker`: the source address of a request from the load balancer's health checker.
+/// `peer`: the request's source address; `checker`: whether it is the load balancer's
+/// health checker (by its User-Agent).
 async fn answer(
     endpoint: &Endpoint,
     state: &AgentState,
     path: &str,
-    checker: Option<IpAddr>,
+    peer: IpAddr,
+    checker: bool,
 ) -> Reply {
+    if (path == "/status" || path == "/metrics") && !admit::is_local(peer) {
+        return Reply::json(
+            StatusCode::FORBIDDEN,
+            "{\"error\":\"/status and /metrics answer on this host only (loopback)\"}".into(),
+        );
+    }
     let status = state.snapshot();
     match path {
         p if p == endpoint.health_path => {
             let ready = status.serves();
-            if let Some(from) = checker {
-                state.record_lb_check(from, ready);
+            if checker {
+                state.record_lb_check(peer, ready);
             }
             let body = HealthBody {
                 phase: status.phase,
@@ -162,6 +181,7 @@ pub async fn serve(endpoint: Endpoint, state: AgentState) -> Result<SocketAddr, 
         .map_err(|source| HttpError::Bind { addr, source })?;
     tracing::info!(%local, path = %endpoint.health_path, "health endpoint listening");
     let endpoint = Arc::new(endpoint);
+    let admission = Admission::new(admit::PER_PEER, admit::TOTAL);
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -173,9 +193,16 @@ pub async fn serve(endpoint: Endpoint, state: AgentState) -> Result<SocketAddr, 
                     continue;
                 }
             };
+            let Some(ticket) = admission.admit(peer.ip()) else {
+                // Over its share: closed at once, so that it holds no slot and no descriptor.
+                tracing::debug!(%peer, "health endpoint: too many connections from this source; closed");
+                drop(stream);
+                continue;
+            };
             let state = state.clone();
             let endpoint = endpoint.clone();
             tokio::spawn(async move {
+                let _ticket = ticket;
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     let endpoint = endpoint.clone();
@@ -184,9 +211,9 @@ pub async fn serve(endpoint: Endpoint, state: AgentState) -> Result<SocketAddr, 
                             .headers()
                             .get(hyper::header::USER_AGENT)
                             .and_then(|v| v.to_str().ok())
-                            .is_some_and(|ua| ua.starts_with("ELB-HealthChecker/"))
-                            .then_some(peer.ip());
-                        let reply = answer(&endpoint, &state, req.uri().path(), checker).await;
+                            .is_some_and(|ua| ua.starts_with("ELB-HealthChecker/"));
+                        let path = req.uri().path();
+                        let reply = answer(&endpoint, &state, path, peer.ip(), checker).await;
                         let mut resp = Response::new(Full::new(Bytes::from(reply.body)));
                         *resp.status_mut() = reply.code;
                         resp.headers_mut().insert(
@@ -196,9 +223,19 @@ pub async fn serve(endpoint: Endpoint, state: AgentState) -> Result<SocketAddr, 
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                }
+                // Old enough: finish the answer in flight, then close; a client that stops
+                // reading it gets no longer than the head's timeout more.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(HEADER_TIMEOUT, conn).await;
             });
         }
     });
@@ -257,6 +294,23 @@ mod tests {
         }
     }
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn status_and_metrics_answer_this_host_only_and_health_anyone() {
+        let (e, state) = (endpoint(None), ready_state());
+        let bridge = IpAddr::from([172, 17, 0, 2]);
+        for path in ["/status", "/metrics"] {
+            let r = answer(&e, &state, path, bridge, false).await;
+            assert_eq!(r.code, StatusCode::FORBIDDEN, "{path}");
+            assert!(!r.body.contains("shop"), "{}", r.body);
+            let r = answer(&e, &state, path, "::1".parse().unwrap(), false).await;
+            assert_eq!(r.code, StatusCode::OK, "{path}");
+        }
+        let r = answer(&e, &state, "/healthz", bridge, false).await;
+        assert_eq!(r.code, StatusCode::OK);
+    }
+
     fn endpoint(proxy: Option<PathBuf>) -> Endpoint {
         Endpoint {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -284,22 +338,22 @@ mod tests {
     async fn health_is_503_until_ready_and_counts_the_load_balancers_checks() {
         let state = AgentState::new("shop", Instant::now());
         let e = endpoint(None);
-        let r = answer(&e, &state, "/healthz", Some(IpAddr::from([10, 0, 0, 1]))).await;
+        let r = answer(&e, &state, "/healthz", IpAddr::from([10, 0, 0, 1]), true).await;
         assert_eq!(r.code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.body.contains("\"identity\""), "{}", r.body);
         state.set_phase(Phase::Ready);
-        let r = answer(&e, &state, "/healthz", Some(IpAddr::from([10, 0, 0, 1]))).await;
+        let r = answer(&e, &state, "/healthz", IpAddr::from([10, 0, 0, 1]), true).await;
         assert_eq!(r.code, StatusCode::OK);
         tokio::time::timeout(Duration::from_secs(1), state.lb_streak_reaches(1))
             .await
             .unwrap();
-        let r = answer(&e, &state, "/nope", None).await;
+        let r = answer(&e, &state, "/nope", LOCAL, false).await;
         assert_eq!(r.code, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
     async fn metrics_without_a_proxy_are_the_agents_own() {
-        let r = answer(&endpoint(None), &ready_state(), "/metrics", None).await;
+        let r = answer(&endpoint(None), &ready_state(), "/metrics", LOCAL, false).await;
         assert_eq!(r.code, StatusCode::OK);
         assert_eq!(r.content_type, "text/plain; version=0.0.4");
         assert!(r.body.contains("berth_agent_ready 1\n"), "{}", r.body);
@@ -310,7 +364,14 @@ mod tests {
     async fn metrics_with_a_proxy_carry_its_series_per_backend() {
         let dir = tempfile::tempdir().unwrap();
         let socket = fake_proxy(&dir, false).await;
-        let r = answer(&endpoint(Some(socket)), &ready_state(), "/metrics", None).await;
+        let r = answer(
+            &endpoint(Some(socket)),
+            &ready_state(),
+            "/metrics",
+            LOCAL,
+            false,
+        )
+        .await;
         assert_eq!(r.code, StatusCode::OK);
         assert_eq!(r.content_type, "text/plain; version=0.0.4");
         let text = &r.body;
@@ -328,7 +389,14 @@ mod tests {
     async fn metrics_with_a_proxy_that_cannot_be_asked_say_so_and_keep_the_agents_part() {
         let dir = tempfile::tempdir().unwrap();
         let absent = dir.path().join("nobody.sock");
-        let r = answer(&endpoint(Some(absent)), &ready_state(), "/metrics", None).await;
+        let r = answer(
+            &endpoint(Some(absent)),
+            &ready_state(),
+            "/metrics",
+            LOCAL,
+            false,
+        )
+        .await;
         assert_eq!(r.code, StatusCode::OK);
         assert!(r.body.contains("berth_proxy_up 0\n"), "{}", r.body);
         assert!(r.body.contains("berth_agent_ready 1\n"), "{}", r.body);
@@ -350,7 +418,14 @@ mod tests {
     async fn status_shows_the_traffic_per_release_or_why_not() {
         let dir = tempfile::tempdir().unwrap();
         let socket = fake_proxy(&dir, false).await;
-        let r = answer(&endpoint(Some(socket)), &ready_state(), "/status", None).await;
+        let r = answer(
+            &endpoint(Some(socket)),
+            &ready_state(),
+            "/status",
+            LOCAL,
+            false,
+        )
+        .await;
         assert_eq!(r.code, StatusCode::OK);
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["release"], "2", "{body}");
@@ -363,13 +438,20 @@ mod tests {
         assert_eq!(release["p99_ms"], 1, "{body}");
 
         let absent = dir.path().join("nobody.sock");
-        let r = answer(&endpoint(Some(absent)), &ready_state(), "/status", None).await;
+        let r = answer(
+            &endpoint(Some(absent)),
+            &ready_state(),
+            "/status",
+            LOCAL,
+            false,
+        )
+        .await;
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert!(
             body["traffic"]["error"].as_str().unwrap().contains("proxy"),
             "{body}"
         );
-        let r = answer(&endpoint(None), &ready_state(), "/status", None).await;
+        let r = answer(&endpoint(None), &ready_state(), "/status", LOCAL, false).await;
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert!(body.get("traffic").is_none(), "{body}");
         assert!(r.body.contains("\"in_service\": false"), "{}", r.body);
