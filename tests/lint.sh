@@ -110,6 +110,7 @@ values.update({
     "BerthPackageUri": "s3://example-artifacts/berth/berth-1.0.0-1.x86_64.rpm",
     "BerthPackageSha256": "0" * 64,
     "AWS::StackName": "berth-lint", "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012", "AWS::URLSuffix": "amazonaws.com",
     "TargetGroup": "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/berth-lint/0123456789abcdef",
 })
 user_data = doc["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
