@@ -71,7 +71,8 @@ impl Store {
 impl Instance {
     /// An instance on its own berth-test/web images (releases float), or, with `store`,
     /// on releases pinned there (images from its registry by digest).
-    fn new(test: &str, parameter: &str, store: Option<&Store>) -> Instance {
+    /// An instance whose berth.toml ends with `settings` (tables of their own).
+    fn new(test: &str, parameter: &str, store: Option<&Store>, settings: &str) -> Instance {
         let project = Project::new(test);
         let proxy = Proxy::start(None, &[]);
         let emulator = Emulator::start();
@@ -105,7 +106,7 @@ impl Instance {
                  [upgrade]\nstrategy = \"proxy\"\nverify_secs = 2\ndrain_secs = 5\n\
                  [upgrade.analysis]\nbake_secs = 3\nmin_requests = 30\np99_floor_ms = 2000\n\
                  [upgrade.canary]\nsteps = [25, 50]\nstep_secs = 5\n\
-                 [proxy]\ncontrol = \"{control}\"\nport = {port}\nhealth_path = \"/healthz\"\n",
+                 [proxy]\ncontrol = \"{control}\"\nport = {port}\nhealth_path = \"/healthz\"\n{settings}",
                 name = project.name,
                 compose = project.path("compose.yaml").display(),
                 run = project.path("run").display(),
@@ -278,16 +279,23 @@ impl Fleet {
     /// balancer but not started (for an instance that launches during a rollout). Releases
     /// float (no store): the compose file and the image tag are the release.
     fn new(test: &str, booted: usize, spare: usize, release: &str) -> Fleet {
-        Fleet::build(test, booted, spare, release, false)
+        Fleet::build(test, booted, spare, release, false, "")
     }
 
     /// As [`Fleet::new`], each release made with `berth release create` into a store, its
     /// images from the registry by digest; `release` is made before the instances boot.
     fn pinned(test: &str, booted: usize, spare: usize, release: &str) -> Fleet {
-        Fleet::build(test, booted, spare, release, true)
+        Fleet::build(test, booted, spare, release, true, "")
     }
 
-    fn build(test: &str, booted: usize, spare: usize, release: &str, pinned: bool) -> Fleet {
+    fn build(
+        test: &str,
+        booted: usize,
+        spare: usize,
+        release: &str,
+        pinned: bool,
+        settings: &str,
+    ) -> Fleet {
         let moto = Moto::start();
         let name = unique_name(test);
         let group = format!("{name}-asg");
@@ -300,8 +308,15 @@ impl Fleet {
         let store = pinned.then(|| Store::new(&moto, &name));
         let ids = create_group(&moto, &name, &group, i32::try_from(booted).unwrap());
         let instances: Vec<Instance> = (0..booted + spare)
-            .map(|_| Instance::new(test, &parameter, store.as_ref()))
+            .map(|_| Instance::new(test, &parameter, store.as_ref(), settings))
             .collect();
+        // One AutoScaling endpoint, as on AWS: the lifecycle actions here, the rest moto's.
+        for inst in &instances {
+            inst.emulator.set(json!({
+                "autoscaling_upstream": moto.url,
+                "tags": {"aws:autoscaling:groupName": group},
+            }));
+        }
         let lb = Haproxy::over(
             &instances
                 .iter()
@@ -973,4 +988,82 @@ fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
         samples.len()
     );
     drop(b);
+}
+
+/// Each instance's health in the group, as moto has it, by id.
+fn group_health(moto: &Moto, group: &str) -> std::collections::BTreeMap<String, String> {
+    aws::block_on(async {
+        let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
+        let out = asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .unwrap();
+        out.auto_scaling_groups()[0]
+            .instances()
+            .iter()
+            .map(|i| {
+                (
+                    i.instance_id().unwrap_or_default().to_string(),
+                    i.health_status().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    })
+}
+
+/// Makes the instance's web container fail its healthcheck for good (it has no restart
+/// policy, so the watchdog cannot repair it).
+fn break_app(inst: &Instance) {
+    let filter = format!("label={PROJECT_LABEL}={}", inst.project.name);
+    let ids = docker(&["ps", "-q", "--filter", &filter]);
+    for id in ids.lines() {
+        docker(&["exec", id, "rm", "-f", "/www/healthz"]);
+    }
+}
+
+#[test]
+fn the_fleet_brake_lets_one_of_three_report_itself_unhealthy_and_holds_back_the_rest() {
+    let settings = "[watchdog]\nobserve_secs = 1\nrepair_secs = 4\n";
+    let fleet = Fleet::build("fleet-brake", 3, 0, "1", false, settings);
+    let (a, b, c) = (&fleet.ids[0], &fleet.ids[1], &fleet.ids[2]);
+    let health = || group_health(&fleet.moto, &fleet.group);
+    assert!(health().values().all(|h| h == "Healthy"), "{:?}", health());
+
+    // One instance alone breaks: it reports itself (the catch).
+    break_app(&fleet.instances[0]);
+    eventually(
+        "the broken instance to report itself unhealthy",
+        Duration::from_secs(30),
+        || match health().get(a).map(String::as_str) {
+            Some("Unhealthy") => Ok(()),
+            other => Err(format!("{other:?}\n{}", fleet.instances[0].log())),
+        },
+    );
+    // Then the other two break together, as in an outage all of them see: one of three is
+    // already out (30 %: one at a time), so both hold back and only log.
+    break_app(&fleet.instances[1]);
+    break_app(&fleet.instances[2]);
+    for inst in &fleet.instances[1..] {
+        eventually(
+            "the fleet brake to hold a report back",
+            Duration::from_secs(30),
+            || match inst.log().contains("fleet brake") {
+                true => Ok(()),
+                false => Err(inst.log()),
+            },
+        );
+    }
+    let now = health();
+    assert_eq!(now.get(a).map(String::as_str), Some("Unhealthy"), "{now:?}");
+    assert_eq!(now.get(b).map(String::as_str), Some("Healthy"), "{now:?}");
+    assert_eq!(now.get(c).map(String::as_str), Some("Healthy"), "{now:?}");
+    for inst in &fleet.instances[1..] {
+        let log = inst.log();
+        assert!(log.contains("1 of the group's 3 instances"), "{log}");
+        assert!(!log.contains("reported Unhealthy"), "{log}");
+        // Still 503 for the load balancer: the brake holds back the report, not the verdict.
+        assert_eq!(inst.status()["phase"], "failed", "{log}");
+    }
 }

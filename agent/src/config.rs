@@ -422,6 +422,10 @@ pub struct WatchdogSettings {
     /// How long a fault may last while berth repairs it; after that the instance stays 503
     /// (and is reported unhealthy to its AutoScaling group) so that it is replaced.
     pub repair_secs: u64,
+    /// The fleet brake: an instance reports itself unhealthy only while fewer than this share
+    /// of its group (at least one instance) is already unhealthy or being replaced; else it
+    /// logs, and asks again a minute later.
+    pub max_unhealthy_percent: u8,
 }
 
 impl Default for WatchdogSettings {
@@ -430,6 +434,7 @@ impl Default for WatchdogSettings {
             enabled: true,
             observe_secs: 5,
             repair_secs: 120,
+            max_unhealthy_percent: 30,
         }
     }
 }
@@ -662,6 +667,12 @@ impl RawConfig {
             if secs == 0 {
                 return Err((key.into(), "must be at least 1 second".into()));
             }
+        }
+        if self.watchdog.max_unhealthy_percent > 100 {
+            return Err((
+                "watchdog.max_unhealthy_percent".into(),
+                "is a share of the group: 0 to 100".into(),
+            ));
         }
         self.upgrade.analysis.check()?;
         self.policy.check()?;

@@ -11,6 +11,9 @@ One HTTP server on 127.0.0.1 that answers:
   RecordLifecycleActionHeartbeat) plus DescribeAutoScalingInstances, in AWS's query protocol.
 * ELBv2 DescribeTargetHealth, from a scripted list of states, for health transitions that moto
   (which always says "healthy") cannot play.
+* Every other AutoScaling action (SetInstanceHealth, DescribeAutoScalingGroups, ...) passed on
+  as it came to moto when `autoscaling_upstream` names moto's URL, so that berth sees one
+  AutoScaling endpoint as on AWS; refused (InvalidAction) when it does not.
 * A JSON control API under /_emulator/ for the tests: set the state, read the recorded calls.
 
 Standard library only. Usage:
@@ -29,6 +32,8 @@ import secrets
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,6 +85,8 @@ def default_state():
         "ecr_token_secs": 43200,
         "asg_error": None,
         "lifecycle_schedule": [],
+        # moto's URL: AutoScaling actions not answered here go there, as they came.
+        "autoscaling_upstream": None,
     }
 
 
@@ -376,6 +383,25 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
+    def pass_on(self, upstream, body):
+        """The request as it came (moto reads the service from the signature's scope and
+        checks nothing else of it), moto's answer as it went."""
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        request = urllib.request.Request(
+            upstream.rstrip("/") + self.path,
+            data=body,
+            method=self.command,
+            headers=headers,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status, data = answer.status, answer.read()
+                content_type = answer.headers.get("Content-Type", "text/xml")
+        except urllib.error.HTTPError as e:
+            status, data = e.code, e.read()
+            content_type = e.headers.get("Content-Type", "text/xml")
+        self.send(status, data, content_type)
+
     def send_json(self, status, value):
         self.send(status, json.dumps(value, indent=1), "application/json")
 
@@ -569,6 +595,10 @@ class Handler(BaseHTTPRequestHandler):
             "DescribeTargetHealth": self.describe_target_health,
         }.get(action)
         recorded = {k: v for k, v in params.items() if k not in ("Action", "Version")}
+        upstream = EMU.snapshot().get("autoscaling_upstream")
+        if handler is None and upstream and params.get("Version") != "2015-12-01":
+            EMU.record("autoscaling", action, recorded)
+            return self.pass_on(upstream, body)
         if handler is None:
             EMU.record("unknown", action, recorded)
             ns = ELB_NS if params.get("Version") == "2015-12-01" else ASG_NS

@@ -39,6 +39,8 @@ pub struct Deployer {
     engine: Arc<OnceCell<Engine>>,
     pub aws: Option<Aws>,
     pub instance_id: String,
+    /// The instance's AutoScaling group, when known (the watchdog's fleet brake asks it).
+    pub group: Option<String>,
     /// The agent's state (None in-process): the drain strategy turns its health 503.
     pub state: Option<AgentState>,
     pub registries: Arc<Registries>,
@@ -115,11 +117,17 @@ impl Deployer {
             config.registries.clone(),
             instance.aws.as_ref().map(|a| a.ecr.clone()),
         ));
+        let group = config
+            .lifecycle
+            .group
+            .clone()
+            .or_else(|| instance.identity.group.clone());
         Deployer {
             config,
             engine: Arc::new(OnceCell::new_with(engine)),
             aws: instance.aws.clone(),
             instance_id: instance.identity.instance_id.clone(),
+            group,
             state,
             registries,
             preview_until: Arc::default(),

@@ -233,7 +233,12 @@ struct Memory {
     gave_up: Option<u64>,
     /// The daemon restarted since the last look.
     daemon_restarted: bool,
+    /// Given up, but the fleet brake held the report back: ask the group again then.
+    report_again: Option<Instant>,
 }
+
+/// How long the fleet brake holds a report back before asking the group again.
+const BRAKE_RETRY: Duration = Duration::from_secs(60);
 
 /// Runs until aborted (the agent leaving).
 pub async fn watch(deployer: Arc<Deployer>, state: AgentState) {
@@ -313,6 +318,7 @@ async fn look_and_repair(deployer: &Deployer, state: &AgentState, memory: &mut M
         // again from now on.
         if memory.gave_up.take().is_some() {
             memory.episode = None;
+            memory.report_again = None;
             state.set_phase_from(&[Phase::Failed], Phase::Repairing);
         }
     }
@@ -357,6 +363,9 @@ async fn look_and_repair(deployer: &Deployer, state: &AgentState, memory: &mut M
     memory.daemon_restarted = false;
     report(deployer, state, memory, &verdict, now).await;
     if memory.gave_up.is_some() {
+        if memory.report_again.is_some_and(|t| now >= t) {
+            report_to_group(deployer, memory, now).await;
+        }
         return;
     }
     if let Ok(engine) = deployer.engine().await {
@@ -458,12 +467,56 @@ async fn report(
                 crate::engine::progress::first_line(&message)
             ))]);
         }
-        if let Some(aws) = &deployer.aws {
-            if let Err(e) =
-                crate::instance::group::report_unhealthy(aws, &deployer.instance_id).await
-            {
-                tracing::error!(error = %crate::report::chain(&e), "watchdog: could not report this instance unhealthy");
-            }
+        // Not at once: instances that gave up on one shared outage together would all find
+        // the group still whole. A random wait spreads their looks apart.
+        memory.report_again = Some(now + report_jitter(budget, &deployer.instance_id));
+    }
+}
+
+/// A random wait of up to a tenth of the repair budget (15 s at most).
+fn report_jitter(budget: Duration, instance: &str) -> Duration {
+    use std::hash::BuildHasher;
+    let most = (budget / 10).min(Duration::from_secs(15));
+    // A process-random hasher: random enough to spread instances apart, with no new crate.
+    let random = std::collections::hash_map::RandomState::new().hash_one(instance);
+    let millis = u64::try_from(most.as_millis()).unwrap_or(0).max(1);
+    Duration::from_millis(random % millis)
+}
+
+/// Reports this instance Unhealthy to its group, unless the fleet brake holds it back (then
+/// asks again after [`BRAKE_RETRY`]). Its /healthz stays 503 either way.
+async fn report_to_group(deployer: &Deployer, memory: &mut Memory, now: Instant) {
+    use crate::instance::group::{report_unhealthy, Reported};
+    memory.report_again = None;
+    let Some(aws) = &deployer.aws else {
+        return;
+    };
+    let percent = deployer.config.watchdog.max_unhealthy_percent;
+    match report_unhealthy(
+        aws,
+        &deployer.instance_id,
+        deployer.group.as_deref(),
+        percent,
+    )
+    .await
+    {
+        Ok(Reported::Reported) => {}
+        Ok(Reported::Braked {
+            busy,
+            size,
+            allowed,
+        }) => {
+            tracing::warn!(
+                busy,
+                size,
+                allowed,
+                "watchdog: fleet brake: {busy} of the group's {size} instances are already unhealthy or being replaced (at most {allowed} at once, watchdog.max_unhealthy_percent = {percent}); not reporting this one, asking again in {}s",
+                BRAKE_RETRY.as_secs()
+            );
+            memory.report_again = Some(now + BRAKE_RETRY);
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::report::chain(&e), "watchdog: could not report this instance unhealthy");
         }
     }
 }
