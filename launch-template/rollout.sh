@@ -101,13 +101,19 @@ store_bucket=${store#s3://}
 store_bucket=${store_bucket%%/*}
 store_prefix=${store#s3://"$store_bucket"/}
 allow_no_rollback=${BERTH_ROLLOUT_ALLOW_NO_ROLLBACK:-0}
+# The store's bucket must be this account's (the stack's): every S3 call says so.
+account=$(aws sts get-caller-identity --query Account --output text)
 
 # Prints release ID's manifest, or nothing when the store has none; any other failure to
 # look is an error (a missing manifest and a refused call must not read the same).
 manifest_of() { # id
-	local key="${store_prefix}releases/$1.json" err
-	if err=$(aws s3api head-object --bucket "$store_bucket" --key "$key" 2>&1 >/dev/null); then
-		aws s3 cp --only-show-errors "s3://$store_bucket/$key" -
+	local key="${store_prefix}releases/$1.json" err tmp
+	if err=$(aws s3api head-object --bucket "$store_bucket" --key "$key" \
+		--expected-bucket-owner "$account" 2>&1 >/dev/null); then
+		tmp=$(mktemp)
+		aws s3api get-object --bucket "$store_bucket" --key "$key" \
+			--expected-bucket-owner "$account" "$tmp" >/dev/null && cat "$tmp"
+		rm -f "$tmp"
 	elif ! grep -qE '404|Not Found' <<<"$err"; then
 		say "cannot look for s3://$store_bucket/$key: $err"
 		return 1
@@ -126,7 +132,7 @@ missing_of() {
 			key=${bucket#*/}
 			bucket=${bucket%%/*}
 			aws s3api head-object --bucket "$bucket" --key "$key" --version-id "$version" \
-				>/dev/null 2>&1 || echo "$location version $version"
+				--expected-bucket-owner "$account" >/dev/null 2>&1 || echo "$location version $version"
 			;;
 		ssm:*)
 			aws ssm get-parameter --name "${location#ssm:}:$version" >/dev/null 2>&1 ||
@@ -152,13 +158,16 @@ missing_of() {
 
 # Adds what the rollout did beside the release, as berth rollout does.
 report() { # release, event, previous
-	local at
+	local at body
 	at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+	body=$(mktemp)
 	printf '{"release":"%s","by":"rollout","event":"%s","at":"%s","previous":"%s"}\n' \
-		"$1" "$2" "$at" "$3" |
-		aws s3 cp --only-show-errors - \
-			"s3://$store_bucket/${store_prefix}reports/$1/$(date +%s%N)-rollout-${2// /-}.json" ||
+		"$1" "$2" "$at" "$3" >"$body"
+	aws s3api put-object --bucket "$store_bucket" --expected-bucket-owner "$account" \
+		--key "${store_prefix}reports/$1/$(date +%s%N)-rollout-${2// /-}.json" \
+		--body "$body" >/dev/null ||
 		say "could not record the outcome beside release $1"
+	rm -f "$body"
 }
 
 # Sends the document's upgrade to the given targets; prints the command id.

@@ -93,11 +93,20 @@ install_berth_from_s3() {
 	if [[ -z $region ]]; then
 		region=$(imds meta-data/placement/region)
 	fi
+	# Only from a bucket this instance's account owns: one of that name owned by anyone else
+	# (deleted and registered again) answers 403.
+	account=$(imds dynamic/instance-identity/document |
+		sed -n 's/.*"accountId" *: *"\([0-9]\{12\}\)".*/\1/p')
+	[[ -n $account ]] || die "no account id in the instance identity document"
+	bucket=${package_uri#s3://}
+	key=${bucket#*/}
+	bucket=${bucket%%/*}
 	dir=$(mktemp -d)
 	# The file keeps the object's name: dnf and apt-get tell packages by their extension.
 	file=$dir/${package_uri##*/}
 	log "downloading $package_uri"
-	aws --region "$region" s3 cp --only-show-errors "$package_uri" "$file"
+	aws --region "$region" s3api get-object --bucket "$bucket" --key "$key" \
+		--expected-bucket-owner "$account" "$file" >/dev/null
 	if ! echo "$package_sha256  $file" | sha256sum --check --status; then
 		rm -rf "$dir"
 		die "$package_uri does not have the sha256 $package_sha256; not installed"

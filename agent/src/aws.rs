@@ -20,8 +20,16 @@ pub struct Aws {
 }
 
 impl Aws {
-    /// `region` is the instance's (from IMDS) unless the environment names one.
-    pub async fn load(region: Option<String>, s3_path_style: bool, op_timeout: Duration) -> Aws {
+    /// `region` is the instance's (from IMDS) unless the environment names one. With
+    /// `bucket_owner`, every S3 request says which account must own its bucket
+    /// (`x-amz-expected-bucket-owner`): a bucket of that name owned by anyone else answers 403
+    /// instead of serving what its owner put there.
+    pub async fn load(
+        region: Option<String>,
+        s3_path_style: bool,
+        op_timeout: Duration,
+        bucket_owner: Option<String>,
+    ) -> Aws {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             // Transient failures (throttling, 5xx, timeouts) are retried with backoff.
             .retry_config(RetryConfig::standard().with_max_attempts(4))
@@ -40,9 +48,11 @@ impl Aws {
             }
         }
         let sdk = loader.load().await;
-        let s3_conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(s3_path_style)
-            .build();
+        let mut s3_conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(s3_path_style);
+        if let Some(owner) = bucket_owner {
+            s3_conf = s3_conf.interceptor(ExpectedOwner(owner));
+        }
+        let s3_conf = s3_conf.build();
         Aws {
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             ssm: aws_sdk_ssm::Client::new(&sdk),
@@ -51,6 +61,30 @@ impl Aws {
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
             sdk,
         }
+    }
+}
+
+/// Sets `x-amz-expected-bucket-owner` on every S3 request: in one place, so that no call
+/// (a new one included) reads or writes a bucket without it.
+#[derive(Debug)]
+struct ExpectedOwner(String);
+
+impl aws_sdk_s3::config::Intercept for ExpectedOwner {
+    fn name(&self) -> &'static str {
+        "ExpectedBucketOwner"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut<'_>,
+        _components: &aws_sdk_s3::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        context
+            .request_mut()
+            .headers_mut()
+            .insert("x-amz-expected-bucket-owner", self.0.clone());
+        Ok(())
     }
 }
 

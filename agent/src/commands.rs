@@ -278,6 +278,8 @@ pub async fn control(
 pub struct StoreArgs {
     pub store: Option<String>,
     pub config: Option<PathBuf>,
+    /// The account that must own the store's bucket (default: the config's `bucket_owner`).
+    pub bucket_owner: Option<String>,
 }
 
 /// What `berth release create` makes a release of (unset: from `--config`).
@@ -324,7 +326,11 @@ async fn store_of(
         || config.as_ref().is_some_and(|c| !c.compose.is_local());
     let aws = if remote {
         let path_style = config.as_ref().is_some_and(|c| c.s3_path_style);
-        Some(crate::aws::Aws::load(None, path_style, Duration::from_secs(60)).await)
+        let owner = args
+            .bucket_owner
+            .clone()
+            .or_else(|| config.as_ref().and_then(|c| c.bucket_owner.clone()));
+        Some(crate::aws::Aws::load(None, path_style, Duration::from_secs(60), owner).await)
     } else {
         None
     };
@@ -363,7 +369,11 @@ pub async fn release_create(store: &StoreArgs, args: &CreateArgs) -> Result<Stri
             .collect::<Result<Vec<_>, _>>()?
     };
     if aws.is_none() && (!compose.is_local() || env_files.iter().any(|e| !e.is_local())) {
-        aws = Some(crate::aws::Aws::load(None, false, Duration::from_secs(60)).await);
+        let owner = store
+            .bucket_owner
+            .clone()
+            .or_else(|| config.as_ref().and_then(|c| c.bucket_owner.clone()));
+        aws = Some(crate::aws::Aws::load(None, false, Duration::from_secs(60), owner).await);
     }
     let registries = crate::engine::registry::Registries::new(
         config
@@ -448,7 +458,13 @@ pub async fn releases(store: &StoreArgs, limit: usize, json: bool) -> Result<Str
 /// `berth rollout`: the release across the group ([`crate::fleet`]); progress lines on
 /// stderr, the summary as JSON on stdout, exit 1 when it went back.
 pub async fn rollout(r: &crate::fleet::Rollout) -> Result<(), CommandError> {
-    let aws = crate::aws::Aws::load(None, false, std::time::Duration::from_secs(60)).await;
+    let aws = crate::aws::Aws::load(
+        None,
+        false,
+        std::time::Duration::from_secs(60),
+        r.bucket_owner.clone(),
+    )
+    .await;
     let say = |line: &str| eprintln!("rollout: {line}");
     let summary = crate::fleet::rollout(&aws, r, &say).await?;
     let text =

@@ -152,6 +152,15 @@ pub fn ecr_registry_id(host: &str) -> Option<String> {
         .then(|| account.to_string())
 }
 
+/// An AWS account id: 12 digits.
+pub fn check_account_id(text: &str) -> Result<(), String> {
+    if text.len() == 12 && text.chars().all(|c| c.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!("{text:?} is not an AWS account id (12 digits)"))
+    }
+}
+
 /// The registry host an image reference names (`docker.io` when it names none).
 pub fn registry_of(image: &str) -> &str {
     match image.split_once('/') {
@@ -604,6 +613,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     s3_path_style: bool,
+    bucket_owner: Option<String>,
     pull_concurrency: Option<usize>,
     max_object_bytes: Option<u64>,
     #[serde(default)]
@@ -711,6 +721,9 @@ impl RawConfig {
                 ));
             }
         }
+        if let Some(owner) = &self.bucket_owner {
+            check_account_id(owner).map_err(|m| ("bucket_owner".to_string(), m))?;
+        }
         if self.max_object_bytes == Some(0) {
             return Err(("max_object_bytes".into(), "must be at least 1".into()));
         }
@@ -770,6 +783,9 @@ pub struct AgentConfig {
     /// manifests, the drain strategy's mark. On disk.
     pub state_dir: PathBuf,
     pub s3_path_style: bool,
+    /// The account that must own every bucket berth reads or writes (ExpectedBucketOwner);
+    /// default: the instance's own (IMDS), none in a local run.
+    pub bucket_owner: Option<String>,
     /// Images pulled at once (default 4).
     pub pull_concurrency: usize,
     /// The largest release object (compose file, env file, pointer) read from S3, SSM or disk.
@@ -877,6 +893,7 @@ impl AgentConfig {
             run_dir,
             state_dir,
             s3_path_style: raw.s3_path_style,
+            bucket_owner: raw.bucket_owner,
             pull_concurrency: raw.pull_concurrency.unwrap_or(DEFAULT_PULL_CONCURRENCY),
             max_object_bytes: raw.max_object_bytes.unwrap_or(DEFAULT_MAX_OBJECT_BYTES),
             health: raw.health,

@@ -308,6 +308,9 @@ enum Command {
         /// Go on when the way back (the release serving now) is no longer complete.
         #[arg(long)]
         allow_no_rollback: bool,
+        /// The account that must own the store's bucket (x-amz-expected-bucket-owner).
+        #[arg(long, value_parser = account_id)]
+        bucket_owner: Option<String>,
     },
     /// The release in preview takes the traffic, watched and judged as any upgrade.
     Promote {
@@ -375,6 +378,9 @@ struct StoreFlags {
     /// release variable and registries.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The account that must own the store's bucket (default: --config's `bucket_owner`).
+    #[arg(long, value_parser = account_id)]
+    bucket_owner: Option<String>,
 }
 
 impl From<StoreFlags> for commands::StoreArgs {
@@ -382,6 +388,7 @@ impl From<StoreFlags> for commands::StoreArgs {
         commands::StoreArgs {
             store: f.store,
             config: f.config,
+            bucket_owner: f.bucket_owner,
         }
     }
 }
@@ -658,6 +665,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             weighted,
             store,
             allow_no_rollback,
+            bucket_owner,
         } => {
             let store = store
                 .map(|s| {
@@ -681,6 +689,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 weighted,
                 store,
                 allow_no_rollback,
+                bucket_owner,
             })
             .await?
         }
@@ -689,6 +698,11 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
         Command::Leave { agent } => agent.ask(Request::Leave).await?,
     }
     Ok(())
+}
+
+/// A 12-digit AWS account id.
+fn account_id(text: &str) -> Result<String, String> {
+    berth::config::check_account_id(text).map(|()| text.to_string())
 }
 
 /// A cookie name as RFC 6265 has it (a token): one with `=`, `;` or a space would never match,

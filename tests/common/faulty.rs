@@ -7,13 +7,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Faulty {
     pub url: String,
     /// Requests seen so far.
     pub requests: Arc<AtomicUsize>,
+    /// Their heads (request line and headers), as they came.
+    pub heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Faulty {
@@ -23,16 +25,21 @@ impl Faulty {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
-        let seen = requests.clone();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (seen, kept) = (requests.clone(), heads.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let seen = seen.clone();
+                let (seen, kept) = (seen.clone(), kept.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(client, upstream_port, fail_first, delay, &seen);
+                    let _ = serve(client, upstream_port, fail_first, delay, &seen, &kept);
                 });
             }
         });
-        Faulty { url, requests }
+        Faulty {
+            url,
+            requests,
+            heads,
+        }
     }
 
     pub fn count(&self) -> usize {
@@ -46,6 +53,7 @@ fn serve(
     fail_first: usize,
     delay: Duration,
     seen: &AtomicUsize,
+    heads: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     // The head, with `Connection: close` instead of whatever the client asked: one request per
@@ -68,6 +76,7 @@ fn serve(
             head.push_str(&line);
         }
     }
+    heads.lock().unwrap().push(head.clone());
     head.push_str("Connection: close\r\n\r\n");
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;

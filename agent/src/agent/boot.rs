@@ -252,16 +252,17 @@ pub async fn plan_boot(opts: &AgentOptions) -> Result<Plan, AgentError> {
         ),
         false => None,
     };
-    let region = if config.local {
+    let identity = if config.local {
         None
     } else {
         Imds::new()
             .identity(Duration::from_secs(config.timeouts.imds_secs))
             .await
             .ok()
-            .map(|i| i.region)
     };
-    let aws = instance::aws_for(config, region).await;
+    let (region, account) = identity.map_or((None, None), |i| (Some(i.region), i.account));
+    let owner = config.bucket_owner.clone().or(account);
+    let aws = instance::aws_for(config, region, owner).await;
     let release = release::fetch_release(aws.as_ref(), config, opts.release.as_deref()).await?;
     let project = load_project(config, &release)?;
     let engine = Engine::connect().await?;

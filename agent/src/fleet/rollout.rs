@@ -41,6 +41,8 @@ pub struct Rollout {
     pub store: Option<Store>,
     /// Go on when the way back is not complete (and tell the instances so).
     pub allow_no_rollback: bool,
+    /// The account that must own the store's bucket.
+    pub bucket_owner: Option<String>,
 }
 
 /// What a rollout did, printed as JSON at the end.

@@ -34,6 +34,9 @@ pub struct Identity {
     /// The instance's AutoScaling group, from the `aws:autoscaling:groupName` tag (needs
     /// instance metadata tags on); the config's `lifecycle.group` wins.
     pub group: Option<String>,
+    /// The instance's account (the identity document's `accountId`): the owner every bucket
+    /// berth reads must have, unless `bucket_owner` says otherwise.
+    pub account: Option<String>,
 }
 
 impl Identity {
@@ -45,6 +48,7 @@ impl Identity {
             availability_zone: "local".into(),
             lifecycle_state: None,
             group: None,
+            account: None,
         }
     }
 
@@ -193,12 +197,19 @@ impl Imds {
         let group = self
             .optional("/latest/meta-data/tags/instance/aws:autoscaling:groupName")
             .await?;
+        let account = self
+            .optional("/latest/dynamic/instance-identity/document")
+            .await?
+            .and_then(|doc| serde_json::from_str::<serde_json::Value>(&doc).ok())
+            .and_then(|doc| doc["accountId"].as_str().map(String::from))
+            .filter(|a| crate::config::check_account_id(a).is_ok());
         Ok(Identity {
             instance_id,
             region,
             availability_zone,
             lifecycle_state,
             group,
+            account,
         })
     }
 

@@ -32,13 +32,19 @@ impl Instance {
                 .identity(Duration::from_secs(config.timeouts.imds_secs))
                 .await?
         };
-        let aws = aws_for(config, Some(identity.region.clone())).await;
+        let owner = config.bucket_owner.clone().or(identity.account.clone());
+        let aws = aws_for(config, Some(identity.region.clone()), owner).await;
         Ok(Instance { identity, aws })
     }
 }
 
-/// The AWS clients for `region` (the environment's wins); none in a local run.
-pub async fn aws_for(config: &AgentConfig, region: Option<String>) -> Option<Aws> {
+/// The AWS clients for `region` (the environment's wins), S3's pinned to buckets of
+/// `bucket_owner`; none in a local run.
+pub async fn aws_for(
+    config: &AgentConfig,
+    region: Option<String>,
+    bucket_owner: Option<String>,
+) -> Option<Aws> {
     if config.local {
         return None;
     }
@@ -47,6 +53,7 @@ pub async fn aws_for(config: &AgentConfig, region: Option<String>) -> Option<Aws
             region,
             config.s3_path_style,
             Duration::from_secs(config.timeouts.fetch_secs),
+            bucket_owner,
         )
         .await,
     )
