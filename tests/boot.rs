@@ -1012,40 +1012,29 @@ fn env_with_s3_at(b: &Boot, faulty: &Faulty) -> Vec<(String, String)> {
 fn every_s3_request_names_the_instances_account_as_the_buckets_owner() {
     let b = Boot::new("boot-owner");
     let top = b.put_release(&web_compose(WEB, &[], &patient_healthcheck()), "1");
-    let config = b.config(&top, "");
-    let faulty = Faulty::start(b.moto.port, 0, Duration::ZERO);
-    let out = run_with_limit(
-        b.agent_cmd(&config, true, &env_with_s3_at(&b, &faulty)),
-        RUN_LIMIT,
-    );
-    out.ok();
-    let heads = faulty.heads.lock().unwrap().clone();
-    assert!(heads.len() >= 2, "{heads:?}");
+    // Boots once through a recording front of moto; every S3 request must name `owner`.
+    let boot_expecting = |config: &Path, owner: &str| {
+        let faulty = Faulty::start(b.moto.port, 0, Duration::ZERO);
+        let out = run_with_limit(
+            b.agent_cmd(config, true, &env_with_s3_at(&b, &faulty)),
+            RUN_LIMIT,
+        );
+        out.ok();
+        let heads = faulty.heads.lock().unwrap().clone();
+        assert!(heads.len() >= 2, "{heads:?}");
+        let header = format!("x-amz-expected-bucket-owner: {owner}\r\n");
+        for head in &heads {
+            assert!(head.to_ascii_lowercase().contains(&header), "{head}");
+        }
+    };
     // The IMDS stand-in's identity document says account 123456789012.
-    let owner = format!("x-amz-expected-bucket-owner: {ACCOUNT_ID}\r\n");
-    for head in &heads {
-        assert!(head.to_ascii_lowercase().contains(&owner), "{head}");
-    }
-    // berth.toml's bucket_owner wins; a bucket whose owner is another account is refused by
-    // S3 (moto does not check the header, so this shows what berth sends).
+    boot_expecting(&b.config(&top, ""), ACCOUNT_ID);
+    // berth.toml's bucket_owner wins. S3 refuses a bucket another account owns (moto does not
+    // check the header, so this shows what berth sends).
     let config = b.config(&top, "");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("bucket_owner = \"210987654321\"\n{text}")).unwrap();
-    let faulty = Faulty::start(b.moto.port, 0, Duration::ZERO);
-    let out = run_with_limit(
-        b.agent_cmd(&config, true, &env_with_s3_at(&b, &faulty)),
-        RUN_LIMIT,
-    );
-    out.ok();
-    let heads = faulty.heads.lock().unwrap().clone();
-    assert!(!heads.is_empty());
-    for head in &heads {
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("x-amz-expected-bucket-owner: 210987654321\r\n"),
-            "{head}"
-        );
-    }
+    boot_expecting(&config, "210987654321");
 }
 
 #[test]
