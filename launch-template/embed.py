@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Copies user-data.sh and ssm-berth-upgrade.yaml into berth.yaml, or checks that the copies match.
+"""Copies user-data.sh and the SSM documents into berth.yaml, or checks that the copies match.
 
     python3 launch-template/embed.py           # rewrite berth.yaml's embedded copies
     python3 launch-template/embed.py --check   # exit 1, with a diff, when a copy is stale
@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "berth.yaml"
 
 # (file, lines of it to skip at the top)
-SOURCES = [("user-data.sh", 1), ("ssm-berth-upgrade.yaml", 0)]
+SOURCES = [("user-data.sh", 1), ("ssm-berth-upgrade.yaml", 0), ("ssm-berth-operations.yaml", 0)]
 
 
 def begin_marker(name):

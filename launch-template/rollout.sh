@@ -3,11 +3,13 @@
 # or upgrade berth itself on every instance of the group, one at a time.
 #
 #   rollout.sh STACK RELEASE
-#   rollout.sh --berth STACK s3://BUCKET/KEY.deb|.rpm SHA256
+#   rollout.sh --berth STACK s3://BUCKET/PREFIX/berth/KEY.deb|.rpm
 #
-# --berth: sends the SSM document's self-upgrade action (download, sha256 check, install: the
-# agent and the proxy restart onto the new binary and the app keeps running) to one instance
-# at a time, stopping at the first failure (MaxConcurrency 1, MaxErrors 0), then checks every
+# --berth (operators' credentials: the deploy role cannot send the operations document): sends
+# the operations document's self-upgrade (download from the artifact location, the signature
+# KEY.minisig checked against the keys berth trusts, berth and not older, install: the agent
+# and the proxy restart onto the new binary and the app keeps running) to one instance at a
+# time, stopping at the first failure (MaxConcurrency 1, MaxErrors 0), then checks every
 # target. Nothing to roll back: an instance whose install failed still runs its old berth.
 #
 # 1. writes RELEASE to the release parameter (instances that boot from now on run it);
@@ -52,23 +54,18 @@ say() {
 }
 
 usage() {
-	echo "usage: rollout.sh STACK RELEASE | rollout.sh --berth STACK s3://BUCKET/KEY.deb|.rpm SHA256" >&2
+	echo "usage: rollout.sh STACK RELEASE | rollout.sh --berth STACK s3://BUCKET/KEY.deb|.rpm" >&2
 	exit 2
 }
 
 self_upgrade=no
 if [[ ${1:-} == --berth ]]; then
-	(($# == 4)) || usage
+	(($# == 3)) || usage
 	self_upgrade=yes
 	stack=$2
 	package=$3
-	sha256=$4
 	if [[ ! $package =~ ^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9._/+-]{1,900}[.](deb|rpm)$ ]]; then
 		say "'$package' is not s3://bucket/key.deb or .rpm"
-		exit 2
-	fi
-	if [[ ! $sha256 =~ ^[0-9a-f]{64}$ ]]; then
-		say "'$sha256' is not a sha256 (64 lowercase hex digits)"
 		exit 2
 	fi
 else
@@ -244,8 +241,9 @@ wait_healthy() { # instance ids...
 
 if [[ $self_upgrade == yes ]]; then
 	say "group $group: berth from $package, one instance at a time"
-	id=$(aws ssm send-command --document-name "$document" \
-		--parameters "action=self-upgrade,package=$package,sha256=$sha256" \
+	operations=$(output OperationsDocumentName)
+	id=$(aws ssm send-command --document-name "$operations" \
+		--parameters "action=self-upgrade,package=$package" \
 		--comment "berth self-upgrade" --timeout-seconds 600 \
 		--targets "Key=tag:aws:autoscaling:groupName,Values=$group" \
 		--max-concurrency 1 --max-errors 0 \

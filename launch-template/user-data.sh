@@ -14,6 +14,8 @@
 #   BERTH_REGION          the region, for the AWS CLI's download (default: from IMDS)
 #   BERTH_HEALTH_LISTEN   where berth.socket listens: health.listen of the config (default: the
 #                         unit's 0.0.0.0:8081)
+#   BERTH_ARTIFACTS       s3://bucket/prefix/ the operations document may install berth from
+#                         (written to /etc/berth/artifacts; none: no self-upgrade)
 #
 # Run by hand (as root) with the same variables in the environment, for example:
 #   BERTH_CONFIG="$(cat berth.toml)" BERTH_STRATEGY=drain bash user-data.sh
@@ -41,6 +43,8 @@ package_uri=${BERTH_PACKAGE_URI:-}
 package_sha256=${BERTH_PACKAGE_SHA256:-}
 region=${BERTH_REGION:-}
 health_listen=${BERTH_HEALTH_LISTEN:-}
+# Where berth's own packages may come from (the operations document's self-upgrade).
+artifacts=${BERTH_ARTIFACTS:-}
 
 [[ -n $config ]] || die "BERTH_CONFIG (the text of berth.toml) is empty"
 case $strategy in
@@ -145,6 +149,11 @@ else
 	install_berth_from_s3
 fi
 changed=$(write_config)
+# The self-upgrade installs only packages from here (and only signed ones).
+if [[ -n $artifacts ]]; then
+	printf '%s\n' "$artifacts" >/etc/berth/artifacts
+	chmod 0644 /etc/berth/artifacts
+fi
 
 systemctl daemon-reload
 systemctl enable docker.service

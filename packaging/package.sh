@@ -7,6 +7,10 @@
 # It runs build.sh first (cargo does nothing when the binary is up to date), so a package never
 # carries a stale binary; --no-build packages the binary that is there, and builds only if it is
 # missing. Packages go to $CARGO_TARGET_DIR/<target>/packages/ (default target/).
+#
+# BERTH_RELEASE_PUBKEY: the minisign public key the packages install as trusted
+# (/usr/share/berth/keys/berth-release.pub); without it they trust none. BERTH_SIGNING_KEY: the
+# matching secret key (packaging/sign.py's), which signs each package as <package>.minisig.
 set -euo pipefail
 
 die() {
@@ -37,6 +41,15 @@ if [ "$build" = yes ] || [ ! -x "$bin" ]; then
     "$root/packaging/build.sh" --target "$target" >/dev/null
 fi
 
+# The trusted key goes into the packages; a build without one says so in the file, which no
+# verifier takes for a key.
+key_file=$root/packaging/keys/berth-release.pub
+if [ -n "${BERTH_RELEASE_PUBKEY:-}" ]; then
+    cp "$BERTH_RELEASE_PUBKEY" "$key_file"
+else
+    echo "untrusted comment: this build was given no release key (BERTH_RELEASE_PUBKEY)" >"$key_file"
+fi
+
 out=$CARGO_TARGET_DIR/$target/packages
 rm -rf "$out"
 mkdir -p "$out"
@@ -50,6 +63,10 @@ debs=("$out"/*.deb)
 rpms=("$out"/*.rpm)
 [ ${#debs[@]} -eq 1 ] || die "expected one .deb in $out, found ${#debs[@]}"
 [ ${#rpms[@]} -eq 1 ] || die "expected one .rpm in $out, found ${#rpms[@]}"
+if [ -n "${BERTH_SIGNING_KEY:-}" ]; then
+    python3 "$root/packaging/sign.py" sign "$BERTH_SIGNING_KEY" "${debs[0]}" "${rpms[0]}"
+    echo "signed: ${debs[0]##*/}.minisig, ${rpms[0]##*/}.minisig" >&2
+fi
 for p in "${debs[0]}" "${rpms[0]}"; do
     size=$(stat -c %s "$p")
     echo "$(basename "$p"): $size bytes ($(numfmt --to=iec-i --suffix=B "$size"))" >&2

@@ -104,6 +104,33 @@ check_file /usr/lib/systemd/system/berth.socket 644 root:root
 check_file /etc/berth/berth.toml 644 root:root
 check_file /usr/share/doc/berth/README.md 644 root:root
 
+# The release key: installed as trusted when the build was given one, and the package's own
+# signature checks with it; one byte changed does not.
+if [ -n "${BERTH_RELEASE_PUBKEY:-}" ]; then
+    check_file /usr/share/berth/keys/berth-release.pub 644 root:root
+    if cmp -s /usr/share/berth/keys/berth-release.pub "$BERTH_RELEASE_PUBKEY"; then
+        ok "the trusted key is the build's ($BERTH_RELEASE_PUBKEY)"
+    else
+        fail "/usr/share/berth/keys/berth-release.pub is not $BERTH_RELEASE_PUBKEY"
+    fi
+fi
+if [ -n "${BERTH_SIGNING_KEY:-}" ]; then
+    if said=$(/usr/bin/berth verify-package "$deb" 2>&1); then
+        ok "berth verify-package: $said"
+    else
+        fail "the .deb's own signature does not verify: $said"
+    fi
+    tampered=$(mktemp)
+    { cat "$deb"; printf x; } >"$tampered"
+    cp "$deb.minisig" "$tampered.minisig"
+    if said=$(/usr/bin/berth verify-package "$tampered" 2>&1); then
+        fail "a changed .deb verified: $said"
+    else
+        ok "a changed .deb is refused: $said"
+    fi
+    rm -f "$tampered" "$tampered.minisig"
+fi
+
 if cmp -s /etc/berth/berth.toml packaging/berth.toml.example; then
     ok "/etc/berth/berth.toml is packaging/berth.toml.example"
 else

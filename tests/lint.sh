@@ -3,8 +3,9 @@
 #
 #   bash tests/lint.sh
 #
-# - the user-data script and the SSM document embedded in berth.yaml are copies of
-#   launch-template/user-data.sh and ssm-berth-upgrade.yaml (embed.py --check);
+# - the user-data script and the SSM documents embedded in berth.yaml are copies of
+#   launch-template/user-data.sh, ssm-berth-upgrade.yaml and ssm-berth-operations.yaml
+#   (embed.py --check);
 # - cfn-lint on the CloudFormation template;
 # - checkov on it: every finding is fixed or skipped in the template with a comment that says
 #   why (a skip without one fails here);
@@ -136,9 +137,10 @@ EOF
 bash -n "$rendered"
 shellcheck --shell=bash "$rendered"
 
-step "the SSM document's script as Run Command renders it"
-ssm_script=$(mktemp)
-python3 - launch-template/ssm-berth-upgrade.yaml "$ssm_script" <<'EOF'
+for document in launch-template/ssm-berth-upgrade.yaml launch-template/ssm-berth-operations.yaml; do
+	step "the SSM document's script as Run Command renders it: $document"
+	ssm_script=$(mktemp)
+	python3 - "$document" "$ssm_script" <<'EOF'
 import sys
 import yaml
 doc = yaml.safe_load(open(sys.argv[1]))
@@ -146,11 +148,12 @@ script = "\n".join(doc["mainSteps"][0]["inputs"]["runCommand"])
 for name in doc["parameters"]:
     script = script.replace("{{ %s }}" % name, "x")
 if "{{" in script:
-    sys.exit("ssm-berth-upgrade.yaml: a {{ parameter }} that is not declared")
+    sys.exit(f"{sys.argv[1]}: a {{{{ parameter }}}} that is not declared")
 open(sys.argv[2], "w").write(script + "\n")
 EOF
-shellcheck --shell=sh "$ssm_script"
-rm -f "$ssm_script"
+	shellcheck --shell=sh "$ssm_script"
+	rm -f "$ssm_script"
+done
 
 shopt -s nullglob
 scripts=(tests/*.sh tests/bench/*.sh tests/box/*.sh launch-template/*.sh packaging/*.sh packaging/systemd/postinst .ci/run)

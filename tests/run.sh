@@ -84,6 +84,15 @@ step "the Docker daemon restarted under a holding agent (alone: it restarts dock
 # --workspace: the same features as the run above, so nothing is built again.
 cargo test --workspace --test daemon -- --ignored
 
+# A release key of this run's own: the packages trust it and are signed with it, and the box
+# signs its next builds (and a wrong one) with it. Kept in target/, made once.
+keys=$root/target/test-release-key
+if [[ ! -s $keys/release.pub || ! -s $keys/release.key ]]; then
+	mkdir -p "$keys"
+	python3 "$root/packaging/sign.py" keygen "$keys/release.pub" "$keys/release.key"
+fi
+export BERTH_RELEASE_PUBKEY=$keys/release.pub BERTH_SIGNING_KEY=$keys/release.key
+
 step "packaging: static build, .deb installed and checked, .rpm listed and checked"
 bash "$root/packaging/test.sh"
 

@@ -39,6 +39,8 @@ pub enum CommandError {
     Release(#[from] crate::release::ReleaseError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Signature(#[from] crate::signature::SignatureError),
     #[error("{message}")]
     Usage { message: String },
     #[error("{what}")]
@@ -68,6 +70,7 @@ impl Coded for CommandError {
             CommandError::Fleet(e) => e.exit(),
             CommandError::Release(e) => e.exit(),
             CommandError::Policy(_) => Exit::Invalid,
+            CommandError::Signature(_) => Exit::Invalid,
             CommandError::Usage { .. } => Exit::Usage,
             CommandError::NotFound { .. } => Exit::Invalid,
             CommandError::RolledBack { .. } => Exit::Failed,
@@ -533,6 +536,34 @@ fn render_ps(rows: &[PsRow]) -> String {
 
 /// What a masked value reads as.
 const MASK: &str = "********";
+
+/// `berth verify-package`: which trusted key signed the package, or why none did.
+pub fn verify_package(
+    file: &std::path::Path,
+    signature: Option<PathBuf>,
+    keys: Vec<PathBuf>,
+) -> Result<String, CommandError> {
+    let signature = signature.unwrap_or_else(|| {
+        let mut s = file.as_os_str().to_owned();
+        s.push(".minisig");
+        PathBuf::from(s)
+    });
+    let dirs = if keys.is_empty() {
+        crate::signature::KEY_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect()
+    } else {
+        keys
+    };
+    let ok = crate::signature::verify(file, &signature, &dirs)?;
+    Ok(format!(
+        "{}: signed by the key in {} ({})",
+        file.display(),
+        ok.key.display(),
+        ok.trusted_comment
+    ))
+}
 
 /// `berth config`'s output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,8 @@
 //!   [`policy`]: what a project may ask of the host (berth.toml's `[policy]`).
 //! - [`compose`]: compose files into a resolved, validated project.
 //! - At the bottom: [`aws`] (SDK clients), [`ipc`] (JSON lines over a 0600 socket), [`config`]
-//!   (plain settings), [`report`] (errors with their causes).
+//!   (plain settings), [`report`] (errors with their causes), [`signature`] (is a package
+//!   signed by a trusted key).
 
 pub mod agent;
 pub mod aws;
@@ -33,6 +34,7 @@ pub mod policy;
 pub mod release;
 pub mod report;
 pub mod serve;
+pub mod signature;
 pub mod upgrade;
 
 /// The layering above, checked: every `crate::` path in a module's files names a module below
@@ -43,7 +45,7 @@ mod layering {
     use std::path::Path;
 
     /// Each module's rank: a module may use only modules of a lower rank.
-    const RANKS: [(&str, u8); 17] = [
+    const RANKS: [(&str, u8); 18] = [
         ("commands", 10),
         ("agent", 9),
         ("exit", 8),
@@ -61,6 +63,7 @@ mod layering {
         ("config", 0),
         ("report", 0),
         ("logging", 0),
+        ("signature", 0),
     ];
 
     fn rank(module: &str) -> Option<u8> {

@@ -132,6 +132,18 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Check that a berth package is signed by a trusted key (/usr/share/berth/keys and
+    /// /etc/berth/keys); the SSM operations document runs it before installing one.
+    VerifyPackage {
+        /// The .deb or .rpm.
+        file: PathBuf,
+        /// Its minisign signature (default: FILE.minisig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Directories of trusted `*.pub` keys instead of the installed ones.
+        #[arg(long = "keys")]
+        keys: Vec<PathBuf>,
+    },
     /// List the project's containers.
     Ps {
         #[command(flatten)]
@@ -606,6 +618,11 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             commands::down(&project.into(), volumes, &progress).await?;
         }
         Command::Ps { project, json } => print!("{}", commands::ps(&project.into(), json).await?),
+        Command::VerifyPackage {
+            file,
+            signature,
+            keys,
+        } => println!("{}", commands::verify_package(&file, signature, keys)?),
         Command::Config { project, format } => {
             print!("{}", commands::config(&project.into(), format)?)
         }

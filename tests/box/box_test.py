@@ -40,6 +40,8 @@ EMULATOR = ROOT / "tests" / "emulator" / "aws_emulator.py"
 MOTO_RUNNER = ROOT / "tests" / "emulator" / "moto_runner.py"
 TEMPLATE = ROOT / "launch-template" / "berth.yaml"
 SSM_DOCUMENT = ROOT / "launch-template" / "ssm-berth-upgrade.yaml"
+OPS_DOCUMENT = ROOT / "launch-template" / "ssm-berth-operations.yaml"
+SIGN = ROOT / "packaging" / "sign.py"
 
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
@@ -356,6 +358,7 @@ registries = ["{self.registry}"]
         user_data = doc["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
         separator, parts = user_data["Fn::Base64"]["Fn::Join"]
         values = {"Strategy": "proxy", "BerthPackageUri": package_uri, "BerthPackageSha256": sha256,
+                  "ConfigPrefix": self.project,
                   "AWS::Region": REGION, "AWS::StackName": "berth-box", "HealthPort": str(self.health)}
 
         def sub(form):
@@ -595,25 +598,61 @@ registries = ["{self.registry}"]
         run("dpkg-deb", *owner, "-Zgzip", "-b", str(pkg), str(deb), timeout=300)
         data = deb.read_bytes()
         key = f"{self.project}/berth/{deb.name}"
-        self.aws("s3").put_object(Bucket=self.bucket, Key=key, Body=data)
+        self.upload_signed(deb, key, self.release_key)
         next_build = {"uri": f"s3://{self.bucket}/{key}", "sha256": hashlib.sha256(data).hexdigest(),
                       "version": version, "commit": commit, "new_commit": new_commit,
-                      "version_line": line, "deb_version": deb_version, "new_deb_version": new_deb_version}
+                      "version_line": line, "deb_version": deb_version, "new_deb_version": new_deb_version,
+                      "tree": pkg, "arch": arch}
         log(f"next build: {deb.name} ({len(data) >> 10} KiB, sha256 {next_build['sha256'][:12]}...), commit "
             f"{commit} -> {new_commit} ({stamped} in usr/bin/berth), in moto as {next_build['uri']}")
         return next_build
 
-    def ssm_script(self, **params):
+    def keygen(self, name):
+        """A key pair of packaging/sign.py: (public key file, secret key file)."""
+        public, secret = self.work / f"{name}.pub", self.work / f"{name}.key"
+        run(sys.executable, str(SIGN), "keygen", str(public), str(secret))
+        return public, secret
+
+    def trust_key(self, public):
+        """Installs `public` as an operator would trust their own builds' key."""
+        b64 = base64.b64encode(public.read_bytes()).decode()
+        self.sh(f"mkdir -p /etc/berth/keys && echo {b64} | base64 -d >/etc/berth/keys/box.pub")
+
+    def upload_signed(self, package, key, secret, signed=True):
+        """`package` into moto's S3 as `key`, with its signature (by `secret`) as `key`.minisig."""
+        s3 = self.aws("s3")
+        s3.put_object(Bucket=self.bucket, Key=key, Body=package.read_bytes())
+        if signed:
+            run(sys.executable, str(SIGN), "sign", str(secret), str(package))
+            s3.put_object(Bucket=self.bucket, Key=key + ".minisig",
+                          Body=Path(str(package) + ".minisig").read_bytes())
+        return f"s3://{self.bucket}/{key}"
+
+    def variant(self, nxt, name, package="berth", version=None, secret=None, signed=True, prefix="berth"):
+        """The next build repacked as another package or version, signed by `secret` (default
+        the trusted key), under `prefix` of the config prefix; its s3:// URI."""
+        tree = self.work / f"variant-{name}"
+        shutil.copytree(nxt["tree"], tree, symlinks=True)
+        control = tree / "DEBIAN/control"
+        text = re.sub(r"^Package: \S+$", f"Package: {package}", control.read_text(), flags=re.M)
+        text = re.sub(r"^Version: \S+$", f"Version: {version or nxt['new_deb_version']}", text, flags=re.M)
+        control.write_text(text)
+        deb = self.work / f"{name}_{nxt['arch']}.deb"
+        owner = ["--root-owner-group"] if "--root-owner-group" in run("dpkg-deb", "--help").stdout else []
+        run("dpkg-deb", *owner, "-Zgzip", "-b", str(tree), str(deb), timeout=300)
+        return self.upload_signed(deb, f"{self.project}/{prefix}/{deb.name}", secret or self.release_key, signed)
+
+    def ssm_script(self, document=SSM_DOCUMENT, **params):
         """The SSM document's runCommand as SSM Run Command runs it: each parameter checked
         against its allowedValues/allowedPattern (SSM refuses the command otherwise), each
         `{{ name }}` replaced by its value (its default when not given), the lines joined."""
         import yaml
 
-        doc = yaml.safe_load(SSM_DOCUMENT.read_text())
+        doc = yaml.safe_load(document.read_text())
         declared = doc["parameters"]
         unknown = sorted(set(params) - set(declared))
         if unknown:
-            raise RigError(f"{SSM_DOCUMENT.name} has no parameter {unknown}")
+            raise RigError(f"{document.name} has no parameter {unknown}")
         values = {name: str(params.get(name, spec.get("default", ""))) for name, spec in declared.items()}
         for name, value in values.items():
             spec = declared[name]
@@ -624,13 +663,13 @@ registries = ["{self.registry}"]
 
         def sub(m):
             if m.group(1) not in values:
-                raise RigError(f"{SSM_DOCUMENT.name} uses an undeclared parameter {m.group(0)}")
+                raise RigError(f"{document.name} uses an undeclared parameter {m.group(0)}")
             return values[m.group(1)]
 
         lines = doc["mainSteps"][0]["inputs"]["runCommand"]
         return "\n".join(re.sub(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}", sub, line) for line in lines) + "\n"
 
-    def ssm_run(self, limit=600, **params):
+    def ssm_run(self, limit=600, document=SSM_DOCUMENT, **params):
         """The SSM document's script run in the box as its SSM agent would: as root, `sh -c`, with
         the instance's AWS stand-ins (credentials from IMDS: the instance role) and the variables
         SSM sets. (exit code, [(seconds since the start, line)] of stdout and stderr together)."""
@@ -638,7 +677,7 @@ registries = ["{self.registry}"]
         cmd = ["docker", "exec"]
         for k, v in env.items():
             cmd += ["-e", f"{k}={v}"]
-        cmd += [self.box, "sh", "-c", self.ssm_script(**params)]
+        cmd += [self.box, "sh", "-c", self.ssm_script(document, **params)]
         started = time.monotonic()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, errors="replace")
@@ -961,13 +1000,16 @@ def restart_agent(rig, checker):
 
 
 def self_upgrade(rig, checker):
-    """e2. The SSM document's self-upgrade, run as SSM Run Command runs it, installs the next
-    build of berth (the .deb under test with another commit and a higher version, from S3):
-    with a wrong sha256 it exits 3 and installs nothing; with the right one, under 4 keep-alive
-    clients, it exits 0 naming the new commit, the package's postinst restarts berth-proxy and
-    berth (new MainPIDs) and `/status` shows the new commit, with no failed request, every check
-    200 and the same container ids."""
+    """e2. The operations document's self-upgrade, run as SSM Run Command runs it, installs the
+    next build of berth (the .deb under test with another commit and a higher version, from the
+    artifact location in S3, signed by a key the operator trusts in /etc/berth/keys): unsigned,
+    signed by another key, not berth, older, or from elsewhere, it exits 3 and installs nothing;
+    the signed one, under 4 keep-alive clients, exits 0 naming the new commit, the package's
+    postinst restarts berth-proxy and berth (new MainPIDs) and `/status` shows the new commit,
+    with no failed request, every check 200 and the same container ids."""
     rig.wait_in_service("before the self-upgrade")
+    public, rig.release_key = rig.keygen("release")
+    rig.trust_key(public)
     nxt = rig.next_package()
 
     def installed():
@@ -980,19 +1022,29 @@ def self_upgrade(rig, checker):
           f"the box runs {before_install}, not the package under test ({nxt['version_line']}, {nxt['deb_version']})")
     pid = rig.unit("berth", "MainPID")["MainPID"]
 
-    # A package that is not what the sha256 says: refused before anything is installed.
-    started = time.monotonic()
-    rc, lines = rig.ssm_run(limit=180, action="self-upgrade", package=nxt["uri"], sha256="0" * 64)
-    output = "\n".join(text for _, text in lines)
-    check(rc == 3 and "does not have the sha256" in output,
-          f"self-upgrade with a wrong sha256: expected exit 3 saying 'does not have the sha256', got exit {rc}:\n"
-          f"{output[-3000:]}")
-    after_refusal = installed()
-    check(after_refusal == before_install, f"self-upgrade with a wrong sha256 installed something: "
-          f"{before_install} -> {after_refusal}")
-    check(rig.unit("berth", "MainPID")["MainPID"] == pid, "self-upgrade with a wrong sha256 restarted the agent")
-    log(f"e2. self-upgrade with a wrong sha256: exit 3 after {time.monotonic() - started:.1f} s, "
-        f"'{lines[-1][1] if lines else ''}'; still {after_refusal[0]}")
+    # What must not be installed, each refused (exit 3, saying why) before anything changes.
+    _, stranger = rig.keygen("stranger")
+    refused = [
+        ("unsigned", rig.variant(nxt, "unsigned", signed=False), "has no signature"),
+        ("signed by an untrusted key", rig.variant(nxt, "stranger", secret=stranger),
+         "is not signed by a trusted key"),
+        ("not berth", rig.variant(nxt, "notberth", package="notberth"), "not berth"),
+        ("a downgrade", rig.variant(nxt, "older", version="0.0.1"), "is older than the installed"),
+        ("outside the artifact location", rig.variant(nxt, "elsewhere", prefix="elsewhere"),
+         "is not under"),
+    ]
+    for what, uri, says in refused:
+        started = time.monotonic()
+        rc, lines = rig.ssm_run(limit=180, document=OPS_DOCUMENT, action="self-upgrade", package=uri)
+        output = "\n".join(text for _, text in lines)
+        check(rc == 3 and says in output,
+              f"self-upgrade of a package {what}: expected exit 3 saying {says!r}, got exit {rc}:\n{output[-3000:]}")
+        after_refusal = installed()
+        check(after_refusal == before_install, f"self-upgrade of a package {what} installed something: "
+              f"{before_install} -> {after_refusal}")
+        check(rig.unit("berth", "MainPID")["MainPID"] == pid, f"self-upgrade of a package {what} restarted the agent")
+        log(f"e2. self-upgrade of a package {what}: exit 3 after {time.monotonic() - started:.1f} s, "
+            f"'{lines[-1][1] if lines else ''}'")
 
     before = rig.containers()
     check(len(before) == 2, f"expected 2 app containers before the self-upgrade, got {before}")
@@ -1005,7 +1057,7 @@ def self_upgrade(rig, checker):
     try:
         load.wait_served(300)
         start = time.monotonic()
-        rc, lines = rig.ssm_run(limit=420, action="self-upgrade", package=nxt["uri"], sha256=nxt["sha256"])
+        rc, lines = rig.ssm_run(limit=420, document=OPS_DOCUMENT, action="self-upgrade", package=nxt["uri"])
         end = time.monotonic()
         load.wait_served(300)
     finally:

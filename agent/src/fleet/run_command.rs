@@ -226,10 +226,10 @@ mod tests {
 
     #[test]
     fn without_a_verdict_line_the_last_line_of_stderr_that_is_not_ssms() {
-        let output = "\n----------ERROR-------\nself-upgrade needs package and sha256\nfailed to run commands: exit status 2";
+        let output = "\n----------ERROR-------\nself-upgrade needs a package\nfailed to run commands: exit status 2";
         assert_eq!(
             verdict(output).as_deref(),
-            Some("self-upgrade needs package and sha256")
+            Some("self-upgrade needs a package")
         );
         assert_eq!(verdict(""), None);
         assert_eq!(
