@@ -52,12 +52,15 @@ proxy | drain) ;;
 *) die "BERTH_STRATEGY must be proxy or drain, not '$strategy'" ;;
 esac
 
-# IMDSv2 only (the launch template requires tokens); for the region when none was given.
+# IMDSv2 only (the launch template requires tokens): the region when none was given, the
+# account, the VPC's range. At the endpoint the AWS SDKs and berth take from
+# AWS_EC2_METADATA_SERVICE_ENDPOINT, when it is set.
 imds() { # path
-	local token
+	local token endpoint=${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}
+	endpoint=${endpoint%/}
 	token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
-		http://169.254.169.254/latest/api/token)
-	curl -fsS -H "X-aws-ec2-metadata-token: $token" "http://169.254.169.254/latest/$1"
+		"$endpoint/latest/api/token")
+	curl -fsS -H "X-aws-ec2-metadata-token: $token" "$endpoint/latest/$1"
 }
 
 # The package manager's install command for local files, or nothing.
@@ -174,6 +177,21 @@ if [[ -n $health_listen ]]; then
 	printf '[Socket]\nListenStream=\nListenStream=%s\n' "$health_listen" \
 		>/etc/systemd/system/berth.socket.d/50-health-listen.conf
 	systemctl daemon-reload
+fi
+# Only this host and the VPC (the load balancer's health checks come from its addresses there)
+# reach the health port: not the app's containers through Docker's bridge, nor anyone else.
+mac=$(imds meta-data/mac 2>/dev/null || true)
+vpc=""
+if [[ -n $mac ]]; then
+	vpc=$(imds "meta-data/network/interfaces/macs/$mac/vpc-ipv4-cidr-blocks" 2>/dev/null | tr '\n' ' ' || true)
+fi
+if [[ $vpc =~ ^[0-9./\ ]+$ ]]; then
+	mkdir -p /etc/systemd/system/berth.socket.d
+	printf '[Socket]\nIPAddressDeny=any\nIPAddressAllow=localhost %s\n' "$vpc" \
+		>/etc/systemd/system/berth.socket.d/60-ip-allow.conf
+	systemctl daemon-reload
+else
+	log "no VPC range in the instance metadata: the health port takes connections from anywhere"
 fi
 systemctl enable berth.socket
 if [[ $changed == changed ]]; then

@@ -219,6 +219,7 @@ expected_rpm_files="/etc/berth/berth.toml
 /usr/lib/systemd/system/berth-proxy.socket
 /usr/lib/systemd/system/berth.service
 /usr/lib/systemd/system/berth.socket
+/usr/share/berth/keys/berth-release.pub
 /usr/share/doc/berth/PACKAGING.md
 /usr/share/doc/berth/README.md"
 rpm_files=$(rpm -qlp "$rpm" 2>/dev/null | sort)

@@ -692,3 +692,33 @@ fn the_host_policy_refuses_in_up_plan_and_config_and_reads_no_refused_file() {
         ],
     );
 }
+
+#[test]
+fn a_crashed_containers_output_stays_with_docker_and_out_of_berths_log() {
+    // Its last words carry a secret from its environment: berth's log names where to read
+    // them (docker logs), never what they say.
+    let compose = app_after_one_shot("echo connecting with $$DB_PASSWORD; exit 4");
+    let compose = compose.replace(
+        "    image: berth-test/tool:1\n    command:",
+        "    image: berth-test/tool:1\n    environment: {DB_PASSWORD: s3cr3t-crash-output}\n    command:",
+    );
+    assert!(compose.contains("s3cr3t-crash-output"), "{compose}");
+    let p = Project::new("crash-output");
+    p.compose(&compose);
+    let out = p.up_cmd().env("BERTH_LOG", "info").run();
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("s3cr3t-crash-output"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("s3cr3t-crash-output"),
+        "{}",
+        out.stdout
+    );
+    assert_contains(&out.stderr, "docker logs --tail 20");
+    // Docker has it, for whoever may run docker logs.
+    let id = p.service_ids("migrate").pop().unwrap();
+    assert_contains(&docker(&["logs", &id]), "s3cr3t-crash-output");
+}

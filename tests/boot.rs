@@ -1416,6 +1416,26 @@ fn missing_ssm_parameter_fails_naming_it_and_abandons() {
     b.assert_nothing_running();
 }
 
+#[test]
+fn a_release_pointer_that_holds_no_release_id_fails_naming_it_and_abandons() {
+    let b = Boot::new("boot-badpointer");
+    let top = b.put_release(
+        &web_compose("berth-test/web:${RELEASE}", &[], &patient_healthcheck()),
+        "1",
+    );
+    // Someone wrote shell into the parameter: it must reach neither interpolation nor a name.
+    aws::block_on(aws::put_parameter(
+        b.moto,
+        &b.param("release"),
+        "1; rm -rf /",
+    ));
+    let config = b.config(&top, &lifecycle(""));
+    let out = b.boot_once(&config);
+    let msg = assert_boot_failed(&b, &out, 3, &[&b.param("release")], true);
+    assert_contains(&msg, "\"1; rm -rf /\", which is not a release id");
+    assert!(b.p.container_ids().is_empty(), "a container was created");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. IMDSv2 only.
 

@@ -74,6 +74,19 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo deny: licenses, sources and bans (deny.toml); advisories when RustSec can be fetched"
+if ! command -v cargo-deny >/dev/null 2>&1; then
+	cargo install --locked --quiet cargo-deny
+fi
+cargo deny --all-features --locked check licenses sources bans
+# The RustSec database is a git repository on GitHub, which a machine that reaches only the
+# package registries cannot fetch: then this says so instead of passing silently.
+if timeout 120 cargo deny fetch db >/dev/null 2>&1; then
+	cargo deny --locked check advisories
+else
+	echo "run: the RustSec advisory database cannot be fetched from here; advisories not checked (cargo deny check advisories where GitHub is reachable)" >&2
+fi
+
 step "lint: CloudFormation, checkov, the workflow, every shell script"
 bash "$root/tests/lint.sh"
 

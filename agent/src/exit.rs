@@ -144,6 +144,7 @@ impl Coded for ReleaseError {
             | ReleaseError::Exists { .. }
             | ReleaseError::Unversioned { .. }
             | ReleaseError::BadId(_)
+            | ReleaseError::BadPointer { .. }
             | ReleaseError::Policy(_)
             | ReleaseError::NotReady { .. } => Exit::Invalid,
             ReleaseError::Create(e) => match e {

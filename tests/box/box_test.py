@@ -889,6 +889,10 @@ def proxy_privilege(rig):
     check(sock == "600 root socket", f"/run/berth-proxy.sock: expected '600 root socket', got {sock!r}")
     deny = rig.unit("berth-proxy", "IPAddressDeny")["IPAddressDeny"]
     check("169.254.169.254" in deny, f"berth-proxy.service IPAddressDeny: {deny!r}")
+    # The health port: the user-data allowed this host and the VPC's range (from IMDS) only.
+    allow = rig.sh("systemctl show berth.socket -p IPAddressAllow -p IPAddressDeny").strip()
+    check("10.0.0.0/16" in allow and "127.0.0.0/8" in allow and "0.0.0.0/0" in allow,
+          f"berth.socket's address lists: {allow!r}")
     log(f"c2. berth-proxy (pid {pid}) runs as uid {uids[0]}; the Docker socket refuses it; hidden: "
         f"{hidden}; control socket {sock}; IPAddressDeny {deny}")
 

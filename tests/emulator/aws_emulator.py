@@ -241,6 +241,9 @@ def request_id():
     return str(uuid.uuid4())
 
 
+MAC = "0e:12:34:56:78:9a"
+
+
 def metadata_tree(state):
     """The metadata under /latest/meta-data/ as nested dicts; leaves are strings."""
     tags = state.get("tags") or {}
@@ -251,6 +254,13 @@ def metadata_tree(state):
         "instance-type": state["instance_type"],
         "local-hostname": "ip-10-0-0-10.ec2.internal",
         "local-ipv4": "10.0.0.10",
+        "mac": MAC,
+        # The VPC's ranges, one a line, as EC2 lists them for the primary interface.
+        "network": {"interfaces": {"macs": {MAC: {
+            "vpc-id": "vpc-0123456789abcdef0",
+            "vpc-ipv4-cidr-blocks": "10.0.0.0/16",
+            "local-ipv4s": "10.0.0.10",
+        }}}},
         "placement": {
             "availability-zone": state["az"],
             "region": state["region"],

@@ -62,6 +62,8 @@ pub enum ReleaseError {
     TooLarge { location: String, cap: u64 },
     #[error("release id at {location} is empty")]
     EmptyRelease { location: String },
+    #[error("the release pointer {location} holds {value:?}, which is not a release id (a letter or digit, then letters, digits, . _ + -, 128 at most); write one there (a bad value would fail every boot the same way)")]
+    BadPointer { location: String, value: String },
     #[error("{location} is remote, and this is a local run: use local paths")]
     RemoteInLocalRun { location: String },
     #[error(transparent)]
@@ -443,6 +445,14 @@ async fn release_id(
     if id.is_empty() {
         return Err(ReleaseError::EmptyRelease {
             location: pointer.to_string(),
+        });
+    }
+    if !manifest::is_release_id(&id) {
+        // What the pointer holds, shortened: it is a name, but need not be one.
+        let value: String = id.chars().take(40).collect();
+        return Err(ReleaseError::BadPointer {
+            location: pointer.to_string(),
+            value,
         });
     }
     objects.push(record(pointer, version, bytes.len()));

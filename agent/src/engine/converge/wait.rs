@@ -6,8 +6,6 @@
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
-use bollard::query_parameters::LogsOptionsBuilder;
-use futures_util::StreamExt;
 
 use super::order::ServiceState;
 use super::ConvergeError;
@@ -169,8 +167,9 @@ pub(super) async fn wait_ready(
         match readiness {
             Readiness::Ready(state) => return Ok(state),
             Readiness::Exited(code) => {
-                let logs = tail_logs(engine, id).await;
-                tracing::warn!(service, container = %look.name, code, logs = %logs, "exited; its last log lines");
+                // Its output stays with Docker: an app's output may carry secrets, and the
+                // journal is shipped off the host. The log names where to read it.
+                tracing::warn!(service, container = %look.name, code, "exited; its output: docker logs --tail 20 {}", look.name);
                 return Err(ConvergeError::Exited {
                     service: service.to_string(),
                     container: look.name,
@@ -178,7 +177,7 @@ pub(super) async fn wait_ready(
                 });
             }
             Readiness::Unhealthy => {
-                tracing::warn!(service, container = %look.name, output = %last_output, "unhealthy; its healthcheck's last output");
+                tracing::warn!(service, container = %look.name, output_bytes = last_output.len(), "unhealthy; its healthcheck's last output: docker inspect --format '{{{{json .State.Health}}}}' {}", look.name);
                 return Err(ConvergeError::Unhealthy {
                     service: service.to_string(),
                     container: look.name,
@@ -199,12 +198,7 @@ pub(super) async fn wait_ready(
             Readiness::Pending => {}
         }
         if Instant::now() >= deadline {
-            let output = if last_output.is_empty() {
-                "(none yet)"
-            } else {
-                last_output.as_str()
-            };
-            tracing::warn!(service, container = %look.name, output, "not ready in time; its healthcheck's last output");
+            tracing::warn!(service, container = %look.name, output_bytes = last_output.len(), "not ready in time; its healthcheck's last output: docker inspect --format '{{{{json .State.Health}}}}' {}", look.name);
             return Err(ConvergeError::Timeout {
                 service: service.to_string(),
                 container: look.name,
@@ -239,39 +233,6 @@ async fn probe(engine: &Engine, id: &str, look: &Look) -> Probe {
         Ok(Ok((_, out))) => Probe::Failed(out),
         Ok(Err(_)) => Probe::Unknown,
         Err(_) => Probe::Failed(format!("health check timed out after {timeout:?}")),
-    }
-}
-
-/// How much of a container's last log lines is read.
-const TAIL_CAP: usize = 4096;
-
-/// The last log lines of a container that exited, for the log.
-async fn tail_logs(engine: &Engine, id: &str) -> String {
-    let opts = LogsOptionsBuilder::default()
-        .stdout(true)
-        .stderr(true)
-        .tail("10")
-        .build();
-    let mut stream = engine.api.logs(id, Some(opts));
-    let mut out = String::new();
-    while let Some(Ok(chunk)) = stream.next().await {
-        out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-        // Ten lines can be megabytes; the log gets the start of them.
-        if out.len() > TAIL_CAP {
-            let mut end = TAIL_CAP;
-            while !out.is_char_boundary(end) {
-                end -= 1;
-            }
-            out.truncate(end);
-            out.push_str(" [cut]");
-            break;
-        }
-    }
-    let out = out.trim_end().to_string();
-    if out.is_empty() {
-        "(no output)".into()
-    } else {
-        out
     }
 }
 
