@@ -87,15 +87,15 @@ pub enum ConvergeError {
     // A container's output (log lines, healthcheck output) may print what the app is
     // configured with, and errors travel (`/status`, systemd's STATUS=, SSM command output): it
     // goes to the log (the journal) only, logged where it is read.
-    #[error("service {service} is unhealthy ({container}): its healthcheck failed; its output is in the log")]
+    #[error("service {service} is unhealthy ({container}): its healthcheck failed; its output: docker inspect --format '{{{{json .State.Health}}}}' {container}")]
     Unhealthy { service: String, container: String },
-    #[error("service {service} exited with code {code} ({container}); its last log lines are in the log")]
+    #[error("service {service} exited with code {code} ({container}); its output: docker logs --tail 20 {container}")]
     Exited {
         service: String,
         container: String,
         code: i64,
     },
-    #[error("service {service} did not become {wanted} within {waited_secs}s ({container}); its healthcheck's last output is in the log")]
+    #[error("service {service} did not become {wanted} within {waited_secs}s ({container}); its healthcheck's last output: docker inspect --format '{{{{json .State.Health}}}}' {container}")]
     Timeout {
         service: String,
         container: String,
