@@ -782,6 +782,8 @@ fn compare_every_fixture(dirs: &[PathBuf], what: &str, pair: impl Fn(&Path) -> (
 fn berth_config(dir: &Path) -> Value {
     let mut args = ["config", "--format", "json"].map(String::from).to_vec();
     args.extend(fixture_args(dir));
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/parity/policy.toml");
+    args.extend(["--policy".to_string(), policy.display().to_string()]);
     let berth = Path::new(env!("CARGO_BIN_EXE_berth"));
     config_json(berth, &args, dir, "berth config")
 }

@@ -110,6 +110,10 @@ fn a_plain_service_passes_the_default_policy_with_a_warning_about_registries() {
     );
     let warnings = c.judge(&yaml, &PolicySettings::default()).unwrap();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
+    // Masking a file with the null device is no reach into the host; reading it is.
+    let masked = service("    volumes: [\"/dev/null:/app/local.conf\"]\n");
+    let warnings = c.judge(&masked, &PolicySettings::default()).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("names no `registries`"),
         "{warnings:?}"
@@ -132,6 +136,7 @@ fn every_escalation_is_refused_by_default_naming_field_and_key() {
         (service("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"), "services.web.volumes", "no policy allows it"),
         (service("    volumes: [\"/etc:/h\"]\n"), "services.web.volumes", "no policy allows it"),
         (service("    volumes: [\"/proc/1:/h\"]\n"), "services.web.volumes", "no policy allows it"),
+        (service("    volumes: [\"/dev/sda:/h\"]\n"), "services.web.volumes", "no policy allows it"),
         (service("    volumes: [\"/sys:/h\"]\n"), "services.web.volumes", "no policy allows it"),
         (service("    volumes: [\"/var:/h\"]\n"), "services.web.volumes", "no policy allows it"),
         (service("    volumes: [\"/srv/data:/h\"]\n"), "services.web.volumes", "`bind_prefixes = [\"/srv/data\"]`"),
