@@ -22,10 +22,10 @@
 #    `berth upgrade --release PREVIOUS` to the whole group, then exits 1.
 #
 # With BERTH_ROLLOUT_SMOKE (a shell command, e.g. a curl through the load balancer with the
-# header X-Berth-Preview: $BERTH_PREVIEW_RELEASE), step 2 is preceded by a preview: every
+# header X-Berth-Preview: $BERTH_PREVIEW_TOKEN), step 2 is preceded by a preview: every
 # instance starts RELEASE beside the serving one (`berth upgrade --preview`; ordinary requests
-# stay on the serving release, only requests naming RELEASE reach it, on whichever instance the
-# load balancer picks), the command runs, and only if it succeeds does the canary take RELEASE
+# stay on the serving release, only requests carrying its token reach it, on whichever instance
+# the load balancer picks: the instances derive one token, under the stack's preview key), the command runs, and only if it succeeds does the canary take RELEASE
 # (`berth promote`), then the rest (their upgrade switches to the release they preview). A
 # preview left behind by a failure ends by itself after the agent's upgrade.preview_secs.
 #
@@ -180,6 +180,10 @@ send_action() { # action, release, then send-command's target arguments
 	if [[ $allow_no_rollback == 1 ]]; then
 		extra=",allowNoRollback=true"
 	fi
+	# Every instance's preview ends at one time, so that they derive one token.
+	if [[ $action == preview ]]; then
+		extra="$extra,previewUntil=$(($(date +%s) + 3600))"
+	fi
 	aws ssm send-command --document-name "$document" \
 		--parameters "action=$action,release=$to$extra" \
 		--comment "berth $action --release $to" \
@@ -326,8 +330,18 @@ if [[ -n ${BERTH_ROLLOUT_SMOKE:-} ]]; then
 	id=$(send_action preview "$release" --targets "Key=tag:aws:autoscaling:groupName,Values=$group" \
 		--max-errors 0)
 	wait_command "$id"
+	# The preview's token, from each instance's answer: one for the fleet (one preview key).
+	tokens=$(aws ssm list-command-invocations --command-id "$id" --details \
+		--query 'CommandInvocations[].CommandPlugins[0].Output' --output text |
+		grep -oE '"preview_token": "[0-9]+\.[0-9a-f]{32}"' | sort -u)
+	if [[ $(wc -l <<<"$tokens") != 1 || -z $tokens ]]; then
+		say "the instances answered $(grep -c . <<<"$tokens") preview tokens: upgrade.preview_key must name one key for the fleet"
+		exit 1
+	fi
+	token=${tokens#*: \"}
+	token=${token%\"}
 	say "smoke test against the preview: $BERTH_ROLLOUT_SMOKE"
-	BERTH_PREVIEW_RELEASE=$release bash -c "$BERTH_ROLLOUT_SMOKE"
+	BERTH_PREVIEW_RELEASE=$release BERTH_PREVIEW_TOKEN=$token bash -c "$BERTH_ROLLOUT_SMOKE"
 	say "canary $canary: berth promote"
 	id=$(send_action promote "$release" --instance-ids "$canary")
 else

@@ -71,8 +71,15 @@ impl Store {
 impl Instance {
     /// An instance on its own berth-test/web images (releases float), or, with `store`,
     /// on releases pinned there (images from its registry by digest).
-    /// An instance whose berth.toml ends with `settings` (tables of their own).
-    fn new(test: &str, parameter: &str, store: Option<&Store>, settings: &str) -> Instance {
+    /// An instance whose berth.toml ends with `settings` (tables of their own); its previews'
+    /// tokens are derived under `preview_key`, the fleet's one.
+    fn new(
+        test: &str,
+        parameter: &str,
+        store: Option<&Store>,
+        settings: &str,
+        preview_key: &Path,
+    ) -> Instance {
         let project = Project::new(test);
         let proxy = Proxy::start(None, &[]);
         let emulator = Emulator::start();
@@ -103,7 +110,7 @@ impl Instance {
                  [health]\nlisten = \"{health}\"\n\
                  [timeouts]\nimds_secs = 10\nfetch_secs = 10\nready_secs = 30\nin_service_secs = 60\n\
                  [load_balancer]\nhealthy_threshold = 2\nunhealthy_threshold = 2\n\
-                 [upgrade]\nstrategy = \"proxy\"\nverify_secs = 2\ndrain_secs = 5\n\
+                 [upgrade]\nstrategy = \"proxy\"\nverify_secs = 2\ndrain_secs = 5\npreview_key = \"{preview_key}\"\n\
                  [upgrade.analysis]\nbake_secs = 3\nmin_requests = 30\np99_floor_ms = 2000\n\
                  [upgrade.canary]\nsteps = [25, 50]\nstep_secs = 5\n\
                  [proxy]\ncontrol = \"{control}\"\nport = {port}\nhealth_path = \"/healthz\"\n{settings}",
@@ -113,6 +120,7 @@ impl Instance {
                 state = project.path("state").display(),
                 control = proxy.control.display(),
                 port = nominal,
+                preview_key = preview_key.display(),
             ),
         );
         Instance {
@@ -307,8 +315,12 @@ impl Fleet {
         aws::block_on(aws::put_parameter(&moto, &parameter, release));
         let store = pinned.then(|| Store::new(&moto, &name));
         let ids = create_group(&moto, &name, &group, i32::try_from(booted).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        // The fleet's preview key, one file every instance reads (on AWS: an SSM SecureString).
+        let preview_key = dir.path().join("preview.key");
+        std::fs::write(&preview_key, format!("fleet preview key of {name}\n")).unwrap();
         let instances: Vec<Instance> = (0..booted + spare)
-            .map(|_| Instance::new(test, &parameter, store.as_ref(), settings))
+            .map(|_| Instance::new(test, &parameter, store.as_ref(), settings, &preview_key))
             .collect();
         // One AutoScaling endpoint, as on AWS: the lifecycle actions here, the rest moto's.
         for inst in &instances {
@@ -331,7 +343,7 @@ impl Fleet {
             instances,
             ids: vec![],
             lb,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             store,
         };
         if fleet.store.is_some() {
@@ -544,11 +556,13 @@ fn summary(out: &Output) -> Value {
 
 fn write_smoke(dir: &Path, lb: SocketAddr) -> (String, PathBuf) {
     let marker = dir.join("smoke-passed");
-    // Through the load balancer: a request naming the release reaches it on whichever instance
-    // it lands (six: every instance twice, round robin); one that does not stays on release 1.
+    // Through the load balancer: a request carrying the preview's token reaches it on whichever
+    // instance it lands (six: every instance twice, round robin), as every instance derived the
+    // same token; one naming only the release, or nothing, stays on release 1.
     let smoke = format!(
         "set -e; for i in 1 2 3 4 5 6; do \
-           test \"$(curl -fsS -H \"X-Berth-Preview: $BERTH_PREVIEW_RELEASE\" http://{lb}/cgi-bin/api)\" = \"api $BERTH_PREVIEW_RELEASE\"; \
+           test \"$(curl -fsS -H \"X-Berth-Preview: $BERTH_PREVIEW_TOKEN\" http://{lb}/cgi-bin/api)\" = \"api $BERTH_PREVIEW_RELEASE\"; \
+           test \"$(curl -fsS -H \"X-Berth-Preview: $BERTH_PREVIEW_RELEASE\" http://{lb}/cgi-bin/api)\" != \"api $BERTH_PREVIEW_RELEASE\"; \
            test \"$(curl -fsS http://{lb}/cgi-bin/api)\" = 'api 1'; \
          done; touch {}",
         marker.display()
@@ -601,13 +615,22 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
 
     // Once the smoke test passed (its ordinary requests all met release 1), the booting
     // instance reaches service, still on release 1: the rollout never sent it anything.
-    eventually("the smoke test to pass", Duration::from_secs(120), || {
-        if marker.exists() {
-            Ok(())
-        } else {
-            Err(format!("pointer {:?}", fleet.pointer()))
+    let waited = Instant::now();
+    while !marker.exists() {
+        if first.is_finished() {
+            let out = first.join().unwrap();
+            panic!(
+                "the rollout ended before the smoke test passed: {}\n{}",
+                out.code, out.stderr
+            );
         }
-    });
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "the smoke test did not pass within 120 s (pointer {:?})",
+            fleet.pointer()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(fleet.pointer().as_deref(), Some("2"));
     standby(&fleet.moto, &fleet.group, &late_id, false);
     lb_server(&fleet.lb, "i3", "ready");

@@ -618,7 +618,7 @@ fn a_good_release_passes_its_numbers_through_the_bake() {
 /// 1 and the watchdog leaves it be; `berth promote` switches to it with nothing lost. A second
 /// preview ends with `berth rollback`, and its release goes.
 #[test]
-fn a_preview_reaches_only_the_requests_that_name_it_until_promoted() {
+fn a_preview_reaches_only_the_requests_that_carry_its_token_until_promoted() {
     let mut rig = Rig::new_with("upgrade-preview", "[watchdog]\nobserve_secs = 1\n");
     rig.compose(RELEASED, &[]);
     rig.pointer("1");
@@ -630,17 +630,32 @@ fn a_preview_reaches_only_the_requests_that_name_it_until_promoted() {
     out.ok();
     let answer: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(answer["how"], "previewing", "{answer}");
+    // The token, in the answer only: never in /status, never the release id.
+    let token = answer["preview_token"].as_str().unwrap().to_string();
+    assert!(token.len() > 30 && token != "2", "{token}");
+    assert!(
+        !rig.status().to_string().contains(&token),
+        "the token is in /status"
+    );
     let mut conn = Conn::open(rig.traffic);
     let mut get = |headers: &[(&str, &str)]| conn.try_request("/version", headers).unwrap();
-    assert_eq!(get(&[("X-Berth-Preview", "2")]), (200, "2\n".into()));
+    assert_eq!(get(&[("X-Berth-Preview", &token)]), (200, "2\n".into()));
+    let cookie = format!("session=a; berth-preview={token}");
+    assert_eq!(get(&[("Cookie", &cookie)]), (200, "2\n".into()));
+    // The release id alone (the commit's prefix, public) reaches nothing; nor does a token
+    // one digit off.
     assert_eq!(
-        get(&[("Cookie", "session=a; berth-preview=2")]),
-        (200, "2\n".into())
-    );
-    assert_eq!(
-        get(&[("X-Berth-Preview", "3")]),
+        get(&[("X-Berth-Preview", "2")]),
         (200, "1\n".into()),
-        "another release"
+        "the release id alone"
+    );
+    let mut off = token.clone();
+    let last = off.pop().unwrap();
+    off.push(if last == '0' { '1' } else { '0' });
+    assert_eq!(
+        get(&[("X-Berth-Preview", &off)]),
+        (200, "1\n".into()),
+        "a forged token"
     );
     assert_eq!(get(&[]), (200, "1\n".into()));
     // Two of the watchdog's looks (observe_secs = 1): an unswitched release it must keep. What
@@ -670,11 +685,26 @@ fn a_preview_reaches_only_the_requests_that_name_it_until_promoted() {
     assert_eq!(rig.colors(), serving_2_keeping_1());
     assert_eq!(rig.status()["proxy"].get("preview"), None);
 
-    // A preview of release 1 again, ended by a rollback: 2 keeps serving, 1 is gone.
-    rig.berth("upgrade", &["--release", "1", "--preview"]).ok();
+    // A preview of release 1 again, ended by a rollback: 2 keeps serving, 1 is gone. Its end
+    // is given (as a rollout gives it to every instance): the token says so, and derived
+    // again from the same key it is the same.
+    let out = rig.berth(
+        "upgrade",
+        &[
+            "--release",
+            "1",
+            "--preview",
+            "--preview-until",
+            "4102444800",
+        ],
+    );
+    out.ok();
+    let answer: Value = serde_json::from_str(&out.stdout).unwrap();
+    let token = answer["preview_token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("4102444800."), "{token}");
     assert_eq!(
         Conn::open(rig.traffic)
-            .try_request("/version", &[("X-Berth-Preview", "1")])
+            .try_request("/version", &[("X-Berth-Preview", &token)])
             .unwrap(),
         (200, "1\n".into())
     );
@@ -685,7 +715,7 @@ fn a_preview_reaches_only_the_requests_that_name_it_until_promoted() {
     assert_eq!(rig.colors(), vec![("green".into(), "2".into(), true)]);
     assert_eq!(
         Conn::open(rig.traffic)
-            .try_request("/version", &[("X-Berth-Preview", "1")])
+            .try_request("/version", &[("X-Berth-Preview", &token)])
             .unwrap(),
         (200, "2\n".into())
     );

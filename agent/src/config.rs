@@ -308,6 +308,9 @@ pub struct UpgradeSettings {
     /// Proxy strategy: a preview (`berth upgrade --preview`) neither promoted nor rolled back
     /// within this ends as a rollback does.
     pub preview_secs: u64,
+    /// The key a preview's token is derived under (`ssm:/` SecureString, `s3://` object or a
+    /// file), shared by the fleet; none: this host's own (`<state_dir>/preview.key`).
+    pub preview_key: Option<String>,
     /// Proxy strategy: the weighted canary of `berth upgrade --canary`.
     pub canary: CanarySettings,
 }
@@ -357,6 +360,7 @@ impl Default for UpgradeSettings {
             keep_previous_secs: None,
             analysis: AnalysisSettings::default(),
             preview_secs: 3600,
+            preview_key: None,
             canary: CanarySettings::default(),
         }
     }

@@ -214,6 +214,7 @@ impl Coded for UpgradeError {
             | UpgradeError::NoPrevious { .. }
             | UpgradeError::PreviewOfNothing { .. }
             | UpgradeError::PreviewUnnamed
+            | UpgradeError::PreviewKey { .. }
             | UpgradeError::NoPreview { .. } => Exit::Invalid,
             UpgradeError::Proxy(_) | UpgradeError::Docker(_) => Exit::Docker,
             UpgradeError::Converge(c) | UpgradeError::NewRelease { source: c, .. } => c.exit(),

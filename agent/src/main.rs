@@ -242,11 +242,16 @@ enum Command {
         /// The release id (the compose file's `${RELEASE}`), instead of the release pointer.
         #[arg(long)]
         release: Option<String>,
-        /// Proxy strategy: stop before the switch. Only requests that name the release (the
-        /// proxy's preview header or cookie) reach it, until `berth promote` or `berth
-        /// rollback` (or `upgrade.preview_secs`, which rolls back).
+        /// Proxy strategy: stop before the switch. Only requests that carry the preview's
+        /// token (in the answer, `preview_token`; the proxy's preview header or cookie) reach
+        /// it, until `berth promote` or `berth rollback` (or `upgrade.preview_secs`, which
+        /// rolls back).
         #[arg(long, conflicts_with = "canary")]
         preview: bool,
+        /// With --preview: the Unix time its token ends (a rollout gives every instance the
+        /// same, so that they derive one token); default now and `upgrade.preview_secs`.
+        #[arg(long, requires = "preview")]
+        preview_until: Option<u64>,
         /// Proxy strategy: before the switch, a weighted canary: these shares of new sessions
         /// (percent, rising; default `upgrade.canary.steps`) in turn, each sticky by cookie and
         /// held for `upgrade.canary.step_secs` while the analysis compares both releases.
@@ -303,8 +308,8 @@ enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         poll_secs: u64,
         /// First preview the release on every instance and run this shell command against it
-        /// (BERTH_PREVIEW_RELEASE is set: send `X-Berth-Preview: $BERTH_PREVIEW_RELEASE`);
-        /// only if it succeeds does the canary switch.
+        /// (BERTH_PREVIEW_TOKEN is set: send `X-Berth-Preview: $BERTH_PREVIEW_TOKEN`; and
+        /// BERTH_PREVIEW_RELEASE); only if it succeeds does the canary switch.
         #[arg(long, conflicts_with = "weighted")]
         smoke: Option<String>,
         /// The canary instance takes the release through its weighted canary (`berth upgrade
@@ -632,6 +637,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             preview,
             canary,
             allow_no_rollback,
+            preview_until,
         } => {
             agent
                 .ask(Request::Upgrade {
@@ -639,6 +645,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                     preview,
                     canary,
                     allow_no_rollback,
+                    preview_until,
                 })
                 .await?
         }

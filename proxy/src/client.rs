@@ -24,18 +24,22 @@ pub async fn route(
     Ok(routed)
 }
 
-/// Requests naming `release` (preview header or cookie) go to `backends` until the next
-/// route, and so do `percent` of the sessions (a weighted canary); no backends end the preview.
+/// Requests carrying `token` (preview header or cookie; until its Unix time) go to `backends`,
+/// labelled `release`, until the next route, and so do `percent` of the sessions (a weighted
+/// canary); no backends end the preview.
 pub async fn preview(
     socket: &Path,
     backends: &[SocketAddr],
     release: Option<&str>,
     percent: u8,
+    token: Option<(&str, u64)>,
 ) -> Result<PreviewSet, ProxyError> {
     let request = Request::Preview {
         backends: backends.to_vec(),
         release: release.map(str::to_string),
         percent,
+        token: token.map(|(t, _)| t.to_string()),
+        until: token.map(|(_, u)| u),
     };
     ask(socket, &request).await
 }

@@ -24,10 +24,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         release: Option<String>,
     },
-    /// Until the next `route`: requests that ask for `release` by the preview header or cookie
-    /// go to `backends` (the new release before the switch); everyone else stays on the route.
-    /// With `percent` (a weighted canary), that share of sessions goes there too, each session
-    /// sticky by the canary cookie. No backends ends the preview.
+    /// Until the next `route`: requests whose preview header or cookie carries `token` go to
+    /// `backends` (the new release, labelled `release`, before the switch); everyone else
+    /// stays on the route. The release id alone reaches nothing: without a token no request
+    /// reaches the preview by name, and after `until` (Unix seconds) the token reaches nothing
+    /// either. With `percent` (a weighted canary), that share of sessions goes there too, each
+    /// session sticky by the canary cookie. No backends ends the preview.
     Preview {
         #[serde(default)]
         backends: Vec<SocketAddr>,
@@ -35,6 +37,10 @@ pub enum Request {
         release: Option<String>,
         #[serde(default, skip_serializing_if = "is_zero")]
         percent: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
     },
     /// The route and the per-backend counters.
     Status,
@@ -216,7 +222,7 @@ mod tests {
         );
         assert!(serde_json::from_value::<Request>(json!({"op": "route", "backend": "x"})).is_err());
         let preview: Request = serde_json::from_value(
-            json!({"op": "preview", "backends": ["127.0.0.1:2"], "release": "v2"}),
+            json!({"op": "preview", "backends": ["127.0.0.1:2"], "release": "v2", "token": "t", "until": 9}),
         )
         .unwrap();
         assert_eq!(
@@ -225,6 +231,8 @@ mod tests {
                 backends: vec![addr("127.0.0.1:2")],
                 release: Some("v2".into()),
                 percent: 0,
+                token: Some("t".into()),
+                until: Some(9),
             }
         );
         let canary: Request = serde_json::from_value(
@@ -239,6 +247,8 @@ mod tests {
                 backends: vec![],
                 release: None,
                 percent: 0,
+                token: None,
+                until: None,
             }
         );
         assert_eq!(

@@ -78,6 +78,26 @@ struct Preview {
     release: String,
     pool: Arc<Pool>,
     percent: u8,
+    /// What a request's preview header or cookie must carry, and until when (Unix seconds).
+    token: Option<(String, Option<u64>)>,
+}
+
+impl Preview {
+    /// Whether `wanted` is this preview's token, still valid. Compared in constant time: the
+    /// token is a credential, and a comparison that stops at the first wrong byte would
+    /// answer a guess byte by byte.
+    fn admits(&self, wanted: &[u8]) -> bool {
+        let Some((token, until)) = &self.token else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let t = token.as_bytes();
+        let same = t.len() == wanted.len()
+            && t.iter().zip(wanted).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        same && until.is_none_or(|u| now < u)
+    }
 }
 
 /// The canary buckets there are: a session's bucket below the canary's percent sends it to
@@ -202,7 +222,8 @@ impl Routes {
             drop(preview);
             return (self.current(), None);
         };
-        if wanted == Some(p.release.as_bytes()) {
+        if wanted.is_some_and(|w| p.admits(w)) {
+            tracing::info!(release = %p.release, "a request reached the preview by its token");
             return (Some(p.pool.clone()), None);
         }
         if p.percent == 0 {
@@ -232,20 +253,22 @@ impl Routes {
         ((n % usize::from(BUCKETS)) * 37 % usize::from(BUCKETS)) as u8
     }
 
-    /// Requests naming `release` go to `addrs` from now on, until the next route, and so do
-    /// `percent` of the sessions (a weighted canary; 0: none); no backends (or no release) end
-    /// the preview. Returns the preview now on.
+    /// Requests carrying `token` (until its time) go to `addrs`, labelled `release`, from now
+    /// on, until the next route, and so do `percent` of the sessions (a weighted canary; 0:
+    /// none); no backends (or no release) end the preview. Returns the preview now on.
     pub fn preview(
         &self,
         addrs: &[SocketAddr],
         release: Option<&str>,
         percent: u8,
+        token: Option<(String, Option<u64>)>,
     ) -> Option<Previewed> {
         let next = match (self.pool(addrs, release), release) {
             (Some(pool), Some(release)) => Some(Preview {
                 release: release.to_string(),
                 pool,
                 percent: percent.min(BUCKETS),
+                token,
             }),
             _ => None,
         };
@@ -483,12 +506,12 @@ mod tests {
     }
 
     #[test]
-    fn a_preview_serves_only_requests_naming_its_release_until_the_next_route() {
+    fn a_preview_serves_only_requests_carrying_its_token_until_the_next_route() {
         let r = Routes::default();
         let (a, b) = (addr("127.0.0.1:1001"), addr("127.0.0.1:1002"));
         r.route(&[a], Some("v1"));
         assert!(!r.previewing());
-        let on = r.preview(&[b], Some("v2"), 0);
+        let on = r.preview(&[b], Some("v2"), 0, Some(("t0k3n".into(), None)));
         assert_eq!(
             on,
             Some(Previewed {
@@ -503,8 +526,14 @@ mod tests {
             assert_eq!(given, None, "no canary: no bucket given");
             pool.unwrap().addrs()
         };
-        assert_eq!(to(Some(b"v2")), vec![b]);
-        assert_eq!(to(Some(b"v1")), vec![a], "another release: the route");
+        assert_eq!(to(Some(b"t0k3n")), vec![b]);
+        assert_eq!(to(Some(b"v2")), vec![a], "the release id alone: the route");
+        assert_eq!(to(Some(b"t0k3")), vec![a], "a token's prefix: the route");
+        assert_eq!(
+            to(Some(b"t0k3n!")),
+            vec![a],
+            "more than the token: the route"
+        );
         assert_eq!(to(None), vec![a]);
         assert_eq!(r.status().preview, on);
         assert_eq!(r.status().backends[&b].release.as_deref(), Some("v2"));
@@ -512,10 +541,16 @@ mod tests {
         r.route(&[b], Some("v2"));
         assert!(!r.previewing());
         assert_eq!(r.status().preview, None);
-        r.preview(&[a], Some("v1"), 0);
-        assert_eq!(r.preview(&[], None, 0), None);
+        r.preview(&[a], Some("v1"), 0, Some(("t0k3n".into(), None)));
+        assert_eq!(r.preview(&[], None, 0, None), None);
         assert!(!r.previewing());
-        assert_eq!(to(Some(b"v1")), vec![b]);
+        assert_eq!(to(Some(b"t0k3n")), vec![b]);
+        // A token past its time reaches nothing; a preview without one is reached by no name.
+        r.route(&[a], Some("v1"));
+        r.preview(&[b], Some("v2"), 0, Some(("old".into(), Some(1))));
+        assert_eq!(to(Some(b"old")), vec![a]);
+        r.preview(&[b], Some("v2"), 0, None);
+        assert_eq!(to(Some(b"v2")), vec![a]);
     }
 
     #[test]
@@ -523,7 +558,7 @@ mod tests {
         let r = Routes::default();
         let (a, b) = (addr("127.0.0.1:1001"), addr("127.0.0.1:1002"));
         r.route(&[a], Some("v1"));
-        r.preview(&[b], Some("v2"), 10);
+        r.preview(&[b], Some("v2"), 10, Some(("tok".into(), None)));
         assert_eq!(r.status().preview.unwrap().percent, 10);
         // 200 new sessions: each given a bucket, 20 of them (10 of each 100) to the canary.
         let mut sessions = Vec::new();
@@ -541,7 +576,7 @@ mod tests {
             assert_eq!((pool.unwrap().addrs(), given), (to.clone(), None));
         }
         // Stepped up: the canary's sessions stay on it, and more join.
-        r.preview(&[b], Some("v2"), 50);
+        r.preview(&[b], Some("v2"), 50, Some(("tok".into(), None)));
         let now: Vec<Vec<SocketAddr>> = sessions
             .iter()
             .map(|(bucket, _)| r.for_request(None, Some(*bucket)).0.unwrap().addrs())
@@ -551,9 +586,9 @@ mod tests {
             .zip(&now)
             .all(|((_, before), after)| *before != vec![b] || *after == vec![b]));
         assert_eq!(now.iter().filter(|to| **to == vec![b]).count(), 100);
-        // Naming the release still reaches it; the switch ends the canary.
+        // Its token still reaches it from any bucket; the switch ends the canary.
         assert_eq!(
-            r.for_request(Some(b"v2"), Some(99)).0.unwrap().addrs(),
+            r.for_request(Some(b"tok"), Some(99)).0.unwrap().addrs(),
             vec![b]
         );
         r.route(&[b], Some("v2"));

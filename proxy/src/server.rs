@@ -359,10 +359,17 @@ impl ipc::Handler for Control {
                 backends,
                 release,
                 percent,
-            } => Answer::PreviewSet(PreviewSet {
-                ok: true,
-                preview: self.routes.preview(&backends, release.as_deref(), percent),
-            }),
+                token,
+                until,
+            } => {
+                let token = token.map(|t| (t, until));
+                Answer::PreviewSet(PreviewSet {
+                    ok: true,
+                    preview: self
+                        .routes
+                        .preview(&backends, release.as_deref(), percent, token),
+                })
+            }
             Request::Status => Answer::Status(self.routes.status()),
             Request::Drain {
                 backend,
@@ -450,6 +457,8 @@ mod tests {
                 backends: vec![a],
                 release: Some("v2".into()),
                 percent: 101,
+                token: None,
+                until: None,
             })
             .await;
         assert!(

@@ -31,6 +31,11 @@ pub enum Request {
         /// Go on when the release it would go back to is no longer complete.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         allow_no_rollback: bool,
+        /// With `preview`: when it ends (Unix seconds), as the token says; a rollout gives
+        /// every instance the same one, so that they derive one token. Default: now and
+        /// `upgrade.preview_secs`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preview_until: Option<u64>,
     },
     /// The release in preview takes the traffic.
     Promote,
@@ -244,7 +249,7 @@ mod tests {
     fn requests_are_one_json_object_with_an_op() {
         let r: Request = serde_json::from_str(r#"{"op":"upgrade","release":"v2"}"#).unwrap();
         assert!(
-            matches!(r, Request::Upgrade { release: Some(ref v), preview: false, canary: None, allow_no_rollback: false } if v == "v2")
+            matches!(r, Request::Upgrade { release: Some(ref v), preview: false, canary: None, allow_no_rollback: false, preview_until: None } if v == "v2")
         );
         let r: Request = serde_json::from_str(r#"{"op":"upgrade"}"#).unwrap();
         assert!(matches!(
@@ -254,6 +259,7 @@ mod tests {
                 preview: false,
                 canary: None,
                 allow_no_rollback: false,
+                preview_until: None,
             }
         ));
         let r: Request =

@@ -172,6 +172,7 @@ impl Deployer {
             instance_id: self.instance_id.clone(),
             entry: Entry::Switch,
             way_back: None,
+            preview_token: None,
         }
     }
 
@@ -183,6 +184,7 @@ impl Deployer {
                 preview,
                 canary,
                 allow_no_rollback,
+                preview_until,
             } => {
                 let entry = match (preview, canary) {
                     (true, Some(_)) => return Err(AgentError::PreviewAndCanary),
@@ -198,7 +200,10 @@ impl Deployer {
                     }
                     (false, None) => Entry::Switch,
                 };
-                Reply::Deployed(self.upgrade_as(release, entry, allow_no_rollback).await?)
+                Reply::Deployed(
+                    self.upgrade_as(release, entry, allow_no_rollback, preview_until)
+                        .await?,
+                )
             }
             Request::Promote => Reply::Deployed(self.promote().await?),
             Request::Rollback => Reply::Deployed(self.rollback().await?),
@@ -318,7 +323,7 @@ impl Deployer {
 
     /// `berth upgrade`: the given release, or the one the release pointer names.
     pub async fn upgrade(&self, release: Option<String>) -> Result<Deployed, AgentError> {
-        self.upgrade_as(release, Entry::Switch, false).await
+        self.upgrade_as(release, Entry::Switch, false, None).await
     }
 
     /// An upgrade that takes the traffic by `entry`: at the switch, through a canary, or not
@@ -331,6 +336,7 @@ impl Deployer {
         release: Option<String>,
         entry: Entry,
         allow_no_rollback: bool,
+        preview_until: Option<u64>,
     ) -> Result<Deployed, AgentError> {
         // Held from before the first fetch: two upgrades would lay their files out in the one
         // project directory, each loading the other's.
@@ -360,8 +366,14 @@ impl Deployer {
         let (way_back, no_way_back) = self.ready(back, moving, allow_no_rollback).await?;
         let progress = Progress::new(Mode::Log);
         let mut deployed = if entry == Entry::Preview {
-            self.preview(&fetched, &project, &progress, way_back.as_ref())
-                .await?
+            self.preview(
+                &fetched,
+                &project,
+                &progress,
+                way_back.as_ref(),
+                preview_until,
+            )
+            .await?
         } else {
             self.deploy_locked(
                 &fetched,
@@ -456,11 +468,21 @@ impl Deployer {
         project: &Project,
         progress: &Progress,
         way_back: Option<&WayBack>,
+        until: Option<u64>,
     ) -> Result<Deployed, AgentError> {
         let engine = self.engine().await?;
         let mut upgrader = self.upgrader(engine, progress, true);
         upgrader.entry = Entry::Preview;
         upgrader.way_back = way_back;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let until = until.unwrap_or(now + self.config.upgrade.preview_secs);
+        if let Some(id) = &release.release_id {
+            let key = crate::upgrade::token::key(&self.config, self.aws.as_ref()).await?;
+            let token = crate::upgrade::token::derive(&key, id, until);
+            upgrader.preview_token = Some((token, until));
+        }
         let deployed = upgrader
             .deploy(project, release.release_id.as_deref())
             .await?;

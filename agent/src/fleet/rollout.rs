@@ -331,8 +331,31 @@ async fn steps(
         if let Some(bad) = previews.iter().find(|i| !i.ok()) {
             return Err(verdict_error(bad, "preview"));
         }
+        // One token for the fleet: the load balancer sends the smoke test's requests to any
+        // instance, and each must take the same token (one preview key, one end time).
+        let mut tokens: Vec<&str> = previews
+            .iter()
+            .map(|i| i.preview_token.as_deref().unwrap_or(""))
+            .collect();
+        tokens.sort_unstable();
+        tokens.dedup();
+        let token = match tokens.as_slice() {
+            [t] if !t.is_empty() => t.to_string(),
+            _ => {
+                // Their ends (not secret) say whether the time or the key differed.
+                let ends: Vec<&str> = tokens
+                    .iter()
+                    .map(|t| t.split_once('.').map_or("none", |(u, _)| u))
+                    .collect();
+                return Err(format!(
+                    "the instances answered {} preview tokens for one preview (ending {}): upgrade.preview_key must name one key every instance reads (an ssm:/ SecureString), or the smoke test reaches the preview on some instances only",
+                    tokens.len(),
+                    ends.join(", ")
+                ));
+            }
+        };
         say(&format!("smoke test against the preview: {smoke}"));
-        smoke_test(smoke, &r.release)
+        smoke_test(smoke, &r.release, &token)
             .await
             .map_err(|e| e.to_string())?;
         canary_action = "promote";
@@ -486,6 +509,13 @@ async fn upgrade(
                 ("action", action.to_string()),
                 ("release", release.to_string()),
             ]);
+            // Every instance's preview ends at one time, so that they derive one token.
+            if action == "preview" {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                p.insert("previewUntil", (now + PREVIEW_SECS).to_string());
+            }
             // Only when asked: a document older than this parameter still takes the rest.
             if r.allow_no_rollback {
                 p.insert("allowNoRollback", "true".to_string());
@@ -500,12 +530,18 @@ async fn upgrade(
     run_command::run(&aws.ssm, &send, r.poll).await
 }
 
-/// Runs the smoke test with `BERTH_PREVIEW_RELEASE` set; its output goes to ours.
-async fn smoke_test(command: &str, release: &str) -> Result<(), FleetError> {
+/// How long a rollout's preview lasts at most (its token's end): the smoke test and the
+/// promotion fit well within it, and the agents end it sooner by `upgrade.preview_secs`.
+const PREVIEW_SECS: u64 = 3600;
+
+/// Runs the smoke test with `BERTH_PREVIEW_TOKEN` (what its requests carry in the preview
+/// header or cookie) and `BERTH_PREVIEW_RELEASE` set; its output goes to ours.
+async fn smoke_test(command: &str, release: &str, token: &str) -> Result<(), FleetError> {
     let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .env("BERTH_PREVIEW_RELEASE", release)
+        .env("BERTH_PREVIEW_TOKEN", token)
         .stdin(std::process::Stdio::null())
         .status()
         .await;
@@ -658,6 +694,7 @@ mod tests {
             status: "Failed".into(),
             code: Some(1),
             error: Some("error: release 2 failed right after the switch".into()),
+            preview_token: None,
         };
         assert_eq!(
             verdict_error(&bad, "canary"),

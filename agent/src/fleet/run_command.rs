@@ -36,6 +36,10 @@ pub struct Invocation {
     /// services and codes, never an environment value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A preview's token, from a successful `preview`'s answer (its first field, so that
+    /// SSM's cut of the output keeps it). Not serialized: it is a credential for the preview.
+    #[serde(skip)]
+    pub preview_token: Option<String>,
 }
 
 impl Invocation {
@@ -142,16 +146,14 @@ pub async fn run(
                 .unwrap_or(CommandInvocationStatus::Pending);
             let plugin = inv.command_plugins().first();
             let code = plugin.map(|p| p.response_code()).filter(|c| *c >= 0);
-            let error = (status != CommandInvocationStatus::Success)
-                .then(|| {
-                    let output: String = inv
-                        .command_plugins()
-                        .iter()
-                        .filter_map(|p| p.output())
-                        .collect();
-                    verdict(&output)
-                })
-                .flatten();
+            let output: String = inv
+                .command_plugins()
+                .iter()
+                .filter_map(|p| p.output())
+                .collect();
+            let success = status == CommandInvocationStatus::Success;
+            let error = (!success).then(|| verdict(&output)).flatten();
+            let preview_token = success.then(|| preview_token(&output)).flatten();
             by_instance.insert(
                 instance.to_string(),
                 Invocation {
@@ -159,6 +161,7 @@ pub async fn run(
                     status: status.as_str().to_string(),
                     code,
                     error,
+                    preview_token,
                 },
             );
         }
@@ -172,9 +175,23 @@ pub async fn run(
                 status: "Cancelled".into(),
                 code: None,
                 error: None,
+                preview_token: None,
             })
         })
         .collect())
+}
+
+/// The `preview_token` of berth's answer in `output`: `<digits>.<32 hex digits>`, or None.
+pub fn preview_token(output: &str) -> Option<String> {
+    let key = "\"preview_token\": \"";
+    let start = output.find(key)? + key.len();
+    let token: String = output[start..].chars().take_while(|c| *c != '"').collect();
+    let (until, mac) = token.split_once('.')?;
+    let well_formed = !until.is_empty()
+        && until.chars().all(|c| c.is_ascii_digit())
+        && mac.len() == 32
+        && mac.chars().all(|c| c.is_ascii_hexdigit());
+    well_formed.then_some(token)
 }
 
 /// What SSM puts between a plugin's stdout and its stderr in its output.
@@ -209,7 +226,24 @@ pub fn verdict(output: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::verdict;
+    use super::{preview_token, verdict};
+
+    #[test]
+    fn a_preview_token_is_read_from_berths_answer_and_nothing_else_is_taken_for_one() {
+        let out = "{\n  \"preview_token\": \"1800000000.0123456789abcdef0123456789abcdef\",\n  \"release\": \"2\"\n}";
+        assert_eq!(
+            preview_token(out).as_deref(),
+            Some("1800000000.0123456789abcdef0123456789abcdef")
+        );
+        for bad in [
+            "{\"release\": \"2\"}",
+            "\"preview_token\": \"2\"",
+            "\"preview_token\": \"1800000000.0123\"",
+            "\"preview_token\": \"x.0123456789abcdef0123456789abcdef\"",
+        ] {
+            assert_eq!(preview_token(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_verdict_comes_from_berths_line_on_stdout_before_ssms_cut() {

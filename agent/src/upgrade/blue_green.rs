@@ -78,6 +78,7 @@ impl Upgrader<'_> {
         let to_switch = started.elapsed().as_secs_f64();
         tracing::info!(release = %release_name, color = %next, backends = ?new.backends, seconds = to_switch, "switched");
         let deployed = Deployed {
+            preview_token: None,
             release: release.map(String::from),
             previous: None,
             how: How::Started,
@@ -93,6 +94,7 @@ impl Upgrader<'_> {
         self.settle(&routed, &new, &old, &release_name, before.as_ref())
             .await?;
         Ok(Deployed {
+            preview_token: None,
             previous: old.release.clone(),
             how: How::Switched,
             ..deployed
@@ -132,6 +134,7 @@ impl Upgrader<'_> {
             }
         };
         Ok(Some(Deployed {
+            preview_token: None,
             release: release.map(String::from),
             previous: serving.release.clone(),
             how: How::converged(&report.plan),
@@ -315,6 +318,7 @@ impl Upgrader<'_> {
             self.stop_side(old).await;
         }
         Ok(Deployed {
+            preview_token: None,
             release: prev.release.clone(),
             previous: serving.and_then(|s| s.release),
             how: How::RolledBack,

@@ -37,7 +37,7 @@ impl Upgrader<'_> {
             for &step in steps {
                 percent = step;
                 let set =
-                    proxy::client::preview(self.proxy_socket(), &new.backends, Some(release), step)
+                    proxy::client::preview(self.proxy_socket(), &new.backends, Some(release), step, None)
                         .await?;
                 // An older proxy ignores the share: it would send no session, and the steps
                 // would judge nothing.
@@ -121,7 +121,7 @@ impl Upgrader<'_> {
     /// ([`super::recover`]) ends the canary and removes it.
     async fn end_canary(&self, new: &Side) -> Result<(), UpgradeError> {
         let mut tries = 0;
-        while let Err(e) = proxy::client::preview(self.proxy_socket(), &[], None, 0).await {
+        while let Err(e) = proxy::client::preview(self.proxy_socket(), &[], None, 0, None).await {
             tries += 1;
             if tries == 3 {
                 return Err(e.into());

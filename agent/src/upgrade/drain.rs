@@ -115,6 +115,7 @@ impl Upgrader<'_> {
     ) -> Result<Deployed, UpgradeError> {
         let report = converge::up(self.engine, project, &self.up, self.progress).await?;
         Ok(Deployed {
+            preview_token: None,
             release: release.map(String::from),
             previous,
             how: How::converged(&report.plan),

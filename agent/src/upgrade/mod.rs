@@ -29,6 +29,7 @@ pub mod lock;
 pub mod preview;
 pub mod probe;
 pub mod recover;
+pub mod token;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -99,6 +100,8 @@ pub enum UpgradeError {
         "a preview needs a release id (--release, or the release pointer) for requests to name"
     )]
     PreviewUnnamed,
+    #[error("the preview key {location}: {message}")]
+    PreviewKey { location: String, message: String },
     #[error("no release of {service} is in preview (berth upgrade --preview starts one)")]
     NoPreview { service: String },
     #[error("nothing to roll back to: project {project} keeps no previous release")]
@@ -173,6 +176,10 @@ impl How {
 /// Outcome of a deploy, for the log and for `berth upgrade`'s answer.
 #[derive(Debug, Clone, Serialize)]
 pub struct Deployed {
+    /// A preview's token (first: SSM keeps the start of the output): what a request's
+    /// preview header or cookie must carry to reach it. Only in this answer, never in /status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview_token: Option<String>,
     pub release: Option<String>,
     pub previous: Option<String>,
     pub how: How,
@@ -207,6 +214,8 @@ pub struct Upgrader<'a> {
     /// its services besides the routed one are converged back to it. None: the routed service
     /// alone goes back (a floating release, whose files cannot be had as they were).
     pub way_back: Option<&'a WayBack>,
+    /// A preview's token and the Unix time it ends (`Entry::Preview`).
+    pub preview_token: Option<(String, u64)>,
 }
 
 /// A release to go back to, loaded as its manifest pins it.

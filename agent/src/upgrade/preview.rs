@@ -1,7 +1,9 @@
 //! Test it before it takes traffic: `berth upgrade --preview` starts the new release beside the
-//! serving one and stops before the switch. The proxy sends the requests that name the new
-//! release (its preview header or cookie, through the same load balancer) to it, and everyone
-//! else to the serving one, until `berth promote` (the switch, then the usual watch and
+//! serving one and stops before the switch. The proxy sends the requests that carry the
+//! preview's token (its preview header or cookie, through the same load balancer) to it, and
+//! everyone else to the serving one. The token is derived, not chosen: HMAC-SHA256 of the
+//! release and the time it ends under the preview key ([`super::token`]), so that every
+//! instance of a fleet derives the same one and the release id alone reaches nothing; until `berth promote` (the switch, then the usual watch and
 //! analysis) or `berth rollback` (the new release goes), or `upgrade.preview_secs` passes (the
 //! same as a rollback).
 //!
@@ -28,14 +30,26 @@ impl Upgrader<'_> {
             self.remove_side(&new).await;
             return Err(UpgradeError::PreviewUnnamed);
         };
-        if let Err(e) =
-            proxy::client::preview(self.proxy_socket(), &new.backends, Some(release), 0).await
+        let Some((token, until)) = self.preview_token.clone() else {
+            self.remove_side(&new).await;
+            return Err(UpgradeError::PreviewUnnamed);
+        };
+        let by_token = Some((token.as_str(), until));
+        if let Err(e) = proxy::client::preview(
+            self.proxy_socket(),
+            &new.backends,
+            Some(release),
+            0,
+            by_token,
+        )
+        .await
         {
             self.remove_side(&new).await;
             return Err(e.into());
         }
-        tracing::info!(release, color = %new.color, backends = ?new.backends, "in preview: requests naming it reach it; berth promote switches, berth rollback ends it");
+        tracing::info!(release, color = %new.color, backends = ?new.backends, until, "in preview: requests carrying its token reach it; berth promote switches, berth rollback ends it");
         Ok(Deployed {
+            preview_token: Some(token),
             release: Some(release.to_string()),
             previous: serving.and_then(|s| s.release.clone()),
             how: How::Previewing,
@@ -77,6 +91,7 @@ impl Upgrader<'_> {
         let name = new.release.clone().unwrap_or_else(|| "(unnamed)".into());
         self.switch_and_settle(routed, &new, &old, &name).await?;
         Ok(Deployed {
+            preview_token: None,
             release: new.release.clone(),
             previous: old.release.clone(),
             how: How::Switched,
@@ -92,13 +107,14 @@ impl Upgrader<'_> {
     /// it goes; the serving one never stopped serving.
     pub async fn end_preview(&self, routed: &Routed) -> Result<Deployed, UpgradeError> {
         let (serving, new) = self.previewed(routed).await?;
-        proxy::client::preview(self.proxy_socket(), &[], None, 0).await?;
+        proxy::client::preview(self.proxy_socket(), &[], None, 0, None).await?;
         // Requests already sent to it finish first.
         self.drain(&new.backends).await?;
         self.remove_side(&new).await;
         self.restore_rest(routed, serving.color).await;
         tracing::info!(release = ?new.release, serving = ?serving.release, "preview ended: its release removed");
         Ok(Deployed {
+            preview_token: None,
             release: serving.release.clone(),
             previous: new.release.clone(),
             how: How::RolledBack,

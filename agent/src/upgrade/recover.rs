@@ -152,7 +152,7 @@ impl Upgrader<'_> {
                 OtherSide::Remove if previewed && !canary => {}
                 OtherSide::Remove => {
                     if previewed {
-                        proxy::client::preview(self.proxy_socket(), &[], None, 0).await?;
+                        proxy::client::preview(self.proxy_socket(), &[], None, 0, None).await?;
                         self.drain(&other.backends).await?;
                     }
                     self.progress.warn(&format!(
