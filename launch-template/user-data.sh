@@ -58,9 +58,10 @@ esac
 imds() { # path
 	local token endpoint=${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}
 	endpoint=${endpoint%/}
-	token=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' \
-		"$endpoint/latest/api/token")
-	curl -fsS -H "X-aws-ec2-metadata-token: $token" "$endpoint/latest/$1"
+	token=$(curl -fsS --connect-timeout 2 --max-time 10 -X PUT \
+		-H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "$endpoint/latest/api/token")
+	curl -fsS --connect-timeout 2 --max-time 10 -H "X-aws-ec2-metadata-token: $token" \
+		"$endpoint/latest/$1"
 }
 
 # The package manager's install command for local files, or nothing.

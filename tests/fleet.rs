@@ -480,7 +480,8 @@ fn create_group(moto: &Moto, name: &str, group: &str, n: i32) -> Vec<String> {
     group_ids(moto, group)
 }
 
-fn group_ids(moto: &Moto, group: &str) -> Vec<String> {
+/// The group's instances as moto has them.
+fn group_members(moto: &Moto, group: &str) -> Vec<aws_sdk_autoscaling::types::Instance> {
     aws::block_on(async {
         let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
         let out = asg
@@ -489,14 +490,17 @@ fn group_ids(moto: &Moto, group: &str) -> Vec<String> {
             .send()
             .await
             .unwrap();
-        let mut ids: Vec<String> = out.auto_scaling_groups()[0]
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(String::from))
-            .collect();
-        ids.sort();
-        ids
+        out.auto_scaling_groups()[0].instances().to_vec()
     })
+}
+
+fn group_ids(moto: &Moto, group: &str) -> Vec<String> {
+    let mut ids: Vec<String> = group_members(moto, group)
+        .iter()
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    ids.sort();
+    ids
 }
 
 fn scale_to(moto: &Moto, group: &str, n: i32) {
@@ -1015,25 +1019,15 @@ fn drain_by_deregistration_never_takes_the_last_healthy_target_out() {
 
 /// Each instance's health in the group, as moto has it, by id.
 fn group_health(moto: &Moto, group: &str) -> std::collections::BTreeMap<String, String> {
-    aws::block_on(async {
-        let asg = aws_sdk_autoscaling::Client::new(&moto.sdk_config().await);
-        let out = asg
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(group)
-            .send()
-            .await
-            .unwrap();
-        out.auto_scaling_groups()[0]
-            .instances()
-            .iter()
-            .map(|i| {
-                (
-                    i.instance_id().unwrap_or_default().to_string(),
-                    i.health_status().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    })
+    group_members(moto, group)
+        .iter()
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.health_status().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Makes the instance's web container fail its healthcheck for good (it has no restart

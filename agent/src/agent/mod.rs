@@ -236,22 +236,22 @@ fn load_project(config: &AgentConfig, release: &Release) -> Result<Project, Agen
         .parent()
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
+    // The project directory looked at once: the loader's gate and the check after it judge
+    // by the same host.
+    let host = crate::release::layout::host(config, &release.compose_file);
     let opts = LoadOptions {
         files: vec![release.compose_file.clone()],
         project_name: Some(config.project.clone()),
         working_dir,
         environment,
         remote_sources: release.sources.clone(),
-        read_gate: crate::policy::read_gate(
-            &config.policy,
-            &crate::release::layout::host(config, &release.compose_file),
-        ),
+        read_gate: crate::policy::read_gate(&config.policy, &host),
         ..LoadOptions::default()
     };
     let mut project = compose::load(&opts).map_err(|source| AgentError::Compose {
         compose_file: release.compose_file.display().to_string(),
         source,
     })?;
-    release.pin(&mut project, config)?;
+    release.pin(&mut project, config, &host)?;
     Ok(project)
 }

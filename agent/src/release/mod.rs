@@ -126,20 +126,18 @@ pub struct Release {
 
 impl Release {
     /// The release's project, pinned: each image by its digest (a floating release's as they
-    /// are), and judged by the host policy (no bind into berth's own directories among it).
+    /// are), and judged by the host policy on `host` ([`layout::host`]; no bind into berth's
+    /// own directories among it).
     pub fn pin(
         &self,
         project: &mut crate::compose::Project,
         config: &AgentConfig,
+        host: &crate::policy::Host,
     ) -> Result<(), ReleaseError> {
         if let Some(m) = &self.manifest {
             m.pin(project)?;
         }
-        for warning in crate::policy::check(
-            project,
-            &config.policy,
-            &layout::host(config, &self.compose_file),
-        )? {
+        for warning in crate::policy::check(project, &config.policy, host)? {
             tracing::warn!("{warning}");
         }
         Ok(())
@@ -570,7 +568,8 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        release.pin(&mut project, &config).unwrap();
+        let host = layout::host(&config, &release.compose_file);
+        release.pin(&mut project, &config, &host).unwrap();
         let web = &project.services["web"];
         assert_eq!(web.image, format!("r/web@sha256:{}", "b".repeat(64)));
         assert_eq!(web.labels[manifest::IMAGE_LABEL], "r/web:7");
