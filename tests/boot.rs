@@ -1784,7 +1784,11 @@ fn the_health_port_answers_within_a_second_while_a_container_holds_2000_connecti
     // Another container, before: /healthz answers it, /status and /metrics do not.
     // (busybox's static wget crashes on a bridge address here; nc speaks HTTP/1.0 enough.)
     let probe = |path: &str| {
-        let request = format!("printf 'GET {path} HTTP/1.0\\r\\n\\r\\n' | nc {gateway} {port}");
+        // stdin held open a while: busybox nc stops reading once its stdin ends, which could
+        // be before the answer arrives.
+        let request = format!(
+            "(printf 'GET {path} HTTP/1.0\\r\\n\\r\\n'; sleep 2) | nc -w 5 {gateway} {port}"
+        );
         let out = docker_try(&["run", "--rm", TOOL, "sh", "-c", &request]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         out.stdout
