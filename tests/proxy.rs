@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::signal;
 use common::traffic::{
-    control, failures, stat, total, wait_inflight, Activated, Conn, Load, Proxy,
+    control, failures, read_message, stat, total, wait_inflight, Activated, Conn, Load, Proxy,
 };
 use serde_json::json;
 
@@ -504,44 +504,6 @@ fn the_backend_gets_the_origin_form_and_no_hop_by_hop_headers() {
 
 // ---------------------------------------------------------------------------------------------
 // Bodies.
-
-/// Reads one HTTP/1.1 message's head and body (by Content-Length or chunked) from `r`: the
-/// head's lowercased lines, the body; `None` at the end of the stream.
-fn read_message(r: &mut impl BufRead) -> Option<(Vec<String>, Vec<u8>)> {
-    let mut head = Vec::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        head.push(line.trim_end().to_ascii_lowercase());
-    }
-    let value = |name: &str| {
-        head.iter()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-    };
-    let mut body = Vec::new();
-    if let Some(n) = value("content-length:") {
-        body.resize(n.parse().unwrap(), 0);
-        r.read_exact(&mut body).unwrap();
-    } else if value("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size).unwrap();
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
-            let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk).unwrap();
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    }
-    Some((head, body))
-}
 
 /// A keep-alive backend that answers each request with its body, and says in `x-framing` how
 /// the body came (`length` or `chunked`). `GET /big/N` answers N bytes, chunked.

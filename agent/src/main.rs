@@ -199,9 +199,17 @@ enum Command {
         /// to change (the agent routes a restarted replica again) before its 502; 0: no wait.
         #[arg(long, default_value_t = 5)]
         hold_secs: u64,
-        /// A backend's response head must come within this (504); 0: no limit (long polls).
-        #[arg(long, default_value_t = 0)]
+        /// A backend's response head must come within this after the request's end (504); 0:
+        /// no limit (for long polls that answer later).
+        #[arg(long, default_value_t = 60)]
         response_timeout_secs: u64,
+        /// A client sending a request body may pause this long between bytes (then 408).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        body_timeout_secs: u64,
+        /// A client may take this long to accept more response bytes (then the connection is
+        /// closed).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        send_timeout_secs: u64,
         /// The largest request head (431 above it).
         #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(8192..=16_777_216))]
         max_header_bytes: u64,
@@ -567,6 +575,8 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             connect_timeout_secs,
             hold_secs,
             response_timeout_secs,
+            body_timeout_secs,
+            send_timeout_secs,
             max_header_bytes,
             trust_forwarded,
             no_metrics,
@@ -586,6 +596,8 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 hold: Duration::from_secs(hold_secs),
                 response_timeout: (response_timeout_secs > 0)
                     .then(|| Duration::from_secs(response_timeout_secs)),
+                body_timeout: Duration::from_secs(body_timeout_secs),
+                send_timeout: Duration::from_secs(send_timeout_secs),
                 max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(65_536),
                 trusted: (!trust_forwarded.is_empty()).then_some(trust_forwarded),
                 metrics: !no_metrics,

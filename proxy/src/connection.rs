@@ -10,6 +10,7 @@
 //! idle for the idle timeout (longer than the ALB's).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,7 +28,8 @@ use tokio::sync::watch;
 
 use super::downstream::{self, End};
 use super::forward::{forward, Client, Limits};
-use super::metrics::now_ms;
+use super::metrics::{now_ms, Faults};
+use super::request_body::RequestBody;
 use super::routes::Routes;
 
 /// A connection's timeouts and limits.
@@ -39,6 +41,11 @@ pub(super) struct Timeouts {
     pub(super) idle: Duration,
     /// Request heads bigger than this get a 431 (hyper's read buffer; at least 8 KiB).
     pub(super) max_header_bytes: usize,
+    /// One wait for the client's next request body bytes may last this long (then 408).
+    pub(super) body: Duration,
+    /// One wait for the client to take response bytes may last this long (then the
+    /// connection is closed): a client that stopped reading holds no response for good.
+    pub(super) send: Duration,
 }
 
 /// After a stop began, an idle kept-alive connection gets this long to send its next request
@@ -133,6 +140,24 @@ fn verdict(
     }
 }
 
+/// A connection counted open (what a stop waits for) until this is dropped: also when its
+/// task ends in a panic, which the task contains (the workers' runtimes unwind a task's
+/// panic into its join handle; no other connection notices).
+struct Open<'a>(&'a AtomicU64);
+
+impl<'a> Open<'a> {
+    fn count(open: &'a AtomicU64) -> Open<'a> {
+        open.fetch_add(1, Ordering::AcqRel);
+        Open(open)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves one accepted connection until it closes.
 pub(super) async fn serve(
     mut stream: TcpStream,
@@ -142,7 +167,7 @@ pub(super) async fn serve(
 ) {
     let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     let _ = stream.set_nodelay(true);
-    shared.open.fetch_add(1, Ordering::AcqRel);
+    let _open = Open::count(&shared.open);
     let activity = Activity::new();
     let client = Arc::new(Client::new(peer, port, &shared.limits));
     let mut buf = BytesMut::new();
@@ -156,18 +181,56 @@ pub(super) async fn serve(
     )
     .await;
     if end == End::HandOver {
-        let io = Prefixed { read: buf, stream };
+        let io = Prefixed {
+            read: buf,
+            stream,
+            send: shared.timeouts.send,
+            stalled: None,
+            faults: shared.limits.faults.clone(),
+        };
         serve_with_hyper(io, peer, &shared, client, activity, stop).await;
     }
-    shared.open.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// The client connection with what was read of it and not yet served in front, so that
-/// hyper's server starts from the request downstream.rs handed over. By hand: hyper's own
-/// (`Rewind`) is private, and tokio's `chain` reads only.
+/// hyper's server starts from the request downstream.rs handed over, and with the send
+/// timeout on its writes (hyper's server has none). By hand: hyper's own (`Rewind`) is
+/// private, and tokio's `chain` reads only.
 struct Prefixed {
     read: BytesMut,
     stream: TcpStream,
+    send: Duration,
+    /// Armed while a write waits for the client to take bytes.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    faults: Arc<Faults>,
+}
+
+impl Prefixed {
+    /// A write's outcome, with the send timeout: ready clears the timer; pending arms it, and
+    /// once it passes the write fails (hyper's server then closes the connection).
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let send = self.send;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            self.faults.client_write.fetch_add(1, Ordering::Relaxed);
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no response bytes for {} s", send.as_secs()),
+            )));
+        }
+        Poll::Pending
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -193,7 +256,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.timed(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -201,7 +266,9 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -232,7 +299,8 @@ async fn serve_with_hyper(
             let busy = activity.begin();
             let (shared, client) = (shared.clone(), client.clone());
             async move {
-                let req = req.map(Either::Left);
+                let body_timeout = shared.timeouts.body;
+                let req = req.map(|b| Either::Left(RequestBody::new(b, body_timeout)));
                 let mut resp = forward(&shared.routes, &shared.limits, &client, busy, req).await;
                 if shared.stopping.load(Ordering::Relaxed) {
                     resp.headers_mut()
@@ -300,6 +368,8 @@ mod tests {
             header: Duration::from_secs(30),
             idle: Duration::from_secs(75),
             max_header_bytes: 65_536,
+            body: Duration::from_secs(60),
+            send: Duration::from_secs(60),
         }
     }
 
@@ -321,6 +391,33 @@ mod tests {
             verdict(1, 3, 0, 500_000, &t(), false),
             Verdict::Wait(75_000)
         );
+    }
+
+    #[test]
+    fn a_panic_ends_only_its_own_connections_task_and_it_is_no_longer_counted_open() {
+        // A worker's runtime, as server.rs builds it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let open = Arc::new(AtomicU64::new(0));
+        rt.block_on(async {
+            let (o, p) = (open.clone(), open.clone());
+            let survivor = tokio::spawn(async move {
+                let _open = Open::count(&o);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "served"
+            });
+            let panicked = tokio::spawn(async move {
+                let _open = Open::count(&p);
+                tokio::task::yield_now().await;
+                panic!("a bug met on one connection");
+            });
+            let crashed = panicked.await.expect_err("the task panicked");
+            assert!(crashed.is_panic());
+            assert_eq!(survivor.await.expect("the other connection"), "served");
+        });
+        assert_eq!(open.load(Ordering::Acquire), 0, "both counted closed");
     }
 
     #[test]

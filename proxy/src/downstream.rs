@@ -154,8 +154,7 @@ pub(super) async fn serve(
             }
         };
         let close = asked.close || shared.stopping.load(Ordering::Relaxed);
-        let cap = shared.timeouts.max_header_bytes;
-        match respond(stream, buf, cap, &mut scratch, resp, asked, close).await {
+        match respond(stream, buf, shared, &mut scratch, resp, asked, close).await {
             Ok(true) => {}
             Ok(false) | Err(()) => {
                 let _ = stream.shutdown().await;
@@ -353,17 +352,51 @@ impl Framing {
     }
 }
 
+/// Writes `out` whole to the client, each wait for it to take more bytes bounded by the send
+/// timeout (counted when it passes). Most writes are taken at once: the timer is made only
+/// for a client that is slow to read.
+async fn send_all(stream: &mut TcpStream, mut out: &[u8], shared: &Shared) -> Result<(), ()> {
+    while !out.is_empty() {
+        match stream.try_write(out) {
+            Ok(0) => return Err(()),
+            Ok(n) => out = &out[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(shared.timeouts.send, stream.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return Err(()),
+                    Err(_) => {
+                        shared
+                            .limits
+                            .faults
+                            .client_write
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("the client took no response bytes in time: closed");
+                        return Err(());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(())
+}
+
 /// Writes `resp` to the client; `Ok(true)` when the connection can take another request.
 async fn respond(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    cap: usize,
+    shared: &Shared,
     scratch: &mut Scratch,
     resp: Response<ProxyBody>,
     req: Asked,
     close: bool,
 ) -> Result<bool, ()> {
-    let (parts, mut body) = resp.into_parts();
+    let cap = shared.timeouts.max_header_bytes;
+    let (mut parts, mut body) = resp.into_parts();
+    // The proxy's own answers may ask to close (a request refused, or one whose body was
+    // left unread); a backend's Connection header is gone by now (forward.rs).
+    let close = close || parts.headers.remove(header::CONNECTION).is_some();
     let status = parts.status;
     let length = body.size_hint().exact();
     let framing = Framing::of(req, status, &parts.headers, length);
@@ -382,7 +415,7 @@ async fn respond(
     scratch.headers.clear();
     loop {
         if out.len() >= WRITE_BATCH {
-            stream.write_all(out).await.map_err(drop)?;
+            send_all(stream, out, shared).await?;
             out.clear();
         }
         // What is ready joins what is gathered; only a wait for more writes it out first,
@@ -404,7 +437,7 @@ async fn respond(
         };
         match next {
             None => {
-                stream.write_all(out).await.map_err(drop)?;
+                send_all(stream, out, shared).await?;
                 out.clear();
             }
             Some(Some(Ok(frame))) => {
@@ -415,7 +448,7 @@ async fn respond(
             Some(Some(Err(e))) => {
                 tracing::warn!(error = %e, "the response body broke: the connection is closed");
                 if !out.is_empty() {
-                    let _ = stream.write_all(out).await;
+                    let _ = send_all(stream, out, shared).await;
                     out.clear();
                 }
                 return Err(());
@@ -427,7 +460,7 @@ async fn respond(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        stream.write_all(out).await.map_err(drop)?;
+        send_all(stream, out, shared).await?;
         out.clear();
     }
     Ok(!close)

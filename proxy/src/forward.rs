@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -14,10 +15,12 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use super::connection::Busy;
+use super::metrics::Faults;
+use super::request_body::{Fault, RequestBody};
 use super::routes::{Backend, InFlight, Pool, Routes, Shared, BUCKETS};
 use super::upstream::{self, idempotent, SendError, UpstreamBody};
 
@@ -41,6 +44,8 @@ pub(super) struct Limits {
     pub(super) preview_cookie: String,
     /// The cookie that holds a session's canary bucket while a weighted canary runs.
     pub(super) canary_cookie: String,
+    /// The proxy's timeouts and refusals, by kind.
+    pub(super) faults: Arc<Faults>,
 }
 
 impl Limits {
@@ -100,7 +105,7 @@ fn cookie<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h [u8]> {
 
 /// A request body as sent upstream: the client's, or none (a bodiless request is rebuilt with
 /// an empty one, so that it can be sent again to another backend).
-pub(super) type UpBody = Either<Incoming, Empty<Bytes>>;
+pub(super) type UpBody = Either<RequestBody, Empty<Bytes>>;
 
 /// A response body that keeps its request in flight (and its connection busy) until it is
 /// fully sent, or dropped.
@@ -208,6 +213,46 @@ fn local(code: StatusCode, text: &'static str, busy: Busy) -> Response<ProxyBody
     resp
 }
 
+/// [`local`], and the connection closes after it: the request's body (if it has one) was not
+/// read, and what is left of it must not be taken for the next request.
+fn local_closing(code: StatusCode, text: &'static str, busy: Busy) -> Response<ProxyBody> {
+    let mut resp = local(code, text, busy);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A request this hop refuses (RFC 9112), with its status and why; checked on every request
+/// whichever server read it, before anything is sent. The connection closes after the answer.
+fn refusal(req: &Request<UpBody>) -> Option<(StatusCode, &'static str)> {
+    if req.method() == Method::CONNECT {
+        return Some((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n"));
+    }
+    let headers = req.headers();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() != Version::HTTP_10) {
+        return Some((StatusCode::BAD_REQUEST, "one Host header is required\n"));
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        if codings.next().is_some() {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "Transfer-Encoding on more than one line\n",
+            ));
+        }
+        // RFC 9112 section 6.1: a coding the server does not know is 501. Only chunked is
+        // passed on: any other would reach the app undone (or, with chunked, be dropped).
+        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Some((
+                StatusCode::NOT_IMPLEMENTED,
+                "only the chunked transfer coding is accepted\n",
+            ));
+        }
+    }
+    None
+}
+
 /// Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -217,6 +262,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+];
+
+/// Headers a Connection header cannot make hop-by-hop: the message's target and framing, and
+/// the forwarded headers this hop has already decided on.
+const NOT_HOP_BY_HOP: [&str; 6] = [
+    "host",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "forwarded",
 ];
 
 /// Which of the headers the proxy rewrites a message has, found in one pass over its names.
@@ -276,6 +332,7 @@ fn strip_present(headers: &mut hyper::HeaderMap, present: Present) {
                     && !HOP_BY_HOP
                         .iter()
                         .any(|h| n.eq_ignore_ascii_case(h.as_str()))
+                    && !NOT_HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h))
             })
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
@@ -321,12 +378,19 @@ fn set_forwarded(headers: &mut hyper::HeaderMap, client: &Client, mut present: [
         }
     }
     let [xff, xfp, xfport, _] = present;
+    // Every X-Forwarded-For line counts, in order (one list, RFC 9110 section 5.3): the last
+    // hops are the ones the app may trust, and the first line is the client's own.
     let appended = xff
-        .then(|| headers.get(&XFF))
-        .flatten()
-        .and_then(|v| v.to_str().ok())
-        .map(|prior| format!("{prior}, {}", client.peer.ip()))
-        .and_then(|v| HeaderValue::from_str(&v).ok());
+        .then(|| {
+            let mut all = String::new();
+            for v in headers.get_all(&XFF) {
+                all.push_str(v.to_str().ok()?);
+                all.push_str(", ");
+            }
+            all.push_str(&client.peer.ip().to_string());
+            HeaderValue::from_str(&all).ok()
+        })
+        .flatten();
     headers.insert(&XFF, appended.unwrap_or_else(|| client.peer_value.clone()));
     if !xfp {
         headers.insert(&XFP, HeaderValue::from_static("http"));
@@ -380,6 +444,10 @@ struct Failed {
     connect: bool,
     /// No response head within the limit.
     timeout: bool,
+    /// The backend answered with a malformed message: it is there (502 at once, no retry).
+    bad: bool,
+    /// The client's request body failed (400, 408): no backend is to blame.
+    client: Fault,
     /// The request when it never left the proxy (it may go to another backend).
     unsent: Option<Request<UpBody>>,
 }
@@ -388,10 +456,9 @@ impl Failed {
     /// No connection: the request never left, and may go to (or wait for) another backend.
     fn unreachable(error: String, req: Request<UpBody>) -> Failed {
         Failed {
-            error,
             connect: true,
-            timeout: false,
             unsent: Some(req),
+            ..Failed::sent(error)
         }
     }
 
@@ -400,8 +467,29 @@ impl Failed {
             error: error.to_string(),
             connect: false,
             timeout: false,
+            bad: false,
+            client: Fault::None,
             unsent: None,
         }
+    }
+
+    fn bad(error: impl std::fmt::Display) -> Failed {
+        Failed {
+            bad: true,
+            ..Failed::sent(error)
+        }
+    }
+
+    fn timed_out() -> Failed {
+        Failed {
+            timeout: true,
+            ..Failed::sent("no response head in time")
+        }
+    }
+
+    /// Whether the request may go to another backend after this.
+    fn retryable(&self) -> bool {
+        !self.timeout && !self.bad && self.client == Fault::None
     }
 }
 
@@ -498,12 +586,8 @@ impl Upstream {
                         ..Failed::sent(error)
                     })
                 }
-                None => {
-                    return Err(Failed {
-                        timeout: true,
-                        ..Failed::sent("no response head in time")
-                    });
-                }
+                Some(Err(SendError::Bad(error))) => return Err(Failed::bad(error)),
+                None => return Err(Failed::timed_out()),
             }
         }
         // Closed at once on a new connection too: the backend is going away (a container being
@@ -560,31 +644,50 @@ impl Upstream {
             // request is kept to go elsewhere. Only on new connections, which cost a connect
             // anyway.
             let again = if fresh { replayable(&req) } else { None };
-            let result = within(limits.response, link.sender.try_send_request(req)).await;
+            let progress = match req.body() {
+                Either::Left(body) => Some(body.progress()),
+                Either::Right(_) => None,
+            };
+            let send = link.sender.try_send_request(req);
+            // The response timeout counts from the request body's end.
+            let result = match (limits.response, &progress) {
+                (Some(limit), Some(p)) => tokio::select! {
+                    r = send => Some(r),
+                    () = p.backend_overdue(limit) => None,
+                },
+                (limit, _) => within(limit, send).await,
+            };
             link.last_used = Instant::now();
             match result {
                 Some(Ok(resp)) => return Ok(resp),
                 Some(Err(mut e)) => {
                     links.swap_remove(i);
-                    match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        // A new connection that breaks before any answer: the backend is going
-                        // (a killed container's port still accepts for a moment).
-                        None => {
-                            return Err(Failed {
-                                connect: fresh,
-                                unsent: again.as_ref().map(rebuild),
-                                ..Failed::sent(e.into_error())
-                            })
-                        }
+                    if let Some(unsent) = e.take_message() {
+                        req = unsent;
+                        continue;
                     }
+                    let error = e.into_error();
+                    let client = progress.as_ref().map_or(Fault::None, |p| p.fault());
+                    if client != Fault::None {
+                        return Err(Failed {
+                            client,
+                            ..Failed::sent(error)
+                        });
+                    }
+                    if error.is_parse() || error.is_parse_status() || error.is_parse_too_large() {
+                        return Err(Failed::bad(error));
+                    }
+                    // A new connection that breaks before any answer: the backend is going
+                    // (a killed container's port still accepts for a moment).
+                    return Err(Failed {
+                        connect: fresh,
+                        unsent: again.as_ref().map(rebuild),
+                        ..Failed::sent(error)
+                    });
                 }
                 None => {
                     links.swap_remove(i);
-                    return Err(Failed {
-                        timeout: true,
-                        ..Failed::sent("no response head in time")
-                    });
+                    return Err(Failed::timed_out());
                 }
             }
         }
@@ -621,6 +724,11 @@ impl Client {
     }
 }
 
+/// While a request is held (no backend took it), how often the routed backends are tried
+/// again: a replica restarting on its own address is back in well under a second, and waiting
+/// for the next route alone would keep the request for the whole hold.
+const RETRY: Duration = Duration::from_millis(200);
+
 /// Sends `req` from `client` to a backend of the route and returns its response.
 pub(super) async fn forward(
     routes: &Routes,
@@ -630,6 +738,17 @@ pub(super) async fn forward(
     mut req: Request<UpBody>,
 ) -> Response<ProxyBody> {
     let started = routes.timed.then(Instant::now);
+    // A bodiless idempotent request can go to another replica if its backend fails.
+    let bodiless = match req.body() {
+        Either::Left(body) => body.is_end_stream(),
+        Either::Right(_) => true,
+    };
+    if let Some((code, why)) = refusal(&req) {
+        limits.faults.refused();
+        return local_closing(code, why, busy);
+    }
+    // A local answer to a request whose body was not read closes the connection after it.
+    let answer = if bodiless { local } else { local_closing };
     let (pool, bucket) = if routes.previewing() {
         let headers = req.headers();
         routes.for_request(limits.preview_of(headers), limits.bucket_of(headers))
@@ -637,7 +756,7 @@ pub(super) async fn forward(
         (routes.current(), None)
     };
     let Some(pool) = pool else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
+        return answer(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
     };
     // Origin-form (`/path?query`), as a server expects from a client; some (busybox httpd)
     // refuse the absolute form.
@@ -650,10 +769,13 @@ pub(super) async fn forward(
         *req.uri_mut() = Uri::from(path);
     }
     let present = Present::of(req.headers());
+    // Only WebSocket is tunnelled; any other Upgrade (h2c) is dropped with the hop-by-hop
+    // headers, and the request is answered as HTTP/1.1.
     let upgrade = present
         .connection()
         .then(|| upgrade_of(req.headers()))
-        .flatten();
+        .flatten()
+        .filter(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let headers = req.headers_mut();
     strip_present(headers, present);
     set_forwarded(headers, client, present.forwarded);
@@ -667,19 +789,24 @@ pub(super) async fn forward(
     // The client's Host passes through (the app sees the name it was called by); an HTTP/1.0
     // request without one gets the backend's.
     let no_host = !req.headers().contains_key(header::HOST);
-    // A bodiless idempotent request can go to another replica if its backend fails.
-    let bodiless = match req.body() {
-        Either::Left(body) => body.is_end_stream(),
-        Either::Right(_) => true,
-    };
     if bodiless {
         *req.body_mut() = Either::Right(Empty::new());
+    } else if !req.headers().contains_key(header::CONTENT_LENGTH) {
+        // Its chunked framing was this hop's (removed above): the next hop's is chunked too,
+        // said outright, as hyper's client sends a GET's body of unknown length as none.
+        req.headers_mut().insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
+    *req.version_mut() = Version::HTTP_11;
+    let method = req.method().clone();
     let replay = (pool.len() > 1).then(|| replayable(&req)).flatten();
     let mut pending = Some(req);
     let mut last: Option<(Failed, Arc<Shared>)> = None;
     let mut pool = pool;
-    for round in 0..2 {
+    let mut hold_until: Option<Instant> = None;
+    loop {
         let mut avoid = None;
         for _ in 0..pool.len().min(3) {
             let Some(mut req) = pending.take() else {
@@ -704,6 +831,13 @@ pub(super) async fn forward(
                     match body.collect().await {
                         Ok(whole) => Ok(Answer::Whole(parts, whole.to_bytes())),
                         Err(e) => Err(Failed::sent(format!("the response body broke: {e}"))),
+                    }
+                }
+                // hyper's client frames its answers as this one does (upstream::framing).
+                Ok(Answer::Hyper(mut resp)) => {
+                    match upstream::framing(&method, resp.status(), resp.headers_mut()) {
+                        Ok(_) => Ok(Answer::Hyper(resp)),
+                        Err(e) => Err(Failed::bad(e)),
                     }
                 }
                 other => other,
@@ -739,13 +873,17 @@ pub(super) async fn forward(
                     if failed.connect {
                         backend.shared.counters.connect_error();
                     }
-                    tracing::warn!(backend = %backend.addr, error = %failed.error, "upstream request failed");
+                    if failed.client == Fault::None {
+                        tracing::warn!(backend = %backend.addr, error = %failed.error, "upstream request failed");
+                    } else {
+                        tracing::info!(peer = %client.peer, error = %failed.error, "the client's request body failed");
+                    }
                     // Unsent, it may go anywhere; sent, only a bodiless idempotent one is sent
                     // again.
                     pending = failed
                         .unsent
                         .take()
-                        .or_else(|| replay.as_ref().filter(|_| !failed.timeout).map(rebuild));
+                        .or_else(|| replay.as_ref().filter(|_| failed.retryable()).map(rebuild));
                     last = Some((failed, backend.shared.clone()));
                     if pending.is_none() {
                         break;
@@ -754,29 +892,45 @@ pub(super) async fn forward(
                 }
             }
         }
-        // No backend took it and it can still be sent: the replicas are being restarted, and
-        // the agent routes them again in a moment. Held that long, it is served instead of a 502.
+        // No backend took it and it can still be sent: the replicas are being restarted, on
+        // their addresses or on new ones the agent routes in a moment. Held up to the hold,
+        // tried again every RETRY and at once on a new route, it is served instead of a 502.
         let unreachable = last.as_ref().is_some_and(|(f, _)| f.connect);
-        if round > 0 || pending.is_none() || !unreachable || limits.hold.is_zero() {
+        if pending.is_none() || !unreachable || limits.hold.is_zero() {
             break;
         }
-        match routes.rerouted(&pool, limits.hold).await {
-            Some(next) => pool = next,
-            None => break,
+        let until = *hold_until.get_or_insert_with(|| Instant::now() + limits.hold);
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        if let Some(next) = routes.rerouted(&pool, RETRY.min(until - now)).await {
+            pool = next;
         }
     }
-    match last {
-        Some((failed, shared)) => {
-            if failed.timeout {
-                limits.count(&shared, 504);
-                local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", busy)
-            } else {
-                limits.count(&shared, 502);
-                local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy)
-            }
+    let Some((failed, shared)) = last else {
+        return answer(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
+    };
+    match failed.client {
+        Fault::Malformed => {
+            return local_closing(StatusCode::BAD_REQUEST, "bad request body\n", busy);
         }
-        None => local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy),
+        Fault::Stalled => {
+            limits.faults.request_body.fetch_add(1, Ordering::Relaxed);
+            return local_closing(StatusCode::REQUEST_TIMEOUT, "request body timeout\n", busy);
+        }
+        Fault::None => {}
     }
+    if failed.timeout {
+        limits.faults.response_head.fetch_add(1, Ordering::Relaxed);
+        limits.count(&shared, 504);
+        return answer(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", busy);
+    }
+    if failed.bad {
+        shared.counters.bad_response();
+    }
+    limits.count(&shared, 502);
+    answer(StatusCode::BAD_GATEWAY, "bad gateway\n", busy)
 }
 
 /// A backend's answer: streamed to the client as it comes, or already read whole.
@@ -1055,6 +1209,7 @@ mod tests {
             preview_header: HeaderName::from_static("x-berth-preview"),
             preview_cookie: "berth-preview".into(),
             canary_cookie: "berth-canary".into(),
+            faults: Arc::default(),
         };
         let mut h = hyper::HeaderMap::new();
         assert_eq!(limits.preview_of(&h), None);
@@ -1099,6 +1254,7 @@ mod tests {
             preview_header: HeaderName::from_static("x-berth-preview"),
             preview_cookie: "berth-preview".into(),
             canary_cookie: "berth-canary".into(),
+            faults: Arc::default(),
         };
         let trusted = Client::new(peer, 8080, &limits);
         let mut h = hyper::HeaderMap::new();

@@ -26,7 +26,8 @@
 //! body, driven from the request's own task), `downstream` (the client side of requests without
 //! a body: berth's own HTTP/1.1 server, in the connection's task), `connection` (a client
 //! connection's timeouts and polite close, and hyper's server for the rest), `metrics`
-//! (counters and their readings), `pages` (start-up code handed back to the kernel), `server`
+//! (counters and their readings), `request_body` (a client's body on its way, timed, its
+//! faults kept), `pages` (start-up code handed back to the kernel), `server`
 //! (`run`: listeners, workers, signals, the control socket), `client` (what the agent calls).
 
 use std::net::SocketAddr;
@@ -42,11 +43,17 @@ pub mod ipc;
 pub mod metrics;
 pub mod pages;
 pub mod protocol;
+mod request_body;
 mod routes;
 mod server;
 mod upstream;
 
 pub use server::{run, Settings};
+
+// A panic is contained to the connection (the task) it happened on: the other connections,
+// their requests in flight and the listener go on. That needs unwinding.
+#[cfg(panic = "abort")]
+compile_error!("berth's proxy contains panics per connection: build it with panic = \"unwind\"");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

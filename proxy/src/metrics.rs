@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{BackendStats, Status, LATENCY_BOUNDS_MS};
+use super::protocol::{BackendStats, FaultCounts, Status, LATENCY_BOUNDS_MS};
 
 /// One backend's live counters.
 #[derive(Debug, Default)]
@@ -23,6 +23,7 @@ pub(super) struct Counters {
     pub(super) upgraded_open: AtomicU64,
     upgraded: AtomicU64,
     connect_errors: AtomicU64,
+    bad_responses: AtomicU64,
     latency: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_us: AtomicU64,
     /// Out of rotation until this time ([`now_ms`]): set by a failed connect.
@@ -64,6 +65,11 @@ impl Counters {
             .store(now_ms() + DOWN_FOR_MS, Ordering::Relaxed);
     }
 
+    /// The backend answered with a malformed message: alive, so not marked down.
+    pub(super) fn bad_response(&self) {
+        self.bad_responses.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn is_down(&self, now: u64) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) > now
     }
@@ -94,6 +100,33 @@ impl Counters {
             },
             latency_sum_us: load(&self.latency_sum_us),
             down: self.is_down(now_ms()),
+            bad_responses: load(&self.bad_responses),
+        }
+    }
+}
+
+/// The proxy's own verdicts that no backend is charged with, by kind (the timeouts, and
+/// requests refused before any backend saw them).
+#[derive(Debug, Default)]
+pub(super) struct Faults {
+    pub(super) request_body: AtomicU64,
+    pub(super) response_head: AtomicU64,
+    pub(super) client_write: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Faults {
+    pub(super) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn snapshot(&self) -> FaultCounts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FaultCounts {
+            request_body_timeouts: load(&self.request_body),
+            response_head_timeouts: load(&self.response_head),
+            client_write_timeouts: load(&self.client_write),
+            refused: load(&self.refused),
         }
     }
 }
@@ -232,6 +265,12 @@ pub fn render(status: &Status) -> String {
         &|s| s.connect_errors,
     );
     family(
+        "berth_proxy_bad_responses_total",
+        "counter",
+        "Answers from the backend that were not well-framed HTTP/1.1 (each a 502).",
+        &|s| s.bad_responses,
+    );
+    family(
         "berth_proxy_backend_up",
         "gauge",
         "1 while the backend is in rotation, 0 after a failed connect.",
@@ -252,6 +291,25 @@ pub fn render(status: &Status) -> String {
             );
         }
     }
+    let name = "berth_proxy_timeouts_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests cut short by a proxy timeout, by phase.\n# TYPE {name} counter"
+    );
+    let f = &status.faults;
+    for (kind, n) in [
+        ("request_body", f.request_body_timeouts),
+        ("response_head", f.response_head_timeouts),
+        ("client_write", f.client_write_timeouts),
+    ] {
+        let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
+    }
+    let name = "berth_proxy_refused_requests_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests refused before any backend saw them.\n# TYPE {name} counter\n{name} {}",
+        f.refused
+    );
     let name = "berth_proxy_request_duration_seconds";
     let _ = writeln!(
         out,
@@ -324,6 +382,7 @@ mod tests {
                 (c, new.snapshot(Some("v2\"".into()), true)),
             ]),
             preview: None,
+            faults: FaultCounts::default(),
         }
     }
 

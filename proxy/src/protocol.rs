@@ -84,6 +84,32 @@ pub struct Status {
     /// The preview's backends and the release a request names to reach them, while one is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<Previewed>,
+    /// The proxy's timeouts and refusals, by kind, since it started.
+    #[serde(default, skip_serializing_if = "FaultCounts::is_empty")]
+    pub faults: FaultCounts,
+}
+
+/// What the proxy cut short or refused, by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultCounts {
+    /// Request bodies whose client sent nothing for the body timeout (408).
+    #[serde(default)]
+    pub request_body_timeouts: u64,
+    /// Backends that sent no response head within the response timeout (504).
+    #[serde(default)]
+    pub response_head_timeouts: u64,
+    /// Clients that took no response bytes for the send timeout (closed).
+    #[serde(default)]
+    pub client_write_timeouts: u64,
+    /// Requests refused before any backend saw them (400, 405, 501).
+    #[serde(default)]
+    pub refused: u64,
+}
+
+impl FaultCounts {
+    pub fn is_empty(&self) -> bool {
+        *self == FaultCounts::default()
+    }
 }
 
 /// A preview as the proxy holds it (and answers `preview` with).
@@ -134,6 +160,13 @@ pub struct BackendStats {
     /// Out of rotation after a failed connect (until it answers again).
     #[serde(default)]
     pub down: bool,
+    /// Answers that were not well-framed HTTP/1.1 (each a 502; the backend stays in rotation).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub bad_responses: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The latency histogram's upper bounds, in milliseconds (Prometheus' `le`).
@@ -286,6 +319,7 @@ mod tests {
             previous: vec![],
             backends: BTreeMap::from([(a, stats)]),
             preview: None,
+            faults: FaultCounts::default(),
         };
         let wire = json!({"ok": true, "active": ["127.0.0.1:32769"], "previous": [],
             "backends": {"127.0.0.1:32769": {"release": "v1", "inflight": 2, "served": 7,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{now_ms, Counters};
+use super::metrics::{now_ms, Counters, Faults};
 use super::protocol::{Previewed, Status};
 
 /// What the proxy keeps per backend address, across routes.
@@ -121,6 +121,8 @@ pub struct Routes {
     changed: tokio::sync::watch::Sender<()>,
     /// Whether requests are timed (`--no-metrics` turns it off).
     pub(super) timed: bool,
+    /// The proxy's timeouts and refusals (reported with the backends' counters).
+    pub(super) faults: Arc<Faults>,
 }
 
 #[derive(Debug, Default)]
@@ -435,6 +437,7 @@ impl Routes {
                 })
                 .collect(),
             preview: self.previewed(),
+            faults: self.faults.snapshot(),
         }
     }
 }

@@ -35,8 +35,13 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// How long a request that reaches no backend waits for another route.
     pub hold: Duration,
-    /// `None`: no limit on the backend's response head (long polls).
+    /// `None`: no limit on the backend's response head (long polls); counted from the end
+    /// of the request body.
     pub response_timeout: Option<Duration>,
+    /// One wait for the client's next request body bytes (then 408).
+    pub body_timeout: Duration,
+    /// One wait for the client to take response bytes (then the connection closes).
+    pub send_timeout: Duration,
     pub max_header_bytes: usize,
     /// Peers whose X-Forwarded-* headers are believed; `None`: all.
     pub trusted: Option<Vec<ipnet::IpNet>>,
@@ -101,11 +106,14 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             preview_header: settings.preview_header.clone(),
             preview_cookie: settings.preview_cookie.clone(),
             canary_cookie: settings.canary_cookie.clone(),
+            faults: routes.faults.clone(),
         },
         timeouts: Timeouts {
             header: settings.header_timeout,
             idle: settings.idle_timeout,
             max_header_bytes: settings.max_header_bytes,
+            body: settings.body_timeout,
+            send: settings.send_timeout,
         },
         stopping: Default::default(),
         open: Default::default(),

@@ -43,6 +43,9 @@ pub(super) enum SendError {
     Unsent(Box<Parts>, String),
     /// It may have reached the backend.
     Sent(String),
+    /// The backend answered, with something that is not a well-framed HTTP/1.1 response: it
+    /// is alive (not to be marked down, nor waited for), and its answer is a 502.
+    Bad(String),
 }
 
 /// One kept-alive connection to a backend.
@@ -120,7 +123,7 @@ pub(super) async fn connect(backend: SocketAddr, limit: Duration) -> Result<Conn
 
 /// How the response body ends (RFC 9112 section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// This many bytes are left.
     Length(u64),
     Chunked(Chunk),
@@ -140,7 +143,7 @@ struct Head {
 
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(super) enum Chunk {
     /// Before a chunk-size line.
     Size,
     /// In a chunk's data, this many bytes left.
@@ -191,6 +194,7 @@ impl Conn {
                 return Err(SendError::Unsent(Box::new(parts), e));
             }
             Err(Closed::Before(e) | Closed::After(e)) => return Err(SendError::Sent(e)),
+            Err(Closed::Malformed(e)) => return Err(SendError::Bad(e)),
         };
         *self.spare = parts.headers;
         self.spare.clear();
@@ -239,7 +243,7 @@ impl Conn {
             let parsed = if self.buf.is_empty() {
                 None
             } else {
-                self.parse_head(method).map_err(Closed::After)?
+                self.parse_head(method).map_err(Closed::Malformed)?
             };
             if let Some(parsed) = parsed {
                 match parsed {
@@ -248,7 +252,7 @@ impl Conn {
                 }
             }
             if self.buf.len() >= MAX_HEAD {
-                return Err(Closed::After(format!(
+                return Err(Closed::Malformed(format!(
                     "the response head is over {MAX_HEAD} bytes"
                 )));
             }
@@ -369,10 +373,12 @@ impl Conn {
     }
 }
 
-/// A connection that ended before the response head: before any of it (`Before`) or partway.
+/// Why no response head came: the connection ended before any of it (`Before`) or partway
+/// (`After`), or what came is not one (`Malformed`).
 enum Closed {
     Before(String),
     After(String),
+    Malformed(String),
 }
 
 /// Requests that may be sent again once sent (RFC 9110 section 9.2.2): only those are
@@ -384,9 +390,13 @@ pub(super) fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// How the body of a response with `status` to `method` ends; a Content-Length that a
-/// Transfer-Encoding overrides is removed (RFC 9112 section 6.3).
-fn framing(
+/// How the body of a response with `status` to `method` ends (RFC 9112 section 6.3), for
+/// both of the proxy's clients (this one and hyper's, forward.rs): a Content-Length that a
+/// Transfer-Encoding overrides, or that a 204 may not have, is removed. Strict where a
+/// lenient reading could frame the message otherwise than the next hop does: one
+/// Transfer-Encoding line, and only `chunked` (nginx refuses the others from a backend too:
+/// a coding this hop would drop, like the gzip of `gzip, chunked`, is a corrupted body).
+pub(super) fn framing(
     method: &Method,
     status: StatusCode,
     headers: &mut HeaderMap,
@@ -394,27 +404,28 @@ fn framing(
     if method == Method::CONNECT {
         return Err("a CONNECT tunnel is not proxied".into());
     }
+    if status == StatusCode::NO_CONTENT {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         return Ok(Framing::Length(0));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        if codings.next().is_some() {
+            return Err("Transfer-Encoding on more than one line".into());
+        }
+        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(format!(
+                "a Transfer-Encoding other than chunked ({:?})",
+                String::from_utf8_lossy(te.as_bytes())
+            ));
+        }
         headers.remove(header::CONTENT_LENGTH);
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty())
-            .unwrap_or("");
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            Framing::Close
-        });
+        return Ok(Framing::Chunked(Chunk::Size));
     }
     let mut length: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
@@ -434,6 +445,39 @@ fn framing(
         }
     }
     Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// A chunk-size line at the start of `buf` (RFC 9112 section 7.1): its length with the CRLF,
+/// and the size; `None` while incomplete. By hand, because httparse's takes a bare LF, a line
+/// without digits and control bytes in an extension, any of which another hop may read as a
+/// different boundary.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    const MAX_LINE: usize = 1024;
+    let Some(lf) = buf.iter().take(MAX_LINE).position(|b| *b == b'\n') else {
+        if buf.len() >= MAX_LINE {
+            return Err("a chunk-size line over 1 KiB");
+        }
+        return Ok(None);
+    };
+    let Some(line) = buf[..lf].strip_suffix(b"\r") else {
+        return Err("a chunk-size line ended by a bare LF");
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err("a chunk-size line without a size");
+    }
+    if digits > 16 {
+        return Err("a chunk size over 64 bits");
+    }
+    let ext = &line[digits..];
+    let ext_ok = ext.iter().all(|b| *b == b'\t' || (b' '..0x7f).contains(b))
+        && matches!(ext.trim_ascii_start().first(), None | Some(b';'));
+    if !ext_ok {
+        return Err("a bad chunk extension");
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| "a bad chunk size")?;
+    let size = u64::from_str_radix(text, 16).map_err(|_| "a bad chunk size")?;
+    Ok(Some((lf + 1, size)))
 }
 
 /// The hop-by-hop headers of a response besides Connection and Transfer-Encoding (RFC 9110
@@ -543,20 +587,16 @@ impl UpstreamBody {
                     let n = buf.len();
                     return Ok(Some(Some(take(buf, n))));
                 }
-                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, 0))) => {
+                Framing::Chunked(Chunk::Size) => match chunk_size(buf)? {
+                    Some((used, 0)) => {
                         buf.advance(used);
                         self.framing = Framing::Chunked(Chunk::Trailers);
                     }
-                    Ok(httparse::Status::Complete((used, size))) => {
+                    Some((used, size)) => {
                         buf.advance(used);
                         self.framing = Framing::Chunked(Chunk::Data(size));
                     }
-                    Ok(httparse::Status::Partial) if buf.len() > 1024 => {
-                        return Err("a chunk-size line over 1 KiB".into())
-                    }
-                    Ok(httparse::Status::Partial) => return Ok(None),
-                    Err(_) => return Err("a bad chunk size".into()),
+                    None => return Ok(None),
                 },
                 Framing::Chunked(Chunk::Data(left)) => {
                     if buf.is_empty() {
@@ -720,19 +760,52 @@ mod tests {
         assert!(framing(&Method::GET, ok, &mut h(&[("content-length", "x")])).is_err());
         assert_eq!(framing(&Method::GET, ok, &mut h(&[])), Ok(Framing::Close));
         // Transfer-Encoding wins, and the Content-Length it overrides is not passed on.
-        let mut both = h(&[
-            ("transfer-encoding", "gzip, chunked"),
-            ("content-length", "9"),
-        ]);
+        let mut both = h(&[("transfer-encoding", "Chunked"), ("content-length", "9")]);
         assert_eq!(
             framing(&Method::GET, ok, &mut both),
             Ok(Framing::Chunked(Chunk::Size))
         );
         assert!(!both.contains_key(header::CONTENT_LENGTH));
+        // Codings this hop would drop, and chunked on two lines, are refused.
+        for te in [&["gzip, chunked"][..], &["gzip"], &["chunked", "chunked"]] {
+            let mut m = h(&[]);
+            for v in te {
+                m.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            }
+            assert!(framing(&Method::GET, ok, &mut m).is_err(), "{te:?}");
+        }
+        // A 204 has no body, and no Content-Length either (RFC 9110 section 8.6).
+        let mut no_content = h(&cl);
         assert_eq!(
-            framing(&Method::GET, ok, &mut h(&[("transfer-encoding", "gzip")])),
-            Ok(Framing::Close)
+            framing(&Method::GET, StatusCode::NO_CONTENT, &mut no_content),
+            Ok(Framing::Length(0))
         );
+        assert!(no_content.is_empty());
+    }
+
+    #[test]
+    fn chunk_size_lines_are_read_strictly() {
+        assert_eq!(chunk_size(b"1a\r\nxx"), Ok(Some((4, 26))));
+        assert_eq!(chunk_size(b"0;name=value\r\n"), Ok(Some((14, 0))));
+        assert_eq!(chunk_size(b"5 ;a\r\n"), Ok(Some((6, 5))));
+        assert_eq!(chunk_size(b"5;ext"), Ok(None));
+        for bad in [
+            &b"5\n"[..],
+            b"5;a\nb\r\n",
+            b";ext\r\n",
+            b"\r\n",
+            b"x\r\n",
+            b"5 x\r\n",
+            b"5;a\rb\r\n",
+            b"11111111111111111\r\n",
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(chunk_size(&[b'5'; 2048]).is_err(), "over 1 KiB");
     }
 
     #[test]
@@ -987,7 +1060,7 @@ mod tests {
             .send(get(Method::CONNECT), Idle::default(), false)
             .await
         {
-            Err(SendError::Sent(e)) => assert!(e.contains("CONNECT"), "{e}"),
+            Err(SendError::Bad(e)) => assert!(e.contains("CONNECT"), "{e}"),
             other => panic!("{other:?}"),
         }
     }
@@ -1013,8 +1086,13 @@ mod tests {
             let (addr, _heads) = backend(vec![vec![answer]]).await;
             let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
             match conn.send(get(Method::GET), Idle::default(), false).await {
-                Err(SendError::Sent(e)) => assert!(e.contains(expect), "{e}"),
-                other => panic!("{other:?}"),
+                // Cut short: the backend may be going away. Anything else it sent is an
+                // answer, a bad one.
+                Err(SendError::Sent(e)) if expect.contains("before") => {
+                    assert!(e.contains(expect), "{e}")
+                }
+                Err(SendError::Bad(e)) => assert!(e.contains(expect), "{e}"),
+                other => panic!("{expect}: {other:?}"),
             }
         }
     }

@@ -504,3 +504,45 @@ pub fn failures(samples: &[Sample]) -> Vec<String> {
         .filter_map(|s| s.result.as_ref().err().cloned())
         .collect()
 }
+
+/// One HTTP/1.1 message read from `r`: its head's lines (lowercased, the first is the start
+/// line) and its body (by Content-Length or chunked; none otherwise). `None` when the stream
+/// ends first, also partway through the body.
+pub fn read_message(r: &mut impl BufRead) -> Option<(Vec<String>, Vec<u8>)> {
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim_end().to_ascii_lowercase());
+    }
+    let value = |name: &str| {
+        head.iter()
+            .skip(1)
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    let mut body = Vec::new();
+    if let Some(n) = value("content-length:") {
+        body.resize(n.parse().ok()?, 0);
+        r.read_exact(&mut body).ok()?;
+    } else if value("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            if r.read_line(&mut size).ok()? == 0 {
+                return None;
+            }
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Some((head, body))
+}
