@@ -270,15 +270,17 @@ if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'disable --now berth.service b
 else
     fail "expected the rpm's preuninstall scriptlet to disable --now all four units"
 fi
-if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'try-restart berth-proxy.service berth.service'; then
+if rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'try-reload-or-restart berth-proxy.service' \
+    && rpm -qp --scripts "$rpm" 2>/dev/null | grep -q 'try-restart berth.service'; then
     ok "rpm restarts the running agent and proxy on an upgrade"
 else
-    fail "expected the rpm's postinstall scriptlet to try-restart the agent and proxy on an upgrade"
+    fail "expected the rpm's postinstall scriptlet to reload the proxy and try-restart the agent on an upgrade"
 fi
-if dpkg-deb -I "$deb" postinst 2>/dev/null | grep -q 'try-restart berth-proxy.service berth.service'; then
+if dpkg-deb -I "$deb" postinst 2>/dev/null | grep -q 'try-reload-or-restart berth-proxy.service' \
+    && dpkg-deb -I "$deb" postinst 2>/dev/null | grep -q 'try-restart berth.service'; then
     ok "deb restarts the running agent and proxy on an upgrade"
 else
-    fail "expected the .deb's postinst to try-restart the agent and proxy on an upgrade"
+    fail "expected the .deb's postinst to reload the proxy and try-restart the agent on an upgrade"
 fi
 
 # --- removal -----------------------------------------------------------------------------------

@@ -1537,3 +1537,183 @@ fn a_control_line_over_64_kib_is_refused_naming_the_limit() {
         "the control socket still works: {status}"
     );
 }
+
+/// A keep-alive backend for the reload test: `/events` streams five SSE events 300 ms apart
+/// and ends the stream; a WebSocket upgrade echoes text; anything else answers `blue`.
+fn mixed_backend() -> SocketAddr {
+    backend_serving(|mut reader, mut out| loop {
+        // The head as sent (the WebSocket key is case-sensitive); these requests have no body.
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line.trim_end().to_string());
+        }
+        if head[0].starts_with("GET /events") {
+            let _ = out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            );
+            for i in 0..5 {
+                let event = format!("data: {i}\n\n");
+                let _ = write!(out, "{:x}\r\n{event}\r\n", event.len());
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            if out.write_all(b"0\r\n\r\n").is_err() {
+                return;
+            }
+        } else if let Some(key) = head.iter().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+                .map(|(_, v)| v)
+        }) {
+            // The handshake by hand (the head is read already), then tungstenite's frames.
+            let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+            let _ = write!(
+                out,
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            let mut ws = tungstenite::WebSocket::from_raw_socket(
+                out,
+                tungstenite::protocol::Role::Server,
+                None,
+            );
+            while let Ok(m) = ws.read() {
+                if let tungstenite::Message::Text(t) = m {
+                    let answer = format!("blue {}", t.as_str());
+                    if ws.send(tungstenite::Message::text(answer)).is_err() {
+                        return;
+                    }
+                }
+            }
+            return;
+        } else if out
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nblue\n")
+            .is_err()
+        {
+            return;
+        }
+    })
+}
+
+/// Kills a process this test did not start (a proxy's successor) when dropped.
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+#[test]
+fn a_reload_hands_over_at_once_while_open_streams_finish_on_the_old_proxy() {
+    let backend = mixed_backend();
+    // What systemd's berth-proxy.socket holds.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("proxy.sock");
+    let log = dir.path().join("proxy.log");
+    let state = dir.path().join("route.json");
+    let b = backend.to_string();
+    let args = [
+        "--backend",
+        b.as_str(),
+        "--state",
+        state.to_str().unwrap(),
+        "--drain-secs",
+        "20",
+    ];
+    let mut old = Activated::start(&listener, &control, &log, &args);
+    let old_pid = old.child.id();
+
+    let load = Load::start(addr, "/", 4);
+    load.run_for(100);
+    let sse = std::thread::spawn(move || {
+        let (mut r, mut w) = connected(addr);
+        w.write_all(b"GET /events HTTP/1.1\r\nHost: app\r\n\r\n")
+            .unwrap();
+        read_message(&mut r)
+    });
+    let mut ws = ws_open(addr);
+    assert_eq!(ws_echo(&mut ws, "before"), "blue before");
+    assert_eventually!(5, "the stream is open", || {
+        let s = old.control(json!({"op": "status"}));
+        (stat(&s, backend, "inflight") >= 2)
+            .then_some(())
+            .ok_or_else(|| s.to_string())
+    });
+
+    signal(old_pid, "HUP");
+    let reloaded = Instant::now();
+    // Every new connection meanwhile is answered at once, by one proxy or the other.
+    let mut slowest = Duration::ZERO;
+    while reloaded.elapsed() < Duration::from_secs(2) {
+        let asked = Instant::now();
+        let (code, body) = Conn::open(addr).get("/");
+        assert_eq!((code, body.trim()), (200, "blue"));
+        slowest = slowest.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a new connection waited {slowest:?}"
+    );
+    let status = old.control(json!({"op": "status"}));
+    let new_pid = status["pid"].as_u64().unwrap() as u32;
+    let _successor = Successor(new_pid);
+    assert_ne!(new_pid, old_pid, "the successor answers the control socket");
+    assert_eq!(status["active"], json!([b]), "it resumed the saved route");
+
+    // The old proxy keeps what it had open: the WebSocket, and the stream to its end.
+    assert_eq!(ws_echo(&mut ws, "after"), "blue after");
+    let (head, events) = sse
+        .join()
+        .unwrap()
+        .expect("the SSE stream ends cleanly (its last chunk)");
+    assert!(head[0].starts_with("http/1.1 200"), "{head:?}");
+    let events = String::from_utf8(events).unwrap();
+    assert_eq!(events.matches("data: ").count(), 5, "{events}");
+    ws.close(None).unwrap();
+    let _ = ws_closed_within(&mut ws, Duration::from_secs(5));
+    drop(ws);
+    let exit = assert_eventually!(10, "the old proxy exits once its streams ended", || {
+        old.child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "still running".to_string())
+    });
+    assert!(
+        exit.success(),
+        "{exit:?}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(
+        control.exists(),
+        "the old proxy left the successor's control socket"
+    );
+
+    load.run_for(100);
+    let samples = load.finish();
+    let failed = failures(&samples);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}\n{}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(10)],
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let after = samples
+        .iter()
+        .filter(|s| s.started >= reloaded + Duration::from_secs(1) && s.result.is_ok())
+        .count();
+    assert!(after > 0, "nothing served after the reload");
+}

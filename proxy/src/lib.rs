@@ -28,7 +28,8 @@
 //! connection's timeouts and polite close, and hyper's server for the rest), `metrics`
 //! (counters and their readings), `request_body` (a client's body on its way, timed, its
 //! faults kept), `pages` (start-up code handed back to the kernel), `server`
-//! (`run`: listeners, workers, signals, the control socket), `client` (what the agent calls).
+//! (`run`: listeners, workers, signals, the control socket), `handover` (a reload: the
+//! successor on the same sockets), `client` (what the agent calls).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ pub mod client;
 mod connection;
 mod downstream;
 mod forward;
+mod handover;
 pub mod ipc;
 pub mod metrics;
 pub mod pages;

@@ -382,6 +382,7 @@ mod tests {
                 (c, new.snapshot(Some("v2\"".into()), true)),
             ]),
             preview: None,
+            pid: None,
             faults: FaultCounts::default(),
         }
     }

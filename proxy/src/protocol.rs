@@ -84,6 +84,9 @@ pub struct Status {
     /// The preview's backends and the release a request names to reach them, while one is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview: Option<Previewed>,
+    /// The process that answered (a reload hands over to a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     /// The proxy's timeouts and refusals, by kind, since it started.
     #[serde(default, skip_serializing_if = "FaultCounts::is_empty")]
     pub faults: FaultCounts,
@@ -319,6 +322,7 @@ mod tests {
             previous: vec![],
             backends: BTreeMap::from([(a, stats)]),
             preview: None,
+            pid: None,
             faults: FaultCounts::default(),
         };
         let wire = json!({"ok": true, "active": ["127.0.0.1:32769"], "previous": [],

@@ -437,6 +437,7 @@ impl Routes {
                 })
                 .collect(),
             preview: self.previewed(),
+            pid: Some(std::process::id()),
             faults: self.faults.snapshot(),
         }
     }

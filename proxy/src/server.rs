@@ -3,6 +3,7 @@
 //! SIGTERM stop.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use super::connection::{self, Timeouts};
 use super::forward::Limits;
+use super::handover;
 use super::protocol::{Answer, Drained, PreviewSet, Refused, Request, Routed, DEFAULT_DRAIN_MS};
 use super::routes::{Routes, BUCKETS};
 use super::ProxyError;
@@ -69,8 +71,13 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         source,
     };
     let mut inherited = listenfd::ListenFd::from_env();
+    // The traffic socket systemd passed, kept for a successor (a reload hands it over).
+    let mut traffic_fd: Option<OwnedFd> = None;
     let (listeners, activated) = match inherited_listener(&mut inherited).map_err(listen_err)? {
-        Some(l) => (share(l).map_err(listen_err)?, true),
+        Some(l) => {
+            traffic_fd = Some(l.try_clone().map_err(listen_err)?.into());
+            (share(l).map_err(listen_err)?, true)
+        }
         None => (bind_traffic(listen).map_err(listen_err)?, false),
     };
     let workers = listeners.len();
@@ -91,10 +98,11 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             }))
         }
     };
+    let control_fd = control_listener.as_fd().try_clone_to_owned().ok();
     let handler = Arc::new(Control {
         routes: routes.clone(),
     });
-    tokio::spawn(ipc::serve(control_listener, handler));
+    let mut control_task = tokio::spawn(ipc::serve(control_listener, handler.clone()));
     let shared = Arc::new(connection::Shared {
         routes: routes.clone(),
         limits: Limits {
@@ -133,20 +141,62 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
     }
     notify_ready();
 
-    wait_for_signal().await.map_err(listen_err)?;
-    // Stop accepting (a socket systemd holds keeps queueing for the next process), close
-    // upgraded connections, and let kept-alive ones go after their next answer.
+    let sockets = match (traffic_fd, control_fd) {
+        (Some(traffic), Some(control)) => Some(handover::Sockets {
+            traffic,
+            control,
+            control_path: settings.control.clone(),
+        }),
+        _ => None,
+    };
+    let mut handed_over = false;
+    loop {
+        if wait_for_signal().await.map_err(listen_err)? == Signal::Stop {
+            break;
+        }
+        let Some(sockets) = &sockets else {
+            tracing::warn!("reload ignored: a successor needs the listening socket from systemd (berth-proxy.socket)");
+            continue;
+        };
+        // The successor serves the control socket from the route saved in --state: this one
+        // stops answering there first, so no route is changed in between.
+        control_task.abort();
+        match handover::hand_over(sockets).await {
+            Ok(pid) => {
+                tracing::info!(
+                    successor = pid,
+                    "reload: the successor accepts; finishing what is open here"
+                );
+                handed_over = true;
+                break;
+            }
+            Err(e) => {
+                tracing::error!(error = %handover::described(&e), "reload failed; this proxy goes on serving");
+                match control_again(&sockets.control) {
+                    Ok(l) => control_task = tokio::spawn(ipc::serve(l, handler.clone())),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the control socket cannot be served again")
+                    }
+                }
+            }
+        }
+    }
+    // Stop accepting (a socket systemd holds keeps queueing for the next process), and let
+    // kept-alive connections go after their next answer. On a stop, upgraded connections close
+    // at once; after a handover they, and SSE streams, may finish within the drain.
     shared.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    routes.cut_all();
+    if !handed_over {
+        routes.cut_all();
+    }
     wait_drained(&shared, settings.drain).await;
     tracing::info!(
         left = routes.total_inflight(),
         connections = shared.open.load(Ordering::Acquire),
         "proxy stopped"
     );
-    // systemd's socket stays for the next proxy.
-    if own_control {
+    // systemd's socket stays for the next proxy, and so does one a successor serves.
+    if own_control && !handed_over {
         let _ = std::fs::remove_file(&settings.control);
     }
     drop(threads); // their runtimes end with the process
@@ -238,22 +288,44 @@ fn spawn_workers(
         .collect()
 }
 
-/// Under systemd (Type=notify): ready once the port and the control socket accept.
+/// Under systemd (Type=notify): ready once the port and the control socket accept. It names
+/// itself the main process: a successor started by a reload takes that over (the unit's
+/// `NotifyAccess=all` lets it).
 fn notify_ready() {
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        let me = sd_notify::NotifyState::MainPid(std::process::id());
+        if let Err(e) = sd_notify::notify(&[me, sd_notify::NotifyState::Ready]) {
             tracing::warn!(error = %e, "sd_notify failed");
         }
     }
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    Ok(())
+/// What a signal asks of the proxy.
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM, SIGINT.
+    Stop,
+    /// SIGHUP (`systemctl reload`): hand over to a successor.
+    Reload,
+}
+
+async fn wait_for_signal() -> std::io::Result<Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::select! {
+        _ = term.recv() => Signal::Stop,
+        _ = tokio::signal::ctrl_c() => Signal::Stop,
+        _ = hup.recv() => Signal::Reload,
+    })
+}
+
+/// The control socket served again, from the descriptor kept for a successor (after a
+/// handover that failed).
+fn control_again(fd: &OwnedFd) -> std::io::Result<tokio::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::from(fd.try_clone()?);
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
 }
 
 /// Waits until no client connection is open and nothing is in flight, up to `drain`.

@@ -921,6 +921,37 @@ def restart_proxy(rig):
         f"keep-alive clients: {ok} requests, 0 failed")
 
 
+def reload_proxy(rig):
+    """d1. `systemctl reload berth-proxy` under 4 keep-alive clients hands over to a successor:
+    systemd takes it as the unit's main process (a new MainPID, still active), the old one
+    exits once it has finished, and no request fails."""
+    load = Load(rig.traffic)
+    took = []
+    try:
+        load.wait_served(300)
+        for _ in range(2):
+            before = rig.unit("berth-proxy", "MainPID")["MainPID"]
+            start = time.monotonic()
+            rig.box_exec("systemctl", "reload", "berth-proxy.service", timeout=60)
+
+            def handed_over():
+                u = rig.unit("berth-proxy", "MainPID", "ActiveState")
+                return u["MainPID"] not in (before, "0") and u["ActiveState"] == "active"
+
+            wait_for("berth-proxy's successor to be the main process", 20, handed_over, 0.05)
+            took.append(time.monotonic() - start)
+            wait_for(f"the old berth-proxy (pid {before}) to exit", 40,
+                     lambda: rig.sh(f"test -d /proc/{before} && echo alive || echo gone").strip() == "gone", 0.1)
+            load.wait_served(300)
+    finally:
+        ok, failures = load.finish()
+    rig.timings["systemctl reload berth-proxy to the successor (each)"] = max(took)
+    check(not failures, f"{len(failures)} of {ok + len(failures)} requests failed across 2 reloads of "
+          f"berth-proxy: {summary_of(failures)}")
+    log(f"d1. 2x systemctl reload berth-proxy ({', '.join(f'{t:.2f} s' for t in took)} to the successor) "
+        f"under {CLIENTS} keep-alive clients: {ok} requests, 0 failed; the old ones exited")
+
+
 def kill_proxy(rig):
     """d2. berth-proxy SIGKILLed (a crash): systemd restarts it (RestartSec=1s) on the same
     sockets; meanwhile connections queue. Only what was in flight on the killed process may
@@ -1290,6 +1321,7 @@ def main():
             hardening(rig)
             proxy_privilege(rig)
             restart_proxy(rig)
+            reload_proxy(rig)
             kill_proxy(rig)
             restart_agent(rig, checker)
             self_upgrade(rig, checker)

@@ -284,6 +284,7 @@ mod tests {
                         previous: vec![],
                         backends: BTreeMap::from([(a, stats.clone()), (b, stats)]),
                         preview: None,
+                        pid: None,
                         faults: Default::default(),
                     })
                 }
