@@ -1,22 +1,20 @@
 //! A reload without a gap (`systemctl reload berth-proxy`: SIGHUP). The proxy starts its
 //! successor, the binary now at its own path (so a package upgrade takes effect), with the
 //! same command line and the same two sockets, passed as systemd passes them. Once the
-//! successor answers on the control socket as itself, it is the one that accepts (and it told
-//! systemd it is the service's main process: `MAINPID`, as nginx's and HAProxy's seamless
-//! reloads do), and this one stops accepting and finishes what it has open: responses, SSE
-//! streams and WebSockets, up to `--drain-secs`. Old and new overlap, so no connection waits
+//! successor is ready (it listens, serves the control socket, and told systemd it is the
+//! service's main process: `MAINPID`, as nginx's and HAProxy's seamless reloads do), it says so
+//! with SIGUSR2 to this process, which then stops accepting and finishes what it has open:
+//! responses, SSE streams and WebSockets, up to `--drain-secs`. A signal rather than a call on
+//! the control socket: that socket is root's (0600), and the proxy's own user cannot connect. Old and new overlap, so no connection waits
 //! for an open stream to end; a restart (stop, then start) cannot overlap and waits for it.
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::client;
-
-/// How long a successor may take to answer on the control socket before it is given up (and
-/// killed), and this proxy goes on serving.
+/// How long a successor may take to be ready before it is given up (and killed), and this
+/// proxy goes on serving.
 pub(super) const READY_WITHIN: Duration = Duration::from_secs(10);
 
 /// Moves fd 0 (the traffic socket) to 3 and fd 1 (the control socket) to 4, and execs the
@@ -31,7 +29,6 @@ const SCRIPT: &str =
 pub(super) struct Sockets {
     pub(super) traffic: OwnedFd,
     pub(super) control: OwnedFd,
-    pub(super) control_path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +40,7 @@ pub(super) enum HandoverError {
     },
     #[error("the successor exited before it was ready ({status})")]
     Exited { status: std::process::ExitStatus },
-    #[error("the successor did not answer on the control socket within {} s", READY_WITHIN.as_secs())]
+    #[error("the successor was not ready within {} s", READY_WITHIN.as_secs())]
     NotReady,
 }
 
@@ -59,7 +56,24 @@ pub(super) fn described(e: &HandoverError) -> String {
     text
 }
 
-/// Starts the successor and waits until it answers on the control socket; its pid.
+/// The environment variable that tells a successor whom to signal once it is ready.
+const PREDECESSOR: &str = "BERTH_PROXY_PREDECESSOR";
+
+/// In a successor, once it is ready: tells the proxy that started it (SIGUSR2).
+pub(super) fn tell_predecessor() {
+    let Some(pid) = std::env::var(PREDECESSOR)
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::USR2) {
+        tracing::warn!(predecessor = pid.as_raw_nonzero().get(), error = %e, "cannot tell the predecessor this proxy is ready");
+    }
+}
+
+/// Starts the successor and waits until it says it is ready; its pid.
 pub(super) async fn hand_over(sockets: &Sockets) -> Result<u32, HandoverError> {
     let mut args = std::env::args_os();
     let exe = args
@@ -71,6 +85,9 @@ pub(super) async fn hand_over(sockets: &Sockets) -> Result<u32, HandoverError> {
         exe: exe.clone(),
         source,
     };
+    // Listening before the successor can send it.
+    let mut ready = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+        .map_err(start)?;
     let traffic = sockets.traffic.try_clone().map_err(start)?;
     let control = sockets.control.try_clone().map_err(start)?;
     let mut child = Command::new("/bin/sh")
@@ -79,31 +96,27 @@ pub(super) async fn hand_over(sockets: &Sockets) -> Result<u32, HandoverError> {
         .arg(&exe)
         .args(args)
         .env_remove("LISTEN_FDNAMES")
+        .env(PREDECESSOR, std::process::id().to_string())
         .stdin(Stdio::from(traffic))
         .stdout(Stdio::from(control))
         .spawn()
         .map_err(start)?;
     // `exec` keeps the pid: the shell's is the successor's.
     let pid = child.id();
-    let deadline = Instant::now() + READY_WITHIN;
+    let deadline = tokio::time::Instant::now() + READY_WITHIN;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(HandoverError::Exited { status });
         }
-        let asked = tokio::time::timeout(
-            Duration::from_secs(1),
-            client::status(&sockets.control_path),
-        );
-        if let Ok(Ok(status)) = asked.await {
-            if status.pid == Some(pid) {
-                return Ok(pid);
+        tokio::select! {
+            _ = ready.recv() => return Ok(pid),
+            () = tokio::time::sleep_until(deadline) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(HandoverError::NotReady);
             }
+            // Looks again whether it exited.
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(HandoverError::NotReady);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

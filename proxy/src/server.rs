@@ -142,11 +142,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
     notify_ready();
 
     let sockets = match (traffic_fd, control_fd) {
-        (Some(traffic), Some(control)) => Some(handover::Sockets {
-            traffic,
-            control,
-            control_path: settings.control.clone(),
-        }),
+        (Some(traffic), Some(control)) => Some(handover::Sockets { traffic, control }),
         _ => None,
     };
     let mut handed_over = false;
@@ -298,6 +294,7 @@ fn notify_ready() {
             tracing::warn!(error = %e, "sd_notify failed");
         }
     }
+    handover::tell_predecessor();
 }
 
 /// What a signal asks of the proxy.
