@@ -1717,3 +1717,97 @@ fn a_reload_hands_over_at_once_while_open_streams_finish_on_the_old_proxy() {
         .count();
     assert!(after > 0, "nothing served after the reload");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backend connections: pooled per worker, reaped, bounded.
+
+/// A keep-alive backend answering its name, counting the connections it accepted and those
+/// still open.
+struct Counted {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    fn start(name: &'static str) -> Counted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, o) = (accepted.clone(), open.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    serve(stream, name, Duration::ZERO, &AtomicUsize::new(0));
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Counted {
+            addr,
+            accepted,
+            open,
+        }
+    }
+}
+
+#[test]
+fn client_connections_share_backend_connections_which_close_after_idling() {
+    let a = Counted::start("blue");
+    let proxy = Proxy::start(Some(a.addr), &[]);
+    let workers = std::thread::available_parallelism().unwrap().get();
+    // Twenty ALB connections, one request each, then idle (kept open).
+    let clients: Vec<Conn> = (0..20)
+        .map(|_| {
+            let mut c = Conn::open(proxy.addr);
+            assert_eq!(c.get("/").0, 200);
+            c
+        })
+        .collect();
+    let accepted = a.accepted.load(Ordering::SeqCst);
+    assert!(
+        accepted <= workers,
+        "{accepted} backend connections for 20 sequential requests ({workers} workers)"
+    );
+    // Idle, they are closed by the proxy (not left in CLOSE_WAIT), the clients still open.
+    let closed_within = Instant::now();
+    assert_eventually!(10, "the idle backend connections are closed", || {
+        let open = a.open.load(Ordering::SeqCst);
+        (open == 0).then_some(()).ok_or(format!("{open} open"))
+    });
+    assert!(closed_within.elapsed() < Duration::from_secs(5));
+    drop(clients);
+}
+
+#[test]
+fn a_preview_and_the_route_alternating_on_one_connection_reuse_their_backend_connections() {
+    let (a, b) = (Counted::start("blue"), Counted::start("green"));
+    let proxy = Proxy::start(Some(a.addr), &[]);
+    let previewed = proxy.control(json!({"op": "preview", "backends": [b.addr.to_string()],
+        "release": "v2", "token": "t0k3n"}));
+    assert_eq!(previewed["ok"], true, "{previewed}");
+    let mut c = Conn::open(proxy.addr);
+    for i in 0..20 {
+        let (code, body) = if i % 2 == 0 {
+            c.try_request("/", &[]).unwrap()
+        } else {
+            c.try_request("/", &[("X-Berth-Preview", "t0k3n")]).unwrap()
+        };
+        let expected = if i % 2 == 0 { "blue" } else { "green" };
+        assert_eq!(
+            (code, body.split_whitespace().next().unwrap()),
+            (200, expected)
+        );
+    }
+    let (ab, bb) = (
+        a.accepted.load(Ordering::SeqCst),
+        b.accepted.load(Ordering::SeqCst),
+    );
+    assert!(
+        ab == 1 && bb == 1,
+        "backend connections for 10 requests to each side: {ab} and {bb}"
+    );
+}

@@ -91,7 +91,9 @@ step "lint: CloudFormation, checkov, the workflow, every shell script"
 bash "$root/tests/lint.sh"
 
 step "cargo test"
-cargo test --workspace "$@"
+# The proxy's framing properties (proxy/src/framing_fuzz.rs) get about a minute of cases here;
+# a longer run: PROXY_FUZZ_CASES=1000000 cargo test -p berth-proxy --lib framing_fuzz.
+PROXY_FUZZ_CASES=${PROXY_FUZZ_CASES:-20000} cargo test --workspace "$@"
 
 step "the Docker daemon restarted under a holding agent (alone: it restarts dockerd)"
 # --workspace: the same features as the run above, so nothing is built again.

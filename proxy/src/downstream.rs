@@ -32,7 +32,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::connection::{Activity, Shared, LINGER};
 use super::forward::{forward, Client, ProxyBody, UpBody};
-use super::upstream::Tokens;
+use super::upstream::{Tokens, KEEP_CAPACITY};
 
 /// Request headers past this many get a 431 (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -160,6 +160,14 @@ pub(super) async fn serve(
                 let _ = stream.shutdown().await;
                 return End::Closed;
             }
+        }
+        // A large message grew the buffers: an idle kept-alive connection (the ALB keeps a
+        // thousand) goes back to small ones.
+        if scratch.out.capacity() > KEEP_CAPACITY {
+            scratch.out = Vec::new();
+        }
+        if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+            *buf = BytesMut::new();
         }
     }
 }
@@ -323,6 +331,27 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
             close,
         },
     }))
+}
+
+/// What [`parse`] made of a head, for the framing tests (framing_fuzz.rs).
+#[cfg(test)]
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Verdict {
+    Plain(Request<UpBody>),
+    HandOver,
+    Refused(StatusCode),
+    Incomplete,
+}
+
+#[cfg(test)]
+pub(super) fn parse_for_tests(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Verdict {
+    match parse(buf, max, spare) {
+        Some(Head::Plain(p)) => Verdict::Plain(p.req),
+        Some(Head::Other) => Verdict::HandOver,
+        Some(Head::Refused(c)) => Verdict::Refused(c),
+        None => Verdict::Incomplete,
+    }
 }
 
 /// How the answer's body goes on the wire.

@@ -4,6 +4,7 @@
 //! This is the hot path (the proxy is benchmarked against nginx): no work here that a request
 //! does not need.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -20,8 +21,9 @@ use hyper_util::rt::TokioIo;
 
 use super::connection::Busy;
 use super::metrics::Faults;
+use super::pool;
 use super::request_body::{Fault, RequestBody};
-use super::routes::{Backend, InFlight, Pool, Routes, Shared, BUCKETS};
+use super::routes::{Backend, InFlight, Routes, Shared, BUCKETS};
 use super::upstream::{self, idempotent, SendError, UpstreamBody};
 
 /// What one request needs to know of the proxy's settings.
@@ -400,28 +402,62 @@ fn set_forwarded(headers: &mut hyper::HeaderMap, client: &Client, mut present: [
     }
 }
 
-/// Reuse an idle upstream connection only this soon: a backend may close idle keep-alive
-/// connections (5 s is a common timeout), and a request must not race that close.
-const IDLE_REUSE: Duration = Duration::from_secs(2);
+/// The backend side of a request: berth's own client for requests without a body, hyper's
+/// for the rest (it sends the body while it reads the answer, which a backend may send, or
+/// stream, before it has read all of it). Both take their connections from the worker's idle
+/// ones (pool.rs) and give them back.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Upstream;
 
-/// One client connection's upstream connections, one per backend it has used (as nginx's
-/// upstream keep-alive does), so no request waits on a shared pool. Reopened when the route
-/// changes, or after they idled. A request takes its backend's connection while it is
-/// answered, and the response body gives it back (upstream.rs).
-///
-/// Requests with a body go through hyper's client instead, on links of their own: it sends
-/// the body while it reads the answer, which a backend may send (or stream) before it has
-/// read all of it.
-#[derive(Default)]
-pub(super) struct Upstream {
-    idle: upstream::Idle,
-    links: tokio::sync::Mutex<Vec<Link>>,
-}
-
+/// A hyper client connection to a backend, idle between requests.
 struct Link {
     backend: SocketAddr,
     sender: hyper::client::conn::http1::SendRequest<UpBody>,
     last_used: Instant,
+}
+
+impl pool::Pooled for Link {
+    fn backend(&self) -> SocketAddr {
+        self.backend
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.last_used
+    }
+
+    fn usable(&mut self) -> Option<bool> {
+        if self.sender.is_closed() {
+            Some(false)
+        } else if self.sender.is_ready() {
+            Some(true)
+        } else {
+            // Still reading the last answer's body.
+            None
+        }
+    }
+}
+
+thread_local! {
+    /// This worker's idle hyper client connections (pool.rs).
+    static LINKS: RefCell<pool::Idle<Link>> = RefCell::default();
+}
+
+fn take_link(backend: SocketAddr) -> Option<Link> {
+    LINKS
+        .try_with(|l| l.borrow_mut().take(backend))
+        .ok()
+        .flatten()
+}
+
+fn put_link(link: Link) {
+    let _ = LINKS.try_with(|l| l.borrow_mut().put(link));
+}
+
+/// Closes this worker's idle backend connections that idled too long (each second, from the
+/// worker's own task); how many are left.
+pub(super) fn reap_idle() -> usize {
+    let links = LINKS.try_with(|l| l.borrow_mut().reap()).unwrap_or(0);
+    links + upstream::Idle.reap()
 }
 
 /// A hyper client connection to `backend`, driven by a task of its own.
@@ -523,27 +559,25 @@ async fn within<T>(
 
 impl Upstream {
     async fn send(
-        &self,
-        pool: &Pool,
+        self,
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
     ) -> Result<Answer, Failed> {
         if matches!(req.body(), Either::Left(_)) {
             return self
-                .send_with_body(pool, backend, req, limits)
+                .send_with_body(backend, req, limits)
                 .await
                 .map(Answer::Hyper);
         }
-        self.send_bodiless(pool, backend, req, limits)
+        self.send_bodiless(backend, req, limits)
             .await
             .map(Answer::Streamed)
     }
 
     /// A request without a body, through berth's own client (upstream.rs).
     async fn send_bodiless(
-        &self,
-        pool: &Pool,
+        self,
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
@@ -553,13 +587,12 @@ impl Upstream {
         // A kept-alive connection the backend has just closed hands the request back unsent:
         // it is retried once on a new connection, so that race never becomes a 502.
         for attempt in 0..2 {
-            // Connections to backends no longer routed to (after a switch) are let go.
-            let routed = |addr| pool.backends.iter().any(|b| b.addr == addr);
-            let reused = self
-                .idle
-                .take(backend, routed)
-                .filter(|c| attempt == 0 && c.last_used.elapsed() < IDLE_REUSE)
-                .and_then(|mut c| (!c.closed()).then_some(c));
+            // The second try, after a reused connection turned out closed, opens a new one.
+            let reused = if attempt == 0 {
+                upstream::Idle.take(backend)
+            } else {
+                None
+            };
             let fresh = reused.is_none();
             let conn = match reused {
                 Some(c) => c,
@@ -574,7 +607,7 @@ impl Upstream {
             // anyway.
             let again = if fresh { replayable(&req) } else { None };
             let (parts, empty) = req.into_parts();
-            match within(limits.response, conn.send(parts, self.idle.clone(), !fresh)).await {
+            match within(limits.response, conn.send(parts, upstream::Idle, !fresh)).await {
                 Some(Ok(resp)) => return Ok(resp),
                 Some(Err(SendError::Unsent(parts, error))) => {
                     (req, why) = (Request::from_parts(*parts, empty), error);
@@ -600,42 +633,29 @@ impl Upstream {
 
     /// A request with a body, through hyper's client.
     async fn send_with_body(
-        &self,
-        pool: &Pool,
+        self,
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
     ) -> Result<Response<Incoming>, Failed> {
-        let mut links = self.links.lock().await;
-        // Links to backends no longer routed to (after a switch) are let go.
-        if links.len() > 1 && links.len() >= pool.len() {
-            links.retain(|l| pool.backends.iter().any(|b| b.addr == l.backend));
-        }
         let mut req = req;
         // A kept-alive connection the backend has just closed (busybox httpd closes after every
         // response) hands the request back unsent: it is retried once on a new connection, so
         // that race never becomes a 502.
         for attempt in 0..2 {
-            let found = links.iter().position(|l| l.backend == backend);
-            let reusable = found.filter(|i| {
-                let l = &links[*i];
-                !l.sender.is_closed() && l.last_used.elapsed() < IDLE_REUSE && attempt == 0
-            });
-            let fresh = reusable.is_none();
-            let i = match reusable {
-                Some(i) => i,
-                None => {
-                    if let Some(i) = found {
-                        links.swap_remove(i);
-                    }
-                    match connect(backend, limits.connect).await {
-                        Ok(link) => links.push(link),
-                        Err(error) => return Err(Failed::unreachable(error, req)),
-                    }
-                    links.len() - 1
-                }
+            let reused = if attempt == 0 {
+                take_link(backend)
+            } else {
+                None
             };
-            let link = &mut links[i];
+            let fresh = reused.is_none();
+            let mut link = match reused {
+                Some(l) => l,
+                None => match connect(backend, limits.connect).await {
+                    Ok(l) => l,
+                    Err(error) => return Err(Failed::unreachable(error, req)),
+                },
+            };
             if link.sender.ready().await.is_err() {
                 continue;
             }
@@ -657,11 +677,15 @@ impl Upstream {
                 },
                 (limit, _) => within(limit, send).await,
             };
-            link.last_used = Instant::now();
             match result {
-                Some(Ok(resp)) => return Ok(resp),
+                Some(Ok(resp)) => {
+                    // Back to the pool at once: it is taken again once it has read this
+                    // answer's body (is_ready), a busy one is left alone.
+                    link.last_used = Instant::now();
+                    put_link(link);
+                    return Ok(resp);
+                }
                 Some(Err(mut e)) => {
-                    links.swap_remove(i);
                     if let Some(unsent) = e.take_message() {
                         req = unsent;
                         continue;
@@ -685,10 +709,7 @@ impl Upstream {
                         ..Failed::sent(error)
                     });
                 }
-                None => {
-                    links.swap_remove(i);
-                    return Err(Failed::timed_out());
-                }
+                None => return Err(Failed::timed_out()),
             }
         }
         // Closed at once on a new connection too: the backend is going away (a container being
@@ -708,7 +729,6 @@ pub(super) struct Client {
     /// The peer's address, and the port it connected to, as header values.
     peer_value: HeaderValue,
     port_value: HeaderValue,
-    pub(super) upstream: Upstream,
 }
 
 impl Client {
@@ -719,7 +739,6 @@ impl Client {
             peer_value: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             port_value: HeaderValue::from(port),
-            upstream: Upstream::default(),
         }
     }
 }
@@ -822,7 +841,7 @@ pub(super) async fn forward(
                 }
             }
             let inflight = InFlight::start(&backend.shared, started);
-            let sent = client.upstream.send(&pool, backend.addr, req, limits).await;
+            let sent = Upstream.send(backend.addr, req, limits).await;
             // A small answer to a request that can go elsewhere is read whole first: a replica
             // killed between its head and its body then costs a retry, not the client's answer.
             let sent = match sent {

@@ -23,7 +23,8 @@
 //! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
 //! its backends and the pick per request), `forward` (one request to a backend, retries,
 //! tunnels), `upstream` (the HTTP/1.1 client on the backend side for requests without a
-//! body, driven from the request's own task), `downstream` (the client side of requests without
+//! body, driven from the request's own task), `pool` (idle backend connections, per worker
+//! and backend), `downstream` (the client side of requests without
 //! a body: berth's own HTTP/1.1 server, in the connection's task), `connection` (a client
 //! connection's timeouts and polite close, and hyper's server for the rest), `metrics`
 //! (counters and their readings), `request_body` (a client's body on its way, timed, its
@@ -40,10 +41,13 @@ pub mod client;
 mod connection;
 mod downstream;
 mod forward;
+#[cfg(test)]
+mod framing_fuzz;
 mod handover;
 pub mod ipc;
 pub mod metrics;
 pub mod pages;
+mod pool;
 pub mod protocol;
 mod request_body;
 mod routes;

@@ -334,7 +334,23 @@ impl Routes {
         self.save(release);
         self.changed.send_replace(());
         tracing::info!(backends = ?new, release = ?release, previous = ?old, "route switched");
+        self.prune();
         Some(old)
+    }
+
+    /// Forgets the counters of backends that left the route (neither active, previous nor
+    /// previewed) once nothing is in flight to them: the series do not grow with every deploy,
+    /// and a port Docker gives out again starts from zero.
+    pub(super) fn prune(&self) {
+        let mut keep = self.active();
+        keep.extend(self.previous());
+        if let Some(p) = self.previewed() {
+            keep.extend(p.backends);
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|addr, k| {
+            keep.contains(addr) || k.shared.counters.inflight.load(Ordering::Acquire) > 0
+        });
     }
 
     /// Waits up to `limit` for a route other than `seen`: the new backends, or None.
@@ -491,6 +507,37 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn counters_of_backends_that_left_the_route_are_dropped_once_idle() {
+        let r = Routes::default();
+        let (a, b, c, d) = (
+            addr("127.0.0.1:1001"),
+            addr("127.0.0.1:1002"),
+            addr("127.0.0.1:1003"),
+            addr("127.0.0.1:1004"),
+        );
+        r.route(&[a], Some("v1"));
+        let pool_a = r.current().unwrap();
+        let held = InFlight::start(&pool_a.backends[0].shared, None);
+        r.route(&[b], Some("v2"));
+        r.route(&[c], Some("v3"));
+        let known = |r: &Routes| r.status().backends.keys().copied().collect::<Vec<_>>();
+        assert_eq!(known(&r), vec![a, b, c], "a still has a request in flight");
+        drop(held);
+        r.prune();
+        assert_eq!(
+            known(&r),
+            vec![b, c],
+            "b is the previous route: kept for a rollback"
+        );
+        r.preview(&[d], Some("v4"), 0, None);
+        r.route(&[c], Some("v3"));
+        assert_eq!(known(&r), vec![b, c]);
+        // a's address given out again starts from zero.
+        r.route(&[a], Some("v5"));
+        assert_eq!(r.status().backends[&a].served, 0);
     }
 
     #[test]

@@ -359,6 +359,14 @@ fn worker(
                 return;
             }
         };
+        // This worker's idle backend connections are closed before a backend's keep-alive
+        // would close them under a request (pool.rs).
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                super::forward::reap_idle();
+            }
+        });
         accept_until_stopped(listener, shared, stop).await;
         // Keep serving the connections already open until the process ends.
         std::future::pending::<()>().await;
@@ -472,6 +480,9 @@ impl Control {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut left = self.routes.inflight(backend);
+        if left == 0 {
+            self.routes.prune();
+        }
         if left > 0 {
             self.routes.cut(backend);
             // The cut connections leave at once; what stays is requests still running.
@@ -480,6 +491,9 @@ impl Control {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             left = self.routes.inflight(backend);
+            if left == 0 {
+                self.routes.prune();
+            }
         }
         Drained {
             ok: left == 0,
@@ -542,12 +556,19 @@ mod tests {
             matches!(&over, Answer::Refused(r) if r.error == "preview of v2: percent 101 is over 100"),
             "{over:?}"
         );
+        // Nothing in flight: the drain answers at once, whatever its time limit.
+        let asked = Instant::now();
         let drained = control
             .handle(Request::Drain {
                 backend: a,
-                timeout_ms: Some(0),
+                timeout_ms: Some(30_000),
             })
             .await;
+        assert!(
+            asked.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            asked.elapsed()
+        );
         assert_eq!(
             drained,
             Answer::Drained(Drained {

@@ -13,10 +13,10 @@
 //! after a 101, and so do requests with a body: hyper's client sends a body while it reads
 //! the answer, which a backend may send (or stream) before it has read all of it.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,12 +28,17 @@ use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::pool;
+
 /// A response head bigger than this is refused (hyper's client allowed the same).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Response headers past this many are refused (hyper's default).
 const MAX_HEADERS: usize = 100;
 /// Each read asks for at least this much room.
 const READ_SIZE: usize = 4096;
+/// A buffer grown past this by a large message is let go once the message is through, so an
+/// idle connection holds no more than a few KiB.
+pub(super) const KEEP_CAPACITY: usize = 16 * 1024;
 
 /// Why a request got no response head.
 #[derive(Debug)]
@@ -65,34 +70,46 @@ pub(super) struct Conn {
     pub(super) last_used: Instant,
 }
 
-/// The idle connections of one client connection: a response body puts its connection back
-/// here when it has been read to its end.
-#[derive(Debug, Default, Clone)]
-pub(super) struct Idle(Arc<Mutex<Vec<Conn>>>);
+thread_local! {
+    /// This worker's idle connections (pool.rs).
+    static IDLE: RefCell<pool::Idle<Conn>> = RefCell::default();
+}
+
+/// The worker's idle connections: a request takes one, and its response body gives it back
+/// when read to its end.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Idle;
 
 impl Idle {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
-        // Nothing panics while holding it: a poisoned lock still holds whole connections.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The freshest idle connection to `backend` that is still good.
+    pub(super) fn take(self, backend: SocketAddr) -> Option<Conn> {
+        IDLE.try_with(|i| i.borrow_mut().take(backend))
+            .ok()
+            .flatten()
     }
 
-    /// The idle connection to `backend`, if there is one; those to backends `routed` refuses
-    /// (no longer routed to, after a switch) are let go on the way.
-    pub(super) fn take(
-        &self,
-        backend: SocketAddr,
-        routed: impl Fn(SocketAddr) -> bool,
-    ) -> Option<Conn> {
-        let mut idle = self.lock();
-        idle.retain(|c| routed(c.backend));
-        let i = idle.iter().position(|c| c.backend == backend)?;
-        Some(idle.swap_remove(i))
+    fn put(self, conn: Conn) {
+        // At the thread's end the pool is gone: the connection just closes.
+        let _ = IDLE.try_with(|i| i.borrow_mut().put(conn));
     }
 
-    fn put(&self, conn: Conn) {
-        let mut idle = self.lock();
-        idle.retain(|c| c.backend != conn.backend);
-        idle.push(conn);
+    /// Closes the connections idle too long; how many are left.
+    pub(super) fn reap(self) -> usize {
+        IDLE.try_with(|i| i.borrow_mut().reap()).unwrap_or(0)
+    }
+}
+
+impl pool::Pooled for Conn {
+    fn backend(&self) -> SocketAddr {
+        self.backend
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.last_used
+    }
+
+    fn usable(&mut self) -> Option<bool> {
+        Some(!self.closed())
     }
 }
 
@@ -558,6 +575,13 @@ impl UpstreamBody {
         if let Some(mut conn) = self.conn.take() {
             if self.keep && conn.buf.is_empty() {
                 conn.last_used = Instant::now();
+                // A large answer grew the buffers: an idle connection keeps small ones.
+                if conn.buf.capacity() > KEEP_CAPACITY {
+                    conn.buf = BytesMut::new();
+                }
+                if conn.out.capacity() > KEEP_CAPACITY {
+                    conn.out = Vec::new();
+                }
                 self.idle.put(conn);
             }
         }
@@ -878,10 +902,15 @@ mod tests {
         }
     }
 
+    /// The idle connection to `addr`, as it is (the pool's own `take` drops a closed one).
+    fn taken(addr: SocketAddr) -> Option<Conn> {
+        IDLE.with(|i| i.borrow_mut().take_any(addr))
+    }
+
     /// `method`'s answer from `addr`, on a new connection.
     async fn fetch(addr: SocketAddr, method: Method, idle: &Idle) -> Response<UpstreamBody> {
         let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-        conn.send(get(method), idle.clone(), false).await.unwrap()
+        conn.send(get(method), *idle, false).await.unwrap()
     }
 
     /// A backend answering one request with `answer`, and that answer read by a new
@@ -910,7 +939,7 @@ mod tests {
             vec![b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye"],
         ])
         .await;
-        let idle = Idle::default();
+        let idle = Idle;
         let resp = fetch(addr, Method::GET, &idle).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(body_of(resp).await.unwrap(), "Wikipedia");
@@ -919,14 +948,9 @@ mod tests {
         assert!(head.contains("host: app.example\r\n"), "{head}");
 
         // Read to its end, the connection went back, and carries the next request.
-        let mut conn = idle
-            .take(addr, |_| true)
-            .expect("the connection is idle again");
+        let mut conn = taken(addr).expect("the connection is idle again");
         assert!(!conn.closed());
-        let resp = conn
-            .send(get(Method::POST), idle.clone(), true)
-            .await
-            .unwrap();
+        let resp = conn.send(get(Method::POST), idle, true).await.unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         assert_eq!(resp.headers()["x-a"], "b");
         assert_eq!(body_of(resp).await.unwrap(), "hi");
@@ -935,18 +959,15 @@ mod tests {
         assert!(head.contains("content-length: 0\r\n"), "{head}");
 
         // `Connection: close`: not kept.
-        let conn = idle.take(addr, |_| true).unwrap();
-        let resp = conn
-            .send(get(Method::GET), idle.clone(), true)
-            .await
-            .unwrap();
+        let conn = taken(addr).unwrap();
+        let resp = conn.send(get(Method::GET), idle, true).await.unwrap();
         assert_eq!(body_of(resp).await.unwrap(), "bye");
-        assert!(idle.take(addr, |_| true).is_none());
+        assert!(taken(addr).is_none());
     }
 
     #[tokio::test]
     async fn the_answers_hop_by_hop_headers_are_left_out_but_a_connection_naming_others() {
-        let idle = Idle::default();
+        let idle = Idle;
         let (_, resp) = answered(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
               Transfer-Encoding: chunked\r\nTrailer: x-sum\r\nUpgrade: h2c\r\nTE: trailers\r\n\
@@ -972,11 +993,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_until_close_and_a_body_cut_short() {
-        let idle = Idle::default();
+        let idle = Idle;
         let (addr, resp) = answered(b"HTTP/1.0 200 OK\r\n\r\nall of it", &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "all of it");
         assert!(
-            idle.take(addr, |_| true).is_none(),
+            taken(addr).is_none(),
             "a body until close ends its connection"
         );
 
@@ -989,24 +1010,24 @@ mod tests {
     #[tokio::test]
     async fn a_kept_alive_connection_the_backend_closed_is_seen_and_its_request_comes_back() {
         const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-        let idle = Idle::default();
+        let idle = Idle;
         let (addr, resp) = answered(OK, &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "ok");
         // The backend closes after its one answer: the idle connection turns closed.
-        let mut conn = idle.take(addr, |_| true).unwrap();
+        let mut conn = taken(addr).unwrap();
         until_closed(&mut conn, "the close").await;
         // Sent anyway (the race a check cannot close): an idempotent bodiless request comes
         // back unsent, a POST does not.
-        match conn.send(get(Method::GET), idle.clone(), true).await {
+        match conn.send(get(Method::GET), idle, true).await {
             Err(SendError::Unsent(parts, _)) => assert_eq!(parts.method, Method::GET),
             other => panic!("{other:?}"),
         }
         let (addr, resp) = answered(OK, &idle).await;
         body_of(resp).await.unwrap();
-        let mut conn = idle.take(addr, |_| true).unwrap();
+        let mut conn = taken(addr).unwrap();
         until_closed(&mut conn, "the close").await;
         assert!(matches!(
-            conn.send(get(Method::POST), idle.clone(), true).await,
+            conn.send(get(Method::POST), idle, true).await,
             Err(SendError::Sent(_))
         ));
     }
@@ -1023,10 +1044,10 @@ mod tests {
             vec![],
         ])
         .await;
-        let idle = Idle::default();
+        let idle = Idle;
         let resp = fetch(addr, Method::GET, &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "ok");
-        let mut conn = idle.take(addr, |_| true).unwrap();
+        let mut conn = taken(addr).unwrap();
         until_closed(&mut conn, "the stray bytes").await;
 
         // A body to a HEAD: the answer has none, and the connection is not kept.
@@ -1037,7 +1058,7 @@ mod tests {
         let resp = fetch(addr, Method::HEAD, &idle).await;
         assert_eq!(resp.headers()["content-length"], "5");
         assert_eq!(body_of(resp).await.unwrap(), "");
-        if let Some(mut conn) = idle.take(addr, |_| true) {
+        if let Some(mut conn) = taken(addr) {
             until_closed(&mut conn, "the body to the HEAD").await;
         }
 
@@ -1048,7 +1069,7 @@ mod tests {
         .await;
         let resp = fetch(addr, Method::GET, &idle).await;
         assert_eq!(body_of(resp).await.unwrap(), "ok");
-        assert!(idle.take(addr, |_| true).is_none());
+        assert!(taken(addr).is_none());
     }
 
     #[tokio::test]
@@ -1056,10 +1077,7 @@ mod tests {
         let (addr, _heads) =
             backend(vec![vec![b"HTTP/1.1 200 Connection established\r\n\r\n"]]).await;
         let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-        match conn
-            .send(get(Method::CONNECT), Idle::default(), false)
-            .await
-        {
+        match conn.send(get(Method::CONNECT), Idle, false).await {
             Err(SendError::Bad(e)) => assert!(e.contains("CONNECT"), "{e}"),
             other => panic!("{other:?}"),
         }
@@ -1085,7 +1103,7 @@ mod tests {
         ] {
             let (addr, _heads) = backend(vec![vec![answer]]).await;
             let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-            match conn.send(get(Method::GET), Idle::default(), false).await {
+            match conn.send(get(Method::GET), Idle, false).await {
                 // Cut short: the backend may be going away. Anything else it sent is an
                 // answer, a bad one.
                 Err(SendError::Sent(e)) if expect.contains("before") => {

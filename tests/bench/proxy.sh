@@ -6,11 +6,17 @@
 # --release, then runs tests/bench/proxy.py. Prints figures and ratios; not a test.
 # BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_ROUNDS (2),
 # BENCH_TARGETS (direct,nginx,haproxy,berth,berth-nometrics), BENCH_PROXY_CPU (0),
-# BENCH_LOAD_CPU (1), BERTH_BIN.
+# BENCH_LOAD_CPU (1), BERTH_BIN. Then tests/bench/proxy_idle.py: 1,000 idle keep-alive
+# connections after a 1 MiB answer each, RSS and descriptors vs nginx (BENCH_IDLE_*).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 # shellcheck source-path=SCRIPTDIR source=../setup.sh
 . "$root/tests/setup.sh"
 cargo build --release -p berth
-BERTH_BIN=${BERTH_BIN:-$root/target/release/berth} exec python3 "$root/tests/bench/proxy.py"
+export BERTH_BIN=${BERTH_BIN:-$root/target/release/berth}
+status=0
+python3 "$root/tests/bench/proxy.py" || status=$?
+# What 1,000 idle ALB connections cost after one 1 MiB answer each (RSS, descriptors).
+python3 "$root/tests/bench/proxy_idle.py" || status=$((status > 0 ? status : $?))
+exit "$status"
