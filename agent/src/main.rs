@@ -231,6 +231,10 @@ enum Command {
         /// session on the side it was given.
         #[arg(long, default_value = "berth-canary", value_parser = cookie_name)]
         canary_cookie: String,
+        /// Worker threads, each with its own listener and runtime (default: one per CPU
+        /// this process may run on).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        workers: Option<u64>,
     },
     /// Print the resolved project (environment values, and .env values wherever interpolated,
     /// masked).
@@ -583,6 +587,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             preview_header,
             preview_cookie,
             canary_cookie,
+            workers,
         } => {
             berth::proxy::run(berth::proxy::Settings {
                 listen,
@@ -604,6 +609,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 preview_header,
                 preview_cookie,
                 canary_cookie,
+                workers: workers.and_then(|n| usize::try_from(n).ok()),
             })
             .await?;
         }

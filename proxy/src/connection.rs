@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,79 +26,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::activity::Activity;
 use super::downstream::{self, End};
-use super::forward::{forward, Client, Limits};
+use super::forward::{forward, Client};
 use super::metrics::{now_ms, Faults};
 use super::request_body::RequestBody;
-use super::routes::Routes;
-
-/// A connection's timeouts and limits.
-#[derive(Debug, Clone)]
-pub(super) struct Timeouts {
-    /// A new connection has this long to send a complete request head.
-    pub(super) header: Duration,
-    /// A kept-alive connection may wait this long for its next request.
-    pub(super) idle: Duration,
-    /// Request heads bigger than this get a 431 (hyper's read buffer; at least 8 KiB).
-    pub(super) max_header_bytes: usize,
-    /// One wait for the client's next request body bytes may last this long (then 408).
-    pub(super) body: Duration,
-    /// One wait for the client to take response bytes may last this long (then the
-    /// connection is closed): a client that stopped reading holds no response for good.
-    pub(super) send: Duration,
-}
-
-/// After a stop began, an idle kept-alive connection gets this long to send its next request
-/// (answered with `Connection: close`) before it is closed.
-pub(super) const LINGER: Duration = Duration::from_secs(1);
-
-/// What every connection of the process shares.
-pub(super) struct Shared {
-    pub(super) routes: Arc<Routes>,
-    pub(super) limits: Limits,
-    pub(super) timeouts: Timeouts,
-    /// Set once SIGTERM arrived: responses say `Connection: close`.
-    pub(super) stopping: AtomicBool,
-    /// Client connections open now (the stop waits for them).
-    pub(super) open: AtomicU64,
-}
-
-/// What the request path tells the watcher about a connection.
-#[derive(Debug)]
-pub(super) struct Activity {
-    /// Requests being answered now (0 or 1 on HTTP/1.1).
-    busy: AtomicU32,
-    /// Requests begun on this connection.
-    requests: AtomicU64,
-    /// When it last became idle ([`now_ms`]), or was accepted.
-    last_ms: AtomicU64,
-}
-
-/// A request being answered on a connection; dropped when its response is fully sent.
-pub(super) struct Busy(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Arc<Activity> {
-        Arc::new(Activity {
-            busy: AtomicU32::new(0),
-            requests: AtomicU64::new(0),
-            last_ms: AtomicU64::new(now_ms()),
-        })
-    }
-
-    pub(super) fn begin(self: &Arc<Self>) -> Busy {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        Busy(self.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.last_ms.store(now_ms(), Ordering::Relaxed);
-        self.0.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use super::state::{Shared, Timeouts, LINGER};
 
 /// What the watcher does with a connection when it looks.
 #[derive(Debug, PartialEq, Eq)]

@@ -30,8 +30,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::connection::{Activity, Shared, LINGER};
+use super::activity::Activity;
 use super::forward::{forward, Client, ProxyBody, UpBody};
+use super::state::{Shared, LINGER};
 use super::upstream::{Tokens, KEEP_CAPACITY};
 
 /// Request headers past this many get a 431 (hyper's default).
@@ -138,8 +139,9 @@ pub(super) async fn serve(
         requests += 1;
         let busy = activity.begin();
         let Parsed { req, asked } = parsed;
-        let fwd = forward(&shared.routes, &shared.limits, client, busy, req);
-        tokio::pin!(fwd);
+        // Boxed: the connection's task then keeps no room for a request's state while it
+        // waits for the next one (an idle kept-alive connection costs less).
+        let mut fwd = Box::pin(forward(&shared.routes, &shared.limits, client, busy, req));
         // The client is watched while its request is answered: one that goes away (not a
         // half-close: hyper's server ends those too) cancels the request.
         let resp = loop {
@@ -161,12 +163,12 @@ pub(super) async fn serve(
                 return End::Closed;
             }
         }
-        // A large message grew the buffers: an idle kept-alive connection (the ALB keeps a
-        // thousand) goes back to small ones.
+        // A large answer grew the write buffer: it goes back to a small one. The read buffer
+        // is let go between requests (read_more makes it again when the next one comes).
         if scratch.out.capacity() > KEEP_CAPACITY {
             scratch.out = Vec::new();
         }
-        if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+        if buf.is_empty() {
             *buf = BytesMut::new();
         }
     }
@@ -230,9 +232,12 @@ async fn next_head<S: Future>(
     }
 }
 
-/// Reads what the client sent next into `buf`; 0 at its end.
+/// Reads what the client sent next into `buf`; 0 at its end. Room is made only once the client
+/// has sent something: a quiet kept-alive connection (the ALB keeps a thousand) holds no read
+/// buffer.
 async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < READ_SIZE {
+        stream.readable().await?;
         buf.reserve(READ_SIZE);
     }
     // tokio's own read: a short read clears the readiness, so the next wait costs no system

@@ -19,7 +19,7 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::connection::Busy;
+use super::activity::Busy;
 use super::metrics::Faults;
 use super::pool;
 use super::request_body::{Fault, RequestBody};
@@ -255,15 +255,15 @@ fn refusal(req: &Request<UpBody>) -> Option<(StatusCode, &'static str)> {
     None
 }
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1): they describe one connection, not the message.
+/// The hop-by-hop headers (upstream.rs keeps the one list) as header names, in its order.
 const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+    HeaderName::from_static(upstream::HOP_BY_HOP[0]),
+    HeaderName::from_static(upstream::HOP_BY_HOP[1]),
+    HeaderName::from_static(upstream::HOP_BY_HOP[2]),
+    HeaderName::from_static(upstream::HOP_BY_HOP[3]),
+    HeaderName::from_static(upstream::HOP_BY_HOP[4]),
+    HeaderName::from_static(upstream::HOP_BY_HOP[5]),
+    HeaderName::from_static(upstream::HOP_BY_HOP[6]),
 ];
 
 /// Headers a Connection header cannot make hop-by-hop: the message's target and framing, and
@@ -831,16 +831,17 @@ pub(super) async fn forward(
             let Some(mut req) = pending.take() else {
                 break;
             };
-            let Some(backend) = pool.pick(avoid) else {
+            let Some(at) = pool.pick_at(avoid) else {
                 pending = Some(req);
                 break;
             };
+            let backend = &pool.backends[at];
             if no_host {
                 if let Ok(v) = HeaderValue::from_str(backend.authority.as_str()) {
                     req.headers_mut().insert(header::HOST, v);
                 }
             }
-            let inflight = InFlight::start(&backend.shared, started);
+            let inflight = InFlight::of(&pool, at, started);
             let sent = Upstream.send(backend.addr, req, limits).await;
             // A small answer to a request that can go elsewhere is read whole first: a replica
             // killed between its head and its body then costs a retry, not the client's answer.

@@ -20,23 +20,25 @@
 //! alone: it knows nothing of the agent. `ipc` (JSON lines over a 0600 socket) lives here
 //! because the proxy's control socket is built on it; the agent's uses it too.
 //!
-//! Files, one concept each: `protocol` (the control messages), `routes` (the routing table,
-//! its backends and the pick per request), `forward` (one request to a backend, retries,
-//! tunnels), `upstream` (the HTTP/1.1 client on the backend side for requests without a
-//! body, driven from the request's own task), `pool` (idle backend connections, per worker
-//! and backend), `downstream` (the client side of requests without
-//! a body: berth's own HTTP/1.1 server, in the connection's task), `connection` (a client
-//! connection's timeouts and polite close, and hyper's server for the rest), `metrics`
-//! (counters and their readings), `request_body` (a client's body on its way, timed, its
-//! faults kept), `pages` (start-up code handed back to the kernel), `server`
-//! (`run`: listeners, workers, signals, the control socket), `handover` (a reload: the
-//! successor on the same sockets), `client` (what the agent calls).
+//! Files, one concept each, the imports pointing one way (the layering test below checks
+//! it), from the bottom: `protocol` (the control messages), `pool` (idle backend connections,
+//! per worker and backend), `metrics` (counters per worker lane, and their readings),
+//! `upstream` (berth's HTTP/1.1 client for requests without a body, and the framing of every
+//! answer), `request_body` (a client's body on its way, timed, its faults kept), `routes` (the
+//! routing table, a worker's copy of it, the pick per request), `activity` (what the request
+//! path tells a connection's watcher), `forward` (one request: checks, pick, retry, hold,
+//! tunnels), `state` (what every connection shares), `downstream` (berth's HTTP/1.1 server for
+//! requests without a body), `connection` (a connection's life: timeouts, polite close, and
+//! hyper's server for the rest), `server` (`run`: listeners, workers, signals, the control
+//! socket), `handover` (a reload: the successor on the same sockets), `pages` (start-up code
+//! handed back to the kernel), `client` (what the agent calls).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::ipc::IpcError;
 
+mod activity;
 pub mod client;
 mod connection;
 mod downstream;
@@ -52,6 +54,7 @@ pub mod protocol;
 mod request_body;
 mod routes;
 mod server;
+mod state;
 mod upstream;
 
 pub use server::{run, Settings};
@@ -89,4 +92,105 @@ pub enum ProxyError {
     /// The proxy cannot serve its control socket (another proxy answers there, or bind fails).
     #[error("proxy control socket")]
     ControlSocket(#[source] IpcError),
+}
+
+/// The layering of the files above, checked: every `super::x` or `crate::x` a file names is a
+/// module of a lower rank, so no import cycle can creep in (a file's own tests, which use its
+/// items through `super::*`, aside).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod layering {
+    use std::path::Path;
+
+    /// Each module's rank: a module may use only modules of a lower rank. From the bottom:
+    /// messages and counters; the codec's pieces (client side, pool, request body); the
+    /// routing table; one request's forward; the connection state; the two servers; the
+    /// process.
+    const RANKS: [(&str, u8); 19] = [
+        ("protocol", 0),
+        ("pages", 0),
+        ("ipc", 0),
+        ("pool", 0),
+        ("metrics", 1),
+        ("client", 1),
+        ("handover", 1),
+        ("request_body", 2),
+        ("upstream", 2),
+        ("routes", 2),
+        ("activity", 2),
+        ("forward", 3),
+        ("state", 4),
+        ("downstream", 5),
+        ("connection", 6),
+        ("framing_fuzz", 6),
+        ("server", 7),
+        // Items of lib.rs itself (the error type): usable by all.
+        ("ProxyError", 0),
+        ("Settings", 0),
+    ];
+
+    fn rank(module: &str) -> Option<u8> {
+        RANKS.iter().find(|(m, _)| *m == module).map(|(_, r)| *r)
+    }
+
+    fn first_name(path: &str) -> String {
+        path.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// The modules a file names through `super::x`, `crate::x` or a `{x, y}` group of them,
+    /// outside its `mod tests`.
+    fn used(text: &str) -> Vec<String> {
+        let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+        let text = text
+            .split("#[cfg(test)]\n#[allow(clippy::unwrap_used)]\nmod tests")
+            .next()
+            .unwrap_or(text);
+        let mut out = vec![];
+        for prefix in ["super::", "crate::"] {
+            for (i, _) in text.match_indices(prefix) {
+                let rest = &text[i + prefix.len()..];
+                match rest.strip_prefix('{') {
+                    Some(group) => {
+                        let end = group.find('}').unwrap_or(group.len());
+                        out.extend(group[..end].split(',').map(|n| first_name(n.trim())));
+                    }
+                    None => out.push(first_name(rest)),
+                }
+            }
+        }
+        out.retain(|n| !n.is_empty());
+        out
+    }
+
+    #[test]
+    fn files_only_use_files_below_them() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut wrong = vec![];
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            if name == "lib" {
+                continue; // it declares the modules
+            }
+            let own = rank(&name).unwrap_or_else(|| panic!("{name}.rs has no rank"));
+            for used in used(&std::fs::read_to_string(&path).unwrap()) {
+                match rank(&used) {
+                    Some(r) if used == name || r < own => {}
+                    _ => wrong.push(format!("{name}.rs uses {used}")),
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "imports against the layering:\n{}",
+            wrong.join("\n")
+        );
+        assert_eq!(
+            used("use super::{a::B, c};\nx(crate::d::e)\n#[cfg(test)]\nmod tests { super::f }"),
+            ["a", "c", "d"]
+        );
+    }
 }

@@ -3,10 +3,11 @@
 //! Prometheus' text format (the agent's `GET /metrics`) and a summary per release (`berth
 //! status`, and the canary analysis that compares two releases).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -14,20 +15,60 @@ use serde::{Deserialize, Serialize};
 
 use super::protocol::{BackendStats, FaultCounts, Status, LATENCY_BOUNDS_MS};
 
-/// One backend's live counters.
+/// One worker's share of a backend's counters, on cache lines of its own: a request counts
+/// only in its worker's lane, so cores never write to the same line (the reads sum the lanes).
 #[derive(Debug, Default)]
-pub(super) struct Counters {
-    pub(super) inflight: AtomicU64,
-    pub(super) served: AtomicU64,
+#[repr(align(128))]
+struct Lane {
+    /// Requests started in this lane less those finished (each finishes in the lane it
+    /// started in, so a lane never goes below zero).
+    inflight: AtomicU64,
+    served: AtomicU64,
     responses: [AtomicU64; 5],
-    pub(super) upgraded_open: AtomicU64,
+    upgraded_open: AtomicU64,
     upgraded: AtomicU64,
     connect_errors: AtomicU64,
     bad_responses: AtomicU64,
     latency: [AtomicU64; LATENCY_BOUNDS_MS.len() + 1],
     latency_sum_us: AtomicU64,
-    /// Out of rotation until this time ([`now_ms`]): set by a failed connect.
+}
+
+/// How many lanes a backend's counters have: one per worker, set before the workers start.
+static LANES: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// The lane of this thread's counts: its worker's (0 outside the workers).
+    static LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The proxy serves with `n` workers: counters made from now on have a lane each.
+pub(super) fn set_lanes(n: usize) {
+    LANES.store(n.max(1), Ordering::Relaxed);
+}
+
+/// This thread is worker `i` (counted in lane `i`).
+pub(super) fn set_lane(i: usize) {
+    LANE.with(|l| l.set(i));
+}
+
+/// One backend's live counters: a lane per worker, and its rotation state.
+#[derive(Debug)]
+pub(super) struct Counters {
+    lanes: Box<[Lane]>,
+    /// Out of rotation until this time ([`now_ms`]): set by a failed connect. Written rarely,
+    /// read by every pick: shared read-only between cores.
     down_until_ms: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            lanes: (0..LANES.load(Ordering::Relaxed))
+                .map(|_| Lane::default())
+                .collect(),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 /// How long a backend whose connect failed stays out of rotation before it is tried again.
@@ -41,10 +82,52 @@ pub(super) fn now_ms() -> u64 {
 }
 
 impl Counters {
+    /// This thread's lane.
+    fn lane(&self) -> &Lane {
+        let i = LANE.with(Cell::get);
+        &self.lanes[i.min(self.lanes.len() - 1)]
+    }
+
+    fn sum(&self, field: impl Fn(&Lane) -> &AtomicU64) -> u64 {
+        self.lanes
+            .iter()
+            .map(|l| field(l).load(Ordering::Acquire))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// A request to this backend starts; the lane to end it in.
+    pub(super) fn start(&self) -> usize {
+        let i = LANE.with(Cell::get).min(self.lanes.len() - 1);
+        self.lanes[i].inflight.fetch_add(1, Ordering::AcqRel);
+        i
+    }
+
+    /// A request started in `lane` is no longer in flight; `served` when it was answered.
+    pub(super) fn end(&self, lane: usize, served: bool) {
+        let l = &self.lanes[lane];
+        l.inflight.fetch_sub(1, Ordering::AcqRel);
+        if served {
+            l.served.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests in flight to this backend, all workers: what a pick compares (reads of the
+    /// other workers' lanes, no write to them; a single backend is picked without any), so a
+    /// replica slowed by one worker's requests is avoided by all.
+    pub(super) fn inflight(&self) -> u64 {
+        self.sum(|l| &l.inflight)
+    }
+
+    /// Requests in flight to this backend from this worker.
+    #[cfg(test)]
+    fn inflight_here(&self) -> u64 {
+        self.lane().inflight.load(Ordering::Relaxed)
+    }
+
     /// A response with `status` went out (or is going out).
     pub(super) fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.lane().responses[class].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request took `took`, until its response's end.
@@ -54,20 +137,21 @@ impl Counters {
             .iter()
             .position(|bound| ms < *bound)
             .unwrap_or(LATENCY_BOUNDS_MS.len());
-        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        let lane = self.lane();
+        lane.latency[bucket].fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        lane.latency_sum_us.fetch_add(us, Ordering::Relaxed);
     }
 
     pub(super) fn connect_error(&self) {
-        self.connect_errors.fetch_add(1, Ordering::Relaxed);
+        self.lane().connect_errors.fetch_add(1, Ordering::Relaxed);
         self.down_until_ms
             .store(now_ms() + DOWN_FOR_MS, Ordering::Relaxed);
     }
 
     /// The backend answered with a malformed message: alive, so not marked down.
     pub(super) fn bad_response(&self) {
-        self.bad_responses.fetch_add(1, Ordering::Relaxed);
+        self.lane().bad_responses.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(super) fn is_down(&self, now: u64) -> bool {
@@ -75,32 +159,35 @@ impl Counters {
     }
 
     pub(super) fn upgrade_opened(&self) {
-        self.upgraded.fetch_add(1, Ordering::Relaxed);
-        self.upgraded_open.fetch_add(1, Ordering::AcqRel);
+        let lane = self.lane();
+        lane.upgraded.fetch_add(1, Ordering::Relaxed);
+        lane.upgraded_open.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(super) fn upgrade_closed(&self) {
-        self.upgraded_open.fetch_sub(1, Ordering::AcqRel);
+        self.lane().upgraded_open.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// The counters summed over the workers.
     pub(super) fn snapshot(&self, release: Option<String>, timed: bool) -> BackendStats {
-        let load = |a: &AtomicU64| a.load(Ordering::Acquire);
         BackendStats {
             release,
-            inflight: load(&self.inflight),
-            served: load(&self.served),
-            responses: std::array::from_fn(|i| load(&self.responses[i])),
-            upgraded_open: load(&self.upgraded_open),
-            upgraded: load(&self.upgraded),
-            connect_errors: load(&self.connect_errors),
+            inflight: self.inflight(),
+            served: self.sum(|l| &l.served),
+            responses: std::array::from_fn(|i| self.sum(|l| &l.responses[i])),
+            upgraded_open: self.sum(|l| &l.upgraded_open),
+            upgraded: self.sum(|l| &l.upgraded),
+            connect_errors: self.sum(|l| &l.connect_errors),
             latency: if timed {
-                self.latency.iter().map(load).collect()
+                (0..=LATENCY_BOUNDS_MS.len())
+                    .map(|i| self.sum(|l| &l.latency[i]))
+                    .collect()
             } else {
                 Vec::new()
             },
-            latency_sum_us: load(&self.latency_sum_us),
+            latency_sum_us: self.sum(|l| &l.latency_sum_us),
             down: self.is_down(now_ms()),
-            bad_responses: load(&self.bad_responses),
+            bad_responses: self.sum(|l| &l.bad_responses),
         }
     }
 }
@@ -353,6 +440,37 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn each_worker_counts_in_its_own_lane_and_readings_sum_the_lanes() {
+        let c = std::sync::Arc::new(Counters {
+            lanes: (0..2).map(|_| Lane::default()).collect(),
+            down_until_ms: AtomicU64::new(0),
+        });
+        assert!(
+            std::mem::align_of::<Lane>() >= 128,
+            "a lane has its own cache lines"
+        );
+        let here = c.start();
+        assert_eq!(here, 0, "outside the workers: lane 0");
+        let other = c.clone();
+        std::thread::spawn(move || {
+            set_lane(1);
+            let lane = other.start();
+            assert_eq!(lane, 1);
+            other.response(200);
+            other.end(lane, true);
+            other.start();
+            assert_eq!(other.inflight_here(), 1);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(c.inflight(), 2, "one in flight in each lane");
+        assert_eq!(c.inflight_here(), 1, "a pick here sees its own");
+        c.end(here, true);
+        let s = c.snapshot(None, true);
+        assert_eq!((s.inflight, s.served, s.responses[1]), (1, 2, 1));
     }
 
     fn status() -> Status {

@@ -3,10 +3,11 @@
 //! metrics read), the choice of backend per request, and the file the route is saved to so that
 //! a restarted proxy resumes it.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -44,26 +45,40 @@ impl Pool {
     /// those in rotation, taking turns on ties; `avoid` (one that just failed) only when there
     /// is no other. With every backend down, still one of them: better a try than a 503.
     pub(super) fn pick(&self, avoid: Option<SocketAddr>) -> Option<&Backend> {
-        if let [only] = self.backends.as_slice() {
-            return Some(only);
+        self.pick_at(avoid).map(|i| &self.backends[i])
+    }
+
+    /// [`Pool::pick`]'s choice, as its index.
+    pub(super) fn pick_at(&self, avoid: Option<SocketAddr>) -> Option<usize> {
+        if self.backends.len() == 1 {
+            return Some(0);
         }
         let n = self.backends.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
-        let mut best: Option<(&Backend, (bool, u64))> = None;
+        let mut best: Option<(usize, (bool, u64))> = None;
         for i in 0..n {
-            let b = &self.backends[(start + i) % n];
+            let at = (start + i) % n;
+            let b = &self.backends[at];
             let out = Some(b.addr) == avoid || b.shared.counters.is_down(now);
-            let rank = (out, b.shared.counters.inflight.load(Ordering::Relaxed));
+            let rank = (out, b.shared.counters.inflight());
             if best.as_ref().is_none_or(|(_, r)| rank < *r) {
-                best = Some((b, rank));
+                best = Some((at, rank));
             }
         }
-        best.map(|(b, _)| b)
+        best.map(|(at, _)| at)
     }
 
     pub(super) fn len(&self) -> usize {
         self.backends.len()
+    }
+
+    /// A copy for one worker (the same backends and counters, its own turn).
+    fn copy(&self) -> Pool {
+        Pool {
+            backends: self.backends.clone(),
+            next: AtomicUsize::new(0),
+        }
     }
 
     fn addrs(&self) -> Vec<SocketAddr> {
@@ -121,8 +136,30 @@ pub struct Routes {
     changed: tokio::sync::watch::Sender<()>,
     /// Whether requests are timed (`--no-metrics` turns it off).
     pub(super) timed: bool,
+    /// Bumped by every route: a worker's copy of an older one is made again.
+    generation: AtomicU64,
+    id: TableId,
     /// The proxy's timeouts and refusals (reported with the backends' counters).
     pub(super) faults: Arc<Faults>,
+}
+
+/// A routing table's own number, so that a thread's copy of one table's route is never taken
+/// for another's (tests make many).
+#[derive(Debug)]
+struct TableId(usize);
+
+impl Default for TableId {
+    fn default() -> TableId {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        TableId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A thread's copy of a route: the table's number, its generation, the pool (see `current`).
+type Copied = Option<(usize, u64, Option<Arc<Pool>>)>;
+
+thread_local! {
+    static ROUTE: RefCell<Copied> = const { RefCell::new(None) };
 }
 
 #[derive(Debug, Default)]
@@ -198,12 +235,27 @@ impl Routes {
         entry.shared.clone()
     }
 
-    /// The backends requests go to now.
+    /// The backends requests go to now: this thread's own copy of them, made again only when
+    /// the route changed (its generation), so the request path takes no lock and writes no
+    /// line another core reads (the copy's reference count and turn are this worker's).
     pub(super) fn current(&self) -> Option<Arc<Pool>> {
-        self.active
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let generation = self.generation.load(Ordering::Acquire);
+        ROUTE.with(|cached| {
+            let mut cached = cached.borrow_mut();
+            if let Some((id, g, pool)) = &*cached {
+                if *id == self.id.0 && *g == generation {
+                    return pool.clone();
+                }
+            }
+            let pool = self
+                .active
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_deref()
+                .map(|p| Arc::new(p.copy()));
+            *cached = Some((self.id.0, generation, pool.clone()));
+            pool
+        })
     }
 
     pub(super) fn previewing(&self) -> bool {
@@ -328,6 +380,7 @@ impl Routes {
             .replace(pool)
             .map(|p| p.addrs())
             .unwrap_or_default();
+        self.generation.fetch_add(1, Ordering::AcqRel);
         if !old.is_empty() && old != new {
             *self.previous.write().unwrap_or_else(|e| e.into_inner()) = old.clone();
         }
@@ -348,9 +401,7 @@ impl Routes {
             keep.extend(p.backends);
         }
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.retain(|addr, k| {
-            keep.contains(addr) || k.shared.counters.inflight.load(Ordering::Acquire) > 0
-        });
+        known.retain(|addr, k| keep.contains(addr) || k.shared.counters.inflight() > 0);
     }
 
     /// Waits up to `limit` for a route other than `seen`: the new backends, or None.
@@ -403,17 +454,12 @@ impl Routes {
 
     pub(super) fn inflight(&self, addr: SocketAddr) -> u64 {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known
-            .get(&addr)
-            .map_or(0, |k| k.shared.counters.inflight.load(Ordering::Acquire))
+        known.get(&addr).map_or(0, |k| k.shared.counters.inflight())
     }
 
     pub(super) fn total_inflight(&self) -> u64 {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known
-            .values()
-            .map(|k| k.shared.counters.inflight.load(Ordering::Acquire))
-            .sum()
+        known.values().map(|k| k.shared.counters.inflight()).sum()
     }
 
     /// Closes the upgraded connections to `addr` (a drain gave up waiting for them), unless
@@ -462,34 +508,64 @@ impl Routes {
 /// One request (or upgraded connection) in flight to a backend, until finished or dropped;
 /// then counted as served, with its time when the proxy times requests.
 pub(super) struct InFlight {
-    shared: Option<Arc<Shared>>,
+    at: Option<Held>,
     started: Option<Instant>,
+    /// The counters' lane it started in (its worker's), where it ends.
+    lane: usize,
+}
+
+/// What an in-flight request holds on to its backend's counters by.
+enum Held {
+    /// Its backend's state (an upgraded connection: rare).
+    Shared(Arc<Shared>),
+    /// The worker's own copy of the route and the backend's place in it: a request holds no
+    /// reference another core also counts.
+    Pool(Arc<Pool>, usize),
+}
+
+impl Held {
+    fn counters(&self) -> &Counters {
+        match self {
+            Held::Shared(s) => &s.counters,
+            Held::Pool(p, i) => &p.backends[*i].shared.counters,
+        }
+    }
 }
 
 impl InFlight {
     pub(super) fn start(shared: &Arc<Shared>, started: Option<Instant>) -> InFlight {
-        shared.counters.inflight.fetch_add(1, Ordering::AcqRel);
+        InFlight::held(Held::Shared(shared.clone()), started)
+    }
+
+    /// A request to `pool`'s backend `i`.
+    pub(super) fn of(pool: &Arc<Pool>, i: usize, started: Option<Instant>) -> InFlight {
+        InFlight::held(Held::Pool(pool.clone(), i), started)
+    }
+
+    fn held(at: Held, started: Option<Instant>) -> InFlight {
+        let lane = at.counters().start();
         InFlight {
-            shared: Some(shared.clone()),
+            at: Some(at),
             started,
+            lane,
         }
     }
 
     /// The request got no answer from this backend (it went to another, or became the
     /// proxy's own 502): no longer in flight here, and not served.
     pub(super) fn abandon(mut self) {
-        if let Some(s) = self.shared.take() {
-            s.counters.inflight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(at) = self.at.take() {
+            at.counters().end(self.lane, false);
         }
     }
 
     pub(super) fn finish(&mut self) {
-        if let Some(s) = self.shared.take() {
+        if let Some(at) = self.at.take() {
+            let counters = at.counters();
             if let Some(t) = self.started {
-                s.counters.latency(t.elapsed());
+                counters.latency(t.elapsed());
             }
-            s.counters.inflight.fetch_sub(1, Ordering::AcqRel);
-            s.counters.served.fetch_add(1, Ordering::Relaxed);
+            counters.end(self.lane, true);
         }
     }
 }

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::connection::{self, Timeouts};
+use super::connection;
 use super::forward::Limits;
 use super::handover;
+use super::metrics;
 use super::protocol::{Answer, Drained, PreviewSet, Refused, Request, Routed, DEFAULT_DRAIN_MS};
 use super::routes::{Routes, BUCKETS};
+use super::state::{self, Timeouts};
 use super::ProxyError;
 use crate::ipc;
 
@@ -54,12 +56,17 @@ pub struct Settings {
     pub preview_cookie: String,
     /// The cookie that keeps a session on its side of a weighted canary.
     pub canary_cookie: String,
+    /// Worker threads (each a runtime with its own listener); `None`: one per CPU.
+    pub workers: Option<usize>,
 }
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, answers the next request on each
 /// kept-alive connection with `Connection: close`, closes upgraded connections, and lets
 /// in-flight requests finish (up to `drain`).
 pub async fn run(settings: Settings) -> Result<(), ProxyError> {
+    let workers = worker_count(settings.workers);
+    // Each backend's counters get a lane per worker (made as backends are routed, below).
+    metrics::set_lanes(workers);
     let routes = Routes::restore(settings.state.clone(), settings.metrics);
     if !settings.backends.is_empty() {
         routes.route(&settings.backends, None);
@@ -76,11 +83,10 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
     let (listeners, activated) = match inherited_listener(&mut inherited).map_err(listen_err)? {
         Some(l) => {
             traffic_fd = Some(l.try_clone().map_err(listen_err)?.into());
-            (share(l).map_err(listen_err)?, true)
+            (share(l, workers).map_err(listen_err)?, true)
         }
-        None => (bind_traffic(listen).map_err(listen_err)?, false),
+        None => (bind_traffic(listen, workers).map_err(listen_err)?, false),
     };
-    let workers = listeners.len();
     // systemd may pass the control socket too (made by root, 0600): then the proxy, running
     // as an unprivileged user, needs no write access where it lives.
     let (control_listener, own_control) = match inherited_control(&mut inherited) {
@@ -103,7 +109,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         routes: routes.clone(),
     });
     let mut control_task = tokio::spawn(ipc::serve(control_listener, handler.clone()));
-    let shared = Arc::new(connection::Shared {
+    let shared = Arc::new(state::Shared {
         routes: routes.clone(),
         limits: Limits {
             connect: settings.connect_timeout,
@@ -226,8 +232,10 @@ fn inherited_control(
 }
 
 /// One descriptor of the same socket per worker.
-fn share(listener: std::net::TcpListener) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let workers = worker_count();
+fn share(
+    listener: std::net::TcpListener,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut all = Vec::with_capacity(workers);
     for _ in 1..workers {
         all.push(listener.try_clone()?);
@@ -236,20 +244,21 @@ fn share(listener: std::net::TcpListener) -> std::io::Result<Vec<std::net::TcpLi
     Ok(all)
 }
 
-fn worker_count() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+/// `--workers`, else one per CPU this process may run on.
+fn worker_count(asked: Option<usize>) -> usize {
+    asked.filter(|n| *n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// One listener per core, each to be served by its own single-threaded runtime (nginx's worker
 /// model): a request and its upstream connection never change threads.
-fn bind_traffic(listen: SocketAddr) -> std::io::Result<Vec<std::net::TcpListener>> {
+fn bind_traffic(listen: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     // A plain bind first: SO_REUSEPORT alone would let a second (or stale) proxy share the port.
     drop(std::net::TcpListener::bind(listen)?);
-    (0..worker_count())
-        .map(|_| reuseport_listener(listen))
-        .collect()
+    (0..workers).map(|_| reuseport_listener(listen)).collect()
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -268,7 +277,7 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 
 fn spawn_workers(
     listeners: Vec<std::net::TcpListener>,
-    shared: &Arc<connection::Shared>,
+    shared: &Arc<state::Shared>,
     stop: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     listeners
@@ -279,7 +288,10 @@ fn spawn_workers(
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
-                .spawn(move || worker(listener, shared, stop))
+                .spawn(move || {
+                    metrics::set_lane(i);
+                    worker(listener, shared, stop)
+                })
         })
         .collect()
 }
@@ -326,7 +338,7 @@ fn control_again(fd: &OwnedFd) -> std::io::Result<tokio::net::UnixListener> {
 }
 
 /// Waits until no client connection is open and nothing is in flight, up to `drain`.
-async fn wait_drained(shared: &connection::Shared, drain: Duration) {
+async fn wait_drained(shared: &state::Shared, drain: Duration) {
     let deadline = Instant::now() + drain;
     while (shared.open.load(Ordering::Acquire) > 0 || shared.routes.total_inflight() > 0)
         && Instant::now() < deadline
@@ -338,7 +350,7 @@ async fn wait_drained(shared: &connection::Shared, drain: Duration) {
 /// One worker: a current-thread runtime serving the connections its listener accepts.
 fn worker(
     listener: std::net::TcpListener,
-    shared: Arc<connection::Shared>,
+    shared: Arc<state::Shared>,
     stop: watch::Receiver<bool>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -376,7 +388,7 @@ fn worker(
 /// Accepts and serves connections until `stop`; the listener closes when this returns.
 async fn accept_until_stopped(
     listener: TcpListener,
-    shared: Arc<connection::Shared>,
+    shared: Arc<state::Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {

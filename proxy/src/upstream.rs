@@ -337,7 +337,11 @@ impl Conn {
                     continue;
                 }
                 hop_free = false;
-            } else if HOP_ONLY.iter().any(|o| n.eq_ignore_ascii_case(o)) {
+            } else if HOP_BY_HOP[1..5]
+                .iter()
+                .chain(&HOP_BY_HOP[6..])
+                .any(|o| n.eq_ignore_ascii_case(o.as_bytes()))
+            {
                 continue;
             } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
                 chunked_or_coded = true;
@@ -497,14 +501,18 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
     Ok(Some((lf + 1, size)))
 }
 
-/// The hop-by-hop headers of a response besides Connection and Transfer-Encoding (RFC 9110
-/// section 7.6.1, and the old Proxy-Connection).
-const HOP_ONLY: [&[u8]; 5] = [
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"upgrade",
+/// The hop-by-hop headers (RFC 9110 section 7.6.1, and the old Proxy-Connection): they
+/// describe one connection, not the message. The one list for both directions: this client
+/// leaves them out of a response (Connection and Transfer-Encoding are read first), and
+/// forward.rs removes them from what hyper's sides carry.
+pub(super) const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 /// What a message's Connection headers say (downstream.rs reads the requests' with it).

@@ -7,7 +7,8 @@
 # BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_ROUNDS (2),
 # BENCH_TARGETS (direct,nginx,haproxy,berth,berth-nometrics), BENCH_PROXY_CPU (0),
 # BENCH_LOAD_CPU (1), BERTH_BIN. Then tests/bench/proxy_idle.py: 1,000 idle keep-alive
-# connections after a 1 MiB answer each, RSS and descriptors vs nginx (BENCH_IDLE_*).
+# connections after a 1 MiB answer each, RSS and descriptors vs nginx (BENCH_IDLE_*); and
+# tests/bench/proxy_scaling.py: 1 and 2 workers of each, unpinned, the scaling factors.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -19,4 +20,6 @@ status=0
 python3 "$root/tests/bench/proxy.py" || status=$?
 # What 1,000 idle ALB connections cost after one 1 MiB answer each (RSS, descriptors).
 python3 "$root/tests/bench/proxy_idle.py" || status=$((status > 0 ? status : $?))
+# Past one core: berth and nginx with 1 and 2 workers, unpinned; each one's scaling factor.
+python3 "$root/tests/bench/proxy_scaling.py" || status=$((status > 0 ? status : $?))
 exit "$status"
