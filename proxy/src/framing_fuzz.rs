@@ -222,9 +222,19 @@ fn answers() -> impl Strategy<Value = Answer> {
         })
 }
 
+thread_local! {
+    /// One listening port per test thread for all its cases: a port per case would leave
+    /// thousands in TIME_WAIT and run out of ephemeral ports on a long run.
+    static PORT: std::net::TcpListener = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        l
+    };
+}
+
 /// A backend on loopback that writes `bytes` to its one connection and closes it.
 async fn backend(bytes: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::from_std(PORT.with(|l| l.try_clone()).unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         if let Ok((mut s, _)) = listener.accept().await {
@@ -252,12 +262,11 @@ async fn berth_reads(bytes: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
         Err(SendError::Bad(e) | SendError::Sent(e) | SendError::Unsent(_, e)) => return Err(e),
     };
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = resp.into_body().collect().await;
+    // A connection kept for another request goes back to the worker's pool: closed here, or
+    // thousands of cases would run out of descriptors.
+    while Idle.take(addr).is_some() {}
+    let body = body.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, body.to_vec()))
 }
 
@@ -334,7 +343,14 @@ proptest! {
         let berth = rt.block_on(berth_reads(bytes.clone()));
         if let Ok(read) = berth {
             let hyper = rt.block_on(hyper_reads(bytes.clone()));
-            prop_assert_eq!(hyper, Ok(read), "{:?}", String::from_utf8_lossy(&bytes));
+            // The one difference the RFC sanctions: a Transfer-Encoding on an HTTP/1.0 answer is
+            // faulty framing, which RFC 9112 section 6.1 has read and then the connection
+            // closed (berth does; hyper refuses the answer).
+            let http10_coded = bytes.starts_with(b"HTTP/1.0")
+                && hyper.as_ref().is_err_and(|e| e.contains("transfer-encoding"));
+            if !http10_coded {
+                prop_assert_eq!(hyper, Ok(read), "{:?}", String::from_utf8_lossy(&bytes));
+            }
         }
     }
 }

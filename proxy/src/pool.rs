@@ -7,7 +7,6 @@
 //! second): before a backend's keep-alive timeout (5 s is common) closes them under a request,
 //! and before they sit in CLOSE_WAIT holding descriptors.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -33,13 +32,15 @@ pub(super) trait Pooled {
 /// One worker's idle connections of one kind, by backend, the most recently used last.
 #[derive(Debug)]
 pub(super) struct Idle<T> {
-    by_backend: HashMap<SocketAddr, Vec<T>>,
+    /// A worker talks to a handful of backends: a list searched in order costs less than
+    /// hashing the address twice per request.
+    by_backend: Vec<(SocketAddr, Vec<T>)>,
 }
 
 impl<T> Default for Idle<T> {
     fn default() -> Self {
         Idle {
-            by_backend: HashMap::new(),
+            by_backend: Vec::new(),
         }
     }
 }
@@ -48,7 +49,7 @@ impl<T: Pooled> Idle<T> {
     /// The most recently used connection to `backend` that can carry a request now; stale and
     /// closed ones met on the way are dropped, busy ones kept.
     pub(super) fn take(&mut self, backend: SocketAddr) -> Option<T> {
-        let list = self.by_backend.get_mut(&backend)?;
+        let list = self.list(backend)?;
         let mut i = list.len();
         while i > 0 {
             i -= 1;
@@ -66,9 +67,24 @@ impl<T: Pooled> Idle<T> {
         None
     }
 
+    fn list(&mut self, backend: SocketAddr) -> Option<&mut Vec<T>> {
+        self.by_backend
+            .iter_mut()
+            .find(|(b, _)| *b == backend)
+            .map(|(_, l)| l)
+    }
+
     /// Keeps `conn` for the next request to its backend.
     pub(super) fn put(&mut self, conn: T) {
-        let list = self.by_backend.entry(conn.backend()).or_default();
+        let backend = conn.backend();
+        let i = match self.by_backend.iter().position(|(b, _)| *b == backend) {
+            Some(i) => i,
+            None => {
+                self.by_backend.push((backend, Vec::new()));
+                self.by_backend.len() - 1
+            }
+        };
+        let list = &mut self.by_backend[i].1;
         list.push(conn);
         if list.len() > MAX_IDLE {
             list.remove(0);
@@ -79,17 +95,17 @@ impl<T: Pooled> Idle<T> {
     /// one the backend closed).
     #[cfg(test)]
     pub(super) fn take_any(&mut self, backend: SocketAddr) -> Option<T> {
-        self.by_backend.get_mut(&backend)?.pop()
+        self.list(backend)?.pop()
     }
 
     /// Closes the connections idle for [`IDLE_REUSE`] (not those still busy); how many are
     /// left.
     pub(super) fn reap(&mut self) -> usize {
-        self.by_backend.retain(|_, list| {
+        self.by_backend.retain_mut(|(_, list)| {
             list.retain_mut(|c| c.usable().is_none() || c.idle_since().elapsed() < IDLE_REUSE);
             !list.is_empty()
         });
-        self.by_backend.values().map(Vec::len).sum()
+        self.by_backend.iter().map(|(_, l)| l.len()).sum()
     }
 }
 
@@ -147,7 +163,8 @@ mod tests {
         for i in 0..MAX_IDLE as u32 + 8 {
             idle.put(fake(b, 0, Some(true), 100 + i));
         }
-        assert_eq!(idle.by_backend[&b].len(), MAX_IDLE);
-        assert_eq!(idle.by_backend[&b][0].id, 108, "the oldest went");
+        let list = idle.list(b).unwrap();
+        assert_eq!(list.len(), MAX_IDLE);
+        assert_eq!(list[0].id, 108, "the oldest went");
     }
 }

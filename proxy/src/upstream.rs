@@ -501,6 +501,20 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
     Ok(Some((lf + 1, size)))
 }
 
+/// Whether `line` (without its CRLF) is a field line: a token, a colon, then a value without
+/// control bytes but HTAB (RFC 9110 section 5).
+fn trailer_field(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
+    colon > 0
+        && line[..colon].iter().all(tchar)
+        && line[colon + 1..]
+            .iter()
+            .all(|b| *b == b'\t' || (b' '..=b'~').contains(b) || *b >= 0x80)
+}
+
 /// The hop-by-hop headers (RFC 9110 section 7.6.1, and the old Proxy-Connection): they
 /// describe one connection, not the message. The one list for both directions: this client
 /// leaves them out of a response (Connection and Transfer-Encoding are read first), and
@@ -661,6 +675,11 @@ impl UpstreamBody {
                         }
                         return Ok(None);
                     };
+                    // Each trailer line is a field (`name: value`), not any bytes: a looser
+                    // reading could take another hop's next message for a trailer.
+                    if eol > 0 && !trailer_field(&buf[..eol]) {
+                        return Err("a malformed trailer field".into());
+                    }
                     buf.advance(eol + 2);
                     if eol == 0 {
                         self.framing = Framing::Chunked(Chunk::Done);
@@ -813,6 +832,15 @@ mod tests {
             Ok(Framing::Length(0))
         );
         assert!(no_content.is_empty());
+    }
+
+    #[test]
+    fn trailer_lines_are_fields() {
+        assert!(trailer_field(b"X-Sum: abc"));
+        assert!(trailer_field(b"x:"));
+        for bad in [&b"\0\0"[..], b"0", b": v", b"X Y: v", b"X: a\0b"] {
+            assert!(!trailer_field(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
