@@ -304,7 +304,28 @@ impl Fleet {
         pinned: bool,
         settings: &str,
     ) -> Fleet {
-        let moto = Moto::start();
+        Fleet::build_on(
+            Moto::start(),
+            test,
+            booted,
+            spare,
+            release,
+            pinned,
+            settings,
+        )
+    }
+
+    /// As [`Fleet::build`], on a moto already started (what the instances need there from
+    /// their first boot, put).
+    fn build_on(
+        moto: Moto,
+        test: &str,
+        booted: usize,
+        spare: usize,
+        release: &str,
+        pinned: bool,
+        settings: &str,
+    ) -> Fleet {
         let name = unique_name(test);
         let group = format!("{name}-asg");
         let parameter = format!("/{name}/release");
@@ -1083,4 +1104,308 @@ fn the_fleet_brake_lets_one_of_three_report_itself_unhealthy_and_holds_back_the_
         // Still 503 for the load balancer: the brake holds back the report, not the verdict.
         assert_eq!(inst.status()["phase"], "failed", "{log}");
     }
+}
+
+/// A pinned release's compose file: berth-test/web:`tag` from the store's registry answering
+/// `release` (so that each release is a new container), and, with `migration` (its phase and
+/// whether it succeeds), a one-shot `migrate` service the web service waits for, which writes
+/// one line per run into the database stand-in (`db/runs`, shared by the fleet).
+fn release_compose(
+    store: &Store,
+    release: &str,
+    tag: &str,
+    migration: Option<(&str, bool)>,
+    db: &Path,
+) -> String {
+    let image = format!("{}/berth-test/web:{tag}", store.registry.addr);
+    let mut yaml = web_compose(8080, &image, &[("VERSION", release)]);
+    if let Some((phase, ok)) = migration {
+        yaml.push_str(&format!(
+            "    depends_on:\n      migrate:\n        condition: service_completed_successfully\n  \
+             migrate:\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo {release} >> /db/runs; exit {code}\"]\n    \
+             volumes: [\"{db}:/db\"]\n    labels:\n      dev.berth.migration: {phase}\n",
+            code = if ok { 0 } else { 1 },
+            db = db.display(),
+        ));
+    }
+    yaml
+}
+
+/// A rollout that failed: its exit code and outcome as expected, its error saying each of
+/// `says`; its summary.
+fn failed(out: &Output, code: i32, outcome: &str, says: &[&str]) -> Value {
+    out.expect_code(code);
+    let s = summary(out);
+    assert_eq!(s["outcome"], outcome, "{s}");
+    let error = s["error"].as_str().unwrap_or_default();
+    for said in says {
+        assert!(error.contains(said), "{said:?} not in: {s}");
+    }
+    s
+}
+
+/// The releases the database stand-in saw migrate, one per run.
+fn migrations_run(db: &Path) -> Vec<String> {
+    std::fs::read_to_string(db.join("runs"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Releases that know about their database and their alarms, across a pinned fleet of two:
+/// an expand migration runs once for the fleet (on the canary, before it takes traffic); one
+/// that fails stops the rollout before any traffic moves; a failing `after_healthy` hook stops
+/// the release on the canary; an alarm going to ALARM during the bake sends the fleet back (and
+/// one already in ALARM refuses the next rollout); a contract release failing on its canary is
+/// not rolled back, and `berth rollback` needs `--force` to go back across it.
+#[test]
+fn migrations_hooks_and_alarms_gate_releases_across_the_fleet() {
+    let db = tempfile::tempdir().unwrap();
+    // The hook checks the new release where only it reaches it, and refuses release 4.
+    let settings = format!(
+        "[policy]\nbind_prefixes = [\"{db}\"]\n\
+         [upgrade.alarms]\nnames = [\"shop-errors\"]\ncheck_secs = 1\n\
+         [upgrade.hooks.after_healthy]\n\
+         command = '[ \"$BERTH_RELEASE\" != 4 ] && curl -fsS \"http://${{BERTH_BACKENDS%%,*}}/version\"'\n\
+         timeout_secs = 20\n",
+        db = db.path().display()
+    );
+    // The instances' own alarm gate ([upgrade.alarms]): it must exist before they upgrade.
+    let moto = Moto::start();
+    aws::block_on(moto.put_alarm("shop-errors"));
+    aws::block_on(moto.set_alarm("shop-errors", "OK", "fine"));
+    let fleet = Fleet::build_on(moto, "fleet-migrate", 2, 0, "1", true, &settings);
+    let store = fleet.store.as_ref().unwrap();
+    let write = |release: &str, tag: &str, migration: Option<(&str, bool)>| {
+        fleet.instances[0].project.compose(&release_compose(
+            store,
+            release,
+            tag,
+            migration,
+            db.path(),
+        ));
+        fleet.create(release);
+    };
+    let serving = |i: usize| fleet.instances[i].status()["release"].clone();
+    let load = Load::start(fleet.lb.addr, "/cgi-bin/api", 4);
+    let (canary, other) = (&fleet.ids[0], &fleet.ids[1]);
+
+    // 2: an expand migration, run once for the fleet, on the canary.
+    write("2", "2", Some(("expand", true)));
+    let started = Instant::now();
+    let out = fleet.rollout("2", &[]);
+    out.ok();
+    let s = summary(&out);
+    eprintln!(
+        "fleet: release 2 with its migration rolled out in {:.1}s (canary {:.1}s): {s}",
+        started.elapsed().as_secs_f64(),
+        s["canary_secs"].as_f64().unwrap_or(0.0)
+    );
+    let said = |i: usize| -> String {
+        fleet.instances[i]
+            .log()
+            .lines()
+            .filter(|l| !l.contains("hook passed"))
+            .skip_while(|l| !l.contains("release=3"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        migrations_run(db.path()),
+        ["2"],
+        "exactly once\n{}\n---\n{}",
+        said(0),
+        said(1)
+    );
+    assert_eq!(s["migration"]["service"], "migrate", "{s}");
+    assert_eq!(s["migration"]["phase"], "expand", "{s}");
+    assert_eq!(s["migration"]["ran_on"], canary.as_str(), "{s}");
+    assert_eq!(s["migration"]["exit"], 0, "{s}");
+    assert_eq!((serving(0), serving(1)), (json!("2"), json!("2")));
+    assert!(
+        fleet.instances[1].log().contains("left out here"),
+        "{}",
+        fleet.instances[1].log()
+    );
+    // Its output stays on the canary, 0600, under the run directory.
+    let output = fleet.instances[0].project.path("run/migrations/2.log");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&output).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", output.display());
+    // The release list shows the migration, its phase and its run.
+    let inst = &fleet.instances[0];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(["releases", "--config"]).arg(&inst.config);
+    aws::apply_env(&mut cmd, &inst.env(&fleet.moto));
+    let listed = run_with_limit(cmd, Duration::from_secs(60));
+    listed.ok();
+    assert!(
+        listed.stdout.contains("migration: migrate (expand)")
+            && listed
+                .stdout
+                .contains(&format!("{canary}: migrated (migrate, exit 0")),
+        "{}",
+        listed.stdout
+    );
+
+    // 3: its migration fails on the canary: no traffic moves, every instance stays on 2.
+    write("3", "2", Some(("expand", false)));
+    let out = fleet.rollout("3", &[]);
+    failed(
+        &out,
+        1,
+        "rolled back",
+        &["service migrate exited with code 1"],
+    );
+    assert_eq!(
+        migrations_run(db.path()),
+        ["2", "3"],
+        "{}\n---\n{}",
+        said(0),
+        said(1)
+    );
+    assert_eq!(fleet.pointer().as_deref(), Some("2"));
+    assert_eq!((serving(0), serving(1)), (json!("2"), json!("2")));
+    assert!(!fleet.instances[1]
+        .releases_seen()
+        .contains(&"3".to_string()));
+
+    // 4: the after_healthy hook refuses it on the canary, before any traffic.
+    write("4", "2", None);
+    let out = fleet.rollout("4", &[]);
+    failed(
+        &out,
+        1,
+        "rolled back",
+        &["after_healthy hook", "exited with code 1"],
+    );
+    assert_eq!(fleet.pointer().as_deref(), Some("2"));
+    assert_eq!((serving(0), serving(1)), (json!("2"), json!("2")));
+    assert!(fleet.instances[0]
+        .project
+        .path("run/hooks/after_healthy.log")
+        .exists());
+
+    // 5: an alarm goes to ALARM during the bake after the canary: the fleet goes back.
+    aws::block_on(fleet.moto.put_alarm("shop-queue"));
+    aws::block_on(fleet.moto.set_alarm("shop-queue", "OK", "fine"));
+    write("5", "2", None);
+    let cmd = fleet.rollout_cmd("5", &["--alarm", "shop-queue", "--bake-secs", "120"]);
+    let rollout = std::thread::spawn(move || run_with_limit(cmd, Duration::from_secs(400)));
+    eventually(
+        "the canary to serve 5",
+        Duration::from_secs(120),
+        || match serving(0) {
+            v if v == json!("5") => Ok(()),
+            v => Err(format!("{v}")),
+        },
+    );
+    let fired = Instant::now();
+    aws::block_on(fleet.moto.set_alarm(
+        "shop-queue",
+        "ALARM",
+        "Threshold Crossed: 250 messages waiting",
+    ));
+    let out = rollout.join().unwrap();
+    eprintln!(
+        "fleet: an alarm during the bake ended the rollout of 5 {:.1}s after it fired",
+        fired.elapsed().as_secs_f64()
+    );
+    out.expect_code(1);
+    let s = summary(&out);
+    assert_eq!(s["outcome"], "rolled back", "{s}");
+    assert!(
+        // The canary's command may still be answering when the alarm fires, or the bake
+        // has begun: either way the release fails, naming the alarm and its reason.
+        s["error"].as_str().is_some_and(|e| {
+            (e.starts_with("during the canary: ")
+            || e.starts_with("during the bake: "))
+            && e.contains(
+                "CloudWatch alarm shop-queue is in ALARM: Threshold Crossed: 250 messages waiting"
+            )
+        }),
+        "{s}"
+    );
+    assert_eq!(fleet.pointer().as_deref(), Some("2"));
+    assert_eq!((serving(0), serving(1)), (json!("2"), json!("2")));
+    assert!(!fleet.instances[1]
+        .releases_seen()
+        .contains(&"5".to_string()));
+    // Still in ALARM: the next rollout refuses before anything moves.
+    let calls = fleet.run_command.calls().len();
+    let out = fleet.rollout("5", &["--alarm", "shop-queue"]);
+    out.expect_code(1);
+    assert!(
+        out.error_message()
+            .contains("an alarm is in ALARM before anything moved: shop-queue"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fleet.run_command.calls().len(), calls, "nothing was sent");
+    aws::block_on(fleet.moto.set_alarm("shop-queue", "OK", "drained"));
+
+    // 7: the instances' own alarm goes to ALARM while the canary watches it: the canary
+    // switches back by itself, and the rollout stops there.
+    write("7", "2", None);
+    let cmd = fleet.rollout_cmd("7", &[]);
+    let rollout = std::thread::spawn(move || run_with_limit(cmd, Duration::from_secs(400)));
+    eventually("the canary to watch 7", Duration::from_secs(120), || {
+        let a = fleet.instances[0].status()["analysis"].clone();
+        match (a["release"].as_str(), a["verdict"].as_str()) {
+            (Some("7"), Some("watching")) => Ok(()),
+            _ => Err(format!("{a}")),
+        }
+    });
+    aws::block_on(fleet.moto.set_alarm(
+        "shop-errors",
+        "ALARM",
+        "Threshold Crossed: checkout errors 12 > 5",
+    ));
+    let out = rollout.join().unwrap();
+    failed(
+        &out,
+        1,
+        "rolled back",
+        &[
+            "rolled back to 2",
+            "CloudWatch alarm shop-errors is in ALARM: Threshold Crossed: checkout errors 12 > 5",
+        ],
+    );
+    assert_eq!(fleet.pointer().as_deref(), Some("2"));
+    assert_eq!((serving(0), serving(1)), (json!("2"), json!("2")));
+    aws::block_on(fleet.moto.set_alarm("shop-errors", "OK", "fixed"));
+
+    // 6: a contract migration, then 500s on the canary: not rolled back; a human decides.
+    write("6", "bad", Some(("contract", true)));
+    let out = fleet.rollout("6", &[]);
+    let s = failed(
+        &out,
+        8,
+        "stopped, not rolled back",
+        &["contract migration migrate has run"],
+    );
+    assert!(
+        s["upgrades"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("NOT rolled back")),
+        "{s}"
+    );
+    assert_eq!(fleet.pointer().as_deref(), Some("6"));
+    assert_eq!((serving(0), serving(1)), (json!("6"), json!("2")));
+    assert_eq!(migrations_run(db.path()), ["2", "3", "6"]);
+    // berth rollback on the canary: refused, saying what it risks; then forced.
+    let r = fleet.instances[0].berth("rollback", &[], &fleet.moto);
+    r.expect_code(3);
+    assert!(
+        r.error_message()
+            .contains("ran a contract migration (migrate)"),
+        "{}",
+        r.stderr
+    );
+    let r = fleet.instances[0].berth("rollback", &["--force"], &fleet.moto);
+    r.ok();
+    assert_eq!(serving(0), json!("2"));
+    load.finish();
+    let _ = other;
 }

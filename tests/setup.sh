@@ -33,7 +33,9 @@ berth_setup_apt_packages=(
 # Python packages, as "module-to-import:requirement" (installed with pip when the import
 # fails). Later issues add their own here (moto:moto[server] for the AWS APIs).
 berth_setup_pip_packages=(
-	"moto:moto[server]" # S3, ECR, SSM, ELBv2 in server mode (tests/common/aws.rs)
+	# S3, ECR, SSM, ELBv2, AutoScaling, CloudWatch in server mode (tests/common/aws.rs). The Rust
+	# SDK speaks CloudWatch in CBOR: 5.2.1 does not, 5.2.6 does (moto.core.cbor, the module checked).
+	"moto.core.cbor:moto[server]>=5.2.6"
 )
 
 # Test images: tag, build context under tests/images, build args. Order matters:

@@ -17,6 +17,7 @@ pub struct Aws {
     pub ecr: aws_sdk_ecr::Client,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub elb: aws_sdk_elasticloadbalancingv2::Client,
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
 }
 
 impl Aws {
@@ -59,6 +60,7 @@ impl Aws {
             ecr: aws_sdk_ecr::Client::new(&sdk),
             autoscaling: aws_sdk_autoscaling::Client::new(&sdk),
             elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&sdk),
             sdk,
         }
     }

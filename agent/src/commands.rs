@@ -73,6 +73,11 @@ impl Coded for CommandError {
             CommandError::Signature(_) => Exit::Invalid,
             CommandError::Usage { .. } => Exit::Usage,
             CommandError::NotFound { .. } => Exit::Invalid,
+            CommandError::RolledBack { outcome, .. }
+                if *outcome == crate::fleet::rollout::STOPPED =>
+            {
+                Exit::NotRolledBack
+            }
             CommandError::RolledBack { .. } => Exit::Failed,
         }
     }

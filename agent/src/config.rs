@@ -313,6 +313,89 @@ pub struct UpgradeSettings {
     pub preview_key: Option<String>,
     /// Proxy strategy: the weighted canary of `berth upgrade --canary`.
     pub canary: CanarySettings,
+    /// CloudWatch alarms that fail a release when they go to ALARM while it is watched.
+    pub alarms: AlarmSettings,
+    /// Commands (or URLs) run at named stages of an upgrade on this instance.
+    pub hooks: HooksSettings,
+}
+
+/// `[upgrade.hooks.<stage>]`: the team's own checks between "healthy" and "takes traffic".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksSettings {
+    /// The new release is healthy and reached by nothing but the hook (its backends in
+    /// `BERTH_BACKENDS`): a failure fails the release before any traffic moves.
+    pub after_healthy: Option<HookSettings>,
+    /// The new release took the traffic: a failure fails it as a failed watch does (it is
+    /// switched back).
+    pub after_switch: Option<HookSettings>,
+    /// The previous release serves again (an automatic rollback, or `berth rollback`): a
+    /// failure is logged.
+    pub after_rollback: Option<HookSettings>,
+}
+
+impl HooksSettings {
+    /// Each stage's hook with its name.
+    pub fn each(&self) -> [(&'static str, Option<&HookSettings>); 3] {
+        [
+            ("after_healthy", self.after_healthy.as_ref()),
+            ("after_switch", self.after_switch.as_ref()),
+            ("after_rollback", self.after_rollback.as_ref()),
+        ]
+    }
+}
+
+/// One hook: a command (a string for `sh -c`, or an argument list) or an `http://` URL (POSTed
+/// a JSON of the stage, the releases and the backends).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSettings {
+    #[serde(default)]
+    pub command: Option<HookCommand>,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long it may take, its "not yet" answers (exit 75, HTTP 503) asked again included.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_secs: u64,
+    /// How long to wait before asking again after a "not yet".
+    #[serde(default = "default_hook_retry")]
+    pub retry_secs: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    60
+}
+
+fn default_hook_retry() -> u64 {
+    2
+}
+
+/// A hook's command: `sh -c` of a string, or an argument list run as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum HookCommand {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+/// `[upgrade.alarms]`: CloudWatch alarms as gates on this instance's upgrades.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlarmSettings {
+    /// Alarm names (metric or composite). One going to ALARM during the canary's steps, the
+    /// watch or the bake fails the release, which rolls back as after a failed analysis.
+    pub names: Vec<String>,
+    /// How often they are looked at (CloudWatch's DescribeAlarms).
+    pub check_secs: u64,
+}
+
+impl Default for AlarmSettings {
+    fn default() -> Self {
+        AlarmSettings {
+            names: vec![],
+            check_secs: 10,
+        }
+    }
 }
 
 /// The weighted canary's schedule (`[upgrade.canary]`).
@@ -362,6 +445,8 @@ impl Default for UpgradeSettings {
             preview_secs: 3600,
             preview_key: None,
             canary: CanarySettings::default(),
+            alarms: AlarmSettings::default(),
+            hooks: HooksSettings::default(),
         }
     }
 }
@@ -386,6 +471,26 @@ pub struct AnalysisSettings {
     /// ...and at least this (ms): below it, latency is not judged (the proxy's histogram has
     /// buckets of 1, 2, 5, 10, 25, 50 ms: a fast app moving one bucket up is not a regression).
     pub p99_floor_ms: u64,
+    /// After the switch (or the canary's start), latency counts only after this long: new
+    /// connections, cold caches and a JIT still compiling are not a regression. Errors count
+    /// from the first request.
+    pub warmup_secs: u64,
+    /// How the figures are judged: `sequential` (a sequential test that holds its error rates
+    /// under repeated looks, watching past the window while undecided) or `fixed` (the first
+    /// look over a fixed line fails: the judge before it, kept to measure against).
+    pub method: Method,
+    /// Sequential: the longest the watch goes on, from the switch, while the test cannot
+    /// decide; then the fixed lines judge once.
+    pub max_secs: u64,
+}
+
+/// How `[upgrade.analysis]` judges (see [`AnalysisSettings::method`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    #[default]
+    Sequential,
+    Fixed,
 }
 
 impl Default for AnalysisSettings {
@@ -398,6 +503,9 @@ impl Default for AnalysisSettings {
             max_5xx_factor: 2.0,
             max_p99_factor: 1.5,
             p99_floor_ms: 50,
+            warmup_secs: 5,
+            method: Method::Sequential,
+            max_secs: 60,
         }
     }
 }
@@ -689,6 +797,56 @@ impl RawConfig {
             ));
         }
         self.upgrade.analysis.check()?;
+        for (stage, hook) in self.upgrade.hooks.each() {
+            let Some(hook) = hook else { continue };
+            let key = |k: &str| format!("upgrade.hooks.{stage}.{k}");
+            match (&hook.command, &hook.url) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err((
+                        format!("upgrade.hooks.{stage}"),
+                        "needs one of command or url".into(),
+                    ))
+                }
+                (Some(HookCommand::Argv(argv)), None) if argv.is_empty() => {
+                    return Err((key("command"), "is an empty argument list".into()))
+                }
+                (None, Some(url)) if !url.starts_with("http://") => {
+                    return Err((
+                        key("url"),
+                        format!("{url:?}: an http:// URL (for https, a command running curl)"),
+                    ))
+                }
+                _ => {}
+            }
+            if hook.timeout_secs == 0 || hook.retry_secs == 0 {
+                return Err((
+                    key(if hook.timeout_secs == 0 {
+                        "timeout_secs"
+                    } else {
+                        "retry_secs"
+                    }),
+                    "must be at least 1 second".into(),
+                ));
+            }
+        }
+        if self.upgrade.alarms.check_secs == 0 {
+            return Err((
+                "upgrade.alarms.check_secs".into(),
+                "must be at least 1 second".into(),
+            ));
+        }
+        if let Some(bad) = self
+            .upgrade
+            .alarms
+            .names
+            .iter()
+            .find(|n| n.is_empty() || n.len() > 255)
+        {
+            return Err((
+                "upgrade.alarms.names".into(),
+                format!("{bad:?} is not an alarm name (1 to 255 characters)"),
+            ));
+        }
         self.policy.check()?;
         if let Err(why) = check_canary_steps(&self.upgrade.canary.steps) {
             return Err(("upgrade.canary.steps".into(), why));

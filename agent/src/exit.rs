@@ -13,6 +13,7 @@
 //! | 5 | an image is missing or cannot be pulled; nothing was changed |
 //! | 6 | an AWS call failed: instance metadata, S3, SSM, the lifecycle hook, the load balancer |
 //! | 7 | another upgrade is running on this host |
+//! | 8 | the new release failed and was not rolled back: its migration is `contract` (the previous release cannot read the database); it keeps serving, and a human decides (`berth rollback --force`, or a fix) |
 
 use crate::compose::ComposeError;
 use crate::config::ConfigError;
@@ -39,6 +40,7 @@ pub enum Exit {
     Image = 5,
     Aws = 6,
     Busy = 7,
+    NotRolledBack = 8,
 }
 
 impl Exit {
@@ -52,6 +54,7 @@ impl Exit {
             5 => Exit::Image,
             6 => Exit::Aws,
             7 => Exit::Busy,
+            8 => Exit::NotRolledBack,
             _ => Exit::Failed,
         }
     }
@@ -148,7 +151,8 @@ impl Coded for ReleaseError {
             | ReleaseError::Policy(_)
             | ReleaseError::NotReady { .. } => Exit::Invalid,
             ReleaseError::Create(e) => match e {
-                crate::release::create::CreateError::Compose { .. } => Exit::Invalid,
+                crate::release::create::CreateError::Compose { .. }
+                | crate::release::create::CreateError::Migration { .. } => Exit::Invalid,
                 crate::release::create::CreateError::Images { .. } => Exit::Image,
                 crate::release::create::CreateError::Docker { source, .. } => source.exit(),
             },
@@ -202,6 +206,8 @@ impl Coded for crate::fleet::FleetError {
             | FleetError::BadRelease { .. }
             | FleetError::NoWayBack { .. } => Exit::Invalid,
             FleetError::Timeout { .. } | FleetError::Smoke { .. } => Exit::Failed,
+            FleetError::Alarms(crate::alarms::GateError::Alarm(_)) => Exit::Aws,
+            FleetError::Alarms(crate::alarms::GateError::Firing(_)) => Exit::Failed,
         }
     }
 }
@@ -215,13 +221,16 @@ impl Coded for UpgradeError {
             | UpgradeError::PreviewOfNothing { .. }
             | UpgradeError::PreviewUnnamed
             | UpgradeError::PreviewKey { .. }
-            | UpgradeError::NoPreview { .. } => Exit::Invalid,
+            | UpgradeError::NoPreview { .. }
+            | UpgradeError::CanaryAcrossContract { .. } => Exit::Invalid,
+            UpgradeError::NotRolledBack { .. } => Exit::NotRolledBack,
             UpgradeError::Proxy(_) | UpgradeError::Docker(_) => Exit::Docker,
             UpgradeError::Converge(c) | UpgradeError::NewRelease { source: c, .. } => c.exit(),
             UpgradeError::LoadBalancer(e) => e.exit(),
             UpgradeError::Lock { .. }
             | UpgradeError::Probe { .. }
             | UpgradeError::RolledBack { .. }
+            | UpgradeError::Hook { .. }
             | UpgradeError::CanaryFailed { .. }
             | UpgradeError::Previous { .. }
             | UpgradeError::NoBackend { .. } => Exit::Failed,

@@ -13,12 +13,14 @@
 //!   `berth proxy`, its own process, standing alone.
 //! - [`engine`]: Docker (the only bollard user), registries, plan, converge, progress;
 //!   [`policy`]: what a project may ask of the host (berth.toml's `[policy]`).
-//! - [`compose`]: compose files into a resolved, validated project.
+//! - [`compose`]: compose files into a resolved, validated project; [`alarms`]: CloudWatch
+//!   alarms as release gates.
 //! - At the bottom: [`aws`] (SDK clients), [`ipc`] (JSON lines over a 0600 socket), [`config`]
 //!   (plain settings), [`report`] (errors with their causes), [`signature`] (is a package
 //!   signed by a trusted key).
 
 pub mod agent;
+pub mod alarms;
 pub mod aws;
 pub mod commands;
 pub mod compose;
@@ -45,7 +47,7 @@ mod layering {
     use std::path::Path;
 
     /// Each module's rank: a module may use only modules of a lower rank.
-    const RANKS: [(&str, u8); 18] = [
+    const RANKS: [(&str, u8); 19] = [
         ("commands", 10),
         ("agent", 9),
         ("exit", 8),
@@ -58,6 +60,7 @@ mod layering {
         ("engine", 3),
         ("policy", 3),
         ("compose", 2),
+        ("alarms", 2),
         ("aws", 1),
         ("ipc", 1),
         ("config", 0),

@@ -340,6 +340,17 @@ enum Command {
         /// The account that must own the store's bucket (x-amz-expected-bucket-owner).
         #[arg(long, value_parser = account_id)]
         bucket_owner: Option<String>,
+        /// A CloudWatch alarm (repeat for more): one in ALARM before the rollout refuses it;
+        /// one going to ALARM during the canary, the bake or the rest fails the release, and
+        /// the fleet goes back.
+        #[arg(long = "alarm", value_name = "NAME")]
+        alarms: Vec<String>,
+        /// Start although an alarm is in ALARM already (it counts if it goes to ALARM again).
+        #[arg(long, requires = "alarms")]
+        ignore_alarm: bool,
+        /// After the canary, hold this long watching the alarms before the rest.
+        #[arg(long, default_value_t = 0)]
+        bake_secs: u64,
     },
     /// The release in preview takes the traffic, watched and judged as any upgrade.
     Promote {
@@ -351,6 +362,10 @@ enum Command {
     Rollback {
         #[command(flatten)]
         agent: AgentFlags,
+        /// Go back across a contract migration: the previous release runs against a schema it
+        /// may not read (berth refuses without this, and says what it risks).
+        #[arg(long)]
+        force: bool,
     },
     /// The agent's phase, the releases (colors) on this host, the proxy's route and its traffic
     /// per release, as JSON.
@@ -708,6 +723,9 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             store,
             allow_no_rollback,
             bucket_owner,
+            alarms,
+            ignore_alarm,
+            bake_secs,
         } => {
             let store = store
                 .map(|s| {
@@ -732,10 +750,13 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 store,
                 allow_no_rollback,
                 bucket_owner,
+                alarms,
+                ignore_alarm,
+                bake: Duration::from_secs(bake_secs),
             })
             .await?
         }
-        Command::Rollback { agent } => agent.ask(Request::Rollback).await?,
+        Command::Rollback { agent, force } => agent.ask(Request::Rollback { force }).await?,
         Command::Status { agent } => agent.ask(Request::Status).await?,
         Command::Leave { agent } => agent.ask(Request::Leave).await?,
     }

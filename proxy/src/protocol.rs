@@ -74,7 +74,7 @@ pub struct Routed {
 }
 
 /// The answer to `status`: the route, and per backend what it served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub ok: bool,
     pub active: Vec<SocketAddr>,

@@ -2,6 +2,7 @@
 
 import ctypes
 import http.client
+import os
 import signal
 import socket
 import threading
@@ -84,3 +85,44 @@ class Load:
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
         return list(self.samples)
+
+
+def rustc_running():
+    """How many rustc processes run now (a build would move every figure)."""
+    n = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == "rustc":
+                        n += 1
+            except OSError:
+                pass
+    return n
+
+
+def wait_quiet(quiet_secs):
+    """Waits (up to quiet_secs, looking every 10 s) while rustc runs; returns a note for the
+    header when it gave up waiting, else None."""
+    deadline = time.monotonic() + quiet_secs
+    announced = False
+    while True:
+        n = rustc_running()
+        if not n:
+            return None
+        if time.monotonic() >= deadline:
+            return f"{n} rustc process(es) were running: the figures may be disturbed"
+        if not announced:
+            print(f"  waiting for a build to finish ({n} rustc running; up to {quiet_secs} s)", flush=True)
+            announced = True
+        time.sleep(10)
+
+
+def conclude(failures):
+    """The exit status once the figures are printed: 0, or 1 after naming what failed to run."""
+    if not failures:
+        return 0
+    print(f"\n{len(failures)} failure(s), figures above are incomplete:")
+    for f in failures:
+        print(f"  {f}")
+    return 1

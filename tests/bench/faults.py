@@ -92,7 +92,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import BenchError, Load, die_with_parent, free_port
+from benchlib import BenchError, Load, die_with_parent, free_port, wait_quiet
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MUSL = os.path.join(ROOT, "target", "x86_64-unknown-linux-musl", "release", "berth")
@@ -196,34 +196,6 @@ def proc_memory(pid):
         return None
 
 
-def rustc_running():
-    n = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == "rustc":
-                        n += 1
-            except OSError:
-                pass
-    return n
-
-
-def wait_quiet():
-    """Waits while rustc runs (another build would move every figure); returns a note for
-    the header when it gave up waiting, else None."""
-    deadline = time.monotonic() + QUIET_SECS
-    announced = False
-    while True:
-        n = rustc_running()
-        if not n:
-            return None
-        if time.monotonic() >= deadline:
-            return f"{n} rustc process(es) were running: the figures may be disturbed"
-        if not announced:
-            print(f"  waiting for a build to finish ({n} rustc running; up to {QUIET_SECS} s)", flush=True)
-            announced = True
-        time.sleep(10)
 
 
 # --- traffic ------------------------------------------------------------------------------
@@ -733,7 +705,7 @@ def main():
     faults = [f for f in FAULTS if f["key"] in SELECTED]
     print(f"faults benchmark: {len(faults)} faults x {ROUNDS} rounds, a fresh stack each; {CLIENTS} keep-alive "
           f"clients on the traffic port; binary {os.path.relpath(BERTH, ROOT)}; {os.cpu_count()} CPUs", flush=True)
-    note = wait_quiet()
+    note = wait_quiet(QUIET_SECS)
     if note:
         print(f"  NOTE: {note}", flush=True)
 

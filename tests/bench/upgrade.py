@@ -60,7 +60,7 @@ import tempfile
 import threading
 import time
 
-from benchlib import BenchError, die_with_parent, free_port
+from benchlib import BenchError, conclude, die_with_parent, free_port
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BERTH = os.environ.get("BERTH_BIN", os.path.join(ROOT, "target", "release", "berth"))
@@ -643,12 +643,7 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
 
     report(bench)
-    if bench.failures:
-        print(f"\n{len(bench.failures)} failure(s), figures above are incomplete:")
-        for f in bench.failures:
-            print(f"  {f}")
-        return 1
-    return 0
+    return conclude(bench.failures)
 
 
 if __name__ == "__main__":

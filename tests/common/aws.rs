@@ -625,6 +625,43 @@ impl Moto {
     pub async fn elbv2(&self) -> aws_sdk_elasticloadbalancingv2::Client {
         aws_sdk_elasticloadbalancingv2::Client::new(&self.sdk_config().await)
     }
+
+    /// A CloudWatch client for this moto.
+    pub async fn cloudwatch(&self) -> aws_sdk_cloudwatch::Client {
+        aws_sdk_cloudwatch::Client::new(&self.sdk_config().await)
+    }
+
+    /// A metric alarm named `name` (in state INSUFFICIENT_DATA until set).
+    pub async fn put_alarm(&self, name: &str) {
+        use aws_sdk_cloudwatch::types::{ComparisonOperator, Statistic};
+        self.cloudwatch()
+            .await
+            .put_metric_alarm()
+            .alarm_name(name)
+            .namespace("Shop")
+            .metric_name("QueueDepth")
+            .statistic(Statistic::Maximum)
+            .period(60)
+            .evaluation_periods(1)
+            .threshold(100.0)
+            .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutMetricAlarm {name}: {e:?}"));
+    }
+
+    /// Sets alarm `name`'s state (`ALARM`, `OK`) with `reason`, as CloudWatch would.
+    pub async fn set_alarm(&self, name: &str, state: &str, reason: &str) {
+        self.cloudwatch()
+            .await
+            .set_alarm_state()
+            .alarm_name(name)
+            .state_value(aws_sdk_cloudwatch::types::StateValue::from(state))
+            .state_reason(reason)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("SetAlarmState {name}: {e:?}"));
+    }
 }
 
 impl Drop for Moto {

@@ -39,7 +39,11 @@ pub enum Request {
     },
     /// The release in preview takes the traffic.
     Promote,
-    Rollback,
+    Rollback {
+        /// Across a contract migration too (the previous release may not read the database).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+    },
     Status,
     /// Drain this instance and stop its stack, as a scale-in does; answered once done.
     Leave,
@@ -49,7 +53,7 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Reply {
-    Deployed(Deployed),
+    Deployed(Box<Deployed>),
     Status(Box<AgentStatus>),
     Left(Left),
 }

@@ -55,7 +55,10 @@ type PreviewDeadline = (Instant, Option<String>);
 #[derive(Debug, Clone, Copy)]
 enum Switch {
     Promote,
-    Rollback,
+    /// `force`: across a contract migration too.
+    Rollback {
+        force: bool,
+    },
 }
 
 /// `berth status`: the agent's phase and release (when an agent answers), both colors, the
@@ -173,6 +176,9 @@ impl Deployer {
             entry: Entry::Switch,
             way_back: None,
             preview_token: None,
+            contract: None,
+            migration: None,
+            alarms: None,
         }
     }
 
@@ -200,13 +206,13 @@ impl Deployer {
                     }
                     (false, None) => Entry::Switch,
                 };
-                Reply::Deployed(
+                Reply::Deployed(Box::new(
                     self.upgrade_as(release, entry, allow_no_rollback, preview_until)
                         .await?,
-                )
+                ))
             }
-            Request::Promote => Reply::Deployed(self.promote().await?),
-            Request::Rollback => Reply::Deployed(self.rollback().await?),
+            Request::Promote => Reply::Deployed(Box::new(self.promote().await?)),
+            Request::Rollback { force } => Reply::Deployed(Box::new(self.rollback(force).await?)),
             Request::Status => Reply::Status(Box::new(self.status().await?)),
             // In-process (no agent holds this instance): nothing answers the load balancer
             // already, so only the stack is left to drain and stop.
@@ -257,39 +263,124 @@ impl Deployer {
         way_back: Option<&WayBack>,
     ) -> Result<Deployed, AgentError> {
         let engine = self.engine().await?;
-        let mut upgrader = self.upgrader(engine, progress, serving);
-        upgrader.entry = entry;
-        upgrader.way_back = way_back;
-        let result = upgrader
-            .deploy(project, release.release_id.as_deref())
-            .await;
+        let (result, migration) = self
+            .run_upgrader(
+                engine, progress, serving, release, project, entry, way_back, None,
+            )
+            .await?;
         let previous = way_back.map(|w| w.release.clone());
-        let deployed = match result {
+        let mut deployed = match result {
             Ok(d) => d,
             Err(e) => {
                 self.tell(release.release_id.as_deref(), &Err(&e), previous)
                     .await;
+                if let UpgradeError::NotRolledBack { .. } = &e {
+                    // The new release serves, failing: what `/status` and the next agent say.
+                    self.now_serves(engine, release, None).await;
+                }
                 return Err(e.into());
             }
         };
-        if let Some(state) = &self.state {
-            state.update(|s| {
-                s.release = release.release_id.clone();
-                s.objects = release.objects.clone();
-                s.floating = release.floating.clone();
-                if !deployed.services.is_empty() {
-                    s.services = service_statuses(&deployed.services);
-                }
-            });
-            state.deployed(running(engine, &self.config.project).await);
-            super::resume::note(state, &self.config.run_dir);
-        }
+        deployed.migration = migration;
+        self.now_serves(engine, release, Some(&deployed.services))
+            .await;
         if deployed.how != How::UpToDate && deployed.how != How::Previewing {
             let previous = deployed.previous.clone().or(previous);
             self.tell(release.release_id.as_deref(), &Ok(&deployed), previous)
                 .await;
         }
         Ok(deployed)
+    }
+
+    /// The upgrade machinery on `project` (its migration planned, run and said; the alarms'
+    /// gate open when it replaces a serving release), by `entry`.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_upgrader(
+        &self,
+        engine: &Engine,
+        progress: &Progress,
+        serving: bool,
+        release: &Release,
+        project: &Project,
+        entry: Entry,
+        way_back: Option<&WayBack>,
+        preview_token: Option<(String, u64)>,
+    ) -> Result<
+        (
+            Result<Deployed, UpgradeError>,
+            Option<upgrade::MigrationOutcome>,
+        ),
+        AgentError,
+    > {
+        let mut project = project.clone();
+        let planned = self.plan_migration(release, &mut project).await?;
+        let run = Deployer::migration_run(release, planned.as_ref());
+        let gate = match serving && entry != Entry::Preview {
+            true => self.alarm_gate().await?,
+            false => None,
+        };
+        let mut upgrader = self.upgrader(engine, progress, serving);
+        upgrader.entry = entry;
+        upgrader.way_back = way_back;
+        upgrader.preview_token = preview_token;
+        upgrader.contract = planned.as_ref().and_then(|p| p.contract());
+        upgrader.migration = run.as_ref();
+        upgrader.alarms = gate.as_ref();
+        let result = upgrader
+            .deploy(&project, release.release_id.as_deref())
+            .await;
+        let migration = match &planned {
+            Some(p) => Some(
+                self.note_migration(engine, release, p, run.as_ref(), result.is_ok())
+                    .await,
+            ),
+            None => None,
+        };
+        Ok((result, migration))
+    }
+
+    /// `release` serves now: the agent's state, and the record of what serves for the next
+    /// agent, say so.
+    async fn now_serves(
+        &self,
+        engine: &Engine,
+        release: &Release,
+        services: Option<&BTreeMap<String, String>>,
+    ) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        state.update(|s| {
+            s.release = release.release_id.clone();
+            s.objects = release.objects.clone();
+            s.floating = release.floating.clone();
+            if let Some(services) = services.filter(|m| !m.is_empty()) {
+                s.services = service_statuses(services);
+            }
+        });
+        state.deployed(running(engine, &self.config.project).await);
+        super::resume::note(state, &self.config.run_dir);
+    }
+
+    /// `[upgrade.alarms]`'s gate for an upgrade starting now: an alarm already in ALARM is
+    /// excused (said), and counts only if it fires again. None without alarms, or without
+    /// AWS (said).
+    async fn alarm_gate(&self) -> Result<Option<crate::alarms::Gate>, AgentError> {
+        let names = &self.config.upgrade.alarms.names;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let Some(aws) = &self.aws else {
+            tracing::warn!(alarms = ?names, "upgrade.alarms names alarms, but this host has no AWS (local): they are not looked at");
+            return Ok(None);
+        };
+        let (gate, now) = crate::alarms::Gate::open(&aws.cloudwatch, names, true)
+            .await
+            .map_err(AgentError::Alarms)?;
+        for f in now {
+            tracing::warn!(alarm = %f.name, reason = %f.reason, "in ALARM before this upgrade: it fails the release only if it goes to ALARM again");
+        }
+        Ok(Some(gate))
     }
 
     /// Says of `release` in its history what this instance did with it.
@@ -308,6 +399,9 @@ impl Deployer {
             Err(e @ (UpgradeError::RolledBack { .. } | UpgradeError::CanaryFailed { .. })) => {
                 ("rolled back", Some(crate::report::chain(*e)))
             }
+            Err(e @ UpgradeError::NotRolledBack { .. }) => {
+                ("failed, not rolled back", Some(crate::report::chain(*e)))
+            }
             Err(e) => ("failed", Some(crate::report::chain(*e))),
         };
         let report = history::Report {
@@ -317,6 +411,7 @@ impl Deployer {
             at: history::now(),
             previous,
             detail,
+            migration: None,
         };
         history::say(self.aws.as_ref(), store, &report).await;
     }
@@ -471,21 +566,29 @@ impl Deployer {
         until: Option<u64>,
     ) -> Result<Deployed, AgentError> {
         let engine = self.engine().await?;
-        let mut upgrader = self.upgrader(engine, progress, true);
-        upgrader.entry = Entry::Preview;
-        upgrader.way_back = way_back;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let until = until.unwrap_or(now + self.config.upgrade.preview_secs);
+        let mut token = None;
         if let Some(id) = &release.release_id {
             let key = crate::upgrade::token::key(&self.config, self.aws.as_ref()).await?;
-            let token = crate::upgrade::token::derive(&key, id, until);
-            upgrader.preview_token = Some((token, until));
+            token = Some((crate::upgrade::token::derive(&key, id, until), until));
         }
-        let deployed = upgrader
-            .deploy(project, release.release_id.as_deref())
+        let (result, migration) = self
+            .run_upgrader(
+                engine,
+                progress,
+                true,
+                release,
+                project,
+                Entry::Preview,
+                way_back,
+                token,
+            )
             .await?;
+        let mut deployed = result?;
+        deployed.migration = migration;
         // Only a release really in preview ends by itself: one whose routed service did not
         // change was converged in place, and there is no preview to end.
         if deployed.how == How::Previewing {
@@ -511,7 +614,7 @@ impl Deployer {
         }
         let what = match switch {
             Switch::Promote => "promote",
-            Switch::Rollback => "rollback",
+            Switch::Rollback { .. } => "rollback",
         };
         let _lock = UpgradeLock::acquire_within(&self.config.run_dir, what, LOCK_PATIENCE).await?;
         let engine = self.engine().await?;
@@ -521,7 +624,7 @@ impl Deployer {
                 Switch::Promote => UpgradeError::NoPreview {
                     service: project.clone(),
                 },
-                Switch::Rollback => UpgradeError::NoPrevious {
+                Switch::Rollback { .. } => UpgradeError::NoPrevious {
                     project: project.clone(),
                 },
             }
@@ -537,14 +640,31 @@ impl Deployer {
             .recover(&routed)
             .await?;
         let in_preview = self.upgrader(engine, &quiet, false).preview_on().await?;
-        let back_to = match (switch, &serving, in_preview) {
-            (Switch::Rollback, _, None) => {
+        let back_to = match (switch, &serving, &in_preview) {
+            (Switch::Rollback { .. }, _, None) => {
                 let prev = serving.as_ref().map_or(Color::Blue, |s| s.color.other());
                 sides.get(&prev).and_then(|s| s.release.clone())
             }
             (_, Some(s), _) => s.release.clone(),
             (_, None, _) => None,
         };
+        if let (Switch::Rollback { force }, None) = (switch, &in_preview) {
+            let current = serving.as_ref().and_then(|s| s.release.clone());
+            if let Some(service) = self.contract_of(engine, current.as_deref()).await {
+                let (release, previous) = (
+                    current.unwrap_or_else(|| "(unnamed)".into()),
+                    back_to.clone().unwrap_or_else(|| "(unnamed)".into()),
+                );
+                if !force {
+                    return Err(AgentError::ContractRollback {
+                        release,
+                        previous,
+                        service,
+                    });
+                }
+                tracing::warn!(%release, %previous, migration = %service, "rolling back across a contract migration (--force): the previous release runs against the contracted schema");
+            }
+        }
         let back = match self.way_back(back_to.as_deref()).await {
             Ok(b) => b.map(|(w, _)| w),
             Err(e) => {
@@ -557,7 +677,7 @@ impl Deployer {
         upgrader.way_back = back.as_ref();
         let result = match switch {
             Switch::Promote => upgrader.promote(&routed).await,
-            Switch::Rollback => upgrader.rollback(project, &routed).await,
+            Switch::Rollback { .. } => upgrader.rollback(project, &routed).await,
         };
         let deployed = match result {
             Ok(d) => d,
@@ -619,7 +739,7 @@ impl Deployer {
             return;
         };
         let secs = self.config.upgrade.preview_secs;
-        match self.rollback().await {
+        match self.rollback(false).await {
             Ok(d) => {
                 tracing::warn!(release = ?release, serving = ?d.release, preview_secs = secs, "the preview was neither promoted nor rolled back in time: ended")
             }
@@ -631,8 +751,8 @@ impl Deployer {
 
     /// `berth rollback`: the kept previous release serves again, or a preview ends (proxy
     /// strategy).
-    pub async fn rollback(&self) -> Result<Deployed, AgentError> {
-        let deployed = self.switch_routed(Switch::Rollback).await?;
+    pub async fn rollback(&self, force: bool) -> Result<Deployed, AgentError> {
+        let deployed = self.switch_routed(Switch::Rollback { force }).await?;
         tracing::info!(release = ?deployed.release, from = ?deployed.previous, "rolled back");
         Ok(deployed)
     }

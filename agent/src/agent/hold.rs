@@ -50,6 +50,17 @@ pub async fn hold(
         .then(|| tokio::spawn(watchdog::watch(deployer.clone(), state.clone())));
     let previews = (config.upgrade.strategy == Strategy::Proxy)
         .then(|| tokio::spawn(expire_previews(deployer.clone())));
+    // The previous release's recent traffic, for an upgrade's analysis.
+    let analysis = &config.upgrade.analysis;
+    let sampler = (config.upgrade.strategy == Strategy::Proxy && analysis.enabled).then(|| {
+        let window = config.upgrade.verify_secs + analysis.bake_secs;
+        let keep = Duration::from_secs(window.max(analysis.max_secs) + 5);
+        tokio::spawn(crate::serve::traffic::sample(
+            config.proxy.control.clone(),
+            state.recent.clone(),
+            keep,
+        ))
+    });
     // A task of its own, like the others: signals, a leave and the watchdog are heeded while
     // it upgrades.
     let once_more = (!booted.release_flag).then(|| {
@@ -60,7 +71,7 @@ pub async fn hold(
     let (why, asker) = wait_for_leave(config.local, &mut asked, &mut signals).await;
     // Before the drain: the watchdog would take the drain's 503 and stopped containers for
     // faults to repair.
-    for task in [watcher, keeper, dog, previews, once_more]
+    for task in [watcher, keeper, dog, previews, once_more, sampler]
         .into_iter()
         .flatten()
     {

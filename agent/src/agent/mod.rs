@@ -16,6 +16,7 @@ pub mod control;
 pub mod deployer;
 pub mod hold;
 pub mod leave;
+mod migrate;
 pub mod resume;
 pub mod watchdog;
 
@@ -69,6 +70,16 @@ pub enum AgentError {
     Control(#[from] IpcError),
     #[error("rollback and promote need the proxy strategy (upgrade.strategy = \"proxy\"); with drain, upgrade to the release you want: berth upgrade --release ID")]
     RollbackNeedsProxy,
+    #[error("upgrade.alarms")]
+    Alarms(#[source] crate::alarms::GateError),
+    #[error("release's migration: {message}")]
+    Migration { message: String },
+    #[error("berth rollback: the serving release {release} ran a contract migration ({service}): the previous release {previous} may not read the database as it is now (columns or tables it needs are gone). Fix forward with a new release, or, knowing that, berth rollback --force")]
+    ContractRollback {
+        release: String,
+        previous: String,
+        service: String,
+    },
     #[error("berth upgrade: --preview and --canary are two ways before the switch; choose one")]
     PreviewAndCanary,
     #[error("berth upgrade --canary {}: {why}", steps.iter().map(u8::to_string).collect::<Vec<_>>().join(","))]
@@ -90,7 +101,10 @@ impl Coded for AgentError {
             AgentError::LoadBalancer(e) => e.exit(),
             AgentError::Upgrade(e) => e.exit(),
             AgentError::Control(e) => e.exit(),
+            AgentError::Alarms(_) => Exit::Aws,
             AgentError::RollbackNeedsProxy
+            | AgentError::Migration { .. }
+            | AgentError::ContractRollback { .. }
             | AgentError::PreviewAndCanary
             | AgentError::CanarySteps { .. } => Exit::Invalid,
         }

@@ -416,6 +416,25 @@ impl Engine {
         }
     }
 
+    /// The last `lines` lines a container wrote (stdout and stderr, at most 16 KiB): for a
+    /// record kept where only root reads it, never for an error.
+    pub async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, DockerError> {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.api.logs(id, Some(opts));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(request("logs of container", id))?;
+            if out.len() < 16 * 1024 {
+                out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs `cmd` in a running container; returns its exit code and its output (trimmed).
     pub async fn exec(&self, id: &str, cmd: Vec<String>) -> Result<(i64, String), DockerError> {
         use bollard::exec::{CreateExecOptions, StartExecResults};

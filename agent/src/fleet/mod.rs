@@ -48,6 +48,8 @@ pub enum FleetError {
     Smoke { command: String, status: String },
     #[error("the way back, release {previous} (which serves now), is not known to be whole ({why}); nothing was changed (--allow-no-rollback goes on without one)")]
     NoWayBack { previous: String, why: String },
+    #[error("the rollout's alarms: {0}; nothing was changed")]
+    Alarms(#[source] crate::alarms::GateError),
 }
 
 impl FleetError {

@@ -8,10 +8,12 @@ use serde::Serialize;
 
 use super::run_command::{self, Invocation, Send};
 use super::FleetError;
+use crate::alarms::{Firing, Gate};
 use crate::aws::{code_of, Aws};
 use crate::config::Store;
 use crate::release::history::{self, Report};
 use crate::release::manifest::is_release_id;
+use crate::release::migration::Phase;
 
 /// What to release where.
 #[derive(Debug, Clone)]
@@ -43,6 +45,27 @@ pub struct Rollout {
     pub allow_no_rollback: bool,
     /// The account that must own the store's bucket.
     pub bucket_owner: Option<String>,
+    /// CloudWatch alarms gating the release (`--alarm`).
+    pub alarms: Vec<String>,
+    /// Start although one of them is in ALARM (it counts if it goes to ALARM again).
+    pub ignore_alarm: bool,
+    /// After the canary, how long to hold watching the alarms before the rest.
+    pub bake: Duration,
+}
+
+/// The release's migration as the rollout saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationSummary {
+    pub service: String,
+    /// `expand` or `contract`.
+    pub phase: &'static str,
+    /// Where it ran (once for the fleet), with its exit and duration; None if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub millis: Option<u64>,
 }
 
 /// What a rollout did, printed as JSON at the end.
@@ -76,8 +99,17 @@ pub struct Summary {
     /// Seconds the way back's check took (its manifest, objects and images).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness_secs: Option<f64>,
+    /// The release's migration (from its manifest), and where it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationSummary>,
+    /// The alarms that gated it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alarms: Vec<String>,
     /// Seconds from the start to the canary's verdict, and to the end.
     pub canary_secs: f64,
+    /// Seconds the bake after the canary held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bake_secs: Option<f64>,
     pub seconds: f64,
 }
 
@@ -85,7 +117,15 @@ impl Summary {
     pub fn ok(&self) -> bool {
         self.outcome == "released"
     }
+
+    /// Stopped without going back, across a contract migration: a human decides.
+    pub fn stopped(&self) -> bool {
+        self.outcome == STOPPED
+    }
 }
+
+/// The outcome of a failed rollout that did not go back (a contract migration had run).
+pub const STOPPED: &str = "stopped, not rolled back";
 
 /// Releases `r.release` to the group: see the module's documentation. `say` gets one line per
 /// step (stderr: a terminal and CI's log alike).
@@ -98,7 +138,14 @@ pub async fn rollout(aws: &Aws, r: &Rollout, say: &dyn Fn(&str)) -> Result<Summa
     }
     let instances = in_service(aws, &r.group).await?;
     let lock = Lock::take(aws, &r.parameter, &r.release).await?;
-    let result = release(aws, r, &instances, started, say).await;
+    let gate = match open_gate(aws, r, say).await {
+        Ok(g) => g,
+        Err(e) => {
+            lock.give_back(aws).await;
+            return Err(e);
+        }
+    };
+    let result = release(aws, r, &instances, gate.as_ref(), started, say).await;
     lock.give_back(aws).await;
     if let (Ok(summary), Some(store)) = (&result, &r.store) {
         let report = Report {
@@ -108,45 +155,78 @@ pub async fn rollout(aws: &Aws, r: &Rollout, say: &dyn Fn(&str)) -> Result<Summa
             at: history::now(),
             previous: Some(summary.previous.clone()),
             detail: summary.error.clone(),
+            migration: None,
         };
         history::say(Some(aws), store, &report).await;
     }
     result
 }
 
-/// The way back, once for the fleet: the previous release's manifest, its objects at their
-/// versions and its images at their registries by digest. An error names what is gone; a
-/// floating previous release pins nothing to check.
-async fn way_back(
+/// The alarms' gate, before anything moves: one in ALARM refuses the rollout unless
+/// `--ignore-alarm`.
+async fn open_gate(aws: &Aws, r: &Rollout, say: &dyn Fn(&str)) -> Result<Option<Gate>, FleetError> {
+    if r.alarms.is_empty() {
+        return Ok(None);
+    }
+    let (gate, excused) = Gate::open(&aws.cloudwatch, &r.alarms, r.ignore_alarm)
+        .await
+        .map_err(FleetError::Alarms)?;
+    for f in excused {
+        say(&format!(
+            "warning: {f} (before the rollout; --ignore-alarm: it counts if it goes to ALARM again)"
+        ));
+    }
+    say(&format!("gated by the alarms {}", r.alarms.join(", ")));
+    Ok(Some(gate))
+}
+
+/// Runs `work` while looking at the gate every `poll`: the first alarm gone to ALARM is
+/// returned beside the work's result (the work is not cut short: an SSM command in flight
+/// finishes, so that what took the release is known and sent back).
+async fn gated<T>(
     aws: &Aws,
-    r: &Rollout,
-    previous: &str,
-    say: &dyn Fn(&str),
-) -> Result<(), String> {
-    let Some(store) = &r.store else {
-        return Ok(());
+    gate: Option<&Gate>,
+    poll: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Option<Firing>) {
+    let Some(gate) = gate else {
+        return (work.await, None);
     };
-    let key = crate::release::store::manifest_key(&r.release);
-    match crate::release::store::get_first(
-        Some(aws),
-        store,
-        &key,
-        crate::config::DEFAULT_MAX_OBJECT_BYTES,
-    )
-    .await
-    {
-        Ok(Some(_)) => {}
-        Ok(None) => say(&format!(
-            "warning: release {} has no manifest ({}): its files float",
-            r.release,
-            crate::release::store::display(store, &key)
-        )),
-        Err(e) => return Err(crate::report::chain(&e)),
+    let mut fired = None;
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => {
+                if fired.is_none() {
+                    fired = look(aws, gate).await;
+                }
+                return (out, fired);
+            }
+            _ = tokio::time::sleep(poll), if fired.is_none() => {
+                fired = look(aws, gate).await;
+            }
+        }
     }
-    if previous == r.release || !is_release_id(previous) {
-        return Ok(());
+}
+
+/// One look at the gate; CloudWatch not answering is said, and the next look judges.
+async fn look(aws: &Aws, gate: &Gate) -> Option<Firing> {
+    match gate.check(&aws.cloudwatch).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %crate::report::chain(&e), "cannot look at the alarms: the next look judges");
+            None
+        }
     }
-    let key = crate::release::store::manifest_key(previous);
+}
+
+/// Release `id`'s manifest in the store, with where it is (None: it has none, and floats).
+async fn manifest(
+    aws: &Aws,
+    store: &crate::config::Store,
+    id: &str,
+) -> Result<(Option<crate::release::Manifest>, String), String> {
+    let key = crate::release::store::manifest_key(id);
     let location = crate::release::store::display(store, &key);
     let read = crate::release::store::get_first(
         Some(aws),
@@ -157,11 +237,46 @@ async fn way_back(
     .await
     .map_err(|e| crate::report::chain(&e))?;
     let Some(read) = read else {
-        say(&format!("warning: the way back, release {previous}, has no manifest ({location}): it floats, and is not checked"));
-        return Ok(());
+        return Ok((None, location));
     };
-    let manifest = crate::release::Manifest::parse(&read.bytes, &location, previous)
-        .map_err(|e| e.to_string())?;
+    let parsed =
+        crate::release::Manifest::parse(&read.bytes, &location, id).map_err(|e| e.to_string())?;
+    Ok((Some(parsed), location))
+}
+
+/// The way back, once for the fleet: the previous release's manifest, its objects at their
+/// versions and its images at their registries by digest. An error names what is gone; a
+/// floating previous release pins nothing to check. The new release's manifest comes back
+/// (None: it floats).
+async fn way_back(
+    aws: &Aws,
+    r: &Rollout,
+    previous: &str,
+    say: &dyn Fn(&str),
+) -> Result<Option<crate::release::Manifest>, String> {
+    let Some(store) = &r.store else {
+        return Ok(None);
+    };
+    let new = match manifest(aws, store, &r.release).await? {
+        (Some(m), _) => Some(m),
+        (None, location) => {
+            say(&format!(
+                "warning: release {} has no manifest ({location}): its files float",
+                r.release
+            ));
+            None
+        }
+    };
+    if previous == r.release || !is_release_id(previous) {
+        return Ok(new);
+    }
+    let back = match manifest(aws, store, previous).await? {
+        (Some(m), _) => m,
+        (None, location) => {
+            say(&format!("warning: the way back, release {previous}, has no manifest ({location}): it floats, and is not checked"));
+            return Ok(new);
+        }
+    };
     let engine = crate::engine::docker::Engine::connect()
         .await
         .map_err(|e| {
@@ -172,15 +287,17 @@ async fn way_back(
         })?;
     let registries =
         crate::engine::registry::Registries::new(Default::default(), Some(aws.ecr.clone()));
-    crate::release::ready::check(Some(aws), &engine, &registries, &manifest)
+    crate::release::ready::check(Some(aws), &engine, &registries, &back)
         .await
-        .map_err(|e| crate::report::chain(&e))
+        .map_err(|e| crate::report::chain(&e))?;
+    Ok(new)
 }
 
 async fn release(
     aws: &Aws,
     r: &Rollout,
     instances: &[String],
+    gate: Option<&Gate>,
     started: Instant,
     say: &dyn Fn(&str),
 ) -> Result<Summary, FleetError> {
@@ -194,23 +311,51 @@ async fn release(
     // Before anything moves: the way back must be whole.
     let checked = Instant::now();
     let mut no_way_back = None;
-    if let Err(why) = way_back(aws, r, &previous, say).await {
-        if !r.allow_no_rollback {
-            return Err(FleetError::NoWayBack {
-                previous: previous.clone(),
-                why,
-            });
+    let new_manifest = match way_back(aws, r, &previous, say).await {
+        Ok(m) => m,
+        Err(why) => {
+            if !r.allow_no_rollback {
+                return Err(FleetError::NoWayBack {
+                    previous: previous.clone(),
+                    why,
+                });
+            }
+            say(&format!(
+                "WARNING: NO WAY BACK to {previous} ({why}); going on (--allow-no-rollback)"
+            ));
+            no_way_back = Some(why);
+            match &r.store {
+                Some(store) => manifest(aws, store, &r.release)
+                    .await
+                    .ok()
+                    .and_then(|(m, _)| m),
+                None => None,
+            }
         }
+    };
+    let migration = new_manifest.and_then(|m| m.migration);
+    if let Some(m) = &migration {
         say(&format!(
-            "WARNING: NO WAY BACK to {previous} ({why}); going on (--allow-no-rollback)"
+            "its migration {} ({}) runs once, on the canary, before it takes traffic{}",
+            m.service,
+            m.phase.as_str(),
+            if m.phase == Phase::Contract {
+                "; a contract migration: once it ran, a failure stops the rollout without going back"
+            } else {
+                ""
+            }
         ));
-        no_way_back = Some(why);
     }
     let readiness_secs = r.store.as_ref().map(|_| checked.elapsed().as_secs_f64());
     if let Some(secs) = readiness_secs {
         say(&format!("the way back to {previous} checked in {secs:.2}s"));
     }
-    put_parameter(aws, &r.parameter, &r.release).await?;
+    // A release with a migration: the parameter moves once its canary ran it, so that no
+    // instance booting meanwhile runs it as well (they boot the serving release, and are sent
+    // the new one once it is in).
+    if migration.is_none() {
+        put_parameter(aws, &r.parameter, &r.release).await?;
+    }
     let canary = instances[0].clone();
     let mut summary = Summary {
         release: r.release.clone(),
@@ -225,13 +370,49 @@ async fn release(
         late: vec![],
         no_way_back,
         readiness_secs,
+        migration: migration.as_ref().map(|m| MigrationSummary {
+            service: m.service.clone(),
+            phase: m.phase.as_str(),
+            ran_on: None,
+            exit: None,
+            millis: None,
+        }),
+        alarms: r.alarms.clone(),
         canary_secs: 0.0,
+        bake_secs: None,
         seconds: 0.0,
     };
-    let failure = steps(aws, r, instances, &mut summary, started, say)
+    let failure = steps(aws, r, instances, gate, &mut summary, started, say)
         .await
         .err();
-    if let Some(error) = failure {
+    // Across a contract migration that ran (an instance took the release, or kept it failing
+    // rather than go back), going back would run the previous release against a schema it
+    // cannot read: stop, and say so.
+    let contract = migration
+        .as_ref()
+        .filter(|m| m.phase == Phase::Contract)
+        .filter(|_| {
+            summary
+                .upgrades
+                .iter()
+                .chain(&summary.late)
+                .any(|u| u.ok() || u.code == Some(NOT_ROLLED_BACK))
+        });
+    if let (Some(error), Some(m)) = (&failure, contract) {
+        say(&format!(
+            "FAILED: {error}; NOT going back to {previous}: release {}'s migration {} is a contract migration and has run, so {previous} cannot read the database. Each instance keeps what it serves and the release parameter stays {}; decide: fix forward with a new release, or berth rollback --force on each instance that took it",
+            r.release, m.service, r.release
+        ));
+        summary.error = Some(format!(
+            "{error}; not rolled back: the contract migration {} has run",
+            m.service
+        ));
+        summary.outcome = STOPPED;
+        // An instance booting now must not boot a release that cannot read the database.
+        if let Err(e) = put_parameter(aws, &r.parameter, &r.release).await {
+            say(&format!("the release parameter is still {previous}: {e}"));
+        }
+    } else if let Some(error) = failure {
         say(&format!("FAILED: {error}; back to {previous}"));
         summary.error = Some(error);
         summary.outcome = "rolled back";
@@ -309,6 +490,7 @@ async fn steps(
     aws: &Aws,
     r: &Rollout,
     instances: &[String],
+    gate: Option<&Gate>,
     summary: &mut Summary,
     started: Instant,
     say: &dyn Fn(&str),
@@ -320,9 +502,24 @@ async fn steps(
             "every instance: {} in preview (ordinary requests stay on {})",
             r.release, summary.previous
         ));
-        let previews = upgrade(aws, r, instances, &r.release, "preview", "100%", "0")
-            .await
-            .map_err(|e| e.to_string())?;
+        // A migration runs once: on the canary's preview, before the others'.
+        let previews = if summary.migration.is_some() && instances.len() > 1 {
+            let mut first = upgrade(aws, r, canary, &r.release, "preview", "1", "0")
+                .await
+                .map_err(|e| e.to_string())?;
+            if first.iter().all(Invocation::ok) {
+                first.extend(
+                    upgrade(aws, r, &instances[1..], &r.release, "preview", "100%", "0")
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            first
+        } else {
+            upgrade(aws, r, instances, &r.release, "preview", "100%", "0")
+                .await
+                .map_err(|e| e.to_string())?
+        };
         summary.previewed = previews
             .iter()
             .filter(|i| i.ok())
@@ -368,18 +565,51 @@ async fn steps(
         "canary {}: berth {command} ({})",
         canary[0], r.release
     ));
-    let verdict = upgrade(aws, r, canary, &r.release, canary_action, "1", "0")
-        .await
-        .map_err(|e| e.to_string())?;
+    let (verdict, fired) = gated(
+        aws,
+        gate,
+        r.poll,
+        upgrade(aws, r, canary, &r.release, canary_action, "1", "0"),
+    )
+    .await;
+    let verdict = verdict.map_err(|e| e.to_string())?;
     summary.canary_secs = started.elapsed().as_secs_f64();
     summary.upgrades.extend(verdict.iter().cloned());
+    note_migration(aws, r, summary, say).await;
     if let Some(bad) = verdict.iter().find(|i| !i.ok()) {
         return Err(verdict_error(bad, "canary"));
+    }
+    if let Some(f) = fired {
+        return Err(format!("during the canary: {f}"));
     }
     say(&format!(
         "canary {} serves {} ({:.1}s)",
         canary[0], r.release, summary.canary_secs
     ));
+    if summary.migration.is_some() {
+        put_parameter(aws, &r.parameter, &r.release)
+            .await
+            .map_err(|e| e.to_string())?;
+        say(&format!(
+            "the release parameter names {} now (its migration ran)",
+            r.release
+        ));
+    }
+    if let (Some(gate), false) = (gate, r.bake.is_zero()) {
+        say(&format!(
+            "bake: {}s watching the alarms before the rest",
+            r.bake.as_secs()
+        ));
+        let baked = Instant::now();
+        while baked.elapsed() < r.bake {
+            if let Some(f) = look(aws, gate).await {
+                summary.bake_secs = Some(baked.elapsed().as_secs_f64());
+                return Err(format!("during the bake: {f}"));
+            }
+            tokio::time::sleep(r.poll.min(r.bake.saturating_sub(baked.elapsed()))).await;
+        }
+        summary.bake_secs = Some(baked.elapsed().as_secs_f64());
+    }
     let rest = &instances[1..];
     if rest.is_empty() {
         return late(aws, r, instances, summary, say).await;
@@ -390,12 +620,46 @@ async fn steps(
         r.max_concurrency,
         r.max_errors
     ));
-    let verdicts = upgrade_rest(aws, r, rest).await?;
+    let (verdicts, fired) = gated(aws, gate, r.poll, upgrade_rest(aws, r, rest)).await;
+    let verdicts = verdicts?;
     summary.upgrades.extend(verdicts.iter().cloned());
     if let Some(bad) = verdicts.iter().find(|i| !i.ok()) {
         return Err(verdict_error(bad, "instance"));
     }
+    if let Some(f) = fired {
+        return Err(format!("during the rest: {f}"));
+    }
     late(aws, r, instances, summary, say).await
+}
+
+/// What the release's history says of its migration, once the canary is done with it.
+async fn note_migration(aws: &Aws, r: &Rollout, summary: &mut Summary, say: &dyn Fn(&str)) {
+    let (Some(m), Some(store)) = (summary.migration.as_mut(), &r.store) else {
+        return;
+    };
+    match crate::release::migration::recorded(Some(aws), store, &r.release).await {
+        Ok(Some((report, ran))) => {
+            say(&format!(
+                "migration {} ran on {}: exit {} in {:.1}s",
+                ran.service,
+                report.by,
+                ran.exit,
+                ran.millis as f64 / 1000.0
+            ));
+            m.ran_on = Some(report.by);
+            m.exit = Some(ran.exit);
+            m.millis = Some(ran.millis);
+        }
+        Ok(None) => say(&format!(
+            "migration {}: no successful run recorded (the canary's verdict says why)",
+            m.service
+        )),
+        Err(e) => say(&format!(
+            "migration {}: its record cannot be read: {}",
+            m.service,
+            crate::report::chain(&e)
+        )),
+    }
 }
 
 /// The release to `instances` after the canary: MaxConcurrency and MaxErrors as asked.
@@ -529,6 +793,10 @@ async fn upgrade(
     };
     run_command::run(&aws.ssm, &send, r.poll).await
 }
+
+/// The instance's exit code for a release that failed and was not rolled back (`exit.rs`'s
+/// NotRolledBack): its contract migration had run.
+const NOT_ROLLED_BACK: i32 = 8;
 
 /// How long a rollout's preview lasts at most (its token's end): the smoke test and the
 /// promotion fit well within it, and the agents end it sooner by `upgrade.preview_secs`.

@@ -25,6 +25,8 @@ pub enum CreateError {
         release: String,
         source: ComposeError,
     },
+    #[error("release {release}: {message}")]
+    Migration { release: String, message: String },
     #[error("release {release}: cannot pin every image by digest: {}", failures.join("; "))]
     Images {
         release: String,
@@ -121,6 +123,11 @@ pub async fn create(
             source,
         })?;
     let images = pin_images(&engine, registries, id, &project).await?;
+    let migration =
+        super::migration::declared(&project).map_err(|message| CreateError::Migration {
+            release: id.clone(),
+            message,
+        })?;
 
     let manifest = Manifest {
         format: manifest::FORMAT,
@@ -134,6 +141,7 @@ pub async fn create(
         env_files: env_files.into_iter().map(|(p, _)| p).collect(),
         sources,
         images,
+        migration,
     };
     let version = store::put(aws, &opts.store, &key, manifest.to_bytes(), true).await?;
     tracing::info!(release = %id, location = %store::display(&opts.store, &key), version = ?version, "release created");

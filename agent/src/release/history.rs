@@ -27,6 +27,9 @@ pub struct Report {
     /// Why it failed: berth's error line (names releases, services, objects; never a value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// `migrated`, `migration failed`: how the release's migration ran (no output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<super::migration::Ran>,
 }
 
 /// Now, as RFC 3339 UTC (`2026-12-07T01:02:03Z`).
@@ -81,6 +84,9 @@ pub struct Listed {
     pub commit: Option<String>,
     /// Service -> `image@digest`.
     pub images: std::collections::BTreeMap<String, String>,
+    /// Its migration and phase, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<super::migration::Migration>,
     pub reports: Vec<Report>,
 }
 
@@ -135,6 +141,7 @@ pub async fn recent(
                 .iter()
                 .map(|(s, p)| (s.clone(), p.reference()))
                 .collect(),
+            migration: m.migration.clone(),
             reports,
         });
     }
@@ -157,15 +164,36 @@ pub fn render(listed: &[Listed]) -> String {
         for (service, image) in &l.images {
             out.push_str(&format!("  {service}: {image}\n"));
         }
+        if let Some(m) = &l.migration {
+            out.push_str(&format!(
+                "  migration: {} ({}{})\n",
+                m.service,
+                m.phase.as_str(),
+                if m.phase == super::migration::Phase::Contract {
+                    ": no automatic rollback from it"
+                } else {
+                    ""
+                }
+            ));
+        }
         if l.reports.is_empty() {
             out.push_str("  (nothing said of it yet)\n");
         }
         for r in &l.reports {
             out.push_str(&format!(
-                "  {}  {}: {}{}{}\n",
+                "  {}  {}: {}{}{}{}\n",
                 r.at,
                 r.by,
                 r.event,
+                r.migration
+                    .as_ref()
+                    .map(|m| format!(
+                        " ({}, exit {}, {:.1}s)",
+                        m.service,
+                        m.exit,
+                        m.millis as f64 / 1000.0
+                    ))
+                    .unwrap_or_default(),
                 r.previous
                     .as_deref()
                     .map(|p| format!(" (previous {p})"))
@@ -233,6 +261,7 @@ mod tests {
                     at: now(),
                     previous: Some("1".into()),
                     detail: None,
+                    migration: None,
                 },
             )
             .await;

@@ -34,6 +34,12 @@ pub struct Manifest {
     pub sources: Vec<Pinned>,
     /// Service name -> its image.
     pub images: BTreeMap<String, ImagePin>,
+    /// The release's migration (`dev.berth.migration` on a one-shot service), checked when
+    /// the release was made: what `berth releases` and `berth rollout` say of it (the compose
+    /// file, which the deploy reads, stays the authority). Absent without one, so that a
+    /// manifest without a migration reads as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<super::migration::Migration>,
 }
 
 /// Where a release came from.
@@ -270,6 +276,7 @@ mod tests {
                     digest: DIGEST.into(),
                 },
             )]),
+            migration: None,
         }
     }
 
@@ -278,6 +285,19 @@ mod tests {
         let m = manifest();
         let bytes = m.to_bytes();
         assert_eq!(Manifest::parse(&bytes, "here", "7").unwrap(), m);
+        // No migration: no key (a manifest older berths read); with one, it reads back.
+        assert!(!String::from_utf8_lossy(&bytes).contains("migration"));
+        let with = Manifest {
+            migration: Some(super::super::migration::Migration {
+                service: "migrate".into(),
+                phase: super::super::migration::Phase::Contract,
+            }),
+            ..manifest()
+        };
+        assert_eq!(
+            Manifest::parse(&with.to_bytes(), "here", "7").unwrap(),
+            with
+        );
         let e = Manifest::parse(&bytes, "here", "8")
             .unwrap_err()
             .to_string();
@@ -291,9 +311,9 @@ mod tests {
         let e = Manifest::parse(v.to_string().as_bytes(), "m", "7").unwrap_err();
         assert!(e.to_string().contains("newer berth"), "{e}");
         v["format"] = 1.into();
-        v["migration"] = "x".into();
+        v["preflight"] = "x".into();
         let e = Manifest::parse(v.to_string().as_bytes(), "m", "7").unwrap_err();
-        assert!(e.to_string().contains("migration"), "{e}");
+        assert!(e.to_string().contains("preflight"), "{e}");
         let e = Manifest::parse(b"{\"format\":1", "m", "7").unwrap_err();
         assert!(e.to_string().starts_with("manifest m: not a berth"), "{e}");
     }

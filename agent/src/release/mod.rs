@@ -18,6 +18,7 @@ pub(crate) mod files;
 pub mod history;
 pub mod layout;
 pub mod manifest;
+pub mod migration;
 pub mod ready;
 pub mod store;
 

@@ -188,6 +188,8 @@ pub struct AgentState {
     /// The load balancer's health checkers by source address: each ALB node checks on its own
     /// and decides on its own, so a drain waits until every one of them has seen enough.
     checkers: watch::Sender<BTreeMap<IpAddr, Streak>>,
+    /// The proxy's recent counts (proxy strategy, with the analysis on).
+    pub recent: super::traffic::Recent,
 }
 
 /// One checker's consecutive answers.
@@ -236,6 +238,7 @@ impl AgentState {
             started,
             deploys: watch::channel(0).0,
             checkers: watch::channel(BTreeMap::new()).0,
+            recent: super::traffic::Recent::default(),
         }
     }
 

@@ -2,8 +2,10 @@
 //! status, asked with a short timeout (a stuck proxy must not hold a health check or a status
 //! request), summed per release.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -50,5 +52,81 @@ impl Traffic {
                 error: crate::report::chain(&e),
             },
         }
+    }
+}
+
+/// The proxy's counts over the last minutes, a sample a second, so that an upgrade can judge
+/// the new release against the previous one's recent traffic (the same load, the same noisy
+/// neighbours) rather than its whole life.
+#[derive(Debug, Clone, Default)]
+pub struct Recent(Arc<Mutex<VecDeque<(Instant, Status)>>>);
+
+impl Recent {
+    /// Adds a sample taken now, forgetting those older than `keep`.
+    pub fn remember(&self, status: Status, keep: Duration) {
+        let mut samples = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > keep)
+        {
+            samples.pop_front();
+        }
+        samples.push_back((now, status));
+    }
+
+    /// The newest sample at least `ago` old, or the oldest one when none is that old, with
+    /// its age.
+    pub fn back(&self, ago: Duration) -> Option<(Duration, Status)> {
+        let samples = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let pick = samples
+            .iter()
+            .rev()
+            .find(|(at, _)| at.elapsed() >= ago)
+            .or_else(|| samples.front())?;
+        Some((pick.0.elapsed(), pick.1.clone()))
+    }
+
+    /// The oldest sample kept, with its age.
+    pub fn oldest(&self) -> Option<(Duration, Status)> {
+        let samples = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        samples.front().map(|(at, s)| (at.elapsed(), s.clone()))
+    }
+}
+
+/// Samples the proxy at `socket` into `recent` every second, for ever (a look it does not
+/// answer is skipped).
+pub async fn sample(socket: PathBuf, recent: Recent, keep: Duration) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Ok(status) = ask(&socket, ASK_TIMEOUT).await {
+            recent.remember(status, keep);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_samples_go_back_as_far_as_asked_or_as_they_reach() {
+        let recent = Recent::default();
+        assert!(recent.back(Duration::ZERO).is_none());
+        recent.remember(Status::default(), Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(30));
+        recent.remember(Status::default(), Duration::from_secs(60));
+        let (age, _) = recent.back(Duration::from_millis(20)).unwrap_or_default();
+        assert!(age >= Duration::from_millis(30), "{age:?}");
+        let (age, _) = recent.back(Duration::ZERO).unwrap_or_default();
+        assert!(age < Duration::from_millis(30), "{age:?}");
+        // Older than asked for is not there: the oldest one.
+        let (age, _) = recent.back(Duration::from_secs(10)).unwrap_or_default();
+        assert!(age >= Duration::from_millis(30), "{age:?}");
+        // Samples older than `keep` go.
+        recent.remember(Status::default(), Duration::from_millis(10));
+        assert!(recent.oldest().unwrap_or_default().0 < Duration::from_millis(10));
     }
 }

@@ -28,6 +28,8 @@ impl Upgrader<'_> {
     ) -> Result<Deployed, UpgradeError> {
         let started = Instant::now();
         let routed = routed(project, self.config)?;
+        // The previous release's recent traffic is counted from here.
+        let early = self.traffic_now().await;
         let serving = self.recover(&routed).await?;
         if let Some(serving) = &serving {
             if let Some(kept) = self.unchanged(project, &routed, serving, release).await? {
@@ -56,6 +58,12 @@ impl Upgrader<'_> {
                 project: project.name.clone(),
             });
         }
+        if let (Entry::Canary(_), Some(service)) = (&self.entry, &self.contract) {
+            return Err(UpgradeError::CanaryAcrossContract {
+                release: release_name,
+                service: service.clone(),
+            });
+        }
         let (new, services) = self
             .start_color(project, &routed, next, release, had_previous)
             .await?;
@@ -71,7 +79,7 @@ impl Upgrader<'_> {
             }
         }
         let before = match &serving {
-            Some(old) => self.before_switch(&new, old).await,
+            Some(old) => self.before_switch(&new, old, early.as_ref()).await,
             None => None,
         };
         self.switch(&new.backends, release).await?;
@@ -87,6 +95,7 @@ impl Upgrader<'_> {
             to_switch_secs: Some(to_switch),
             services,
             no_way_back: None,
+            migration: None,
         };
         let Some(old) = serving else {
             return Ok(deployed);
@@ -143,6 +152,7 @@ impl Upgrader<'_> {
             to_switch_secs: None,
             services: report.services,
             no_way_back: None,
+            migration: None,
         }))
     }
 
@@ -167,7 +177,9 @@ impl Upgrader<'_> {
         }
         let colored = colorize(project, routed, next, release, self.config.proxy.port);
         tracing::info!(release = %release_name, color = %next, "starting the new release beside the serving one");
-        let report = match converge::up(self.engine, &colored, &self.up, self.progress).await {
+        let converged = converge::up(self.engine, &colored, &self.up, self.progress).await;
+        self.observe_migration(&converged).await;
+        let report = match converged {
             Ok(r) => r,
             Err(source) => {
                 if let Some(new) = self.sides(routed).await?.remove(&next) {
@@ -189,6 +201,19 @@ impl Upgrader<'_> {
         let new = self.side(routed, next).await?;
         let ready = match every_replica_published(&new, routed) {
             Ok(()) => self.gate(&release_name, &new.backends).await,
+            Err(e) => Err(e),
+        };
+        // Healthy, and reached by nothing but the hook yet.
+        let ready = match ready {
+            Ok(()) => {
+                let previous = self.way_back.map(|w| w.release.as_str());
+                self.hook("after_healthy", &release_name, previous, &new.backends)
+                    .await
+                    .map_err(|source| UpgradeError::Hook {
+                        release: release_name.clone(),
+                        source,
+                    })
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = ready {
@@ -222,7 +247,7 @@ impl Upgrader<'_> {
         old: &Side,
         release_name: &str,
     ) -> Result<(), UpgradeError> {
-        let before = self.before_switch(new, old).await;
+        let before = self.before_switch(new, old, None).await;
         self.switch(&new.backends, new.release.as_deref()).await?;
         tracing::info!(release = %release_name, color = %new.color, backends = ?new.backends, "switched");
         self.settle(routed, new, old, release_name, before.as_ref())
@@ -240,15 +265,42 @@ impl Upgrader<'_> {
         release_name: &str,
         before: Option<&Before>,
     ) -> Result<(), UpgradeError> {
-        if let Err(reason) = self.watch(new, release_name, before).await {
+        let watched = match self
+            .hook(
+                "after_switch",
+                release_name,
+                old.release.as_deref(),
+                &new.backends,
+            )
+            .await
+        {
+            Ok(()) => self.watch(new, release_name, before).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(reason) = watched {
+            let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
+            if let Some(service) = &self.contract {
+                // Across a contract migration the previous release cannot read the database:
+                // the new one keeps serving what it can, and a human decides.
+                self.drain(&old.backends).await?;
+                self.stop_side(old).await;
+                tracing::error!(release = %release_name, reason = %crate::report::chain(&reason), previous = %previous, migration = %service, "NOT rolled back: the release's migration is a contract migration");
+                return Err(UpgradeError::NotRolledBack {
+                    release: release_name.to_string(),
+                    previous,
+                    service: service.clone(),
+                    reason,
+                });
+            }
             if !old.backends.is_empty() {
                 self.switch(&old.backends, old.release.as_deref()).await?;
             }
             self.drain(&new.backends).await?;
             self.remove_side(new).await;
             self.restore_rest(routed, old.color).await;
-            let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
             tracing::error!(release = %release_name, reason = %crate::report::chain(&reason), previous = %previous, "rolled back");
+            self.after_rollback(&previous, release_name, &old.backends)
+                .await;
             return Err(UpgradeError::RolledBack {
                 release: release_name.to_string(),
                 previous,
@@ -317,6 +369,8 @@ impl Upgrader<'_> {
             self.drain(&old.backends).await?;
             self.stop_side(old).await;
         }
+        self.after_rollback(&prev_name, &current, &prev.backends)
+            .await;
         Ok(Deployed {
             preview_token: None,
             release: prev.release.clone(),
@@ -327,6 +381,7 @@ impl Upgrader<'_> {
             to_switch_secs: None,
             services: BTreeMap::new(),
             no_way_back: None,
+            migration: None,
         })
     }
 
@@ -365,6 +420,8 @@ impl Upgrader<'_> {
         let Some(back) = self.way_back else {
             return;
         };
+        // Its migration ran when it was deployed: going back does not run it again.
+        let migration = crate::release::migration::declared(&back.project);
         let mut project = colorize(
             &back.project,
             routed,
@@ -375,6 +432,9 @@ impl Upgrader<'_> {
         let colored = routed.colored(color);
         project.services.shift_remove(&colored);
         project.disabled_services.push(colored);
+        if let Ok(Some(m)) = migration {
+            crate::release::migration::skip(&mut project, &m.service);
+        }
         match converge::up(self.engine, &project, &self.up, self.progress).await {
             Ok(report) if report.plan.is_noop() => {}
             Ok(_) => {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 
-use super::analysis::{judge, Before, Counts, Verdict, WatchFailure};
+use super::analysis::{AlarmLooks, Before, Counts, Looks, Verdict, WatchFailure};
 use super::colors::Side;
 use super::{UpgradeError, Upgrader};
 use crate::proxy;
@@ -70,6 +70,7 @@ impl Upgrader<'_> {
         self.end_canary(new).await?;
         let previous = old.release.clone().unwrap_or_else(|| old.color.to_string());
         tracing::error!(release, percent, reason = %crate::report::chain(&reason), previous = %previous, "canary failed: its sessions are back on the serving release");
+        self.after_rollback(&previous, release, &old.backends).await;
         Err(UpgradeError::CanaryFailed {
             release: release.to_string(),
             percent,
@@ -89,10 +90,14 @@ impl Upgrader<'_> {
     ) -> Result<(), Stop> {
         let limits = &self.config.upgrade.analysis;
         let until = Instant::now() + Duration::from_secs(self.config.upgrade.canary.step_secs);
+        // Each step warms up again: its new sessions are new connections.
+        let mut looks = Looks::new(limits, start.1.clone());
+        let mut alarms = AlarmLooks::new(self.config.upgrade.alarms.check_secs);
         loop {
             try_join_all(new.replicas.iter().map(|r| self.check(&r.id, r.backend)))
                 .await
                 .map_err(|e| Stop::Failed(WatchFailure::Health(e)))?;
+            self.alarm_look(&mut alarms).await.map_err(Stop::Failed)?;
             if limits.enabled {
                 // One look the proxy does not answer is not the release's fault.
                 if let Ok(status) = traffic::ask(self.proxy_socket(), traffic::ASK_TIMEOUT).await {
@@ -101,8 +106,8 @@ impl Upgrader<'_> {
                         candidate: Counts::default(),
                         previous: old.release.clone(),
                     };
-                    let candidate = Counts::of(&status, &new.backends).since(&start.1);
-                    let verdict = judge(&before.baseline, &candidate, limits);
+                    let now = Counts::of(&status, &new.backends);
+                    let (candidate, verdict) = looks.look(&before.baseline, &now, false);
                     self.record(release, &before, &candidate, &verdict, false, Some(percent));
                     if let Verdict::Fail(failed) = verdict {
                         return Err(Stop::Failed(WatchFailure::Numbers(failed)));

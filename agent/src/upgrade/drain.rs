@@ -124,6 +124,7 @@ impl Upgrader<'_> {
             to_switch_secs: None,
             services: report.services,
             no_way_back: None,
+            migration: None,
         })
     }
 

@@ -25,10 +25,12 @@ pub mod blue_green;
 pub mod canary;
 pub mod colors;
 pub mod drain;
+pub mod hooks;
 pub mod lock;
 pub mod preview;
 pub mod probe;
 pub mod recover;
+pub mod sequential;
 pub mod token;
 
 use std::collections::BTreeMap;
@@ -79,6 +81,12 @@ pub enum UpgradeError {
         #[source]
         last: ProbeError,
     },
+    #[error("release {release} failed its after_healthy hook before any traffic, so the previous release keeps serving")]
+    Hook {
+        release: String,
+        #[source]
+        source: hooks::HookFailed,
+    },
     #[error("release {release} failed right after the switch, rolled back to {previous}, which serves again")]
     RolledBack {
         release: String,
@@ -94,6 +102,16 @@ pub enum UpgradeError {
         #[source]
         reason: WatchFailure,
     },
+    #[error("release {release} failed after the switch and was NOT rolled back: its migration ({service}) is a contract migration, so {previous} cannot read the database any more; {release} keeps serving. Decide: fix forward with a new release, or `berth rollback --force` (back to {previous} against the contracted schema)")]
+    NotRolledBack {
+        release: String,
+        previous: String,
+        service: String,
+        #[source]
+        reason: WatchFailure,
+    },
+    #[error("release {release} carries a contract migration ({service}): a weighted canary would send its sessions back to a release that cannot read the new schema if it failed; upgrade without --canary")]
+    CanaryAcrossContract { release: String, service: String },
     #[error("nothing serves project {project} yet: a preview or a canary needs a serving release beside it (upgrade without --preview or --canary)")]
     PreviewOfNothing { project: String },
     #[error(
@@ -194,6 +212,29 @@ pub struct Deployed {
     /// gone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_way_back: Option<String>,
+    /// The release's migration: run here, or left out (it ran for the fleet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationOutcome>,
+}
+
+/// What became of a release's migration in one deploy (no output: that stays in `output`, a
+/// 0600 file on this host).
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationOutcome {
+    pub service: String,
+    /// `expand` or `contract`.
+    pub phase: &'static str,
+    /// Ran in this deploy; false: left out (it ran for the fleet, by `by`) or kept from before.
+    pub ran: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub millis: Option<u64>,
+    /// Where its last lines are kept on this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// What an upgrade needs; built by the agent (and by in-process commands).
@@ -216,6 +257,127 @@ pub struct Upgrader<'a> {
     pub way_back: Option<&'a WayBack>,
     /// A preview's token and the Unix time it ends (`Entry::Preview`).
     pub preview_token: Option<(String, u64)>,
+    /// The new release's contract migration (its service), if it has one: nothing moves the
+    /// traffic back across it by itself.
+    pub contract: Option<String>,
+    /// The release's migration when this deploy runs it: seen as soon as the new release's
+    /// converge ends (before a failure's cleanup removes its container).
+    pub migration: Option<&'a MigrationRun>,
+    /// `[upgrade.alarms]`, opened at the start of this deploy.
+    pub alarms: Option<&'a crate::alarms::Gate>,
+}
+
+/// A migration this deploy runs, and what became of it.
+#[derive(Debug)]
+pub struct MigrationRun {
+    pub migration: crate::release::migration::Migration,
+    pub release: String,
+    /// The deploy's start (Unix seconds): a container started before it did not run now.
+    pub since: i64,
+    /// How it ended, and where its output is kept on this host.
+    pub seen: std::sync::Mutex<Option<(crate::release::migration::Ran, Option<PathBuf>)>>,
+}
+
+impl MigrationRun {
+    /// Its container as Docker has it now, if it ran in this deploy (its output kept).
+    pub async fn observe(
+        &self,
+        engine: &Engine,
+        config: &AgentConfig,
+    ) -> Option<(crate::release::migration::Ran, Option<PathBuf>)> {
+        crate::release::migration::observe_kept(
+            engine,
+            &config.project,
+            &config.run_dir,
+            &self.migration,
+            &self.release,
+            self.since,
+        )
+        .await
+    }
+}
+
+impl Upgrader<'_> {
+    /// Runs the hook of `stage` (`[upgrade.hooks]`), if one is set, for `release` on
+    /// `backends`.
+    pub async fn hook(
+        &self,
+        stage: &'static str,
+        release: &str,
+        previous: Option<&str>,
+        backends: &[SocketAddr],
+    ) -> Result<(), hooks::HookFailed> {
+        let hooks = &self.config.upgrade.hooks;
+        let settings = match stage {
+            "after_healthy" => hooks.after_healthy.as_ref(),
+            "after_switch" => hooks.after_switch.as_ref(),
+            _ => hooks.after_rollback.as_ref(),
+        };
+        let Some(settings) = settings else {
+            return Ok(());
+        };
+        let ctx = hooks::Context {
+            stage,
+            release,
+            previous,
+            project: &self.config.project,
+            backends,
+        };
+        hooks::run(settings, &ctx, &self.config.run_dir)
+            .await
+            .map(|_| ())
+    }
+
+    /// The after_rollback hook: its failure is logged (the rollback is done).
+    pub async fn after_rollback(&self, release: &str, left: &str, backends: &[SocketAddr]) {
+        if let Err(e) = self
+            .hook("after_rollback", release, Some(left), backends)
+            .await
+        {
+            tracing::error!(error = %crate::report::chain(&e), "the after_rollback hook failed");
+        }
+    }
+
+    /// Sees how this deploy's migration ended (`converged`: the new release's converge), if it
+    /// runs one: before a failure's cleanup puts the previous release's services back.
+    pub async fn observe_migration(
+        &self,
+        converged: &Result<crate::engine::converge::UpReport, ConvergeError>,
+    ) {
+        use crate::release::migration::{self, Ran};
+        let Some(run) = self.migration else {
+            return;
+        };
+        let seen = match converged {
+            // Docker may have removed the failed container already: the error says it all.
+            Err(ConvergeError::Exited {
+                service,
+                container,
+                code,
+            }) if *service == run.migration.service => {
+                let output = migration::keep_output(
+                    self.engine,
+                    &self.config.run_dir,
+                    &run.release,
+                    container,
+                )
+                .await;
+                Some((
+                    Ran {
+                        service: service.clone(),
+                        phase: run.migration.phase,
+                        exit: *code,
+                        millis: 0,
+                    },
+                    output,
+                ))
+            }
+            _ => run.observe(self.engine, self.config).await,
+        };
+        if let (Some(seen), Ok(mut slot)) = (seen, run.seen.lock()) {
+            *slot = Some(seen);
+        }
+    }
 }
 
 /// A release to go back to, loaded as its manifest pins it.

@@ -58,6 +58,7 @@ impl Upgrader<'_> {
             to_switch_secs: None,
             services,
             no_way_back: None,
+            migration: None,
         })
     }
 
@@ -100,6 +101,7 @@ impl Upgrader<'_> {
             to_switch_secs: None,
             services: BTreeMap::new(),
             no_way_back: None,
+            migration: None,
         })
     }
 
@@ -123,6 +125,7 @@ impl Upgrader<'_> {
             to_switch_secs: None,
             services: BTreeMap::new(),
             no_way_back: None,
+            migration: None,
         })
     }
 }

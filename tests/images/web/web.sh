@@ -7,9 +7,11 @@
 #   STOP_DELAY  seconds to keep serving after SIGTERM, with /healthz gone (default 0)
 #   ERROR_EVERY N: 1 in N requests to /cgi-bin/api (at random) answers 500 (default 0: none), while its
 #               health stays good, as a release with a bug in one code path would
+#   DELAY_MS    milliseconds /cgi-bin/api waits before answering (default 0), its health still
+#               instant, as a release with a slower code path would
 # Paths: /  (index.html)  /healthz  /version  /hostname
 #        /cgi-bin/slow?N  answers "slow VERSION" after N seconds (default 2): a request in flight
-#        /cgi-bin/api     answers "api VERSION", or 500 as ERROR_EVERY says
+#        /cgi-bin/api     answers "api VERSION", or 500 as ERROR_EVERY says, after DELAY_MS
 # At runtime `rm /www/healthz` (docker exec) makes a running container unhealthy.
 port=${PORT:-8080}
 pid=
@@ -36,8 +38,14 @@ mkdir -p /www/cgi-bin
 printf '#!/bin/sh\nsleep "${QUERY_STRING:-2}"\nprintf "Content-Type: text/plain\\r\\n\\r\\nslow %s\\n"\n' "${VERSION:-}" >/www/cgi-bin/slow
 chmod 0755 /www/cgi-bin/slow
 # /cgi-bin/api: httpd sends "200 OK" before a CGI's output unless it starts with a status line.
+# DELAY_MS is written in as a usleep (microseconds), or nothing.
+delay=
+if [ "${DELAY_MS:-0}" -gt 0 ]; then
+	delay="usleep $((DELAY_MS * 1000))"
+fi
 cat >/www/cgi-bin/api <<EOF
 #!/bin/sh
+$delay
 # At random (not by a counter, which requests at once would share): 1 in ERROR_EVERY.
 n=\$(od -An -N2 -tu2 /dev/urandom)
 if [ "${ERROR_EVERY:-0}" -gt 0 ] && [ \$((n % ${ERROR_EVERY:-1})) -eq 0 ]; then
