@@ -350,10 +350,12 @@ fn watch_mode_upgrades_when_the_pointer_moves_and_the_previous_release_expires()
         "{}",
         rig.agent_log()
     );
-    // Kept stopped for keep_previous_secs, then gone: nothing left to roll back to.
+    // Kept stopped for keep_previous_secs, then gone: nothing left to roll back to. The
+    // watch may go on past verify_secs while its sequential test cannot decide (a few hundred
+    // requests tell a good release; the load stopped after 100), up to max_secs (60 s).
     eventually(
         "the previous release to expire",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             let colors = rig.colors();
             if colors == vec![("green".to_string(), "2".to_string(), true)] {

@@ -675,6 +675,20 @@ impl Deployer {
         };
         let mut upgrader = self.upgrader(engine, &progress, true);
         upgrader.way_back = back.as_ref();
+        // A promoted release is watched as any upgrade: its contract migration and the
+        // alarms' gate hold for it too.
+        let gate = match switch {
+            Switch::Promote => {
+                let promoted = sides
+                    .values()
+                    .find(|s| Some(s.color) != serving.as_ref().map(|v| v.color))
+                    .and_then(|s| s.release.clone());
+                upgrader.contract = self.contract_of(engine, promoted.as_deref()).await;
+                self.alarm_gate().await?
+            }
+            Switch::Rollback { .. } => None,
+        };
+        upgrader.alarms = gate.as_ref();
         let result = match switch {
             Switch::Promote => upgrader.promote(&routed).await,
             Switch::Rollback { .. } => upgrader.rollback(project, &routed).await,
