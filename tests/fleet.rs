@@ -1136,6 +1136,14 @@ fn release_compose(
 fn failed(out: &Output, code: i32, outcome: &str, says: &[&str]) -> Value {
     out.expect_code(code);
     let s = summary(out);
+    eprintln!(
+        "fleet: release {} {} after {:.1}s (the canary's verdict at {:.1}s): {}",
+        s["release"],
+        s["outcome"],
+        s["seconds"].as_f64().unwrap_or(0.0),
+        s["canary_secs"].as_f64().unwrap_or(0.0),
+        s["error"]
+    );
     assert_eq!(s["outcome"], outcome, "{s}");
     let error = s["error"].as_str().unwrap_or_default();
     for said in says {
@@ -1168,7 +1176,11 @@ fn migrations_hooks_and_alarms_gate_releases_across_the_fleet() {
          [upgrade.alarms]\nnames = [\"shop-errors\"]\ncheck_secs = 1\n\
          [upgrade.hooks.after_healthy]\n\
          command = '[ \"$BERTH_RELEASE\" != 4 ] && curl -fsS \"http://${{BERTH_BACKENDS%%,*}}/version\"'\n\
-         timeout_secs = 20\n",
+         timeout_secs = 20\n\
+         [upgrade.hooks.after_switch]\n\
+         command = 'echo \"$BERTH_RELEASE from $BERTH_PREVIOUS_RELEASE\" >> {db}/switches'\n\
+         [upgrade.hooks.after_rollback]\n\
+         command = 'echo \"$BERTH_RELEASE after $BERTH_PREVIOUS_RELEASE\" >> {db}/rollbacks'\n",
         db = db.path().display()
     );
     // The instances' own alarm gate ([upgrade.alarms]): it must exist before they upgrade.
@@ -1375,6 +1387,29 @@ fn migrations_hooks_and_alarms_gate_releases_across_the_fleet() {
     assert_eq!(fleet.pointer().as_deref(), Some("2"));
     assert_eq!((serving(0), serving(1)), (json!("2"), json!("2")));
     aws::block_on(fleet.moto.set_alarm("shop-errors", "OK", "fixed"));
+    // The hooks after the switch and after the rollback ran where they should: every switch
+    // to 2 and to 7 (boots switch to 1), and the canary's own rollback from 7.
+    let lines = |name: &str| -> Vec<String> {
+        let mut l: Vec<String> = std::fs::read_to_string(db.path().join(name))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        l.sort();
+        l
+    };
+    assert_eq!(
+        lines("switches")
+            .into_iter()
+            .filter(|l| !l.starts_with("1 "))
+            .collect::<Vec<_>>(),
+        ["2 from 1", "2 from 1", "2 from 5", "5 from 2", "7 from 2"],
+    );
+    assert!(
+        lines("rollbacks").contains(&"2 after 7".to_string()),
+        "{:?}",
+        lines("rollbacks")
+    );
 
     // 6: a contract migration, then 500s on the canary: not rolled back; a human decides.
     write("6", "bad", Some(("contract", true)));

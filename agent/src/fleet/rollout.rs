@@ -392,11 +392,13 @@ async fn release(
         .as_ref()
         .filter(|m| m.phase == Phase::Contract)
         .filter(|_| {
-            summary
-                .upgrades
-                .iter()
-                .chain(&summary.late)
-                .any(|u| u.ok() || u.code == Some(NOT_ROLLED_BACK))
+            // A preview ran it too (the canary's, first).
+            !summary.previewed.is_empty()
+                || summary
+                    .upgrades
+                    .iter()
+                    .chain(&summary.late)
+                    .any(|u| u.ok() || u.code == Some(NOT_ROLLED_BACK))
         });
     if let (Some(error), Some(m)) = (&failure, contract) {
         say(&format!(
