@@ -1122,7 +1122,7 @@ fn release_compose(
     if let Some((phase, ok)) = migration {
         yaml.push_str(&format!(
             "    depends_on:\n      migrate:\n        condition: service_completed_successfully\n  \
-             migrate:\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo {release} >> /db/runs; exit {code}\"]\n    \
+             migrate:\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo migrating {release}; echo {release} >> /db/runs; exit {code}\"]\n    \
              volumes: [\"{db}:/db\"]\n    labels:\n      dev.berth.migration: {phase}\n",
             code = if ok { 0 } else { 1 },
             db = db.display(),
@@ -1252,11 +1252,41 @@ fn migrations_hooks_and_alarms_gate_releases_across_the_fleet() {
     aws::apply_env(&mut cmd, &inst.env(&fleet.moto));
     let listed = run_with_limit(cmd, Duration::from_secs(60));
     listed.ok();
+    // Its last lines are kept beside the release in the store, never printed.
+    assert!(!listed.stdout.contains("migrating 2"), "{}", listed.stdout);
+    let s3 = aws::block_on(fleet.moto.s3());
+    let prefix = format!("{}/reports/2/", store.prefix);
+    let kept = aws::block_on(async {
+        let list = s3
+            .list_objects_v2()
+            .bucket(&store.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .unwrap();
+        let key = list
+            .contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .find(|k| k.ends_with("-migration-output.log"))
+            .unwrap_or_else(|| panic!("no output kept under {prefix}"))
+            .to_string();
+        let got = s3
+            .get_object()
+            .bucket(&store.bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        String::from_utf8(got.body.collect().await.unwrap().to_vec()).unwrap()
+    });
+    assert!(kept.contains("migrating 2"), "{kept:?}");
     assert!(
         listed.stdout.contains("migration: migrate (expand)")
             && listed
                 .stdout
-                .contains(&format!("{canary}: migrated (migrate, exit 0")),
+                .contains(&format!("{canary}: migrated (migrate, exit 0"))
+            && listed.stdout.contains("-migration-output.log"),
         "{}",
         listed.stdout
     );

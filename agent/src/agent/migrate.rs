@@ -102,13 +102,18 @@ impl Deployer {
             None if !deployed => None,
             None => run.observe(engine, &self.config).await,
         };
-        let Some((ran, output)) = seen else {
+        let Some((mut ran, output)) = seen else {
             // Kept from an earlier deploy of this release, or never started (a pull failed).
             outcome.ran = false;
             return outcome;
         };
         tracing::info!(release = %run.release, service = %ran.service, phase = ran.phase.as_str(), exit = ran.exit, millis = ran.millis, output = ?output, "the release's migration ran");
         if let (Some(store), Some(id)) = (&self.config.manifests, &release.release_id) {
+            if let Some(path) = &output {
+                ran.output =
+                    migration::keep_in_store(self.aws.as_ref(), store, id, &self.instance_id, path)
+                        .await;
+            }
             migration::record(self.aws.as_ref(), store, id, &self.instance_id, &ran).await;
         }
         outcome.exit = Some(ran.exit);

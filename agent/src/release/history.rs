@@ -45,7 +45,7 @@ pub fn now() -> String {
 }
 
 /// A name safe in a key: what is not a letter, digit, `.` or `-` becomes `-`.
-fn safe(s: &str) -> String {
+pub(super) fn safe(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -121,7 +121,12 @@ pub async fn recent(
     let mut out = Vec::with_capacity(manifests.len());
     for m in manifests {
         let mut reports = Vec::new();
-        for key in store::list(aws, store, &format!("reports/{}/", m.release)).await? {
+        // Reports only: a migration's output is an object there too, never printed.
+        for key in store::list(aws, store, &format!("reports/{}/", m.release))
+            .await?
+            .into_iter()
+            .filter(|k| k.ends_with(".json"))
+        {
             if let Some(read) = store::get(aws, store, &key, cap).await? {
                 match serde_json::from_slice::<Report>(&read.bytes) {
                     Ok(r) => reports.push(r),
@@ -188,10 +193,14 @@ pub fn render(listed: &[Listed]) -> String {
                 r.migration
                     .as_ref()
                     .map(|m| format!(
-                        " ({}, exit {}, {:.1}s)",
+                        " ({}, exit {}, {:.1}s{})",
                         m.service,
                         m.exit,
-                        m.millis as f64 / 1000.0
+                        m.millis as f64 / 1000.0,
+                        m.output
+                            .as_deref()
+                            .map(|o| format!("; its output: {o}"))
+                            .unwrap_or_default()
                     ))
                     .unwrap_or_default(),
                 r.previous

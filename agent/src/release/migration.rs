@@ -69,6 +69,9 @@ pub struct Ran {
     pub exit: i64,
     /// From its start to its exit, by Docker's clock.
     pub millis: u64,
+    /// Where its last lines are kept beside the release (the store's location), if they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// The migration `project` declares, if any; an error says what is wrong with the mark.
@@ -177,6 +180,7 @@ pub async fn observe(
             phase: migration.phase,
             exit,
             millis,
+            output: None,
         },
         id,
     ))
@@ -231,6 +235,33 @@ pub async fn keep_output(
         Ok(()) => Some(path),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "cannot keep the migration's output");
+            None
+        }
+    }
+}
+
+/// Keeps the migration's last lines (the host's 0600 file at `path`) beside the release in
+/// the store, under `reports/` where instances may add: an object of its own that `berth
+/// releases` never prints (the store is as private as the env files it holds). Where it is.
+pub async fn keep_in_store(
+    aws: Option<&Aws>,
+    store: &Store,
+    release: &str,
+    by: &str,
+    path: &Path,
+) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let key = format!(
+        "reports/{release}/{nanos}-{}-migration-output.log",
+        history::safe(by)
+    );
+    match store::put(aws, store, &key, bytes, true).await {
+        Ok(_) => Some(store::display(store, &key)),
+        Err(e) => {
+            tracing::warn!(release, error = %crate::report::chain(&e), "cannot keep the migration's output beside the release");
             None
         }
     }

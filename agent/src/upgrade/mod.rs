@@ -368,6 +368,7 @@ impl Upgrader<'_> {
                         phase: run.migration.phase,
                         exit: *code,
                         millis: 0,
+                        output: None,
                     },
                     output,
                 ))
