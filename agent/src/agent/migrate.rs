@@ -122,21 +122,24 @@ impl Deployer {
         outcome
     }
 
-    /// The contract migration of `release` (the serving one), if it has one: read from its
-    /// manifest's compose file when the store pins it, else from the migration container
-    /// Docker keeps (a floating release runs its migration on every deploy).
+    /// The contract migration of `release`, if it has one: as its manifest records it when the
+    /// store pins it, else from the migration container Docker keeps (a floating release runs
+    /// its migration on every deploy).
     pub(super) async fn contract_of(
         &self,
         engine: &Engine,
         release: Option<&str>,
     ) -> Option<String> {
-        if let Ok(Some((back, _))) =
-            super::deployer::way_back(self.aws.as_ref(), &self.config, release).await
-        {
-            return match migration::declared(&back.project) {
-                Ok(Some(m)) if m.phase == Phase::Contract => Some(m.service),
-                _ => None,
-            };
+        // The manifest says it (checked when the release was made), without fetching the
+        // release's files; one made by an older berth says nothing, and the labels tell.
+        if let (Some(store), Some(id)) = (&self.config.manifests, release) {
+            if let Ok(Some((manifest, _))) =
+                crate::release::manifest_of(self.aws.as_ref(), &self.config, store, id).await
+            {
+                if let Some(m) = manifest.migration {
+                    return (m.phase == Phase::Contract).then_some(m.service);
+                }
+            }
         }
         let containers = engine.project_containers(&self.config.project).await.ok()?;
         containers.iter().find_map(|c| {

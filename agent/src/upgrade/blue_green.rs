@@ -28,8 +28,6 @@ impl Upgrader<'_> {
     ) -> Result<Deployed, UpgradeError> {
         let started = Instant::now();
         let routed = routed(project, self.config)?;
-        // The previous release's recent traffic is counted from here.
-        let early = self.traffic_now().await;
         let serving = self.recover(&routed).await?;
         if let Some(serving) = &serving {
             if let Some(kept) = self.unchanged(project, &routed, serving, release).await? {
@@ -53,6 +51,12 @@ impl Upgrader<'_> {
         };
         let release_name = release.unwrap_or("(unnamed)").to_string();
         let had_previous = serving.is_some();
+        // The previous release's traffic is counted from here when the agent has no samples
+        // of it (in-process); a boot has nothing to count.
+        let early = match (&serving, self.state) {
+            (Some(_), None) => self.traffic_now().await,
+            _ => None,
+        };
         if matches!(self.entry, Entry::Preview | Entry::Canary(_)) && !had_previous {
             return Err(UpgradeError::PreviewOfNothing {
                 project: project.name.clone(),
