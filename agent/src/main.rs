@@ -235,6 +235,13 @@ enum Command {
         /// this process may run on).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
         workers: Option<u64>,
+        /// On SIGTERM (`systemctl restart`), park open connections (kept-alive ones, SSE
+        /// streams and other bodies on their way, WebSockets) in systemd's file descriptor
+        /// store for the next proxy, which goes on with them: the unit needs
+        /// `FileDescriptorStoreMax=`, and --state (the note of where each one was goes
+        /// beside it).
+        #[arg(long, requires = "state")]
+        fd_store: bool,
     },
     /// Print the resolved project (environment values, and .env values wherever interpolated,
     /// masked).
@@ -603,6 +610,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
             preview_cookie,
             canary_cookie,
             workers,
+            fd_store,
         } => {
             berth::proxy::run(berth::proxy::Settings {
                 listen,
@@ -625,6 +633,7 @@ async fn run(cli: Cli, started: std::time::Instant) -> Result<(), CommandError> 
                 preview_cookie,
                 canary_cookie,
                 workers: workers.and_then(|n| usize::try_from(n).ok()),
+                fd_store,
             })
             .await?;
         }

@@ -10,26 +10,24 @@
 //! idle for the idle timeout (longer than the ALB's).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http_body_util::Either;
 use hyper::header::{self, HeaderValue};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::activity::Activity;
 use super::downstream::{self, End};
-use super::forward::{forward, Client};
-use super::metrics::{now_ms, Faults};
+use super::forward::{forward, resume_tunnel, Client};
+use super::metrics::now_ms;
+use super::park;
+use super::prefixed::Prefixed;
 use super::request_body::RequestBody;
 use super::state::{Shared, Timeouts, LINGER};
 
@@ -93,10 +91,62 @@ impl Drop for Open<'_> {
 
 /// Serves one accepted connection until it closes.
 pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    serve_from(stream, peer, shared, stop, downstream::Start::New).await;
+}
+
+/// Takes back a connection the proxy before this one parked (park.rs) and serves it on.
+pub(super) async fn resume(r: park::Resumed, shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let std_stream = |s: std::net::TcpStream| {
+        s.set_nonblocking(true)?;
+        TcpStream::from_std(s)
+    };
+    let sockets = std_stream(r.client).and_then(|c| match r.backend {
+        Some(b) => Ok((c, Some(std_stream(b)?))),
+        None => Ok((c, None)),
+    });
+    let (client, backend) = match sockets {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %e, "a parked connection cannot be taken back: closed");
+            return;
+        }
+    };
+    let Ok(peer) = client.peer_addr() else {
+        return; // the client went away meanwhile
+    };
+    match (r.kind, backend) {
+        (park::Kind::Idle { fresh }, _) => {
+            serve_from(
+                client,
+                peer,
+                shared,
+                stop,
+                downstream::Start::Kept { fresh },
+            )
+            .await;
+        }
+        (park::Kind::Stream(at), Some(backend)) => {
+            let start = downstream::Start::Stream(backend, at);
+            serve_from(client, peer, shared, stop, start).await;
+        }
+        (park::Kind::Tunnel { backend: addr }, Some(backend)) => {
+            resume_tunnel(client, backend, addr, &shared.routes, &shared.limits).await;
+        }
+        (_, None) => {}
+    }
+}
+
+async fn serve_from(
     mut stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    start: downstream::Start,
 ) {
     let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     let _ = stream.set_nodelay(true);
@@ -104,6 +154,7 @@ pub(super) async fn serve(
     let activity = Activity::new();
     let client = Arc::new(Client::new(peer, port, &shared.limits));
     let mut buf = BytesMut::new();
+    let mut stop = stop;
     let end = downstream::serve(
         &mut stream,
         &mut buf,
@@ -111,109 +162,25 @@ pub(super) async fn serve(
         &client,
         &activity,
         &mut stop,
+        start,
     )
     .await;
-    if end == End::HandOver {
-        let io = Prefixed {
-            read: buf,
-            stream,
-            send: shared.timeouts.send,
-            stalled: None,
-            faults: shared.limits.faults.clone(),
-        };
-        serve_with_hyper(io, peer, &shared, client, activity, stop).await;
-    }
-}
-
-/// The client connection with what was read of it and not yet served in front, so that
-/// hyper's server starts from the request downstream.rs handed over, and with the send
-/// timeout on its writes (hyper's server has none). By hand: hyper's own (`Rewind`) is
-/// private, and tokio's `chain` reads only.
-struct Prefixed {
-    read: BytesMut,
-    stream: TcpStream,
-    send: Duration,
-    /// Armed while a write waits for the client to take bytes.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-    faults: Arc<Faults>,
-}
-
-impl Prefixed {
-    /// A write's outcome, with the send timeout: ready clears the timer; pending arms it, and
-    /// once it passes the write fails (hyper's server then closes the connection).
-    fn timed<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        if polled.is_ready() {
-            self.stalled = None;
-            return polled;
+    match end {
+        End::Closed => {}
+        End::HandOver => {
+            let io = Prefixed::new(
+                buf,
+                stream,
+                shared.timeouts.send,
+                shared.limits.faults.clone(),
+            );
+            serve_with_hyper(io, peer, &shared, client, activity, stop).await;
         }
-        let send = self.send;
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(send)));
-        if timer.as_mut().poll(cx).is_ready() {
-            self.stalled = None;
-            self.faults.client_write.fetch_add(1, Ordering::Relaxed);
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("the client took no response bytes for {} s", send.as_secs()),
-            )));
+        End::Park(kind, backend) => {
+            if let Err(e) = shared.limits.lot.park(kind, stream, backend) {
+                tracing::warn!(%peer, error = %e, "a connection could not be parked: closed");
+            }
         }
-        Poll::Pending
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.read.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
-        }
-        let n = this.read.len().min(buf.remaining());
-        buf.put_slice(&this.read[..n]);
-        this.read.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.timed(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.timed(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

@@ -31,7 +31,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::Activity;
-use super::forward::{forward, Client, ProxyBody, UpBody};
+use super::forward::{forward, resumed_body, Client, ProxyBody, UpBody};
+use super::park;
 use super::state::{Shared, LINGER};
 use super::upstream::{Tokens, KEEP_CAPACITY};
 
@@ -45,12 +46,43 @@ const ADDED_HEADERS: usize = 4;
 const WRITE_BATCH: usize = 64 * 1024;
 
 /// How a connection's own path ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum End {
     /// It is closed (or to be dropped).
     Closed,
     /// The buffered request is one for hyper's server: it serves the connection from here.
     HandOver,
+    /// The proxy is restarting and the connection is at a clean point: it is to be parked
+    /// (park.rs), with its backend connection when a body is on its way.
+    Park(park::Kind, Option<TcpStream>),
+}
+
+/// Where a connection starts on this server.
+#[derive(Debug)]
+pub(super) enum Start {
+    /// Just accepted.
+    New,
+    /// Parked between requests by the proxy before this one (`fresh`: before its first).
+    Kept { fresh: bool },
+    /// Parked by the proxy before this one while a response body was on its way: the rest of
+    /// it first, from `backend`.
+    Stream(TcpStream, park::Stream),
+}
+
+/// How a response went.
+enum Sent {
+    /// Whole; the connection can take another request (or not).
+    Done(bool),
+    /// Parked at a clean point of its body (the proxy is restarting).
+    Park(park::Kind, TcpStream),
+}
+
+/// Why no request head came.
+enum NoHead {
+    /// The connection ends.
+    Closed,
+    /// The proxy is restarting and nothing of a next request was read: park it.
+    Park,
 }
 
 /// A parsed request head: the request for [`forward`], and how its answer is framed.
@@ -102,6 +134,7 @@ pub(super) async fn serve(
     client: &Client,
     activity: &std::sync::Arc<Activity>,
     stop: &mut watch::Receiver<bool>,
+    start: Start,
 ) -> End {
     let mut scratch = Scratch::default();
     let mut requests = 0u64;
@@ -117,6 +150,35 @@ pub(super) async fn serve(
         stop,
         stopped,
     };
+    match start {
+        Start::New => {}
+        Start::Kept { fresh } => requests = u64::from(!fresh),
+        Start::Stream(backend, at) => {
+            requests = 1;
+            let busy = activity.begin();
+            let body = resumed_body(&shared.routes, backend, at.backend, at.body, at.keep, busy);
+            let close = at.close;
+            let framing = match at.sent_as {
+                park::SentAs::Length => Framing::Length,
+                park::SentAs::Chunked => Framing::Chunked,
+                park::SentAs::Close => Framing::Close,
+            };
+            let sent = send_body(
+                stream,
+                buf,
+                shared,
+                &mut scratch,
+                body,
+                framing,
+                close,
+                &mut waits,
+            )
+            .await;
+            if let Some(end) = after(stream, sent).await {
+                return end;
+            }
+        }
+    }
     loop {
         let parsed = match next_head(
             stream,
@@ -134,7 +196,13 @@ pub(super) async fn serve(
                 let _ = refuse(stream, &mut scratch.out, code).await;
                 return End::Closed;
             }
-            Err(()) => return End::Closed,
+            Err(NoHead::Closed) => return End::Closed,
+            Err(NoHead::Park) => {
+                let kind = park::Kind::Idle {
+                    fresh: requests == 0,
+                };
+                return End::Park(kind, None);
+            }
         };
         requests += 1;
         let busy = activity.begin();
@@ -155,13 +223,21 @@ pub(super) async fn serve(
                 }
             }
         };
-        let close = asked.close || shared.stopping.load(Ordering::Relaxed);
-        match respond(stream, buf, shared, &mut scratch, resp, asked, close).await {
-            Ok(true) => {}
-            Ok(false) | Err(()) => {
-                let _ = stream.shutdown().await;
-                return End::Closed;
-            }
+        // A restart parks the connection after this answer rather than close it.
+        let close = asked.close || (shared.stopping.load(Ordering::Relaxed) && !parking(shared));
+        let sent = respond(
+            stream,
+            buf,
+            shared,
+            &mut scratch,
+            resp,
+            asked,
+            close,
+            &mut waits,
+        )
+        .await;
+        if let Some(end) = after(stream, sent).await {
+            return end;
         }
         // A large answer grew the write buffer: it goes back to a small one. The read buffer
         // is let go between requests (read_more makes it again when the next one comes).
@@ -172,6 +248,23 @@ pub(super) async fn serve(
             *buf = BytesMut::new();
         }
     }
+}
+
+/// What follows an answer: `None` when the connection takes another request.
+async fn after(stream: &mut TcpStream, sent: Result<Sent, ()>) -> Option<End> {
+    match sent {
+        Ok(Sent::Done(true)) => None,
+        Ok(Sent::Park(kind, backend)) => Some(End::Park(kind, Some(backend))),
+        Ok(Sent::Done(false)) | Err(()) => {
+            let _ = stream.shutdown().await;
+            Some(End::Closed)
+        }
+    }
+}
+
+/// Whether the proxy is restarting with its connections parked (park.rs).
+fn parking(shared: &Shared) -> bool {
+    *shared.limits.parking.borrow()
 }
 
 /// What a connection waits on between its requests, besides the client.
@@ -193,7 +286,7 @@ async fn next_head<S: Future>(
     shared: &Shared,
     waits: &mut Waits<'_, S>,
     requests: u64,
-) -> Result<Head, ()> {
+) -> Result<Head, NoHead> {
     let t = &shared.timeouts;
     let now = Instant::now();
     let mut deadline = now + if requests == 0 { t.header } else { t.idle };
@@ -210,18 +303,21 @@ async fn next_head<S: Future>(
                 }
                 None => {}
             }
+        } else if waits.stopped && parking(shared) {
+            // Nothing of a next request read: the next proxy reads it.
+            return Err(NoHead::Park);
         }
         tokio::select! {
             biased;
             read = read_more(stream, buf) => match read {
                 Ok(n) if n > 0 => {}
-                _ => return Err(()),
+                _ => return Err(NoHead::Closed),
             },
             () = waits.sleep.as_mut() => {
                 if requests == 0 && !waits.stopped {
                     tracing::debug!("no request head in time: closed");
                 }
-                return Err(());
+                return Err(NoHead::Closed);
             }
             _ = waits.stop.as_mut(), if !waits.stopped => {
                 waits.stopped = true;
@@ -416,8 +512,9 @@ async fn send_all(stream: &mut TcpStream, mut out: &[u8], shared: &Shared) -> Re
     Ok(())
 }
 
-/// Writes `resp` to the client; `Ok(true)` when the connection can take another request.
-async fn respond(
+/// Writes `resp` to the client; `Done(true)` when the connection can take another request.
+#[allow(clippy::too_many_arguments)]
+async fn respond<S: Future>(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
@@ -425,9 +522,9 @@ async fn respond(
     resp: Response<ProxyBody>,
     req: Asked,
     close: bool,
-) -> Result<bool, ()> {
-    let cap = shared.timeouts.max_header_bytes;
-    let (mut parts, mut body) = resp.into_parts();
+    waits: &mut Waits<'_, S>,
+) -> Result<Sent, ()> {
+    let (mut parts, body) = resp.into_parts();
     // The proxy's own answers may ask to close (a request refused, or one whose body was
     // left unread); a backend's Connection header is gone by now (forward.rs).
     let close = close || parts.headers.remove(header::CONNECTION).is_some();
@@ -447,7 +544,52 @@ async fn respond(
     );
     scratch.headers = parts.headers;
     scratch.headers.clear();
+    send_body(stream, buf, shared, scratch, body, framing, close, waits).await
+}
+
+/// Writes `body` to the client, framed, after what `scratch.out` holds (its head). Once the
+/// proxy is restarting with its connections parked, it stops at the first clean point (all
+/// of it that was read is sent, and nothing of the client's next request was read): the
+/// next proxy sends the rest.
+#[allow(clippy::too_many_arguments)]
+async fn send_body<S: Future>(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    scratch: &mut Scratch,
+    mut body: ProxyBody,
+    framing: Framing,
+    close: bool,
+    waits: &mut Waits<'_, S>,
+) -> Result<Sent, ()> {
+    let cap = shared.timeouts.max_header_bytes;
+    let out = &mut scratch.out;
     loop {
+        if waits.stopped
+            && out.is_empty()
+            && buf.is_empty()
+            && framing != Framing::None
+            && parking(shared)
+        {
+            body = match body.park() {
+                Ok((backend, addr, at, keep)) => {
+                    let sent_as = match framing {
+                        Framing::Length => park::SentAs::Length,
+                        Framing::Close => park::SentAs::Close,
+                        _ => park::SentAs::Chunked,
+                    };
+                    let kind = park::Kind::Stream(park::Stream {
+                        backend: addr,
+                        body: at,
+                        sent_as,
+                        keep,
+                        close,
+                    });
+                    return Ok(Sent::Park(kind, backend));
+                }
+                Err(body) => body,
+            };
+        }
         if out.len() >= WRITE_BATCH {
             send_all(stream, out, shared).await?;
             out.clear();
@@ -468,6 +610,11 @@ async fn respond(
                 Ok(n) if n > 0 => continue,
                 _ => return Err(()),
             },
+            // A restart: park at the top of the loop, if the body can be parked now.
+            _ = waits.stop.as_mut(), if !waits.stopped => {
+                waits.stopped = true;
+                continue;
+            }
         };
         match next {
             None => {
@@ -497,7 +644,7 @@ async fn respond(
         send_all(stream, out, shared).await?;
         out.clear();
     }
-    Ok(!close)
+    Ok(Sent::Done(!close))
 }
 
 /// `out` emptied, then the status line.

@@ -21,7 +21,9 @@ use hyper_util::rt::TokioIo;
 
 use super::activity::Busy;
 use super::metrics::Faults;
+use super::park;
 use super::pool;
+use super::prefixed::Prefixed;
 use super::request_body::{Fault, RequestBody};
 use super::routes::{Backend, InFlight, Routes, Shared, BUCKETS};
 use super::upstream::{self, idempotent, SendError, UpstreamBody};
@@ -48,6 +50,9 @@ pub(super) struct Limits {
     pub(super) canary_cookie: String,
     /// The proxy's timeouts and refusals, by kind.
     pub(super) faults: Arc<Faults>,
+    /// Where a restart parks connections (park.rs), and whether it is doing so now.
+    pub(super) lot: Arc<park::Lot>,
+    pub(super) parking: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Limits {
@@ -163,6 +168,45 @@ impl ProxyBody {
         }
         self.busy = None;
     }
+
+    /// A backend's body with nothing of it buffered here, taken apart for a restart to park
+    /// (park.rs): its connection, backend, where it is, and whether the connection is kept.
+    /// No longer in flight here: the next proxy counts it.
+    pub(super) fn park(
+        mut self,
+    ) -> Result<(tokio::net::TcpStream, SocketAddr, park::BodyAt, bool), ProxyBody> {
+        let kind = std::mem::replace(&mut self.kind, Kind::Whole(Full::new(Bytes::new())));
+        match kind {
+            Kind::Upstream(body) => match body.park() {
+                Ok(parked) => Ok(parked),
+                Err(body) => {
+                    self.kind = Kind::Upstream(body);
+                    Err(self)
+                }
+            },
+            other => {
+                self.kind = other;
+                Err(self)
+            }
+        }
+    }
+}
+
+/// The rest of a body a restart parked (park.rs), in flight to `addr` until it is sent.
+pub(super) fn resumed_body(
+    routes: &Routes,
+    backend: tokio::net::TcpStream,
+    addr: SocketAddr,
+    at: park::BodyAt,
+    keep: bool,
+    busy: Busy,
+) -> ProxyBody {
+    let inflight = InFlight::start(&routes.resumed(addr), None);
+    ProxyBody::upstream(
+        UpstreamBody::resume(backend, addr, at, keep),
+        inflight,
+        busy,
+    )
 }
 
 impl Body for ProxyBody {
@@ -1061,7 +1105,18 @@ async fn tunnel(
         parts.headers.insert(header::UPGRADE, p);
     }
     let addr = backend.addr;
-    tokio::spawn(join(client_side, backend_side, shared, inflight, addr));
+    let restart = Restart {
+        lot: limits.lot.clone(),
+        parking: limits.parking.clone(),
+    };
+    tokio::spawn(join(
+        client_side,
+        backend_side,
+        shared,
+        inflight,
+        addr,
+        restart,
+    ));
     Response::from_parts(
         parts,
         ProxyBody {
@@ -1077,28 +1132,10 @@ async fn tunnel(
 /// side would otherwise hold the tunnel (and its count in flight) for good.
 const HALF_CLOSED: Duration = Duration::from_secs(5);
 
-/// Copies bytes both ways until both sides closed, or one did and [`HALF_CLOSED`] passed.
-async fn splice<A, B>(a: A, b: B, grace: Duration)
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-{
-    use tokio::io::AsyncWriteExt;
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
-    let up = async {
-        let _ = tokio::io::copy(&mut a_read, &mut b_write).await;
-        let _ = b_write.shutdown().await;
-    };
-    let down = async {
-        let _ = tokio::io::copy(&mut b_read, &mut a_write).await;
-        let _ = a_write.shutdown().await;
-    };
-    tokio::pin!(up, down);
-    tokio::select! {
-        () = &mut up => { let _ = tokio::time::timeout(grace, down).await; }
-        () = &mut down => { let _ = tokio::time::timeout(grace, up).await; }
-    }
+/// What a tunnel needs to be parked by a restart (park.rs).
+struct Restart {
+    lot: Arc<park::Lot>,
+    parking: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Copies bytes both ways between the upgraded client and backend connections.
@@ -1108,22 +1145,223 @@ async fn join(
     shared: Arc<Shared>,
     inflight: InFlight,
     addr: SocketAddr,
+    restart: Restart,
+) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(backend = %addr, error = %e, "upgrade not completed");
+            return;
+        }
+    };
+    // The sockets themselves, so that a restart can park them: the client's as hyper's server
+    // got it (prefixed.rs), the backend's as hyper's client did (`open`).
+    let client = match client.downcast::<TokioIo<Prefixed>>() {
+        Ok(parts) => {
+            // hyper read ahead of what downstream.rs had read ahead: its bytes come first.
+            let (stream, rest) = parts.io.into_inner().into_parts();
+            let mut ahead = parts.read_buf.to_vec();
+            ahead.extend_from_slice(&rest);
+            Ok((stream, Bytes::from(ahead)))
+        }
+        Err(upgraded) => Err(upgraded),
+    };
+    let backend = match backend.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
+        Err(upgraded) => Err(upgraded),
+    };
+    match (client, backend) {
+        (Ok((c, to_backend)), Ok((b, to_client))) => {
+            let pending = Pending {
+                to_backend,
+                to_client,
+            };
+            run_tunnel(c, b, pending, shared, inflight, addr, restart).await;
+        }
+        // Not the sockets this proxy makes: a bug, said rather than tunnelled blind.
+        _ => {
+            tracing::error!(backend = %addr, "an upgraded connection of an unexpected kind: closed")
+        }
+    }
+}
+
+/// Bytes read from one side of a tunnel and not yet written to the other.
+struct Pending {
+    to_backend: Bytes,
+    to_client: Bytes,
+}
+
+/// A tunnel a restart parked (park.rs), joined again.
+pub(super) async fn resume_tunnel(
+    client: tokio::net::TcpStream,
+    backend: tokio::net::TcpStream,
+    addr: SocketAddr,
+    routes: &Routes,
+    limits: &Limits,
+) {
+    let shared = routes.resumed(addr);
+    let inflight = InFlight::start(&shared, None);
+    let restart = Restart {
+        lot: limits.lot.clone(),
+        parking: limits.parking.clone(),
+    };
+    let pending = Pending {
+        to_backend: Bytes::new(),
+        to_client: Bytes::new(),
+    };
+    run_tunnel(client, backend, pending, shared, inflight, addr, restart).await;
+}
+
+/// Relays a tunnel until it ends, a drain cuts it, or a restart parks it.
+async fn run_tunnel(
+    client: tokio::net::TcpStream,
+    backend: tokio::net::TcpStream,
+    pending: Pending,
+    shared: Arc<Shared>,
+    inflight: InFlight,
+    addr: SocketAddr,
+    restart: Restart,
 ) {
     let cut = shared.cut.notified();
     tokio::pin!(cut);
     cut.as_mut().enable();
     shared.counters.upgrade_opened();
-    match tokio::try_join!(client, backend) {
-        Ok((client, backend)) => {
-            tokio::select! {
-                () = splice(TokioIo::new(client), TokioIo::new(backend), HALF_CLOSED) => {}
-                () = &mut cut => tracing::info!(backend = %addr, "upgraded connection closed: its backend is drained"),
-            }
-        }
-        Err(e) => tracing::warn!(backend = %addr, error = %e, "upgrade not completed"),
-    }
+    let relayed = relay(
+        client,
+        backend,
+        pending,
+        cut,
+        restart.parking.clone(),
+        HALF_CLOSED,
+    )
+    .await;
     shared.counters.upgrade_closed();
     drop(inflight);
+    match relayed {
+        Relayed::Done => {}
+        Relayed::Cut => {
+            tracing::info!(backend = %addr, "upgraded connection closed: its backend is drained")
+        }
+        Relayed::Parked(client, backend) => {
+            if let Err(e) =
+                restart
+                    .lot
+                    .park(park::Kind::Tunnel { backend: addr }, client, Some(backend))
+            {
+                tracing::warn!(backend = %addr, error = %e, "an upgraded connection could not be parked: closed");
+            }
+        }
+    }
+}
+
+/// How a relay ended.
+enum Relayed {
+    /// Both sides closed (or one did, and the other within [`HALF_CLOSED`]), or one failed.
+    Done,
+    /// A drain gave up on its backend.
+    Cut,
+    /// A restart: nothing read is left unsent; the sockets, to be parked.
+    Parked(tokio::net::TcpStream, tokio::net::TcpStream),
+}
+
+/// How one direction of a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Piped {
+    /// Its reader closed; its writer was shut down.
+    Ended,
+    Failed,
+    /// A restart, at a point where all it read was written.
+    Parked,
+}
+
+/// Copies one direction until its reader closes or a restart parks it (never between a read
+/// and its write). By hand rather than tokio's `copy`, whose buffer a restart could not see.
+async fn pipe(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    pending: Bytes,
+    mut parking: tokio::sync::watch::Receiver<bool>,
+) -> Piped {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if !pending.is_empty() && to.write_all(&pending).await.is_err() {
+        return Piped::Failed;
+    }
+    let mut buf = Vec::with_capacity(8 * 1024);
+    loop {
+        buf.clear();
+        tokio::select! {
+            biased;
+            () = parked(&mut parking) => return Piped::Parked,
+            read = from.read_buf(&mut buf) => match read {
+                Ok(0) => {
+                    let _ = to.shutdown().await;
+                    return Piped::Ended;
+                }
+                Ok(_) => {
+                    if to.write_all(&buf).await.is_err() {
+                        return Piped::Failed;
+                    }
+                }
+                Err(_) => return Piped::Failed,
+            },
+        }
+    }
+}
+
+/// Once a restart parks connections.
+async fn parked(parking: &mut tokio::sync::watch::Receiver<bool>) {
+    if parking.wait_for(|p| *p).await.is_err() {
+        // The proxy's end: nothing will park.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Relays both ways between `client` and `backend`, `pending` first; once one side closed,
+/// the other within `grace`.
+async fn relay(
+    mut client: tokio::net::TcpStream,
+    mut backend: tokio::net::TcpStream,
+    pending: Pending,
+    cut: Pin<&mut tokio::sync::futures::Notified<'_>>,
+    parking: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> Relayed {
+    let parked = {
+        let (mut cr, mut cw) = client.split();
+        let (mut br, mut bw) = backend.split();
+        let up = pipe(&mut cr, &mut bw, pending.to_backend, parking.clone());
+        let down = pipe(&mut br, &mut cw, pending.to_client, parking);
+        tokio::pin!(up, down);
+        let both = async {
+            let (first, up_first) = tokio::select! {
+                a = &mut up => (a, true),
+                b = &mut down => (b, false),
+            };
+            let second = match first {
+                Piped::Failed => return false,
+                // The other direction parks too, once what it read is written.
+                Piped::Parked if up_first => down.await,
+                Piped::Parked => up.await,
+                // Half a WebSocket: the other side has a grace to finish (or to be parked).
+                Piped::Ended if up_first => tokio::time::timeout(grace, down)
+                    .await
+                    .unwrap_or(Piped::Failed),
+                Piped::Ended => tokio::time::timeout(grace, up)
+                    .await
+                    .unwrap_or(Piped::Failed),
+            };
+            (first == Piped::Parked || second == Piped::Parked) && second != Piped::Failed
+        };
+        tokio::select! {
+            parked = both => Some(parked),
+            () = cut => None,
+        }
+    };
+    match parked {
+        None => Relayed::Cut,
+        Some(true) => Relayed::Parked(client, backend),
+        Some(false) => Relayed::Done,
+    }
 }
 
 #[cfg(test)]
@@ -1152,36 +1390,119 @@ mod tests {
         assert_eq!(h["x-end-to-end"], "kept");
     }
 
+    /// A connected pair on loopback: (the proxy's end, the peer's end).
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        (l.accept().await.unwrap().0, peer)
+    }
+
+    fn nothing_pending() -> Pending {
+        Pending {
+            to_backend: Bytes::new(),
+            to_client: Bytes::new(),
+        }
+    }
+
+    /// Relays the two proxy ends until it ends; how, once `park` is set.
+    fn spawn_relay(
+        client: tokio::net::TcpStream,
+        backend: tokio::net::TcpStream,
+        pending: Pending,
+        park: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> tokio::task::JoinHandle<Relayed> {
+        tokio::spawn(async move {
+            let notify = tokio::sync::Notify::new();
+            let cut = notify.notified();
+            tokio::pin!(cut);
+            relay(client, backend, pending, cut, park, grace).await
+        })
+    }
+
     #[tokio::test]
     async fn a_tunnel_copies_both_ways_and_closes_soon_after_one_side_did() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut client, proxy_client) = tokio::io::duplex(64);
-        let (proxy_backend, mut backend) = tokio::io::duplex(64);
-        let tunnel = tokio::spawn(splice(
+        let (proxy_client, mut client) = pair().await;
+        let (proxy_backend, mut backend) = pair().await;
+        let (_park, parking) = tokio::sync::watch::channel(false);
+        let pending = Pending {
+            to_backend: Bytes::from_static(b"early "),
+            to_client: Bytes::new(),
+        };
+        let tunnel = spawn_relay(
             proxy_client,
             proxy_backend,
+            pending,
+            parking,
             Duration::from_millis(100),
-        ));
+        );
         client.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
+        let mut buf = [0u8; 10];
         backend.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping");
+        assert_eq!(&buf, b"early ping", "what was read ahead goes first");
         backend.write_all(b"pong").await.unwrap();
-        client.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"pong");
+        client.read_exact(&mut buf[..4]).await.unwrap();
+        assert_eq!(&buf[..4], b"pong");
         // The client goes; the backend never closes its side: the tunnel ends anyway.
         drop(client);
         let started = Instant::now();
-        tokio::time::timeout(Duration::from_secs(5), tunnel)
+        let ended = tokio::time::timeout(Duration::from_secs(5), tunnel)
             .await
             .expect("the tunnel ends after the grace")
             .unwrap();
+        assert!(matches!(ended, Relayed::Done));
         assert!(started.elapsed() >= Duration::from_millis(90));
         assert_eq!(
             backend.read(&mut buf).await.unwrap(),
             0,
             "the backend saw the close"
         );
+    }
+
+    #[tokio::test]
+    async fn a_parked_tunnel_loses_no_byte_and_goes_on_when_joined_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (proxy_client, mut client) = pair().await;
+        let (proxy_backend, mut backend) = pair().await;
+        let (park, parking) = tokio::sync::watch::channel(false);
+        let grace = Duration::from_secs(5);
+        let tunnel = spawn_relay(
+            proxy_client,
+            proxy_backend,
+            nothing_pending(),
+            parking,
+            grace,
+        );
+        let mut buf = [0u8; 4];
+        client.write_all(b"ping").await.unwrap();
+        backend.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        park.send(true).unwrap();
+        let parked = tokio::time::timeout(Duration::from_secs(1), tunnel)
+            .await
+            .expect("a quiet tunnel parks at once")
+            .unwrap();
+        let Relayed::Parked(proxy_client, proxy_backend) = parked else {
+            panic!("not parked");
+        };
+        // Sent while nobody relays: it waits in the sockets for the next proxy.
+        backend.write_all(b"pong").await.unwrap();
+        client.write_all(b"more").await.unwrap();
+        let (_park, parking) = tokio::sync::watch::channel(false);
+        let _tunnel = spawn_relay(
+            proxy_client,
+            proxy_backend,
+            nothing_pending(),
+            parking,
+            grace,
+        );
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        backend.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"more");
     }
 
     #[test]
@@ -1230,6 +1551,8 @@ mod tests {
             preview_cookie: "berth-preview".into(),
             canary_cookie: "berth-canary".into(),
             faults: Arc::default(),
+            lot: Arc::new(park::Lot::new(None)),
+            parking: tokio::sync::watch::channel(false).1,
         };
         let mut h = hyper::HeaderMap::new();
         assert_eq!(limits.preview_of(&h), None);
@@ -1275,6 +1598,8 @@ mod tests {
             preview_cookie: "berth-preview".into(),
             canary_cookie: "berth-canary".into(),
             faults: Arc::default(),
+            lot: Arc::new(park::Lot::new(None)),
+            parking: tokio::sync::watch::channel(false).1,
         };
         let trusted = Client::new(peer, 8080, &limits);
         let mut h = hyper::HeaderMap::new();

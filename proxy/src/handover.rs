@@ -5,8 +5,9 @@
 //! service's main process: `MAINPID`, as nginx's and HAProxy's seamless reloads do), it says so
 //! with SIGUSR2 to this process, which then stops accepting and finishes what it has open:
 //! responses, SSE streams and WebSockets, up to `--drain-secs`. A signal rather than a call on
-//! the control socket: that socket is root's (0600), and the proxy's own user cannot connect. Old and new overlap, so no connection waits
-//! for an open stream to end; a restart (stop, then start) cannot overlap and waits for it.
+//! the control socket: that socket is root's (0600), and the proxy's own user cannot connect.
+//! Old and new overlap, so no connection waits for an open stream to end. A restart (stop,
+//! then start) cannot overlap: it parks its connections for the next proxy instead (park.rs).
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;

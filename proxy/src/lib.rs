@@ -31,7 +31,9 @@
 //! requests without a body), `connection` (a connection's life: timeouts, polite close, and
 //! hyper's server for the rest), `server` (`run`: listeners, workers, signals, the control
 //! socket), `handover` (a reload: the successor on the same sockets), `pages` (start-up code
-//! handed back to the kernel), `client` (what the agent calls).
+//! handed back to the kernel), `client` (what the agent calls), `park` (a restart's
+//! connections, kept in systemd's store for the next proxy), `prefixed` (a client socket with
+//! what was read of it ahead).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,7 +51,9 @@ mod handover;
 pub mod ipc;
 pub mod metrics;
 pub mod pages;
+mod park;
 mod pool;
+mod prefixed;
 pub mod protocol;
 mod request_body;
 mod routes;
@@ -106,8 +110,9 @@ mod layering {
     /// messages and counters; the codec's pieces (client side, pool, request body); the
     /// routing table; one request's forward; the connection state; the two servers; the
     /// process.
-    const RANKS: [(&str, u8); 19] = [
+    const RANKS: [(&str, u8); 21] = [
         ("protocol", 0),
+        ("park", 0),
         ("pages", 0),
         ("ipc", 0),
         ("pool", 0),
@@ -115,6 +120,7 @@ mod layering {
         ("client", 1),
         ("handover", 1),
         ("request_body", 2),
+        ("prefixed", 2),
         ("upstream", 2),
         ("routes", 2),
         ("activity", 2),

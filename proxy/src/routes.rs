@@ -235,6 +235,12 @@ impl Routes {
         entry.shared.clone()
     }
 
+    /// The counters of `addr` for a connection a restart parked (park.rs), whether or not it
+    /// is routed now.
+    pub(super) fn resumed(&self, addr: SocketAddr) -> Arc<Shared> {
+        self.shared_for(addr, None)
+    }
+
     /// The backends requests go to now: this thread's own copy of them, made again only when
     /// the route changed (its generation), so the request path takes no lock and writes no
     /// line another core reads (the copy's reference count and turn are this worker's).

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,6 +17,7 @@ use super::connection;
 use super::forward::Limits;
 use super::handover;
 use super::metrics;
+use super::park;
 use super::protocol::{Answer, Drained, PreviewSet, Refused, Request, Routed, DEFAULT_DRAIN_MS};
 use super::routes::{Routes, BUCKETS};
 use super::state::{self, Timeouts};
@@ -58,6 +59,10 @@ pub struct Settings {
     pub canary_cookie: String,
     /// Worker threads (each a runtime with its own listener); `None`: one per CPU.
     pub workers: Option<usize>,
+    /// On SIGTERM, park open connections in systemd's file descriptor store for the next
+    /// proxy (park.rs; the unit's `FileDescriptorStoreMax=`). Needs `state` (the note goes
+    /// beside it).
+    pub fd_store: bool,
 }
 
 /// Serves until SIGTERM/SIGINT, then stops accepting, answers the next request on each
@@ -104,6 +109,44 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             }))
         }
     };
+    // Connections the proxy before this one parked: systemd passed them after the sockets.
+    let note_dir = settings
+        .state
+        .as_deref()
+        .filter(|_| settings.fd_store)
+        .and_then(|p| p.parent())
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        });
+    let passed = park::passed(std::env::var("LISTEN_FDNAMES").ok().as_deref());
+    let resumed = park::take_back(note_dir, &passed, |index, v6| {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        inherited
+            .take_custom::<std::net::TcpStream>(
+                index,
+                family,
+                libc::SOCK_STREAM,
+                "a parked connection",
+            )
+            .ok()
+            .flatten()
+    });
+    if !passed.is_empty() {
+        let (idle, streams, tunnels) = park::counted(&resumed);
+        tracing::info!(
+            idle,
+            streams,
+            tunnels,
+            "restart: took back {} connections the proxy before parked ({idle} idle, {streams} with a body on its way, {tunnels} upgraded)",
+            resumed.len()
+        );
+    }
+    let lot = Arc::new(park::Lot::new(note_dir.map(Path::to_path_buf)));
+    let (park_tx, park_rx) = watch::channel(false);
     let control_fd = control_listener.as_fd().try_clone_to_owned().ok();
     let handler = Arc::new(Control {
         routes: routes.clone(),
@@ -121,6 +164,8 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             preview_cookie: settings.preview_cookie.clone(),
             canary_cookie: settings.canary_cookie.clone(),
             faults: routes.faults.clone(),
+            lot: lot.clone(),
+            parking: park_rx,
         },
         timeouts: Timeouts {
             header: settings.header_timeout,
@@ -133,7 +178,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         open: Default::default(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let threads = spawn_workers(listeners, &shared, &stop_rx).map_err(listen_err)?;
+    let threads = spawn_workers(listeners, &shared, &stop_rx, resumed).map_err(listen_err)?;
     let address = if activated {
         "systemd's socket".to_string()
     } else {
@@ -184,14 +229,49 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         }
     }
     // Stop accepting (a socket systemd holds keeps queueing for the next process), and let
-    // kept-alive connections go after their next answer. On a stop, upgraded connections close
-    // at once; after a handover they, and SSE streams, may finish within the drain.
+    // kept-alive connections go after their next answer. On a stop with `--fd-store`, they,
+    // upgraded connections and response bodies on their way are parked for the next proxy
+    // instead (park.rs); without it upgraded connections close at once. After a handover
+    // they, and SSE streams, may finish within the drain, unless a SIGTERM comes meanwhile
+    // (a restart right after a reload): then they are parked too.
+    let parking = lot.enabled() && !handed_over;
+    if parking {
+        let _ = park_tx.send(true);
+    }
     shared.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    if !handed_over {
+    if !handed_over && !parking {
         routes.cut_all();
     }
-    wait_drained(&shared, settings.drain).await;
+    let drained = wait_drained(&shared, settings.drain);
+    tokio::pin!(drained);
+    if handed_over && lot.enabled() {
+        tokio::select! {
+            () = &mut drained => {}
+            Ok(Signal::Stop) = wait_for_signal() => {
+                tracing::info!("stopped while finishing after a reload: parking what is open");
+                let _ = park_tx.send(true);
+                drained.await;
+            }
+        }
+    } else {
+        drained.await;
+    }
+    if lot.enabled() {
+        let (idle, streams, tunnels) = lot.counts();
+        match lot.store() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                idle,
+                streams,
+                tunnels,
+                "restart: {n} connections parked for the next proxy ({idle} idle, {streams} with a body on its way, {tunnels} upgraded)"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "the open connections could not be parked: they close")
+            }
+        }
+    }
     tracing::info!(
         left = routes.total_inflight(),
         connections = shared.open.load(Ordering::Acquire),
@@ -279,18 +359,26 @@ fn spawn_workers(
     listeners: Vec<std::net::TcpListener>,
     shared: &Arc<state::Shared>,
     stop: &watch::Receiver<bool>,
+    resumed: Vec<park::Resumed>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    // The connections taken back from a restart, dealt out to the workers in turn.
+    let n = listeners.len().max(1);
+    let mut shares: Vec<Vec<park::Resumed>> = (0..n).map(|_| vec![]).collect();
+    for (i, r) in resumed.into_iter().enumerate() {
+        shares[i % n].push(r);
+    }
     listeners
         .into_iter()
+        .zip(shares)
         .enumerate()
-        .map(|(i, listener)| {
+        .map(|(i, (listener, resumed))| {
             let shared = shared.clone();
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("proxy-{i}"))
                 .spawn(move || {
                     metrics::set_lane(i);
-                    worker(listener, shared, stop)
+                    worker(listener, shared, stop, resumed)
                 })
         })
         .collect()
@@ -352,6 +440,7 @@ fn worker(
     listener: std::net::TcpListener,
     shared: Arc<state::Shared>,
     stop: watch::Receiver<bool>,
+    resumed: Vec<park::Resumed>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -379,6 +468,9 @@ fn worker(
                 super::forward::reap_idle();
             }
         });
+        for r in resumed {
+            tokio::spawn(connection::resume(r, shared.clone(), stop.clone()));
+        }
         accept_until_stopped(listener, shared, stop).await;
         // Keep serving the connections already open until the process ends.
         std::future::pending::<()>().await;

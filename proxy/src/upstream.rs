@@ -28,6 +28,7 @@ use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::park;
 use super::pool;
 
 /// A response head bigger than this is refused (hyper's client allowed the same).
@@ -128,14 +129,7 @@ pub(super) async fn dial(backend: SocketAddr, limit: Duration) -> Result<TcpStre
 /// A connection to `backend` for [`Conn::send`], within `limit`.
 pub(super) async fn connect(backend: SocketAddr, limit: Duration) -> Result<Conn, String> {
     let stream = dial(backend, limit).await?;
-    Ok(Conn {
-        stream,
-        backend,
-        buf: BytesMut::new(),
-        out: Vec::new(),
-        spare: Box::default(),
-        last_used: Instant::now(),
-    })
+    Ok(Conn::new(stream, backend))
 }
 
 /// How the response body ends (RFC 9112 section 6.3).
@@ -173,6 +167,17 @@ pub(super) enum Chunk {
 }
 
 impl Conn {
+    fn new(stream: TcpStream, backend: SocketAddr) -> Conn {
+        Conn {
+            stream,
+            backend,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            spare: Box::default(),
+            last_used: Instant::now(),
+        }
+    }
+
     /// Whether this idle connection is no use: the backend closed it (a kept-alive connection
     /// it timed out), or sent something while it was idle (which would be read as the next
     /// answer). A read without waiting tells; with the socket's readiness already cleared by
@@ -686,6 +691,54 @@ impl UpstreamBody {
                     }
                 }
             }
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// Where this body is, and its connection, when nothing of it is buffered here: what a
+    /// restart parks (park.rs). `Err(self)` while a piece of it is read and not yet taken.
+    pub(super) fn park(mut self) -> Result<(TcpStream, SocketAddr, park::BodyAt, bool), Self> {
+        let at = match self.framing {
+            Framing::Length(n) => park::BodyAt::Length(n),
+            Framing::Close => park::BodyAt::Close,
+            Framing::Chunked(Chunk::Size) => park::BodyAt::ChunkSize,
+            Framing::Chunked(Chunk::Data(n)) => park::BodyAt::ChunkData(n),
+            Framing::Chunked(Chunk::DataEnd) => park::BodyAt::ChunkEnd,
+            Framing::Chunked(Chunk::Trailers) => park::BodyAt::Trailers,
+            Framing::Chunked(Chunk::Done) => return Err(self),
+        };
+        match self.conn.take() {
+            Some(conn) if conn.buf.is_empty() => Ok((conn.stream, conn.backend, at, self.keep)),
+            conn => {
+                self.conn = conn;
+                Err(self)
+            }
+        }
+    }
+
+    /// The rest of a body parked by the proxy before this one, read from its connection.
+    pub(super) fn resume(
+        stream: TcpStream,
+        backend: SocketAddr,
+        at: park::BodyAt,
+        keep: bool,
+    ) -> UpstreamBody {
+        let framing = match at {
+            park::BodyAt::Length(n) => Framing::Length(n),
+            park::BodyAt::Close => Framing::Close,
+            park::BodyAt::ChunkSize => Framing::Chunked(Chunk::Size),
+            park::BodyAt::ChunkData(n) => Framing::Chunked(Chunk::Data(n)),
+            park::BodyAt::ChunkEnd => Framing::Chunked(Chunk::DataEnd),
+            park::BodyAt::Trailers => Framing::Chunked(Chunk::Trailers),
+        };
+        let _ = stream.set_nodelay(true);
+        UpstreamBody {
+            conn: Some(Conn::new(stream, backend)),
+            framing,
+            keep,
+            hop_free: true,
+            idle: Idle,
         }
     }
 }

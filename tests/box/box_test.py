@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import benchlib  # noqa: E402  (shared with the benchmarks)
+import streams  # noqa: E402  (tests/box/streams.py: SSE, WebSocket, new connections)
 from benchlib import die_with_parent, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -921,6 +922,82 @@ def restart_proxy(rig):
         f"keep-alive clients: {ok} requests, 0 failed")
 
 
+def restart_proxy_streams(rig):
+    """d0. `systemctl restart` of a proxy unit made from the packaged ones (their own settings,
+    `--fd-store` and `FileDescriptorStoreMax=` among them; only the port, control socket, state
+    directory and backend differ) while an SSE stream and a WebSocket are open through it, under
+    4 keep-alive clients and a new connection every 50 ms: the old proxy parks its connections
+    in systemd's store, the next one takes them back. Every new connection is answered within
+    1 s, no request fails, the stream gets every event and its last chunk, and the WebSocket
+    goes on echoing on the same connection after the restart."""
+    backend = streams.Backend(events=16, every=0.25)
+    port = free_port()
+    units = "/usr/lib/systemd/system"
+    rig.sh(
+        f"set -e; cd /etc/systemd/system; "
+        f"sed -e 's#^ListenStream=0.0.0.0:8080#ListenStream=127.0.0.1:{port}#' "
+        f"-e 's#/run/berth-proxy.sock#/run/berth-proxy-x.sock#' "
+        f"-e 's#berth-proxy.service#berth-proxy-x.service#' {units}/berth-proxy.socket > berth-proxy-x.socket; "
+        f"sed -e 's#berth-proxy.socket#berth-proxy-x.socket#g' "
+        f"-e 's#/run/berth-proxy.sock#/run/berth-proxy-x.sock#' "
+        f"-e 's#/run/berth-proxy/route.json#/run/berth-proxy-x/route.json --backend 127.0.0.1:{backend.port}#' "
+        f"-e 's#RuntimeDirectory=berth-proxy#RuntimeDirectory=berth-proxy-x#' "
+        f"{units}/berth-proxy.service > berth-proxy-x.service; "
+        f"grep -q -- '--fd-store' berth-proxy-x.service; grep -q '^FileDescriptorStoreMax=' berth-proxy-x.service; "
+        f"systemctl daemon-reload; systemctl start berth-proxy-x.socket berth-proxy-x.service")
+    load = Load(port)
+    probe = streams.Probe(port)
+    events = streams.Events(port)
+    socket_ = streams.Socket(port)
+    try:
+        for t in (probe, events, socket_):
+            t.start()
+        wait_for("the first SSE events", 10, lambda: len(events.events) >= 2 or events.error, 0.05)
+        wait_for("WebSocket echoes", 10, lambda: len(socket_.samples) >= 3 or socket_.error, 0.05)
+        before = rig.unit("berth-proxy-x", "MainPID")["MainPID"]
+        start = time.monotonic()
+        rig.box_exec("systemctl", "restart", "berth-proxy-x.service", timeout=90)
+        took = time.monotonic() - start
+        after = rig.unit("berth-proxy-x", "MainPID", "ActiveState")
+        check(after["MainPID"] != before and after["ActiveState"] == "active",
+              f"berth-proxy-x did not restart: {before} -> {after}")
+        events.join(20)
+        wait_for("WebSocket echoes after the restart", 10,
+                 lambda: sum(1 for t, _ in socket_.samples if t > start + took) >= 3 or socket_.error, 0.05)
+    finally:
+        socket_.stopping.set()
+        probe.stopping.set()
+        socket_.join(5)
+        probe.join(5)
+        ok, failures = load.finish()
+        journal = rig.sh("journalctl -u berth-proxy-x --no-pager -o cat", check_rc=False)
+        rig.sh("systemctl stop berth-proxy-x.service berth-proxy-x.socket; "
+               "rm -f /etc/systemd/system/berth-proxy-x.*; systemctl daemon-reload", check_rc=False)
+        backend.shutdown()
+    slowest = max(p[1] for p in probe.samples)
+    probe_failed = [p for p in probe.samples if not p[2]]
+    after_restart = [ok_ for t, ok_ in socket_.samples if t > start + took]
+    rig.timings["systemctl restart berth-proxy with an SSE stream and a WebSocket open"] = took
+    check(not failures, f"{len(failures)} of {ok + len(failures)} keep-alive requests failed across the restart: "
+          f"{summary_of(failures)}")
+    check(not probe_failed and slowest < 1.0,
+          f"new connections during the restart: slowest answered in {slowest:.2f} s, "
+          f"{len(probe_failed)} failed ({probe_failed[:3]})")
+    check(events.error is None and events.clean_end and len(events.events) == 16,
+          f"the SSE stream across the restart: {len(events.events)} of 16 events, "
+          f"clean end {events.clean_end}, error {events.error}")
+    check(socket_.error is None and all(ok_ for _, ok_ in socket_.samples) and len(after_restart) >= 3,
+          f"the WebSocket across the restart: {len(after_restart)} echoes after it, error {socket_.error}")
+    took_back = next((line for line in journal.splitlines() if "restart: took back" in line), "")
+    check("1 with a body on its way" in took_back and "1 upgraded" in took_back,
+          f"the next proxy did not say it took the connections back:\n{journal[-2000:]}")
+    parked = next((line for line in journal.splitlines() if "connections parked" in line), "")
+    log(f"d0. systemctl restart of a proxy with --fd-store ({took:.2f} s): {parked.strip()}; "
+        f"{ok} keep-alive requests and {len(probe.samples)} new connections (slowest {slowest:.2f} s), 0 failed; "
+        f"SSE {len(events.events)}/16 events and its last chunk; WebSocket {len(after_restart)} echoes after it "
+        f"on the same connection")
+
+
 def reload_proxy(rig):
     """d1. `systemctl reload berth-proxy` under 4 keep-alive clients hands over to a successor:
     systemd takes it as the unit's main process (a new MainPID, still active), the old one
@@ -1321,6 +1398,7 @@ def main():
             hardening(rig)
             proxy_privilege(rig)
             restart_proxy(rig)
+            restart_proxy_streams(rig)
             reload_proxy(rig)
             kill_proxy(rig)
             restart_agent(rig, checker)
