@@ -235,8 +235,8 @@ enum Command {
         /// this process may run on).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
         workers: Option<u64>,
-        /// On SIGTERM (`systemctl restart`), park open connections (kept-alive ones, SSE
-        /// streams and other bodies on their way, WebSockets) in systemd's file descriptor
+        /// On SIGTERM (`systemctl restart`), park open connections (kept-alive ones, long
+        /// polls, SSE streams and other bodies on their way, WebSockets) in systemd's file descriptor
         /// store for the next proxy, which goes on with them: the unit needs
         /// `FileDescriptorStoreMax=`, and --state (the note of where each one was goes
         /// beside it).

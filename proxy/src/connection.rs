@@ -134,6 +134,10 @@ pub(super) async fn resume(r: park::Resumed, shared: Arc<Shared>, stop: watch::R
             let start = downstream::Start::Stream(backend, at);
             serve_from(client, peer, shared, stop, start).await;
         }
+        (park::Kind::Awaiting(at), Some(backend)) => {
+            let start = downstream::Start::Awaiting(backend, at);
+            serve_from(client, peer, shared, stop, start).await;
+        }
         (park::Kind::Tunnel { backend: addr }, Some(backend)) => {
             resume_tunnel(client, backend, addr, &shared.routes, &shared.limits).await;
         }

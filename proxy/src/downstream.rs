@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::Activity;
-use super::forward::{forward, resumed_body, Client, ProxyBody, UpBody};
+use super::forward::{forward, resume_awaiting, resumed_body, Client, ProxyBody, UpBody};
 use super::park;
 use super::state::{Shared, LINGER};
 use super::upstream::{Tokens, KEEP_CAPACITY};
@@ -67,6 +67,9 @@ pub(super) enum Start {
     /// Parked by the proxy before this one while a response body was on its way: the rest of
     /// it first, from `backend`.
     Stream(TcpStream, park::Stream),
+    /// Parked by the proxy before this one while its request waited for its answer: that
+    /// answer first, from `backend`.
+    Awaiting(TcpStream, park::Awaiting),
 }
 
 /// How a response went.
@@ -178,6 +181,21 @@ pub(super) async fn serve(
                 return end;
             }
         }
+        Start::Awaiting(backend, at) => {
+            requests = 1;
+            buf.extend_from_slice(&at.ahead);
+            let busy = activity.begin();
+            let asked = Asked {
+                head: at.head,
+                http10: at.http10,
+                close: at.close,
+            };
+            let fwd = resume_awaiting(&shared.routes, &shared.limits, backend, &at, busy);
+            let end = answer(stream, buf, shared, &mut scratch, &mut waits, fwd, asked);
+            if let Some(end) = end.await {
+                return end;
+            }
+        }
     }
     loop {
         let parsed = match next_head(
@@ -207,36 +225,9 @@ pub(super) async fn serve(
         requests += 1;
         let busy = activity.begin();
         let Parsed { req, asked } = parsed;
-        // Boxed: the connection's task then keeps no room for a request's state while it
-        // waits for the next one (an idle kept-alive connection costs less).
-        let mut fwd = Box::pin(forward(&shared.routes, &shared.limits, client, busy, req));
-        // The client is watched while its request is answered: one that goes away (not a
-        // half-close: hyper's server ends those too) cancels the request.
-        let resp = loop {
-            tokio::select! {
-                biased;
-                resp = &mut fwd => break resp,
-                read = read_more(stream, buf), if buf.len() < shared.timeouts.max_header_bytes => {
-                    if !matches!(read, Ok(n) if n > 0) {
-                        return End::Closed;
-                    }
-                }
-            }
-        };
-        // A restart parks the connection after this answer rather than close it.
-        let close = asked.close || (shared.stopping.load(Ordering::Relaxed) && !parking(shared));
-        let sent = respond(
-            stream,
-            buf,
-            shared,
-            &mut scratch,
-            resp,
-            asked,
-            close,
-            &mut waits,
-        )
-        .await;
-        if let Some(end) = after(stream, sent).await {
+        let fwd = forward(&shared.routes, &shared.limits, client, busy, req);
+        let end = answer(stream, buf, shared, &mut scratch, &mut waits, fwd, asked);
+        if let Some(end) = end.await {
             return end;
         }
         // A large answer grew the write buffer: it goes back to a small one. The read buffer
@@ -248,6 +239,59 @@ pub(super) async fn serve(
             *buf = BytesMut::new();
         }
     }
+}
+
+/// Waits for `fwd`'s answer and writes it: `None` when the connection takes another request.
+/// A restart that parks connections (park.rs) parks this one while the request waits for its
+/// answer's head, or once a clean point of its body is reached.
+#[allow(clippy::too_many_arguments)]
+async fn answer<S: Future, F: Future<Output = Response<ProxyBody>>>(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    scratch: &mut Scratch,
+    waits: &mut Waits<'_, S>,
+    fwd: F,
+    asked: Asked,
+) -> Option<End> {
+    // Boxed: the connection's task then keeps no room for a request's state while it waits
+    // for the next one (an idle kept-alive connection costs less).
+    let mut fwd = Box::pin(fwd);
+    // The client is watched while its request is answered: one that goes away (not a
+    // half-close: hyper's server ends those too) cancels the request.
+    let resp = loop {
+        tokio::select! {
+            biased;
+            resp = &mut fwd => break resp,
+            read = read_more(stream, buf), if buf.len() < shared.timeouts.max_header_bytes => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Some(End::Closed);
+                }
+            }
+            // A restart: the request, polled again, parks while nothing of its answer came.
+            _ = waits.stop.as_mut(), if !waits.stopped => waits.stopped = true,
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    let body = match body.take_parked() {
+        Ok((backend, addr, bucket)) => {
+            let at = park::Awaiting {
+                backend: addr,
+                head: asked.head,
+                http10: asked.http10,
+                close: asked.close,
+                bucket,
+                ahead: buf.to_vec(),
+            };
+            return Some(End::Park(park::Kind::Awaiting(at), Some(backend)));
+        }
+        Err(body) => body,
+    };
+    let resp = Response::from_parts(parts, body);
+    // A restart parks the connection after this answer rather than close it.
+    let close = asked.close || (shared.stopping.load(Ordering::Relaxed) && !parking(shared));
+    let sent = respond(stream, buf, shared, scratch, resp, asked, close, waits).await;
+    after(stream, sent).await
 }
 
 /// What follows an answer: `None` when the connection takes another request.
@@ -264,7 +308,7 @@ async fn after(stream: &mut TcpStream, sent: Result<Sent, ()>) -> Option<End> {
 
 /// Whether the proxy is restarting with its connections parked (park.rs).
 fn parking(shared: &Shared) -> bool {
-    *shared.limits.parking.borrow()
+    shared.limits.lot.requested()
 }
 
 /// What a connection waits on between its requests, besides the client.

@@ -124,6 +124,9 @@ pub(super) struct ProxyBody {
 
 enum Kind {
     Upstream(UpstreamBody),
+    /// No answer yet: the request waits for it on this connection, parked by a restart
+    /// (park.rs), with the canary bucket its answer's cookie names.
+    Parked(Box<upstream::Conn>, Option<u8>),
     /// hyper's client's answer: to a request with a body, or to an upgrade that did not switch.
     Hyper(Incoming),
     /// The proxy's own answer, or a small upstream body read whole before answering.
@@ -167,6 +170,30 @@ impl ProxyBody {
             f.finish();
         }
         self.busy = None;
+    }
+
+    /// The answer to a request a restart parks while it waits for it: no response yet.
+    fn parked(conn: Box<upstream::Conn>, bucket: Option<u8>, busy: Busy) -> Response<ProxyBody> {
+        drop(busy);
+        Response::new(ProxyBody {
+            kind: Kind::Parked(conn, bucket),
+            inflight: None,
+            busy: None,
+        })
+    }
+
+    /// The backend connection of a request parked while it waits for its answer, and the
+    /// canary bucket; `Err(self)` for any other body.
+    pub(super) fn take_parked(
+        self,
+    ) -> Result<(tokio::net::TcpStream, SocketAddr, Option<u8>), ProxyBody> {
+        match self.kind {
+            Kind::Parked(conn, bucket) => {
+                let (stream, backend) = conn.into_parts();
+                Ok((stream, backend, bucket))
+            }
+            kind => Err(ProxyBody { kind, ..self }),
+        }
     }
 
     /// A backend's body with nothing of it buffered here, taken apart for a restart to park
@@ -220,6 +247,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Parked(..) => Poll::Ready(None),
             Kind::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Kind::Whole(full) => Pin::new(full)
                 .poll_frame(cx)
@@ -234,6 +262,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Parked(..) => true,
             Kind::Hyper(body) => body.is_end_stream(),
             Kind::Whole(full) => full.is_end_stream(),
         }
@@ -242,6 +271,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
+            Kind::Parked(..) => SizeHint::with_exact(0),
             Kind::Hyper(body) => body.size_hint(),
             Kind::Whole(full) => full.size_hint(),
         }
@@ -530,6 +560,8 @@ struct Failed {
     client: Fault,
     /// The request when it never left the proxy (it may go to another backend).
     unsent: Option<Request<UpBody>>,
+    /// Not failed: a restart parks it, waiting for its answer on this connection (park.rs).
+    parked: Option<Box<upstream::Conn>>,
 }
 
 impl Failed {
@@ -550,6 +582,7 @@ impl Failed {
             bad: false,
             client: Fault::None,
             unsent: None,
+            parked: None,
         }
     }
 
@@ -651,8 +684,15 @@ impl Upstream {
             // anyway.
             let again = if fresh { replayable(&req) } else { None };
             let (parts, empty) = req.into_parts();
-            match within(limits.response, conn.send(parts, upstream::Idle, !fresh)).await {
+            let sent = conn.send(parts, upstream::Idle, !fresh, Some(&limits.lot));
+            match within(limits.response, sent).await {
                 Some(Ok(resp)) => return Ok(resp),
+                Some(Err(SendError::Parked(conn))) => {
+                    return Err(Failed {
+                        parked: Some(conn),
+                        ..Failed::sent("parked for the next proxy")
+                    })
+                }
                 Some(Err(SendError::Unsent(parts, error))) => {
                     (req, why) = (Request::from_parts(*parts, empty), error);
                 }
@@ -922,18 +962,14 @@ pub(super) async fn forward(
                             (parts, ProxyBody::hyper(body, inflight, busy), false)
                         }
                     };
-                    // upstream.rs leaves out what it can (see its `Head`).
-                    if !hop_free {
-                        strip_hop_by_hop(&mut parts.headers);
-                    }
-                    if let Some(cookie) = bucket.and_then(|b| limits.bucket_cookie(b)) {
-                        parts.headers.append(header::SET_COOKIE, cookie);
-                    }
-                    limits.count(&backend.shared, parts.status.as_u16());
+                    deliver(&mut parts, hop_free, bucket, limits, &backend.shared);
                     return Response::from_parts(parts, body);
                 }
                 Err(mut failed) => {
                     inflight.abandon();
+                    if let Some(conn) = failed.parked.take() {
+                        return ProxyBody::parked(conn, bucket, busy);
+                    }
                     if failed.connect {
                         backend.shared.counters.connect_error();
                     }
@@ -995,6 +1031,65 @@ pub(super) async fn forward(
     }
     limits.count(&shared, 502);
     answer(StatusCode::BAD_GATEWAY, "bad gateway\n", busy)
+}
+
+/// A backend's answer head made ready for the client: the hop-by-hop headers upstream.rs did
+/// not leave out (see its `Head`) removed, the canary's cookie added, its status counted.
+fn deliver(
+    parts: &mut hyper::http::response::Parts,
+    hop_free: bool,
+    bucket: Option<u8>,
+    limits: &Limits,
+    shared: &Shared,
+) {
+    if !hop_free {
+        strip_hop_by_hop(&mut parts.headers);
+    }
+    if let Some(cookie) = bucket.and_then(|b| limits.bucket_cookie(b)) {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
+    limits.count(shared, parts.status.as_u16());
+}
+
+/// The answer to a request a restart parked before any of it came (park.rs), read from its
+/// backend connection, within the response timeout (counted again from here).
+pub(super) async fn resume_awaiting(
+    routes: &Routes,
+    limits: &Limits,
+    backend: tokio::net::TcpStream,
+    at: &park::Awaiting,
+    busy: Busy,
+) -> Response<ProxyBody> {
+    let shared = routes.resumed(at.backend);
+    let inflight = InFlight::start(&shared, routes.timed.then(Instant::now));
+    let method = if at.head { Method::HEAD } else { Method::GET };
+    let conn = upstream::Conn::resumed(backend, at.backend);
+    match within(limits.response, conn.resume_answer(&method, upstream::Idle)).await {
+        Some(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            let hop_free = body.hop_free();
+            deliver(&mut parts, hop_free, at.bucket, limits, &shared);
+            Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy))
+        }
+        Some(Err(SendError::Parked(conn))) => ProxyBody::parked(conn, at.bucket, busy),
+        failed => {
+            inflight.abandon();
+            let (code, text) = match failed {
+                None => {
+                    limits.faults.response_head.fetch_add(1, Ordering::Relaxed);
+                    (StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n")
+                }
+                Some(Err(SendError::Bad(_))) => {
+                    shared.counters.bad_response();
+                    (StatusCode::BAD_GATEWAY, "bad gateway\n")
+                }
+                Some(_) => (StatusCode::BAD_GATEWAY, "bad gateway\n"),
+            };
+            tracing::warn!(backend = %at.backend, status = code.as_u16(), "the answer to a request taken back after a restart failed");
+            limits.count(&shared, code.as_u16());
+            local(code, text, busy)
+        }
+    }
 }
 
 /// A backend's answer: streamed to the client as it comes, or already read whole.

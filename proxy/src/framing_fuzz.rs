@@ -257,9 +257,10 @@ async fn berth_reads(bytes: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
     req.headers_mut()
         .insert("host", hyper::header::HeaderValue::from_static("app"));
     let (parts, ()) = req.into_parts();
-    let resp = match conn.send(parts, Idle, false).await {
+    let resp = match conn.send(parts, Idle, false, None).await {
         Ok(r) => r,
         Err(SendError::Bad(e) | SendError::Sent(e) | SendError::Unsent(_, e)) => return Err(e),
+        Err(SendError::Parked(_)) => return Err("parked without a restart".into()),
     };
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await;

@@ -7,18 +7,21 @@
 //! note beside the saved route. The next proxy takes them back and goes on:
 //!
 //! - a kept-alive connection between requests: served again;
+//! - a request sent to its backend with no answer yet (a long poll): its answer read from the
+//!   same backend connection, then the connection served again;
 //! - a response body on its way (an SSE stream, a download): the rest of it, relayed from the
 //!   same backend connection, framed as before, then the connection is served again;
 //! - an upgraded connection (WebSocket): both sides joined again.
 //!
-//! So a restart waits only for what cannot be parked (a request still waiting for its answer's
-//! head, one with a body hyper's server carries), not for streams; and nothing that was
-//! parked sees the restart. A plain `systemctl stop` releases the store: the parked
+//! So a restart waits only for what cannot be parked (a request with a body, which hyper's
+//! server carries; one held for a backend), not for streams or long polls; and nothing that
+//! was parked sees the restart. A plain `systemctl stop` releases the store: the parked
 //! connections close, as a stop closes them anyway.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -78,8 +81,28 @@ pub(super) enum Kind {
     },
     /// A response body on its way (its backend connection parked too).
     Stream(Stream),
+    /// A request sent to a backend that has not begun to answer (a long poll; its backend
+    /// connection parked too).
+    Awaiting(Awaiting),
     /// An upgraded connection joined to `backend` (its connection parked too).
     Tunnel { backend: SocketAddr },
+}
+
+/// A request waiting for its answer's head from `backend`: what its answer needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Awaiting {
+    pub(super) backend: SocketAddr,
+    /// A HEAD request: its answer has no body.
+    pub(super) head: bool,
+    /// The client speaks HTTP/1.0.
+    pub(super) http10: bool,
+    /// The client connection closes after the answer.
+    pub(super) close: bool,
+    /// The weighted canary's bucket, for its cookie on the answer.
+    pub(super) bucket: Option<u8>,
+    /// What the client sent after its request (pipelined), not yet read by the server.
+    #[serde(default)]
+    pub(super) ahead: Vec<u8>,
 }
 
 /// One parked connection, as the note lists it.
@@ -127,6 +150,9 @@ pub(super) enum ParkError {
 pub(super) struct Lot {
     /// The note's directory; `None`: parking is off (no `--fd-store`, or no `--state`).
     dir: Option<PathBuf>,
+    /// Set once the proxy parks what it can (read on the request path: one relaxed load of a
+    /// line that is written once).
+    requested: AtomicBool,
     token: String,
     parked: Mutex<Vec<(Entry, OwnedFd, Option<OwnedFd>)>>,
 }
@@ -140,8 +166,20 @@ impl Lot {
         Lot {
             dir,
             token: format!("{:x}{nanos:08x}", std::process::id()),
+            requested: AtomicBool::new(false),
             parked: Mutex::default(),
         }
+    }
+
+    /// From now on, connections park at their next clean point.
+    pub(super) fn request(&self) {
+        if self.enabled() {
+            self.requested.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
     }
 
     /// Whether connections can be parked here at all.
@@ -179,8 +217,8 @@ impl Lot {
         Ok(())
     }
 
-    /// How many connections of each kind are parked: (idle, streams, tunnels).
-    pub(super) fn counts(&self) -> (usize, usize, usize) {
+    /// How many connections of each kind are parked.
+    pub(super) fn counts(&self) -> Counts {
         let parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         count(parked.iter().map(|(e, _, _)| &e.kind))
     }
@@ -226,17 +264,44 @@ impl Lot {
     }
 }
 
-/// (idle, streams, tunnels) among `kinds`.
-fn count<'a>(kinds: impl Iterator<Item = &'a Kind>) -> (usize, usize, usize) {
-    kinds.fold((0, 0, 0), |(i, s, t), k| match k {
-        Kind::Idle { .. } => (i + 1, s, t),
-        Kind::Stream(_) => (i, s + 1, t),
-        Kind::Tunnel { .. } => (i, s, t + 1),
-    })
+/// How many parked connections of each kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Counts {
+    /// Between requests.
+    pub(super) idle: usize,
+    /// A response body on its way.
+    pub(super) streams: usize,
+    /// A request waiting for its answer.
+    pub(super) waiting: usize,
+    /// Upgraded (WebSocket).
+    pub(super) tunnels: usize,
 }
 
-/// (idle, streams, tunnels) among what was taken back.
-pub(super) fn counted(resumed: &[Resumed]) -> (usize, usize, usize) {
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} idle, {} with a body on its way, {} waiting for an answer, {} upgraded",
+            self.idle, self.streams, self.waiting, self.tunnels
+        )
+    }
+}
+
+fn count<'a>(kinds: impl Iterator<Item = &'a Kind>) -> Counts {
+    let mut c = Counts::default();
+    for k in kinds {
+        match k {
+            Kind::Idle { .. } => c.idle += 1,
+            Kind::Stream(_) => c.streams += 1,
+            Kind::Awaiting(_) => c.waiting += 1,
+            Kind::Tunnel { .. } => c.tunnels += 1,
+        }
+    }
+    c
+}
+
+/// What was taken back, by kind.
+pub(super) fn counted(resumed: &[Resumed]) -> Counts {
     count(resumed.iter().map(|r| &r.kind))
 }
 
@@ -383,7 +448,11 @@ mod tests {
         assert!(text.contains(r#""kind":"stream""#), "{text}");
         let back: Note = serde_json::from_str(&text).unwrap();
         assert_eq!(back.entries, note.entries);
-        assert_eq!(count(back.entries.iter().map(|e| &e.kind)), (1, 1, 1));
+        let c = count(back.entries.iter().map(|e| &e.kind));
+        assert_eq!(
+            c.to_string(),
+            "1 idle, 1 with a body on its way, 0 waiting for an answer, 1 upgraded"
+        );
     }
 
     #[test]

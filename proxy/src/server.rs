@@ -136,13 +136,10 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             .flatten()
     });
     if !passed.is_empty() {
-        let (idle, streams, tunnels) = park::counted(&resumed);
         tracing::info!(
-            idle,
-            streams,
-            tunnels,
-            "restart: took back {} connections the proxy before parked ({idle} idle, {streams} with a body on its way, {tunnels} upgraded)",
-            resumed.len()
+            "restart: took back {} connections the proxy before parked ({})",
+            resumed.len(),
+            park::counted(&resumed)
         );
     }
     let lot = Arc::new(park::Lot::new(note_dir.map(Path::to_path_buf)));
@@ -236,6 +233,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
     // (a restart right after a reload): then they are parked too.
     let parking = lot.enabled() && !handed_over;
     if parking {
+        lot.request();
         let _ = park_tx.send(true);
     }
     shared.stopping.store(true, Ordering::Relaxed);
@@ -250,6 +248,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             () = &mut drained => {}
             Ok(Signal::Stop) = wait_for_signal() => {
                 tracing::info!("stopped while finishing after a reload: parking what is open");
+                lot.request();
                 let _ = park_tx.send(true);
                 drained.await;
             }
@@ -258,15 +257,12 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         drained.await;
     }
     if lot.enabled() {
-        let (idle, streams, tunnels) = lot.counts();
+        let counts = lot.counts();
         match lot.store() {
             Ok(0) => {}
-            Ok(n) => tracing::info!(
-                idle,
-                streams,
-                tunnels,
-                "restart: {n} connections parked for the next proxy ({idle} idle, {streams} with a body on its way, {tunnels} upgraded)"
-            ),
+            Ok(n) => {
+                tracing::info!("restart: {n} connections parked for the next proxy ({counts})")
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the open connections could not be parked: they close")
             }

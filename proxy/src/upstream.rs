@@ -52,6 +52,9 @@ pub(super) enum SendError {
     /// The backend answered, with something that is not a well-framed HTTP/1.1 response: it
     /// is alive (not to be marked down, nor waited for), and its answer is a 502.
     Bad(String),
+    /// The proxy is restarting (park.rs) and no byte of the answer has come: the connection,
+    /// for the next proxy to read the answer from.
+    Parked(Box<Conn>),
 }
 
 /// One kept-alive connection to a backend.
@@ -199,6 +202,7 @@ impl Conn {
         parts: Parts,
         idle: Idle,
         reused: bool,
+        lot: Option<&park::Lot>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         self.write_head(&parts);
         if let Err(e) = self.stream.write_all(&self.out).await {
@@ -208,8 +212,9 @@ impl Conn {
                 format!("sending the request: {e}"),
             ));
         }
-        let head = match self.read_head(&parts.method).await {
+        let head = match self.read_head(&parts.method, lot).await {
             Ok(h) => h,
+            Err(Closed::Parked) => return Err(SendError::Parked(Box::new(self))),
             Err(Closed::Before(e)) if reused && idempotent(&parts.method) => {
                 // A kept-alive connection the backend closed as the request went out: an
                 // idempotent request (without a body, as all here are) is sent again.
@@ -220,6 +225,37 @@ impl Conn {
         };
         *self.spare = parts.headers;
         self.spare.clear();
+        Ok(self.answered(head, idle))
+    }
+
+    /// The answer to a request the proxy before this one sent and parked on this connection
+    /// before any of it came (park.rs).
+    pub(super) async fn resume_answer(
+        mut self,
+        method: &Method,
+        idle: Idle,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        match self.read_head(method, None).await {
+            Ok(head) => Ok(self.answered(head, idle)),
+            Err(Closed::Malformed(e)) => Err(SendError::Bad(e)),
+            Err(Closed::Before(e) | Closed::After(e)) => Err(SendError::Sent(e)),
+            Err(Closed::Parked) => Err(SendError::Sent("parked".into())),
+        }
+    }
+
+    /// A connection a restart parked (park.rs), taken back.
+    pub(super) fn resumed(stream: TcpStream, backend: SocketAddr) -> Conn {
+        let _ = stream.set_nodelay(true);
+        Conn::new(stream, backend)
+    }
+
+    /// The socket and its backend (a restart parks them).
+    pub(super) fn into_parts(self) -> (TcpStream, SocketAddr) {
+        (self.stream, self.backend)
+    }
+
+    /// A response with its head read: its body reads the rest.
+    fn answered(self, head: Head, idle: Idle) -> Response<UpstreamBody> {
         let body = UpstreamBody {
             conn: Some(self),
             framing: head.framing,
@@ -231,7 +267,7 @@ impl Conn {
         if resp.body().finished() {
             resp.body_mut().done();
         }
-        Ok(resp)
+        resp
     }
 
     /// The request head into `self.out`.
@@ -258,8 +294,13 @@ impl Conn {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Reads the response head (skipping 1xx interim responses), and how its body ends.
-    async fn read_head(&mut self, method: &Method) -> Result<Head, Closed> {
+    /// Reads the response head (skipping 1xx interim responses), and how its body ends. With
+    /// `lot`, a restart that parks connections stops the wait while nothing has come.
+    async fn read_head(
+        &mut self,
+        method: &Method,
+        lot: Option<&park::Lot>,
+    ) -> Result<Head, Closed> {
         let mut received = false;
         loop {
             let parsed = if self.buf.is_empty() {
@@ -278,7 +319,19 @@ impl Conn {
                     "the response head is over {MAX_HEAD} bytes"
                 )));
             }
-            match self.read_more().await {
+            let parkable =
+                |c: &Conn| !received && c.buf.is_empty() && lot.is_some_and(|l| l.requested());
+            let read = poll_fn(|cx| {
+                if parkable(self) {
+                    return Poll::Ready(None);
+                }
+                self.poll_read_more(cx).map(Some)
+            })
+            .await;
+            let Some(read) = read else {
+                return Err(Closed::Parked);
+            };
+            match read {
                 Ok(0) if received || !self.buf.is_empty() => {
                     return Err(Closed::After(
                         "the backend closed the connection before the response head's end".into(),
@@ -384,11 +437,6 @@ impl Conn {
         })))
     }
 
-    /// Reads what the backend sent next into the buffer; 0 at its end.
-    async fn read_more(&mut self) -> std::io::Result<usize> {
-        poll_fn(|cx| self.poll_read_more(cx)).await
-    }
-
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_SIZE {
             self.buf.reserve(READ_SIZE);
@@ -405,6 +453,8 @@ enum Closed {
     Before(String),
     After(String),
     Malformed(String),
+    /// Not closed: the proxy is restarting and nothing of the answer came yet.
+    Parked,
 }
 
 /// Requests that may be sent again once sent (RFC 9110 section 9.2.2): only those are
@@ -732,9 +782,8 @@ impl UpstreamBody {
             park::BodyAt::ChunkEnd => Framing::Chunked(Chunk::DataEnd),
             park::BodyAt::Trailers => Framing::Chunked(Chunk::Trailers),
         };
-        let _ = stream.set_nodelay(true);
         UpstreamBody {
-            conn: Some(Conn::new(stream, backend)),
+            conn: Some(Conn::resumed(stream, backend)),
             framing,
             keep,
             hop_free: true,
@@ -999,7 +1048,7 @@ mod tests {
     /// `method`'s answer from `addr`, on a new connection.
     async fn fetch(addr: SocketAddr, method: Method, idle: &Idle) -> Response<UpstreamBody> {
         let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-        conn.send(get(method), *idle, false).await.unwrap()
+        conn.send(get(method), *idle, false, None).await.unwrap()
     }
 
     /// A backend answering one request with `answer`, and that answer read by a new
@@ -1013,6 +1062,47 @@ mod tests {
     async fn body_of(resp: Response<UpstreamBody>) -> Result<String, BodyError> {
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_for_its_answer_parks_and_the_answer_is_read_after() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = vec![];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut b = [0u8; 1024];
+                let n = s.read(&mut b).await.unwrap();
+                assert!(n > 0, "the proxy closed");
+                got.extend_from_slice(&b[..n]);
+            }
+            // A long poll: the answer comes later.
+            wait.await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        let lot = park::Lot::new(Some(std::env::temp_dir()));
+        lot.request();
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let parked = match conn.send(get(Method::GET), Idle, false, Some(&lot)).await {
+            Err(SendError::Parked(c)) => c,
+            Ok(_) => panic!("answered, not parked"),
+            Err(e) => panic!("failed, not parked: {e:?}"),
+        };
+        let (stream, backend) = parked.into_parts();
+        assert_eq!(backend, addr);
+        go.send(()).unwrap();
+        // What takes the connection back reads the answer the backend sent meanwhile.
+        let resp = Conn::resumed(stream, backend)
+            .resume_answer(&Method::GET, Idle)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body_of(resp).await.unwrap(), "late");
     }
 
     #[tokio::test]
@@ -1039,7 +1129,10 @@ mod tests {
         // Read to its end, the connection went back, and carries the next request.
         let mut conn = taken(addr).expect("the connection is idle again");
         assert!(!conn.closed());
-        let resp = conn.send(get(Method::POST), idle, true).await.unwrap();
+        let resp = conn
+            .send(get(Method::POST), idle, true, None)
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         assert_eq!(resp.headers()["x-a"], "b");
         assert_eq!(body_of(resp).await.unwrap(), "hi");
@@ -1049,7 +1142,7 @@ mod tests {
 
         // `Connection: close`: not kept.
         let conn = taken(addr).unwrap();
-        let resp = conn.send(get(Method::GET), idle, true).await.unwrap();
+        let resp = conn.send(get(Method::GET), idle, true, None).await.unwrap();
         assert_eq!(body_of(resp).await.unwrap(), "bye");
         assert!(taken(addr).is_none());
     }
@@ -1107,7 +1200,7 @@ mod tests {
         until_closed(&mut conn, "the close").await;
         // Sent anyway (the race a check cannot close): an idempotent bodiless request comes
         // back unsent, a POST does not.
-        match conn.send(get(Method::GET), idle, true).await {
+        match conn.send(get(Method::GET), idle, true, None).await {
             Err(SendError::Unsent(parts, _)) => assert_eq!(parts.method, Method::GET),
             other => panic!("{other:?}"),
         }
@@ -1116,7 +1209,7 @@ mod tests {
         let mut conn = taken(addr).unwrap();
         until_closed(&mut conn, "the close").await;
         assert!(matches!(
-            conn.send(get(Method::POST), idle, true).await,
+            conn.send(get(Method::POST), idle, true, None).await,
             Err(SendError::Sent(_))
         ));
     }
@@ -1166,7 +1259,7 @@ mod tests {
         let (addr, _heads) =
             backend(vec![vec![b"HTTP/1.1 200 Connection established\r\n\r\n"]]).await;
         let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-        match conn.send(get(Method::CONNECT), Idle, false).await {
+        match conn.send(get(Method::CONNECT), Idle, false, None).await {
             Err(SendError::Bad(e)) => assert!(e.contains("CONNECT"), "{e}"),
             other => panic!("{other:?}"),
         }
@@ -1192,7 +1285,7 @@ mod tests {
         ] {
             let (addr, _heads) = backend(vec![vec![answer]]).await;
             let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
-            match conn.send(get(Method::GET), Idle, false).await {
+            match conn.send(get(Method::GET), Idle, false, None).await {
                 // Cut short: the backend may be going away. Anything else it sent is an
                 // answer, a bad one.
                 Err(SendError::Sent(e)) if expect.contains("before") => {

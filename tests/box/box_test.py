@@ -926,10 +926,11 @@ def restart_proxy_streams(rig):
     """d0. `systemctl restart` of a proxy unit made from the packaged ones (their own settings,
     `--fd-store` and `FileDescriptorStoreMax=` among them; only the port, control socket, state
     directory and backend differ) while an SSE stream and a WebSocket are open through it, under
-    4 keep-alive clients and a new connection every 50 ms: the old proxy parks its connections
-    in systemd's store, the next one takes them back. Every new connection is answered within
-    1 s, no request fails, the stream gets every event and its last chunk, and the WebSocket
-    goes on echoing on the same connection after the restart."""
+    4 keep-alive clients, a long poll and a new connection every 50 ms: the old proxy parks its
+    connections in systemd's store, the next one takes them back. Every new connection is
+    answered within 1 s, no request fails, the stream gets every event and its last chunk, the
+    WebSocket goes on echoing on the same connection after the restart, and the long poll
+    waiting across it gets its answer."""
     backend = streams.Backend(events=16, every=0.25)
     port = free_port()
     units = "/usr/lib/systemd/system"
@@ -949,8 +950,9 @@ def restart_proxy_streams(rig):
     probe = streams.Probe(port)
     events = streams.Events(port)
     socket_ = streams.Socket(port)
+    polls = streams.Polls(port)
     try:
-        for t in (probe, events, socket_):
+        for t in (probe, events, socket_, polls):
             t.start()
         wait_for("the first SSE events", 10, lambda: len(events.events) >= 2 or events.error, 0.05)
         wait_for("WebSocket echoes", 10, lambda: len(socket_.samples) >= 3 or socket_.error, 0.05)
@@ -964,11 +966,13 @@ def restart_proxy_streams(rig):
         events.join(20)
         wait_for("WebSocket echoes after the restart", 10,
                  lambda: sum(1 for t, _ in socket_.samples if t > start + took) >= 3 or socket_.error, 0.05)
+        wait_for("a long poll after the restart", 10,
+                 lambda: any(t > start + took for t, _, _ in polls.samples) or polls.error, 0.05)
     finally:
-        socket_.stopping.set()
-        probe.stopping.set()
-        socket_.join(5)
-        probe.join(5)
+        for t in (socket_, probe, polls):
+            t.stopping.set()
+        for t in (socket_, probe, polls):
+            t.join(5)
         ok, failures = load.finish()
         journal = rig.sh("journalctl -u berth-proxy-x --no-pager -o cat", check_rc=False)
         rig.sh("systemctl stop berth-proxy-x.service berth-proxy-x.socket; "
@@ -988,14 +992,19 @@ def restart_proxy_streams(rig):
           f"clean end {events.clean_end}, error {events.error}")
     check(socket_.error is None and all(ok_ for _, ok_ in socket_.samples) and len(after_restart) >= 3,
           f"the WebSocket across the restart: {len(after_restart)} echoes after it, error {socket_.error}")
+    across = [p for p in polls.samples if p[0] < start < p[1]]
+    check(polls.error is None and all(p[2] for p in polls.samples) and across,
+          f"long polls across the restart: {len(across)} spanned it, "
+          f"{sum(1 for p in polls.samples if not p[2])} failed, error {polls.error}")
     took_back = next((line for line in journal.splitlines() if "restart: took back" in line), "")
-    check("1 with a body on its way" in took_back and "1 upgraded" in took_back,
+    kinds = ("with a body on its way", "waiting for an answer", "upgraded")
+    check(all(re.search(rf"\b[1-9]\d* {kind}", took_back) for kind in kinds),
           f"the next proxy did not say it took the connections back:\n{journal[-2000:]}")
     parked = next((line for line in journal.splitlines() if "connections parked" in line), "")
     log(f"d0. systemctl restart of a proxy with --fd-store ({took:.2f} s): {parked.strip()}; "
         f"{ok} keep-alive requests and {len(probe.samples)} new connections (slowest {slowest:.2f} s), 0 failed; "
         f"SSE {len(events.events)}/16 events and its last chunk; WebSocket {len(after_restart)} echoes after it "
-        f"on the same connection")
+        f"on the same connection; a long poll across it answered after {across[0][1] - across[0][0]:.2f} s")
 
 
 def reload_proxy(rig):

@@ -61,14 +61,16 @@ def ws_read(f):
 class Backend(socketserver.ThreadingTCPServer):
     """HTTP/1.1 on 127.0.0.1: `GET /events` streams `events` SSE events `every` seconds apart
     (chunked, then the last chunk), `GET /ws` is a WebSocket that echoes each text frame with
-    "echo " in front, anything else is a keep-alive 200 "ok"."""
+    "echo " in front, `GET /poll` answers "polled" after `poll` seconds (a long poll), anything
+    else is a keep-alive 200 "ok"."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, events=12, every=0.25):
+    def __init__(self, events=12, every=0.25, poll=1.5):
         self.events = events
         self.every = every
+        self.poll = poll
         super().__init__(("127.0.0.1", 0), Handler)
         self.port = self.server_address[1]
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -93,6 +95,11 @@ class Handler(socketserver.StreamRequestHandler):
                 continue
             if target == "/ws":
                 return self.websocket(headers)
+            if target == "/poll":
+                # A long poll: nothing, then the answer.
+                time.sleep(self.server.poll)
+                self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\npolled\n")
+                continue
             self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
 
     def events(self):
@@ -217,3 +224,31 @@ class Probe(threading.Thread):
                 ok, what = False, f"{type(e).__name__}: {e}"
             self.samples.append((started, time.monotonic() - started, ok, what))
             self.stopping.wait(self.every)
+
+
+class Polls(threading.Thread):
+    """Long polls one after another on one keep-alive connection until stopped: (started,
+    ended, ok) of each."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.samples = []
+        self.error = None
+        self.stopping = threading.Event()
+
+    def run(self):
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                conn.request("GET", "/poll")
+                r = conn.getresponse()
+                body = r.read()
+                self.samples.append((started, time.monotonic(), r.status == 200 and body == b"polled\n"))
+                if r.will_close:
+                    raise RuntimeError("the proxy closed the polling connection")
+        except Exception as e:  # recorded, asserted by the test
+            self.error = f"{type(e).__name__}: {e}"
+        conn.close()
