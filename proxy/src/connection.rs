@@ -158,17 +158,7 @@ async fn serve_from(
     let activity = Activity::new();
     let client = Arc::new(Client::new(peer, port, &shared.limits));
     let mut buf = BytesMut::new();
-    let mut stop = stop;
-    let end = downstream::serve(
-        &mut stream,
-        &mut buf,
-        &shared,
-        &client,
-        &activity,
-        &mut stop,
-        start,
-    )
-    .await;
+    let end = downstream::serve(&mut stream, &mut buf, &shared, &client, &activity, start).await;
     match end {
         End::Closed => {}
         End::HandOver => {
@@ -205,7 +195,8 @@ async fn serve_with_hyper(
             async move {
                 let body_timeout = shared.timeouts.body;
                 let req = req.map(|b| Either::Left(RequestBody::new(b, body_timeout)));
-                let mut resp = forward(&shared.routes, &shared.limits, &client, busy, req).await;
+                let mut resp =
+                    forward(&shared.routes, &shared.limits, &client, busy, req, None).await;
                 if shared.stopping.load(Ordering::Relaxed) {
                     resp.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));

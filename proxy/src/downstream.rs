@@ -27,13 +27,13 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::Activity;
 use super::forward::{forward, resume_awaiting, resumed_body, Client, ProxyBody, UpBody};
 use super::park;
 use super::state::{Shared, LINGER};
+use super::stopping::StopWait;
 use super::upstream::{Tokens, KEEP_CAPACITY};
 
 /// Request headers past this many get a 431 (hyper's default).
@@ -136,23 +136,19 @@ pub(super) async fn serve(
     shared: &Shared,
     client: &Client,
     activity: &std::sync::Arc<Activity>,
-    stop: &mut watch::Receiver<bool>,
     start: Start,
 ) -> End {
     let mut scratch = Scratch::default();
     let mut requests = 0u64;
-    // One timer and one stop watch for the connection's life, reset rather than made and
-    // dropped per request: an armed timer that is dropped takes the timer wheel's lock.
+    // One timer and one stop wait for the connection's life, reset rather than made and
+    // dropped per request: an armed timer that is dropped takes the timer wheel's lock. The
+    // timer is the request head's deadline between requests, and is lent to the forward for
+    // the response head's while one is answered.
     let sleep = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(sleep);
-    let stopped = *stop.borrow();
-    let stop = stop.wait_for(|s| *s);
-    tokio::pin!(stop);
-    let mut waits = Waits {
-        sleep,
-        stop,
-        stopped,
-    };
+    let stopped = shared.stopping.load(Ordering::Acquire);
+    let stop = StopWait::new(&shared.stopping);
+    let mut waits = Waits { stop, stopped };
     match start {
         Start::New => {}
         Start::Kept { fresh } => requests = u64::from(!fresh),
@@ -203,6 +199,7 @@ pub(super) async fn serve(
             buf,
             &mut scratch.headers,
             shared,
+            sleep.as_mut(),
             &mut waits,
             requests,
         )
@@ -225,7 +222,8 @@ pub(super) async fn serve(
         requests += 1;
         let busy = activity.begin();
         let Parsed { req, asked } = parsed;
-        let fwd = forward(&shared.routes, &shared.limits, client, busy, req);
+        let timer = Some(sleep.as_mut());
+        let fwd = forward(&shared.routes, &shared.limits, client, busy, req, timer);
         let end = answer(stream, buf, shared, &mut scratch, &mut waits, fwd, asked);
         if let Some(end) = end.await {
             return end;
@@ -245,12 +243,12 @@ pub(super) async fn serve(
 /// A restart that parks connections (park.rs) parks this one while the request waits for its
 /// answer's head, or once a clean point of its body is reached.
 #[allow(clippy::too_many_arguments)]
-async fn answer<S: Future, F: Future<Output = Response<ProxyBody>>>(
+async fn answer<F: Future<Output = Response<ProxyBody>>>(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
     scratch: &mut Scratch,
-    waits: &mut Waits<'_, S>,
+    waits: &mut Waits<'_>,
     fwd: F,
     asked: Asked,
 ) -> Option<End> {
@@ -269,7 +267,7 @@ async fn answer<S: Future, F: Future<Output = Response<ProxyBody>>>(
                 }
             }
             // A restart: the request, polled again, parks while nothing of its answer came.
-            _ = waits.stop.as_mut(), if !waits.stopped => waits.stopped = true,
+            () = poll_fn(|cx| waits.stop.poll_stopped(cx)), if !waits.stopped => waits.stopped = true,
         }
     };
     let (parts, body) = resp.into_parts();
@@ -311,24 +309,23 @@ fn parking(shared: &Shared) -> bool {
     shared.limits.lot.requested()
 }
 
-/// What a connection waits on between its requests, besides the client.
-struct Waits<'a, S> {
-    /// The deadline of the request head being waited for.
-    sleep: Pin<&'a mut Sleep>,
+/// What a connection waits on besides the client and its timer: the proxy's stop.
+struct Waits<'a> {
     /// The proxy's stop; not polled again once it came (`stopped`).
-    stop: Pin<&'a mut S>,
+    stop: StopWait<'a>,
     stopped: bool,
 }
 
 /// Waits for the next complete request head within the connection's timeout: the header
 /// timeout on a new connection, the idle one between requests, the linger once the proxy
 /// stops. `Err` when the connection ends first.
-async fn next_head<S: Future>(
+async fn next_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     spare: &mut HeaderMap,
     shared: &Shared,
-    waits: &mut Waits<'_, S>,
+    mut sleep: Pin<&mut Sleep>,
+    waits: &mut Waits<'_>,
     requests: u64,
 ) -> Result<Head, NoHead> {
     let t = &shared.timeouts;
@@ -337,7 +334,7 @@ async fn next_head<S: Future>(
     if waits.stopped {
         deadline = deadline.min(now + LINGER);
     }
-    waits.sleep.as_mut().reset(deadline);
+    sleep.as_mut().reset(deadline);
     loop {
         if !buf.is_empty() {
             match parse(buf, t.max_header_bytes, spare) {
@@ -357,16 +354,16 @@ async fn next_head<S: Future>(
                 Ok(n) if n > 0 => {}
                 _ => return Err(NoHead::Closed),
             },
-            () = waits.sleep.as_mut() => {
+            () = sleep.as_mut() => {
                 if requests == 0 && !waits.stopped {
                     tracing::debug!("no request head in time: closed");
                 }
                 return Err(NoHead::Closed);
             }
-            _ = waits.stop.as_mut(), if !waits.stopped => {
+            () = poll_fn(|cx| waits.stop.poll_stopped(cx)), if !waits.stopped => {
                 waits.stopped = true;
                 deadline = deadline.min(Instant::now() + LINGER);
-                waits.sleep.as_mut().reset(deadline);
+                sleep.as_mut().reset(deadline);
             }
         }
     }
@@ -558,7 +555,7 @@ async fn send_all(stream: &mut TcpStream, mut out: &[u8], shared: &Shared) -> Re
 
 /// Writes `resp` to the client; `Done(true)` when the connection can take another request.
 #[allow(clippy::too_many_arguments)]
-async fn respond<S: Future>(
+async fn respond(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
@@ -566,7 +563,7 @@ async fn respond<S: Future>(
     resp: Response<ProxyBody>,
     req: Asked,
     close: bool,
-    waits: &mut Waits<'_, S>,
+    waits: &mut Waits<'_>,
 ) -> Result<Sent, ()> {
     let (mut parts, body) = resp.into_parts();
     // The proxy's own answers may ask to close (a request refused, or one whose body was
@@ -596,7 +593,7 @@ async fn respond<S: Future>(
 /// of it that was read is sent, and nothing of the client's next request was read): the
 /// next proxy sends the rest.
 #[allow(clippy::too_many_arguments)]
-async fn send_body<S: Future>(
+async fn send_body(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
@@ -604,7 +601,7 @@ async fn send_body<S: Future>(
     mut body: ProxyBody,
     framing: Framing,
     close: bool,
-    waits: &mut Waits<'_, S>,
+    waits: &mut Waits<'_>,
 ) -> Result<Sent, ()> {
     let cap = shared.timeouts.max_header_bytes;
     let out = &mut scratch.out;
@@ -655,7 +652,7 @@ async fn send_body<S: Future>(
                 _ => return Err(()),
             },
             // A restart: park at the top of the loop, if the body can be parked now.
-            _ = waits.stop.as_mut(), if !waits.stopped => {
+            () = poll_fn(|cx| waits.stop.poll_stopped(cx)), if !waits.stopped => {
                 waits.stopped = true;
                 continue;
             }

@@ -623,6 +623,26 @@ async fn open(
         .map_err(|e| e.to_string())
 }
 
+/// `fut` within `limit`, when there is one, on `timer` when lent one.
+async fn within_timer<T>(
+    timer: Timer<'_>,
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match (limit, timer) {
+        (Some(d), Some(mut timer)) => {
+            timer.as_mut().reset(tokio::time::Instant::now() + d);
+            tokio::pin!(fut);
+            tokio::select! {
+                biased;
+                out = &mut fut => Some(out),
+                () = timer => None,
+            }
+        }
+        (limit, _) => within(limit, fut).await,
+    }
+}
+
 /// `fut` within `limit`, when there is one.
 async fn within<T>(
     limit: Option<Duration>,
@@ -640,14 +660,15 @@ impl Upstream {
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
+        timer: Timer<'_>,
     ) -> Result<Answer, Failed> {
         if matches!(req.body(), Either::Left(_)) {
-            return self
-                .send_with_body(backend, req, limits)
+            // Boxed: the rarer path's state does not weigh on every request's future.
+            return Box::pin(self.send_with_body(backend, req, limits))
                 .await
                 .map(Answer::Hyper);
         }
-        self.send_bodiless(backend, req, limits)
+        self.send_bodiless(backend, req, limits, timer)
             .await
             .map(Answer::Streamed)
     }
@@ -658,6 +679,7 @@ impl Upstream {
         backend: SocketAddr,
         req: Request<UpBody>,
         limits: &Limits,
+        mut timer: Timer<'_>,
     ) -> Result<Response<UpstreamBody>, Failed> {
         let mut req = req;
         let mut why = String::new();
@@ -685,7 +707,8 @@ impl Upstream {
             let again = if fresh { replayable(&req) } else { None };
             let (parts, empty) = req.into_parts();
             let sent = conn.send(parts, upstream::Idle, !fresh, Some(&limits.lot));
-            match within(limits.response, sent).await {
+            let timer = timer.as_mut().map(|t| t.as_mut());
+            match within_timer(timer, limits.response, sent).await {
                 Some(Ok(resp)) => return Ok(resp),
                 Some(Err(SendError::Parked(conn))) => {
                     return Err(Failed {
@@ -832,6 +855,11 @@ impl Client {
 /// for the next route alone would keep the request for the whole hold.
 const RETRY: Duration = Duration::from_millis(200);
 
+/// A client connection's timer, lent to its request for the response head's deadline (no
+/// timer of its own per request: a tokio `Sleep` is a kilobyte of the request's future, and
+/// registered and removed in the timer wheel each time); `None`: the request makes its own.
+pub(super) type Timer<'a> = Option<Pin<&'a mut tokio::time::Sleep>>;
+
 /// Sends `req` from `client` to a backend of the route and returns its response.
 pub(super) async fn forward(
     routes: &Routes,
@@ -839,6 +867,7 @@ pub(super) async fn forward(
     client: &Client,
     busy: Busy,
     mut req: Request<UpBody>,
+    mut timer: Timer<'_>,
 ) -> Response<ProxyBody> {
     let started = routes.timed.then(Instant::now);
     // A bodiless idempotent request can go to another replica if its backend fails.
@@ -886,7 +915,8 @@ pub(super) async fn forward(
         let Some(backend) = pool.pick(None) else {
             return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
         };
-        return tunnel(backend, limits, busy, req, protocol).await;
+        // Boxed: as above.
+        return Box::pin(tunnel(backend, limits, busy, req, protocol)).await;
     }
 
     // The client's Host passes through (the app sees the name it was called by); an HTTP/1.0
@@ -926,7 +956,8 @@ pub(super) async fn forward(
                 }
             }
             let inflight = InFlight::of(&pool, at, started);
-            let sent = Upstream.send(backend.addr, req, limits).await;
+            let timer = timer.as_mut().map(|t| t.as_mut());
+            let sent = Upstream.send(backend.addr, req, limits, timer).await;
             // A small answer to a request that can go elsewhere is read whole first: a replica
             // killed between its head and its body then costs a retry, not the client's answer.
             let sent = match sent {

@@ -32,7 +32,8 @@
 //! hyper's server for the rest), `server` (`run`: listeners, workers, signals, the control
 //! socket), `handover` (a reload: the successor on the same sockets), `pages` (start-up code
 //! handed back to the kernel), `client` (what the agent calls), `park` (a restart's
-//! connections, kept in systemd's store for the next proxy), `prefixed` (a client socket with
+//! connections, kept in systemd's store for the next proxy), `stopping` (the stop as a
+//! connection waits for it, without a lock shared by the workers), `prefixed` (a client socket with
 //! what was read of it ahead).
 
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ mod request_body;
 mod routes;
 mod server;
 mod state;
+mod stopping;
 mod upstream;
 
 pub use server::{run, Settings};
@@ -110,8 +112,9 @@ mod layering {
     /// messages and counters; the codec's pieces (client side, pool, request body); the
     /// routing table; one request's forward; the connection state; the two servers; the
     /// process.
-    const RANKS: [(&str, u8); 21] = [
+    const RANKS: [(&str, u8); 22] = [
         ("protocol", 0),
+        ("stopping", 0),
         ("park", 0),
         ("pages", 0),
         ("ipc", 0),

@@ -236,7 +236,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         lot.request();
         let _ = park_tx.send(true);
     }
-    shared.stopping.store(true, Ordering::Relaxed);
+    shared.stopping.store(true, Ordering::Release);
     let _ = stop_tx.send(true);
     if !handed_over && !parking {
         routes.cut_all();
@@ -467,6 +467,12 @@ fn worker(
         for r in resumed {
             tokio::spawn(connection::resume(r, shared.clone(), stop.clone()));
         }
+        // The stop wakes this worker's waiting connections (stopping.rs).
+        let mut stopped = stop.clone();
+        tokio::spawn(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            super::stopping::wake_all();
+        });
         accept_until_stopped(listener, shared, stop).await;
         // Keep serving the connections already open until the process ends.
         std::future::pending::<()>().await;
