@@ -623,26 +623,6 @@ async fn open(
         .map_err(|e| e.to_string())
 }
 
-/// `fut` within `limit`, when there is one, on `timer` when lent one.
-async fn within_timer<T>(
-    timer: Timer<'_>,
-    limit: Option<Duration>,
-    fut: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    match (limit, timer) {
-        (Some(d), Some(mut timer)) => {
-            timer.as_mut().reset(tokio::time::Instant::now() + d);
-            tokio::pin!(fut);
-            tokio::select! {
-                biased;
-                out = &mut fut => Some(out),
-                () = timer => None,
-            }
-        }
-        (limit, _) => within(limit, fut).await,
-    }
-}
-
 /// `fut` within `limit`, when there is one.
 async fn within<T>(
     limit: Option<Duration>,
@@ -655,24 +635,6 @@ async fn within<T>(
 }
 
 impl Upstream {
-    async fn send(
-        self,
-        backend: SocketAddr,
-        req: Request<UpBody>,
-        limits: &Limits,
-        timer: Timer<'_>,
-    ) -> Result<Answer, Failed> {
-        if matches!(req.body(), Either::Left(_)) {
-            // Boxed: the rarer path's state does not weigh on every request's future.
-            return Box::pin(self.send_with_body(backend, req, limits))
-                .await
-                .map(Answer::Hyper);
-        }
-        self.send_bodiless(backend, req, limits, timer)
-            .await
-            .map(Answer::Streamed)
-    }
-
     /// A request without a body, through berth's own client (upstream.rs).
     async fn send_bodiless(
         self,
@@ -695,7 +657,8 @@ impl Upstream {
             let fresh = reused.is_none();
             let conn = match reused {
                 Some(c) => c,
-                None => match upstream::connect(backend, limits.connect).await {
+                // Boxed: most requests reuse a connection.
+                None => match Box::pin(upstream::connect(backend, limits.connect)).await {
                     Ok(c) => c,
                     Err(error) => return Err(Failed::unreachable(error, req)),
                 },
@@ -706,9 +669,25 @@ impl Upstream {
             // anyway.
             let again = if fresh { replayable(&req) } else { None };
             let (parts, empty) = req.into_parts();
-            let sent = conn.send(parts, upstream::Idle, !fresh, Some(&limits.lot));
-            let timer = timer.as_mut().map(|t| t.as_mut());
-            match within_timer(timer, limits.response, sent).await {
+            let lot = Some(&*limits.lot);
+            // Within the response timeout: on the connection's timer when lent one (the send
+            // made in place in each arm, so that the request's future holds it once).
+            let answer = match (limits.response, timer.as_mut()) {
+                (Some(limit), Some(timer)) => {
+                    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+                    tokio::select! {
+                        biased;
+                        sent = conn.send(parts, upstream::Idle, !fresh, lot) => Some(sent),
+                        () = timer.as_mut() => None,
+                    }
+                }
+                // Its own timer, boxed: its kilobyte does not weigh on every request's future.
+                (limit, _) => {
+                    let sent = conn.send(parts, upstream::Idle, !fresh, lot);
+                    Box::pin(within(limit, sent)).await
+                }
+            };
+            match answer {
                 Some(Ok(resp)) => return Ok(resp),
                 Some(Err(SendError::Parked(conn))) => {
                     return Err(Failed {
@@ -956,8 +935,18 @@ pub(super) async fn forward(
                 }
             }
             let inflight = InFlight::of(&pool, at, started);
-            let timer = timer.as_mut().map(|t| t.as_mut());
-            let sent = Upstream.send(backend.addr, req, limits, timer).await;
+            let sent = if matches!(req.body(), Either::Left(_)) {
+                // Boxed: the rarer path's state does not weigh on every request's future.
+                Box::pin(Upstream.send_with_body(backend.addr, req, limits))
+                    .await
+                    .map(Answer::Hyper)
+            } else {
+                let timer = timer.as_mut().map(|t| t.as_mut());
+                Upstream
+                    .send_bodiless(backend.addr, req, limits, timer)
+                    .await
+                    .map(Answer::Streamed)
+            };
             // A small answer to a request that can go elsewhere is read whole first: a replica
             // killed between its head and its body then costs a retry, not the client's answer.
             let sent = match sent {

@@ -110,10 +110,18 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
         }
     };
     // Connections the proxy before this one parked: systemd passed them after the sockets.
+    // Parking needs systemd's store: without its notify socket the descriptors would go
+    // nowhere, and the connections are better finished here.
+    let store = settings.fd_store && std::env::var_os("NOTIFY_SOCKET").is_some();
+    if settings.fd_store && !store {
+        tracing::warn!(
+            "--fd-store without systemd's notify socket: connections are not parked on SIGTERM"
+        );
+    }
     let note_dir = settings
         .state
         .as_deref()
-        .filter(|_| settings.fd_store)
+        .filter(|_| store)
         .and_then(|p| p.parent())
         .map(|d| {
             if d.as_os_str().is_empty() {
