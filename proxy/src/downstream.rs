@@ -152,28 +152,20 @@ pub(super) async fn serve(
     match start {
         Start::New => {}
         Start::Kept { fresh } => requests = u64::from(!fresh),
+        // Boxed, as they are rare: an idle connection's task keeps no room for them.
         Start::Stream(backend, at) => {
             requests = 1;
-            let busy = activity.begin();
-            let body = resumed_body(&shared.routes, backend, at.backend, at.body, at.keep, busy);
-            let close = at.close;
-            let framing = match at.sent_as {
-                park::SentAs::Length => Framing::Length,
-                park::SentAs::Chunked => Framing::Chunked,
-                park::SentAs::Close => Framing::Close,
-            };
-            let sent = send_body(
+            let resumed = Box::pin(resume_stream(
                 stream,
                 buf,
                 shared,
+                activity,
                 &mut scratch,
-                body,
-                framing,
-                close,
                 &mut waits,
-            )
-            .await;
-            if let Some(end) = after(stream, sent).await {
+                backend,
+                at,
+            ));
+            if let Some(end) = resumed.await {
                 return end;
             }
         }
@@ -186,8 +178,22 @@ pub(super) async fn serve(
                 http10: at.http10,
                 close: at.close,
             };
-            let fwd = resume_awaiting(&shared.routes, &shared.limits, backend, &at, busy);
-            let end = answer(stream, buf, shared, &mut scratch, &mut waits, fwd, asked);
+            let fwd = Box::pin(resume_awaiting(
+                &shared.routes,
+                &shared.limits,
+                backend,
+                &at,
+                busy,
+            ));
+            let end = Box::pin(answer(
+                stream,
+                buf,
+                shared,
+                &mut scratch,
+                &mut waits,
+                fwd,
+                asked,
+            ));
             if let Some(end) = end.await {
                 return end;
             }
@@ -223,7 +229,17 @@ pub(super) async fn serve(
         let busy = activity.begin();
         let Parsed { req, asked } = parsed;
         let timer = Some(sleep.as_mut());
-        let fwd = forward(&shared.routes, &shared.limits, client, busy, req, timer);
+        // Boxed before it is handed on: the connection's task then keeps no room for a
+        // request's state while it waits for the next one (an idle kept-alive connection costs
+        // less).
+        let fwd = Box::pin(forward(
+            &shared.routes,
+            &shared.limits,
+            client,
+            busy,
+            req,
+            timer,
+        ));
         let end = answer(stream, buf, shared, &mut scratch, &mut waits, fwd, asked);
         if let Some(end) = end.await {
             return end;
@@ -249,12 +265,9 @@ async fn answer<F: Future<Output = Response<ProxyBody>>>(
     shared: &Shared,
     scratch: &mut Scratch,
     waits: &mut Waits<'_>,
-    fwd: F,
+    mut fwd: Pin<Box<F>>,
     asked: Asked,
 ) -> Option<End> {
-    // Boxed: the connection's task then keeps no room for a request's state while it waits
-    // for the next one (an idle kept-alive connection costs less).
-    let mut fwd = Box::pin(fwd);
     // The client is watched while its request is answered: one that goes away (not a
     // half-close: hyper's server ends those too) cancels the request.
     let resp = loop {
@@ -289,6 +302,30 @@ async fn answer<F: Future<Output = Response<ProxyBody>>>(
     // A restart parks the connection after this answer rather than close it.
     let close = asked.close || (shared.stopping.load(Ordering::Relaxed) && !parking(shared));
     let sent = respond(stream, buf, shared, scratch, resp, asked, close, waits).await;
+    after(stream, sent).await
+}
+
+/// The rest of a body the proxy before this one parked (park.rs): `None` when the connection
+/// then takes another request.
+#[allow(clippy::too_many_arguments)]
+async fn resume_stream(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    activity: &std::sync::Arc<Activity>,
+    scratch: &mut Scratch,
+    waits: &mut Waits<'_>,
+    backend: TcpStream,
+    at: park::Stream,
+) -> Option<End> {
+    let busy = activity.begin();
+    let body = resumed_body(&shared.routes, backend, at.backend, at.body, at.keep, busy);
+    let framing = match at.sent_as {
+        park::SentAs::Length => Framing::Length,
+        park::SentAs::Chunked => Framing::Chunked,
+        park::SentAs::Close => Framing::Close,
+    };
+    let sent = send_body(stream, buf, shared, scratch, body, framing, at.close, waits).await;
     after(stream, sent).await
 }
 

@@ -143,6 +143,16 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             .ok()
             .flatten()
     });
+    // What was passed and not taken back (no note for it, or parking is off now) is closed:
+    // else its client would wait on a connection nobody serves. (AF_INET takes IPv6 too.)
+    for p in &passed {
+        let _ = inherited.take_custom::<std::net::TcpStream>(
+            p.index,
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            "a parked connection",
+        );
+    }
     if !passed.is_empty() {
         tracing::info!(
             "restart: took back {} connections the proxy before parked ({})",
