@@ -33,8 +33,8 @@
 //! socket), `handover` (a reload: the successor on the same sockets), `pages` (start-up code
 //! handed back to the kernel), `client` (what the agent calls), `park` (a restart's
 //! connections, kept in systemd's store for the next proxy), `stopping` (the stop as a
-//! connection waits for it, without a lock shared by the workers), `prefixed` (a client socket with
-//! what was read of it ahead).
+//! connection waits for it, without a lock shared by the workers), `prefixed` (a client
+//! socket with what was read of it ahead).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -34,7 +34,9 @@ pub(super) struct Shared {
     pub(super) routes: Arc<Routes>,
     pub(super) limits: Limits,
     pub(super) timeouts: Timeouts,
-    /// Set once SIGTERM arrived: responses say `Connection: close`.
+    /// Set once SIGTERM arrived (or a reload handed over): responses say `Connection: close`
+    /// unless the connection is to be parked, and each connection's wait for the stop
+    /// (stopping.rs) reads it.
     pub(super) stopping: AtomicBool,
     /// Client connections open now (the stop waits for them).
     pub(super) open: AtomicU64,
