@@ -350,17 +350,9 @@ fn backend_serving(serve: fn(BufReader<TcpStream>, TcpStream)) -> SocketAddr {
 /// A keep-alive backend whose body is the request head it received (request line and headers).
 fn echo_head_backend() -> SocketAddr {
     backend_serving(|mut reader, mut out| loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
+        let Some(head) = read_head(&mut reader) else {
+            return;
+        };
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{head}",
             head.len()
@@ -369,6 +361,21 @@ fn echo_head_backend() -> SocketAddr {
             return;
         }
     })
+}
+
+/// A request head (request line and headers), up to its empty line; `None` at the end.
+fn read_head(reader: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(head);
+        }
+        head.push_str(&line);
+    }
 }
 
 /// Every value of header `name` in a request head, in order.
@@ -631,9 +638,9 @@ fn request_and_response_bodies_pass_whole_both_ways() {
 }
 
 #[test]
-fn pipelined_requests_and_a_hand_over_to_hypers_server_are_answered_in_order() {
-    // Bodiless requests are berth's own server's; the POST hands the connection to hyper's,
-    // with the bytes already read: all four answers come back whole and in order.
+fn pipelined_requests_with_and_without_bodies_are_answered_in_order() {
+    // The POST's body is read to its end and no further: the GET behind it is the next
+    // request. All four answers come back whole and in order.
     let backend = echo_body_backend();
     let proxy = Proxy::start(Some(backend), &[]);
     let (mut reader, mut w) = connected(proxy.addr);
@@ -648,6 +655,97 @@ fn pipelined_requests_and_a_hand_over_to_hypers_server_are_answered_in_order() {
         assert_eq!(body.len(), want.len(), "{head:?}");
         assert!(body == want, "{head:?}");
     }
+}
+
+/// A backend that answers a request as soon as its head is in, without reading its body:
+/// a 413, then it keeps the connection open a while.
+fn refusing_backend() -> SocketAddr {
+    backend_serving(|mut reader, mut out| {
+        if read_head(&mut reader).is_none() {
+            return;
+        }
+        let _ =
+            out.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big\n");
+        std::thread::sleep(Duration::from_secs(5));
+    })
+}
+
+/// Whether the proxy closed `r`'s connection (within its read timeout).
+fn closed_by_proxy(r: &mut BufReader<TcpStream>) -> bool {
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).is_ok() && rest.is_empty()
+}
+
+#[test]
+fn a_100_continue_goes_out_when_the_body_is_wanted_and_an_early_answer_ends_the_body() {
+    // The backend reads the body (and sends no 100 of its own): the proxy's 100 comes once
+    // it sends the body (after waiting a moment for the backend's word), then the answer, and
+    // the connection carries the next request.
+    let proxy = Proxy::start(Some(echo_body_backend()), &[]);
+    let (mut reader, mut w) = connected(proxy.addr);
+    w.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = read_message(&mut reader).expect("a 100");
+    assert_eq!(head[0], "http/1.1 100 continue", "{head:?}");
+    assert!(body.is_empty());
+    w.write_all(b"hello").unwrap();
+    let (head, body) = read_message(&mut reader).expect("the answer");
+    assert_eq!(head[0], "http/1.1 200 ok", "{head:?}");
+    assert_eq!(body, b"hello");
+    w.write_all(b"GET /big/3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let (_, body) = read_message(&mut reader).expect("the next answer");
+    assert_eq!(body, pattern(3));
+
+    // The backend sees the expectation, so that it can refuse before the body moves.
+    let proxy = Proxy::start(Some(echo_head_backend()), &[]);
+    let (mut reader, mut w) = connected(proxy.addr);
+    w.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    let (_, body) = read_message(&mut reader).expect("the answer");
+    let seen = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(values(&seen, "expect"), ["100-continue"], "{seen}");
+
+    // A backend that refuses at once: no 100 goes out, its answer does, and the connection
+    // closes (what the client may still send of the body is no request).
+    let refusing = refusing_backend();
+    let proxy = Proxy::start(Some(refusing), &[]);
+    let (mut reader, mut w) = connected(proxy.addr);
+    w.write_all(
+        b"PUT /up HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5000000\r\n\r\n",
+    )
+    .unwrap();
+    let (head, body) = read_message(&mut reader).expect("the early answer");
+    assert_eq!(head[0], "http/1.1 413 payload too large", "{head:?}");
+    assert!(head.contains(&"connection: close".to_string()), "{head:?}");
+    assert_eq!(body, b"too big\n");
+    assert!(closed_by_proxy(&mut reader));
+
+    // Without Expect, a client already sending a large body gets the early answer too, its
+    // connection closed after it; the backend stays in rotation.
+    let (mut reader, mut w) = connected(proxy.addr);
+    w.write_all(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000\r\n\r\n")
+        .unwrap();
+    let _ = w.write_all(&pattern(200_000));
+    let (head, _) = read_message(&mut reader).expect("the early answer");
+    assert_eq!(head[0], "http/1.1 413 payload too large", "{head:?}");
+    assert!(head.contains(&"connection: close".to_string()), "{head:?}");
+    let status = proxy.control(json!({"op": "status"}));
+    assert_eq!(status["faults"].get("bad_response"), None, "{status}");
+    let started = Instant::now();
+    let (mut reader, mut w) = connected(proxy.addr);
+    w.write_all(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx")
+        .unwrap();
+    let (head, _) = read_message(&mut reader).expect("an answer");
+    assert_eq!(head[0], "http/1.1 413 payload too large", "{head:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "held: marked down?"
+    );
 }
 
 #[test]

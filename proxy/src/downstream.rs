@@ -1,7 +1,9 @@
-//! The client side of a request without a body (most are): berth's own HTTP/1.1 server on
-//! one client connection. The connection's task reads and parses each request head, hands
-//! the request to [`forward`], and writes the response head and body itself, so a request
-//! and its answer cost no hand-over between tasks or dispatchers.
+//! The client side of a request: berth's own HTTP/1.1 server on one client connection. The
+//! connection's task reads and parses each request head, decodes its body (if any) into the
+//! request's body queue (request_body.rs) as the backend's side takes it, hands the request to
+//! [`forward`], writes the response head and body itself, and after a `101 Switching
+//! Protocols` relays the tunnel, so a request and its answer cost no hand-over between tasks
+//! or dispatchers.
 //!
 //! Why by hand: hyper's server runs its dispatcher and its encoder between the socket and
 //! the service, and keeps its own buffers per connection. Under tests/bench/proxy.py's load
@@ -9,15 +11,17 @@
 //! upstream.rs leaving the hop-by-hop headers out) took the proxy's RSS from 6.0 to 3.2-4.7
 //! MiB (nginx's worker: 6.3) and its CPU per request from 1.20x nginx's to 1.02x; under
 //! callgrind, 24.3k user-space instructions per request against 31.7k with hyper's server
-//! (nginx: 19.0k). The parsing is httparse's (hyper's own parser). A request this path does not take (a body, an upgrade, `Expect`, CONNECT) hands
-//! the connection, with what was read of it, to hyper's server for the rest of its life
-//! (connection.rs): those are rare, and hyper already does them well.
+//! (nginx: 19.0k). The parsing is httparse's (hyper's own parser); the framing of bodies is
+//! h1.rs's, the same for both directions. Requests with a body went through hyper's server
+//! and client until berth owned them too: two codecs framed the same message two ways, and
+//! a connection hyper held could not be parked by a restart (park.rs).
 
 use std::future::{poll_fn, Future};
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::Poll;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,12 +33,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::activity::Activity;
-use super::forward::{forward, resume_awaiting, resumed_body, Client, ProxyBody, UpBody};
+use super::forward::{forward, resume_awaiting, resumed_body, Client, ProxyBody, Switched, UpBody};
+use super::h1::Tokens;
+use super::h1::{self, Framing as Framing1, Piece};
 use super::park;
+use super::request_body::{Progress, RequestBody};
 use super::state::{Shared, LINGER};
 use super::stopping::StopWait;
-use super::upstream::{Tokens, KEEP_CAPACITY};
+use super::upstream::KEEP_CAPACITY;
 
 /// Request headers past this many get a 431 (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -50,8 +56,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 pub(super) enum End {
     /// It is closed (or to be dropped).
     Closed,
-    /// The buffered request is one for hyper's server: it serves the connection from here.
-    HandOver,
+    /// A `101 Switching Protocols` was sent: the connection is a tunnel to the backend's from
+    /// here, what is left of the read buffer the client's first bytes in it.
+    Tunnel(Box<Switched>),
     /// The proxy is restarting and the connection is at a clean point: it is to be parked
     /// (park.rs), with its backend connection when a body is on its way.
     Park(park::Kind, Option<TcpStream>),
@@ -78,6 +85,8 @@ enum Sent {
     Done(bool),
     /// Parked at a clean point of its body (the proxy is restarting).
     Park(park::Kind, TcpStream),
+    /// Switched protocols: a tunnel from here.
+    Switched(Box<Switched>),
 }
 
 /// Why no request head came.
@@ -88,10 +97,69 @@ enum NoHead {
     Park,
 }
 
-/// A parsed request head: the request for [`forward`], and how its answer is framed.
+/// A parsed request head: the request for [`forward`], how its answer is framed, and how its
+/// body ends (none: no body).
 struct Parsed {
     req: Request<UpBody>,
     asked: Asked,
+    body: Option<BodyAsked>,
+}
+
+/// What a request head says of its body.
+#[derive(Debug, Clone, Copy)]
+struct BodyAsked {
+    framing: Framing1,
+    /// `Expect: 100-continue` (HTTP/1.1): the client waits for a 100 before it sends the body.
+    expect: bool,
+}
+
+/// A request body on its way: decoded from the connection's read buffer into the queue the
+/// backend's side reads (request_body.rs).
+struct Inbound {
+    progress: Arc<Progress>,
+    framing: Framing1,
+    /// A 100 Continue is owed once the backend's side asks for the body.
+    expect: bool,
+    /// Decoded to its end: what follows in the buffer is the next request.
+    done: bool,
+    /// Malformed (the client's fault): nothing more is read of it.
+    failed: bool,
+}
+
+impl Inbound {
+    /// Decodes what the buffer holds of the body into the queue, while it has room.
+    fn pump(&mut self, buf: &mut BytesMut, max_trailers: usize) {
+        if self.done || self.failed || self.progress.dropped() {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while self.progress.poll_room(&mut cx).is_ready() {
+            match h1::decode(&mut self.framing, buf, max_trailers) {
+                Ok(Piece::Data(data)) => {
+                    // The client sent the body without waiting: no 100 is owed.
+                    self.expect = false;
+                    self.progress.push(data);
+                }
+                Ok(Piece::End) => {
+                    self.done = true;
+                    self.progress.complete();
+                    return;
+                }
+                Ok(Piece::More) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a malformed request body");
+                    self.failed = true;
+                    self.progress.malformed();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether more of the body is to be read from the client.
+    fn reading(&self) -> bool {
+        !self.done && !self.failed && !self.progress.dropped()
+    }
 }
 
 /// What the request says of its answer's framing.
@@ -122,20 +190,16 @@ struct Scratch {
 #[allow(clippy::large_enum_variant)]
 enum Head {
     Plain(Parsed),
-    /// A request for hyper's server (see the module's doc).
-    Other,
     /// Not a request this server answers: the status, then the connection closes.
     Refused(StatusCode),
 }
 
-/// Serves the connection's requests until it closes, or one of them is for hyper's server
-/// (`End::HandOver`, the request still in `buf`).
+/// Serves the connection's requests until it closes, switches protocols, or is parked.
 pub(super) async fn serve(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
     client: &Client,
-    activity: &std::sync::Arc<Activity>,
     start: Start,
 ) -> End {
     let mut scratch = Scratch::default();
@@ -159,7 +223,6 @@ pub(super) async fn serve(
                 stream,
                 buf,
                 shared,
-                activity,
                 &mut scratch,
                 &mut waits,
                 backend,
@@ -172,7 +235,6 @@ pub(super) async fn serve(
         Start::Awaiting(backend, at) => {
             requests = 1;
             buf.extend_from_slice(&at.ahead);
-            let busy = activity.begin();
             let asked = Asked {
                 head: at.head,
                 http10: at.http10,
@@ -183,7 +245,6 @@ pub(super) async fn serve(
                 &shared.limits,
                 backend,
                 &at,
-                busy,
             ));
             let end = Box::pin(answer(
                 stream,
@@ -193,6 +254,7 @@ pub(super) async fn serve(
                 &mut waits,
                 fwd,
                 asked,
+                None,
             ));
             if let Some(end) = end.await {
                 return end;
@@ -212,8 +274,8 @@ pub(super) async fn serve(
         .await
         {
             Ok(Head::Plain(p)) => p,
-            Ok(Head::Other) => return End::HandOver,
             Ok(Head::Refused(code)) => {
+                shared.limits.faults.refused();
                 let _ = refuse(stream, &mut scratch.out, code).await;
                 return End::Closed;
             }
@@ -226,21 +288,39 @@ pub(super) async fn serve(
             }
         };
         requests += 1;
-        let busy = activity.begin();
-        let Parsed { req, asked } = parsed;
+        let Parsed {
+            mut req,
+            asked,
+            body,
+        } = parsed;
+        // Boxed: most requests have none.
+        let inbound = body.map(|b| {
+            let progress = Arc::new(Progress::default());
+            *req.body_mut() =
+                Either::Left(RequestBody::new(progress.clone(), shared.timeouts.body));
+            Box::new(Inbound {
+                progress,
+                framing: b.framing,
+                expect: b.expect,
+                done: false,
+                failed: false,
+            })
+        });
         let timer = Some(sleep.as_mut());
         // Boxed before it is handed on: the connection's task then keeps no room for a
         // request's state while it waits for the next one (an idle kept-alive connection costs
         // less).
-        let fwd = Box::pin(forward(
-            &shared.routes,
-            &shared.limits,
-            client,
-            busy,
-            req,
-            timer,
-        ));
-        let end = answer(stream, buf, shared, &mut scratch, &mut waits, fwd, asked);
+        let fwd = Box::pin(forward(&shared.routes, &shared.limits, client, req, timer));
+        let end = answer(
+            stream,
+            buf,
+            shared,
+            &mut scratch,
+            &mut waits,
+            fwd,
+            asked,
+            inbound,
+        );
         if let Some(end) = end.await {
             return end;
         }
@@ -256,8 +336,9 @@ pub(super) async fn serve(
 }
 
 /// Waits for `fwd`'s answer and writes it: `None` when the connection takes another request.
-/// A restart that parks connections (park.rs) parks this one while the request waits for its
-/// answer's head, or once a clean point of its body is reached.
+/// Meanwhile the request's body (`inbound`) is read from the client as the backend's side
+/// takes it. A restart that parks connections (park.rs) parks this one while the request
+/// waits for its answer's head, or once a clean point of its body is reached.
 #[allow(clippy::too_many_arguments)]
 async fn answer<F: Future<Output = Response<ProxyBody>>>(
     stream: &mut TcpStream,
@@ -267,15 +348,42 @@ async fn answer<F: Future<Output = Response<ProxyBody>>>(
     waits: &mut Waits<'_>,
     mut fwd: Pin<Box<F>>,
     asked: Asked,
+    mut inbound: Option<Box<Inbound>>,
 ) -> Option<End> {
+    let cap = shared.timeouts.max_header_bytes;
     // The client is watched while its request is answered: one that goes away (not a
     // half-close: hyper's server ends those too) cancels the request.
     let resp = loop {
+        if let Some(i) = inbound.as_mut() {
+            i.pump(buf, cap);
+        }
+        let owed = inbound.as_ref().is_some_and(|i| i.expect && i.reading());
         tokio::select! {
             biased;
             resp = &mut fwd => break resp,
-            read = read_more(stream, buf), if buf.len() < shared.timeouts.max_header_bytes => {
+            // The backend's side asks for the body an `Expect: 100-continue` held back.
+            () = poll_fn(|cx| match inbound.as_ref() {
+                Some(i) => i.progress.poll_wanted(cx),
+                None => Poll::Pending,
+            }), if owed => {
+                if let Some(i) = inbound.as_mut() {
+                    i.expect = false;
+                }
+                if send_all(stream, b"HTTP/1.1 100 Continue\r\n\r\n", shared).await.is_err() {
+                    return Some(End::Closed);
+                }
+            }
+            read = poll_fn(|cx| {
+                // The body is read only as fast as the backend's side takes it.
+                if let Some(i) = inbound.as_ref().filter(|i| i.reading()) {
+                    std::task::ready!(i.progress.poll_room(cx));
+                }
+                poll_read_more(stream, buf, cx)
+            }), if buf.len() < cap => {
                 if !matches!(read, Ok(n) if n > 0) {
+                    if let Some(i) = inbound.as_ref().filter(|i| i.reading()) {
+                        i.progress.malformed();
+                    }
                     return Some(End::Closed);
                 }
             }
@@ -283,6 +391,9 @@ async fn answer<F: Future<Output = Response<ProxyBody>>>(
             () = poll_fn(|cx| waits.stop.poll_stopped(cx)), if !waits.stopped => waits.stopped = true,
         }
     };
+    // A body not read to its end: what is left of it must not be taken for the next request.
+    let unread = inbound.as_ref().is_some_and(|i| !i.done);
+    drop(inbound);
     let (parts, body) = resp.into_parts();
     let body = match body.take_parked() {
         Ok((backend, addr, bucket)) => {
@@ -300,7 +411,8 @@ async fn answer<F: Future<Output = Response<ProxyBody>>>(
     };
     let resp = Response::from_parts(parts, body);
     // A restart parks the connection after this answer rather than close it.
-    let close = asked.close || (shared.stopping.load(Ordering::Relaxed) && !parking(shared));
+    let close =
+        asked.close || unread || (shared.stopping.load(Ordering::Relaxed) && !parking(shared));
     let sent = respond(stream, buf, shared, scratch, resp, asked, close, waits).await;
     after(stream, sent).await
 }
@@ -312,14 +424,12 @@ async fn resume_stream(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     shared: &Shared,
-    activity: &std::sync::Arc<Activity>,
     scratch: &mut Scratch,
     waits: &mut Waits<'_>,
     backend: TcpStream,
     at: park::Stream,
 ) -> Option<End> {
-    let busy = activity.begin();
-    let body = resumed_body(&shared.routes, backend, at.backend, at.body, at.keep, busy);
+    let body = resumed_body(&shared.routes, backend, at.backend, at.body, at.keep);
     let framing = match at.sent_as {
         park::SentAs::Length => Framing::Length,
         park::SentAs::Chunked => Framing::Chunked,
@@ -334,6 +444,7 @@ async fn after(stream: &mut TcpStream, sent: Result<Sent, ()>) -> Option<End> {
     match sent {
         Ok(Sent::Done(true)) => None,
         Ok(Sent::Park(kind, backend)) => Some(End::Park(kind, Some(backend))),
+        Ok(Sent::Switched(tunnel)) => Some(End::Tunnel(tunnel)),
         Ok(Sent::Done(false)) | Err(()) => {
             let _ = stream.shutdown().await;
             Some(End::Closed)
@@ -419,8 +530,19 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Resul
     poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *stream), cx, buf)).await
 }
 
-/// The request head at the start of `buf`, consumed unless it is one for hyper's server;
-/// `None` while it is incomplete.
+/// [`read_more`] as a poll, with room made at once (a request is in flight).
+fn poll_read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
+}
+
+/// The request head at the start of `buf`, consumed; `None` while it is incomplete.
 fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> {
     // Left uninitialized: httparse writes only the headers it finds, and filling the hundred
     // first cost more than the parse itself.
@@ -442,32 +564,28 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
     };
     let http10 = minor == 0;
     let mut connection = Tokens::default();
+    let mut framed = false;
+    let mut expect = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            // A body of zero bytes is none.
-            if h.value.is_empty() || h.value.iter().any(|b| *b != b'0') {
-                return Some(Head::Other);
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
+        if name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
         {
-            return Some(Head::Other);
+            framed = true;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            // The one expectation there is (RFC 9110 section 10.1.1); HTTP/1.0 ignores it.
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                return Some(Head::Refused(StatusCode::EXPECTATION_FAILED));
+            }
+            expect = !http10;
         } else if name.eq_ignore_ascii_case(b"connection") {
             connection.read(h.value);
         }
-    }
-    if connection.upgrade {
-        return Some(Head::Other);
     }
     let close = !connection.keeps_alive(!http10);
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Some(Head::Refused(StatusCode::BAD_REQUEST));
     };
-    if method == Method::CONNECT {
-        return Some(Head::Other);
-    }
     // The values are slices of one copy of the head, so the read buffer stays whole and is
     // reused without a new allocation.
     let copy = Bytes::copy_from_slice(&buf[..len]);
@@ -483,6 +601,11 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
     let mut map = std::mem::take(spare);
     map.reserve(req.headers.len() + ADDED_HEADERS);
     for h in req.headers.iter() {
+        // An HTTP/1.0 client's expectation is ignored (RFC 9110 section 10.1.1); an HTTP/1.1
+        // one's goes on, so that the backend may refuse before the body moves (upstream.rs).
+        if http10 && h.name.eq_ignore_ascii_case("expect") {
+            continue;
+        }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(h.name.as_bytes()),
             HeaderValue::from_maybe_shared(slice(h.value)),
@@ -491,6 +614,18 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
         };
         map.append(name, value);
     }
+    let body = if framed {
+        match h1::request_framing(&map, http10) {
+            Ok(Framing1::Length(0)) => None,
+            Ok(framing) => Some(BodyAsked { framing, expect }),
+            Err((code, why)) => {
+                tracing::debug!(status = code.as_u16(), %why, "a request's framing refused");
+                return Some(Head::Refused(code));
+            }
+        }
+    } else {
+        None
+    };
     buf.advance(len);
     let head = method == Method::HEAD;
     let mut request = Request::new(Either::Right(Empty::new()));
@@ -509,16 +644,17 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
             http10,
             close,
         },
+        body,
     }))
 }
 
-/// What [`parse`] made of a head, for the framing tests (framing_fuzz.rs).
+/// What [`parse`] made of a head, for the framing tests (framing_fuzz.rs): the request and
+/// how its body ends (none: no body) and whether it expects a 100.
 #[cfg(test)]
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Verdict {
-    Plain(Request<UpBody>),
-    HandOver,
+    Plain(Request<UpBody>, Option<(Framing1, bool)>),
     Refused(StatusCode),
     Incomplete,
 }
@@ -526,8 +662,7 @@ pub(super) enum Verdict {
 #[cfg(test)]
 pub(super) fn parse_for_tests(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Verdict {
     match parse(buf, max, spare) {
-        Some(Head::Plain(p)) => Verdict::Plain(p.req),
-        Some(Head::Other) => Verdict::HandOver,
+        Some(Head::Plain(p)) => Verdict::Plain(p.req, p.body.map(|b| (b.framing, b.expect))),
         Some(Head::Refused(c)) => Verdict::Refused(c),
         None => Verdict::Incomplete,
     }
@@ -603,6 +738,9 @@ async fn respond(
     waits: &mut Waits<'_>,
 ) -> Result<Sent, ()> {
     let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        return switch(stream, shared, scratch, parts, body).await;
+    }
     // The proxy's own answers may ask to close (a request refused, or one whose body was
     // left unread); a backend's Connection header is gone by now (forward.rs).
     let close = close || parts.headers.remove(header::CONNECTION).is_some();
@@ -623,6 +761,34 @@ async fn respond(
     scratch.headers = parts.headers;
     scratch.headers.clear();
     send_body(stream, buf, shared, scratch, body, framing, close, waits).await
+}
+
+/// Writes a `101 Switching Protocols` (its Connection and Upgrade set by forward.rs): the
+/// connection is a tunnel from here.
+async fn switch(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    scratch: &mut Scratch,
+    parts: hyper::http::response::Parts,
+    body: ProxyBody,
+) -> Result<Sent, ()> {
+    let Ok(tunnel) = body.take_switched() else {
+        // Only forward.rs's tunnel answers 101, with the connection in its body.
+        tracing::error!("a 101 without its backend connection: closed");
+        return Err(());
+    };
+    let out = &mut scratch.out;
+    status_line(out, parts.status);
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    send_all(stream, out, shared).await?;
+    out.clear();
+    Ok(Sent::Switched(tunnel))
 }
 
 /// Writes `body` to the client, framed, after what `scratch.out` holds (its head). Once the
@@ -716,7 +882,7 @@ async fn send_body(
         }
     }
     if framing == Framing::Chunked {
-        out.extend_from_slice(b"0\r\n\r\n");
+        out.extend_from_slice(h1::LAST_CHUNK);
     }
     if !out.is_empty() {
         send_all(stream, out, shared).await?;
@@ -781,12 +947,7 @@ fn put_data(out: &mut Vec<u8>, framing: Framing, data: &[u8]) {
     match framing {
         Framing::None => {}
         Framing::Length | Framing::Close => out.extend_from_slice(data),
-        Framing::Chunked if data.is_empty() => {}
-        Framing::Chunked => {
-            let _ = write!(out, "{:x}\r\n", data.len());
-            out.extend_from_slice(data);
-            out.extend_from_slice(b"\r\n");
-        }
+        Framing::Chunked => h1::encode_chunk(out, data),
     }
 }
 
@@ -842,7 +1003,6 @@ mod tests {
     fn plain(text: &str) -> Parsed {
         match parse_text(text).0 {
             Some(Head::Plain(p)) => p,
-            Some(Head::Other) => panic!("handed over: {text:?}"),
             Some(Head::Refused(c)) => panic!("refused with {c}: {text:?}"),
             None => panic!("incomplete: {text:?}"),
         }
@@ -853,10 +1013,6 @@ mod tests {
             Some(Head::Refused(c)) => c,
             _ => panic!("not refused: {text:?}"),
         }
-    }
-
-    fn handed_over(text: &str) -> bool {
-        matches!(parse_text(text).0, Some(Head::Other))
     }
 
     #[test]
@@ -907,30 +1063,54 @@ mod tests {
     }
 
     #[test]
-    fn requests_with_a_body_or_an_upgrade_go_to_hypers_server() {
-        assert!(handed_over(
-            "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
-        ));
-        assert!(handed_over(
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-        ));
-        assert!(handed_over(
-            "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        ));
-        assert!(handed_over(
-            "PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n"
-        ));
-        assert!(handed_over("CONNECT a:443 HTTP/1.1\r\n\r\n"));
-        // Handed over with the request still in the buffer, for hyper to read.
-        let post = "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
-        assert_eq!(&parse_text(post).1[..], post.as_bytes());
-        // A declared body of zero bytes is no body.
+    fn a_requests_body_is_framed_by_its_head_and_left_in_the_buffer() {
+        let body = |text: &str| plain(text).body.map(|b| (b.framing, b.expect));
+        let post = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(body(post), Some((Framing1::Length(3), false)));
         assert_eq!(
-            plain("POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-                .req
-                .method(),
-            Method::POST
+            &parse_text(post).1[..],
+            b"abc",
+            "the body stays to be decoded"
         );
+        let chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            body(chunked),
+            Some((Framing1::Chunked(h1::Chunk::Size), false))
+        );
+        // A declared body of zero bytes is no body; an upgrade or CONNECT is forward.rs's.
+        assert_eq!(body("POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), None);
+        assert_eq!(
+            body("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            plain("CONNECT a:443 HTTP/1.1\r\n\r\n").req.method(),
+            Method::CONNECT
+        );
+        // 100-continue: owed by this hop once the body is wanted, and passed on (the backend
+        // may refuse first); HTTP/1.0 ignores it.
+        let expect = "PUT / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(body(expect), Some((Framing1::Length(2), true)));
+        assert!(plain(expect).req.headers().contains_key(header::EXPECT));
+        let old = "PUT / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(body(old), Some((Framing1::Length(2), false)));
+        assert!(!plain(old).req.headers().contains_key(header::EXPECT));
+    }
+
+    #[test]
+    fn framing_a_strict_hop_cannot_read_one_way_is_refused() {
+        for (text, code) in [
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", 400),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", 400),
+            ("PUT / HTTP/1.1\r\nExpect: the-moon\r\n\r\n", 417),
+        ] {
+            assert_eq!(refused(text), code, "{text:?}");
+        }
     }
 
     #[test]

@@ -1,10 +1,9 @@
-//! One request, client to backend: the per-connection upstream links, the choice of backend
-//! and the retry on another, hop-by-hop and forwarded headers, upgraded (WebSocket)
-//! connections, and the response body that keeps the request in flight until it is fully sent.
+//! One request, client to backend: the choice of backend and the retry on another, the hold,
+//! hop-by-hop and forwarded headers, upgraded (WebSocket) connections, and the response body
+//! that keeps the request in flight until it is fully sent.
 //! This is the hot path (the proxy is benchmarked against nginx): no work here that a request
 //! does not need.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -14,16 +13,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Either, Empty, Full};
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::TokioIo;
 
-use super::activity::Busy;
+use super::h1;
 use super::metrics::Faults;
 use super::park;
-use super::pool;
-use super::prefixed::Prefixed;
 use super::request_body::{Fault, RequestBody};
 use super::routes::{Backend, InFlight, Routes, Shared, BUCKETS};
 use super::upstream::{self, idempotent, SendError, UpstreamBody};
@@ -114,12 +111,11 @@ fn cookie<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h [u8]> {
 /// an empty one, so that it can be sent again to another backend).
 pub(super) type UpBody = Either<RequestBody, Empty<Bytes>>;
 
-/// A response body that keeps its request in flight (and its connection busy) until it is
+/// A response body that keeps its request in flight until it is
 /// fully sent, or dropped.
 pub(super) struct ProxyBody {
     kind: Kind,
     inflight: Option<InFlight>,
-    busy: Option<Busy>,
 }
 
 enum Kind {
@@ -127,8 +123,8 @@ enum Kind {
     /// No answer yet: the request waits for it on this connection, parked by a restart
     /// (park.rs), with the canary bucket its answer's cookie names.
     Parked(Box<upstream::Conn>, Option<u8>),
-    /// hyper's client's answer: to a request with a body, or to an upgrade that did not switch.
-    Hyper(Incoming),
+    /// A `101 Switching Protocols`: the backend's connection, for the tunnel.
+    Switched(Box<Switched>),
     /// The proxy's own answer, or a small upstream body read whole before answering.
     Whole(Full<Bytes>),
 }
@@ -138,30 +134,18 @@ type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ProxyBody {
     /// A backend's response body, its request in flight until it is sent.
-    fn upstream(body: UpstreamBody, inflight: InFlight, busy: Busy) -> ProxyBody {
+    fn upstream(body: UpstreamBody, inflight: InFlight) -> ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
             inflight: Some(inflight),
-            busy: Some(busy),
-        }
-    }
-
-    /// hyper's client's response body (to a request with a body, or to an upgrade request that
-    /// did not switch), its request in flight until it is sent.
-    fn hyper(body: Incoming, inflight: InFlight, busy: Busy) -> ProxyBody {
-        ProxyBody {
-            kind: Kind::Hyper(body),
-            inflight: Some(inflight),
-            busy: Some(busy),
         }
     }
 
     /// A backend's small response body, read whole, its request in flight until it is sent.
-    fn whole(body: Bytes, inflight: InFlight, busy: Busy) -> ProxyBody {
+    fn whole(body: Bytes, inflight: InFlight) -> ProxyBody {
         ProxyBody {
             kind: Kind::Whole(Full::new(body)),
             inflight: Some(inflight),
-            busy: Some(busy),
         }
     }
 
@@ -169,17 +153,22 @@ impl ProxyBody {
         if let Some(mut f) = self.inflight.take() {
             f.finish();
         }
-        self.busy = None;
     }
 
     /// The answer to a request a restart parks while it waits for it: no response yet.
-    fn parked(conn: Box<upstream::Conn>, bucket: Option<u8>, busy: Busy) -> Response<ProxyBody> {
-        drop(busy);
+    fn parked(conn: Box<upstream::Conn>, bucket: Option<u8>) -> Response<ProxyBody> {
         Response::new(ProxyBody {
             kind: Kind::Parked(conn, bucket),
             inflight: None,
-            busy: None,
         })
+    }
+
+    /// The tunnel of a `101 Switching Protocols`; `Err(self)` for any other body.
+    pub(super) fn take_switched(self) -> Result<Box<Switched>, ProxyBody> {
+        match self.kind {
+            Kind::Switched(tunnel) => Ok(tunnel),
+            kind => Err(ProxyBody { kind, ..self }),
+        }
     }
 
     /// The backend connection of a request parked while it waits for its answer, and the
@@ -226,14 +215,9 @@ pub(super) fn resumed_body(
     addr: SocketAddr,
     at: park::BodyAt,
     keep: bool,
-    busy: Busy,
 ) -> ProxyBody {
     let inflight = InFlight::start(&routes.resumed(addr), None);
-    ProxyBody::upstream(
-        UpstreamBody::resume(backend, addr, at, keep),
-        inflight,
-        busy,
-    )
+    ProxyBody::upstream(UpstreamBody::resume(backend, addr, at, keep), inflight)
 }
 
 impl Body for ProxyBody {
@@ -247,8 +231,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.kind {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Kind::Parked(..) => Poll::Ready(None),
-            Kind::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Parked(..) | Kind::Switched(_) => Poll::Ready(None),
             Kind::Whole(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never: Infallible| match never {}),
@@ -262,8 +245,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Upstream(body) => body.is_end_stream(),
-            Kind::Parked(..) => true,
-            Kind::Hyper(body) => body.is_end_stream(),
+            Kind::Parked(..) | Kind::Switched(_) => true,
             Kind::Whole(full) => full.is_end_stream(),
         }
     }
@@ -271,19 +253,17 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Upstream(body) => body.size_hint(),
-            Kind::Parked(..) => SizeHint::with_exact(0),
-            Kind::Hyper(body) => body.size_hint(),
+            Kind::Parked(..) | Kind::Switched(_) => SizeHint::with_exact(0),
             Kind::Whole(full) => full.size_hint(),
         }
     }
 }
 
 /// A response the proxy makes itself (503 without a route, 502 when the backend fails).
-fn local(code: StatusCode, text: &'static str, busy: Busy) -> Response<ProxyBody> {
+fn local(code: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody {
         kind: Kind::Whole(Full::new(Bytes::from_static(text.as_bytes()))),
         inflight: None,
-        busy: Some(busy),
     });
     *resp.status_mut() = code;
     resp
@@ -291,53 +271,36 @@ fn local(code: StatusCode, text: &'static str, busy: Busy) -> Response<ProxyBody
 
 /// [`local`], and the connection closes after it: the request's body (if it has one) was not
 /// read, and what is left of it must not be taken for the next request.
-fn local_closing(code: StatusCode, text: &'static str, busy: Busy) -> Response<ProxyBody> {
-    let mut resp = local(code, text, busy);
+fn local_closing(code: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = local(code, text);
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
 }
 
-/// A request this hop refuses (RFC 9112), with its status and why; checked on every request
-/// whichever server read it, before anything is sent. The connection closes after the answer.
+/// A request this hop refuses (RFC 9112), with its status and why, before anything is sent
+/// (its framing was checked as it was read, downstream.rs). The connection closes after the
+/// answer.
 fn refusal(req: &Request<UpBody>) -> Option<(StatusCode, &'static str)> {
     if req.method() == Method::CONNECT {
         return Some((StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied\n"));
     }
-    let headers = req.headers();
-    let hosts = headers.get_all(header::HOST).iter().count();
+    let hosts = req.headers().get_all(header::HOST).iter().count();
     if hosts > 1 || (hosts == 0 && req.version() != Version::HTTP_10) {
         return Some((StatusCode::BAD_REQUEST, "one Host header is required\n"));
-    }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(te) = codings.next() {
-        if codings.next().is_some() {
-            return Some((
-                StatusCode::BAD_REQUEST,
-                "Transfer-Encoding on more than one line\n",
-            ));
-        }
-        // RFC 9112 section 6.1: a coding the server does not know is 501. Only chunked is
-        // passed on: any other would reach the app undone (or, with chunked, be dropped).
-        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            return Some((
-                StatusCode::NOT_IMPLEMENTED,
-                "only the chunked transfer coding is accepted\n",
-            ));
-        }
     }
     None
 }
 
-/// The hop-by-hop headers (upstream.rs keeps the one list) as header names, in its order.
+/// The hop-by-hop headers (h1.rs keeps the one list) as header names, in its order.
 const HOP_BY_HOP: [HeaderName; 7] = [
-    HeaderName::from_static(upstream::HOP_BY_HOP[0]),
-    HeaderName::from_static(upstream::HOP_BY_HOP[1]),
-    HeaderName::from_static(upstream::HOP_BY_HOP[2]),
-    HeaderName::from_static(upstream::HOP_BY_HOP[3]),
-    HeaderName::from_static(upstream::HOP_BY_HOP[4]),
-    HeaderName::from_static(upstream::HOP_BY_HOP[5]),
-    HeaderName::from_static(upstream::HOP_BY_HOP[6]),
+    HeaderName::from_static(h1::HOP_BY_HOP[0]),
+    HeaderName::from_static(h1::HOP_BY_HOP[1]),
+    HeaderName::from_static(h1::HOP_BY_HOP[2]),
+    HeaderName::from_static(h1::HOP_BY_HOP[3]),
+    HeaderName::from_static(h1::HOP_BY_HOP[4]),
+    HeaderName::from_static(h1::HOP_BY_HOP[5]),
+    HeaderName::from_static(h1::HOP_BY_HOP[6]),
 ];
 
 /// Headers a Connection header cannot make hop-by-hop: the message's target and framing, and
@@ -476,75 +439,15 @@ fn set_forwarded(headers: &mut hyper::HeaderMap, client: &Client, mut present: [
     }
 }
 
-/// The backend side of a request: berth's own client for requests without a body, hyper's
-/// for the rest (it sends the body while it reads the answer, which a backend may send, or
-/// stream, before it has read all of it). Both take their connections from the worker's idle
-/// ones (pool.rs) and give them back.
+/// The backend side of a request: berth's own client (upstream.rs), its connections taken
+/// from the worker's idle ones (pool.rs) and given back.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Upstream;
-
-/// A hyper client connection to a backend, idle between requests.
-struct Link {
-    backend: SocketAddr,
-    sender: hyper::client::conn::http1::SendRequest<UpBody>,
-    last_used: Instant,
-}
-
-impl pool::Pooled for Link {
-    fn backend(&self) -> SocketAddr {
-        self.backend
-    }
-
-    fn idle_since(&self) -> Instant {
-        self.last_used
-    }
-
-    fn usable(&mut self) -> Option<bool> {
-        if self.sender.is_closed() {
-            Some(false)
-        } else if self.sender.is_ready() {
-            Some(true)
-        } else {
-            // Still reading the last answer's body.
-            None
-        }
-    }
-}
-
-thread_local! {
-    /// This worker's idle hyper client connections (pool.rs).
-    static LINKS: RefCell<pool::Idle<Link>> = RefCell::default();
-}
-
-fn take_link(backend: SocketAddr) -> Option<Link> {
-    LINKS
-        .try_with(|l| l.borrow_mut().take(backend))
-        .ok()
-        .flatten()
-}
-
-fn put_link(link: Link) {
-    let _ = LINKS.try_with(|l| l.borrow_mut().put(link));
-}
 
 /// Closes this worker's idle backend connections that idled too long (each second, from the
 /// worker's own task); how many are left.
 pub(super) fn reap_idle() -> usize {
-    let links = LINKS.try_with(|l| l.borrow_mut().reap()).unwrap_or(0);
-    links + upstream::Idle.reap()
-}
-
-/// A hyper client connection to `backend`, driven by a task of its own.
-async fn connect(backend: SocketAddr, limit: Duration) -> Result<Link, String> {
-    let (sender, conn) = open(backend, limit).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Link {
-        backend,
-        sender,
-        last_used: Instant::now(),
-    })
+    upstream::Idle.reap()
 }
 
 /// Why a request got no response from a backend.
@@ -604,23 +507,6 @@ impl Failed {
     fn retryable(&self) -> bool {
         !self.timeout && !self.bad && self.client == Fault::None
     }
-}
-
-/// A TCP connection to `backend` and its HTTP/1.1 handshake, within `limit`.
-async fn open(
-    backend: SocketAddr,
-    limit: Duration,
-) -> Result<
-    (
-        hyper::client::conn::http1::SendRequest<UpBody>,
-        hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, UpBody>,
-    ),
-    String,
-> {
-    let stream = upstream::dial(backend, limit).await?;
-    hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// `fut` within `limit`, when there is one.
@@ -695,7 +581,7 @@ impl Upstream {
                         ..Failed::sent("parked for the next proxy")
                     })
                 }
-                Some(Err(SendError::Unsent(parts, error))) => {
+                Some(Err(SendError::Unsent(parts, _, error))) => {
                     (req, why) = (Request::from_parts(*parts, empty), error);
                 }
                 Some(Err(SendError::Sent(error))) => {
@@ -717,91 +603,81 @@ impl Upstream {
         ))
     }
 
-    /// A request with a body, through hyper's client.
+    /// A request with a body: sent as the client's side reads it (request_body.rs), the
+    /// response timeout counted from its end.
     async fn send_with_body(
         self,
         backend: SocketAddr,
-        req: Request<UpBody>,
+        parts: Parts,
+        body: RequestBody,
         limits: &Limits,
-    ) -> Result<Response<Incoming>, Failed> {
-        let mut req = req;
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        let (mut parts, mut body) = (parts, body);
+        let mut why = String::new();
         // A kept-alive connection the backend has just closed (busybox httpd closes after every
         // response) hands the request back unsent: it is retried once on a new connection, so
         // that race never becomes a 502.
         for attempt in 0..2 {
             let reused = if attempt == 0 {
-                take_link(backend)
+                upstream::Idle.take(backend)
             } else {
                 None
             };
             let fresh = reused.is_none();
-            let mut link = match reused {
-                Some(l) => l,
-                None => match connect(backend, limits.connect).await {
-                    Ok(l) => l,
-                    Err(error) => return Err(Failed::unreachable(error, req)),
+            let conn = match reused {
+                Some(c) => c,
+                None => match upstream::connect(backend, limits.connect).await {
+                    Ok(c) => c,
+                    Err(error) => {
+                        let req = Request::from_parts(parts, Either::Left(body));
+                        return Err(Failed::unreachable(error, req));
+                    }
                 },
             };
-            if link.sender.ready().await.is_err() {
-                continue;
-            }
-            // A new connection that breaks before any answer is a backend going away (a killed
-            // container's published port still accepts for a moment): a bodiless idempotent
-            // request is kept to go elsewhere. Only on new connections, which cost a connect
-            // anyway.
-            let again = if fresh { replayable(&req) } else { None };
-            let progress = match req.body() {
-                Either::Left(body) => Some(body.progress()),
-                Either::Right(_) => None,
-            };
-            let send = link.sender.try_send_request(req);
-            // The response timeout counts from the request body's end.
-            let result = match (limits.response, &progress) {
-                (Some(limit), Some(p)) => tokio::select! {
+            let progress = body.progress();
+            let send = conn.send_body(parts, body, upstream::Idle, Some(&*limits.lot));
+            let result = match limits.response {
+                Some(limit) => tokio::select! {
                     r = send => Some(r),
-                    () = p.backend_overdue(limit) => None,
+                    () = progress.backend_overdue(limit) => None,
                 },
-                (limit, _) => within(limit, send).await,
+                None => Some(send.await),
             };
-            match result {
-                Some(Ok(resp)) => {
-                    // Back to the pool at once: it is taken again once it has read this
-                    // answer's body (is_ready), a busy one is left alone.
-                    link.last_used = Instant::now();
-                    put_link(link);
-                    return Ok(resp);
+            let error = match result {
+                Some(Ok(resp)) => return Ok(resp),
+                Some(Err(SendError::Unsent(p, Some(b), error))) => {
+                    (parts, body, why) = (*p, b, error);
+                    continue;
                 }
-                Some(Err(mut e)) => {
-                    if let Some(unsent) = e.take_message() {
-                        req = unsent;
-                        continue;
-                    }
-                    let error = e.into_error();
-                    let client = progress.as_ref().map_or(Fault::None, |p| p.fault());
-                    if client != Fault::None {
-                        return Err(Failed {
-                            client,
-                            ..Failed::sent(error)
-                        });
-                    }
-                    if error.is_parse() || error.is_parse_status() || error.is_parse_too_large() {
-                        return Err(Failed::bad(error));
-                    }
-                    // A new connection that breaks before any answer: the backend is going
-                    // (a killed container's port still accepts for a moment).
+                Some(Err(SendError::Bad(error))) => return Err(Failed::bad(error)),
+                Some(Err(SendError::Sent(error) | SendError::Unsent(_, None, error))) => error,
+                Some(Err(SendError::Parked(conn))) => {
                     return Err(Failed {
-                        connect: fresh,
-                        unsent: again.as_ref().map(rebuild),
-                        ..Failed::sent(error)
-                    });
+                        parked: Some(conn),
+                        ..Failed::sent("parked for the next proxy")
+                    })
                 }
                 None => return Err(Failed::timed_out()),
+            };
+            let client = progress.fault();
+            if client != Fault::None {
+                return Err(Failed {
+                    client,
+                    ..Failed::sent(error)
+                });
             }
+            // A new connection that breaks before any answer: the backend is going (a killed
+            // container's port still accepts for a moment).
+            return Err(Failed {
+                connect: fresh,
+                ..Failed::sent(error)
+            });
         }
         // Closed at once on a new connection too: the backend is going away (a container being
         // killed). The request never left: it may wait for, or go to, another backend.
+        let req = Request::from_parts(parts, Either::Left(body));
         Err(Failed::unreachable(
-            "the backend closed the connection twice".into(),
+            format!("the backend closed the connection twice ({why})"),
             req,
         ))
     }
@@ -844,7 +720,6 @@ pub(super) async fn forward(
     routes: &Routes,
     limits: &Limits,
     client: &Client,
-    busy: Busy,
     mut req: Request<UpBody>,
     mut timer: Timer<'_>,
 ) -> Response<ProxyBody> {
@@ -856,7 +731,7 @@ pub(super) async fn forward(
     };
     if let Some((code, why)) = refusal(&req) {
         limits.faults.refused();
-        return local_closing(code, why, busy);
+        return local_closing(code, why);
     }
     // A local answer to a request whose body was not read closes the connection after it.
     let answer = if bodiless { local } else { local_closing };
@@ -867,7 +742,7 @@ pub(super) async fn forward(
         (routes.current(), None)
     };
     let Some(pool) = pool else {
-        return answer(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
+        return answer(StatusCode::SERVICE_UNAVAILABLE, "no backend\n");
     };
     // Origin-form (`/path?query`), as a server expects from a client; some (busybox httpd)
     // refuse the absolute form.
@@ -892,27 +767,21 @@ pub(super) async fn forward(
     set_forwarded(headers, client, present.forwarded);
     if let Some(protocol) = upgrade {
         let Some(backend) = pool.pick(None) else {
-            return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n", busy);
+            return local(StatusCode::SERVICE_UNAVAILABLE, "no backend\n");
         };
         // Boxed: as above.
-        return Box::pin(tunnel(backend, limits, busy, req, protocol)).await;
+        return Box::pin(tunnel(backend, limits, req, protocol)).await;
     }
 
     // The client's Host passes through (the app sees the name it was called by); an HTTP/1.0
     // request without one gets the backend's.
     let no_host = !req.headers().contains_key(header::HOST);
+    // A body's chunked framing was this hop's (removed above): berth's client frames it
+    // anew, chunked when it has no Content-Length.
     if bodiless {
         *req.body_mut() = Either::Right(Empty::new());
-    } else if !req.headers().contains_key(header::CONTENT_LENGTH) {
-        // Its chunked framing was this hop's (removed above): the next hop's is chunked too,
-        // said outright, as hyper's client sends a GET's body of unknown length as none.
-        req.headers_mut().insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
     }
     *req.version_mut() = Version::HTTP_11;
-    let method = req.method().clone();
     let replay = (pool.len() > 1).then(|| replayable(&req)).flatten();
     let mut pending = Some(req);
     let mut last: Option<(Failed, Arc<Shared>)> = None;
@@ -936,10 +805,14 @@ pub(super) async fn forward(
             }
             let inflight = InFlight::of(&pool, at, started);
             let sent = if matches!(req.body(), Either::Left(_)) {
+                let (parts, body) = req.into_parts();
+                let Either::Left(body) = body else {
+                    unreachable!("matched above")
+                };
                 // Boxed: the rarer path's state does not weigh on every request's future.
-                Box::pin(Upstream.send_with_body(backend.addr, req, limits))
+                Box::pin(Upstream.send_with_body(backend.addr, parts, body, limits))
                     .await
-                    .map(Answer::Hyper)
+                    .map(Answer::Streamed)
             } else {
                 let timer = timer.as_mut().map(|t| t.as_mut());
                 Upstream
@@ -957,13 +830,6 @@ pub(super) async fn forward(
                         Err(e) => Err(Failed::sent(format!("the response body broke: {e}"))),
                     }
                 }
-                // hyper's client frames its answers as this one does (upstream::framing).
-                Ok(Answer::Hyper(mut resp)) => {
-                    match upstream::framing(&method, resp.status(), resp.headers_mut()) {
-                        Ok(_) => Ok(Answer::Hyper(resp)),
-                        Err(e) => Err(Failed::bad(e)),
-                    }
-                }
                 other => other,
             };
             match sent {
@@ -972,14 +838,10 @@ pub(super) async fn forward(
                         Answer::Streamed(resp) => {
                             let (parts, body) = resp.into_parts();
                             let hop_free = body.hop_free();
-                            (parts, ProxyBody::upstream(body, inflight, busy), hop_free)
+                            (parts, ProxyBody::upstream(body, inflight), hop_free)
                         }
                         Answer::Whole(parts, bytes) => {
-                            (parts, ProxyBody::whole(bytes, inflight, busy), false)
-                        }
-                        Answer::Hyper(resp) => {
-                            let (parts, body) = resp.into_parts();
-                            (parts, ProxyBody::hyper(body, inflight, busy), false)
+                            (parts, ProxyBody::whole(bytes, inflight), false)
                         }
                     };
                     deliver(&mut parts, hop_free, bucket, limits, &backend.shared);
@@ -988,7 +850,7 @@ pub(super) async fn forward(
                 Err(mut failed) => {
                     inflight.abandon();
                     if let Some(conn) = failed.parked.take() {
-                        return ProxyBody::parked(conn, bucket, busy);
+                        return ProxyBody::parked(conn, bucket);
                     }
                     if failed.connect {
                         backend.shared.counters.connect_error();
@@ -1029,28 +891,28 @@ pub(super) async fn forward(
         }
     }
     let Some((failed, shared)) = last else {
-        return answer(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
+        return answer(StatusCode::BAD_GATEWAY, "bad gateway\n");
     };
     match failed.client {
         Fault::Malformed => {
-            return local_closing(StatusCode::BAD_REQUEST, "bad request body\n", busy);
+            return local_closing(StatusCode::BAD_REQUEST, "bad request body\n");
         }
         Fault::Stalled => {
             limits.faults.request_body.fetch_add(1, Ordering::Relaxed);
-            return local_closing(StatusCode::REQUEST_TIMEOUT, "request body timeout\n", busy);
+            return local_closing(StatusCode::REQUEST_TIMEOUT, "request body timeout\n");
         }
         Fault::None => {}
     }
     if failed.timeout {
         limits.faults.response_head.fetch_add(1, Ordering::Relaxed);
         limits.count(&shared, 504);
-        return answer(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n", busy);
+        return answer(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
     }
     if failed.bad {
         shared.counters.bad_response();
     }
     limits.count(&shared, 502);
-    answer(StatusCode::BAD_GATEWAY, "bad gateway\n", busy)
+    answer(StatusCode::BAD_GATEWAY, "bad gateway\n")
 }
 
 /// A backend's answer head made ready for the client: the hop-by-hop headers upstream.rs did
@@ -1078,7 +940,6 @@ pub(super) async fn resume_awaiting(
     limits: &Limits,
     backend: tokio::net::TcpStream,
     at: &park::Awaiting,
-    busy: Busy,
 ) -> Response<ProxyBody> {
     let shared = routes.resumed(at.backend);
     let inflight = InFlight::start(&shared, routes.timed.then(Instant::now));
@@ -1089,9 +950,9 @@ pub(super) async fn resume_awaiting(
             let (mut parts, body) = resp.into_parts();
             let hop_free = body.hop_free();
             deliver(&mut parts, hop_free, at.bucket, limits, &shared);
-            Response::from_parts(parts, ProxyBody::upstream(body, inflight, busy))
+            Response::from_parts(parts, ProxyBody::upstream(body, inflight))
         }
-        Some(Err(SendError::Parked(conn))) => ProxyBody::parked(conn, at.bucket, busy),
+        Some(Err(SendError::Parked(conn))) => ProxyBody::parked(conn, at.bucket),
         failed => {
             inflight.abandon();
             let (code, text) = match failed {
@@ -1107,7 +968,7 @@ pub(super) async fn resume_awaiting(
             };
             tracing::warn!(backend = %at.backend, status = code.as_u16(), "the answer to a request taken back after a restart failed");
             limits.count(&shared, code.as_u16());
-            local(code, text, busy)
+            local(code, text)
         }
     }
 }
@@ -1115,8 +976,6 @@ pub(super) async fn resume_awaiting(
 /// A backend's answer: streamed to the client as it comes, or already read whole.
 enum Answer {
     Streamed(Response<UpstreamBody>),
-    /// hyper's client's answer (to a request with a body).
-    Hyper(Response<Incoming>),
     Whole(hyper::http::response::Parts, Bytes),
 }
 
@@ -1158,16 +1017,16 @@ fn rebuild(copy: &Request<()>) -> Request<UpBody> {
 }
 
 /// An upgrade request (WebSocket): sent on a connection of its own; on `101 Switching
-/// Protocols` the two connections are joined and bytes are copied both ways until either side
-/// closes, a drain gives up on the backend, or the proxy stops. Counted in flight meanwhile.
+/// Protocols` the answer's body holds that connection ([`Switched`]), and the client's
+/// connection, once the 101 is written, relays bytes both ways ([`run_switched`]) until either
+/// side closes, a drain gives up on the backend, or the proxy stops. Counted in flight
+/// meanwhile.
 async fn tunnel(
     backend: &Backend,
     limits: &Limits,
-    busy: Busy,
     mut req: Request<UpBody>,
     protocol: HeaderValue,
 ) -> Response<ProxyBody> {
-    let client_side = hyper::upgrade::on(&mut req);
     let headers = req.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
@@ -1177,69 +1036,75 @@ async fn tunnel(
         }
     }
     let shared = backend.shared.clone();
-    let (mut sender, conn) = match open(backend.addr, limits.connect).await {
-        Ok(pair) => pair,
+    let failed = |error: String| {
+        limits.count(&shared, 502);
+        tracing::warn!(backend = %backend.addr, %error, "upstream upgrade failed");
+        local(StatusCode::BAD_GATEWAY, "bad gateway\n")
+    };
+    let conn = match upstream::connect(backend.addr, limits.connect).await {
+        Ok(conn) => conn,
         Err(error) => {
             shared.counters.connect_error();
-            limits.count(&shared, 502);
-            tracing::warn!(backend = %backend.addr, %error, "upstream upgrade failed");
-            return local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
+            return failed(error);
         }
     };
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
     let inflight = InFlight::start(&shared, None);
-    let resp = match within(limits.response, sender.send_request(req)).await {
+    let (parts, _) = req.into_parts();
+    let resp = match within(limits.response, conn.send_upgrade(parts)).await {
         Some(Ok(resp)) => resp,
-        other => {
-            limits.count(&shared, 502);
-            let error = match other {
-                Some(Err(e)) => e.to_string(),
-                _ => "no response head in time".into(),
+        Some(Err(e)) => {
+            let error = match e {
+                SendError::Bad(e) | SendError::Sent(e) | SendError::Unsent(_, _, e) => e,
+                SendError::Parked(_) => "parked".into(),
             };
-            tracing::warn!(backend = %backend.addr, %error, "upstream upgrade failed");
-            return local(StatusCode::BAD_GATEWAY, "bad gateway\n", busy);
+            return failed(error);
         }
+        None => return failed("no response head in time".into()),
     };
-    let mut resp = resp;
     limits.count(&shared, resp.status().as_u16());
-    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let backend_side = switched.then(|| hyper::upgrade::on(&mut resp));
     let (mut parts, body) = resp.into_parts();
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        // Not switching: an ordinary answer.
+        if !body.hop_free() {
+            strip_hop_by_hop(&mut parts.headers);
+        }
+        return Response::from_parts(parts, ProxyBody::upstream(body, inflight));
+    }
     let accepted = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    let Some(backend_side) = backend_side else {
-        // Not switching: an ordinary response on this connection.
-        return Response::from_parts(parts, ProxyBody::hyper(body, inflight, busy));
-    };
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(p) = accepted {
         parts.headers.insert(header::UPGRADE, p);
     }
-    let addr = backend.addr;
-    let restart = Restart {
-        lot: limits.lot.clone(),
-        parking: limits.parking.clone(),
+    let Some((stream, ahead)) = body.switched() else {
+        return failed("a 101 without its connection".into());
     };
-    tokio::spawn(join(
-        client_side,
-        backend_side,
+    let switched = Switched {
+        backend: stream,
+        to_client: ahead.freeze(),
         shared,
         inflight,
-        addr,
-        restart,
-    ));
+        addr: backend.addr,
+    };
     Response::from_parts(
         parts,
         ProxyBody {
-            kind: Kind::Whole(Full::new(Bytes::new())),
+            kind: Kind::Switched(Box::new(switched)),
             inflight: None,
-            busy: Some(busy),
         },
     )
+}
+
+/// A backend connection that switched protocols, for the client's connection to join.
+pub(super) struct Switched {
+    backend: tokio::net::TcpStream,
+    /// What the backend sent after its 101.
+    to_client: Bytes,
+    shared: Arc<Shared>,
+    inflight: InFlight,
+    addr: SocketAddr,
 }
 
 /// Once one side of a tunnel has closed, how long the other may still send before the tunnel
@@ -1253,51 +1118,38 @@ struct Restart {
     parking: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Copies bytes both ways between the upgraded client and backend connections.
-async fn join(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    shared: Arc<Shared>,
-    inflight: InFlight,
-    addr: SocketAddr,
-    restart: Restart,
-) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::warn!(backend = %addr, error = %e, "upgrade not completed");
-            return;
-        }
-    };
-    // The sockets themselves, so that a restart can park them: the client's as hyper's server
-    // got it (prefixed.rs), the backend's as hyper's client did (`open`).
-    let client = match client.downcast::<TokioIo<Prefixed>>() {
-        Ok(parts) => {
-            // hyper read ahead of what downstream.rs had read ahead: its bytes come first.
-            let (stream, rest) = parts.io.into_inner().into_parts();
-            let mut ahead = parts.read_buf.to_vec();
-            ahead.extend_from_slice(&rest);
-            Ok((stream, Bytes::from(ahead)))
-        }
-        Err(upgraded) => Err(upgraded),
-    };
-    let backend = match backend.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
-        Err(upgraded) => Err(upgraded),
-    };
-    match (client, backend) {
-        (Ok((c, to_backend)), Ok((b, to_client))) => {
-            let pending = Pending {
-                to_backend,
-                to_client,
-            };
-            run_tunnel(c, b, pending, shared, inflight, addr, restart).await;
-        }
-        // Not the sockets this proxy makes: a bug, said rather than tunnelled blind.
-        _ => {
-            tracing::error!(backend = %addr, "an upgraded connection of an unexpected kind: closed")
-        }
+impl std::fmt::Debug for Switched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Switched")
+            .field("backend", &self.addr)
+            .finish()
     }
+}
+
+/// Relays the tunnel a `101 Switching Protocols` opened, between the client's connection
+/// (`to_backend`: what it sent after its request) and the backend's.
+pub(super) async fn run_switched(
+    client: tokio::net::TcpStream,
+    to_backend: Bytes,
+    switched: Switched,
+    limits: &Limits,
+) {
+    let Switched {
+        backend,
+        to_client,
+        shared,
+        inflight,
+        addr,
+    } = switched;
+    let restart = Restart {
+        lot: limits.lot.clone(),
+        parking: limits.parking.clone(),
+    };
+    let pending = Pending {
+        to_backend,
+        to_client,
+    };
+    run_tunnel(client, backend, pending, shared, inflight, addr, restart).await;
 }
 
 /// Bytes read from one side of a tunnel and not yet written to the other.

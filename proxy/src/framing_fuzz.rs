@@ -1,10 +1,11 @@
-//! The HTTP/1.1 framing the proxy owns, checked against references on random and mutated
-//! input (proptest, stable toolchain): backend answers read by berth's client (upstream.rs)
-//! against hyper's client and against a model of RFC 9112 section 6.3; request heads read by
-//! berth's server (downstream.rs) against a model. The properties: no panic; a message the
-//! model calls well framed is read with the model's status and body; one it calls malformed
-//! is refused; and berth's client is never more lenient than hyper's (whatever it accepts,
-//! hyper reads alike). Cases per property: `PROXY_FUZZ_CASES` (256 in the suite; the README
+//! The HTTP/1.1 framing the proxy owns (h1.rs), checked against references on random and
+//! mutated input (proptest, stable toolchain): backend answers read by berth's client
+//! (upstream.rs) against hyper's client and against a model of RFC 9112 section 6.3; request
+//! heads read by berth's server (downstream.rs) against a model; request bodies against the
+//! generator and against hyper's server. The properties: no panic; a message the model calls
+//! well framed is read with the model's status and body, to the byte where the next one
+//! starts; one it calls malformed is refused; and berth is never more lenient than hyper
+//! (whatever berth accepts, hyper reads alike). Cases per property: `PROXY_FUZZ_CASES` (256 in the suite; the README
 //! names a longer run).
 #![allow(clippy::unwrap_used)]
 
@@ -22,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 use super::downstream;
+use super::h1;
 use super::upstream::{self, Idle, SendError};
 
 /// `PROXY_FUZZ_CASES` cases per property (256 by default); a failure is printed with its
@@ -145,6 +147,30 @@ impl Answer {
     }
 }
 
+/// A body of `len` bytes cut into the generated chunk sizes (the last takes the rest), each
+/// with its generated extension.
+fn cut(len: usize, chunking: Vec<(String, usize)>) -> Vec<(usize, String)> {
+    let mut chunks = Vec::new();
+    let mut left = len;
+    for (ext, n) in chunking {
+        if left == 0 {
+            break;
+        }
+        let n = n.min(left);
+        let ext = if ext.is_empty() || ext.starts_with(';') {
+            ext
+        } else {
+            format!(";{ext}")
+        };
+        chunks.push((n, ext));
+        left -= n;
+    }
+    if left > 0 {
+        chunks.push((left, String::new()));
+    }
+    chunks
+}
+
 fn answers() -> impl Strategy<Value = Answer> {
     let status = prop_oneof![
         Just(200u16),
@@ -189,28 +215,7 @@ fn answers() -> impl Strategy<Value = Answer> {
         .prop_map(|(status, body, extra, kind, chunking)| {
             let framing = match kind {
                 0 => Framing::Length,
-                1 => {
-                    // Cut the body into the generated sizes (the last takes the rest).
-                    let mut chunks = Vec::new();
-                    let mut left = body.len();
-                    for (ext, n) in chunking {
-                        if left == 0 {
-                            break;
-                        }
-                        let n = n.min(left);
-                        let ext = if ext.is_empty() || ext.starts_with(';') {
-                            ext
-                        } else {
-                            format!(";{ext}")
-                        };
-                        chunks.push((n, ext));
-                        left -= n;
-                    }
-                    if left > 0 {
-                        chunks.push((left, String::new()));
-                    }
-                    Framing::Chunked(chunks)
-                }
+                1 => Framing::Chunked(cut(body.len(), chunking)),
                 _ => Framing::Close,
             };
             Answer {
@@ -259,7 +264,7 @@ async fn berth_reads(bytes: Vec<u8>) -> Result<(u16, Vec<u8>), String> {
     let (parts, ()) = req.into_parts();
     let resp = match conn.send(parts, Idle, false, None).await {
         Ok(r) => r,
-        Err(SendError::Bad(e) | SendError::Sent(e) | SendError::Unsent(_, e)) => return Err(e),
+        Err(SendError::Bad(e) | SendError::Sent(e) | SendError::Unsent(_, _, e)) => return Err(e),
         Err(SendError::Parked(_)) => return Err("parked without a restart".into()),
     };
     let status = resp.status().as_u16();
@@ -365,6 +370,13 @@ struct Head {
     headers: Vec<(String, String)>,
 }
 
+/// How the model frames a request's body: its length, or chunked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyModel {
+    Length(u64),
+    Chunked,
+}
+
 impl Head {
     fn bytes(&self) -> Vec<u8> {
         let mut out = format!("{} {} HTTP/1.{}\r\n", self.method, self.target, self.minor);
@@ -375,29 +387,46 @@ impl Head {
         out.into_bytes()
     }
 
-    /// What berth's server does with it: `Some(true)` serves it itself, `Some(false)` hands it
-    /// to hyper's (a body, an upgrade, Expect, CONNECT).
-    fn model(&self) -> bool {
-        let has = |name: &str| {
-            self.headers
-                .iter()
-                .any(|(k, _)| k.eq_ignore_ascii_case(name))
-        };
-        let body = self
-            .headers
+    fn named(&self, name: &str) -> Vec<&str> {
+        self.headers
             .iter()
-            .any(|(k, v)| k.eq_ignore_ascii_case("content-length") && v.bytes().any(|b| b != b'0'));
-        let upgrade = self.headers.iter().any(|(k, v)| {
-            k.eq_ignore_ascii_case("connection")
-                && v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
-        !(body
-            || has("transfer-encoding")
-            || has("upgrade")
-            || has("expect")
-            || upgrade
-            || self.method == "CONNECT")
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// What berth's server must make of it (RFC 9112 section 6.3, as strict as nginx): its
+    /// body's framing (none: no body) and whether a 100 is owed, or the status refusing it.
+    fn model(&self) -> Result<Option<(BodyModel, bool)>, u16> {
+        let expect = self.named("expect");
+        if expect
+            .iter()
+            .any(|v| !v.eq_ignore_ascii_case("100-continue"))
+        {
+            return Err(417);
+        }
+        let expect = !expect.is_empty() && self.minor == 1;
+        let te = self.named("transfer-encoding");
+        let cl = self.named("content-length");
+        match te.len() {
+            0 => {}
+            1 if self.minor == 1 && cl.is_empty() && te[0].eq_ignore_ascii_case("chunked") => {
+                return Ok(Some((BodyModel::Chunked, expect)))
+            }
+            1 if !te[0].eq_ignore_ascii_case("chunked") => return Err(501),
+            _ => return Err(400),
+        }
+        let mut length = None;
+        for v in cl {
+            let n: u64 = v.parse().map_err(|_| 400u16)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(400);
+            }
+            length = Some(n);
+        }
+        Ok(length
+            .filter(|n| *n > 0)
+            .map(|n| (BodyModel::Length(n), expect)))
     }
 }
 
@@ -414,7 +443,11 @@ fn heads() -> impl Strategy<Value = Head> {
         (Just("Content-Length".to_string()), "[0-9]{1,3}"),
         (
             Just("Transfer-Encoding".to_string()),
-            Just("chunked".to_string())
+            prop_oneof![
+                Just("chunked".to_string()),
+                Just("Chunked".to_string()),
+                Just("gzip, chunked".to_string())
+            ]
         ),
         (
             Just("Connection".to_string()),
@@ -425,7 +458,10 @@ fn heads() -> impl Strategy<Value = Head> {
             ]
         ),
         (Just("Upgrade".to_string()), Just("websocket".to_string())),
-        (Just("Expect".to_string()), Just("100-continue".to_string())),
+        (
+            Just("Expect".to_string()),
+            prop_oneof![Just("100-continue".to_string()), Just("x".to_string())]
+        ),
         ("X-[A-Za-z]{1,8}", "[ -~]{0,12}"),
     ];
     (
@@ -445,21 +481,134 @@ fn heads() -> impl Strategy<Value = Head> {
         })
 }
 
+/// A generated request with a body, framed by its Content-Length or chunked.
+#[derive(Debug, Clone)]
+struct Upload {
+    body: Vec<u8>,
+    /// Chunked, in these sizes with these extensions; `None`: by Content-Length.
+    chunks: Option<Vec<(usize, String)>>,
+    /// Trailer lines after the last chunk.
+    trailers: Vec<String>,
+}
+
+impl Upload {
+    fn bytes(&self) -> Vec<u8> {
+        let mut out = b"POST /up HTTP/1.1\r\nHost: app\r\n".to_vec();
+        match &self.chunks {
+            None => {
+                out.extend_from_slice(
+                    format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes(),
+                );
+                out.extend_from_slice(&self.body);
+            }
+            Some(chunks) => {
+                out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                let mut at = 0;
+                for (n, ext) in chunks {
+                    out.extend_from_slice(format!("{n:x}{ext}\r\n").as_bytes());
+                    out.extend_from_slice(&self.body[at..at + n]);
+                    out.extend_from_slice(b"\r\n");
+                    at += n;
+                }
+                out.extend_from_slice(b"0\r\n");
+                for t in &self.trailers {
+                    out.extend_from_slice(format!("{t}\r\n").as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out
+    }
+}
+
+fn uploads() -> impl Strategy<Value = Upload> {
+    (
+        proptest::collection::vec(any::<u8>(), 0..300),
+        any::<bool>(),
+        proptest::collection::vec(("[;a-z=]{0,6}", 1..64usize), 0..6),
+        proptest::collection::vec("X-[a-z]{1,5}: [a-z0-9]{0,5}", 0..2),
+    )
+        .prop_map(|(body, chunked, chunking, trailers)| {
+            let chunks = chunked.then(|| cut(body.len(), chunking));
+            Upload {
+                body,
+                chunks,
+                trailers,
+            }
+        })
+}
+
+/// berth's server's reading of a request: its body (h1.rs), what is left after it, or why
+/// it is refused or incomplete.
+fn berth_reads_request(bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut buf = BytesMut::from(bytes);
+    let mut spare = HeaderMap::new();
+    let framing = match downstream::parse_for_tests(&mut buf, 65_536, &mut spare) {
+        downstream::Verdict::Plain(_, None) => return Ok((Vec::new(), buf.to_vec())),
+        downstream::Verdict::Plain(_, Some((framing, _))) => framing,
+        downstream::Verdict::Refused(code) => return Err(format!("refused: {code}")),
+        downstream::Verdict::Incomplete => return Err("an incomplete head".into()),
+    };
+    let mut framing = framing;
+    let mut body = Vec::new();
+    loop {
+        match h1::decode(&mut framing, &mut buf, 65_536)? {
+            h1::Piece::Data(d) => body.extend_from_slice(&d),
+            h1::Piece::End => return Ok((body, buf.to_vec())),
+            h1::Piece::More => return Err("an incomplete body".into()),
+        }
+    }
+}
+
+/// hyper's server's reading of a request's body, from `bytes` sent on a connection.
+async fn hyper_reads_request(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            let body = req.into_body().collect().await;
+            if let Some(tx) = tx {
+                let _ = tx.send(
+                    body.map(|b| b.to_bytes().to_vec())
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+        }
+    });
+    tokio::spawn(
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server), svc),
+    );
+    client.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    // The sending side stays open: hyper's server takes a close as the request's end.
+    match tokio::time::timeout(Duration::from_millis(500), rx).await {
+        Ok(Ok(read)) => read,
+        _ => Err("hyper read no request".into()),
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
 
-    /// Well-formed heads: served or handed over as the model says, with their method, target,
-    /// version and every header line kept in order; the buffer is consumed exactly to the
-    /// head's end when served, and left whole when handed over.
+    /// Well-formed heads: served with the body framing the model gives, or refused with its
+    /// status; the method, target, version and every header line kept in order (but an
+    /// HTTP/1.0 Expect, ignored); the buffer consumed exactly to the head's end.
     #[test]
-    fn berths_server_classifies_request_heads_as_the_model_does(h in heads()) {
+    fn berths_server_frames_request_heads_as_the_model_does(h in heads()) {
         let bytes = h.bytes();
         let mut buf = BytesMut::from(&bytes[..]);
         buf.extend_from_slice(b"NEXT");
         let mut spare = HeaderMap::new();
+        let model = h.model();
         match downstream::parse_for_tests(&mut buf, 65_536, &mut spare) {
-            downstream::Verdict::Plain(req) => {
-                prop_assert!(h.model(), "served what it must hand over: {:?}", String::from_utf8_lossy(&bytes));
+            downstream::Verdict::Plain(req, body) => {
+                let body = body.map(|(f, expect)| match f {
+                    h1::Framing::Length(n) => (BodyModel::Length(n), expect),
+                    _ => (BodyModel::Chunked, expect),
+                });
+                prop_assert_eq!(Ok(body), model, "{:?}", String::from_utf8_lossy(&bytes));
                 prop_assert_eq!(&buf[..], b"NEXT");
                 prop_assert_eq!(req.method().as_str(), h.method.as_str());
                 prop_assert_eq!(req.uri().to_string(), h.target.as_str());
@@ -471,6 +620,7 @@ proptest! {
                 let mut expected: Vec<(String, String)> = h
                     .headers
                     .iter()
+                    .filter(|(k, _)| h.minor == 1 || !k.eq_ignore_ascii_case("expect"))
                     .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
                     .collect();
                 // A HeaderMap groups lines by name, keeping each name's order.
@@ -479,9 +629,8 @@ proptest! {
                 got.sort_by(|a, b| a.0.cmp(&b.0));
                 prop_assert_eq!(got, expected);
             }
-            downstream::Verdict::HandOver => {
-                prop_assert!(!h.model(), "handed over a plain request: {:?}", String::from_utf8_lossy(&bytes));
-                prop_assert_eq!(buf.len(), bytes.len() + 4, "the head stays for hyper's server");
+            downstream::Verdict::Refused(code) => {
+                prop_assert_eq!(Err(code.as_u16()), model, "{:?}", String::from_utf8_lossy(&bytes));
             }
             other => prop_assert!(false, "{:?}: {:?}", other, String::from_utf8_lossy(&bytes)),
         }
@@ -496,15 +645,43 @@ proptest! {
         let verdict = downstream::parse_for_tests(&mut buf, 65_536, &mut spare);
         prop_assert!(buf.len() <= before);
         if let downstream::Verdict::Refused(code) = &verdict {
-            prop_assert!(*code == 400 || *code == 431, "{}", code);
+            prop_assert!([400, 417, 431, 501].contains(&code.as_u16()), "{}", code);
         }
-        if let downstream::Verdict::Plain(req) = verdict {
+        if let downstream::Verdict::Plain(req, _) = verdict {
             // What was served parses as a request for httparse too.
             let mut headers = [httparse::EMPTY_HEADER; 128];
             let mut r = httparse::Request::new(&mut headers);
             let consumed = before - buf.len();
             prop_assert!(matches!(r.parse(&bytes[..consumed]), Ok(httparse::Status::Complete(n)) if n == consumed));
             prop_assert_eq!(r.method, Some(req.method().as_str()));
+        }
+    }
+
+    /// Request bodies, by Content-Length or chunked (extensions, trailers): read whole, to
+    /// the byte where the next request starts.
+    #[test]
+    fn berths_server_reads_request_bodies_as_generated(u in uploads()) {
+        let mut bytes = u.bytes();
+        bytes.extend_from_slice(b"NEXT");
+        prop_assert_eq!(berth_reads_request(&bytes), Ok((u.body, b"NEXT".to_vec())));
+    }
+
+    /// Mutated requests with bodies: whatever berth's server reads, hyper's server reads
+    /// alike (berth is never the more lenient).
+    #[test]
+    fn berths_server_is_never_more_lenient_than_hypers(
+        u in uploads(),
+        flips in proptest::collection::vec((any::<usize>(), prop_oneof![
+            Just(b'\n'), Just(b'\r'), Just(b';'), Just(b' '), Just(b'0'), Just(b'x'), Just(0u8)
+        ]), 1..4),
+    ) {
+        let bytes = mutated(u.bytes(), &flips);
+        if let Ok((body, rest)) = berth_reads_request(&bytes) {
+            // hyper reads one request; what berth leaves after it would be the next.
+            if rest.is_empty() {
+                let hyper = runtime().block_on(hyper_reads_request(bytes.clone()));
+                prop_assert_eq!(hyper, Ok(body), "{:?}", String::from_utf8_lossy(&bytes));
+            }
         }
     }
 }

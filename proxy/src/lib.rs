@@ -22,39 +22,37 @@
 //!
 //! Files, one concept each, the imports pointing one way (the layering test below checks
 //! it), from the bottom: `protocol` (the control messages), `pool` (idle backend connections,
-//! per worker and backend), `metrics` (counters per worker lane, and their readings),
-//! `upstream` (berth's HTTP/1.1 client for requests without a body, and the framing of every
-//! answer), `request_body` (a client's body on its way, timed, its faults kept), `routes` (the
-//! routing table, a worker's copy of it, the pick per request), `activity` (what the request
-//! path tells a connection's watcher), `forward` (one request: checks, pick, retry, hold,
-//! tunnels), `state` (what every connection shares), `downstream` (berth's HTTP/1.1 server for
-//! requests without a body), `connection` (a connection's life: timeouts, polite close, and
-//! hyper's server for the rest), `server` (`run`: listeners, workers, signals, the control
-//! socket), `handover` (a reload: the successor on the same sockets), `pages` (start-up code
-//! handed back to the kernel), `client` (what the agent calls), `park` (a restart's
-//! connections, kept in systemd's store for the next proxy), `stopping` (the stop as a
-//! connection waits for it, without a lock shared by the workers), `prefixed` (a client
-//! socket with what was read of it ahead).
+//! per worker and backend), `h1` (the HTTP/1.1 framing of bodies both ways, the hop-by-hop
+//! list), `metrics` (counters per worker lane, and their readings), `request_body` (a
+//! client's body on its way, queued between the two sides, timed, its faults kept),
+//! `routes` (the routing table, a worker's copy of it, the pick per request), `upstream` (berth's HTTP/1.1 client: a
+//! request and its body out, the answer in), `forward` (one request: checks, pick, retry,
+//! hold, tunnels), `state` (what every connection shares), `downstream` (berth's HTTP/1.1
+//! server: a request and its body in, the answer out), `connection` (a connection's life),
+//! `server` (`run`: listeners, workers, signals, the control socket), `handover` (a reload:
+//! the successor on the same sockets), `pages` (start-up code handed back to the kernel),
+//! `client` (what the agent calls), `park` (a restart's connections, kept in systemd's store
+//! for the next proxy), `stopping` (the stop as a connection waits for it, without a lock
+//! shared by the workers).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::ipc::IpcError;
 
-mod activity;
 pub mod client;
 mod connection;
 mod downstream;
 mod forward;
 #[cfg(test)]
 mod framing_fuzz;
+mod h1;
 mod handover;
 pub mod ipc;
 pub mod metrics;
 pub mod pages;
 mod park;
 mod pool;
-mod prefixed;
 pub mod protocol;
 mod request_body;
 mod routes;
@@ -109,30 +107,29 @@ mod layering {
     use std::path::Path;
 
     /// Each module's rank: a module may use only modules of a lower rank. From the bottom:
-    /// messages and counters; the codec's pieces (client side, pool, request body); the
-    /// routing table; one request's forward; the connection state; the two servers; the
-    /// process.
-    const RANKS: [(&str, u8); 22] = [
+    /// messages, the framing and counters; the request body and the routing table; the
+    /// client side; one request's forward; the connection state; the server side; a
+    /// connection's life; the process.
+    const RANKS: [(&str, u8); 21] = [
         ("protocol", 0),
         ("stopping", 0),
         ("park", 0),
         ("pages", 0),
         ("ipc", 0),
         ("pool", 0),
+        ("h1", 0),
         ("metrics", 1),
         ("client", 1),
         ("handover", 1),
         ("request_body", 2),
-        ("prefixed", 2),
-        ("upstream", 2),
         ("routes", 2),
-        ("activity", 2),
-        ("forward", 3),
-        ("state", 4),
-        ("downstream", 5),
-        ("connection", 6),
-        ("framing_fuzz", 6),
-        ("server", 7),
+        ("upstream", 3),
+        ("forward", 4),
+        ("state", 5),
+        ("downstream", 6),
+        ("connection", 7),
+        ("framing_fuzz", 7),
+        ("server", 8),
         // Items of lib.rs itself (the error type): usable by all.
         ("ProxyError", 0),
         ("Settings", 0),

@@ -7,15 +7,15 @@
 //! note beside the saved route. The next proxy takes them back and goes on:
 //!
 //! - a kept-alive connection between requests: served again;
-//! - a request sent to its backend with no answer yet (a long poll): its answer read from the
-//!   same backend connection, then the connection served again;
+//! - a request sent to its backend, body and all, with no answer yet (a long poll): its
+//!   answer read from the same backend connection, then the connection served again;
 //! - a response body on its way (an SSE stream, a download): the rest of it, relayed from the
 //!   same backend connection, framed as before, then the connection is served again;
 //! - an upgraded connection (WebSocket): both sides joined again.
 //!
-//! So a restart waits only for what cannot be parked (a request with a body, which hyper's
-//! server carries; one held for a backend), not for streams or long polls; and nothing that
-//! was parked sees the restart. A plain `systemctl stop` releases the store: the parked
+//! So a restart waits only for what cannot be parked (a request whose body is still on its
+//! way, or held for a backend), not for streams or long polls; and nothing that was parked
+//! sees the restart. A plain `systemctl stop` releases the store: the parked
 //! connections close, as a stop closes them anyway.
 
 use std::net::SocketAddr;

@@ -483,7 +483,7 @@ fn worker(
             }
         });
         for r in resumed {
-            tokio::spawn(connection::resume(r, shared.clone(), stop.clone()));
+            tokio::spawn(connection::resume(r, shared.clone()));
         }
         // The stop wakes this worker's waiting connections (stopping.rs).
         let mut stopped = stop.clone();
@@ -516,12 +516,7 @@ async fn accept_until_stopped(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
-        tokio::spawn(connection::serve(
-            stream,
-            peer,
-            shared.clone(),
-            stop.clone(),
-        ));
+        tokio::spawn(connection::serve(stream, peer, shared.clone()));
     }
 }
 

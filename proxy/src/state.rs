@@ -16,7 +16,7 @@ pub(super) struct Timeouts {
     pub(super) header: Duration,
     /// A kept-alive connection may wait this long for its next request.
     pub(super) idle: Duration,
-    /// Request heads bigger than this get a 431 (hyper's read buffer; at least 8 KiB).
+    /// Request heads bigger than this get a 431 (at least 8 KiB).
     pub(super) max_header_bytes: usize,
     /// One wait for the client's next request body bytes may last this long (then 408).
     pub(super) body: Duration,

@@ -1,17 +1,16 @@
-//! The backend side of a proxied request without a body (most are): berth's own HTTP/1.1
-//! client on one kept-alive connection. The request's future writes the request and reads the response head on the
-//! socket, and the response body reads the socket when hyper's server polls it, so a request
-//! and its answer never leave the client connection's task.
+//! The backend side of a proxied request: berth's own HTTP/1.1 client on one kept-alive
+//! connection. The request's future writes the request (and its body, as the client's side
+//! reads it) and reads the response head on the socket, and the response body reads the
+//! socket when the client's side polls it, so a request and its answer never leave the
+//! client connection's task. A `101 Switching Protocols` hands the connection to the tunnel.
 //!
 //! Why by hand: hyper's client runs each connection as a task of its own, hands the request
 //! to it and the response head and each body chunk back through channels, and keeps two
 //! fixed 8 KiB buffers per connection; no client crate drives a connection from the caller's
 //! task. With this one the proxy's RSS under the benchmark's load (`tests/bench/proxy.sh`, 64
 //! connections) went from 7.3 to 7.8 MiB down to 5.6 to 6.0 MiB, below nginx's worker (6.3 to
-//! 6.4); its CPU per request moved from 1.30x nginx's to 1.25x, within the machine's noise. The parsing is httparse's (hyper's own parser); upgrades
-//! (WebSocket) still go through hyper's client (forward.rs), which hands the connection over
-//! after a 101, and so do requests with a body: hyper's client sends a body while it reads
-//! the answer, which a backend may send (or stream) before it has read all of it.
+//! 6.4); its CPU per request moved from 1.30x nginx's to 1.25x, within the machine's noise.
+//! The parsing is httparse's (hyper's own parser); the framing of bodies is h1.rs's.
 
 use std::cell::RefCell;
 use std::future::poll_fn;
@@ -28,8 +27,10 @@ use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::h1::{self, Chunk, Framing, Piece, Tokens, HOP_BY_HOP};
 use super::park;
 use super::pool;
+use super::request_body::RequestBody;
 
 /// A response head bigger than this is refused (hyper's client allowed the same).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
@@ -37,6 +38,10 @@ const MAX_HEAD: usize = 8192 + 4096 * 100;
 const MAX_HEADERS: usize = 100;
 /// Each read asks for at least this much room.
 const READ_SIZE: usize = 4096;
+/// Request body bytes gathered behind its head for the first write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// How long a request that expects a 100 waits for the backend's before its body goes.
+const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 /// A buffer grown past this by a large message is let go once the message is through, so an
 /// idle connection holds no more than a few KiB.
 pub(super) const KEEP_CAPACITY: usize = 16 * 1024;
@@ -45,8 +50,8 @@ pub(super) const KEEP_CAPACITY: usize = 16 * 1024;
 #[derive(Debug)]
 pub(super) enum SendError {
     /// The request did not reach the backend (its connection was closed under it): it may be
-    /// sent again, on another connection. Its head comes back.
-    Unsent(Box<Parts>, String),
+    /// sent again, on another connection. Its head comes back, and its body when it has one.
+    Unsent(Box<Parts>, Option<RequestBody>, String),
     /// It may have reached the backend.
     Sent(String),
     /// The backend answered, with something that is not a well-framed HTTP/1.1 response: it
@@ -135,16 +140,6 @@ pub(super) async fn connect(backend: SocketAddr, limit: Duration) -> Result<Conn
     Ok(Conn::new(stream, backend))
 }
 
-/// How the response body ends (RFC 9112 section 6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
-    /// This many bytes are left.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the backend closes the connection.
-    Close,
-}
-
 /// A response head, how its body ends, and whether its connection can carry another request.
 /// The head holds no hop-by-hop header but a Connection that names others (`hop_free`
 /// false), which forward.rs removes with the headers it names.
@@ -153,20 +148,8 @@ struct Head {
     framing: Framing,
     keep: bool,
     hop_free: bool,
-}
-
-/// Where a chunked body is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Chunk {
-    /// Before a chunk-size line.
-    Size,
-    /// In a chunk's data, this many bytes left.
-    Data(u64),
-    /// After a chunk's data: its CRLF.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
-    Done,
+    /// A 101 to an upgrade request: the connection is the tunnel's from here.
+    switched: bool,
 }
 
 impl Conn {
@@ -198,27 +181,48 @@ impl Conn {
     /// request. `reused`: the connection served a request before (so a close before any
     /// answer means it had timed out, not that the backend failed).
     pub(super) async fn send(
-        mut self,
+        self,
         parts: Parts,
         idle: Idle,
         reused: bool,
         lot: Option<&park::Lot>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        self.write_head(&parts);
+        self.exchange(parts, idle, reused, lot, false).await
+    }
+
+    /// Sends an upgrade request (WebSocket), on a connection of its own: a `101 Switching
+    /// Protocols` answer's body holds the connection for the tunnel ([`UpstreamBody::switched`]).
+    pub(super) async fn send_upgrade(
+        self,
+        parts: Parts,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        self.exchange(parts, Idle, false, None, true).await
+    }
+
+    async fn exchange(
+        mut self,
+        parts: Parts,
+        idle: Idle,
+        reused: bool,
+        lot: Option<&park::Lot>,
+        upgrade: bool,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        self.write_head(&parts, false);
         if let Err(e) = self.stream.write_all(&self.out).await {
             // A head cut short is no request: it can be sent again.
             return Err(SendError::Unsent(
                 Box::new(parts),
+                None,
                 format!("sending the request: {e}"),
             ));
         }
-        let head = match self.read_head(&parts.method, lot).await {
+        let head = match self.read_head(&parts.method, upgrade, lot).await {
             Ok(h) => h,
             Err(Closed::Parked) => return Err(SendError::Parked(Box::new(self))),
             Err(Closed::Before(e)) if reused && idempotent(&parts.method) => {
                 // A kept-alive connection the backend closed as the request went out: an
                 // idempotent request (without a body, as all here are) is sent again.
-                return Err(SendError::Unsent(Box::new(parts), e));
+                return Err(SendError::Unsent(Box::new(parts), None, e));
             }
             Err(Closed::Before(e) | Closed::After(e)) => return Err(SendError::Sent(e)),
             Err(Closed::Malformed(e)) => return Err(SendError::Bad(e)),
@@ -228,6 +232,185 @@ impl Conn {
         Ok(self.answered(head, idle))
     }
 
+    /// Sends `parts` with the client's `body` (by its Content-Length, else chunked), watching
+    /// for the answer meanwhile: a backend may answer (a 413, a 401) before it has read all of
+    /// the body. Such an answer stops the sending, and the connection carries no other request
+    /// (the client's connection closes after it too, downstream.rs). What of the body is
+    /// ready leaves with the head, in one write.
+    pub(super) async fn send_body(
+        mut self,
+        parts: Parts,
+        mut body: RequestBody,
+        idle: Idle,
+        lot: Option<&park::Lot>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let chunked = !parts.headers.contains_key(header::CONTENT_LENGTH);
+        self.write_head(&parts, chunked);
+        let mut head_sent = false;
+        if parts.headers.contains_key(header::EXPECT) && !body.ready() {
+            // The backend may refuse before the body moves (RFC 9110 section 10.1.1), and the
+            // client then never sends it (downstream.rs owes it a 100 only once the body is
+            // asked for here).
+            if let Err(e) = self.stream.write_all(&self.out).await {
+                return Err(SendError::Unsent(
+                    Box::new(parts),
+                    Some(body),
+                    format!("sending the request: {e}"),
+                ));
+            }
+            head_sent = true;
+            self.out.clear();
+            if let Some(mut head) = self.await_continue(&parts.method).await? {
+                drop(body);
+                head.keep = false;
+                *self.spare = parts.headers;
+                self.spare.clear();
+                return Ok(self.answered(head, idle));
+            }
+        }
+        let mut first = Vec::new();
+        let mut ended = false;
+        while self.out.len() < WRITE_BATCH {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        put_body(&mut self.out, chunked, &data);
+                        first.push(data);
+                    }
+                }
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                Poll::Ready(Some(Err(e))) => return Err(SendError::Sent(e.to_string())),
+                Poll::Pending => break,
+            }
+        }
+        if ended && chunked {
+            self.out.extend_from_slice(h1::LAST_CHUNK);
+        }
+        let mut broken = false;
+        if let Err(e) = self.stream.write_all(&self.out).await {
+            if !head_sent {
+                // Nothing of it was read: it can be sent again, its body with it.
+                body.put_back(first);
+                return Err(SendError::Unsent(
+                    Box::new(parts),
+                    Some(body),
+                    format!("sending the request: {e}"),
+                ));
+            }
+            // It stopped reading: it may have answered.
+            broken = true;
+        }
+        drop(first);
+        let method = &parts.method;
+        let mut early = None;
+        while !ended && !broken {
+            let next = poll_fn(|cx| {
+                if let Poll::Ready(read) = self.poll_read_more(cx) {
+                    return Poll::Ready(Err(read));
+                }
+                Pin::new(&mut body).poll_frame(cx).map(Ok)
+            })
+            .await;
+            match next {
+                // The backend answers before the body's end (or closes): its head is read
+                // below, or it failed.
+                Err(Ok(n)) if n > 0 => match self.early_head(method) {
+                    Ok(Some(head)) => {
+                        early = Some(head);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(SendError::Bad(e)),
+                },
+                Err(_) => break,
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.out.clear();
+                        put_body(&mut self.out, chunked, &data);
+                        if self.stream.write_all(&self.out).await.is_err() {
+                            // It stopped reading: it may have answered.
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    ended = true;
+                    if chunked && self.stream.write_all(h1::LAST_CHUNK).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(Err(e))) => return Err(SendError::Sent(e.to_string())),
+            }
+        }
+        drop(body);
+        // Once all of the body went, a restart may park the wait for the answer (park.rs).
+        let lot = lot.filter(|_| ended);
+        let mut head = match early {
+            Some(head) => head,
+            None => match self.read_head(method, false, lot).await {
+                Ok(h) => h,
+                Err(Closed::Malformed(e)) => return Err(SendError::Bad(e)),
+                Err(Closed::Before(e) | Closed::After(e)) => return Err(SendError::Sent(e)),
+                Err(Closed::Parked) => return Err(SendError::Parked(Box::new(self))),
+            },
+        };
+        // Not all of the body went: the backend would read the rest as the next request.
+        head.keep &= ended;
+        *self.spare = parts.headers;
+        self.spare.clear();
+        Ok(self.answered(head, idle))
+    }
+
+    /// Waits for the backend's word on an `Expect: 100-continue`: `None` to send the body
+    /// (its 100, or [`CONTINUE_WAIT`] of silence from a backend that ignores the
+    /// expectation, as curl waits), or its final answer, the body unsent.
+    async fn await_continue(&mut self, method: &Method) -> Result<Option<Head>, SendError> {
+        let wait = tokio::time::sleep(CONTINUE_WAIT);
+        tokio::pin!(wait);
+        loop {
+            let read = tokio::select! {
+                read = poll_fn(|cx| self.poll_read_more(cx)) => read,
+                () = &mut wait => return Ok(None),
+            };
+            match read {
+                Ok(0) => {
+                    return Err(SendError::Sent(
+                        "the backend closed the connection before answering".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(SendError::Sent(format!("reading the response: {e}"))),
+            }
+            // The 100 (or another interim answer) is consumed: the body goes.
+            let before = self.buf.len();
+            match self.early_head(method) {
+                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(None) if self.buf.len() < before => return Ok(None),
+                Ok(None) => {}
+                Err(e) => return Err(SendError::Bad(e)),
+            }
+        }
+    }
+
+    /// A final response head among what the backend sent while the body went out (interim
+    /// ones skipped); `None` while there is none yet.
+    fn early_head(&mut self, method: &Method) -> Result<Option<Head>, String> {
+        loop {
+            match self.parse_head(method, false)? {
+                Some(Some(head)) => return Ok(Some(head)),
+                Some(None) => continue,
+                None if self.buf.len() >= MAX_HEAD => {
+                    return Err(format!("the response head is over {MAX_HEAD} bytes"))
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
     /// The answer to a request the proxy before this one sent and parked on this connection
     /// before any of it came (park.rs).
     pub(super) async fn resume_answer(
@@ -235,7 +418,7 @@ impl Conn {
         method: &Method,
         idle: Idle,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        match self.read_head(method, None).await {
+        match self.read_head(method, false, None).await {
             Ok(head) => Ok(self.answered(head, idle)),
             Err(Closed::Malformed(e)) => Err(SendError::Bad(e)),
             Err(Closed::Before(e) | Closed::After(e)) => Err(SendError::Sent(e)),
@@ -256,6 +439,7 @@ impl Conn {
 
     /// A response with its head read: its body reads the rest.
     fn answered(self, head: Head, idle: Idle) -> Response<UpstreamBody> {
+        let switched = head.switched;
         let body = UpstreamBody {
             conn: Some(self),
             framing: head.framing,
@@ -264,14 +448,15 @@ impl Conn {
             idle,
         };
         let mut resp = Response::from_parts(head.parts, body);
-        if resp.body().finished() {
+        // A switched connection is the tunnel's, not the pool's.
+        if resp.body().finished() && !switched {
             resp.body_mut().done();
         }
         resp
     }
 
-    /// The request head into `self.out`.
-    fn write_head(&mut self, parts: &Parts) {
+    /// The request head into `self.out`; `chunked`: its body is sent chunked.
+    fn write_head(&mut self, parts: &Parts, chunked: bool) {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -285,20 +470,24 @@ impl Conn {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        // A bodiless POST, PUT or PATCH says so, as hyper's client did.
-        if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
         {
+            // A bodiless POST, PUT or PATCH says so, as hyper's client did.
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Reads the response head (skipping 1xx interim responses), and how its body ends. With
-    /// `lot`, a restart that parks connections stops the wait while nothing has come.
+    /// Reads the response head (skipping 1xx interim responses), and how its body ends;
+    /// `upgrade`: the request asked to switch protocols, so a 101 is its answer. With `lot`, a
+    /// restart that parks connections stops the wait while nothing has come.
     async fn read_head(
         &mut self,
         method: &Method,
+        upgrade: bool,
         lot: Option<&park::Lot>,
     ) -> Result<Head, Closed> {
         let mut received = false;
@@ -306,7 +495,8 @@ impl Conn {
             let parsed = if self.buf.is_empty() {
                 None
             } else {
-                self.parse_head(method).map_err(Closed::Malformed)?
+                self.parse_head(method, upgrade)
+                    .map_err(Closed::Malformed)?
             };
             if let Some(parsed) = parsed {
                 match parsed {
@@ -352,8 +542,12 @@ impl Conn {
     }
 
     /// Parses a response head from the buffer: `None` when it is incomplete, `Some(None)` for
-    /// an interim (1xx) response, consumed.
-    fn parse_head(&mut self, method: &Method) -> Result<Option<Option<Head>>, String> {
+    /// an interim (1xx) response, consumed. A 101 answers only an `upgrade` request.
+    fn parse_head(
+        &mut self,
+        method: &Method,
+        upgrade: bool,
+    ) -> Result<Option<Option<Head>>, String> {
         // Uninitialized, as in downstream.rs's parse.
         let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -368,10 +562,11 @@ impl Conn {
         };
         let code = resp.code.unwrap_or(0);
         let status = StatusCode::from_u16(code).map_err(|e| format!("status {code}: {e}"))?;
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err("a 101 to a request that asked for no upgrade".into());
-            }
+        let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+        if switched && !upgrade {
+            return Err("a 101 to a request that asked for no upgrade".into());
+        }
+        if status.is_informational() && !switched {
             self.buf.advance(len);
             return Ok(Some(None));
         }
@@ -397,7 +592,8 @@ impl Conn {
                 hop_free = false;
             } else if HOP_BY_HOP[1..5]
                 .iter()
-                .chain(&HOP_BY_HOP[6..])
+                // A 101's Upgrade names the protocol switched to: forward.rs passes it on.
+                .chain(if switched { &[][..] } else { &HOP_BY_HOP[6..] })
                 .any(|o| n.eq_ignore_ascii_case(o.as_bytes()))
             {
                 continue;
@@ -415,12 +611,17 @@ impl Conn {
         // A Transfer-Encoding on HTTP/1.0 is faulty framing: the connection ends after it
         // (RFC 9112 section 6.1).
         let faulty = !http11 && chunked_or_coded;
-        let framing = framing(method, status, &mut map)?;
+        let framing = if switched {
+            Framing::Length(0)
+        } else {
+            h1::response_framing(method, status, &mut map)?
+        };
         if chunked_or_coded {
             // Read by `framing`; the body leaves this hop framed anew.
             map.remove(header::TRANSFER_ENCODING);
         }
-        let keep = framing != Framing::Close && !faulty && connection.keeps_alive(http11);
+        let keep =
+            framing != Framing::Close && !faulty && !switched && connection.keeps_alive(http11);
         let mut parts = Response::new(()).into_parts().0;
         parts.status = status;
         parts.version = if http11 {
@@ -434,6 +635,7 @@ impl Conn {
             framing,
             keep,
             hop_free,
+            switched,
         })))
     }
 
@@ -444,6 +646,15 @@ impl Conn {
         // tokio's own read: a short read clears the readiness, so the next wait costs no
         // system call that only finds the socket empty.
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+    }
+}
+
+/// One piece of a request body into `out`, framed.
+fn put_body(out: &mut Vec<u8>, chunked: bool, data: &[u8]) {
+    if chunked {
+        h1::encode_chunk(out, data);
+    } else {
+        out.extend_from_slice(data);
     }
 }
 
@@ -464,158 +675,6 @@ pub(super) fn idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// How the body of a response with `status` to `method` ends (RFC 9112 section 6.3), for
-/// both of the proxy's clients (this one and hyper's, forward.rs): a Content-Length that a
-/// Transfer-Encoding overrides, or that a 204 may not have, is removed. Strict where a
-/// lenient reading could frame the message otherwise than the next hop does: one
-/// Transfer-Encoding line, and only `chunked` (nginx refuses the others from a backend too:
-/// a coding this hop would drop, like the gzip of `gzip, chunked`, is a corrupted body).
-pub(super) fn framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &mut HeaderMap,
-) -> Result<Framing, String> {
-    if method == Method::CONNECT {
-        return Err("a CONNECT tunnel is not proxied".into());
-    }
-    if status == StatusCode::NO_CONTENT {
-        headers.remove(header::CONTENT_LENGTH);
-    }
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Length(0));
-    }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(te) = codings.next() {
-        if codings.next().is_some() {
-            return Err("Transfer-Encoding on more than one line".into());
-        }
-        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            return Err(format!(
-                "a Transfer-Encoding other than chunked ({:?})",
-                String::from_utf8_lossy(te.as_bytes())
-            ));
-        }
-        headers.remove(header::CONTENT_LENGTH);
-        return Ok(Framing::Chunked(Chunk::Size));
-    }
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("").split(',') {
-            let part = part.trim();
-            // Digits only (RFC 9112 section 6.3): `+5` parses as a u64 but is not one.
-            let n: u64 = part
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| part.parse().ok())
-                .flatten()
-                .ok_or_else(|| format!("a bad Content-Length {v:?}"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err("Content-Length headers that disagree".into());
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
-}
-
-/// A chunk-size line at the start of `buf` (RFC 9112 section 7.1): its length with the CRLF,
-/// and the size; `None` while incomplete. By hand, because httparse's takes a bare LF, a line
-/// without digits and control bytes in an extension, any of which another hop may read as a
-/// different boundary.
-fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
-    const MAX_LINE: usize = 1024;
-    let Some(lf) = buf.iter().take(MAX_LINE).position(|b| *b == b'\n') else {
-        if buf.len() >= MAX_LINE {
-            return Err("a chunk-size line over 1 KiB");
-        }
-        return Ok(None);
-    };
-    let Some(line) = buf[..lf].strip_suffix(b"\r") else {
-        return Err("a chunk-size line ended by a bare LF");
-    };
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 {
-        return Err("a chunk-size line without a size");
-    }
-    if digits > 16 {
-        return Err("a chunk size over 64 bits");
-    }
-    let ext = &line[digits..];
-    let ext_ok = ext.iter().all(|b| *b == b'\t' || (b' '..0x7f).contains(b))
-        && matches!(ext.trim_ascii_start().first(), None | Some(b';'));
-    if !ext_ok {
-        return Err("a bad chunk extension");
-    }
-    let text = std::str::from_utf8(&line[..digits]).map_err(|_| "a bad chunk size")?;
-    let size = u64::from_str_radix(text, 16).map_err(|_| "a bad chunk size")?;
-    Ok(Some((lf + 1, size)))
-}
-
-/// Whether `line` (without its CRLF) is a field line: a token, a colon, then a value without
-/// control bytes but HTAB (RFC 9110 section 5).
-fn trailer_field(line: &[u8]) -> bool {
-    let Some(colon) = line.iter().position(|b| *b == b':') else {
-        return false;
-    };
-    let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-    colon > 0
-        && line[..colon].iter().all(tchar)
-        && line[colon + 1..]
-            .iter()
-            .all(|b| *b == b'\t' || (b' '..=b'~').contains(b) || *b >= 0x80)
-}
-
-/// The hop-by-hop headers (RFC 9110 section 7.6.1, and the old Proxy-Connection): they
-/// describe one connection, not the message. The one list for both directions: this client
-/// leaves them out of a response (Connection and Transfer-Encoding are read first), and
-/// forward.rs removes them from what hyper's sides carry.
-pub(super) const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// What a message's Connection headers say (downstream.rs reads the requests' with it).
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Tokens {
-    close: bool,
-    keep_alive: bool,
-    /// `upgrade`: the message asks to switch protocols (with its Upgrade header).
-    pub(super) upgrade: bool,
-}
-
-impl Tokens {
-    /// Reads one Connection header's value; `false` when it names other headers too
-    /// (`upgrade` among them).
-    pub(super) fn read(&mut self, value: &[u8]) -> bool {
-        let mut only_ours = true;
-        for t in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            if t.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if !t.is_empty() {
-                self.upgrade |= t.eq_ignore_ascii_case(b"upgrade");
-                only_ours = false;
-            }
-        }
-        only_ours
-    }
-
-    /// Whether the connection may carry another message after this one: `close` wins, and
-    /// HTTP/1.0 keeps it only when asked to.
-    pub(super) fn keeps_alive(self, http11: bool) -> bool {
-        !self.close && (http11 || self.keep_alive)
-    }
 }
 
 /// A backend's response body, read from its connection as hyper's server asks for it.
@@ -640,11 +699,15 @@ impl UpstreamBody {
         self.hop_free
     }
 
+    /// The connection of a `101 Switching Protocols`, and what the backend sent after it:
+    /// the tunnel's from here.
+    pub(super) fn switched(mut self) -> Option<(TcpStream, BytesMut)> {
+        let conn = self.conn.take()?;
+        Some((conn.stream, conn.buf))
+    }
+
     fn finished(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Length(0) | Framing::Chunked(Chunk::Done)
-        )
+        self.framing.finished()
     }
 
     /// The body's end: its connection goes back to the idle ones if it can be used again.
@@ -664,84 +727,12 @@ impl UpstreamBody {
         }
     }
 
-    /// The next frame from what the connection has buffered, if it has enough for one.
-    fn next_buffered(&mut self) -> Result<Option<Option<Bytes>>, String> {
+    /// The next piece of the body from what the connection has buffered.
+    fn next_buffered(&mut self) -> Result<Piece, String> {
         let Some(conn) = self.conn.as_mut() else {
-            return Ok(Some(None));
+            return Ok(Piece::End);
         };
-        let buf = &mut conn.buf;
-        loop {
-            match self.framing {
-                Framing::Length(0) | Framing::Chunked(Chunk::Done) => return Ok(Some(None)),
-                Framing::Length(left) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    self.framing = Framing::Length(left - n as u64);
-                    return Ok(Some(Some(take(buf, n))));
-                }
-                Framing::Close => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = buf.len();
-                    return Ok(Some(Some(take(buf, n))));
-                }
-                Framing::Chunked(Chunk::Size) => match chunk_size(buf)? {
-                    Some((used, 0)) => {
-                        buf.advance(used);
-                        self.framing = Framing::Chunked(Chunk::Trailers);
-                    }
-                    Some((used, size)) => {
-                        buf.advance(used);
-                        self.framing = Framing::Chunked(Chunk::Data(size));
-                    }
-                    None => return Ok(None),
-                },
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if buf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                    let left = left - n as u64;
-                    self.framing = Framing::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Some(Some(take(buf, n))));
-                }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if buf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &buf[..2] != b"\r\n" {
-                        return Err("a chunk not ended by CRLF".into());
-                    }
-                    buf.advance(2);
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers) => {
-                    // Trailer fields are not forwarded; the empty line ends the body.
-                    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
-                        if buf.len() > MAX_HEAD {
-                            return Err("trailers over the head limit".into());
-                        }
-                        return Ok(None);
-                    };
-                    // Each trailer line is a field (`name: value`), not any bytes: a looser
-                    // reading could take another hop's next message for a trailer.
-                    if eol > 0 && !trailer_field(&buf[..eol]) {
-                        return Err("a malformed trailer field".into());
-                    }
-                    buf.advance(eol + 2);
-                    if eol == 0 {
-                        self.framing = Framing::Chunked(Chunk::Done);
-                    }
-                }
-            }
-        }
+        h1::decode(&mut self.framing, &mut conn.buf, MAX_HEAD)
     }
 }
 
@@ -792,17 +783,6 @@ impl UpstreamBody {
     }
 }
 
-/// The first `n` bytes of `buf` as their own Bytes. Copied (they are few, mostly), so the
-/// buffer stays whole and is reused for the next read without a new allocation.
-fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    let data = Bytes::copy_from_slice(&buf[..n]);
-    buf.advance(n);
-    if buf.is_empty() {
-        buf.clear();
-    }
-    data
-}
-
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -814,17 +794,17 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         loop {
             match this.next_buffered() {
-                Ok(Some(Some(data))) => {
+                Ok(Piece::Data(data)) => {
                     if this.finished() {
                         this.done();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Ok(Some(None)) => {
+                Ok(Piece::End) => {
                     this.done();
                     return Poll::Ready(None);
                 }
-                Ok(None) => {}
+                Ok(Piece::More) => {}
                 Err(e) => {
                     this.conn = None;
                     return Poll::Ready(Some(Err(BodyError(e))));
@@ -876,118 +856,6 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-
-    #[test]
-    fn framing_follows_rfc_9112() {
-        let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(
-                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                );
-            }
-            m
-        };
-        let ok = StatusCode::OK;
-        let cl = [("content-length", "5")];
-        assert_eq!(
-            framing(&Method::HEAD, ok, &mut h(&cl)),
-            Ok(Framing::Length(0))
-        );
-        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
-            assert_eq!(
-                framing(&Method::GET, status, &mut h(&cl)),
-                Ok(Framing::Length(0))
-            );
-        }
-        assert_eq!(
-            framing(&Method::GET, ok, &mut h(&cl)),
-            Ok(Framing::Length(5))
-        );
-        assert_eq!(
-            framing(&Method::GET, ok, &mut h(&[("content-length", "5, 5")])),
-            Ok(Framing::Length(5))
-        );
-        assert!(framing(&Method::GET, ok, &mut h(&[("content-length", "5, 6")])).is_err());
-        assert!(framing(&Method::GET, ok, &mut h(&[("content-length", "x")])).is_err());
-        assert_eq!(framing(&Method::GET, ok, &mut h(&[])), Ok(Framing::Close));
-        // Transfer-Encoding wins, and the Content-Length it overrides is not passed on.
-        let mut both = h(&[("transfer-encoding", "Chunked"), ("content-length", "9")]);
-        assert_eq!(
-            framing(&Method::GET, ok, &mut both),
-            Ok(Framing::Chunked(Chunk::Size))
-        );
-        assert!(!both.contains_key(header::CONTENT_LENGTH));
-        // Codings this hop would drop, and chunked on two lines, are refused.
-        for te in [&["gzip, chunked"][..], &["gzip"], &["chunked", "chunked"]] {
-            let mut m = h(&[]);
-            for v in te {
-                m.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
-            }
-            assert!(framing(&Method::GET, ok, &mut m).is_err(), "{te:?}");
-        }
-        // A 204 has no body, and no Content-Length either (RFC 9110 section 8.6).
-        let mut no_content = h(&cl);
-        assert_eq!(
-            framing(&Method::GET, StatusCode::NO_CONTENT, &mut no_content),
-            Ok(Framing::Length(0))
-        );
-        assert!(no_content.is_empty());
-    }
-
-    #[test]
-    fn trailer_lines_are_fields() {
-        assert!(trailer_field(b"X-Sum: abc"));
-        assert!(trailer_field(b"x:"));
-        for bad in [&b"\0\0"[..], b"0", b": v", b"X Y: v", b"X: a\0b"] {
-            assert!(!trailer_field(bad), "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn chunk_size_lines_are_read_strictly() {
-        assert_eq!(chunk_size(b"1a\r\nxx"), Ok(Some((4, 26))));
-        assert_eq!(chunk_size(b"0;name=value\r\n"), Ok(Some((14, 0))));
-        assert_eq!(chunk_size(b"5 ;a\r\n"), Ok(Some((6, 5))));
-        assert_eq!(chunk_size(b"5;ext"), Ok(None));
-        for bad in [
-            &b"5\n"[..],
-            b"5;a\nb\r\n",
-            b";ext\r\n",
-            b"\r\n",
-            b"x\r\n",
-            b"5 x\r\n",
-            b"5;a\rb\r\n",
-            b"11111111111111111\r\n",
-        ] {
-            assert!(
-                chunk_size(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        assert!(chunk_size(&[b'5'; 2048]).is_err(), "over 1 KiB");
-    }
-
-    #[test]
-    fn keep_alive_by_version_and_connection_header() {
-        let with = |values: &[&str]| {
-            let mut t = Tokens::default();
-            let ours = values.iter().all(|v| t.read(v.as_bytes()));
-            (t, ours)
-        };
-        assert!(Tokens::default().keeps_alive(true));
-        assert!(!Tokens::default().keeps_alive(false));
-        assert!(!with(&["close"]).0.keeps_alive(true));
-        assert!(with(&["Keep-Alive"]).0.keeps_alive(false));
-        assert!(!with(&["keep-alive", " Close "]).0.keeps_alive(true));
-        assert!(!with(&["keep-alive", "close"]).0.keeps_alive(false));
-        // Only a Connection that names other headers is kept, for them to be removed.
-        assert!(with(&["keep-alive", "close", ""]).1);
-        let (t, ours) = with(&["keep-alive, x-trace"]);
-        assert!(!ours && t.keeps_alive(false));
-    }
 
     /// A backend that answers each request it reads with the next of `answers` (written in
     /// the pieces given, a moment apart), and sends each request head it read to the test.
@@ -1062,6 +930,133 @@ mod tests {
     async fn body_of(resp: Response<UpstreamBody>) -> Result<String, BodyError> {
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// A request body fed as the client's side would: `pieces`, then its end.
+    fn fed(pieces: &[&'static [u8]]) -> RequestBody {
+        let progress = std::sync::Arc::new(crate::request_body::Progress::default());
+        for p in pieces {
+            progress.push(Bytes::from_static(p));
+        }
+        progress.complete();
+        RequestBody::new(progress, Duration::from_secs(5))
+    }
+
+    /// A backend that reads one request to the end of its chunked body (or `length` bytes of
+    /// it), sends what it read to the test, then answers `answer`; `early`: answers after the
+    /// head, before reading any of the body.
+    async fn body_backend(
+        length: Option<usize>,
+        answer: &'static [u8],
+        early: bool,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let done = |got: &[u8]| match got.windows(4).position(|w| w == b"\r\n\r\n") {
+                Some(_) if early => true,
+                Some(at) => match length {
+                    Some(n) => got.len() >= at + 4 + n,
+                    None => got[at..].ends_with(b"0\r\n\r\n"),
+                },
+                None => false,
+            };
+            while !done(&got) {
+                let mut b = [0u8; 4096];
+                let n = s.read(&mut b).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&b[..n]);
+            }
+            tx.send(got).unwrap();
+            s.write_all(answer).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        });
+        (addr, rx)
+    }
+
+    fn post(length: Option<usize>) -> Parts {
+        let mut parts = get(Method::POST);
+        if let Some(n) = length {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        parts
+    }
+
+    #[tokio::test]
+    async fn a_body_goes_by_its_length_or_chunked_and_the_connection_is_kept() {
+        const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (addr, mut seen) = body_backend(None, OK, false).await;
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let resp = conn
+            .send_body(post(None), fed(&[b"hello, ", b"world"]), Idle, None)
+            .await
+            .unwrap();
+        assert_eq!(body_of(resp).await.unwrap(), "ok");
+        let got = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
+        assert!(
+            got.ends_with("\r\n\r\n7\r\nhello, \r\n5\r\nworld\r\n0\r\n\r\n"),
+            "{got}"
+        );
+        assert!(taken(addr).is_some(), "kept for the next request");
+
+        let (addr, mut seen) = body_backend(Some(5), OK, false).await;
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let resp = conn
+            .send_body(post(Some(5)), fed(&[b"hel", b"lo"]), Idle, None)
+            .await
+            .unwrap();
+        assert_eq!(body_of(resp).await.unwrap(), "ok");
+        let got = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert!(got.ends_with("content-length: 5\r\n\r\nhello"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_bodys_end_stops_it_and_the_connection_is_not_kept() {
+        const NO: &[u8] = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\n\r\nno";
+        let (addr, _seen) = body_backend(None, NO, true).await;
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        // A body that never ends: the client's side is still reading it.
+        let progress = std::sync::Arc::new(crate::request_body::Progress::default());
+        progress.push(Bytes::from_static(b"start"));
+        let body = RequestBody::new(progress.clone(), Duration::from_secs(5));
+        let resp = conn.send_body(post(None), body, Idle, None).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            progress.dropped(),
+            "the client's side stops reading the body"
+        );
+        assert_eq!(body_of(resp).await.unwrap(), "no");
+        assert!(taken(addr).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_body_went_parks_while_it_waits_for_its_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 4096];
+            let _ = s.read(&mut b).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let lot = park::Lot::new(Some(std::env::temp_dir()));
+        lot.request();
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        match conn
+            .send_body(post(Some(2)), fed(&[b"hi"]), Idle, Some(&lot))
+            .await
+        {
+            Err(SendError::Parked(c)) => assert_eq!(c.backend, addr),
+            other => panic!("not parked: {other:?}"),
+        }
     }
 
     #[tokio::test]
@@ -1201,7 +1196,7 @@ mod tests {
         // Sent anyway (the race a check cannot close): an idempotent bodiless request comes
         // back unsent, a POST does not.
         match conn.send(get(Method::GET), idle, true, None).await {
-            Err(SendError::Unsent(parts, _)) => assert_eq!(parts.method, Method::GET),
+            Err(SendError::Unsent(parts, _, _)) => assert_eq!(parts.method, Method::GET),
             other => panic!("{other:?}"),
         }
         let (addr, resp) = answered(OK, &idle).await;
