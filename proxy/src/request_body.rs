@@ -183,10 +183,10 @@ impl Progress {
         Poll::Pending
     }
 
-    /// Ready once the backend's side has asked for the body (or let it go).
+    /// Ready once the backend's side has asked for the body (never once it let it go).
     pub(super) fn poll_wanted(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut q = self.queue();
-        if q.wanted || q.dropped || !q.pieces.is_empty() {
+        if (q.wanted || !q.pieces.is_empty()) && !q.dropped {
             return Poll::Ready(());
         }
         q.producer = Some(cx.waker().clone());

@@ -24,7 +24,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode, Version};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::h1::{self, Chunk, Framing, Piece, Tokens, HOP_BY_HOP};
@@ -290,9 +290,13 @@ impl Conn {
         if ended && chunked {
             self.out.extend_from_slice(h1::LAST_CHUNK);
         }
+        let method = &parts.method;
+        let mut early = None;
         let mut broken = false;
-        if let Err(e) = self.stream.write_all(&self.out).await {
-            if !head_sent {
+        match self.send_out(method).await? {
+            Out::Written => {}
+            Out::Answered(head) => early = Some(head),
+            Out::Broken(e, false) if !head_sent => {
                 // Nothing of it was read: it can be sent again, its body with it.
                 body.put_back(first);
                 return Err(SendError::Unsent(
@@ -302,12 +306,10 @@ impl Conn {
                 ));
             }
             // It stopped reading: it may have answered.
-            broken = true;
+            Out::Broken(..) => broken = true,
         }
         drop(first);
-        let method = &parts.method;
-        let mut early = None;
-        while !ended && !broken {
+        while !ended && !broken && early.is_none() {
             let next = poll_fn(|cx| {
                 if let Poll::Ready(read) = self.poll_read_more(cx) {
                     return Poll::Ready(Err(read));
@@ -315,40 +317,37 @@ impl Conn {
                 Pin::new(&mut body).poll_frame(cx).map(Ok)
             })
             .await;
+            self.out.clear();
             match next {
                 // The backend answers before the body's end (or closes): its head is read
                 // below, or it failed.
-                Err(Ok(n)) if n > 0 => match self.early_head(method) {
-                    Ok(Some(head)) => {
-                        early = Some(head);
-                        break;
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(SendError::Bad(e)),
-                },
-                Err(_) => break,
+                Err(Ok(n)) if n > 0 => early = self.early_head(method).map_err(SendError::Bad)?,
+                Err(_) => broken = true,
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.out.clear();
                         put_body(&mut self.out, chunked, &data);
-                        if self.stream.write_all(&self.out).await.is_err() {
-                            // It stopped reading: it may have answered.
-                            break;
-                        }
                     }
                 }
                 Ok(None) => {
                     ended = true;
-                    if chunked && self.stream.write_all(h1::LAST_CHUNK).await.is_err() {
-                        break;
+                    if chunked {
+                        self.out.extend_from_slice(h1::LAST_CHUNK);
                     }
                 }
                 Ok(Some(Err(e))) => return Err(SendError::Sent(e.to_string())),
+            }
+            if !self.out.is_empty() {
+                match self.send_out(method).await? {
+                    Out::Written => {}
+                    Out::Answered(head) => early = Some(head),
+                    Out::Broken(..) => broken = true,
+                }
             }
         }
         drop(body);
         // Once all of the body went, a restart may park the wait for the answer (park.rs).
         let lot = lot.filter(|_| ended);
+        let early_none = early.is_none();
         let mut head = match early {
             Some(head) => head,
             None => match self.read_head(method, false, lot).await {
@@ -359,7 +358,7 @@ impl Conn {
             },
         };
         // Not all of the body went: the backend would read the rest as the next request.
-        head.keep &= ended;
+        head.keep &= ended && early_none;
         *self.spare = parts.headers;
         self.spare.clear();
         Ok(self.answered(head, idle))
@@ -392,6 +391,41 @@ impl Conn {
                 Ok(None) if self.buf.len() < before => return Ok(None),
                 Ok(None) => {}
                 Err(e) => return Err(SendError::Bad(e)),
+            }
+        }
+    }
+
+    /// Writes `self.out` while watching the backend: a backend that answers (a 413) and stops
+    /// reading would otherwise hold the write for good. An interim answer (a 100) is read
+    /// and the writing goes on.
+    async fn send_out(&mut self, method: &Method) -> Result<Out, SendError> {
+        let mut at = 0;
+        loop {
+            let step = poll_fn(|cx| loop {
+                if let Poll::Ready(read) = self.poll_read_more(cx) {
+                    return Poll::Ready(Step::Read(read));
+                }
+                if at == self.out.len() {
+                    return Poll::Ready(Step::Written);
+                }
+                match Pin::new(&mut self.stream).poll_write(cx, &self.out[at..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Step::Failed("wrote nothing".into())),
+                    Poll::Ready(Ok(n)) => at += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e.to_string())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            })
+            .await;
+            match step {
+                Step::Written => return Ok(Out::Written),
+                Step::Failed(e) => return Ok(Out::Broken(e, at > 0)),
+                Step::Read(Ok(n)) if n > 0 => {
+                    if let Some(head) = self.early_head(method).map_err(SendError::Bad)? {
+                        return Ok(Out::Answered(head));
+                    }
+                }
+                Step::Read(Ok(_)) => return Ok(Out::Broken("the backend closed".into(), at > 0)),
+                Step::Read(Err(e)) => return Ok(Out::Broken(e.to_string(), at > 0)),
             }
         }
     }
@@ -647,6 +681,23 @@ impl Conn {
         // system call that only finds the socket empty.
         tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
+}
+
+/// How writing a request's bytes went ([`Conn::send_out`]).
+enum Out {
+    Written,
+    /// The backend answered first.
+    Answered(Head),
+    /// The connection broke (the backend may still have answered: read what it sent);
+    /// whether any of the bytes went.
+    Broken(String, bool),
+}
+
+/// One step of [`Conn::send_out`].
+enum Step {
+    Written,
+    Read(std::io::Result<usize>),
+    Failed(String),
 }
 
 /// One piece of a request body into `out`, framed.
@@ -1035,6 +1086,28 @@ mod tests {
         );
         assert_eq!(body_of(resp).await.unwrap(), "no");
         assert!(taken(addr).is_none());
+
+        // A body larger than any socket's buffers, to a backend that answers and reads no
+        // more: the answer comes at once, not when a write gives up.
+        let (addr, _seen) = body_backend(None, NO, true).await;
+        let conn = connect(addr, Duration::from_secs(1)).await.unwrap();
+        let progress = std::sync::Arc::new(crate::request_body::Progress::default());
+        for _ in 0..64 {
+            progress.push(Bytes::from(vec![b'x'; 1 << 20]));
+        }
+        progress.complete();
+        let body = RequestBody::new(progress, Duration::from_secs(5));
+        let started = Instant::now();
+        let resp = conn
+            .send_body(post(Some(64 << 20)), body, Idle, None)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -27,7 +27,8 @@ On a machine with one CPU, or with BENCH_PROXY_CPU= (empty), nothing is pinned (
 then get as many workers/threads as there are CPUs) and the header says so.
 
 The load is the same wrk invocation for each (keep-alive, bounded in time):
-`wrk -t BENCH_THREADS -c BENCH_CONNECTIONS -d BENCH_SECONDS --latency`. During each run:
+`wrk -t BENCH_THREADS -c BENCH_CONNECTIONS -d BENCH_SECONDS --latency`; GETs, or with
+BENCH_POST_BYTES=N, POSTs of N bytes each (a wrk script). During each run:
 
   memory   VmRSS and VmHWM (/proc/PID/status) of the proxy, sampled every 0.25 s while wrk
            runs; the last sample (the end of the run) is reported (BENCH_SMAPS=DIR keeps
@@ -72,6 +73,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+# Requests with a body: each a POST of this many bytes (by Content-Length); 0: GETs.
+POST_BYTES = int(os.environ.get("BENCH_POST_BYTES", "0"))
 ALL_TARGETS = ("direct", "nginx", "haproxy", "berth", "berth-nometrics")
 TARGETS = [t for t in os.environ.get("BENCH_TARGETS", ",".join(ALL_TARGETS)).split(",") if t]
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPU", "0").strip()
@@ -413,7 +416,13 @@ def parse_wrk(out):
 
 def run_wrk(name, port, proc, proxy_cpus, load_cpus):
     """One wrk run against the port; proc is the proxy (None for direct), sampled meanwhile."""
-    argv = pin([WRK, f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency",
+    script = []
+    if POST_BYTES:
+        lua = os.path.join(tempfile.gettempdir(), f"berth-bench-post-{POST_BYTES}.lua")
+        with open(lua, "w") as f:
+            f.write(f'wrk.method = "POST"\nwrk.body = string.rep("x", {POST_BYTES})\n')
+        script = ["-s", lua]
+    argv = pin([WRK, f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", *script,
                 f"http://127.0.0.1:{port}/"], load_cpus)
     pids = [proc.p.pid, *children(proc.p.pid)] if proc else []
     cores0, ticks0, t0 = core_times(), cpu_ticks(pids), time.monotonic()
