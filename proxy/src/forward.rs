@@ -129,7 +129,7 @@ enum Kind {
     Whole(Full<Bytes>),
 }
 
-/// A response body's error, as hyper's server takes it.
+/// A response body's error (downstream.rs closes the connection on it).
 type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ProxyBody {
