@@ -2,9 +2,10 @@
 //! request's or a response's body ends (section 6.3), the chunked coding read (section 7.1)
 //! and written, the hop-by-hop headers and what a Connection header says. berth's server
 //! (downstream.rs) frames requests with it, its client (upstream.rs) responses, so a message
-//! is framed one way whichever side reads it. By hand where httparse stops (it parses heads):
-//! no crate frames bodies without owning the connection, which the proxy needs to keep (a
-//! restart parks it mid-body, park.rs).
+//! is framed one way whichever side reads it. By hand where httparse stops (it parses heads,
+//! and its chunk-size parser is more lenient than a proxy may be: see `chunk_size`); hyper
+//! frames bodies only while it owns the connection, which the proxy must keep (a restart
+//! parks it mid-body, park.rs).
 
 use std::io::Write as _;
 
@@ -431,6 +432,97 @@ mod tests {
             Ok(Framing::Length(0))
         );
         assert!(no_content.is_empty());
+    }
+
+    #[test]
+    fn a_requests_framing_is_read_strictly_or_refused_with_its_status() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert_eq!(request_framing(&h(&[]), false), Ok(Framing::Length(0)));
+        assert_eq!(
+            request_framing(&h(&[("content-length", "12")]), false),
+            Ok(Framing::Length(12))
+        );
+        assert_eq!(
+            request_framing(&h(&[("transfer-encoding", "chunked")]), false),
+            Ok(Framing::Chunked(Chunk::Size))
+        );
+        for (pairs, http10, code) in [
+            (&[("transfer-encoding", "chunked")][..], true, 400),
+            (
+                &[("transfer-encoding", "chunked"), ("content-length", "3")],
+                false,
+                400,
+            ),
+            (&[("transfer-encoding", "gzip, chunked")], false, 501),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                false,
+                400,
+            ),
+            (
+                &[("content-length", "3"), ("content-length", "4")],
+                false,
+                400,
+            ),
+            (&[("content-length", "-1")], false, 400),
+        ] {
+            let got = request_framing(&h(pairs), http10).map_err(|(c, _)| c.as_u16());
+            assert_eq!(got, Err(code), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn bodies_decode_piece_by_piece_and_stop_at_their_end() {
+        let mut framing = Framing::Chunked(Chunk::Size);
+        let mut buf = BytesMut::from(&b"5;x=1\r\nhel"[..]);
+        assert_eq!(
+            decode(&mut framing, &mut buf, 64),
+            Ok(Piece::Data(Bytes::from_static(b"hel")))
+        );
+        assert_eq!(decode(&mut framing, &mut buf, 64), Ok(Piece::More));
+        buf.extend_from_slice(b"lo\r\n0\r\nX-Sum: 1\r\n\r\nNEXT");
+        assert_eq!(
+            decode(&mut framing, &mut buf, 64),
+            Ok(Piece::Data(Bytes::from_static(b"lo")))
+        );
+        assert_eq!(decode(&mut framing, &mut buf, 64), Ok(Piece::End));
+        assert_eq!(&buf[..], b"NEXT", "the next message is left");
+
+        let mut framing = Framing::Length(3);
+        let mut buf = BytesMut::from(&b"abcdef"[..]);
+        assert_eq!(
+            decode(&mut framing, &mut buf, 64),
+            Ok(Piece::Data(Bytes::from_static(b"abc")))
+        );
+        assert_eq!(decode(&mut framing, &mut buf, 64), Ok(Piece::End));
+        assert_eq!(&buf[..], b"def");
+
+        // Trailers past the limit, and a chunk not ended by CRLF, are errors.
+        let mut framing = Framing::Chunked(Chunk::Trailers);
+        let mut buf = BytesMut::from(&[b'x'; 100][..]);
+        assert!(decode(&mut framing, &mut buf, 64).is_err());
+        let mut framing = Framing::Chunked(Chunk::Size);
+        let mut buf = BytesMut::from(&b"1\r\nabc"[..]);
+        assert!(matches!(
+            decode(&mut framing, &mut buf, 64),
+            Ok(Piece::Data(_))
+        ));
+        assert!(decode(&mut framing, &mut buf, 64).is_err());
+
+        let mut out = Vec::new();
+        encode_chunk(&mut out, b"hello");
+        encode_chunk(&mut out, b"");
+        out.extend_from_slice(LAST_CHUNK);
+        assert_eq!(out, b"5\r\nhello\r\n0\r\n\r\n");
     }
 
     #[test]
