@@ -638,6 +638,33 @@ fn request_and_response_bodies_pass_whole_both_ways() {
 }
 
 #[test]
+fn a_large_body_flows_whole_with_the_smallest_read_buffer() {
+    // An 8 KiB limit on what is read ahead, and a body in small chunks (each its own piece in
+    // the body's queue, so the queue fills while the read buffer still holds more): the body
+    // must move as the backend takes it, not stall to a 408.
+    let proxy = Proxy::start(Some(echo_body_backend()), &["--max-header-bytes", "8192"]);
+    let (mut reader, mut w) = connected(proxy.addr);
+    let big = pattern(4 << 20);
+    let mut req = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for part in big.chunks(300) {
+        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        req.extend_from_slice(part);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    for _ in 0..2 {
+        w.write_all(&req).unwrap();
+        let (head, body) = read_message(&mut reader).expect("an answer");
+        assert_eq!(head[0], "http/1.1 200 ok", "{head:?}");
+        assert!(
+            body == big,
+            "the body came back changed ({} bytes)",
+            body.len()
+        );
+    }
+}
+
+#[test]
 fn pipelined_requests_with_and_without_bodies_are_answered_in_order() {
     // The POST's body is read to its end and no further: the GET behind it is the next
     // request. All four answers come back whole and in order.

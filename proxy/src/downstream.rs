@@ -132,8 +132,7 @@ impl Inbound {
         if self.done || self.failed || self.progress.dropped() {
             return;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        while self.progress.poll_room(&mut cx).is_ready() {
+        while self.progress.has_room() {
             match h1::decode(&mut self.framing, buf, max_trailers) {
                 Ok(Piece::Data(data)) => {
                     // The client sent the body without waiting: no 100 is owed.
@@ -358,6 +357,11 @@ async fn answer<F: Future<Output = Response<ProxyBody>>>(
             i.pump(buf, cap);
         }
         let owed = inbound.as_ref().is_some_and(|i| i.expect && i.reading());
+        // The queue is full: what the buffer holds of the body waits for room, whether or not
+        // the client is read meanwhile.
+        let full = inbound
+            .as_ref()
+            .is_some_and(|i| i.reading() && !i.progress.has_room());
         tokio::select! {
             biased;
             resp = &mut fwd => break resp,
@@ -373,6 +377,10 @@ async fn answer<F: Future<Output = Response<ProxyBody>>>(
                     return Some(End::Closed);
                 }
             }
+            () = poll_fn(|cx| match inbound.as_ref() {
+                Some(i) => i.progress.poll_room(cx),
+                None => Poll::Pending,
+            }), if full => {}
             read = poll_fn(|cx| {
                 // The body is read only as fast as the backend's side takes it.
                 if let Some(i) = inbound.as_ref().filter(|i| i.reading()) {

@@ -132,19 +132,26 @@ impl Answer {
             }
             Framing::Chunked(chunks) => {
                 if !bodiless {
-                    let mut at = 0;
-                    for (n, ext) in chunks {
-                        out.extend_from_slice(format!("{n:x}{ext}\r\n").as_bytes());
-                        out.extend_from_slice(&self.body[at..at + n]);
-                        out.extend_from_slice(b"\r\n");
-                        at += n;
-                    }
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    put_chunks(&mut out, &self.body, chunks);
+                    out.extend_from_slice(b"\r\n");
                 }
             }
         }
         out
     }
+}
+
+/// `body` written as `chunks` (sizes and extensions), then the last chunk's line; the
+/// trailers and the empty line are the caller's.
+fn put_chunks(out: &mut Vec<u8>, body: &[u8], chunks: &[(usize, String)]) {
+    let mut at = 0;
+    for (n, ext) in chunks {
+        out.extend_from_slice(format!("{n:x}{ext}\r\n").as_bytes());
+        out.extend_from_slice(&body[at..at + n]);
+        out.extend_from_slice(b"\r\n");
+        at += n;
+    }
+    out.extend_from_slice(b"0\r\n");
 }
 
 /// A body of `len` bytes cut into the generated chunk sizes (the last takes the rest), each
@@ -503,14 +510,7 @@ impl Upload {
             }
             Some(chunks) => {
                 out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
-                let mut at = 0;
-                for (n, ext) in chunks {
-                    out.extend_from_slice(format!("{n:x}{ext}\r\n").as_bytes());
-                    out.extend_from_slice(&self.body[at..at + n]);
-                    out.extend_from_slice(b"\r\n");
-                    at += n;
-                }
-                out.extend_from_slice(b"0\r\n");
+                put_chunks(&mut out, &self.body, chunks);
                 for t in &self.trailers {
                     out.extend_from_slice(format!("{t}\r\n").as_bytes());
                 }

@@ -24,9 +24,9 @@ pub(super) trait Pooled {
     fn backend(&self) -> SocketAddr;
     /// When it last finished an answer.
     fn idle_since(&self) -> Instant;
-    /// Whether it can carry a request now: `Some(false)` it is done for (closed by the
-    /// backend), `None` it is still busy with an answer.
-    fn usable(&mut self) -> Option<bool>;
+    /// Whether it can carry a request now (`false`: the backend closed it, or sent
+    /// something while it was idle). A connection is given back only once its answer is read.
+    fn usable(&mut self) -> bool;
 }
 
 /// One worker's idle connections of one kind, by backend, the most recently used last.
@@ -47,21 +47,12 @@ impl<T> Default for Idle<T> {
 
 impl<T: Pooled> Idle<T> {
     /// The most recently used connection to `backend` that can carry a request now; stale and
-    /// closed ones met on the way are dropped, busy ones kept.
+    /// closed ones met on the way are dropped.
     pub(super) fn take(&mut self, backend: SocketAddr) -> Option<T> {
         let list = self.list(backend)?;
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            match list[i].usable() {
-                // Still reading its last answer: left alone (dropping it could cut that).
-                None => {}
-                Some(true) if list[i].idle_since().elapsed() < IDLE_REUSE => {
-                    return Some(list.remove(i));
-                }
-                Some(_) => {
-                    list.remove(i);
-                }
+        while let Some(mut conn) = list.pop() {
+            if conn.idle_since().elapsed() < IDLE_REUSE && conn.usable() {
+                return Some(conn);
             }
         }
         None
@@ -98,11 +89,10 @@ impl<T: Pooled> Idle<T> {
         self.list(backend)?.pop()
     }
 
-    /// Closes the connections idle for [`IDLE_REUSE`] (not those still busy); how many are
-    /// left.
+    /// Closes the connections idle for [`IDLE_REUSE`]; how many are left.
     pub(super) fn reap(&mut self) -> usize {
         self.by_backend.retain_mut(|(_, list)| {
-            list.retain_mut(|c| c.usable().is_none() || c.idle_since().elapsed() < IDLE_REUSE);
+            list.retain(|c| c.idle_since().elapsed() < IDLE_REUSE);
             !list.is_empty()
         });
         self.by_backend.iter().map(|(_, l)| l.len()).sum()
@@ -118,7 +108,7 @@ mod tests {
     struct Fake {
         backend: SocketAddr,
         since: Instant,
-        state: Option<bool>,
+        usable: bool,
         id: u32,
     }
 
@@ -129,16 +119,16 @@ mod tests {
         fn idle_since(&self) -> Instant {
             self.since
         }
-        fn usable(&mut self) -> Option<bool> {
-            self.state
+        fn usable(&mut self) -> bool {
+            self.usable
         }
     }
 
-    fn fake(backend: SocketAddr, age_ms: u64, state: Option<bool>, id: u32) -> Fake {
+    fn fake(backend: SocketAddr, age_ms: u64, usable: bool, id: u32) -> Fake {
         Fake {
             backend,
             since: Instant::now() - Duration::from_millis(age_ms),
-            state,
+            usable,
             id,
         }
     }
@@ -150,18 +140,18 @@ mod tests {
             "127.0.0.1:2".parse().unwrap(),
         );
         let mut idle = Idle::default();
-        idle.put(fake(a, 5_000, Some(true), 1)); // stale
-        idle.put(fake(a, 100, Some(true), 2));
-        idle.put(fake(a, 50, None, 3)); // busy: kept
-        idle.put(fake(a, 10, Some(false), 4)); // closed: dropped
-        idle.put(fake(b, 10, Some(true), 5));
-        assert_eq!(idle.take(a).unwrap().id, 2);
-        // Left: the stale one and the busy one; the stale one is reaped.
-        assert_eq!(idle.reap(), 2, "the busy one and b's");
-        assert!(idle.take(a).is_none(), "only a busy one is left");
+        idle.put(fake(a, 5_000, true, 1)); // stale
+        idle.put(fake(a, 3_000, true, 2)); // stale
+        idle.put(fake(a, 100, true, 3));
+        idle.put(fake(a, 10, false, 4)); // closed: dropped
+        idle.put(fake(b, 10, true, 5));
+        assert_eq!(idle.take(a).unwrap().id, 3);
+        // Left: the two stale ones, which the reaper closes, and b's.
+        assert_eq!(idle.reap(), 1, "b's is left");
+        assert!(idle.take(a).is_none(), "nothing of a's is left");
         assert_eq!(idle.take(b).unwrap().id, 5);
         for i in 0..MAX_IDLE as u32 + 8 {
-            idle.put(fake(b, 0, Some(true), 100 + i));
+            idle.put(fake(b, 0, true, 100 + i));
         }
         let list = idle.list(b).unwrap();
         assert_eq!(list.len(), MAX_IDLE);

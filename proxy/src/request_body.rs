@@ -183,6 +183,13 @@ impl Progress {
         Poll::Pending
     }
 
+    /// Whether the client's side may read more of the body now (as [`Progress::poll_room`],
+    /// without waiting).
+    pub(super) fn has_room(&self) -> bool {
+        let q = self.queue();
+        q.bytes < QUEUED || q.dropped
+    }
+
     /// Ready once the backend's side has asked for the body (never once it let it go).
     pub(super) fn poll_wanted(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut q = self.queue();

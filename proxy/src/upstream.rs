@@ -117,8 +117,8 @@ impl pool::Pooled for Conn {
         self.last_used
     }
 
-    fn usable(&mut self) -> Option<bool> {
-        Some(!self.closed())
+    fn usable(&mut self) -> bool {
+        !self.closed()
     }
 }
 
