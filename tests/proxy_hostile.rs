@@ -243,6 +243,108 @@ fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     }
 }
 
+/// A backend that reads a request's head and then `pace`s its body: `None` reads none of it and
+/// never answers; `Some(d)` reads 1 MiB every `d` and answers with how much it got.
+fn body_reader(pace: Option<Duration>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                let mut length = 0usize;
+                while std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) > 2 {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                let Some(pace) = pace else {
+                    // Holds the connection, reading nothing, until the proxy closes it.
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut probe = stream;
+                    let _ = probe.read(&mut [0; 1]);
+                    std::thread::sleep(Duration::from_secs(30));
+                    return;
+                };
+                let mut got = 0;
+                let mut chunk = vec![0; 1 << 20];
+                while got < length {
+                    let want = chunk.len().min(length - got);
+                    let Ok(()) = r.read_exact(&mut chunk[..want]) else {
+                        return;
+                    };
+                    got += want;
+                    std::thread::sleep(pace);
+                }
+                let _ = (&stream).write_all(&ok(&format!("got {got}")));
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a POST with `len` bytes of body on a new connection, from a thread of its own (the
+/// writes block while nobody reads), and reads the answer.
+fn post_large(proxy: SocketAddr, len: usize) -> (Vec<String>, Vec<u8>, BufReader<TcpStream>) {
+    let (mut r, mut w) = client(proxy);
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let head = format!("POST / HTTP/1.1\r\nHost: app\r\nContent-Length: {len}\r\n\r\n");
+        let _ = w.write_all(head.as_bytes());
+        let _ = w.write_all(&vec![b'x'; len]);
+    });
+    let (head, body) = read_message(&mut r).expect("an answer");
+    (head, body, r)
+}
+
+#[test]
+fn a_backend_that_stops_reading_a_body_is_504_at_the_send_timeout_even_without_a_response_timeout()
+{
+    let args = ["--response-timeout-secs", "0", "--send-timeout-secs", "1"];
+    let stuck = body_reader(None);
+    let proxy = Proxy::start(Some(stuck), &args);
+    let asked = Instant::now();
+    let (head, _, mut r) = post_large(proxy.addr, 32 << 20);
+    let took = asked.elapsed();
+    assert_eq!(status_of(&head), 504, "{head:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "answered after {took:?}, not at the 1 s send timeout"
+    );
+    assert!(
+        closed(&mut r),
+        "the connection closes: its body was not read"
+    );
+    assert_eq!(faults(&proxy)["backend_write_timeouts"], 1);
+    // The other side: a backend that reads slowly, with pauses shorter than the send timeout
+    // (but longer in all), is not cut.
+    let slow = body_reader(Some(Duration::from_millis(300)));
+    let proxy = Proxy::start(Some(slow), &args);
+    let asked = Instant::now();
+    let (head, body, _) = post_large(proxy.addr, 16 << 20);
+    assert_eq!(
+        (status_of(&head), String::from_utf8_lossy(&body).as_ref()),
+        (200, format!("got {}", 16 << 20).as_str()),
+        "after {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        asked.elapsed() > Duration::from_secs(2),
+        "the backend read for {:?}, not longer than the send timeout: the test shows nothing",
+        asked.elapsed()
+    );
+    assert_eq!(
+        faults(&proxy)["backend_write_timeouts"]
+            .as_u64()
+            .unwrap_or(0),
+        0
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The hold.
 

@@ -207,7 +207,7 @@ enum Command {
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         body_timeout_secs: u64,
         /// A client may take this long to accept more response bytes (then the connection is
-        /// closed).
+        /// closed), and a backend to accept more of a request body (then 504).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         send_timeout_secs: u64,
         /// The largest request head (431 above it).

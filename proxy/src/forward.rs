@@ -21,7 +21,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use super::h1;
 use super::metrics::Faults;
 use super::park;
-use super::request_body::{Fault, RequestBody};
+use super::request_body::{Fault, Overdue, RequestBody};
 use super::routes::{Backend, InFlight, Routes, Shared, BUCKETS};
 use super::upstream::{self, idempotent, SendError, UpstreamBody};
 
@@ -35,6 +35,9 @@ pub(super) struct Limits {
     /// A backend that has not sent its response head within this gets a 504; `None`: no
     /// limit (long polls).
     pub(super) response: Option<Duration>,
+    /// A backend that takes none of a request's body for this, while the body waits on it,
+    /// gets a 504 (it stopped reading, and may never answer).
+    pub(super) send: Duration,
     /// Peers whose X-Forwarded-* headers are kept; `None`: every peer's (the load balancer is
     /// the only one that reaches the port).
     pub(super) trusted: Option<Vec<ipnet::IpNet>>,
@@ -455,8 +458,9 @@ struct Failed {
     error: String,
     /// The connection could not be opened, or broke at once: the backend is not there.
     connect: bool,
-    /// No response head within the limit.
-    timeout: bool,
+    /// Too slow: no response head within the response timeout, or the body not taken
+    /// within the send timeout.
+    overdue: Option<Overdue>,
     /// The backend answered with a malformed message: it is there (502 at once, no retry).
     bad: bool,
     /// The client's request body failed (400, 408): no backend is to blame.
@@ -481,7 +485,7 @@ impl Failed {
         Failed {
             error: error.to_string(),
             connect: false,
-            timeout: false,
+            overdue: None,
             bad: false,
             client: Fault::None,
             unsent: None,
@@ -496,16 +500,20 @@ impl Failed {
         }
     }
 
-    fn timed_out() -> Failed {
+    fn timed_out(overdue: Overdue) -> Failed {
+        let why = match overdue {
+            Overdue::Answer => "no response head in time",
+            Overdue::Body => "the backend took none of the request body for the send timeout",
+        };
         Failed {
-            timeout: true,
-            ..Failed::sent("no response head in time")
+            overdue: Some(overdue),
+            ..Failed::sent(why)
         }
     }
 
     /// Whether the request may go to another backend after this.
     fn retryable(&self) -> bool {
-        !self.timeout && !self.bad && self.client == Fault::None
+        self.overdue.is_none() && !self.bad && self.client == Fault::None
     }
 }
 
@@ -592,7 +600,7 @@ impl Upstream {
                     })
                 }
                 Some(Err(SendError::Bad(error))) => return Err(Failed::bad(error)),
-                None => return Err(Failed::timed_out()),
+                None => return Err(Failed::timed_out(Overdue::Answer)),
             }
         }
         // Closed at once on a new connection too: the backend is going away (a container being
@@ -636,28 +644,25 @@ impl Upstream {
             };
             let progress = body.progress();
             let send = conn.send_body(parts, body, upstream::Idle, Some(&*limits.lot));
-            let result = match limits.response {
-                Some(limit) => tokio::select! {
-                    r = send => Some(r),
-                    () = progress.backend_overdue(limit) => None,
-                },
-                None => Some(send.await),
+            let result = tokio::select! {
+                r = send => Ok(r),
+                overdue = progress.backend_overdue(limits.send, limits.response) => Err(overdue),
             };
             let error = match result {
-                Some(Ok(resp)) => return Ok(resp),
-                Some(Err(SendError::Unsent(p, Some(b), error))) => {
+                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Err(SendError::Unsent(p, Some(b), error))) => {
                     (parts, body, why) = (*p, b, error);
                     continue;
                 }
-                Some(Err(SendError::Bad(error))) => return Err(Failed::bad(error)),
-                Some(Err(SendError::Sent(error) | SendError::Unsent(_, None, error))) => error,
-                Some(Err(SendError::Parked(conn))) => {
+                Ok(Err(SendError::Bad(error))) => return Err(Failed::bad(error)),
+                Ok(Err(SendError::Sent(error) | SendError::Unsent(_, None, error))) => error,
+                Ok(Err(SendError::Parked(conn))) => {
                     return Err(Failed {
                         parked: Some(conn),
                         ..Failed::sent("parked for the next proxy")
                     })
                 }
-                None => return Err(Failed::timed_out()),
+                Err(overdue) => return Err(Failed::timed_out(overdue)),
             };
             let client = progress.fault();
             if client != Fault::None {
@@ -903,8 +908,12 @@ pub(super) async fn forward(
         }
         Fault::None => {}
     }
-    if failed.timeout {
-        limits.faults.response_head.fetch_add(1, Ordering::Relaxed);
+    if let Some(overdue) = failed.overdue {
+        let kind = match overdue {
+            Overdue::Answer => &limits.faults.response_head,
+            Overdue::Body => &limits.faults.backend_write,
+        };
+        kind.fetch_add(1, Ordering::Relaxed);
         limits.count(&shared, 504);
         return answer(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
     }
@@ -1512,6 +1521,7 @@ mod tests {
             connect: Duration::from_secs(1),
             hold: Duration::ZERO,
             response: None,
+            send: Duration::from_secs(60),
             trusted: None,
             metrics: true,
             preview_header: HeaderName::from_static("x-berth-preview"),
@@ -1559,6 +1569,7 @@ mod tests {
             connect: Duration::from_secs(1),
             hold: Duration::ZERO,
             response: None,
+            send: Duration::from_secs(60),
             trusted: Some(vec!["10.0.0.0/8".parse().unwrap()]),
             metrics: true,
             preview_header: HeaderName::from_static("x-berth-preview"),

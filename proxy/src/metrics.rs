@@ -199,6 +199,7 @@ pub(super) struct Faults {
     pub(super) request_body: AtomicU64,
     pub(super) response_head: AtomicU64,
     pub(super) client_write: AtomicU64,
+    pub(super) backend_write: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -213,6 +214,7 @@ impl Faults {
             request_body_timeouts: load(&self.request_body),
             response_head_timeouts: load(&self.response_head),
             client_write_timeouts: load(&self.client_write),
+            backend_write_timeouts: load(&self.backend_write),
             refused: load(&self.refused),
         }
     }
@@ -388,6 +390,7 @@ pub fn render(status: &Status) -> String {
         ("request_body", f.request_body_timeouts),
         ("response_head", f.response_head_timeouts),
         ("client_write", f.client_write_timeouts),
+        ("backend_write", f.backend_write_timeouts),
     ] {
         let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {n}");
     }
@@ -501,7 +504,13 @@ mod tests {
             ]),
             preview: None,
             pid: None,
-            faults: FaultCounts::default(),
+            faults: FaultCounts {
+                request_body_timeouts: 1,
+                response_head_timeouts: 2,
+                client_write_timeouts: 3,
+                backend_write_timeouts: 4,
+                refused: 5,
+            },
         }
     }
 
@@ -546,6 +555,19 @@ mod tests {
             "berth_proxy_request_duration_seconds_bucket{backend=\"127.0.0.1:1001\",release=\"v1\",le=\"+Inf\"} 100"
         ), "{text}");
         assert!(text.contains("release=\"v2\\\"\""), "{text}");
+        for (kind, n) in [
+            ("request_body", 1),
+            ("response_head", 2),
+            ("client_write", 3),
+            ("backend_write", 4),
+        ] {
+            let line = format!("berth_proxy_timeouts_total{{kind=\"{kind}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}: {text}");
+        }
+        assert!(
+            text.contains("berth_proxy_refused_requests_total 5\n"),
+            "{text}"
+        );
         assert!(text
             .contains("berth_proxy_backend_up{backend=\"127.0.0.1:2001\",release=\"v2\\\"\"} 0"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

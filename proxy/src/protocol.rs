@@ -104,6 +104,9 @@ pub struct FaultCounts {
     /// Clients that took no response bytes for the send timeout (closed).
     #[serde(default)]
     pub client_write_timeouts: u64,
+    /// Backends that took none of a request body for the send timeout (504).
+    #[serde(default)]
+    pub backend_write_timeouts: u64,
     /// Requests refused before any backend saw them (400, 405, 501).
     #[serde(default)]
     pub refused: u64,

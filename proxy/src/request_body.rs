@@ -57,6 +57,15 @@ struct Queue {
     consumer: Option<Waker>,
 }
 
+/// What the backend was too slow at, as [`Progress::backend_overdue`] finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Overdue {
+    /// Taking the body: the send timeout (504, counted as `backend_write`).
+    Body,
+    /// Answering after the body's end: the response timeout (504, `response_head`).
+    Answer,
+}
+
 /// What the body, the client's side and the forward share.
 #[derive(Debug)]
 pub(super) struct Progress {
@@ -105,26 +114,39 @@ impl Progress {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Returns once the backend has had `limit` to answer: counted from the body's end, or,
-    /// while the body waits on the backend (not on the client), from when it last moved (a
-    /// backend that stopped reading and answers nothing).
-    pub(super) async fn backend_overdue(&self, limit: Duration) {
-        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+    /// Returns once the backend is overdue: it took none of the body for `send` while the body
+    /// waited on it (a backend that stopped reading), or it sent no answer within `response`
+    /// of the body's end (`None`: it may take as long as it likes, a long poll).
+    pub(super) async fn backend_overdue(
+        &self,
+        send: Duration,
+        response: Option<Duration>,
+    ) -> Overdue {
+        let send_ms = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
         loop {
             if self.state.load(Ordering::Acquire) != 0 {
-                tokio::time::sleep(limit).await;
-                return;
+                match response {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+                return Overdue::Answer;
             }
             let still = now_ms().saturating_sub(self.last_ms.load(Ordering::Acquire));
-            if !self.waiting.load(Ordering::Acquire) && still >= limit_ms {
-                return;
+            if !self.waiting.load(Ordering::Acquire) && still >= send_ms {
+                return Overdue::Body;
             }
-            let look = Duration::from_millis(limit_ms.saturating_sub(still).max(100));
+            let look = Duration::from_millis(send_ms.saturating_sub(still).max(100));
             tokio::select! {
                 () = self.ended() => {}
                 () = tokio::time::sleep(look) => {}
             }
         }
+    }
+
+    /// The backend took more of the body (a write that went out in part counts too: a
+    /// backend reading slowly is not one that stopped).
+    pub(super) fn moved(&self) {
+        self.last_ms.store(now_ms(), Ordering::Release);
     }
 
     /// Returns once the body has ended (whole or not).

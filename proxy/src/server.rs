@@ -45,7 +45,8 @@ pub struct Settings {
     pub response_timeout: Option<Duration>,
     /// One wait for the client's next request body bytes (then 408).
     pub body_timeout: Duration,
-    /// One wait for the client to take response bytes (then the connection closes).
+    /// One wait for a peer to take bytes: the client the answer's (then the connection
+    /// closes), the backend a request body's (then 504).
     pub send_timeout: Duration,
     pub max_header_bytes: usize,
     /// Peers whose X-Forwarded-* headers are believed; `None`: all.
@@ -173,6 +174,7 @@ pub async fn run(settings: Settings) -> Result<(), ProxyError> {
             connect: settings.connect_timeout,
             hold: settings.hold,
             response: settings.response_timeout,
+            send: settings.send_timeout,
             trusted: settings.trusted.clone(),
             metrics: settings.metrics,
             preview_header: settings.preview_header.clone(),

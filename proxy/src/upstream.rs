@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use super::h1::{self, Chunk, Framing, Piece, Tokens, HOP_BY_HOP};
 use super::park;
 use super::pool;
-use super::request_body::RequestBody;
+use super::request_body::{Progress, RequestBody};
 
 /// A response head bigger than this is refused (hyper's client allowed the same).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
@@ -247,6 +247,7 @@ impl Conn {
         lot: Option<&park::Lot>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let chunked = !parts.headers.contains_key(header::CONTENT_LENGTH);
+        let progress = body.progress();
         self.write_head(&parts, chunked);
         let mut head_sent = false;
         if parts.headers.contains_key(header::EXPECT) && !body.ready() {
@@ -295,7 +296,7 @@ impl Conn {
         let method = &parts.method;
         let mut early = None;
         let mut broken = false;
-        match self.send_out(method).await? {
+        match self.send_out(method, &progress).await? {
             Out::Written => {}
             Out::Answered(head) => early = Some(head),
             Out::Broken(e, false) if !head_sent => {
@@ -339,7 +340,7 @@ impl Conn {
                 Ok(Some(Err(e))) => return Err(SendError::Sent(e.to_string())),
             }
             if !self.out.is_empty() {
-                match self.send_out(method).await? {
+                match self.send_out(method, &progress).await? {
                     Out::Written => {}
                     Out::Answered(head) => early = Some(head),
                     Out::Broken(..) => broken = true,
@@ -399,8 +400,9 @@ impl Conn {
 
     /// Writes `self.out` while watching the backend: a backend that answers (a 413) and stops
     /// reading would otherwise hold the write for good. An interim answer (a 100) is read
-    /// and the writing goes on.
-    async fn send_out(&mut self, method: &Method) -> Result<Out, SendError> {
+    /// and the writing goes on. Each write that goes out tells the body's `progress` (the
+    /// backend's send timeout counts from the last).
+    async fn send_out(&mut self, method: &Method, progress: &Progress) -> Result<Out, SendError> {
         let mut at = 0;
         loop {
             let step = poll_fn(|cx| loop {
@@ -412,7 +414,10 @@ impl Conn {
                 }
                 match Pin::new(&mut self.stream).poll_write(cx, &self.out[at..]) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Step::Failed("wrote nothing".into())),
-                    Poll::Ready(Ok(n)) => at += n,
+                    Poll::Ready(Ok(n)) => {
+                        at += n;
+                        progress.moved();
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Step::Failed(e.to_string())),
                     Poll::Pending => return Poll::Pending,
                 }
