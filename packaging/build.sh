@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds the static berth binary (musl, release profile: LTO, stripped) and checks it: statically
-# linked, at most 17 MB. Prints its path last.
+# linked, at most 17.5 MB. Prints its path last.
 #
 #   packaging/build.sh [--target x86_64-unknown-linux-musl | aarch64-unknown-linux-musl]
 #
 # Environment: CARGO_TARGET_DIR (default: the repository's target/; the binary lands in
-# $CARGO_TARGET_DIR/<target>/release/berth), BERTH_MAX_BYTES (default 17000000).
+# $CARGO_TARGET_DIR/<target>/release/berth), BERTH_MAX_BYTES (default 17500000).
 # It installs nothing: packaging/test.sh does, or see packaging/README.md.
 set -euo pipefail
 
@@ -26,9 +26,9 @@ done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
-# 17 MB: unwinding (the proxy contains a panic to its connection) added about 1 MB to a binary
-# just under 15 MB.
-max_bytes=${BERTH_MAX_BYTES:-17000000}
+# 17.5 MB: unwinding (the proxy contains a panic to its connection) added about 1 MB to a binary
+# just under 15 MB, and the proxy's request path at opt-level 3 about 0.3 MB to one of 16.7 MB.
+max_bytes=${BERTH_MAX_BYTES:-17500000}
 
 # aws-lc-sys (TLS for the AWS SDK) compiles C, so each target needs a C compiler for
 # musl. cc-rs picks musl-gcc by itself for x86_64; the aarch64 cross tools are set here.

@@ -2,8 +2,9 @@
 # tests/bench/proxy.sh: the traffic proxy's cost: requests/s, p99 latency, resident memory
 # and CPU per request through `berth proxy` (with and without --no-metrics) vs nginx and
 # HAProxy as reverse proxies vs the backend directly (same nginx backend, keep-alive, wrk).
-# The proxy is pinned to one core, wrk and the backend to another (taskset). Builds berth
-# --release, then runs tests/bench/proxy.py. Prints figures and ratios; not a test.
+# The proxy is pinned to one core, wrk and the backend to another (taskset). Builds the binary
+# that ships (packaging/build.sh: static, musl; its malloc and memcpy cost the proxy more than
+# glibc's), then runs tests/bench/proxy.py. Prints figures and ratios; not a test.
 # BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_ROUNDS (2),
 # BENCH_TARGETS (direct,nginx,haproxy,berth,berth-nometrics), BENCH_PROXY_CPU (0),
 # BENCH_LOAD_CPU (1), BERTH_BIN. Then tests/bench/proxy_idle.py: 1,000 idle keep-alive
@@ -14,8 +15,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 # shellcheck source-path=SCRIPTDIR source=../setup.sh
 . "$root/tests/setup.sh"
-cargo build --release -p berth
-export BERTH_BIN=${BERTH_BIN:-$root/target/release/berth}
+if [ -z "${BERTH_BIN:-}" ]; then
+    BERTH_BIN=$(bash "$root/packaging/build.sh" | tail -n 1)
+fi
+export BERTH_BIN
 status=0
 python3 "$root/tests/bench/proxy.py" || status=$?
 # What 1,000 idle ALB connections cost after one 1 MiB answer each (RSS, descriptors).
