@@ -9,7 +9,8 @@
 # BENCH_TARGETS (direct,nginx,haproxy,berth,berth-nometrics), BENCH_PROXY_CPU (0),
 # BENCH_LOAD_CPU (1), BERTH_BIN. Then tests/bench/proxy_idle.py: 1,000 idle keep-alive
 # connections after a 1 MiB answer each, RSS and descriptors vs nginx (BENCH_IDLE_*); and
-# tests/bench/proxy_scaling.py: 1 and 2 workers of each, unpinned, the scaling factors.
+# tests/bench/proxy_scaling.py: 1 and 2 workers of each, unpinned, the scaling factors; and
+# tests/bench/proxy_instructions.py: instructions per request under callgrind, vs nginx.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -25,4 +26,7 @@ python3 "$root/tests/bench/proxy.py" || status=$?
 python3 "$root/tests/bench/proxy_idle.py" || status=$((status > 0 ? status : $?))
 # Past one core: berth and nginx with 1 and 2 workers, unpinned; each one's scaling factor.
 python3 "$root/tests/bench/proxy_scaling.py" || status=$((status > 0 ? status : $?))
+# User-space instructions per request under callgrind: the figure this machine's noise leaves
+# alone (needs valgrind).
+python3 "$root/tests/bench/proxy_instructions.py" || status=$((status > 0 ? status : $?))
 exit "$status"
