@@ -1207,7 +1207,7 @@ mod tests {
             assert_eq!(&piece[..], b"abc");
         })
         .join()
-        .unwrap();
+        .expect("the test's own thread");
     }
 
     #[test]
