@@ -643,6 +643,8 @@ impl Upstream {
                 },
             };
             let progress = body.progress();
+            // The backend's send timeout counts from here: not the connect, nor a hold.
+            progress.moved();
             let send = conn.send_body(parts, body, upstream::Idle, Some(&*limits.lot));
             let result = tokio::select! {
                 r = send => Ok(r),

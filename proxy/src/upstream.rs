@@ -270,6 +270,8 @@ impl Conn {
                 self.spare.clear();
                 return Ok(self.answered(head, idle));
             }
+            // Its wait for the backend's word is not a stall in taking the body.
+            progress.moved();
         }
         let mut first = Vec::new();
         let mut ended = false;
