@@ -112,7 +112,7 @@ impl Instance {
                  [load_balancer]\nhealthy_threshold = 2\nunhealthy_threshold = 2\n\
                  [upgrade]\nstrategy = \"proxy\"\nverify_secs = 2\ndrain_secs = 5\npreview_key = \"{preview_key}\"\n\
                  [upgrade.analysis]\nbake_secs = 3\nmin_requests = 30\np99_floor_ms = 2000\n\
-                 [upgrade.canary]\nsteps = [25, 50]\nstep_secs = 5\n\
+                 [upgrade.canary]\nsteps = [25, 50]\nstep_secs = 8\n\
                  [proxy]\ncontrol = \"{control}\"\nport = {port}\nhealth_path = \"/healthz\"\n{settings}",
                 name = project.name,
                 compose = project.path("compose.yaml").display(),
@@ -776,7 +776,10 @@ fn a_good_release_reaches_the_whole_fleet_one_canary_first_losing_nothing() {
 #[test]
 fn a_release_failing_by_its_numbers_stops_at_the_canary() {
     let fleet = Fleet::new("fleet-bad", 3, 0, "1");
-    let load = Load::start(fleet.lb.addr, "/cgi-bin/api", 4);
+    // Enough requests that the canary's steps see its 1 in 20: with 4 clients and 5 s steps
+    // its quarter of one instance's traffic got about 3 of its 500s before the switch, and
+    // one cold run in several had too few to decide on until after it.
+    let load = Load::start(fleet.lb.addr, "/cgi-bin/api", 6);
     load.run_for(300);
     let out = fleet.rollout("bad", &["--weighted"]);
     load.run_for(200);
