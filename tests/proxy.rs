@@ -524,12 +524,7 @@ fn echo_body_backend() -> SocketAddr {
                 let n: usize = n.parse().unwrap();
                 let data = pattern(n);
                 let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-                for part in data.chunks(100_000) {
-                    resp.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-                    resp.extend_from_slice(part);
-                    resp.extend_from_slice(b"\r\n");
-                }
-                resp.extend_from_slice(b"0\r\n\r\n");
+                put_chunked(&mut resp, &data, 100_000);
                 if out.write_all(&resp).is_err() {
                     return;
                 }
@@ -563,6 +558,16 @@ fn connected(proxy: SocketAddr) -> (BufReader<TcpStream>, TcpStream) {
 /// `n` bytes that are not all alike.
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// `data` as a chunked body in chunks of `size`, to its last chunk and the empty line.
+fn put_chunked(out: &mut Vec<u8>, data: &[u8], size: usize) {
+    for part in data.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        out.extend_from_slice(part);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
 }
 
 #[test]
@@ -646,12 +651,7 @@ fn a_large_body_flows_whole_with_the_smallest_read_buffer() {
     let (mut reader, mut w) = connected(proxy.addr);
     let big = pattern(4 << 20);
     let mut req = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    for part in big.chunks(300) {
-        req.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-        req.extend_from_slice(part);
-        req.extend_from_slice(b"\r\n");
-    }
-    req.extend_from_slice(b"0\r\n\r\n");
+    put_chunked(&mut req, &big, 300);
     for _ in 0..2 {
         w.write_all(&req).unwrap();
         let (head, body) = read_message(&mut reader).expect("an answer");

@@ -261,10 +261,7 @@ fn body_reader(pace: Option<Duration>) -> SocketAddr {
                     line.clear();
                 }
                 let Some(pace) = pace else {
-                    // Holds the connection, reading nothing, until the proxy closes it.
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-                    let mut probe = stream;
-                    let _ = probe.read(&mut [0; 1]);
+                    // Holds the connection open, reading none of the body.
                     std::thread::sleep(Duration::from_secs(30));
                     return;
                 };
