@@ -4,6 +4,9 @@
 //! checkout (a crate tarball, a source package). A packager who builds from an export can set
 //! `BERTH_GIT_COMMIT` in the environment and it is used as is.
 //!
+//! On x86_64 Linux it also builds `native/memcpy.c`, and on musl (the static binary that ships)
+//! has the linker use it in place of musl's memcpy: see that file for why.
+//!
 //! No "-dirty" suffix: telling a dirty tree apart would need this script to rerun on every source
 //! change, and a suffix that is sometimes stale is worse than none.
 
@@ -11,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn main() {
+    memcpy();
     println!("cargo:rerun-if-env-changed=BERTH_GIT_COMMIT");
     if let Ok(commit) = std::env::var("BERTH_GIT_COMMIT") {
         if !commit.is_empty() {
@@ -36,6 +40,28 @@ fn main() {
             }
         }
     }
+}
+
+/// Builds `berth_memcpy` (native/memcpy.c) on x86_64 Linux, where its test runs; on musl
+/// the binary's every call to memcpy goes to it (`--wrap`: musl's own stays in place for
+/// musl's internal jumps to it, so nothing is defined twice).
+fn memcpy() {
+    println!("cargo:rerun-if-changed=native/memcpy.c");
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    if var("CARGO_CFG_TARGET_ARCH") != "x86_64" || var("CARGO_CFG_TARGET_OS") != "linux" {
+        return;
+    }
+    let mut build = cc::Build::new();
+    build
+        .file("native/memcpy.c")
+        .opt_level(2)
+        .flag("-ffreestanding")
+        .flag_if_supported("-fno-tree-loop-distribute-patterns");
+    if var("CARGO_CFG_TARGET_ENV") == "musl" {
+        build.define("BERTH_WRAP_MEMCPY", None);
+        println!("cargo:rustc-link-arg-bins=-Wl,--wrap=memcpy");
+    }
+    build.compile("berth_memcpy");
 }
 
 /// One line of git's output, or None when git is missing, fails or this is no checkout.
