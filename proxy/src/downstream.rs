@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http_body_util::{Either, Empty};
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -37,6 +37,7 @@ use super::forward::{forward, resume_awaiting, resumed_body, Client, ProxyBody, 
 use super::h1::Tokens;
 use super::h1::{self, Framing as Framing1, Piece};
 use super::park;
+use super::pieces;
 use super::request_body::{Progress, RequestBody};
 use super::state::{Shared, LINGER};
 use super::stopping::StopWait;
@@ -637,7 +638,7 @@ fn parse(buf: &mut BytesMut, max: usize, spare: &mut HeaderMap) -> Option<Head> 
     };
     // The values are slices of one copy of the head, so the read buffer stays whole and is
     // reused without a new allocation.
-    let copy = Bytes::copy_from_slice(&buf[..len]);
+    let copy = pieces::copy(&buf[..len]);
     let base = buf.as_ptr() as usize;
     let slice = |s: &[u8]| {
         let at = s.as_ptr() as usize - base;

@@ -13,6 +13,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, StatusCode};
 
+use super::pieces;
+
 /// How a message's body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Framing {
@@ -354,7 +356,7 @@ impl Tokens {
 /// The first `n` bytes of `buf` as their own Bytes. Copied (they are few, mostly), so the
 /// buffer stays whole and is reused for the next read without a new allocation.
 fn take(buf: &mut BytesMut, n: usize) -> Bytes {
-    let data = Bytes::copy_from_slice(&buf[..n]);
+    let data = pieces::copy(&buf[..n]);
     buf.advance(n);
     if buf.is_empty() {
         buf.clear();

@@ -23,7 +23,7 @@
 //! Files, one concept each, the imports pointing one way (the layering test below checks
 //! it), from the bottom: `protocol` (the control messages), `pool` (idle backend connections,
 //! per worker and backend), `h1` (the HTTP/1.1 framing of bodies both ways, the hop-by-hop
-//! list), `metrics` (counters per worker lane, and their readings), `request_body` (a
+//! list), `pieces` (small copies of wire bytes, cut from a block per worker), `metrics` (counters per worker lane, and their readings), `request_body` (a
 //! client's body on its way, queued between the two sides, timed, its faults kept),
 //! `routes` (the routing table, a worker's copy of it, the pick per request), `upstream` (berth's HTTP/1.1 client: a
 //! request and its body out, the answer in), `forward` (one request: checks, pick, retry,
@@ -52,6 +52,7 @@ pub mod ipc;
 pub mod metrics;
 pub mod pages;
 mod park;
+mod pieces;
 mod pool;
 pub mod protocol;
 mod request_body;
@@ -110,14 +111,15 @@ mod layering {
     /// messages, the framing and counters; the request body and the routing table; the
     /// client side; one request's forward; the connection state; the server side; a
     /// connection's life; the process.
-    const RANKS: [(&str, u8); 21] = [
+    const RANKS: [(&str, u8); 22] = [
         ("protocol", 0),
         ("stopping", 0),
         ("park", 0),
         ("pages", 0),
         ("ipc", 0),
         ("pool", 0),
-        ("h1", 0),
+        ("h1", 1),
+        ("pieces", 0),
         ("metrics", 1),
         ("client", 1),
         ("handover", 1),

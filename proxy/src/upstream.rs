@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use super::h1::{self, Chunk, Framing, Piece, Tokens, HOP_BY_HOP};
 use super::park;
+use super::pieces;
 use super::pool;
 use super::request_body::{Progress, RequestBody};
 
@@ -616,7 +617,7 @@ impl Conn {
         let http11 = resp.version == Some(1);
         // Copied out (the values are slices of the copy), so the read buffer stays whole and
         // is reused without a new allocation.
-        let head = Bytes::copy_from_slice(&self.buf[..len]);
+        let head = pieces::copy(&self.buf[..len]);
         let base = self.buf.as_ptr() as usize;
         let mut map = std::mem::take(&mut *self.spare);
         map.reserve(resp.headers.len());
