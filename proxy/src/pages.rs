@@ -14,9 +14,9 @@
 //! where they are: the kernel pages out only pages this process maps alone.
 //!
 //! No crate offers this safely (`rustix` and `nix` wrap `madvise` as `unsafe fn`, as they must
-//! for advice that can discard data), so here is the workspace's one `unsafe` block, limited to
-//! three advices that lose nothing, on mappings the kernel lists as this executable's and not
-//! writable.
+//! for advice that can discard data), so here is the workspace's one `unsafe` block outside a
+//! test, limited to three advices that lose nothing, on mappings the kernel lists as this
+//! executable's and not writable.
 
 use std::os::unix::fs::MetadataExt;
 
