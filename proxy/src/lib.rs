@@ -23,8 +23,9 @@
 //! Files, one concept each, the imports pointing one way (the layering test below checks
 //! it), from the bottom: `protocol` (the control messages), `pool` (idle backend connections,
 //! per worker and backend), `h1` (the HTTP/1.1 framing of bodies both ways, the hop-by-hop
-//! list), `pieces` (small copies of wire bytes, cut from a block per worker), `metrics` (counters per worker lane, and their readings), `request_body` (a
-//! client's body on its way, queued between the two sides, timed, its faults kept),
+//! list), `pieces` (small copies of wire bytes, cut from a block per worker), `metrics`
+//! (counters per worker lane, and their readings), `request_body` (a client's body on its
+//! way, queued between the two sides, timed, its faults kept),
 //! `routes` (the routing table, a worker's copy of it, the pick per request), `upstream` (berth's HTTP/1.1 client: a
 //! request and its body out, the answer in), `forward` (one request: checks, pick, retry,
 //! hold, tunnels), `state` (what every connection shares), `downstream` (berth's HTTP/1.1
