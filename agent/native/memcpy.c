@@ -50,25 +50,18 @@ void *berth_memcpy(void *restrict dst, const void *restrict src, size_t n)
 			*d = *s;
 		return dst;
 	}
+	/* From here on, the last 16 bytes are copied apart, covering whatever the steps before
+	 * left over (memcpy's buffers never overlap, so the order does not matter). */
 	if (n <= 32) {
-		__m128i a = _mm_loadu_si128((const __m128i *)s);
-		__m128i b = _mm_loadu_si128((const __m128i *)(s + n - 16));
-		_mm_storeu_si128((__m128i *)d, a);
-		_mm_storeu_si128((__m128i *)(d + n - 16), b);
-		return dst;
-	}
-	if (n <= 256) {
-		__m128i last = _mm_loadu_si128((const __m128i *)(s + n - 16));
+		copy16(d, s);
+	} else if (n <= 256) {
 		for (size_t i = 0; i + 16 < n; i += 16)
 			copy16(d + i, s + i);
-		_mm_storeu_si128((__m128i *)(d + n - 16), last);
-		return dst;
+	} else {
+		size_t words = n / 8;
+		__asm__ volatile("rep movsq" : "+D"(d), "+S"(s), "+c"(words) : : "memory");
 	}
-	/* 8 bytes a step, the last 16 (loaded first) stored after, which covers the n % 8. */
-	__m128i last = _mm_loadu_si128((const __m128i *)(s + n - 16));
-	size_t words = n / 8;
-	__asm__ volatile("rep movsq" : "+D"(d), "+S"(s), "+c"(words) : : "memory");
-	_mm_storeu_si128((__m128i *)((unsigned char *)dst + n - 16), last);
+	copy16((unsigned char *)dst + n - 16, (const unsigned char *)src + n - 16);
 	return dst;
 }
 
